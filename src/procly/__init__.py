@@ -1,0 +1,88 @@
+"""procly: process-based parallelism, the whole ``multiprocessing`` API, done right.
+
+``import procly as multiprocessing`` runs existing code unchanged. The functions and
+classes here belong to the default context (see :mod:`procly.context`); use
+``procly.get_context("spawn")`` and friends for a specific start method.
+
+Importing procly is cheap and has no side effects: nothing starts, nothing is
+registered, until the first process is started.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._errors import AuthenticationError as AuthenticationError
+from ._errors import BufferTooShort as BufferTooShort
+from ._errors import ConnectionClosedError as ConnectionClosedError
+from ._errors import MessageError as MessageError
+from ._errors import PicklingError as PicklingError
+from ._errors import ProcessError as ProcessError
+from ._errors import StartError as StartError
+from ._errors import TimeoutError as TimeoutError
+from .context import Process as Process
+from .context import _default_context
+
+__version__ = "0.1.0"
+
+_ctx = _default_context
+
+active_children = _ctx.active_children
+allow_connection_pickling = _ctx.allow_connection_pickling
+cpu_count = _ctx.cpu_count
+current_process = _ctx.current_process
+freeze_support = _ctx.freeze_support
+get_all_start_methods = _ctx.get_all_start_methods
+get_context = _ctx.get_context
+get_logger = _ctx.get_logger
+get_start_method = _ctx.get_start_method
+log_to_stderr = _ctx.log_to_stderr
+parent_process = _ctx.parent_process
+Pipe = _ctx.Pipe
+set_executable = _ctx.set_executable
+set_forkserver_preload = _ctx.set_forkserver_preload
+set_start_method = _ctx.set_start_method
+
+__all__ = [
+    "AuthenticationError",
+    "BufferTooShort",
+    "ConnectionClosedError",
+    "MessageError",
+    "PicklingError",
+    "Pipe",
+    "Process",
+    "ProcessError",
+    "StartError",
+    "TimeoutError",
+    "active_children",
+    "allow_connection_pickling",
+    "cpu_count",
+    "current_process",
+    "freeze_support",
+    "get_all_start_methods",
+    "get_context",
+    "get_logger",
+    "get_start_method",
+    "log_to_stderr",
+    "parent_process",
+    "reducer",
+    "set_executable",
+    "set_forkserver_preload",
+    "set_start_method",
+]
+
+for _name in ("AuthenticationError", "BufferTooShort", "ConnectionClosedError", "MessageError",
+              "PicklingError", "ProcessError", "StartError", "TimeoutError", "Process"):
+    globals()[_name].__module__ = __name__
+del _name
+
+
+def __getattr__(name: str) -> Any:
+    # reducer and the factories of later layers are resolved on first use, so that
+    # ``import procly`` stays cheap for every child that pays for it.
+    if name == "reducer":
+        return _ctx.reducer
+    try:
+        return getattr(_ctx, name)
+    except AttributeError:
+        raise AttributeError(f"module 'procly' has no attribute {name!r}") from None

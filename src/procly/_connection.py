@@ -1,0 +1,365 @@
+"""Connection: framed messages over a pipe or a stream socket.
+
+Wire format (all integers big-endian)::
+
+    plain message      i32 n (0 <= n < 2**31-1)        then n bytes
+    large message      i32 -1, u64 n                   then n bytes (over 2 GiB)
+    out-of-band object i32 -2, u32 k, (k+1) x u64 size then the pickle, then k buffers
+
+``send()`` of an object with large buffers (numpy arrays, big bytes) uses the third
+form: the buffers are written straight from their own memory instead of being copied
+into the pickle first, and the receiver unpickles over the buffers it read, without
+another copy. Everything else is a plain message, so ``send`` and ``recv_bytes`` (or
+``send_bytes`` and ``recv``) interoperate as in the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import struct
+from typing import Any
+
+from . import _handoff, _serialization
+from ._errors import BufferTooShort, ConnectionClosedError, MessageError
+
+__all__ = ["Connection", "Pipe"]
+
+_HEADER = struct.Struct("!i")
+_U32 = struct.Struct("!I")
+_U64 = struct.Struct("!Q")
+_LARGE = -1
+_OUT_OF_BAND = -2
+_SMALL_WRITE = 64 * 1024  # header and payload go out in one write below this size
+_POLLIN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
+
+
+class Connection:
+    """One end of a message channel, built on a file descriptor.
+
+    Same interface as ``multiprocessing.connection.Connection``. Differences: using a
+    closed connection raises :class:`procly.ConnectionClosedError` (an ``OSError``);
+    a malformed frame raises :class:`procly.MessageError`; objects holding large
+    buffers cross without being copied into the pickle.
+    """
+
+    def __init__(self, handle: int, readable: bool = True, writable: bool = True) -> None:
+        handle = handle.__index__()
+        if handle < 0:
+            raise ValueError("invalid handle")
+        if not readable and not writable:
+            raise ValueError("at least one of `readable` and `writable` must be True")
+        self._handle: int | None = handle
+        self._readable = readable
+        self._writable = writable
+        # Largest message accepted by recv(); None means no limit (pipes between our own
+        # processes). Servers facing a network set one.
+        self.max_message_size: int | None = None
+
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None) is not None:
+            self._close()
+
+    # -- state ---------------------------------------------------------------
+
+    def _check_closed(self) -> int:
+        if self._handle is None:
+            raise ConnectionClosedError("connection is closed")
+        return self._handle
+
+    def _check_readable(self) -> int:
+        handle = self._check_closed()
+        if not self._readable:
+            raise OSError("connection is write-only")
+        return handle
+
+    def _check_writable(self) -> int:
+        handle = self._check_closed()
+        if not self._writable:
+            raise OSError("connection is read-only")
+        return handle
+
+    @property
+    def closed(self) -> bool:
+        """True if the connection is closed."""
+        return self._handle is None
+
+    @property
+    def readable(self) -> bool:
+        """True if the connection is readable."""
+        return self._readable
+
+    @property
+    def writable(self) -> bool:
+        """True if the connection is writable."""
+        return self._writable
+
+    def fileno(self) -> int:
+        """The file descriptor used by the connection.
+
+        Raises:
+            ConnectionClosedError: the connection was closed.
+        """
+        return self._check_closed()
+
+    def _close(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            os.close(handle)
+
+    def close(self) -> None:
+        """Close the connection; closing twice is harmless."""
+        if self._handle is not None:
+            self._close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._handle is None else f"fd={self._handle}"
+        return f"<{type(self).__name__} {state}>"
+
+    def __reduce__(self) -> Any:
+        fd = self._check_closed()
+        return _rebuild_connection, (
+            _handoff.share_fd(fd, type(self).__name__),
+            self._readable,
+            self._writable,
+        )
+
+    # -- writing -------------------------------------------------------------
+
+    def _write_all(self, handle: int, data: Any) -> None:
+        view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        total = len(view)
+        written = os.write(handle, view)
+        if written == total:
+            return
+        view = memoryview(view)
+        while written < total:
+            written += os.write(handle, view[written:])
+
+    def send_bytes(self, buf: Any, offset: int = 0, size: int | None = None) -> None:
+        """Send the bytes of a bytes-like object *buf* (from *offset*, *size* bytes).
+
+        Raises:
+            ValueError: *offset* or *size* fall outside the buffer.
+            ConnectionClosedError: this end was closed; OSError: it is read-only or the
+                peer is gone (BrokenPipeError).
+        """
+        handle = self._check_writable()
+        view = memoryview(buf)
+        itemsize = view.itemsize
+        if itemsize > 1:
+            view = view.cast("B")
+        n = len(view)
+        if offset < 0:
+            raise ValueError("offset is negative")
+        if n < offset:
+            raise ValueError("buffer length < offset")
+        if size is None:
+            size = n - offset
+        elif size < 0:
+            raise ValueError("size is negative")
+        elif offset + size > n:
+            raise ValueError("buffer length < offset + size")
+        self._send_frame(handle, view[offset : offset + size])
+
+    def _send_frame(self, handle: int, payload: Any) -> None:
+        n = len(payload)
+        if n < 0x7FFFFFFF:
+            header = _HEADER.pack(n)
+        else:
+            header = _HEADER.pack(_LARGE) + _U64.pack(n)
+        if n <= _SMALL_WRITE:
+            self._write_all(handle, header + bytes(payload))
+        else:
+            self._write_all(handle, header)
+            self._write_all(handle, payload)
+
+    def send(self, obj: Any) -> None:
+        """Send a picklable object; the peer gets it with :meth:`recv`.
+
+        Raises:
+            procly.PicklingError: *obj* cannot be pickled (nothing is sent).
+            ConnectionClosedError / OSError: as :meth:`send_bytes`.
+        """
+        handle = self._check_writable()
+        buffers: list[memoryview] = []
+        payload = _serialization.dumps(obj, buffers)
+        if not buffers:
+            self._send_frame(handle, payload)
+            return
+        sizes = [len(payload)] + [b.nbytes for b in buffers]
+        header = _HEADER.pack(_OUT_OF_BAND) + _U32.pack(len(buffers))
+        header += b"".join(_U64.pack(s) for s in sizes)
+        self._write_all(handle, header + payload)
+        for buf in buffers:
+            self._write_all(handle, buf)
+
+    # -- reading -------------------------------------------------------------
+
+    def _read_exact(self, handle: int, n: int, *, eof_ok: bool = False) -> bytes | None:
+        data = os.read(handle, n)
+        if len(data) == n:
+            return data
+        if not data:
+            if eof_ok:
+                return None
+            raise EOFError("peer closed the connection in the middle of a message")
+        chunks = [data]
+        got = len(data)
+        while got < n:
+            chunk = os.read(handle, n - got)
+            if not chunk:
+                raise EOFError("peer closed the connection in the middle of a message")
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def _read_into(self, handle: int, view: memoryview) -> None:
+        got, n = 0, len(view)
+        while got < n:
+            count = os.readv(handle, [view[got:]])
+            if count == 0:
+                raise EOFError("peer closed the connection in the middle of a message")
+            got += count
+
+    def _read_length(self, handle: int) -> int:
+        """Read a frame header; raise EOFError at a clean end of stream."""
+        header = self._read_exact(handle, 4, eof_ok=True)
+        if header is None:
+            raise EOFError("peer closed the connection")
+        (n,) = _HEADER.unpack(header)
+        if n == _LARGE:
+            (n,) = _U64.unpack(self._read_exact(handle, 8))  # type: ignore[arg-type]
+        return n
+
+    def _check_size(self, n: int, maxlength: int | None) -> None:
+        limit = self.max_message_size
+        if maxlength is not None and (limit is None or maxlength < limit):
+            limit = maxlength
+        if limit is not None and n > limit:
+            self.close()
+            raise MessageError(f"bad message length: {n} bytes announced, at most {limit} accepted")
+
+    def _read_payload(self, handle: int, n: int) -> bytes | bytearray:
+        if n <= _SMALL_WRITE:
+            return self._read_exact(handle, n) if n else b""  # type: ignore[return-value]
+        buf = bytearray(n)
+        self._read_into(handle, memoryview(buf))
+        return buf
+
+    def recv_bytes(self, maxlength: int | None = None) -> bytes:
+        """Receive one message sent with :meth:`send_bytes` (or :meth:`send`) as bytes.
+
+        Raises:
+            EOFError: the peer closed its end and nothing is left to read.
+            OSError: the message is longer than *maxlength* (the connection is closed).
+            ValueError: *maxlength* is negative.
+        """
+        if maxlength is not None and maxlength < 0:
+            raise ValueError("negative maxlength")
+        handle = self._check_readable()
+        n = self._read_length(handle)
+        if n == _OUT_OF_BAND:
+            self.close()
+            raise MessageError("received an object with out-of-band buffers: use recv(), not recv_bytes()")
+        if n < 0:
+            self.close()
+            raise MessageError(f"malformed frame header ({n})")
+        self._check_size(n, maxlength)
+        return bytes(self._read_payload(handle, n))
+
+    def recv_bytes_into(self, buf: Any, offset: int = 0) -> int:
+        """Receive a message into the writable buffer *buf* at *offset*; return its size.
+
+        Raises:
+            BufferTooShort: the message does not fit; ``args[0]`` holds it whole.
+            ValueError: *offset* is negative or past the end of *buf*.
+            EOFError / OSError: as :meth:`recv_bytes`.
+        """
+        handle = self._check_readable()
+        with memoryview(buf) as view:
+            itemsize = view.itemsize
+            byte_view = view.cast("B")
+            if offset < 0:
+                raise ValueError("negative offset")
+            if offset * itemsize > len(byte_view):
+                raise ValueError("offset too large")
+            n = self._read_length(handle)
+            if n < 0:
+                self.close()
+                raise MessageError(f"malformed frame header ({n})")
+            self._check_size(n, None)
+            start = offset * itemsize
+            if start + n > len(byte_view):
+                raise BufferTooShort(bytes(self._read_payload(handle, n)))
+            self._read_into(handle, byte_view[start : start + n])
+            return n
+
+    def recv(self) -> Any:
+        """Receive an object sent with :meth:`send`.
+
+        Raises:
+            EOFError: the peer closed its end and nothing is left to read.
+            pickle.UnpicklingError: the bytes received are not a valid pickle.
+            MessageError: the frame is malformed or too large (the connection is closed).
+        """
+        handle = self._check_readable()
+        n = self._read_length(handle)
+        if n >= 0:
+            self._check_size(n, None)
+            return _serialization.loads(self._read_payload(handle, n))
+        if n != _OUT_OF_BAND:
+            self.close()
+            raise MessageError(f"malformed frame header ({n})")
+        (count,) = _U32.unpack(self._read_exact(handle, 4))  # type: ignore[arg-type]
+        if count > 65536:
+            self.close()
+            raise MessageError(f"malformed frame: {count} out-of-band buffers announced")
+        raw = self._read_exact(handle, 8 * (count + 1))
+        sizes = [_U64.unpack_from(raw, 8 * i)[0] for i in range(count + 1)]  # type: ignore[arg-type]
+        self._check_size(sum(sizes), None)
+        payload = self._read_payload(handle, sizes[0])
+        buffers = []
+        for size in sizes[1:]:
+            buf = bytearray(size)
+            self._read_into(handle, memoryview(buf))
+            buffers.append(buf)
+        return _serialization.loads(payload, buffers)
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        """Whether there is anything to read (or the peer is gone) within *timeout* seconds.
+
+        ``None`` waits without limit; 0 (the default) does not wait.
+        """
+        handle = self._check_readable()
+        poller = select.poll()
+        poller.register(handle, _POLLIN)
+        if timeout is None:
+            ms = -1
+        else:
+            ms = max(0, int(timeout * 1000 + 0.999))
+        return bool(poller.poll(ms))
+
+
+def _rebuild_connection(fd: int, readable: bool, writable: bool) -> Connection:
+    return Connection(fd, readable, writable)
+
+
+def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802 - stdlib name
+    """Return a pair of connected Connections.
+
+    With *duplex* (the default) both ends can send and receive (a socket pair);
+    otherwise the first can only receive and the second only send (an OS pipe).
+    """
+    if duplex:
+        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        return Connection(left.detach()), Connection(right.detach())
+    read_fd, write_fd = os.pipe()
+    return Connection(read_fd, writable=False), Connection(write_fd, readable=False)

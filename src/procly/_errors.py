@@ -1,0 +1,80 @@
+"""Every exception procly raises, in one tree.
+
+The roots are the names ``multiprocessing`` users already catch, so existing
+``except`` clauses keep working::
+
+    Exception
+    └── ProcessError                      (multiprocessing.ProcessError)
+        ├── BufferTooShort                recv_bytes_into() buffer too small
+        ├── TimeoutError                  a wait ran out of time (also builtins.TimeoutError)
+        ├── AuthenticationError           HMAC challenge failed or peer spoke garbage
+        ├── ConnectionClosedError         you closed this connection (also OSError)
+        ├── MessageError                  a frame was malformed or over the size limit
+        │                                 (also OSError: the connection is unusable)
+        ├── StartError                    a child could not be started (also OSError)
+        └── PicklingError                 an object cannot be serialized
+                                          (also pickle.PicklingError and TypeError)
+
+``TimeoutError`` subclasses the builtin ``TimeoutError`` as well, so
+``except TimeoutError`` written against either one catches procly's.
+
+Every exception here survives a pickle round trip with its attributes intact:
+they travel between processes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import pickle
+
+__all__ = [
+    "AuthenticationError",
+    "BufferTooShort",
+    "ConnectionClosedError",
+    "MessageError",
+    "PicklingError",
+    "ProcessError",
+    "StartError",
+    "TimeoutError",
+]
+
+
+class ProcessError(Exception):
+    """Base class of every procly error (same role as multiprocessing.ProcessError)."""
+
+
+class BufferTooShort(ProcessError):
+    """``recv_bytes_into()`` was given a buffer smaller than the message.
+
+    ``args[0]`` holds the whole message as bytes, as in the standard library.
+    """
+
+
+class TimeoutError(ProcessError, builtins.TimeoutError):  # noqa: A001 - mirrors multiprocessing
+    """A blocking call ran out of time before it could complete."""
+
+
+class AuthenticationError(ProcessError):
+    """The peer failed the HMAC challenge, or sent something that is not a handshake."""
+
+
+class ConnectionClosedError(ProcessError, OSError):
+    """This end of the connection was closed by the caller; it cannot be used any more.
+
+    Distinct from ``EOFError``, which means the *peer* went away.
+    """
+
+
+class MessageError(ProcessError, OSError):
+    """A frame on the wire was malformed, truncated, or larger than the allowed maximum.
+
+    The connection is left in an undefined position in the stream and must be closed.
+    """
+
+
+class StartError(ProcessError, OSError):
+    """A child process could not be started (fork/exec failed, or it died during start-up)."""
+
+
+class PicklingError(ProcessError, pickle.PicklingError, TypeError):
+    """An object could not be serialized; the message names it and the reason."""

@@ -1,0 +1,193 @@
+"""The one serializer every part of procly uses.
+
+* pickle protocol 5 everywhere;
+* cloudpickle for what plain pickle refuses: lambdas, closures, nested functions and
+  classes, and objects of a ``__main__`` that a child cannot import (a REPL,
+  ``python -c``, a notebook);
+* objects of a ``__main__`` that children *can* import (a script, ``python -m``) are
+  pickled by reference, as the standard library does, so classes keep their identity
+  and ``isinstance`` works across processes;
+* buffers at or above a threshold (numpy arrays, ``PickleBuffer``, large ``bytes`` /
+  ``bytearray`` / ``memoryview`` at top level) can leave the pickle stream "out of band":
+  :func:`dumps` hands them to the caller as memoryviews instead of copying them into the
+  payload, and a transport decides how they travel. The connection layer writes them
+  straight from their memory to the pipe; the shared-memory layer can move them through
+  a segment instead (see :class:`BufferTransport`).
+
+Extra reducers are registered with :func:`register` (``ForkingPickler.register`` in the
+standard library).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+import types
+from collections import ChainMap
+from typing import Any, Callable, Protocol, Sequence
+
+import cloudpickle
+
+from ._errors import PicklingError
+
+PROTOCOL = 5
+
+#: Buffers at least this large travel out of band when the caller asks for it.
+OUT_OF_BAND_THRESHOLD = 64 * 1024
+
+# Types that plain C pickle always handles correctly and by value: a fast path.
+_SCALARS = frozenset({bytes, str, int, float, bool, type(None), complex})
+
+_extra_reducers: dict[type, Callable[[Any], Any]] = {}
+
+
+def register(type_: type, reduce: Callable[[Any], Any]) -> None:
+    """Use ``reduce(obj)`` to pickle instances of *type_* in every procly message.
+
+    Raises:
+        TypeError: *type_* is not a class or *reduce* is not callable.
+    """
+    if not isinstance(type_, type):
+        raise TypeError(f"register() needs a class, got {type_!r}")
+    if not callable(reduce):
+        raise TypeError(f"register() needs a callable reducer, got {reduce!r}")
+    _extra_reducers[type_] = reduce
+
+
+def _main_module_importable() -> bool:
+    """Whether a child can re-import ``__main__`` (and so resolve references into it)."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        return False
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name not in (None, "__main__"):
+        return True
+    path = getattr(main, "__file__", None)
+    return bool(path) and not str(path).startswith("<")
+
+
+def _main_attr(qualname: str) -> Any:
+    """Resolve *qualname* in whatever module this process runs as ``__main__``."""
+    obj: Any = sys.modules["__main__"]
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _lookup_main(obj: Any) -> str | None:
+    qualname = getattr(obj, "__qualname__", None)
+    if not qualname or "<" in qualname:
+        return None
+    try:
+        return qualname if _main_attr(qualname) is obj else None
+    except AttributeError:
+        return None
+
+
+class _OutOfBandBytes:
+    """Top-level large bytes/bytearray, pickled as a PickleBuffer so they can leave the stream."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: int) -> Any:
+        return (type(self.data), (pickle.PickleBuffer(self.data),))
+
+
+class Pickler(cloudpickle.Pickler):
+    """cloudpickle's Pickler with procly's reducers and ``__main__`` rule (see module doc)."""
+
+    def __init__(self, file: Any, protocol: int = PROTOCOL, buffer_callback: Any = None) -> None:
+        super().__init__(file, protocol=protocol, buffer_callback=buffer_callback)
+        if _extra_reducers:
+            self.dispatch_table = ChainMap(_extra_reducers, self.dispatch_table)  # type: ignore[assignment]
+
+    def reducer_override(self, obj: Any) -> Any:
+        cls = type(obj)
+        if (cls is types.FunctionType or isinstance(obj, type)) and getattr(
+            obj, "__module__", None
+        ) in ("__main__", "__mp_main__"):
+            if _main_module_importable():
+                qualname = _lookup_main(obj)
+                if qualname is not None:
+                    return _main_attr, (qualname,)
+        elif cls is memoryview and obj.contiguous:
+            return memoryview, (pickle.PickleBuffer(obj),)
+        return super().reducer_override(obj)
+
+
+def dumps(obj: Any, out_of_band: list[memoryview] | None = None) -> bytes:
+    """Serialize *obj*.
+
+    With *out_of_band* (a list), buffers of at least :data:`OUT_OF_BAND_THRESHOLD` bytes
+    are not copied into the result: their raw memoryviews are appended to the list, in
+    order, and must be handed to :func:`loads` along with the payload.
+
+    Raises:
+        procly.PicklingError: *obj* (or something inside it) cannot be serialized; the
+            message names the offending object. It is both a ``pickle.PicklingError``
+            and a ``TypeError``, so either ``except`` clause catches it.
+    """
+    cls = type(obj)
+    if cls in _SCALARS and (out_of_band is None or cls is not bytes or len(obj) < OUT_OF_BAND_THRESHOLD):
+        return pickle.dumps(obj, PROTOCOL)
+    if out_of_band is None:
+        callback = None
+    else:
+        if cls in (bytes, bytearray) and len(obj) >= OUT_OF_BAND_THRESHOLD:
+            obj = _OutOfBandBytes(obj)
+
+        def callback(buf: pickle.PickleBuffer) -> bool:
+            view = buf.raw()
+            if view.nbytes < OUT_OF_BAND_THRESHOLD:
+                return True  # small: keep it in the stream
+            out_of_band.append(view)
+            return False
+
+    stream = io.BytesIO()
+    try:
+        Pickler(stream, PROTOCOL, buffer_callback=callback).dump(obj)
+    except PicklingError:
+        raise
+    except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as exc:
+        raise PicklingError(f"cannot pickle {_describe(obj)}: {exc}") from exc
+    return stream.getvalue()
+
+
+def loads(data: bytes | bytearray | memoryview, buffers: Sequence[Any] = ()) -> Any:
+    """Rebuild an object from :func:`dumps` output and its out-of-band buffers.
+
+    Raises:
+        pickle.UnpicklingError: *data* is not a valid pickle (or is truncated).
+    """
+    try:
+        return pickle.loads(data, buffers=buffers)
+    except (pickle.UnpicklingError, EOFError) as exc:
+        raise pickle.UnpicklingError(f"received data is not a valid pickle: {exc}") from exc
+
+
+def _describe(obj: Any) -> str:
+    text = repr(obj)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{type(obj).__name__} object {text}"
+
+
+class BufferTransport(Protocol):
+    """How out-of-band buffers cross from one process to another.
+
+    A connection calls :meth:`export` in the sender with the buffers :func:`dumps` set
+    aside; whatever it returns is pickled (so it must be small: names, sizes, offsets)
+    and sent ahead of the data. The receiver calls :meth:`import_` with it and passes the
+    result to :func:`loads`. The default transport of a connection returns ``None`` from
+    :meth:`export`, which tells the connection to stream the bytes through the pipe
+    itself, still without copying them into the pickle.
+    """
+
+    def export(self, buffers: list[memoryview]) -> Any | None: ...
+
+    def import_(self, handle: Any) -> list[Any]: ...
+

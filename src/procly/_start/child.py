@@ -1,0 +1,59 @@
+"""Child side of every start method: become the Process, run it, report the exit code."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+from typing import Any
+
+from .. import _handoff, _process, _serialization, _state
+from .._connection import Connection
+from .prepare import prepare
+
+
+def become(process: Any, parent_name: str, parent_pid: int, lifeline: int | None) -> None:
+    """Make this fresh child the running *process*: new state, parent handle, lifeline."""
+    parent = _process.open_parent(parent_name, parent_pid)
+    _state.reset_for_child(process, parent, lifeline, watch=process.daemon)
+
+
+def run_from_pipe(data_fd: int, lifeline: int | None, fds: list[int] | None = None) -> int:
+    """Read preparation data and the pickled Process from *data_fd*, run it, return its code.
+
+    The parent writes two frames: the preparation data (builtins only) and the Process.
+    The descriptors the Process references were passed alongside: under spawn their
+    numbers are listed in the preparation data; the fork server passes *fds* instead.
+    """
+    with Connection(data_fd, writable=False) as conn:
+        data: dict[str, Any] = pickle.loads(conn.recv_bytes())
+        prepare(data)
+        from ..context import _default_context
+
+        _default_context._set_default(data["start_method"])
+        with _handoff.install(fds if fds is not None else data["fds"]):
+            process = _serialization.loads(conn.recv_bytes())
+    become(process, data["parent_name"], data["parent_pid"], lifeline)
+    return process._bootstrap()
+
+
+def spawn_main() -> None:
+    """Entry point of a spawned interpreter: ``python -c '...spawn_main()' DATA_FD LIFELINE_FD``."""
+    data_fd = int(sys.argv[1])
+    lifeline = int(sys.argv[2]) if sys.argv[2] != "-" else None
+    exitcode = run_from_pipe(data_fd, lifeline)
+    sys.exit(exitcode)
+
+
+def write_start_data(conn: Connection, data: dict[str, Any], payload: bytes) -> None:
+    """Parent side of :func:`run_from_pipe`."""
+    conn.send_bytes(pickle.dumps(data, _serialization.PROTOCOL))
+    conn.send_bytes(payload)
+
+
+def close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

@@ -1,0 +1,329 @@
+"""The forkserver start method: a clean helper process forks the children.
+
+Data flow for one child::
+
+    parent                           fork server                    child
+    connect(unix socket) ───────────> accept
+    send_fds([pipe_r, *arg fds]) ──> fork() ─────────────────────> reads pipe_r:
+    write prep + pickle to pipe_w                                   prepare, unpickle, run
+    <────────── pid + pidfd (SCM_RIGHTS)
+    ...                               SIGCHLD -> waitpid
+    <────────── exit code (i32)  ──── (the socket is the sentinel)
+
+The server is started on first use by spawn, preloads the main module and
+``set_forkserver_preload()`` modules, and watches its owner's lifeline: when the owner
+dies, the server ends (its daemonic children watch the same lifeline and end too).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import selectors
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import threading
+from typing import Any
+
+from .. import _handoff, _serialization, _state
+from .._connection import Connection
+from .._errors import StartError
+from .._wait import wait
+from .base import DirectChild
+from .child import run_from_pipe, write_start_data
+from .prepare import preparation_data, prepare
+from .spawn import interpreter_command, launch
+
+_STATUS = struct.Struct("!i")
+_PID = struct.Struct("!q")
+_SERVER_CODE = "from procly._start.forkserver import serve; serve()"
+_MAX_FDS = 256
+
+
+class ForkServerChild:
+    """A child forked by the fork server: status arrives on a socket, signals via pidfd."""
+
+    def __init__(self, pid: int, pidfd: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._pidfd: int | None = pidfd
+        self._sock: socket.socket | None = sock
+        self.sentinel = sock.fileno()
+        self._lock = threading.Lock()
+
+    def _read_status(self) -> int | None:
+        with self._lock:
+            if self.returncode is None and self._sock is not None:
+                data = self._sock.recv(_STATUS.size, socket.MSG_WAITALL)
+                # EOF without a status: the server died before reporting.
+                self.returncode = _STATUS.unpack(data)[0] if len(data) == _STATUS.size else 255
+            return self.returncode
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self._sock is not None and not wait([self._sock], 0):
+            return None
+        return self._read_status()
+
+    def wait(self, timeout: float | None) -> int | None:
+        if self.returncode is None and self._sock is not None and not wait([self._sock], timeout):
+            return None
+        return self._read_status()
+
+    def _signal(self, signum: int) -> None:
+        if self.returncode is None and self._pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, signum)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __del__(self) -> None:
+        if getattr(self, "_sock", None) is not None:
+            self.close()
+
+
+class ForkServer:
+    """The parent's handle on its fork server."""
+
+    def __init__(self, preload: list[str], executable: str | None) -> None:
+        state = _state.get()
+        lifeline = state.lifeline()
+        self._dir = tempfile.mkdtemp(prefix="procly-forkserver-")
+        self.address = os.path.join(self._dir, "sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        read_fd, write_fd = os.pipe()
+        try:
+            listener.bind(self.address)
+            os.chmod(self.address, 0o600)
+            listener.listen(128)
+            argv = interpreter_command(executable) + [
+                "-c",
+                _SERVER_CODE,
+                str(listener.fileno()),
+                str(lifeline),
+                str(read_fd),
+            ]
+            self._process = DirectChild(launch(argv, [listener.fileno(), lifeline, read_fd]))
+        except BaseException:
+            os.close(write_fd)
+            self._remove_dir()
+            raise
+        finally:
+            listener.close()
+            os.close(read_fd)
+        data = preparation_data("ForkServer", "forkserver")
+        data["preload"] = list(preload)
+        with Connection(write_fd, readable=False) as conn:
+            try:
+                conn.send_bytes(pickle.dumps(data, _serialization.PROTOCOL))
+            except BrokenPipeError:
+                pass
+
+    def alive(self) -> bool:
+        return self._process.poll() is None
+
+    def start(self, process: Any) -> ForkServerChild:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            return self._start(sock, process)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _start(self, sock: socket.socket, process: Any) -> ForkServerChild:
+        data = preparation_data(process.name, "forkserver")
+        with _handoff.collecting() as handoff:
+            payload = _serialization.dumps(process)
+        data["fds"] = handoff.fds  # renumbered by the server
+        try:
+            sock.connect(self.address)
+        except OSError as exc:
+            raise StartError(f"cannot reach the fork server: {exc}") from exc
+        read_fd, write_fd = os.pipe()
+        try:
+            socket.send_fds(sock, [b"D" if process.daemon else b"N"], [read_fd, *handoff.fds])
+        finally:
+            os.close(read_fd)
+        with Connection(write_fd, readable=False) as conn:
+            try:
+                write_start_data(conn, data, payload)
+            except BrokenPipeError:
+                pass
+        msg, fds, _, _ = socket.recv_fds(sock, _PID.size, 1, socket.MSG_WAITALL)
+        if len(msg) != _PID.size or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise StartError("the fork server failed to start the child")
+        return ForkServerChild(_PID.unpack(msg)[0], fds[0], sock)
+
+    def stop(self) -> None:
+        """End the server and reap it (called at exit, after children were joined)."""
+        self._process.terminate()
+        if self._process.wait(2.0) is None:
+            self._process.kill()
+            self._process.wait(None)
+        self._process.close()
+        self._remove_dir()
+
+    def _remove_dir(self) -> None:
+        for path in (self.address, self._dir):
+            try:
+                (os.unlink if path == self.address else os.rmdir)(path)
+            except OSError:
+                pass
+
+
+class ForkServerStarter:
+    """Ask this process's fork server (started on first use) to fork the child."""
+
+    method = "forkserver"
+
+    def __init__(self) -> None:
+        self.preload: list[str] = ["__main__"]
+        self.executable: str | None = None
+
+    def start(self, process: Any) -> ForkServerChild:
+        state = _state.get()
+        with state.lock:
+            server = state.forkserver
+            if server is None or not server.alive():
+                if server is not None:
+                    server.stop()
+                server = state.forkserver = ForkServer(self.preload, self.executable)
+        return server.start(process)
+
+
+# --------------------------------------------------------------------------- server
+
+
+def serve() -> None:
+    """Main loop of the fork server process (argv: LISTENER_FD LIFELINE_FD DATA_FD)."""
+    listener = socket.socket(fileno=int(sys.argv[1]))
+    lifeline = int(sys.argv[2])
+    with Connection(int(sys.argv[3]), writable=False) as conn:
+        data = pickle.loads(conn.recv_bytes())
+    preload = data.pop("preload", [])
+    if "__main__" not in preload:
+        data.pop("main_path", None)
+        data.pop("main_module_name", None)
+    try:
+        prepare(data)
+    except BaseException:  # the child will import main itself and show the error
+        pass
+    for name in preload:
+        if name != "__main__":
+            try:
+                __import__(name)
+            except ImportError:
+                pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *args: None)
+    clients: dict[int, socket.socket] = {}
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ, "listener")
+    selector.register(lifeline, selectors.EVENT_READ, "lifeline")
+    selector.register(wake_r, selectors.EVENT_READ, "sigchld")
+    while True:
+        for key, _ in selector.select():
+            if key.data == "lifeline":
+                if not os.read(lifeline, 1):
+                    os._exit(0)  # the owner died
+            elif key.data == "sigchld":
+                try:
+                    while os.read(wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+                _report_exits(clients)
+            else:
+                try:
+                    client, _ = listener.accept()
+                except OSError:
+                    continue
+                _serve_one(client, clients, [listener.fileno(), lifeline, wake_r, wake_w])
+
+
+def _report_exits(clients: dict[int, socket.socket]) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        client = clients.pop(pid, None)
+        if client is not None:
+            try:
+                client.sendall(_STATUS.pack(os.waitstatus_to_exitcode(status)))
+            except OSError:
+                pass
+            client.close()
+
+
+def _serve_one(client: socket.socket, clients: dict[int, socket.socket], server_fds: list[int]) -> None:
+    try:
+        msg, fds, _, _ = socket.recv_fds(client, 1, _MAX_FDS)
+    except OSError:
+        client.close()
+        return
+    if msg not in (b"D", b"N") or not fds:
+        for fd in fds:
+            os.close(fd)
+        client.close()
+        return
+    daemonic = msg == b"D"
+    lifeline = server_fds[1]
+    pid = os.fork()
+    if pid == 0:
+        exitcode = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for fd in server_fds:
+                if fd != lifeline:
+                    os.close(fd)
+            client.close()
+            for other in clients.values():
+                other.close()
+            keep = os.dup(lifeline) if daemonic else None
+            os.close(lifeline)
+            exitcode = run_from_pipe(fds[0], keep, fds[1:])
+        except SystemExit as exc:
+            exitcode = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(exitcode)
+    for fd in fds:
+        os.close(fd)
+    pidfd = os.pidfd_open(pid)
+    try:
+        socket.send_fds(client, [_PID.pack(pid)], [pidfd])
+    except OSError:
+        pass
+    finally:
+        os.close(pidfd)
+    clients[pid] = client

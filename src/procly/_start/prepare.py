@@ -1,0 +1,86 @@
+"""What a fresh interpreter (spawn, forkserver) needs to look like its parent.
+
+The parent sends :func:`preparation_data` (plain builtins only, so it can be read
+before anything else is imported); the child applies it with :func:`prepare`: same
+``sys.path``, ``sys.argv`` and working directory, and the parent's main module imported
+under the name ``__mp_main__`` so that its ``if __name__ == "__main__":`` block does not
+run again, while references to ``__main__`` objects resolve.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import types
+from typing import Any
+
+MAIN_ALIAS = "__mp_main__"
+
+
+def preparation_data(name: str, start_method: str) -> dict[str, Any]:
+    """Describe this process for a child named *name*."""
+    from .. import _state
+
+    data: dict[str, Any] = {
+        "name": name,
+        "start_method": start_method,
+        "sys_path": list(sys.path),
+        "sys_argv": list(sys.argv),
+        "dir": os.getcwd(),
+        "authkey": bytes(_state.get().current.authkey),
+        "parent_name": _state.get().current.name,
+        "parent_pid": os.getpid(),
+    }
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name not in (None, "__main__"):
+        module_name = spec.name
+        if module_name.endswith(".__main__"):
+            module_name = module_name[: -len(".__main__")]
+        data["main_module_name"] = module_name
+    else:
+        path = getattr(main, "__file__", None)
+        if path and not str(path).startswith("<") and os.path.exists(path):
+            data["main_path"] = os.path.abspath(path)
+    return data
+
+
+def prepare(data: dict[str, Any]) -> None:
+    """Apply :func:`preparation_data` in the child (idempotent for the main module)."""
+    sys.path[:] = data["sys_path"]
+    sys.argv[:] = data["sys_argv"]
+    try:
+        os.chdir(data["dir"])
+    except OSError:
+        pass
+    if "main_module_name" in data:
+        _import_main(data["main_module_name"], None)
+    elif "main_path" in data:
+        _import_main(None, data["main_path"])
+
+
+def _import_main(module_name: str | None, path: str | None) -> None:
+    current = sys.modules.get("__main__")
+    if current is not None and current.__name__ == MAIN_ALIAS:
+        if (path and getattr(current, "__file__", None) == path) or (
+            module_name and getattr(getattr(current, "__spec__", None), "name", None) == module_name
+        ):
+            return  # already imported (the fork server preloaded it)
+    if path is not None:
+        # Scripts run through a console-script wrapper need no re-import.
+        if os.path.basename(path) in ("ipython", "ipython3"):
+            return
+    main_module = types.ModuleType(MAIN_ALIAS)
+    sys.modules["__main__"] = sys.modules[MAIN_ALIAS] = main_module
+    try:
+        if module_name is not None:
+            namespace = runpy.run_module(module_name, run_name=MAIN_ALIAS, alter_sys=True)
+        else:
+            namespace = runpy.run_path(path, run_name=MAIN_ALIAS)  # type: ignore[arg-type]
+    except BaseException:
+        if current is not None:
+            sys.modules["__main__"] = current
+        raise
+    main_module.__dict__.update(namespace)
+    sys.modules["__main__"] = sys.modules[MAIN_ALIAS] = main_module

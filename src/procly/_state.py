@@ -1,0 +1,168 @@
+"""The per-process state of procly, in one object.
+
+Everything procly must remember about *this* process (which Process object it is, its
+parent, the children it started, its lifeline, its fork server, its exit hook) lives in
+one :class:`ProcessState`. A child gets a fresh one at start-up (:func:`reset_for_child`)
+instead of scrubbing module globals one by one.
+
+The lifeline
+------------
+Each process that starts children owns one pipe. It keeps the write end to itself
+(close-on-exec, and closed in every process forked from it); daemonic children and
+helper processes get the read end and watch it from a thread. The kernel closes the
+write end however the owner dies, SIGKILL included, so the watchers read EOF and end
+themselves: no orphaned daemon, pool worker or fork server. Non-daemonic children do
+not watch, so they finish their work as the standard library promises.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._process import BaseProcess
+
+# Grace a daemonic child gets after SIGTERM at its parent's exit, before SIGKILL.
+DAEMON_TERMINATE_GRACE = 1.0
+# Grace a watcher gives its own process after SIGTERM when the parent died.
+ORPHAN_TERMINATE_GRACE = 2.0
+
+
+class ProcessState:
+    """What procly knows about the current process."""
+
+    def __init__(self, current: Any, parent: Any = None) -> None:
+        self.current = current  # the BaseProcess (or _MainProcess) running here
+        self.parent = parent  # a _ParentProcess, or None in the main process
+        self.children: set[BaseProcess] = set()  # started, not yet known to be reaped
+        self.counter = itertools.count(1)  # numbers the children: Process-1, -2, ...
+        self.lifeline_read: int | None = None
+        self.lifeline_write: int | None = None
+        self.forkserver: Any = None  # _start.forkserver.ForkServer, started on demand
+        self.exiting = False
+        self._exit_hook = False
+        self.lock = threading.RLock()
+        self.pid = os.getpid()
+
+    def lifeline(self) -> int:
+        """The read end of this process's lifeline, created on first use."""
+        with self.lock:
+            if self.lifeline_read is None:
+                self.lifeline_read, self.lifeline_write = os.pipe()
+                os.register_at_fork(after_in_child=_close_inherited_lifeline_write)
+            return self.lifeline_read
+
+    def ensure_exit_hook(self) -> None:
+        """Join/terminate children at interpreter exit (registered on first start)."""
+        if not self._exit_hook and self.pid == os.getpid():
+            self._exit_hook = True
+            atexit.register(run_exit_hook)
+
+    def reap(self) -> None:
+        """Forget children that have ended (``active_children()`` calls this)."""
+        for child in list(self.children):
+            handle = child._handle
+            if handle is None or handle.poll() is not None:
+                self.children.discard(child)
+
+
+_state: ProcessState | None = None
+
+
+def get() -> ProcessState:
+    """The state of the current process (created on first use in the main process)."""
+    global _state
+    state = _state
+    if state is None or state.pid != os.getpid():
+        from ._process import _MainProcess
+
+        # First use, or a process forked by user code (os.fork): start afresh.
+        state = _state = ProcessState(_MainProcess(), None)
+    return state
+
+
+def reset_for_child(current: Any, parent: Any, lifeline: int | None, watch: bool) -> ProcessState:
+    """Install a fresh state in a child; watch *lifeline* if it is daemonic or a helper."""
+    global _state
+    old = _state
+    if old is not None and old.lifeline_write is not None:
+        _close_quietly(old.lifeline_write)
+        if old.lifeline_read is not None and old.lifeline_read != lifeline:
+            _close_quietly(old.lifeline_read)
+    _state = ProcessState(current, parent)
+    if lifeline is not None:
+        if watch:
+            watch_lifeline(lifeline)
+        else:
+            _close_quietly(lifeline)
+    return _state
+
+
+def watch_lifeline(fd: int) -> None:
+    """End this process when *fd* reads EOF (the owner of the lifeline died)."""
+    thread = threading.Thread(target=_watch, args=(fd,), name="procly-lifeline", daemon=True)
+    thread.start()
+
+
+def _watch(fd: int) -> None:
+    try:
+        while os.read(fd, 1):
+            pass
+    except OSError:
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_TERMINATE_GRACE)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _close_inherited_lifeline_write() -> None:
+    # Any process forked from the owner (by procly or by user code) must not hold the
+    # write end, or the owner's death would go unnoticed while it lives.
+    state = _state
+    if state is not None and state.lifeline_write is not None and state.pid != os.getpid():
+        _close_quietly(state.lifeline_write)
+        state.lifeline_write = None
+
+
+def run_exit_hook() -> None:
+    """What the standard library does at exit: terminate daemonic children, join all.
+
+    Beyond it: a daemonic child that ignores SIGTERM is killed after
+    :data:`DAEMON_TERMINATE_GRACE` seconds instead of hanging the exit.
+    """
+    state = _state
+    if state is None or state.pid != os.getpid() or state.exiting:
+        return
+    state.exiting = True
+    from . import _finalize
+
+    _finalize.run_finalizers(0)
+    children = [c for c in list(state.children) if c._handle is not None]
+    for child in children:
+        if child.daemon and child._handle.poll() is None:
+            child._handle.terminate()
+    for child in children:
+        if child.daemon:
+            if child._handle.wait(DAEMON_TERMINATE_GRACE) is None:
+                child._handle.kill()
+                child._handle.wait(None)
+        else:
+            child._handle.wait(None)
+        state.children.discard(child)
+    _finalize.run_finalizers()
+    if state.forkserver is not None:
+        state.forkserver.stop()
+        state.forkserver = None

@@ -1,0 +1,277 @@
+"""Contexts: the whole procly API bound to one start method.
+
+``procly.get_context("spawn")`` returns a context whose ``Process``, ``Queue``,
+``Lock``, ``Pool``... all start children with spawn; the functions at the top of the
+``procly`` package belong to the default context, whose method is chosen once with
+``set_start_method()`` (or on first use: the running Python's own default).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import ModuleType
+from typing import Any
+
+from ._connection import Connection
+from ._connection import Pipe as _pipe
+from ._errors import AuthenticationError, BufferTooShort, ProcessError, TimeoutError
+from ._process import BaseProcess, active_children, current_process, parent_process
+from ._start.fork import ForkStarter
+from ._start.forkserver import ForkServerStarter
+from ._start.spawn import SpawnStarter
+
+__all__ = [
+    "AuthenticationError",
+    "BaseContext",
+    "BufferTooShort",
+    "DefaultContext",
+    "ForkContext",
+    "ForkProcess",
+    "ForkServerContext",
+    "ForkServerProcess",
+    "Process",
+    "ProcessError",
+    "SpawnContext",
+    "SpawnProcess",
+    "TimeoutError",
+]
+
+
+class BaseContext:
+    """The API shared by every context (``multiprocessing.context.BaseContext``)."""
+
+    _name: str | None = None
+    Process: type[BaseProcess]
+
+    ProcessError = ProcessError
+    BufferTooShort = BufferTooShort
+    TimeoutError = TimeoutError
+    AuthenticationError = AuthenticationError
+
+    current_process = staticmethod(current_process)
+    parent_process = staticmethod(parent_process)
+    active_children = staticmethod(active_children)
+
+    def cpu_count(self) -> int:
+        """The number of CPUs in the system.
+
+        Raises:
+            NotImplementedError: the number cannot be determined.
+        """
+        count = os.cpu_count()
+        if count is None:
+            raise NotImplementedError("cannot determine number of cpus")
+        return count
+
+    def Pipe(self, duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802
+        """Two connected Connections (see :func:`procly.connection.Pipe`)."""
+        return _pipe(duplex)
+
+    def freeze_support(self) -> None:
+        """No-op outside frozen Windows executables, as in the standard library."""
+
+    def get_logger(self) -> Any:
+        """procly's logger (see :mod:`procly.util`)."""
+        from .util import get_logger
+
+        return get_logger()
+
+    def log_to_stderr(self, level: int | str | None = None) -> Any:
+        """Send procly's log to stderr (see :mod:`procly.util`)."""
+        from .util import log_to_stderr
+
+        return log_to_stderr(level)
+
+    def allow_connection_pickling(self) -> None:
+        """Kept for compatibility: Connections always pickle for child processes."""
+
+    def set_executable(self, executable: str) -> None:
+        """Interpreter used by spawn and the fork server."""
+        _concrete_contexts["spawn"].starter.executable = executable
+        _concrete_contexts["forkserver"].starter.executable = executable
+
+    def set_forkserver_preload(self, module_names: list[str]) -> None:
+        """Modules the fork server imports once, so its children start with them loaded.
+
+        Raises:
+            TypeError: *module_names* is not a list of strings.
+        """
+        if not isinstance(module_names, (list, tuple)) or not all(isinstance(m, str) for m in module_names):
+            raise TypeError("module_names must be a list of strings")
+        _concrete_contexts["forkserver"].starter.preload = list(module_names)
+
+    def get_context(self, method: str | None = None) -> BaseContext:
+        """The context for *method* (this context's own method when None).
+
+        Raises:
+            ValueError: *method* is not one of :meth:`get_all_start_methods`.
+        """
+        if method is None:
+            return self
+        try:
+            return _concrete_contexts[method]
+        except KeyError:
+            raise ValueError(f"cannot find context for {method!r}") from None
+
+    def get_start_method(self, allow_none: bool = False) -> str | None:
+        return self._name
+
+    def set_start_method(self, method: str | None, force: bool = False) -> None:
+        raise ValueError("cannot set start method of concrete context")
+
+    def get_all_start_methods(self) -> list[str]:
+        """The available start methods, the default one first."""
+        default = _default_method()
+        return [default] + [m for m in ("fork", "spawn", "forkserver") if m != default]
+
+    @property
+    def reducer(self) -> ModuleType:
+        """The serialization module (``procly.reduction``)."""
+        from . import reduction
+
+        return reduction
+
+    @reducer.setter
+    def reducer(self, reduction: ModuleType) -> None:
+        raise ValueError("procly's serialization module cannot be replaced")
+
+    def _check_available(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        # The factories of later layers (Lock, Queue, Value, Manager, Pool...) live in
+        # their own modules and are imported only when first used.
+        factory = _lazy_factories.get(name)
+        if factory is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        module_name, attr = factory
+        module = __import__(f"procly.{module_name}", fromlist=[attr])
+        target = getattr(module, attr)
+
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            return target(*args, ctx=self.get_context(), **kwargs)
+
+        bound.__name__ = name
+        bound.__doc__ = target.__doc__
+        return bound
+
+
+# name -> (module, factory taking ctx=); filled in as layers land.
+_lazy_factories: dict[str, tuple[str, str]] = {}
+
+
+class ForkProcess(BaseProcess):
+    _start_method = "fork"
+
+    @staticmethod
+    def _starter() -> Any:
+        return _concrete_contexts["fork"].starter
+
+
+class SpawnProcess(BaseProcess):
+    _start_method = "spawn"
+
+    @staticmethod
+    def _starter() -> Any:
+        return _concrete_contexts["spawn"].starter
+
+
+class ForkServerProcess(BaseProcess):
+    _start_method = "forkserver"
+
+    @staticmethod
+    def _starter() -> Any:
+        return _concrete_contexts["forkserver"].starter
+
+
+class Process(BaseProcess):
+    """A Process started with the default context's method (decided at ``start()``)."""
+
+    _start_method = None
+
+    @staticmethod
+    def _starter() -> Any:
+        return _default_context.get_context().starter  # type: ignore[attr-defined]
+
+
+class ForkContext(BaseContext):
+    _name = "fork"
+    Process = ForkProcess
+
+    def __init__(self) -> None:
+        self.starter = ForkStarter()
+
+
+class SpawnContext(BaseContext):
+    _name = "spawn"
+    Process = SpawnProcess
+
+    def __init__(self) -> None:
+        self.starter = SpawnStarter()
+
+
+class ForkServerContext(BaseContext):
+    _name = "forkserver"
+    Process = ForkServerProcess
+
+    def __init__(self) -> None:
+        self.starter = ForkServerStarter()
+
+
+_concrete_contexts: dict[str, BaseContext] = {
+    "fork": ForkContext(),
+    "spawn": SpawnContext(),
+    "forkserver": ForkServerContext(),
+}
+
+
+def _default_method() -> str:
+    # Mirror the running Python: fork until 3.14, forkserver from 3.14 on (Linux).
+    return "forkserver" if sys.version_info >= (3, 14) else "fork"
+
+
+class DefaultContext(BaseContext):
+    """The context behind ``procly.*``: its method is fixed on first use."""
+
+    Process = Process
+
+    def __init__(self, default: BaseContext) -> None:
+        self._default_ctx = default
+        self._actual: BaseContext | None = None
+
+    def get_context(self, method: str | None = None) -> BaseContext:
+        if method is None:
+            if self._actual is None:
+                self._actual = self._default_ctx
+            return self._actual
+        return super().get_context(method)
+
+    def set_start_method(self, method: str | None, force: bool = False) -> None:
+        """Choose the default start method once (again only with *force*).
+
+        Raises:
+            RuntimeError: the method was already chosen and *force* is false.
+            ValueError: *method* is unknown.
+        """
+        if self._actual is not None and not force:
+            raise RuntimeError("context has already been set")
+        if method is None and force:
+            self._actual = None
+            return
+        self._actual = self.get_context(method)
+
+    def get_start_method(self, allow_none: bool = False) -> str | None:
+        if self._actual is None:
+            if allow_none:
+                return None
+            self._actual = self._default_ctx
+        return self._actual._name
+
+    def _set_default(self, method: str) -> None:
+        """In a child: use the parent's method unless one was already chosen."""
+        if self._actual is None and method in _concrete_contexts:
+            self._actual = _concrete_contexts[method]
+
+
+_default_context = DefaultContext(_concrete_contexts[_default_method()])
