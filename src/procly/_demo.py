@@ -30,7 +30,7 @@ class Example:
 def _order(lines: list[str], *prefixes: str) -> bool:
     """The lines starting with *prefixes* appear, in this order, and nothing else of theirs."""
     picked = [line for line in lines if line.startswith(("Parent process", "Child process"))]
-    return len(picked) == len(prefixes) and all(line.startswith(p) for line, p in zip(picked, prefixes))
+    return len(picked) == len(prefixes) and all(line.startswith(p) for line, p in zip(picked, prefixes, strict=False))
 
 
 EXAMPLES = [
@@ -112,7 +112,7 @@ def main(methods: list[str] | None = None, only: list[str] | None = None) -> int
             print(f"== {example.section}  (procly/examples/{example.script}.py)")
             print(f"   the tutorial says: {example.shows}")
             results = list(runner.map(lambda m, s=example.script: _run(s, m), methods))
-            for method, (code, lines, seconds) in zip(methods, results):
+            for method, (code, lines, seconds) in zip(methods, results, strict=False):
                 ok = code == 0 and example.check(lines)
                 failures += not ok
                 mark = "ok  " if ok else "FAIL"

@@ -259,7 +259,7 @@ class BaseProcess:
         else:
             exitcode = self._handle.poll()
             status = "started" if exitcode is None else "stopped"
-        info = [type(self).__name__, "name=%r" % self._name]
+        info = [type(self).__name__, f"name={self._name!r}"]
         if self._handle is not None:
             info.append(f"pid={self._handle.pid}")
         info.append(f"parent={self._parent_pid}")
@@ -268,7 +268,7 @@ class BaseProcess:
             info.append(f"exitcode={_exitcode_text(exitcode)}")
         if self.daemon:
             info.append("daemon")
-        return "<%s>" % " ".join(info)
+        return "<{}>".format(" ".join(info))
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

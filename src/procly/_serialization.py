@@ -24,7 +24,6 @@ import io
 import pickle
 import sys
 import types
-from collections import ChainMap
 from typing import Any, Callable, Protocol, Sequence
 
 import cloudpickle
@@ -100,13 +99,11 @@ class _OutOfBandBytes:
 class Pickler(cloudpickle.Pickler):
     """cloudpickle's Pickler with procly's reducers and ``__main__`` rule (see module doc)."""
 
-    def __init__(self, file: Any, protocol: int = PROTOCOL, buffer_callback: Any = None) -> None:
-        super().__init__(file, protocol=protocol, buffer_callback=buffer_callback)
-        if _extra_reducers:
-            self.dispatch_table = ChainMap(_extra_reducers, self.dispatch_table)  # type: ignore[assignment]
-
     def reducer_override(self, obj: Any) -> Any:
         cls = type(obj)
+        custom = _extra_reducers.get(cls)
+        if custom is not None:
+            return custom(obj)
         if (cls is types.FunctionType or isinstance(obj, type)) and getattr(
             obj, "__module__", None
         ) in ("__main__", "__mp_main__"):

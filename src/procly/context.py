@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Any
 
 from ._connection import Connection
-from ._connection import Pipe as _pipe
+from ._connection import Pipe as _Pipe
 from ._errors import AuthenticationError, BufferTooShort, ProcessError, TimeoutError
 from ._process import BaseProcess, active_children, current_process, parent_process
 from ._start.fork import ForkStarter
@@ -66,7 +66,7 @@ class BaseContext:
 
     def Pipe(self, duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802
         """Two connected Connections (see :func:`procly.connection.Pipe`)."""
-        return _pipe(duplex)
+        return _Pipe(duplex)
 
     def freeze_support(self) -> None:
         """No-op outside frozen Windows executables, as in the standard library."""

@@ -10,7 +10,6 @@ from typing import Any
 from . import _state
 from ._finalize import Finalize as Finalize
 from ._finalize import register_after_fork as register_after_fork
-from ._finalize import run_finalizers as _run_finalizers
 
 __all__ = [
     "Finalize",

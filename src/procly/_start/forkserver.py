@@ -60,6 +60,11 @@ class ForkServerChild:
                 data = self._sock.recv(_STATUS.size, socket.MSG_WAITALL)
                 # EOF without a status: the server died before reporting.
                 self.returncode = _STATUS.unpack(data)[0] if len(data) == _STATUS.size else 255
+                # Keep the sentinel ready from now on, even before the server closes its end.
+                try:
+                    self._sock.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
             return self.returncode
 
     def poll(self) -> int | None:
@@ -156,10 +161,14 @@ class ForkServer:
         except OSError as exc:
             raise StartError(f"cannot reach the fork server: {exc}") from exc
         read_fd, write_fd = os.pipe()
+        # The child writes to *our* stdout/stderr as they are now, not to the ones the
+        # server inherited when it started.
+        stdio = [_stdio_fd(1), _stdio_fd(2)]
         try:
-            socket.send_fds(sock, [b"D" if process.daemon else b"N"], [read_fd, *handoff.fds])
+            socket.send_fds(sock, [b"D" if process.daemon else b"N"], [read_fd, *stdio, *handoff.fds])
         finally:
-            os.close(read_fd)
+            for fd in (read_fd, *stdio):
+                os.close(fd)
         with Connection(write_fd, readable=False) as conn:
             try:
                 write_start_data(conn, data, payload)
@@ -187,6 +196,13 @@ class ForkServer:
                 (os.unlink if path == self.address else os.rmdir)(path)
             except OSError:
                 pass
+
+
+def _stdio_fd(fd: int) -> int:
+    try:
+        return os.dup(fd)
+    except OSError:
+        return os.open(os.devnull, os.O_WRONLY)
 
 
 class ForkServerStarter:
@@ -286,7 +302,7 @@ def _serve_one(client: socket.socket, clients: dict[int, socket.socket], server_
     except OSError:
         client.close()
         return
-    if msg not in (b"D", b"N") or not fds:
+    if msg not in (b"D", b"N") or len(fds) < 3:
         for fd in fds:
             os.close(fd)
         client.close()
@@ -308,7 +324,10 @@ def _serve_one(client: socket.socket, clients: dict[int, socket.socket], server_
                 other.close()
             keep = os.dup(lifeline) if daemonic else None
             os.close(lifeline)
-            exitcode = run_from_pipe(fds[0], keep, fds[1:])
+            for target, fd in ((1, fds[1]), (2, fds[2])):
+                os.dup2(fd, target)
+                os.close(fd)
+            exitcode = run_from_pipe(fds[0], keep, fds[3:])
         except SystemExit as exc:
             exitcode = exc.code if isinstance(exc.code, int) else 1
         except BaseException:

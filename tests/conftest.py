@@ -1,0 +1,106 @@
+"""Shared fixtures: every start method, and a leak check around every test."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+import procly
+from procly import _state
+
+METHODS = ["fork", "spawn", "forkserver"]
+
+
+@pytest.fixture(params=METHODS)
+def ctx(request: pytest.FixtureRequest) -> procly.context.BaseContext:
+    """The procly context of each start method in turn."""
+    return procly.get_context(request.param)
+
+
+def child_pids(pid: int | None = None) -> set[int]:
+    """PIDs whose parent is *pid* (this process by default), zombies included."""
+    pid = pid or os.getpid()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(entry))
+    return found
+
+
+def pid_state(pid: int) -> str | None:
+    """The /proc state letter of *pid* (Z for zombie), or None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll *predicate* until true or *timeout*: for observing other processes only."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def _helpers() -> set[int]:
+    server = _state.get().forkserver
+    return {server._process.pid} if server is not None else set()
+
+
+def _fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def _shm() -> set[str]:
+    return set(os.listdir("/dev/shm"))
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest):
+    """Fail a test that leaves a child process, a descriptor or a /dev/shm entry behind."""
+    if request.node.get_closest_marker("allow_leaks"):
+        yield
+        return
+    before_children = child_pids() - _helpers()
+    before_fds = _fds()
+    before_shm = _shm()
+    yield
+    import gc
+
+    gc.collect()
+    assert wait_until(lambda: not (child_pids() - _helpers() - before_children), timeout=5), (
+        f"child processes left behind: {child_pids() - _helpers() - before_children}"
+    )
+    # The lifeline and the fork server's pidfd are created once per test process and kept.
+    state = _state.get()
+    kept = {state.lifeline_read, state.lifeline_write}
+    if state.forkserver is not None:
+        kept.add(state.forkserver._process.sentinel)
+    leaked = _fds() - before_fds - kept
+    leaked = {fd for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")}
+    assert not leaked, f"file descriptors left open: {[(fd, _describe(fd)) for fd in leaked]}"
+    assert _shm() - before_shm == set(), f"/dev/shm entries left behind: {_shm() - before_shm}"
+
+
+def _describe(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "?"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "allow_leaks: skip the leak check (the test checks leaks itself)")

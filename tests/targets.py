@@ -1,0 +1,142 @@
+"""Functions and classes that child processes run in the tests (importable by spawn)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import procly
+
+
+def noop() -> None:
+    pass
+
+
+def exit_with(code: object) -> None:
+    sys.exit(code)
+
+
+def raise_error() -> None:
+    raise ValueError("boom from the child")
+
+
+def sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def kill_self(signum: int) -> None:
+    import faulthandler
+
+    faulthandler.disable()  # inherited from pytest; keep a deliberate SIGSEGV quiet
+    os.kill(os.getpid(), signum)
+
+
+def send_value(conn, value) -> None:
+    conn.send(value)
+    conn.close()
+
+
+def echo(conn) -> None:
+    """Send back everything received until None or EOF.
+
+    (Under fork the child also inherits the parent's end, so EOF alone may never come.)
+    """
+    try:
+        while (item := conn.recv()) is not None:
+            conn.send(item)
+    except EOFError:
+        pass
+
+
+def echo_bytes(conn) -> None:
+    try:
+        while True:
+            conn.send_bytes(conn.recv_bytes())
+    except EOFError:
+        pass
+
+
+def report_identity(conn) -> None:
+    me = procly.current_process()
+    parent = procly.parent_process()
+    conn.send(
+        {
+            "name": me.name,
+            "pid": os.getpid(),
+            "ident": me.ident,
+            "daemon": me.daemon,
+            "authkey": bytes(me.authkey),
+            "parent_pid": parent.pid if parent else None,
+            "parent_name": parent.name if parent else None,
+            "parent_alive": parent.is_alive() if parent else None,
+            "start_method": procly.get_start_method(allow_none=True),
+        }
+    )
+    conn.close()
+
+
+def try_start_child(conn) -> None:
+    """Report what happens when this (daemonic) process starts a child."""
+    try:
+        procly.Process(target=noop).start()
+    except AssertionError as exc:
+        conn.send(("AssertionError", str(exc)))
+    else:
+        conn.send(("started", ""))
+    conn.close()
+
+
+def start_grandchild(conn, method: str) -> None:
+    child = procly.get_context(method).Process(target=send_value, args=(conn, "from the grandchild"))
+    child.start()
+    child.join()
+    conn.send(child.exitcode)
+
+
+def ignore_sigterm_and_sleep(conn, seconds: float) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    conn.send("ready")
+    time.sleep(seconds)
+
+
+class Counter(procly.Process):
+    """A Process subclass overriding run() (default start method)."""
+
+    def __init__(self, conn, n: int) -> None:
+        super().__init__()
+        self.conn = conn
+        self.n = n
+
+    def run(self) -> None:
+        self.conn.send(sum(range(self.n)))
+        self.conn.close()
+
+
+class ForkCounter(Counter, procly.context.ForkProcess):
+    pass
+
+
+class SpawnCounter(Counter, procly.context.SpawnProcess):
+    pass
+
+
+class ForkServerCounter(Counter, procly.context.ForkServerProcess):
+    pass
+
+
+COUNTERS = {"fork": ForkCounter, "spawn": SpawnCounter, "forkserver": ForkServerCounter}
+
+
+def write_file_later(path: str, seconds: float) -> None:
+    time.sleep(seconds)
+    with open(path, "w") as f:
+        f.write("done")
+
+
+def connect_and_send(address, value) -> None:
+    from procly.connection import Client
+
+    with Client(address, authkey=bytes(procly.current_process().authkey)) as conn:
+        conn.send(value)

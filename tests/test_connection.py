@@ -1,0 +1,291 @@
+"""Connection and Pipe: framing, errors, directions, big and out-of-band messages."""
+
+from __future__ import annotations
+
+import array
+import os
+import pickle
+import signal
+import socket
+import struct
+import threading
+
+import numpy as np
+import pytest
+
+import procly
+from procly import _serialization
+from procly.connection import Connection, Pipe, wait
+
+from . import targets
+
+
+def test_send_recv_objects_both_ways():
+    a, b = Pipe()
+    for obj in ([1, "str", None], {"k": (1.5, b"x")}, "", 0, None, set(range(5))):
+        a.send(obj)
+        assert b.recv() == obj
+        b.send(obj)
+        assert a.recv() == obj
+    a.close()
+    b.close()
+
+
+def test_send_bytes_offset_size_and_recv_bytes_into():
+    a, b = Pipe()
+    a.send_bytes(b"hello world", 6)
+    assert b.recv_bytes() == b"world"
+    a.send_bytes(b"hello world", 0, 5)
+    assert b.recv_bytes() == b"hello"
+    a.send_bytes(array.array("i", [1, 2, 3]))
+    assert b.recv_bytes() == array.array("i", [1, 2, 3]).tobytes()
+    for bad in ((-1, None), (20, None), (0, -1), (5, 10)):
+        with pytest.raises(ValueError):
+            a.send_bytes(b"hello world", *bad)
+    buf = bytearray(16)
+    a.send_bytes(b"abcd")
+    assert b.recv_bytes_into(buf, 2) == 4
+    assert bytes(buf[:6]) == b"\0\0abcd"
+    arr = array.array("i", [0] * 4)
+    a.send_bytes(array.array("i", [7, 8]))
+    assert b.recv_bytes_into(arr, 1) == 8
+    assert list(arr) == [0, 7, 8, 0]
+    a.send_bytes(b"x" * 40)
+    with pytest.raises(procly.BufferTooShort) as info:
+        b.recv_bytes_into(bytearray(8))
+    assert info.value.args[0] == b"x" * 40
+    a.send_bytes(b"after")  # the stream is still in step
+    assert b.recv_bytes() == b"after"
+    a.close()
+    b.close()
+
+
+def test_recv_bytes_maxlength_closes():
+    a, b = Pipe()
+    a.send_bytes(b"x" * 100)
+    with pytest.raises(OSError, match="bad message length"):
+        b.recv_bytes(10)
+    assert b.closed
+    a.close()
+
+
+def test_eof_and_closed_errors_are_distinct():
+    a, b = Pipe()
+    a.send("last")
+    a.close()
+    assert b.recv() == "last"
+    with pytest.raises(EOFError):
+        b.recv()
+    with pytest.raises(EOFError):
+        b.recv_bytes()
+    assert b.poll(0) is True  # readable: the peer is gone
+    b.close()
+    b.close()
+    for action in (b.recv, lambda: b.send(1), b.fileno, b.poll, lambda: b.send_bytes(b"")):
+        with pytest.raises(procly.ConnectionClosedError):
+            action()
+    assert isinstance(procly.ConnectionClosedError("x"), OSError)
+
+
+def test_send_to_dead_peer_is_broken_pipe():
+    a, b = Pipe()
+    b.close()
+    with pytest.raises(BrokenPipeError):
+        a.send_bytes(b"x" * 1000)
+    a.close()
+
+
+def test_one_way_pipe_refuses_wrong_direction():
+    r, w = Pipe(duplex=False)
+    assert r.readable and not r.writable and w.writable and not w.readable
+    with pytest.raises(OSError, match="read-only"):
+        r.send(1)
+    with pytest.raises(OSError, match="write-only"):
+        w.recv()
+    w.send("ok")
+    assert r.recv() == "ok"
+    r.close()
+    w.close()
+
+
+def test_poll_timeouts():
+    a, b = Pipe()
+    assert b.poll() is False
+    assert b.poll(0.05) is False
+    a.send(1)
+    assert b.poll(None) is True
+    assert b.recv() == 1
+    a.close()
+    b.close()
+
+
+def test_context_manager_and_repr():
+    a, b = Pipe()
+    with a, b:
+        assert "fd=" in repr(a)
+    assert a.closed and b.closed and "closed" in repr(a)
+
+
+def test_constructor_validation():
+    with pytest.raises(ValueError):
+        Connection(-1)
+    r, w = os.pipe()
+    with pytest.raises(ValueError):
+        Connection(r, readable=False, writable=False)
+    os.close(r)
+    os.close(w)
+
+
+def test_unpicklable_object_sends_nothing():
+    a, b = Pipe()
+    with pytest.raises(procly.PicklingError, match="lock"):
+        a.send(threading.Lock())
+    with socket.socket() as sock, pytest.raises(TypeError):  # PicklingError is a TypeError too
+        a.send(sock)
+    a.send("still in step")
+    assert b.recv() == "still in step"
+    a.close()
+    b.close()
+
+
+def test_garbage_frames_raise_clear_errors():
+    a, b = Pipe()
+    os.write(a.fileno(), struct.pack("!i", 5) + b"\x80\x05jnk")
+    with pytest.raises(pickle.UnpicklingError, match="not a valid pickle"):
+        b.recv()
+    os.write(a.fileno(), struct.pack("!i", -7))
+    with pytest.raises(procly.MessageError, match="malformed"):
+        b.recv()
+    assert b.closed
+    a.close()
+    c, d = Pipe()
+    d.max_message_size = 1024
+    os.write(c.fileno(), struct.pack("!i", 2**30))
+    with pytest.raises(procly.MessageError, match="at most 1024"):
+        d.recv()
+    assert d.closed  # the oversized frame cost this connection, nothing else
+    c.close()
+
+
+def test_truncated_frame_is_eof():
+    a, b = Pipe()
+    os.write(a.fileno(), struct.pack("!i", 100) + b"short")
+    a.close()
+    with pytest.raises(EOFError, match="middle of a message"):
+        b.recv_bytes()
+    b.close()
+
+
+def test_large_objects_travel_out_of_band():
+    payload = np.arange(1_000_000, dtype=np.float64)
+    oob: list = []
+    data = _serialization.dumps(payload, oob)
+    assert len(data) < 1000 and len(oob) == 1 and oob[0].nbytes == payload.nbytes
+    a, b = Pipe()
+    for obj in (payload, {"a": payload, "b": payload[::2]}, b"y" * 300_000, bytearray(b"z" * 300_000)):
+        sender = threading.Thread(target=a.send, args=(obj,))  # bigger than the socket buffer
+        sender.start()
+        got = b.recv()
+        sender.join()
+        if isinstance(obj, dict):
+            np.testing.assert_array_equal(got["a"], obj["a"])
+            np.testing.assert_array_equal(got["b"], obj["b"])
+        elif isinstance(obj, np.ndarray):
+            np.testing.assert_array_equal(got, obj)
+            got[0] = 42.0  # received arrays are writable
+        else:
+            assert type(got) is type(obj) and got == obj
+    view = memoryview(b"m" * 200_000)
+    sender = threading.Thread(target=a.send, args=(view,))
+    sender.start()
+    assert bytes(b.recv()) == bytes(view)
+    sender.join()
+    a.close()
+    b.close()
+
+
+def test_messages_through_a_child(ctx):
+    a, b = ctx.Pipe()
+    p = ctx.Process(target=targets.echo, args=(b,))
+    p.start()
+    b.close()
+    big = np.random.default_rng(1).random((512, 1024))
+    for obj in ([1, "str", None], b"x" * (16 * 1024 * 1024), big, lambda x: x + 1):
+        a.send(obj)
+        back = a.recv()
+        if isinstance(obj, np.ndarray):
+            np.testing.assert_array_equal(back, obj)
+        elif callable(obj):
+            assert back(1) == 2
+        else:
+            assert back == obj
+    a.send(None)
+    a.close()
+    p.join(10)
+    assert p.exitcode == 0
+
+
+def test_one_way_pipe_passed_to_child(ctx):
+    r, w = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=targets.send_value, args=(w, "via one-way pipe"))
+    p.start()
+    w.close()
+    assert r.recv() == "via one-way pipe"
+    p.join(10)
+    r.close()
+
+
+def test_connection_pickled_outside_start_is_refused():
+    a, b = Pipe()
+    with pytest.raises(RuntimeError, match="Process arguments"):
+        a.send(b)
+    a.close()
+    b.close()
+
+
+def test_wait_on_connections_and_sentinels(ctx):
+    a, b = ctx.Pipe()
+    c, d = ctx.Pipe()
+    assert wait([a, c], timeout=0.05) == []
+    p = ctx.Process(target=targets.send_value, args=(b, "hi"))
+    p.start()
+    ready = wait([a, c, p.sentinel], timeout=10)
+    assert a in ready and c not in ready
+    assert a.recv() == "hi"
+    p.join(10)
+    assert wait([p.sentinel], timeout=0) == [p.sentinel]
+    with pytest.raises(TypeError):
+        wait([object()], 0)
+    for conn in (a, b, c, d):
+        conn.close()
+
+
+def test_child_killed_mid_conversation_gives_eof(ctx):
+    a, b = ctx.Pipe()
+    p = ctx.Process(target=targets.echo, args=(b,))
+    p.start()
+    b.close()
+    a.send(1)
+    assert a.recv() == 1
+    p.kill()
+    p.join(10)
+    assert p.exitcode == -signal.SIGKILL
+    with pytest.raises(EOFError):
+        a.recv()
+    a.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_message_over_4_gib():
+    a, b = Pipe()
+    size = 4 * 1024**3 + 17
+    big = bytearray(size)
+    big[-1] = 7
+    sender = threading.Thread(target=a.send_bytes, args=(big,))
+    sender.start()
+    got = b.recv_bytes()
+    sender.join()
+    assert len(got) == size and got[-1] == 7
+    a.close()
+    b.close()

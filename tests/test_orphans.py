@@ -1,0 +1,62 @@
+"""When a parent is SIGKILLed: daemons and helpers end, non-daemonic children finish."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import pid_state, wait_until
+
+PARENT = """
+import sys, time, procly
+from tests import targets
+
+if __name__ == "__main__":
+    ctx = procly.get_context(sys.argv[1])
+    daemon = ctx.Process(target=targets.sleep, args=(60,), daemon=True)
+    daemon.start()
+    worker = ctx.Process(target=targets.write_file_later, args=(sys.argv[2], 1.5))
+    worker.start()
+    server = procly._state.get().forkserver
+    helper = server._process.pid if server else 0
+    print(daemon.pid, worker.pid, helper, flush=True)
+    time.sleep(60)
+"""
+
+
+def _gone(pid: int) -> bool:
+    return pid_state(pid) in (None, "Z")
+
+
+@pytest.mark.timeout(40)
+def test_parent_sigkill_ends_daemons_and_helpers_not_workers(ctx, tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    marker = tmp_path / "worker-done"
+    parent = subprocess.Popen(
+        [sys.executable, str(script), ctx.get_start_method(), str(marker)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    try:
+        daemon_pid, worker_pid, helper_pid = map(int, parent.stdout.readline().split())
+        assert not _gone(daemon_pid) and not _gone(worker_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        assert wait_until(lambda: _gone(daemon_pid), timeout=5), "daemonic child outlived its parent"
+        if helper_pid:
+            assert wait_until(lambda: _gone(helper_pid), timeout=5), "fork server outlived its owner"
+        # The non-daemonic child keeps the standard semantics: it finishes its work.
+        assert wait_until(marker.exists, timeout=10), "non-daemonic child did not finish"
+        assert marker.read_text() == "done"
+        assert wait_until(lambda: _gone(worker_pid), timeout=5)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        parent.stdout.close()

@@ -1,0 +1,301 @@
+"""Process: the standard API, exit codes, reaping, daemons — under every start method."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+import procly
+from procly.connection import wait
+
+from . import targets
+from .conftest import pid_state
+
+
+def test_start_join_exitcode_zero(ctx):
+    p = ctx.Process(target=targets.noop)
+    assert p.exitcode is None and p.pid is None and not p.is_alive()
+    p.start()
+    assert p.pid > 0 and p.ident == p.pid
+    p.join(10)
+    assert p.exitcode == 0
+    assert not p.is_alive()
+    assert pid_state(p.pid) is None, "joined child must be reaped, not a zombie"
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"), [(None, 0), (0, 0), (3, 3), (255, 255), ("a message", 1), (True, 1)]
+)
+def test_sys_exit_codes(ctx, code, expected, capfd):
+    p = ctx.Process(target=targets.exit_with, args=(code,))
+    p.start()
+    p.join(10)
+    assert p.exitcode == expected
+    if isinstance(code, str):
+        assert "a message" in capfd.readouterr().err
+
+
+def test_uncaught_exception_exits_1_with_traceback(ctx, capfd):
+    p = ctx.Process(target=targets.raise_error, name="Boomer")
+    p.start()
+    p.join(10)
+    assert p.exitcode == 1
+    err = capfd.readouterr().err
+    assert "Process Boomer:" in err
+    assert "ValueError: boom from the child" in err
+    assert "Traceback" in err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL, signal.SIGSEGV])
+def test_signal_exit_code_is_negative(ctx, signum):
+    p = ctx.Process(target=targets.kill_self, args=(signum,))
+    p.start()
+    p.join(10)
+    assert p.exitcode == -signum
+    assert f"exitcode={signal.Signals(signum).name}" in repr(p)
+
+
+def test_terminate_and_kill(ctx):
+    for method, expected in (("terminate", -signal.SIGTERM), ("kill", -signal.SIGKILL)):
+        p = ctx.Process(target=targets.sleep, args=(30,))
+        p.start()
+        assert p.is_alive()
+        getattr(p, method)()
+        p.join(10)
+        assert p.exitcode == expected
+        getattr(p, method)()  # a no-op once ended, never a signal to a reused pid
+
+
+def test_join_timeout_returns_while_running(ctx):
+    p = ctx.Process(target=targets.sleep, args=(30,))
+    p.start()
+    started = time.monotonic()
+    p.join(0.2)
+    assert time.monotonic() - started < 5
+    assert p.is_alive() and p.exitcode is None
+    p.kill()
+    p.join(10)
+    assert p.exitcode == -signal.SIGKILL
+
+
+def test_identity_name_authkey_parent(ctx):
+    r, w = ctx.Pipe()
+    p = ctx.Process(target=targets.report_identity, args=(w,), name="worker-x")
+    p.start()
+    w.close()
+    info = r.recv()
+    p.join(10)
+    assert info["name"] == "worker-x"
+    assert info["pid"] == info["ident"] == p.pid
+    assert info["authkey"] == bytes(procly.current_process().authkey)
+    assert info["parent_pid"] == os.getpid()
+    assert info["parent_name"] == procly.current_process().name
+    assert info["parent_alive"] is True
+    assert info["daemon"] is False
+
+
+def test_default_names_count_up(ctx):
+    a, b = ctx.Process(target=targets.noop), ctx.Process(target=targets.noop)
+    prefix = type(a).__name__
+    ia, ib = int(a.name.rsplit("-", 1)[1]), int(b.name.rsplit("-", 1)[1])
+    assert a.name.startswith(prefix + "-") and ib == ia + 1
+    with pytest.raises(TypeError):
+        a.name = 42
+
+
+def test_subclass_run(ctx):
+    r, w = ctx.Pipe()
+    p = targets.COUNTERS[ctx.get_start_method()](w, 100)
+    p.start()
+    w.close()
+    assert r.recv() == sum(range(100))
+    p.join(10)
+    assert p.exitcode == 0
+
+
+def test_lambda_and_closure_targets(ctx):
+    r, w = ctx.Pipe()
+    offset = 41
+
+    def closure(conn):
+        conn.send(offset + 1)
+
+    for target in (closure, lambda conn: conn.send("lambda")):
+        p = ctx.Process(target=target, args=(w,))
+        p.start()
+        p.join(10)
+        assert p.exitcode == 0
+    w.close()
+    assert [r.recv(), r.recv()] == [42, "lambda"]
+
+
+def test_sentinel_and_wait(ctx):
+    fast = ctx.Process(target=targets.noop)
+    slow = ctx.Process(target=targets.sleep, args=(30,))
+    with pytest.raises(ValueError):
+        _ = fast.sentinel
+    fast.start()
+    slow.start()
+    ready = wait([fast.sentinel, slow.sentinel], timeout=10)
+    assert ready == [fast.sentinel]
+    slow.terminate()
+    assert wait([slow.sentinel], timeout=10) == [slow.sentinel]
+    fast.join()
+    slow.join()
+
+
+def test_active_children_reaps(ctx):
+    p = ctx.Process(target=targets.sleep, args=(0.2,))
+    p.start()
+    assert p in procly.active_children()
+    assert wait([p.sentinel], 10)
+    assert p not in procly.active_children()
+    assert pid_state(p.pid) is None
+
+
+def test_preconditions(ctx):
+    p = ctx.Process(target=targets.sleep, args=(30,))
+    with pytest.raises(AssertionError, match="started process"):
+        p.join()
+    p.start()
+    with pytest.raises(AssertionError, match="twice"):
+        p.start()
+    with pytest.raises(AssertionError, match="already started"):
+        p.daemon = True
+    with pytest.raises(ValueError, match="still running"):
+        p.close()
+    p.kill()
+    p.join()
+    p.close()
+    p.close()
+    for action in (p.is_alive, p.join, p.terminate, lambda: p.exitcode, lambda: p.pid, lambda: p.sentinel):
+        with pytest.raises(ValueError, match="closed"):
+            action()
+    with pytest.raises(AssertionError, match="group"):
+        ctx.Process(group=object())
+
+
+def test_daemonic_process_cannot_have_children(ctx):
+    r, w = ctx.Pipe()
+    p = ctx.Process(target=targets.try_start_child, args=(w,), daemon=True)
+    assert p.daemon
+    p.start()
+    w.close()
+    assert r.recv() == ("AssertionError", "daemonic processes are not allowed to have children")
+    p.join(10)
+
+
+def test_non_daemonic_child_starts_grandchild(ctx):
+    r, w = ctx.Pipe()
+    p = ctx.Process(target=targets.start_grandchild, args=(w, ctx.get_start_method()))
+    p.start()
+    w.close()
+    assert r.recv() == "from the grandchild"
+    assert r.recv() == 0
+    p.join(10)
+    assert p.exitcode == 0
+
+
+def test_start_from_thread_that_exits(ctx):
+    """A daemonic child outlives the thread that started it (no PDEATHSIG pitfall)."""
+    holder = {}
+
+    def starter():
+        holder["p"] = ctx.Process(target=targets.sleep, args=(30,), daemon=True)
+        holder["p"].start()
+
+    t = threading.Thread(target=starter)
+    t.start()
+    t.join()
+    p = holder["p"]
+    time.sleep(0.3)
+    assert p.is_alive()
+    p.terminate()
+    p.join(10)
+
+
+def test_unpicklable_target_fails_at_start(ctx):
+    lock = threading.Lock()
+    p = ctx.Process(target=targets.send_value, args=(None, lock))
+    if ctx.get_start_method() == "fork":
+        p.start()  # nothing is pickled under fork
+        p.join(10)
+    else:
+        with pytest.raises(procly.PicklingError, match="lock"):
+            p.start()
+        assert p.exitcode is None and not p.is_alive()
+
+
+def test_start_method_api():
+    methods = procly.get_all_start_methods()
+    assert sorted(methods) == ["fork", "forkserver", "spawn"]
+    assert methods[0] == procly.get_start_method()
+    with pytest.raises(ValueError):
+        procly.get_context("nope")
+    for method in methods:
+        assert procly.get_context(method).get_start_method() == method
+        with pytest.raises(ValueError):
+            procly.get_context(method).set_start_method("fork")
+    with pytest.raises(RuntimeError):
+        procly.set_start_method("spawn")
+    assert procly.cpu_count() == os.cpu_count()
+    procly.freeze_support()
+
+
+def test_current_process_in_main():
+    me = procly.current_process()
+    assert me.name == "MainProcess" and me.pid == os.getpid() and me.is_alive()
+    assert procly.parent_process() is None
+    assert isinstance(me.authkey, bytes) and len(me.authkey) >= 32
+    with pytest.raises(TypeError, match="disallowed"):
+        import pickle
+
+        pickle.dumps(me.authkey)
+
+
+def test_repr_states(ctx):
+    p = ctx.Process(target=targets.noop, name="r")
+    assert "initial" in repr(p)
+    p.start()
+    p.join(10)
+    assert "stopped" in repr(p) and "exitcode=0" in repr(p)
+    p.close()
+    assert "closed" in repr(p)
+
+
+def test_exit_waits_for_children_and_kills_stubborn_daemons(tmp_path, ctx):
+    """At exit a non-daemonic child is joined; a daemon ignoring SIGTERM is killed."""
+    script = tmp_path / "main.py"
+    script.write_text(
+        f"""
+import sys, time, procly
+from tests import targets
+
+if __name__ == "__main__":
+    ctx = procly.get_context({ctx.get_start_method()!r})
+    r, w = ctx.Pipe()
+    stubborn = ctx.Process(target=targets.ignore_sigterm_and_sleep, args=(w, 60), daemon=True)
+    stubborn.start()
+    assert r.recv() == "ready"
+    worker = ctx.Process(target=targets.sleep, args=(0.5,))
+    worker.start()
+    print(stubborn.pid, worker.pid, flush=True)
+"""
+    )
+    import subprocess
+
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=30, cwd=os.getcwd(),
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert out.returncode == 0, out.stderr
+    elapsed = time.monotonic() - started
+    stubborn_pid, worker_pid = map(int, out.stdout.split())
+    assert elapsed < 15
+    assert pid_state(stubborn_pid) is None and pid_state(worker_pid) is None

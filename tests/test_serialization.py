@@ -1,0 +1,145 @@
+"""The serializer: cloudpickle where needed, __main__ rules, errors, out-of-band buffers."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import procly
+from procly import _errors, _serialization, reduction
+
+
+def test_lambdas_closures_and_local_classes_round_trip():
+    factor = 3
+
+    class Local:
+        def __init__(self, v):
+            self.v = v
+
+    for fn in (lambda x: x * factor, Local):
+        back = _serialization.loads(_serialization.dumps(fn))
+        assert back(2) == 6 if fn is not Local else back(5).v == 5
+
+
+def test_importable_functions_pickle_by_reference():
+    data = _serialization.dumps(os.path.join)
+    assert b"posixpath" in data and len(data) < 100
+    assert _serialization.loads(data) is os.path.join
+
+
+def test_error_names_the_object_and_is_both_kinds():
+    import threading
+
+    with pytest.raises(procly.PicklingError) as info:
+        _serialization.dumps({"key": threading.Lock()})
+    assert "lock" in str(info.value) and "dict" in str(info.value)
+    assert isinstance(info.value, pickle.PicklingError) and isinstance(info.value, TypeError)
+
+
+def test_garbage_is_a_clear_unpickling_error():
+    with pytest.raises(pickle.UnpicklingError, match="not a valid pickle"):
+        _serialization.loads(b"\x80\x05garbage")
+
+
+def test_out_of_band_threshold():
+    small = np.zeros(10)
+    big = np.zeros(_serialization.OUT_OF_BAND_THRESHOLD // 8 + 1)
+    oob: list = []
+    _serialization.dumps([small, big], oob)
+    assert [b.nbytes for b in oob] == [big.nbytes]
+    payload = _serialization.dumps(big)  # without a list, everything stays in band
+    assert len(payload) > big.nbytes
+
+
+def test_register_custom_reducer():
+    class Point:
+        def __init__(self, x):
+            self.x = x
+
+    calls = []
+
+    def reduce_point(p):
+        calls.append(p)
+        return (dict, ([("x", p.x)],))
+
+    reduction.register(Point, reduce_point)
+    try:
+        assert _serialization.loads(_serialization.dumps(Point(4))) == {"x": 4}
+        assert calls
+    finally:
+        _serialization._extra_reducers.pop(Point)
+    with pytest.raises(TypeError):
+        reduction.register("not a type", reduce_point)
+
+
+@pytest.mark.parametrize("cls", [getattr(_errors, name) for name in _errors.__all__])
+def test_every_public_exception_survives_pickling(cls):
+    exc = cls("message", 42) if cls is not _errors.BufferTooShort else cls(b"data")
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is cls and back.args == exc.args
+    assert isinstance(back, procly.ProcessError)
+
+
+MAIN_SCRIPT = """
+import procly
+
+class Box:
+    def __init__(self, v):
+        self.v = v
+
+def make(conn, v):
+    conn.send(Box(v))
+
+if __name__ == "__main__":
+    for method in ("fork", "spawn", "forkserver"):
+        ctx = procly.get_context(method)
+        r, w = ctx.Pipe()
+        p = ctx.Process(target=make, args=(w, method))
+        p.start()
+        box = r.recv()
+        p.join()
+        # by reference: the class keeps its identity across processes
+        print(method, type(box) is Box, box.v, p.exitcode)
+"""
+
+
+def test_main_module_script_keeps_class_identity(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(MAIN_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:3] == [f"{m} True {m} 0" for m in ("fork", "spawn", "forkserver")]
+
+
+REPL_CODE = textwrap.dedent(
+    """
+    import procly
+    def square(conn, x):
+        conn.send(x * x)
+    for method in ("fork", "spawn", "forkserver"):
+        ctx = procly.get_context(method)
+        r, w = ctx.Pipe()
+        p = ctx.Process(target=square, args=(w, 7))
+        p.start()
+        print(method, r.recv())
+        p.join()
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["-c", "stdin"])
+def test_targets_defined_in_unimportable_main(mode):
+    """``python -c`` and a REPL-like stdin: __main__ functions travel by value."""
+    if mode == "-c":
+        argv, stdin = [sys.executable, "-c", REPL_CODE], None
+    else:
+        argv, stdin = [sys.executable, "-"], REPL_CODE
+    out = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["fork", "49", "spawn", "49", "forkserver", "49"]
