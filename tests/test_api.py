@@ -14,8 +14,7 @@ import procly.connection
 # queues, managers, pool) will bring. The test fails as soon as one lands without being
 # removed from here, so this list always tells the truth.
 NOT_YET = {
-    "Array", "Barrier", "BoundedSemaphore", "Condition", "Event", "JoinableQueue", "Lock",
-    "Manager", "Pool", "Queue", "RLock", "RawArray", "RawValue", "Semaphore", "SimpleQueue", "Value",
+    "JoinableQueue", "Manager", "Pool", "Queue", "SimpleQueue",
 }
 
 

@@ -39,21 +39,34 @@ get_start_method = _ctx.get_start_method
 log_to_stderr = _ctx.log_to_stderr
 parent_process = _ctx.parent_process
 Pipe = _ctx.Pipe
+RawArray = _ctx.RawArray
+RawValue = _ctx.RawValue
 set_executable = _ctx.set_executable
 set_forkserver_preload = _ctx.set_forkserver_preload
 set_start_method = _ctx.set_start_method
 
 __all__ = [
+    "Array",
     "AuthenticationError",
+    "Barrier",
+    "BoundedSemaphore",
     "BufferTooShort",
+    "Condition",
     "ConnectionClosedError",
+    "Event",
+    "Lock",
     "MessageError",
     "PicklingError",
     "Pipe",
     "Process",
     "ProcessError",
+    "RLock",
+    "RawArray",
+    "RawValue",
+    "Semaphore",
     "StartError",
     "TimeoutError",
+    "Value",
     "active_children",
     "allow_connection_pickling",
     "cpu_count",

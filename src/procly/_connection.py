@@ -276,7 +276,7 @@ class Connection:
         return bytes(self._read_payload(handle, n))
 
     def recv_bytes_into(self, buf: Any, offset: int = 0) -> int:
-        """Receive a message into the writable buffer *buf* at *offset*; return its size.
+        """Receive a message into the writable buffer *buf* at byte *offset*; return its size in bytes.
 
         Raises:
             BufferTooShort: the message does not fit; ``args[0]`` holds it whole.
@@ -285,21 +285,19 @@ class Connection:
         """
         handle = self._check_readable()
         with memoryview(buf) as view:
-            itemsize = view.itemsize
             byte_view = view.cast("B")
             if offset < 0:
                 raise ValueError("negative offset")
-            if offset * itemsize > len(byte_view):
+            if offset > len(byte_view):
                 raise ValueError("offset too large")
             n = self._read_length(handle)
             if n < 0:
                 self.close()
                 raise MessageError(f"malformed frame header ({n})")
             self._check_size(n, None)
-            start = offset * itemsize
-            if start + n > len(byte_view):
+            if offset + n > len(byte_view):
                 raise BufferTooShort(bytes(self._read_payload(handle, n)))
-            self._read_into(handle, byte_view[start : start + n])
+            self._read_into(handle, byte_view[offset : offset + n])
             return n
 
     def recv(self) -> Any:

@@ -34,7 +34,9 @@ from typing import Any
 from ._connection import Connection
 from ._errors import AuthenticationError, MessageError
 
-__all__ = ["Client", "Listener", "answer_challenge", "deliver_challenge"]
+__all__ = ["Client", "Listener", "answer_challenge", "deliver_challenge", "families"]
+
+families = ["AF_UNIX", "AF_INET", "AF_INET6"]
 
 _CHALLENGE = b"procly-auth/1 "
 _TAG = b"procly-auth/1 response "
@@ -56,6 +58,8 @@ def address_type(address: Address) -> str:
     if isinstance(address, tuple):
         host = address[0] if address else ""
         return "AF_INET6" if isinstance(host, str) and ":" in host else "AF_INET"
+    if isinstance(address, str) and address.startswith("\\\\"):
+        return "AF_PIPE"  # a Windows named pipe: refused below on this platform
     if isinstance(address, (str, bytes)):
         return "AF_UNIX"
     raise ValueError(f"address type of {address!r} unrecognized")
@@ -65,7 +69,7 @@ def _family(name: str) -> socket.AddressFamily:
     try:
         return {"AF_UNIX": socket.AF_UNIX, "AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6}[name]
     except KeyError:
-        raise ValueError(f"unrecognized family {name!r}") from None
+        raise ValueError(f"Family {name} is not recognized on this platform") from None
 
 
 def _check_authkey(authkey: object) -> bytes | None:
@@ -129,6 +133,8 @@ def _set_recv_timeout(sock: socket.socket, seconds: float) -> None:
 
 def _handshake(sock: socket.socket, authkey: bytes | None, server: bool, timeout: float) -> Connection:
     """Wrap an accepted/connected socket, authenticating both ways if *authkey* is set."""
+    # socket.setdefaulttimeout() would make the descriptor non-blocking: Connections block.
+    sock.setblocking(True)
     if authkey is None:
         return Connection(sock.detach())
     _set_recv_timeout(sock, timeout)
@@ -186,6 +192,7 @@ class Listener:
             raise ValueError(f"address {address!r} does not belong to family {family}")
         self._family = family
         self._socket = socket.socket(_family(family), socket.SOCK_STREAM)
+        self._socket.setblocking(True)
         try:
             if family != "AF_UNIX":
                 self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

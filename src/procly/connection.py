@@ -14,6 +14,7 @@ from ._listener import Listener as Listener
 from ._listener import address_type as address_type
 from ._listener import answer_challenge as answer_challenge
 from ._listener import deliver_challenge as deliver_challenge
+from ._listener import families as families
 from ._wait import wait as wait
 
 __all__ = ["Client", "Connection", "Listener", "Pipe", "wait"]

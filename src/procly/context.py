@@ -64,6 +64,18 @@ class BaseContext:
             raise NotImplementedError("cannot determine number of cpus")
         return count
 
+    def RawValue(self, typecode_or_type: Any, *args: Any) -> Any:  # noqa: N802
+        """A ctypes object in shared memory, without a lock (see :mod:`procly.sharedctypes`)."""
+        from .sharedctypes import RawValue
+
+        return RawValue(typecode_or_type, *args)
+
+    def RawArray(self, typecode_or_type: Any, size_or_initializer: Any) -> Any:  # noqa: N802
+        """A ctypes array in shared memory, without a lock (see :mod:`procly.sharedctypes`)."""
+        from .sharedctypes import RawArray
+
+        return RawArray(typecode_or_type, size_or_initializer)
+
     def Pipe(self, duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802
         """Two connected Connections (see :func:`procly.connection.Pipe`)."""
         return _Pipe(duplex)
@@ -158,7 +170,11 @@ class BaseContext:
 
 
 # name -> (module, factory taking ctx=); filled in as layers land.
-_lazy_factories: dict[str, tuple[str, str]] = {}
+_lazy_factories: dict[str, tuple[str, str]] = {
+    name: ("synchronize", name)
+    for name in ("Barrier", "BoundedSemaphore", "Condition", "Event", "Lock", "RLock", "Semaphore")
+}
+_lazy_factories.update({name: ("sharedctypes", name) for name in ("Array", "Value")})
 
 
 class ForkProcess(BaseProcess):

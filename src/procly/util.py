@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from typing import Any
 
-from . import _state
+from . import _finalize, _state
 from ._finalize import Finalize as Finalize
 from ._finalize import register_after_fork as register_after_fork
+from ._finalize import run_finalizers as _run_finalizers
 
 __all__ = [
     "Finalize",
+    "ForkAwareThreadLock",
     "debug",
     "get_logger",
     "get_temp_dir",
@@ -23,6 +26,13 @@ __all__ = [
     "sub_debug",
     "sub_warning",
 ]
+
+# Linux has abstract Unix socket names ("\0..." addresses), which Listener accepts.
+abstract_sockets_supported = True
+
+# The registries, under the names CPython's test-suite inspects.
+_finalizer_registry = _finalize._registry
+_afterfork_registry = _finalize._after_fork
 
 LOGGER_NAME = "procly"
 DEFAULT_LOGGING_FORMAT = "[%(levelname)s/%(processName)s] %(message)s"
@@ -97,3 +107,28 @@ def _run_after_forkers() -> None:
 
     run_after_forkers()
 
+
+
+def _cleanup_tests() -> None:
+    """Run pending finalizers (the name CPython's test-suite calls at tear-down)."""
+    _run_finalizers(0)
+    _run_finalizers()
+
+
+class ForkAwareThreadLock:
+    """A threading.Lock that a forked child gets back unlocked."""
+
+    def __init__(self) -> None:
+        self._reset()
+        register_after_fork(self, ForkAwareThreadLock._reset)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self.acquire = self._lock.acquire
+        self.release = self._lock.release
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()
+
+    def __exit__(self, *args: object) -> None:
+        self._lock.__exit__(*args)

@@ -1,0 +1,144 @@
+"""Shared memory for small objects: semaphores, Values, Arrays.
+
+Memory comes from *arenas*: anonymous memfd files mapped ``MAP_SHARED``. An arena has
+no name, so nothing can be left behind in /dev/shm; the kernel frees it when the last
+process that maps it (or holds its descriptor) is gone, SIGKILL included.
+
+* fork: children inherit the mappings.
+* spawn / forkserver: an object's arena travels as its descriptor (``procly._handoff``);
+  the child maps it once, however many objects of that arena it receives.
+
+The allocator is per process. A forked child starts a fresh heap (new arenas) so that it
+never hands out memory its parent also hands out; blocks it inherited stay valid and
+are simply never recycled there.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import weakref
+from typing import Any
+
+from . import _handoff
+
+ARENA_SIZE = 1 << 20
+ALIGNMENT = 16
+
+
+class Arena:
+    """One shared mapping backed by a memfd."""
+
+    def __init__(self, size: int, fd: int | None = None, key: tuple[int, int] | None = None) -> None:
+        if fd is None:
+            fd = os.memfd_create("procly-heap", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                os.close(fd)
+                raise
+        self.size = size
+        self.fd = fd
+        self.key = key or (os.getpid(), id(self))
+        self.buffer = mmap.mmap(fd, size)
+
+    def __reduce__(self) -> Any:
+        return _rebuild_arena, (self.size, _handoff.share_fd(self.fd, "shared memory"), self.key)
+
+    def __del__(self) -> None:
+        fd = getattr(self, "fd", None)
+        if fd is not None:
+            self.fd = None
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+# Arenas received from other processes, so each is mapped once per process.
+_received: weakref.WeakValueDictionary[tuple[int, int], Arena] = weakref.WeakValueDictionary()
+
+
+def _rebuild_arena(size: int, fd: int, key: tuple[int, int]) -> Arena:
+    arena = _received.get(key)
+    if arena is not None:
+        os.close(fd)
+        return arena
+    arena = Arena(size, fd, key)
+    _received[key] = arena
+    return arena
+
+
+class Block:
+    """*size* bytes at *offset* in *arena*; returned to the heap when collected."""
+
+    __slots__ = ("arena", "offset", "size", "__weakref__")
+
+    def __init__(self, arena: Arena, offset: int, size: int) -> None:
+        self.arena = arena
+        self.offset = offset
+        self.size = size
+
+    def view(self) -> memoryview:
+        """A writable memoryview of exactly this block."""
+        return memoryview(self.arena.buffer)[self.offset : self.offset + self.size]
+
+    def __reduce__(self) -> Any:
+        return Block, (self.arena, self.offset, self.size)
+
+
+class Heap:
+    """Bump allocation in arenas, with free lists per rounded size."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+        self._arenas: list[Arena] = []
+        self._free: dict[int, list[tuple[Arena, int]]] = {}
+        self._arena: Arena | None = None
+        self._next = 0
+
+    def allocate(self, size: int) -> Block:
+        """A zero-filled shared block of at least *size* bytes.
+
+        Raises:
+            ValueError: *size* is negative.
+            OSError: the system has no memory for a new arena.
+        """
+        if size < 0:
+            raise ValueError(f"size {size} is negative")
+        rounded = max(ALIGNMENT, (size + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT)
+        with self._lock:
+            free = self._free.get(rounded)
+            if free:
+                arena, offset = free.pop()
+                arena.buffer[offset : offset + rounded] = bytes(rounded)
+            else:
+                if self._arena is None or self._next + rounded > self._arena.size:
+                    self._arena = Arena(max(ARENA_SIZE, rounded))
+                    self._arenas.append(self._arena)
+                    self._next = 0
+                arena, offset = self._arena, self._next
+                self._next += rounded
+        block = Block(arena, offset, size)
+        weakref.finalize(block, self._release, arena, offset, rounded)
+        return block
+
+    def _release(self, arena: Arena, offset: int, rounded: int) -> None:
+        if os.getpid() != self.pid:
+            return  # an inherited block in a forked child: the parent owns that memory
+        with self._lock:
+            self._free.setdefault(rounded, []).append((arena, offset))
+
+
+_heap: Heap | None = None
+
+
+def allocate(size: int) -> Block:
+    """Allocate from this process's heap (created on first use, anew after fork)."""
+    global _heap
+    heap = _heap
+    if heap is None or heap.pid != os.getpid():
+        heap = _heap = Heap()
+    return heap.allocate(size)
