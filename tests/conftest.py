@@ -84,13 +84,21 @@ def no_leaks(request: pytest.FixtureRequest):
     assert wait_until(lambda: not (child_pids() - _helpers() - before_children), timeout=5), (
         f"child processes left behind: {child_pids() - _helpers() - before_children}"
     )
-    # The lifeline and the fork server's pidfd are created once per test process and kept.
+    # The lifeline, the fork server's pidfd and the heap's arena live as long as the process.
     state = _state.get()
     kept = {state.lifeline_read, state.lifeline_write}
     if state.forkserver is not None:
         kept.add(state.forkserver._process.sentinel)
     leaked = _fds() - before_fds - kept
     leaked = {fd for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")}
+    # procly's heap keeps the arenas it allocates from, two descriptors each (ours and
+    # the mmap's own); check that no more than those are open, in the whole process.
+    from procly import _heap
+
+    arenas = len(_heap._heap._arenas) if _heap._heap is not None else 0
+    heap_fds = {fd for fd in _fds() if _describe(fd).startswith("/memfd:procly-heap")}
+    assert len(heap_fds) <= 2 * arenas, f"{len(heap_fds)} heap descriptors open for {arenas} arenas"
+    leaked -= heap_fds
     assert not leaked, f"file descriptors left open: {[(fd, _describe(fd)) for fd in leaked]}"
     assert _shm() - before_shm == set(), f"/dev/shm entries left behind: {_shm() - before_shm}"
 

@@ -140,3 +140,60 @@ def connect_and_send(address, value) -> None:
 
     with Client(address, authkey=bytes(procly.current_process().authkey)) as conn:
         conn.send(value)
+
+
+def hold_lock(lock, conn, seconds: float) -> None:
+    with lock:
+        conn.send("held")
+        time.sleep(seconds)
+
+
+def add_many(counter, lock, n: int) -> None:
+    for _ in range(n):
+        with lock:
+            counter.value += 1
+
+
+def semaphore_release(sem, times: int) -> None:
+    for _ in range(times):
+        sem.release()
+
+
+def condition_notifier(cond, flag) -> None:
+    with cond:
+        flag.value = 1
+        cond.notify_all()
+
+
+def event_setter(event, delay: float) -> None:
+    time.sleep(delay)
+    event.set()
+
+
+def barrier_wait(barrier, queue) -> None:
+    queue.put(barrier.wait(10))
+
+
+def fill_array(arr, start: int) -> None:
+    for i in range(len(arr)):
+        arr[i] = start + i
+
+
+def put_items(queue, items) -> None:
+    for item in items:
+        queue.put(item)
+
+
+def put_then_exit(queue, n: int, size: int) -> None:
+    for i in range(n):
+        queue.put(bytes([i % 256]) * size)
+
+
+def consume_and_mark(queue, results) -> None:
+    while True:
+        item = queue.get()
+        if item is None:
+            queue.task_done()
+            return
+        results.put(item * 2)
+        queue.task_done()

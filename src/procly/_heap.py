@@ -98,6 +98,7 @@ class Heap:
         self._free: dict[int, list[tuple[Arena, int]]] = {}
         self._arena: Arena | None = None
         self._next = 0
+        self._live: dict[int, int] = {}  # id(arena) -> blocks in use
 
     def allocate(self, size: int) -> Block:
         """A zero-filled shared block of at least *size* bytes.
@@ -121,6 +122,7 @@ class Heap:
                     self._next = 0
                 arena, offset = self._arena, self._next
                 self._next += rounded
+            self._live[id(arena)] = self._live.get(id(arena), 0) + 1
         block = Block(arena, offset, size)
         weakref.finalize(block, self._release, arena, offset, rounded)
         return block
@@ -129,6 +131,15 @@ class Heap:
         if os.getpid() != self.pid:
             return  # an inherited block in a forked child: the parent owns that memory
         with self._lock:
+            self._live[id(arena)] -= 1
+            if self._live[id(arena)] == 0 and arena is not self._arena:
+                # A full arena nobody uses any more: unmap it (other processes keep
+                # their own mappings for as long as they need them).
+                del self._live[id(arena)]
+                self._arenas.remove(arena)
+                for size, entries in list(self._free.items()):
+                    self._free[size] = [e for e in entries if e[0] is not arena]
+                return
             self._free.setdefault(rounded, []).append((arena, offset))
 
 

@@ -175,6 +175,7 @@ _lazy_factories: dict[str, tuple[str, str]] = {
     for name in ("Barrier", "BoundedSemaphore", "Condition", "Event", "Lock", "RLock", "Semaphore")
 }
 _lazy_factories.update({name: ("sharedctypes", name) for name in ("Array", "Value")})
+_lazy_factories.update({name: ("queues", name) for name in ("JoinableQueue", "Queue", "SimpleQueue")})
 
 
 class ForkProcess(BaseProcess):

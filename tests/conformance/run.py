@@ -60,7 +60,7 @@ class Result(unittest.TestResult):
         self._area(test)["failed"] += 1
         self.failed.append(f"{test.id()}: {err[0].__name__}: {str(err[1])[:200]}")
 
-    addError = addFailure
+    addError = addFailure  # noqa: N815 - unittest API
 
     def addSkip(self, test, reason):  # noqa: N802
         self._area(test)["skipped"] += 1
