@@ -143,3 +143,20 @@ def test_targets_defined_in_unimportable_main(mode):
     out = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["fork", "49", "spawn", "49", "forkserver", "49"]
+
+
+class _WithClassmethod:
+    @classmethod
+    def make(cls):
+        return cls.__name__
+
+    def method(self):
+        return "bound"
+
+
+def test_bound_methods_pickle_by_reference():
+    """A classmethod of an importable class keeps its module (cloudpickle would copy it)."""
+    data = _serialization.dumps(_WithClassmethod.make)
+    assert b"<dynamic-code>" not in data and b"co_code" not in data
+    assert _serialization.loads(data)() == "_WithClassmethod"
+    assert _serialization.loads(_serialization.dumps(_WithClassmethod().method))() == "bound"

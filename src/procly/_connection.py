@@ -358,6 +358,9 @@ def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802 - 
     """
     if duplex:
         left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # socket.setdefaulttimeout() would leave them non-blocking: Connections block.
+        left.setblocking(True)
+        right.setblocking(True)
         return Connection(left.detach()), Connection(right.detach())
     read_fd, write_fd = os.pipe()
     return Connection(read_fd, writable=False), Connection(write_fd, readable=False)

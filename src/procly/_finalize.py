@@ -82,10 +82,11 @@ class Finalize:
 
 def run_finalizers(minpriority: int | None = None) -> None:
     """Run finalizers whose exit priority is at least *minpriority* (all with one if None)."""
+    keys = list(_registry)  # other threads may add finalizers meanwhile
     if minpriority is None:
-        pending = [key for key in _registry if key[0] is not None]
+        pending = [key for key in keys if key[0] is not None]
     else:
-        pending = [key for key in _registry if key[0] is not None and key[0] >= minpriority]
+        pending = [key for key in keys if key[0] is not None and key[0] >= minpriority]
     for key in sorted(pending, reverse=True):
         finalizer = _registry.get(key)
         if finalizer is not None:

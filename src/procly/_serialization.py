@@ -113,6 +113,12 @@ class Pickler(cloudpickle.Pickler):
                     return _main_attr, (qualname,)
         elif cls is memoryview and obj.contiguous:
             return memoryview, (pickle.PickleBuffer(obj),)
+        elif cls is types.MethodType:
+            # As plain pickle does: the object it is bound to, and the method's name.
+            # (cloudpickle would copy a classmethod's code by value, losing its module.)
+            name = obj.__func__.__name__
+            if getattr(obj.__self__, name, None) == obj:
+                return getattr, (obj.__self__, name)
         return super().reducer_override(obj)
 
 

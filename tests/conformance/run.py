@@ -58,7 +58,7 @@ class Result(unittest.TestResult):
 
     def addFailure(self, test, err):  # noqa: N802
         self._area(test)["failed"] += 1
-        self.failed.append(f"{test.id()}: {err[0].__name__}: {str(err[1])[:200]}")
+        self.failed.append(f"{test.id()}: {err[0].__name__}: {str(err[1])[:1500]}")
 
     addError = addFailure  # noqa: N815 - unittest API
 
@@ -76,17 +76,31 @@ class Result(unittest.TestResult):
             self.addFailure(subtest, err)
 
 
-def build_suite(method: str, areas: list[str]) -> unittest.TestSuite:
+def install_classes(method: str) -> tuple[dict, object, object]:
+    """Build the suite's test classes in this module's namespace.
+
+    Runs at import, in the parent (as __main__) and again in spawned children and the
+    fork server (as __mp_main__), so that test methods pickled by reference resolve.
+    """
     from test import _test_multiprocessing as suite_module
 
-    namespace: dict = {"__name__": "tests.conformance.installed"}
+    namespace: dict = {"__name__": __name__}
     suite_module.install_tests_in_module_dict(namespace, method, only_type="processes")
     processes = {k: v for k, v in namespace.items() if isinstance(v, type)}
-    namespace2: dict = {"__name__": "tests.conformance.installed"}
+    namespace2: dict = {"__name__": __name__}
     suite_module.install_tests_in_module_dict(namespace2, method, exclude_types=True)
     classes = {**processes, **{k: v for k, v in namespace2.items() if isinstance(v, type)}}
-    globals().update(classes)  # children unpickle test methods by reference
-    setup, teardown = namespace["setUpModule"], namespace["tearDownModule"]
+    globals().update(classes)
+    return classes, namespace["setUpModule"], namespace["tearDownModule"]
+
+
+_method = next((a for a in sys.argv[1:] if a in ("fork", "spawn", "forkserver")), None)
+if _method is not None:
+    CLASSES, SETUP, TEARDOWN = install_classes(_method)
+
+
+def build_suite(method: str, areas: list[str]) -> unittest.TestSuite:
+    classes, setup, teardown = CLASSES, SETUP, TEARDOWN
     loader = unittest.TestLoader()
     suite = unittest.TestSuite()
     for name, cls in sorted(classes.items()):

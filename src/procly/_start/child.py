@@ -16,6 +16,11 @@ def become(process: Any, parent_name: str, parent_pid: int, lifeline: int | None
     """Make this fresh child the running *process*: new state, parent handle, lifeline."""
     parent = _process.open_parent(parent_name, parent_pid)
     _state.reset_for_child(process, parent, lifeline, watch=process.daemon)
+    if process._start_method is not None:
+        # A child started with a given method uses it by default too (as CPython does).
+        from ..context import _default_context
+
+        _default_context.set_start_method(process._start_method, force=True)
 
 
 def run_from_pipe(data_fd: int, lifeline: int | None, fds: list[int] | None = None) -> int:
@@ -31,6 +36,10 @@ def run_from_pipe(data_fd: int, lifeline: int | None, fds: list[int] | None = No
         from ..context import _default_context
 
         _default_context._set_default(data["start_method"])
+        if data.get("log_level") is not None:
+            from ..util import get_logger
+
+            get_logger().setLevel(data["log_level"])
         with _handoff.install(fds if fds is not None else data["fds"]):
             process = _serialization.loads(conn.recv_bytes())
     become(process, data["parent_name"], data["parent_pid"], lifeline)

@@ -32,6 +32,10 @@ def preparation_data(name: str, start_method: str) -> dict[str, Any]:
         "parent_name": _state.get().current.name,
         "parent_pid": os.getpid(),
     }
+    import logging
+
+    if "procly" in logging.Logger.manager.loggerDict:  # configured: children log alike
+        data["log_level"] = logging.getLogger("procly").getEffectiveLevel()
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     if spec is not None and spec.name not in (None, "__main__"):
