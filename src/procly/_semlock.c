@@ -157,13 +157,34 @@ acquired:
     Py_RETURN_TRUE;
 }
 
+/* acquire(block=True, timeout=None), parsed by hand: this is the hot path. */
 static PyObject *
-semlock_acquire(SemLockObject *self, PyObject *args, PyObject *kwds)
+semlock_acquire(SemLockObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    static char *kwlist[] = {"block", "timeout", NULL};
     int blocking = 1;
-    PyObject *timeout_obj = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|pO", kwlist, &blocking, &timeout_obj))
+    PyObject *block_obj = NULL, *timeout_obj = Py_None;
+    Py_ssize_t i, nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+
+    if (nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "acquire() takes at most 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (nargs >= 1)
+        block_obj = args[0];
+    if (nargs == 2)
+        timeout_obj = args[1];
+    for (i = 0; i < nkw; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(name, "block") == 0 && nargs < 1)
+            block_obj = args[nargs + i];
+        else if (PyUnicode_CompareWithASCIIString(name, "timeout") == 0 && nargs < 2)
+            timeout_obj = args[nargs + i];
+        else {
+            PyErr_Format(PyExc_TypeError, "acquire() got an unexpected keyword argument '%U'", name);
+            return NULL;
+        }
+    }
+    if (block_obj != NULL && (blocking = PyObject_IsTrue(block_obj)) < 0)
         return NULL;
     return acquire_impl(self, blocking, timeout_obj);
 }
@@ -262,7 +283,7 @@ static PyObject *
 semlock_get_maxvalue(SemLockObject *self, void *closure) { return PyLong_FromLong(self->maxvalue); }
 
 static PyMethodDef semlock_methods[] = {
-    {"acquire", (PyCFunction)(void (*)(void))semlock_acquire, METH_VARARGS | METH_KEYWORDS,
+    {"acquire", (PyCFunction)(void (*)(void))semlock_acquire, METH_FASTCALL | METH_KEYWORDS,
      "acquire(block=True, timeout=None) -> bool: take the semaphore."},
     {"release", (PyCFunction)semlock_release, METH_NOARGS, "release(): give the semaphore back."},
     {"__enter__", (PyCFunction)semlock_enter, METH_NOARGS, "Acquire on entering a with block."},

@@ -61,7 +61,7 @@ def _main_module_importable() -> bool:
         return False
     spec = getattr(main, "__spec__", None)
     if spec is not None and spec.name not in (None, "__main__"):
-        return True
+        return not spec.name.endswith(".__main__")  # see _start.prepare
     path = getattr(main, "__file__", None)
     return bool(path) and not str(path).startswith("<")
 

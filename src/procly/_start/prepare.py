@@ -39,10 +39,10 @@ def preparation_data(name: str, start_method: str) -> dict[str, Any]:
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     if spec is not None and spec.name not in (None, "__main__"):
-        module_name = spec.name
-        if module_name.endswith(".__main__"):
-            module_name = module_name[: -len(".__main__")]
-        data["main_module_name"] = module_name
+        # ``python -m pkg`` runs pkg/__main__.py, which is a program, not a module with
+        # definitions: it is not re-imported (its code would run again in the child).
+        if not spec.name.endswith(".__main__"):
+            data["main_module_name"] = spec.name
     else:
         path = getattr(main, "__file__", None)
         if path and not str(path).startswith("<") and os.path.exists(path):

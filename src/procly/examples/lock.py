@@ -4,7 +4,7 @@ import sys
 from procly import Lock, Process, set_start_method
 
 
-def lock_func(l, number):  # noqa: E741 - the tutorial's name
+def lock_func(l, number):
     l.acquire()
     print("Number is: %d" % number, flush=True)
     l.release()
@@ -13,6 +13,6 @@ def lock_func(l, number):  # noqa: E741 - the tutorial's name
 if __name__ == "__main__":
     if len(sys.argv) > 1:
         set_start_method(sys.argv[1])
-    l = Lock()  # noqa: E741
+    l = Lock()
     for number in range(10):
         Process(target=lock_func, args=(l, number)).start()
