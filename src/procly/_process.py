@@ -282,6 +282,8 @@ class BaseProcess:
     def _bootstrap(self) -> int:
         """Run in the child: call run(), clean up like an interpreter exit, return the exit code."""
         try:
+            if hasattr(threading.main_thread(), "_set_native_id"):
+                threading.main_thread()._set_native_id()  # after fork it still holds the parent's
             _close_stdin()
             try:
                 self.run()

@@ -214,7 +214,8 @@ class ForkServerStarter:
         self.preload: list[str] = ["__main__"]
         self.executable: str | None = None
 
-    def start(self, process: Any) -> ForkServerChild:
+    def ensure_running(self) -> ForkServer:
+        """This process's fork server, (re)started if it is not running."""
         state = _state.get()
         with state.lock:
             server = state.forkserver
@@ -222,7 +223,10 @@ class ForkServerStarter:
                 if server is not None:
                     server.stop()
                 server = state.forkserver = ForkServer(self.preload, self.executable)
-        return server.start(process)
+        return server
+
+    def start(self, process: Any) -> ForkServerChild:
+        return self.ensure_running().start(process)
 
 
 # --------------------------------------------------------------------------- server
