@@ -197,3 +197,70 @@ def consume_and_mark(queue, results) -> None:
             return
         results.put(item * 2)
         queue.task_done()
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def die_on(x, bad, how="sigkill"):
+    """Return x, except for x == bad, where the worker dies."""
+    if x == bad:
+        if how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif how == "exit":
+            os._exit(3)
+        elif how == "segfault":
+            import ctypes
+            import faulthandler
+
+            faulthandler.disable()
+            ctypes.string_at(0)
+    return x
+
+
+def die_once(marker_path, x):
+    """Die the first time (no marker file yet), succeed on the retry."""
+    if not os.path.exists(marker_path):
+        open(marker_path, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * 10
+
+
+def raise_value_error(x):
+    raise ValueError(f"bad value {x}")
+
+
+class TwoArgError(Exception):
+    def __init__(self, a, b):
+        super().__init__(f"{a}/{b}")
+
+
+def raise_two_arg_error(x):
+    raise TwoArgError(x, x + 1)
+
+
+def return_unpicklable(x):
+    import threading
+
+    return threading.Lock()
+
+
+def worker_pid(_=None):
+    return os.getpid()
+
+
+def init_state(value):
+    from procly.pool import worker_state
+
+    worker_state["value"] = value
+
+
+def read_state(_):
+    from procly.pool import worker_state
+
+    return worker_state.get("value")

@@ -17,9 +17,12 @@ from ._errors import BufferTooShort as BufferTooShort
 from ._errors import ConnectionClosedError as ConnectionClosedError
 from ._errors import MessageError as MessageError
 from ._errors import PicklingError as PicklingError
+from ._errors import PoolTerminatedError as PoolTerminatedError
 from ._errors import ProcessError as ProcessError
 from ._errors import StartError as StartError
+from ._errors import TaskTimeoutError as TaskTimeoutError
 from ._errors import TimeoutError as TimeoutError
+from ._errors import WorkerLostError as WorkerLostError
 from .context import Process as Process
 from .context import _default_context
 
@@ -39,6 +42,7 @@ get_start_method = _ctx.get_start_method
 log_to_stderr = _ctx.log_to_stderr
 parent_process = _ctx.parent_process
 Pipe = _ctx.Pipe
+Pool = _ctx.Pool
 RawArray = _ctx.RawArray
 RawValue = _ctx.RawValue
 set_executable = _ctx.set_executable
@@ -59,6 +63,8 @@ __all__ = [
     "MessageError",
     "PicklingError",
     "Pipe",
+    "Pool",
+    "PoolTerminatedError",
     "Process",
     "ProcessError",
     "Queue",
@@ -68,8 +74,10 @@ __all__ = [
     "Semaphore",
     "SimpleQueue",
     "StartError",
+    "TaskTimeoutError",
     "TimeoutError",
     "Value",
+    "WorkerLostError",
     "active_children",
     "allow_connection_pickling",
     "cpu_count",
@@ -88,7 +96,8 @@ __all__ = [
 ]
 
 for _name in ("AuthenticationError", "BufferTooShort", "ConnectionClosedError", "MessageError",
-              "PicklingError", "ProcessError", "StartError", "TimeoutError", "Process"):
+              "PicklingError", "ProcessError", "StartError", "TimeoutError", "Process",
+              "WorkerLostError", "TaskTimeoutError", "PoolTerminatedError"):
     globals()[_name].__module__ = __name__
 del _name
 

@@ -12,8 +12,11 @@ The roots are the names ``multiprocessing`` users already catch, so existing
         ├── MessageError                  a frame was malformed or over the size limit
         │                                 (also OSError: the connection is unusable)
         ├── StartError                    a child could not be started (also OSError)
-        └── PicklingError                 an object cannot be serialized
-                                          (also pickle.PicklingError and TypeError)
+        ├── PicklingError                 an object cannot be serialized
+        │                                 (also pickle.PicklingError and TypeError)
+        ├── WorkerLostError               a pool worker died while running a task
+        ├── TaskTimeoutError              a task ran past its task_timeout and was stopped
+        └── PoolTerminatedError           the pool was terminated before the task finished
 
 ``TimeoutError`` subclasses the builtin ``TimeoutError`` as well, so
 ``except TimeoutError`` written against either one catches procly's.
@@ -34,8 +37,11 @@ __all__ = [
     "MessageError",
     "PicklingError",
     "ProcessError",
+    "PoolTerminatedError",
     "StartError",
+    "TaskTimeoutError",
     "TimeoutError",
+    "WorkerLostError",
 ]
 
 
@@ -78,3 +84,26 @@ class StartError(ProcessError, OSError):
 
 class PicklingError(ProcessError, pickle.PicklingError, TypeError):
     """An object could not be serialized; the message names it and the reason."""
+
+
+class WorkerLostError(ProcessError):
+    """A pool worker died (signal, ``os._exit``, crash) while it was running the task.
+
+    The message names the worker, its pid, how it ended and the task; ``exitcode`` is
+    the worker's exit code (negative: the signal number).
+    """
+
+    def __init__(self, message: str, exitcode: int | None = None) -> None:
+        super().__init__(message, exitcode)
+        self.exitcode = exitcode
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class TaskTimeoutError(ProcessError):
+    """The task ran longer than its ``task_timeout``: its worker was ended and replaced."""
+
+
+class PoolTerminatedError(ProcessError):
+    """The pool was terminated before this task produced a result."""

@@ -150,17 +150,18 @@ def run_exit_hook() -> None:
     from . import _finalize
 
     _finalize.run_finalizers(0)
-    children = [c for c in list(state.children) if c._handle is not None]
-    for child in children:
-        if child.daemon and child._handle.poll() is None:
-            child._handle.terminate()
-    for child in children:
+    # Take each handle once: other threads (a pool's supervisor) may close processes.
+    children = [(c, c._handle) for c in list(state.children) if c._handle is not None]
+    for child, handle in children:
+        if child.daemon and handle.poll() is None:
+            handle.terminate()
+    for child, handle in children:
         if child.daemon:
-            if child._handle.wait(DAEMON_TERMINATE_GRACE) is None:
-                child._handle.kill()
-                child._handle.wait(None)
+            if handle.wait(DAEMON_TERMINATE_GRACE) is None:
+                handle.kill()
+                handle.wait(None)
         else:
-            child._handle.wait(None)
+            handle.wait(None)
         state.children.discard(child)
     _finalize.run_finalizers()
     if state.forkserver is not None:

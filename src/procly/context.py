@@ -64,6 +64,19 @@ class BaseContext:
             raise NotImplementedError("cannot determine number of cpus")
         return count
 
+    def Pool(  # noqa: N802
+        self,
+        processes: int | None = None,
+        initializer: Any = None,
+        initargs: Any = (),
+        maxtasksperchild: int | None = None,
+        **options: Any,
+    ) -> Any:
+        """A process pool whose workers start with this context's method (see :mod:`procly.pool`)."""
+        from .pool import Pool
+
+        return Pool(processes, initializer, initargs, maxtasksperchild, context=self.get_context(), **options)
+
     def RawValue(self, typecode_or_type: Any, *args: Any) -> Any:  # noqa: N802
         """A ctypes object in shared memory, without a lock (see :mod:`procly.sharedctypes`)."""
         from .sharedctypes import RawValue

@@ -1,0 +1,613 @@
+"""Pool: a process pool that never hangs and never loses a task.
+
+Data flow::
+
+    caller ── pickle args now (errors raise here) ──> pending deque ──┐
+                                                                     │ wake-up pipe
+    supervisor thread: wait([worker conns, worker sentinels, wake-up], nearest deadline)
+        ├── dispatch: up to PIPELINE tasks in flight per worker, function sent once
+        ├── result from a worker ──> AsyncResult / MapResult / imap iterator
+        ├── a worker's sentinel fires ──> its first unanswered task fails with
+        │       WorkerLostError (or is retried), the rest go back to the queue,
+        │       a new worker replaces it
+        └── a task's deadline passes ──> its worker is killed, the task fails with
+                TaskTimeoutError, the rest go back, a new worker replaces it
+
+Nothing polls with sleep: the supervisor blocks in one ``wait()``.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import itertools
+import os
+import signal
+import threading
+import time
+import weakref
+from typing import Any, Callable, Iterable, Iterator
+
+from . import _serialization
+from ._connection import Pipe
+from ._errors import PoolTerminatedError, TaskTimeoutError, WorkerLostError
+from ._finalize import Finalize
+from ._pool_results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+from ._pool_worker import APPLY, MAP, STARMAP, rebuild_exception, worker_main
+from ._wait import wait
+
+__all__ = ["Pool"]
+
+PIPELINE = 2  # tasks in flight per worker: the next one is already there when one ends
+TERMINATE_GRACE = 1.0
+
+
+class PoolState(enum.Enum):
+    RUNNING = "running"  # accepting work
+    CLOSED = "closed"  # no new work; finishing what was submitted
+    TERMINATED = "terminated"  # workers ended, outstanding results failed
+
+
+class _Task:
+    __slots__ = ("id", "func_key", "func_bytes", "mode", "payload", "sink", "count", "timeout", "retries", "label",
+                 "deadline")  # fmt: skip
+
+    def __init__(self, task_id, func_key, func_bytes, mode, payload, sink, count, timeout, retries, label) -> None:
+        self.id = task_id
+        self.func_key = func_key
+        self.func_bytes = func_bytes
+        self.mode = mode
+        self.payload = payload
+        self.sink = sink  # callable(success, values_or_exception)
+        self.count = count  # items in the task
+        self.timeout = timeout
+        self.retries = retries
+        self.label = label
+        self.deadline: float | None = None
+
+
+class _Worker:
+    __slots__ = ("process", "conn", "inflight", "funcs", "sent", "sentinel")
+
+    def __init__(self, process: Any, conn: Any) -> None:
+        self.process = process
+        self.conn = conn
+        self.sentinel = process.sentinel
+        self.inflight: collections.deque[_Task] = collections.deque()
+        self.funcs: set[int] = set()
+        self.sent = 0
+
+
+def _signal_text(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "an unknown status"
+    if exitcode < 0:
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+class Pool:
+    """A pool of worker processes (``multiprocessing.Pool``), hardened.
+
+    Beyond the standard library: a worker that dies fails only the task it was running
+    (``WorkerLostError``, or a re-run with *retries*); *task_timeout* really stops a task;
+    arguments are pickled in the caller; lambdas and closures work; terminate() also
+    fails outstanding results instead of leaving them pending for ever.
+
+    Raises:
+        ValueError: *processes* < 1, or *maxtasksperchild* not a positive int.
+        TypeError: *initializer* is not callable.
+    """
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+        *,
+        task_timeout: float | None = None,
+        retries: int = 0,
+    ) -> None:
+        if processes is None:
+            processes = len(os.sched_getaffinity(0)) or 1
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if context is None:
+            from .context import _default_context
+
+            context = _default_context.get_context()
+        self._ctx = context
+        self._processes = processes
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._maxtasks = maxtasksperchild
+        self._task_timeout = task_timeout
+        self._retries = retries
+        self._state = PoolState.RUNNING
+        self._lock = threading.Lock()
+        self._pending: collections.deque[_Task] = collections.deque()
+        self._outstanding: dict[int, _Task] = {}
+        self._ids = itertools.count()
+        self._func_keys = itertools.count()
+        self._func_cache: weakref.WeakKeyDictionary[Any, tuple[int, bytes]] = weakref.WeakKeyDictionary()
+        self._wake_r: int
+        self._wake_w: int | None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._workers: dict[Any, _Worker] = {}
+        self._feeders: list[threading.Thread] = []
+        for _ in range(processes):
+            self._spawn_worker()
+        self._supervisor = threading.Thread(target=self._supervise, name="procly-pool-supervisor", daemon=True)
+        self._supervisor.start()
+        # At interpreter exit, end the pool before procly reaps children.
+        self._exit_finalizer = Finalize(self, self.terminate, exitpriority=15)
+
+    # -- submission ----------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._state is not PoolState.RUNNING:
+            raise ValueError("Pool not running")
+
+    def _function(self, func: Callable[..., Any]) -> tuple[int, bytes]:
+        if not callable(func):
+            raise TypeError(f"{func!r} is not callable")
+        try:
+            cached = self._func_cache.get(func)
+        except TypeError:
+            cached = None
+        if cached is None:
+            cached = (next(self._func_keys), _serialization.dumps(func))
+            try:
+                self._func_cache[func] = cached
+            except TypeError:
+                pass
+        return cached
+
+    def _make_task(self, func, mode, items, count, sink, task_timeout, retries, label) -> _Task:
+        key, func_bytes = self._function(func)
+        payload = _serialization.dumps(items)  # unpicklable arguments raise here, in the caller
+        timeout = self._task_timeout if task_timeout is None else task_timeout
+        return _Task(
+            next(self._ids), key, func_bytes, mode, payload, sink, count, timeout,
+            self._retries if retries is None else retries, label,
+        )  # fmt: skip
+
+    def _submit(self, tasks: list[_Task]) -> None:
+        with self._lock:
+            if self._state is PoolState.TERMINATED:
+                for task in tasks:
+                    task.sink(False, PoolTerminatedError("the pool was terminated"))
+                return
+            for task in tasks:
+                self._outstanding[task.id] = task
+            self._pending.extend(tasks)
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._lock:
+            if self._wake_w is None:
+                return  # the supervisor is gone
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:  # full: the supervisor has a wake-up pending anyway
+                pass
+
+    def apply_async(
+        self,
+        func: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwds: dict[str, Any] | None = None,
+        callback: Callable[[Any], Any] | None = None,
+        error_callback: Callable[[BaseException], Any] | None = None,
+        *,
+        task_timeout: float | None = None,
+        retries: int | None = None,
+    ) -> ApplyResult:
+        """Run ``func(*args, **kwds)`` in a worker; return an AsyncResult at once.
+
+        Raises:
+            ValueError: the pool is closed or terminated.
+            procly.PicklingError: *func* or the arguments cannot be pickled.
+        """
+        self._check_running()
+        result = ApplyResult(callback, error_callback)
+
+        def sink(success: bool, values: Any) -> None:
+            result._set(success, values[0] if success else values)
+
+        label = f"{getattr(func, '__qualname__', func)!s}(...)"
+        task = self._make_task(func, APPLY, (tuple(args), dict(kwds or {})), 1, sink, task_timeout, retries, label)
+        self._submit([task])
+        return result
+
+    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None) -> Any:
+        """``apply_async(...).get()``."""
+        return self.apply_async(func, args, kwds).get()
+
+    def _default_chunksize(self, length: int) -> int:
+        chunksize, extra = divmod(length, self._processes * 4)
+        return max(1, chunksize + bool(extra))
+
+    def _map_async(self, func, iterable, mode, chunksize, callback, error_callback, task_timeout, retries) -> MapResult:
+        self._check_running()
+        items = list(iterable)
+        if chunksize is None:
+            chunksize = self._default_chunksize(len(items))
+        elif chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize}")
+        starts = list(range(0, len(items), chunksize))
+        result = MapResult(len(items), starts, callback, error_callback)
+        name = getattr(func, "__qualname__", str(func))
+        tasks = []
+        for index, start in enumerate(starts):
+            chunk = items[start : start + chunksize]
+
+            def sink(success: bool, values: Any, index: int = index) -> None:
+                result._set_chunk(index, success, values)
+
+            label = f"{name} on items {start}..{start + len(chunk) - 1}"
+            tasks.append(self._make_task(func, mode, chunk, len(chunk), sink, task_timeout, retries, label))
+        self._submit(tasks)
+        return result
+
+    def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None, *,
+                  task_timeout=None, retries=None) -> MapResult:  # fmt: skip
+        """Apply *func* to every item of *iterable*; return a MapResult at once."""
+        return self._map_async(func, iterable, MAP, chunksize, callback, error_callback, task_timeout, retries)
+
+    def map(self, func, iterable, chunksize=None, *, task_timeout=None, retries=None) -> list[Any]:  # fmt: skip
+        """``[func(x) for x in iterable]``, computed by the workers, in order."""
+        return self.map_async(func, iterable, chunksize, task_timeout=task_timeout, retries=retries).get()
+
+    def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None, *,
+                      task_timeout=None, retries=None) -> MapResult:  # fmt: skip
+        """Like map_async, calling ``func(*args)`` for each tuple of arguments."""
+        return self._map_async(func, iterable, STARMAP, chunksize, callback, error_callback, task_timeout, retries)
+
+    def starmap(self, func, iterable, chunksize=None, *, task_timeout=None, retries=None) -> list[Any]:  # fmt: skip
+        """``[func(*args) for args in iterable]``, computed by the workers, in order."""
+        return self.starmap_async(func, iterable, chunksize, task_timeout=task_timeout, retries=retries).get()
+
+    def _imap(self, iterator_cls, func, iterable, chunksize, task_timeout, retries) -> IMapIterator:
+        self._check_running()
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize}")
+        self._function(func)  # an unpicklable function raises now
+        # Bounded look-ahead, counted in items and given back as the caller consumes
+        # results: the input is read lazily and an endless generator runs in bounded
+        # memory even when the caller is slower than the workers.
+        slots = threading.Semaphore(self._processes * PIPELINE * 2 * chunksize)
+        result = iterator_cls(on_consumed=slots.release)
+        feeder = threading.Thread(
+            target=self._feed_imap,
+            args=(result, func, iter(iterable), chunksize, slots, task_timeout, retries),
+            name="procly-pool-imap-feeder",
+            daemon=True,
+        )
+        self._feeders.append(feeder)
+        feeder.start()
+        return result
+
+    def _feed_imap(self, result, func, iterator: Iterator[Any], chunksize, slots, task_timeout, retries) -> None:
+        name = getattr(func, "__qualname__", str(func))
+        position = 0
+        while self._state is not PoolState.TERMINATED:
+            chunk = []
+            try:
+                for _ in range(chunksize):
+                    while not slots.acquire(timeout=0.2):
+                        if self._state is PoolState.TERMINATED:
+                            raise StopIteration
+                    chunk.append(next(iterator))
+            except StopIteration:
+                pass
+            except Exception as exc:  # noqa: BLE001 - the input itself raised: report it in place
+                result._set_item(position, False, exc)
+                position += 1
+                break
+            if not chunk:
+                break
+            start = position
+            position += len(chunk)
+
+            def sink(success: bool, values: Any, start: int = start, n: int = len(chunk)) -> None:
+                for i in range(n):
+                    result._set_item(start + i, success, values[i] if success else values)
+
+            try:
+                task = self._make_task(func, MAP, chunk, len(chunk), sink, task_timeout, retries,
+                                       f"{name} on items {start}..{position - 1}")  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - an unpicklable item fails its own place
+                sink(False, exc)
+                continue
+            self._submit([task])
+        result._set_length(position)
+
+    def imap(self, func, iterable, chunksize: int = 1, *, task_timeout=None, retries=None) -> IMapIterator:  # fmt: skip
+        """Lazily map *func* over *iterable*; results in input order."""
+        return self._imap(IMapIterator, func, iterable, chunksize, task_timeout, retries)
+
+    def imap_unordered(self, func, iterable, chunksize: int = 1, *, task_timeout=None, retries=None):  # fmt: skip
+        """Lazily map *func* over *iterable*; results as they complete."""
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, task_timeout, retries)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Accept no more work; workers exit once everything submitted is done."""
+        with self._lock:
+            if self._state is PoolState.RUNNING:
+                self._state = PoolState.CLOSED
+        self._wake()
+
+    def terminate(self) -> None:
+        """End the workers now (SIGTERM, then SIGKILL) and fail outstanding results.
+
+        Idempotent; returns within about a second even if workers ignore SIGTERM.
+        """
+        with self._lock:
+            already = self._state is PoolState.TERMINATED
+            self._state = PoolState.TERMINATED
+        if already:
+            return
+        self._wake()
+        if threading.current_thread() is not self._supervisor:  # e.g. called from a callback
+            self._supervisor.join()
+
+    def join(self) -> None:
+        """Wait for the workers to exit (after close() or terminate()).
+
+        Raises:
+            ValueError: the pool is still running.
+        """
+        if self._state is PoolState.RUNNING:
+            raise ValueError("Pool is still running")
+        self._supervisor.join()
+        for feeder in self._feeders:
+            feeder.join()
+
+    def __enter__(self) -> Pool:
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.terminate()
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", PoolState.TERMINATED) is PoolState.RUNNING:
+            self._state = PoolState.TERMINATED
+            self._wake()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state.value} pool_size={self._processes}>"
+
+    def statistics(self) -> dict[str, Any]:
+        """A snapshot: state, workers, tasks pending and in flight."""
+        with self._lock:
+            return {
+                "state": self._state.value,
+                "workers": len(self._workers),
+                "pending": len(self._pending),
+                "in_flight": sum(len(w.inflight) for w in self._workers.values()),
+                "outstanding": len(self._outstanding),
+            }
+
+    # -- supervisor --------------------------------------------------------------------
+
+    def _spawn_worker(self) -> None:
+        parent_end, child_end = Pipe()
+        process = self._ctx.Process(
+            target=worker_main,
+            args=(child_end, self._initializer, self._initargs, self._maxtasks),
+            name=f"PoolWorker-{next(_worker_numbers)}",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()
+        self._workers[parent_end] = _Worker(process, parent_end)
+
+    def _supervise(self) -> None:
+        try:
+            while self._step():
+                pass
+        except BaseException:  # a bug here must not leave callers waiting for ever
+            import traceback
+
+            traceback.print_exc()
+            with self._lock:
+                self._state = PoolState.TERMINATED
+            raise
+        finally:
+            self._shutdown()
+
+    def _step(self) -> bool:
+        """One round of the supervisor loop; False when the pool is done."""
+        if self._state is PoolState.TERMINATED:
+            return False
+        self._dispatch()
+        if self._state is PoolState.CLOSED and not self._outstanding and not any(f.is_alive() for f in self._feeders):
+            return False
+        now = time.monotonic()
+        deadlines = [w.inflight[0].deadline for w in self._workers.values() if w.inflight and w.inflight[0].deadline]
+        timeout = max(0.0, min(deadlines) - now) if deadlines else None
+        if timeout is None and self._state is PoolState.CLOSED:
+            timeout = 0.1  # feeders may finish without waking us
+        watched: list[Any] = [self._wake_r]
+        for worker in self._workers.values():
+            watched.append(worker.conn)
+            watched.append(worker.sentinel)
+        for ready in wait(watched, timeout):
+            if ready == self._wake_r:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            elif isinstance(ready, int):
+                worker = next((w for w in self._workers.values() if w.sentinel == ready), None)
+                if worker is not None and worker.conn in self._workers:
+                    self._drain(worker)
+                    if worker.conn in self._workers:
+                        self._lost(worker)
+            elif ready in self._workers:
+                self._receive(self._workers[ready])
+        self._expire()
+        return True
+
+    def _dispatch(self) -> None:
+        with self._lock:
+            if not self._pending:
+                return
+            for worker in list(self._workers.values()):
+                while self._pending and len(worker.inflight) < PIPELINE:
+                    if self._maxtasks is not None and worker.sent >= self._maxtasks:
+                        break
+                    task = self._pending.popleft()
+                    func_bytes = None if task.func_key in worker.funcs else task.func_bytes
+                    try:
+                        worker.conn.send((task.id, task.func_key, func_bytes, task.mode, task.payload))
+                    except OSError:
+                        self._pending.appendleft(task)
+                        break  # the worker is dying; its sentinel will tell
+                    worker.funcs.add(task.func_key)
+                    worker.sent += 1
+                    if not worker.inflight:
+                        self._start_clock(task)
+                    worker.inflight.append(task)
+
+    def _start_clock(self, task: _Task) -> None:
+        task.deadline = time.monotonic() + task.timeout * task.count if task.timeout else None
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            message = worker.conn.recv()
+        except (EOFError, OSError):
+            self._lost(worker)
+            return
+        except Exception as exc:  # noqa: BLE001 - a result that does not unpickle in the parent
+            message = ("done", worker.inflight[0].id if worker.inflight else -1, False, (exc, ""))
+        if message[0] == "bye":
+            self._retire(worker, None)
+            return
+        _, task_id, success, values = message
+        if not worker.inflight or worker.inflight[0].id != task_id:
+            return
+        task = worker.inflight.popleft()
+        if worker.inflight:
+            self._start_clock(worker.inflight[0])
+        if not success:
+            exc, tb = values
+            values = rebuild_exception(exc, tb) if tb else exc
+        self._finish(task, success, values)
+
+    def _drain(self, worker: _Worker) -> None:
+        """Collect results a dead worker sent before dying."""
+        while worker.conn in self._workers:
+            try:
+                if not worker.conn.poll(0):
+                    return
+            except OSError:
+                return
+            self._receive(worker)
+
+    def _finish(self, task: _Task, success: bool, values: Any) -> None:
+        with self._lock:
+            self._outstanding.pop(task.id, None)
+        task.sink(success, values)
+
+    def _lost(self, worker: _Worker) -> None:
+        self._retire(worker, "lost")
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for worker in list(self._workers.values()):
+            task = worker.inflight[0] if worker.inflight else None
+            if task is not None and task.deadline is not None and task.deadline <= now:
+                worker.process.kill()
+                self._retire(worker, "timeout")
+
+    def _error(self, why: str, task: _Task, name: str, pid: int, exitcode: int | None) -> BaseException:
+        if why == "timeout":
+            return TaskTimeoutError(
+                f"task {task.label} ran longer than its timeout of {task.timeout}s per item; "
+                f"worker {name} (pid {pid}) was stopped"
+            )
+        return WorkerLostError(
+            f"worker {name} (pid {pid}) died with {_signal_text(exitcode)} while running task {task.label}",
+            exitcode,
+        )
+
+    def _retire(self, worker: _Worker, why: str | None) -> None:
+        """Remove *worker*; fail (or retry) its running task, requeue the rest, replace it.
+
+        *why* is None for a worker that left after maxtasksperchild, "lost" for one that
+        died, "timeout" for one stopped because its task ran too long.
+        """
+        self._workers.pop(worker.conn, None)
+        worker.conn.close()
+        process = worker.process
+        name, pid = process.name, process.pid
+        process.join(5)
+        if process.exitcode is None:  # "bye" came before the exit: make sure
+            process.kill()
+            process.join()
+        exitcode = process.exitcode
+        process.close()
+        requeue = list(worker.inflight)
+        if why is not None and requeue:
+            task = requeue.pop(0)
+            if why == "lost" and task.retries > 0:
+                task.retries -= 1
+                requeue.insert(0, task)
+            else:
+                self._finish(task, False, self._error(why, task, name, pid, exitcode))
+        with self._lock:
+            for task in reversed(requeue):
+                task.deadline = None
+                self._pending.appendleft(task)
+        if self._state is not PoolState.TERMINATED and (self._state is PoolState.RUNNING or self._outstanding):
+            self._spawn_worker()
+
+    def _shutdown(self) -> None:
+        """Stop every worker; fail what is left if the pool was terminated."""
+        terminated = self._state is PoolState.TERMINATED
+        for worker in self._workers.values():
+            try:
+                if terminated:
+                    worker.process.terminate()
+                else:
+                    worker.conn.send(None)
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + TERMINATE_GRACE
+        for worker in self._workers.values():
+            worker.process.join(max(0.0, deadline - time.monotonic()) if terminated else None)
+            if worker.process.exitcode is None:
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+            worker.process.close()
+        self._workers.clear()
+        with self._lock:
+            leftovers = list(self._outstanding.values())
+            self._outstanding.clear()
+            self._pending.clear()
+        for task in leftovers:
+            task.sink(False, PoolTerminatedError(f"the pool was terminated before task {task.label} finished"))
+        with self._lock:
+            wake_w, self._wake_w = self._wake_w, None
+        os.close(self._wake_r)
+        if wake_w is not None:
+            os.close(wake_w)
+
+
+_worker_numbers = itertools.count(1)

@@ -1,0 +1,228 @@
+"""What Pool calls return: AsyncResult, MapResult and the imap iterators.
+
+Results are filled in by the pool's supervisor thread (``_set`` / ``_set_chunk``) and
+read by user threads; callbacks run in the supervisor thread, as in the standard
+library, so they should be quick.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any, Callable
+
+from ._errors import TimeoutError
+
+__all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "IMapUnorderedIterator", "MapResult"]
+
+
+class ApplyResult:
+    """The result of ``apply_async`` (``multiprocessing.pool.AsyncResult``)."""
+
+    def __init__(
+        self,
+        callback: Callable[[Any], Any] | None = None,
+        error_callback: Callable[[BaseException], Any] | None = None,
+    ) -> None:
+        self._event = threading.Event()
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success = False
+        self._value: Any = None
+
+    def ready(self) -> bool:
+        """Whether the call has completed."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """Whether the call completed without raising.
+
+        Raises:
+            ValueError: the result is not ready yet.
+        """
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until the result is ready or *timeout* seconds pass."""
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The call's return value, or its exception raised here.
+
+        Raises:
+            procly.TimeoutError: not ready within *timeout* seconds (the task goes on).
+            Exception: whatever the task raised, with the worker's traceback as
+                ``__cause__``; procly.WorkerLostError / TaskTimeoutError when the
+                worker died or was stopped.
+        """
+        if not self._event.wait(timeout):
+            raise TimeoutError(f"no result within {timeout} seconds")
+        if self._success:
+            return self._value
+        raise self._value
+
+    def __await__(self) -> Any:
+        """``await result`` in asyncio, without blocking the event loop."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def settle() -> None:
+            if future.done():
+                return
+            if self._success:
+                future.set_result(self._value)
+            else:
+                future.set_exception(self._value)
+
+        def when_ready() -> None:
+            self._event.wait()
+            loop.call_soon_threadsafe(settle)
+
+        threading.Thread(target=when_ready, daemon=True).start()
+        return future.__await__()
+
+    def _set(self, success: bool, value: Any) -> None:
+        self._success, self._value = success, value
+        callback = self._callback if success else self._error_callback
+        if callback is not None:
+            try:
+                callback(value)
+            except Exception:  # noqa: BLE001 - a failing callback must not kill the pool
+                import traceback
+
+                traceback.print_exc()
+        self._event.set()
+
+
+AsyncResult = ApplyResult
+
+
+class MapResult(ApplyResult):
+    """The result of ``map_async``: a list filled chunk by chunk; the first error wins."""
+
+    def __init__(self, length: int, chunk_starts: list[int], callback: Any = None, error_callback: Any = None) -> None:
+        super().__init__(callback, error_callback)
+        self._values: list[Any] = [None] * length
+        self._starts = chunk_starts
+        self._remaining = len(chunk_starts)
+        self._lock = threading.Lock()
+        if length == 0:
+            self._set(True, [])
+
+    def _set_chunk(self, index: int, success: bool, values: Any) -> None:
+        with self._lock:
+            if self._event.is_set():
+                return
+            if not success:
+                self._remaining = -1
+                failed = True
+            else:
+                start = self._starts[index]
+                self._values[start : start + len(values)] = values
+                self._remaining -= 1
+                failed = False
+                if self._remaining:
+                    return
+        if failed:
+            self._set(False, values)
+        else:
+            self._set(True, self._values)
+
+
+class IMapIterator:
+    """Results of ``imap`` in input order; ``next(timeout)`` as in the standard library."""
+
+    def __init__(self, on_consumed: Callable[[], Any] | None = None) -> None:
+        self._on_consumed = on_consumed  # gives the producer room for one more item
+        self._cond = threading.Condition(threading.Lock())
+        self._ready: dict[int, tuple[bool, Any]] = {}
+        self._next_index = 0
+        self._length: int | None = None  # known once the input is exhausted
+        self._items: collections.deque[tuple[bool, Any]] = collections.deque()
+
+    def __iter__(self) -> IMapIterator:
+        return self
+
+    def next(self, timeout: float | None = None) -> Any:
+        """The next result, waiting up to *timeout* seconds.
+
+        Raises:
+            StopIteration: all results were returned.
+            procly.TimeoutError: none arrived in time.
+        """
+        with self._cond:
+            if not self._items and not self._finished():
+                self._cond.wait_for(lambda: self._items or self._finished(), timeout)
+            if not self._items:
+                if self._finished():
+                    raise StopIteration
+                raise TimeoutError(f"no result within {timeout} seconds")
+            success, value = self._items.popleft()
+        if self._on_consumed is not None:
+            self._on_consumed()
+        if success:
+            return value
+        raise value
+
+    __next__ = next
+
+    def _finished(self) -> bool:
+        return self._length is not None and self._next_index >= self._length and not self._items
+
+    def _set_item(self, index: int, success: bool, value: Any) -> None:
+        with self._cond:
+            self._ready[index] = (success, value)
+            while self._next_index in self._ready:
+                self._items.append(self._ready.pop(self._next_index))
+                self._next_index += 1
+            self._cond.notify_all()
+
+    def _set_length(self, length: int) -> None:
+        with self._cond:
+            self._length = length
+            self._cond.notify_all()
+
+    def __aiter__(self) -> Any:
+        return _AsyncIterator(self)
+
+
+class IMapUnorderedIterator(IMapIterator):
+    """Results of ``imap_unordered``, as they complete."""
+
+    def _set_item(self, index: int, success: bool, value: Any) -> None:
+        with self._cond:
+            self._items.append((success, value))
+            self._next_index += 1
+            self._cond.notify_all()
+
+
+class _AsyncIterator:
+    """``async for`` over an imap iterator, waiting in a thread."""
+
+    def __init__(self, iterator: IMapIterator) -> None:
+        self._iterator = iterator
+
+    def __aiter__(self) -> _AsyncIterator:
+        return self
+
+    async def __anext__(self) -> Any:
+        import asyncio
+
+        item = await asyncio.to_thread(self._next_or_end)
+        if item is _END:
+            raise StopAsyncIteration
+        return item
+
+    def _next_or_end(self) -> Any:
+        # StopIteration cannot travel through a Future: turn it into a marker.
+        try:
+            return self._iterator.next()
+        except StopIteration:
+            return _END
+
+
+_END = object()

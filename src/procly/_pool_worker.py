@@ -1,0 +1,106 @@
+"""The loop a pool worker process runs.
+
+Messages from the pool, in order, over the worker's own connection::
+
+    (task_id, func_key, func_bytes | None, mode, items)   run it, answer with
+    ("done", task_id, ok, values | (exception, traceback text))
+    None                                                    exit
+
+The function travels once per worker (``func_bytes`` only the first time a key is
+seen); tasks run strictly one after another, so the first task the pool has not heard
+back about is the one running — that is how a death is pinned to its task.
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+import traceback
+from typing import Any, Callable
+
+from . import _serialization
+
+# The call shapes a task can have.
+MAP, STARMAP, APPLY = 0, 1, 2
+
+_FUNC_CACHE_SIZE = 128
+
+#: Per-worker state that initializers and tasks share (``procly.pool.worker_state``).
+worker_state: dict[str, Any] = {}
+
+
+class RemoteTraceback(Exception):
+    """The worker-side traceback of an exception, attached as its ``__cause__``."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class _Unpicklable(Exception):
+    """Stands in for an exception that could not be sent back as itself."""
+
+
+def rebuild_exception(exc: BaseException, tb: str) -> BaseException:
+    """Attach the worker's traceback text to *exc* (in the parent)."""
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
+    return exc
+
+
+def _run(func: Callable[..., Any], mode: int, items: Any) -> list[Any]:
+    if mode == MAP:
+        return [func(item) for item in items]
+    if mode == STARMAP:
+        return [func(*item) for item in items]
+    args, kwargs = items
+    return [func(*args, **kwargs)]
+
+
+def _error_payload(exc: BaseException) -> tuple[BaseException, str]:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        copy = _serialization.loads(_serialization.dumps(exc))
+        if type(copy) is not type(exc):
+            raise TypeError("does not pickle as itself")
+    except Exception as problem:  # noqa: BLE001 - any failure means: send a stand-in
+        return _Unpicklable(f"{type(exc).__name__}: {exc} (could not be sent back: {problem})"), tb
+    return exc, tb
+
+
+def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tuple, maxtasks: int | None) -> None:
+    """Run tasks from *conn* until told to stop, the pool goes away, or *maxtasks* are done."""
+    # Ctrl-C is the parent's business: it terminates the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if initializer is not None:
+        initializer(*initargs)
+    funcs: collections.OrderedDict[int, Callable[..., Any]] = collections.OrderedDict()
+    done = 0
+    while maxtasks is None or done < maxtasks:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        task_id, key, func_bytes, mode, payload = message
+        try:
+            if func_bytes is not None:
+                funcs[key] = _serialization.loads(func_bytes)
+                if len(funcs) > _FUNC_CACHE_SIZE:
+                    funcs.popitem(last=False)
+            func = funcs[key]
+            funcs.move_to_end(key)
+            items = _serialization.loads(payload)
+            reply: tuple = ("done", task_id, True, _run(func, mode, items))
+        except Exception as exc:  # noqa: BLE001 - reported to the caller
+            reply = ("done", task_id, False, _error_payload(exc))
+        try:
+            conn.send(reply)
+        except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
+            reply = ("done", task_id, False, _error_payload(exc))
+            conn.send(reply)
+        done += 1
+    conn.send(("bye",))

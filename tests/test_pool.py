@@ -1,0 +1,209 @@
+"""Pool: the standard API, and the failures it must survive — under every start method."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import procly
+from procly.pool import RemoteTraceback
+
+from . import targets
+
+
+@pytest.fixture
+def pool(ctx):
+    p = ctx.Pool(2)
+    yield p
+    p.terminate()
+    p.join()
+
+
+def test_seed_example(pool):
+    assert pool.map(targets.square, range(10)) == [x * x for x in range(10)]
+    assert sorted(pool.imap_unordered(targets.square, range(10))) == [x * x for x in range(10)]
+    assert pool.apply_async(targets.square, (20,)).get(timeout=10) == 400
+    pids = {pool.apply_async(os.getpid).get(timeout=10) for _ in range(4)}
+    assert pids and os.getpid() not in pids
+    res = pool.apply_async(time.sleep, (3,))
+    with pytest.raises(procly.TimeoutError):
+        res.get(timeout=0.2)
+    assert isinstance(procly.TimeoutError(), TimeoutError)
+
+
+def test_api_shapes(pool):
+    assert pool.apply(targets.add, (1, 2)) == 3
+    assert pool.apply(targets.add, (), {"a": 1, "b": 5}) == 6
+    assert pool.starmap(targets.add, [(1, 2), (3, 4)]) == [3, 7]
+    assert pool.starmap_async(targets.add, [(1, 1)]).get(10) == [2]
+    assert list(pool.imap(targets.square, range(20), chunksize=3)) == [x * x for x in range(20)]
+    assert pool.map(targets.square, []) == []
+    assert pool.map(targets.square, range(100), chunksize=7) == [x * x for x in range(100)]
+    r = pool.map_async(targets.square, range(5))
+    r.wait(10)
+    assert r.ready() and r.successful() and r.get() == [0, 1, 4, 9, 16]
+    with pytest.raises(ValueError):
+        pool.apply_async(time.sleep, (1,)).successful()
+    with pytest.raises(ValueError):
+        pool.map(targets.square, [1], chunksize=0)
+
+
+def test_callbacks(pool):
+    got, errors = [], []
+    done = threading.Event()
+    pool.apply_async(targets.square, (3,), callback=got.append)
+    pool.apply_async(targets.raise_value_error, (1,), error_callback=lambda e: (errors.append(e), done.set()))
+    assert done.wait(10)
+    pool.map_async(targets.square, [2], callback=got.append).wait(10)
+    time.sleep(0.05)
+    assert 9 in got and [4] in got
+    assert isinstance(errors[0], ValueError)
+
+
+def test_exception_keeps_type_and_remote_traceback(pool):
+    with pytest.raises(ValueError, match="bad value 7") as info:
+        pool.apply(targets.raise_value_error, (7,))
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback) and "raise_value_error" in str(cause)
+    with pytest.raises(ValueError):
+        pool.map(targets.raise_value_error, range(3))
+
+
+def test_unpicklable_things_never_hang(pool):
+    with pytest.raises(procly.PicklingError):
+        pool.apply_async(targets.square, (threading.Lock(),))
+    with pytest.raises(Exception, match="could not be sent back|cannot pickle|lock"):
+        pool.apply(targets.return_unpicklable, (1,))
+    with pytest.raises(Exception, match="TwoArgError|1/2"):
+        pool.apply(targets.raise_two_arg_error, (1,))
+    assert pool.apply(targets.square, (4,)) == 16  # the pool is fine
+
+
+def test_lambdas_and_closures(pool):
+    offset = 5
+    assert pool.map(lambda x: x + offset, range(4)) == [5, 6, 7, 8]
+    assert pool.apply(lambda: "lambda") == "lambda"
+
+
+@pytest.mark.parametrize("how", ["sigkill", "exit", "segfault"])
+def test_worker_death_fails_only_that_task(ctx, how):
+    with ctx.Pool(2) as pool:
+        results = [pool.apply_async(targets.die_on, (i, 3, how)) for i in range(8)]
+        for i, r in enumerate(results):
+            if i == 3:
+                with pytest.raises(procly.WorkerLostError) as info:
+                    r.get(timeout=30)
+                message = str(info.value)
+                assert "die_on" in message and "pid" in message
+                assert ("SIG" in message) if how != "exit" else ("exit code 3" in message)
+            else:
+                assert r.get(timeout=30) == i
+        assert pool.apply(targets.square, (5,)) == 25
+        assert len(pool.statistics()) and pool.statistics()["workers"] == 2
+
+
+def test_map_with_a_dying_worker_raises_instead_of_hanging(pool):
+    with pytest.raises(procly.WorkerLostError):
+        pool.map(targets.die_on, range(20), chunksize=1) if False else pool.starmap(
+            targets.die_on, [(i, 7) for i in range(20)], chunksize=2
+        )
+    assert pool.map(targets.square, range(4)) == [0, 1, 4, 9]
+
+
+def test_retries_rerun_a_lost_task(ctx, tmp_path):
+    marker = str(tmp_path / "died-once")
+    with ctx.Pool(2, retries=1) as pool:
+        assert pool.apply_async(targets.die_once, (marker, 4)).get(timeout=30) == 40
+
+
+def test_task_timeout_stops_the_task(ctx):
+    with ctx.Pool(2, task_timeout=0.5) as pool:
+        slow = pool.apply_async(time.sleep, (30,))
+        fast = [pool.apply_async(targets.square, (i,)) for i in range(6)]
+        started = time.monotonic()
+        with pytest.raises(procly.TaskTimeoutError):
+            slow.get(timeout=20)
+        assert time.monotonic() - started < 10
+        assert [r.get(timeout=20) for r in fast] == [i * i for i in range(6)]
+        per_call = pool.apply_async(time.sleep, (30,), task_timeout=0.2)
+        with pytest.raises(procly.TaskTimeoutError):
+            per_call.get(timeout=20)
+
+
+def test_imap_reads_an_endless_generator_lazily(pool):
+    consumed = itertools.count()
+
+    def endless():
+        for i in itertools.count():
+            next(consumed)
+            yield i
+
+    it = pool.imap(targets.square, endless())
+    assert [next(it) for _ in range(50)] == [i * i for i in range(50)]
+    time.sleep(0.3)
+    assert next(consumed) < 200, "imap must not read far ahead of its consumer"
+
+
+def test_maxtasksperchild_and_initializer(ctx):
+    with ctx.Pool(1, initializer=targets.init_state, initargs=("ready",), maxtasksperchild=2) as pool:
+        pids = [pool.apply(targets.worker_pid) for _ in range(6)]
+        assert len(set(pids)) == 3
+        assert pool.apply(targets.read_state, (0,)) == "ready"
+
+
+def test_close_join_and_terminate_semantics(ctx):
+    pool = ctx.Pool(2)
+    results = [pool.apply_async(targets.square, (i,)) for i in range(10)]
+    with pytest.raises(ValueError, match="still running"):
+        pool.join()
+    pool.close()
+    with pytest.raises(ValueError, match="not running"):
+        pool.apply_async(targets.square, (1,))
+    pool.join()
+    assert [r.get(0) for r in results] == [i * i for i in range(10)]
+    pool = ctx.Pool(2)
+    stuck = pool.apply_async(time.sleep, (60,))
+    started = time.monotonic()
+    pool.terminate()
+    pool.terminate()
+    pool.join()
+    assert time.monotonic() - started < 5
+    with pytest.raises(procly.PoolTerminatedError):
+        stuck.get(timeout=5)
+
+
+def test_large_numpy_arguments_and_results(pool):
+    arrays = [np.full(1_000_000, i, dtype=np.float64) for i in range(3)]
+    sums = pool.map(np.sum, arrays)
+    assert sums == [i * 1_000_000.0 for i in range(3)]
+    doubled = pool.apply(np.multiply, (arrays[2], 2))
+    assert doubled.shape == (1_000_000,) and doubled[0] == 4.0
+
+
+def test_asyncio_integration(pool):
+    async def main():
+        value = await pool.apply_async(targets.square, (6,))
+        collected = [x async for x in pool.imap(targets.square, range(5))]
+        return value, collected
+
+    assert asyncio.run(main()) == (36, [0, 1, 4, 9, 16])
+
+
+def test_keyboard_interrupt_during_map_is_prompt(ctx):
+    pool = ctx.Pool(2)
+    timer = threading.Timer(0.3, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT))
+    started = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        pool.map(time.sleep, [5] * 4)
+    assert time.monotonic() - started < 2
+    pool.terminate()
+    pool.join()
+    assert time.monotonic() - started < 5
