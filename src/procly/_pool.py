@@ -389,7 +389,13 @@ class Pool:
             self._wake()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state.value} pool_size={self._processes}>"
+        name = f"{type(self).__module__}.{type(self).__qualname__}"
+        return f"<{name} state={self._state.value} pool_size={self._processes}>"
+
+    @property
+    def _pool(self) -> list[Any]:
+        """The worker Process objects (the standard library's attribute, used by some libraries)."""
+        return [worker.process for worker in list(self._workers.values())]
 
     def statistics(self) -> dict[str, Any]:
         """A snapshot: state, workers, tasks pending and in flight."""

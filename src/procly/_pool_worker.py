@@ -44,6 +44,21 @@ class _Unpicklable(Exception):
     """Stands in for an exception that could not be sent back as itself."""
 
 
+class MaybeEncodingError(Exception):
+    """A task's result could not be pickled to send it back (the standard library's name).
+
+    ``exc`` is the repr of the pickling error, ``value`` the repr of the result.
+    """
+
+    def __init__(self, exc: object, value: object) -> None:
+        self.exc = repr(exc)
+        self.value = repr(value)
+        super().__init__(self.exc, self.value)
+
+    def __str__(self) -> str:
+        return f"Error sending result: '{self.value}'. Reason: '{self.exc}'"
+
+
 def rebuild_exception(exc: BaseException, tb: str) -> BaseException:
     """Attach the worker's traceback text to *exc* (in the parent)."""
     exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
@@ -100,7 +115,7 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
         try:
             conn.send(reply)
         except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
-            reply = ("done", task_id, False, _error_payload(exc))
-            conn.send(reply)
+            wrapped = MaybeEncodingError(exc, reply[3])
+            conn.send(("done", task_id, False, (wrapped, "")))
         done += 1
     conn.send(("bye",))

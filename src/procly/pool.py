@@ -14,8 +14,10 @@ from ._pool_results import AsyncResult as AsyncResult
 from ._pool_results import IMapIterator as IMapIterator
 from ._pool_results import IMapUnorderedIterator as IMapUnorderedIterator
 from ._pool_results import MapResult as MapResult
+from ._pool_worker import MaybeEncodingError as MaybeEncodingError
 from ._pool_worker import RemoteTraceback as RemoteTraceback
 from ._pool_worker import worker_state as worker_state
+from ._thread_pool import ThreadPool as ThreadPool
 
 __all__ = [
     "ApplyResult",
@@ -23,12 +25,15 @@ __all__ = [
     "IMapIterator",
     "IMapUnorderedIterator",
     "MapResult",
+    "MaybeEncodingError",
     "Pool",
     "PoolState",
     "RemoteTraceback",
+    "ThreadPool",
     "worker_state",
 ]
 
-for _obj in (Pool, ApplyResult, MapResult, IMapIterator, IMapUnorderedIterator, RemoteTraceback):
+_PUBLIC = (Pool, ThreadPool, ApplyResult, MapResult, IMapIterator, IMapUnorderedIterator, RemoteTraceback)
+for _obj in (*_PUBLIC, MaybeEncodingError):
     _obj.__module__ = __name__
 del _obj

@@ -15,6 +15,8 @@ DEFAULT_AREAS = [
     "TestStartMethod", "OtherTest", "TestCloseFds", "TestStdinBadfiledescriptor", "TestNoForkBomb",
     "TestInvalidHandle", "TestFlags", "TestIgnoreEINTR", "TestLock", "TestSemaphore", "TestCondition",
     "TestEvent", "TestBarrier", "TestFinalize", "TestLogging", "TestImportStar",
+    "TestValue", "TestArray", "TestSharedCTypes", "TestHeap", "TestQueue", "TestSimpleQueue",
+    "TestPool", "TestPoolWorkerErrors", "TestPoolWorkerLifetime", "TestInitializers", "TestPoolNotLeakOnFailure",
 ]
 
 

@@ -1,0 +1,177 @@
+"""ThreadPool: the Pool API on threads (``multiprocessing.pool.ThreadPool``).
+
+Nothing is pickled: arguments and results are passed by reference, so unpicklable
+objects are fine, and tasks share the process's memory. It runs on
+``concurrent.futures.ThreadPoolExecutor`` and returns the same result objects as
+:class:`procly.pool.Pool`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterable
+
+from ._errors import PoolTerminatedError
+from ._pool import PIPELINE, PoolState
+from ._pool_results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+
+__all__ = ["ThreadPool"]
+
+
+class ThreadPool:
+    """A pool of worker threads with the Pool interface.
+
+    Raises:
+        ValueError: *processes* < 1.
+    """
+
+    def __init__(
+        self, processes: int | None = None, initializer: Callable[..., Any] | None = None, initargs: Iterable = ()
+    ) -> None:
+        if processes is None:
+            processes = os.cpu_count() or 1
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        self._processes = processes
+        self._executor = ThreadPoolExecutor(processes, "ThreadPoolWorker", initializer, tuple(initargs))
+        self._state = PoolState.RUNNING
+        self._lock = threading.Lock()
+        self._futures: set[Future] = set()
+        self._feeders: list[threading.Thread] = []
+
+    def _check_running(self) -> None:
+        if self._state is not PoolState.RUNNING:
+            raise ValueError("Pool not running")
+
+    def _run(self, call: Callable[[], Any], sink: Callable[[bool, Any], None]) -> None:
+        future = self._executor.submit(call)
+        with self._lock:
+            self._futures.add(future)
+
+        def done(f: Future) -> None:
+            with self._lock:
+                self._futures.discard(f)
+            if f.cancelled():
+                sink(False, PoolTerminatedError("the pool was terminated"))
+            elif f.exception() is not None:
+                sink(False, f.exception())
+            else:
+                sink(True, f.result())
+
+        future.add_done_callback(done)
+
+    def apply_async(self, func, args=(), kwds=None, callback=None, error_callback=None) -> ApplyResult:  # fmt: skip
+        """Run ``func(*args, **kwds)`` in a worker thread; return an AsyncResult."""
+        self._check_running()
+        result = ApplyResult(callback, error_callback)
+        kwds = kwds or {}
+        self._run(lambda: func(*args, **kwds), result._set)
+        return result
+
+    def apply(self, func, args=(), kwds=None) -> Any:  # fmt: skip
+        return self.apply_async(func, args, kwds).get()
+
+    def _map_async(self, func, iterable, star, chunksize, callback, error_callback) -> MapResult:
+        self._check_running()
+        items = list(iterable)
+        if chunksize is None:
+            chunksize, extra = divmod(len(items), self._processes * 4)
+            chunksize = max(1, chunksize + bool(extra))
+        elif chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize}")
+        starts = list(range(0, len(items), chunksize))
+        result = MapResult(len(items), starts, callback, error_callback)
+        for index, start in enumerate(starts):
+            chunk = items[start : start + chunksize]
+
+            def call(chunk: list = chunk) -> list:
+                return [func(*item) for item in chunk] if star else [func(item) for item in chunk]
+
+            self._run(call, lambda ok, values, index=index: result._set_chunk(index, ok, values))
+        return result
+
+    def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None) -> MapResult:  # fmt: skip
+        return self._map_async(func, iterable, False, chunksize, callback, error_callback)
+
+    def map(self, func, iterable, chunksize=None) -> list:  # fmt: skip
+        return self.map_async(func, iterable, chunksize).get()
+
+    def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):  # fmt: skip
+        return self._map_async(func, iterable, True, chunksize, callback, error_callback)
+
+    def starmap(self, func, iterable, chunksize=None) -> list:  # fmt: skip
+        return self.starmap_async(func, iterable, chunksize).get()
+
+    def _imap(self, cls, func, iterable, chunksize: int) -> IMapIterator:
+        self._check_running()
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize}")
+        slots = threading.Semaphore(self._processes * PIPELINE * 2 * chunksize)
+        result = cls(on_consumed=slots.release)
+
+        def feed() -> None:
+            position = 0
+            iterator = iter(iterable)
+            while self._state is not PoolState.TERMINATED:
+                chunk = []
+                try:
+                    for _ in range(chunksize):
+                        while not slots.acquire(timeout=0.2):
+                            if self._state is PoolState.TERMINATED:
+                                raise StopIteration
+                        chunk.append(next(iterator))
+                except StopIteration:
+                    pass
+                except Exception as exc:  # noqa: BLE001 - the input raised: report it in place
+                    result._set_item(position, False, exc)
+                    position += 1
+                    break
+                if not chunk:
+                    break
+                start, position = position, position + len(chunk)
+
+                def sink(ok: bool, values: Any, start: int = start, n: int = len(chunk)) -> None:
+                    for i in range(n):
+                        result._set_item(start + i, ok, values[i] if ok else values)
+
+                self._run(lambda chunk=chunk: [func(x) for x in chunk], sink)
+            result._set_length(position)
+
+        feeder = threading.Thread(target=feed, name="procly-threadpool-feeder", daemon=True)
+        self._feeders.append(feeder)
+        feeder.start()
+        return result
+
+    def imap(self, func, iterable, chunksize: int = 1) -> IMapIterator:  # fmt: skip
+        return self._imap(IMapIterator, func, iterable, chunksize)
+
+    def imap_unordered(self, func, iterable, chunksize: int = 1) -> IMapIterator:  # fmt: skip
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize)
+
+    def close(self) -> None:
+        if self._state is PoolState.RUNNING:
+            self._state = PoolState.CLOSED
+
+    def terminate(self) -> None:
+        """Cancel what has not started and fail it; running tasks finish (threads cannot be killed)."""
+        self._state = PoolState.TERMINATED
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def join(self) -> None:
+        if self._state is PoolState.RUNNING:
+            raise ValueError("Pool is still running")
+        for feeder in self._feeders:
+            feeder.join()
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> ThreadPool:
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.terminate()
+
+    def __repr__(self) -> str:
+        return f"<procly.pool.ThreadPool state={self._state.value} pool_size={self._processes}>"
