@@ -155,6 +155,56 @@ def bench_queue(lib, n: int, size: int) -> float:
     return elapsed
 
 
+def _trivial(x):
+    return x
+
+
+def _double_array(a):
+    return a * 2
+
+
+def bench_pool_map(lib, n: int, chunksize: int | None) -> float:
+    """Seconds per task for pool.map over n trivial tasks (2 workers, pool already up)."""
+    with lib.get_context("fork").Pool(2) as pool:
+        pool.map(_trivial, range(100))
+        started = time.perf_counter()
+        pool.map(_trivial, range(n), chunksize)
+        return (time.perf_counter() - started) / n
+
+
+def bench_pool_numpy(lib, n: int) -> float:
+    """Seconds per 8 MiB numpy array sent to a worker and back, doubled."""
+    import numpy as np
+
+    arrays = [np.ones(MiB, dtype=np.float64) for _ in range(n)]
+    with lib.get_context("fork").Pool(2) as pool:
+        pool.map(_double_array, arrays[:2], 1)
+        started = time.perf_counter()
+        results = pool.map(_double_array, arrays, 1)
+        elapsed = (time.perf_counter() - started) / n
+    assert results[0][0] == 2.0
+    return elapsed
+
+
+def bench_pool_latency(lib, n: int) -> float:
+    """Seconds per apply_async(...).get() round trip."""
+    with lib.get_context("fork").Pool(2) as pool:
+        pool.apply(_trivial, (0,))
+        started = time.perf_counter()
+        for i in range(n):
+            pool.apply_async(_trivial, (i,)).get()
+        return (time.perf_counter() - started) / n
+
+
+def bench_pool_startup(lib, n: int) -> float:
+    """Seconds from Pool() to the first result, then shut down."""
+    started = time.perf_counter()
+    for _ in range(n):
+        with lib.get_context("fork").Pool(2) as pool:
+            pool.apply(_trivial, (0,))
+    return (time.perf_counter() - started) / n
+
+
 def _fmt(seconds: float) -> str:
     if seconds < 1e-3:
         return f"{seconds * 1e6:8.2f} µs"
@@ -183,6 +233,11 @@ def main() -> int:
         ("Lock acquire+release, 2 processes", lambda lib: bench_lock_contended(lib, scaled(20000)), "time"),
         ("Queue put->get, 100-byte items", lambda lib: bench_queue(lib, scaled(20000), 100), "time"),
         ("Queue put->get, 1 MiB items", lambda lib: bench_queue(lib, scaled(200), MiB), "time"),
+        ("Pool.map 100k trivial, default chunks", lambda lib: bench_pool_map(lib, scaled(100_000), None), "time"),
+        ("Pool.map 10k trivial, chunksize=1", lambda lib: bench_pool_map(lib, scaled(10_000), 1), "time"),
+        ("Pool.map 8 MiB numpy in and out", lambda lib: bench_pool_numpy(lib, scaled(40)), "time"),
+        ("Pool apply_async().get() latency", lambda lib: bench_pool_latency(lib, scaled(2000)), "time"),
+        ("Pool start-up + first result", lambda lib: bench_pool_startup(lib, scaled(10)), "time"),
     ]
     print(f"procly {procly.__version__} vs multiprocessing (Python {sys.version.split()[0]})")
     print(f"{'benchmark':<36}{'stdlib':>14}{'procly':>14}{'ratio':>9}")

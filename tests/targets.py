@@ -264,3 +264,7 @@ def read_state(_):
     from procly.pool import worker_state
 
     return worker_state.get("value")
+
+
+def double(a):
+    return a * 2

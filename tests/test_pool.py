@@ -187,6 +187,13 @@ def test_large_numpy_arguments_and_results(pool):
     assert doubled.shape == (1_000_000,) and doubled[0] == 4.0
 
 
+def test_big_tasks_and_big_results_do_not_deadlock(pool):
+    """Large arguments queued behind running tasks while workers send large results back."""
+    arrays = [np.full(1 << 20, i, dtype=np.float64) for i in range(6)]  # 8 MiB each
+    results = pool.map(targets.double, arrays, chunksize=1)
+    assert [r[0] for r in results] == [2.0 * i for i in range(6)]
+
+
 def test_asyncio_integration(pool):
     async def main():
         value = await pool.apply_async(targets.square, (6,))

@@ -4,7 +4,7 @@ Data flow::
 
     caller ── pickle args now (errors raise here) ──> pending deque ──┐
                                                                      │ wake-up pipe
-    supervisor thread: wait([worker conns, worker sentinels, wake-up], nearest deadline)
+    supervisor thread: poll(worker conns, worker sentinels, wake-up; nearest deadline)
         ├── dispatch: up to PIPELINE tasks in flight per worker, function sent once
         ├── result from a worker ──> AsyncResult / MapResult / imap iterator
         ├── a worker's sentinel fires ──> its first unanswered task fails with
@@ -13,7 +13,7 @@ Data flow::
         └── a task's deadline passes ──> its worker is killed, the task fails with
                 TaskTimeoutError, the rest go back, a new worker replaces it
 
-Nothing polls with sleep: the supervisor blocks in one ``wait()``.
+Nothing polls with sleep: the supervisor blocks in one ``poll()`` over a persistent set.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import collections
 import enum
 import itertools
 import os
+import pickle
+import select
 import signal
 import threading
 import time
@@ -34,12 +36,16 @@ from ._errors import PoolTerminatedError, TaskTimeoutError, WorkerLostError
 from ._finalize import Finalize
 from ._pool_results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
 from ._pool_worker import APPLY, MAP, STARMAP, rebuild_exception, worker_main
-from ._wait import wait
 
 __all__ = ["Pool"]
 
-PIPELINE = 2  # tasks in flight per worker: the next one is already there when one ends
+PIPELINE = 8  # tasks in flight per worker: the next one is already there when one ends
+# A task queued behind a running one must fit in the socket buffer, or the supervisor
+# could block writing it while the worker blocks writing its result: bigger tasks wait
+# until the worker is idle (and reading).
+PIPELINE_MAX_BYTES = 64 * 1024
 TERMINATE_GRACE = 1.0
+_READY = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 
 
 class PoolState(enum.Enum):
@@ -144,6 +150,11 @@ class Pool:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._workers: dict[Any, _Worker] = {}
+        # One poll set for the supervisor's whole life: worker connections and sentinels
+        # are added and removed as workers come and go.
+        self._poller = select.poll()
+        self._poller.register(self._wake_r, _READY)
+        self._fds: dict[int, tuple[str, _Worker]] = {}
         self._feeders: list[threading.Thread] = []
         for _ in range(processes):
             self._spawn_worker()
@@ -420,7 +431,10 @@ class Pool:
         )
         process.start()
         child_end.close()
-        self._workers[parent_end] = _Worker(process, parent_end)
+        worker = self._workers[parent_end] = _Worker(process, parent_end)
+        for fd, kind in ((parent_end.fileno(), "conn"), (worker.sentinel, "sentinel")):
+            self._fds[fd] = (kind, worker)
+            self._poller.register(fd, _READY)
 
     def _supervise(self) -> None:
         try:
@@ -448,24 +462,22 @@ class Pool:
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
         if timeout is None and self._state is PoolState.CLOSED:
             timeout = 0.1  # feeders may finish without waking us
-        watched: list[Any] = [self._wake_r]
-        for worker in self._workers.values():
-            watched.append(worker.conn)
-            watched.append(worker.sentinel)
-        for ready in wait(watched, timeout):
-            if ready == self._wake_r:
+        ms = -1 if timeout is None else int(timeout * 1000 + 0.999)
+        for fd, _ in self._poller.poll(ms):
+            kind, worker = self._fds.get(fd, (None, None))
+            if fd == self._wake_r:
                 try:
                     os.read(self._wake_r, 4096)
                 except BlockingIOError:
                     pass
-            elif isinstance(ready, int):
-                worker = next((w for w in self._workers.values() if w.sentinel == ready), None)
-                if worker is not None and worker.conn in self._workers:
-                    self._drain(worker)
-                    if worker.conn in self._workers:
-                        self._lost(worker)
-            elif ready in self._workers:
-                self._receive(self._workers[ready])
+            elif worker is None or worker.conn not in self._workers:
+                continue  # retired earlier in this round
+            elif kind == "sentinel":
+                self._drain(worker)
+                if worker.conn in self._workers:
+                    self._lost(worker)
+            else:
+                self._drain(worker)
         self._expire()
         return True
 
@@ -477,10 +489,16 @@ class Pool:
                 while self._pending and len(worker.inflight) < PIPELINE:
                     if self._maxtasks is not None and worker.sent >= self._maxtasks:
                         break
-                    task = self._pending.popleft()
+                    task = self._pending[0]
                     func_bytes = None if task.func_key in worker.funcs else task.func_bytes
+                    size = len(task.payload) + (len(func_bytes) if func_bytes else 0)
+                    if worker.inflight and size > PIPELINE_MAX_BYTES:
+                        break
+                    self._pending.popleft()
                     try:
-                        worker.conn.send((task.id, task.func_key, func_bytes, task.mode, task.payload))
+                        # PickleBuffer: a large payload is written from its own memory.
+                        message = (task.id, task.func_key, func_bytes, task.mode, pickle.PickleBuffer(task.payload))
+                        worker.conn.send(message)
                     except OSError:
                         self._pending.appendleft(task)
                         break  # the worker is dying; its sentinel will tell
@@ -559,6 +577,9 @@ class Pool:
         died, "timeout" for one stopped because its task ran too long.
         """
         self._workers.pop(worker.conn, None)
+        for fd in (worker.conn.fileno(), worker.sentinel):
+            self._fds.pop(fd, None)
+            self._poller.unregister(fd)
         worker.conn.close()
         process = worker.process
         name, pid = process.name, process.pid
