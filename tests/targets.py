@@ -268,3 +268,15 @@ def read_state(_):
 
 def double(a):
     return a * 2
+
+
+def mutate_shared(d, lst, ns, value):
+    d["child"] = os.getpid()
+    lst.append("from child")
+    ns.flag = True
+    value.value = 42
+
+
+def use_manager_lock(lock, lst):
+    with lock:
+        lst.append("locked")

@@ -41,6 +41,7 @@ get_logger = _ctx.get_logger
 get_start_method = _ctx.get_start_method
 log_to_stderr = _ctx.log_to_stderr
 parent_process = _ctx.parent_process
+Manager = _ctx.Manager
 Pipe = _ctx.Pipe
 Pool = _ctx.Pool
 RawArray = _ctx.RawArray
@@ -60,6 +61,7 @@ __all__ = [
     "Event",
     "JoinableQueue",
     "Lock",
+    "Manager",
     "MessageError",
     "PicklingError",
     "Pipe",

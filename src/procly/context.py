@@ -77,6 +77,14 @@ class BaseContext:
 
         return Pool(processes, initializer, initargs, maxtasksperchild, context=self.get_context(), **options)
 
+    def Manager(self) -> Any:  # noqa: N802
+        """A started SyncManager: shared dict, list, Namespace, Queue, Lock... (see :mod:`procly.managers`)."""
+        from .managers import SyncManager
+
+        manager = SyncManager(ctx=self.get_context())
+        manager.start()
+        return manager
+
     def RawValue(self, typecode_or_type: Any, *args: Any) -> Any:  # noqa: N802
         """A ctypes object in shared memory, without a lock (see :mod:`procly.sharedctypes`)."""
         from .sharedctypes import RawValue

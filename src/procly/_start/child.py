@@ -40,6 +40,9 @@ def run_from_pipe(data_fd: int, lifeline: int | None, fds: list[int] | None = No
             from ..util import get_logger
 
             get_logger().setLevel(data["log_level"])
+        # Objects unpickled below (proxies, connections to the parent) authenticate with
+        # the parent's key: make it ours before they are rebuilt.
+        _state.get().current.authkey = data["authkey"]
         with _handoff.install(fds if fds is not None else data["fds"]):
             process = _serialization.loads(conn.recv_bytes())
     become(process, data["parent_name"], data["parent_pid"], lifeline)

@@ -1,0 +1,588 @@
+"""Managers: Python objects held in a server process, used through proxies.
+
+Data flow::
+
+    proxy._callmethod("append", (x,)) ── ("call", id, "append", args, kwargs) ──> server
+                                                                  thread per connection
+    proxy <────────────── ("ok", result) | ("err", exception, traceback) | ("proxy", token)
+
+The server is a :class:`procly.connection.Listener` with the manager's authkey: every
+connection passes the mutual HMAC handshake before a byte of it is unpickled. Objects
+are reference-counted: each proxy increfs when it is built (in any process) and decrefs
+when it is collected; the server drops an object when its count reaches zero. The
+manager process is daemonic, so it ends with its owner, however the owner dies.
+
+Trust model: anyone holding the authkey can make the server unpickle data, which means
+run code in it. Keep authkeys secret; the default address is a Unix socket in a private
+directory, and TCP addresses default to loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import traceback
+from typing import Any, Callable
+
+from . import _process
+from ._connection import Pipe
+from ._errors import AuthenticationError, ProcessError
+from ._finalize import Finalize
+from ._listener import Client, Listener, _handshake
+from ._pool_worker import rebuild_exception
+
+__all__ = [
+    "AutoProxy", "BaseManager", "BaseProxy", "DictProxy", "ListProxy", "Namespace", "NamespaceProxy",
+    "RemoteError", "SyncManager", "Token", "ValueProxy",
+]  # fmt: skip
+
+
+class RemoteError(ProcessError):
+    """The server could not handle a request (the message says why)."""
+
+
+class Token:
+    """Identifies a shared object: its type id, its manager's address, its id there."""
+
+    __slots__ = ("typeid", "address", "id")
+
+    def __init__(self, typeid: str, address: Any, id: str) -> None:  # noqa: A002 - stdlib name
+        self.typeid, self.address, self.id = typeid, address, id
+
+    def __getstate__(self) -> Any:
+        return (self.typeid, self.address, self.id)
+
+    def __setstate__(self, state: Any) -> None:
+        self.typeid, self.address, self.id = state
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(typeid={self.typeid!r}, address={self.address!r}, id={self.id!r})"
+
+
+def public_methods(obj: Any) -> list[str]:
+    """Names of the callable, non-underscore attributes of *obj*."""
+    return [name for name in dir(obj) if not name.startswith("_") and callable(getattr(obj, name, None))]
+
+
+# --------------------------------------------------------------------------- server
+
+
+class Server:
+    """Holds the shared objects and answers proxies (``manager.get_server()``)."""
+
+    def __init__(self, registry: dict[str, Any], address: Any, authkey: bytes) -> None:
+        self.registry = registry
+        self.authkey = bytes(authkey)
+        self.listener = Listener(address=address, authkey=self.authkey, backlog=128)
+        self.address = self.listener.address
+        self.objects: dict[str, list[Any]] = {}  # id -> [object, exposed, refcount]
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+
+    def serve_forever(self) -> None:
+        """Accept connections until shut down; a bad peer costs only its connection."""
+        acceptor = threading.Thread(target=self._accept_loop, daemon=True)
+        acceptor.start()
+        self.stop_event.wait()
+        self.listener.close()
+
+    def _accept_loop(self) -> None:
+        while not self.stop_event.is_set():
+            sock = self.listener._socket
+            if sock is None:
+                return
+            try:
+                raw, _ = sock.accept()
+            except OSError:
+                continue
+            # Authenticate in the client's own thread: a silent or slow peer must not
+            # hold up everyone else's accept.
+            threading.Thread(target=self._authenticate_and_serve, args=(raw,), daemon=True).start()
+
+    def _authenticate_and_serve(self, raw: Any) -> None:
+        try:
+            conn = _handshake(raw, self.authkey, True, self.listener.handshake_timeout)
+        except (AuthenticationError, OSError):
+            return  # that peer is dropped; the server goes on
+        self._serve_client(conn)
+
+    def _create(self, typeid: str, args: tuple, kwargs: dict) -> tuple[str, list[str]]:
+        try:
+            callable_, exposed, _, _ = self.registry[typeid]
+        except KeyError:
+            raise RemoteError(f"no type {typeid!r} is registered with this manager") from None
+        return self._adopt(typeid, callable_(*args, **kwargs))
+
+    def _call(self, ident: str, method: str, args: tuple, kwargs: dict) -> tuple:
+        with self.lock:
+            try:
+                obj, exposed, _, own_typeid = self.objects[ident]
+            except KeyError:
+                raise RemoteError(f"object {ident} is not held by this manager (released?)") from None
+        if method not in exposed and method not in ("__str__", "__repr__", "#GETVALUE"):
+            raise AttributeError(f"method {method!r} of {type(obj)!r} object is not in the list of allowed methods")
+        if method == "#GETVALUE":
+            return ("ok", obj)
+        result = getattr(obj, method)(*args, **kwargs)
+        method_to_typeid = self.registry[own_typeid][2] if own_typeid in self.registry else None
+        typeid = method_to_typeid.get(method) if method_to_typeid else None
+        if typeid is not None:
+            ident2, exposed2 = self._adopt(typeid, result)
+            return ("proxy", (typeid, ident2, exposed2))
+        return ("ok", result)
+
+    def _adopt(self, typeid: str, obj: Any) -> tuple[str, list[str]]:
+        exposed = self.registry[typeid][1] if typeid in self.registry else None
+        exposed = public_methods(obj) if exposed is None else exposed
+        ident = f"{id(obj):x}"
+        with self.lock:
+            entry = self.objects.setdefault(ident, [obj, list(exposed), 0, typeid])
+            entry[2] += 1
+        return ident, list(exposed)
+
+    def _incref(self, ident: str) -> None:
+        with self.lock:
+            if ident not in self.objects:
+                raise RemoteError(f"object {ident} is not held by this manager")
+            self.objects[ident][2] += 1
+
+    def _decref(self, ident: str) -> None:
+        with self.lock:
+            entry = self.objects.get(ident)
+            if entry is not None:
+                entry[2] -= 1
+                if entry[2] <= 0:
+                    del self.objects[ident]
+
+    def _serve_client(self, conn: Any) -> None:
+        with conn:
+            while not self.stop_event.is_set():
+                try:
+                    request = conn.recv()
+                except (EOFError, OSError):
+                    return
+                except Exception as exc:  # noqa: BLE001 - garbage from an authenticated peer
+                    _reply(conn, ("err", RemoteError(f"bad request: {exc}"), ""))
+                    continue
+                try:
+                    kind = request[0]
+                    if kind == "call":
+                        reply = self._call(*request[1:])
+                    elif kind == "create":
+                        reply = ("ok", self._create(*request[1:]))
+                    elif kind == "incref":
+                        self._incref(request[1])
+                        reply = ("ok", None)
+                    elif kind == "decref":
+                        self._decref(request[1])
+                        reply = ("ok", None)
+                    elif kind == "shutdown":
+                        _reply(conn, ("ok", None))
+                        self.stop_event.set()
+                        return
+                    elif kind == "ping":
+                        reply = ("ok", os.getpid())
+                    else:
+                        raise RemoteError(f"unknown request {kind!r}")
+                except Exception as exc:  # noqa: BLE001 - sent back to the caller
+                    reply = ("err", exc, traceback.format_exc())
+                if not _reply(conn, reply):
+                    return
+
+
+def _reply(conn: Any, reply: tuple) -> bool:
+    try:
+        conn.send(reply)
+    except (OSError, EOFError):
+        return False
+    except Exception as exc:  # noqa: BLE001 - an unpicklable result or exception
+        try:
+            conn.send(("err", RemoteError(f"the reply could not be pickled: {exc}"), ""))
+        except OSError:
+            return False
+    return True
+
+
+def _run_server(registry: dict, address: Any, authkey: bytes, writer: Any, initializer: Any, initargs: tuple) -> None:
+    if initializer is not None:
+        initializer(*initargs)
+    server = Server(registry, address, authkey)
+    writer.send(server.address)
+    writer.close()
+    server.serve_forever()
+
+
+# --------------------------------------------------------------------------- client
+
+
+def _request(address: Any, authkey: bytes, *message: Any) -> Any:
+    with Client(address, authkey=authkey) as conn:
+        conn.send(message)
+        return _unwrap(conn.recv())
+
+
+def _unwrap(reply: tuple) -> Any:
+    if reply[0] == "ok":
+        return reply[1]
+    if reply[0] == "err":
+        _, exc, tb = reply
+        raise rebuild_exception(exc, tb) if tb else exc
+    raise RemoteError(f"unexpected reply {reply[0]!r}")
+
+
+class BaseManager:
+    """Starts (or connects to) a manager server and creates shared objects in it.
+
+    Raises:
+        TypeError: *authkey* is not bytes.
+    """
+
+    _registry: dict[str, Any] = {}
+
+    def __init__(self, address: Any = None, authkey: bytes | None = None, serializer: str = "pickle",
+                 ctx: Any = None, *, shutdown_timeout: float = 1.0) -> None:  # fmt: skip
+        if authkey is None:
+            authkey = bytes(_process.current_process().authkey)
+        if not isinstance(authkey, (bytes, bytearray)):
+            raise TypeError("authkey should be a byte string")
+        self._address = address
+        self._authkey = _process.AuthenticationString(authkey)
+        self._serializer = serializer
+        if ctx is None:
+            from .context import _default_context
+
+            ctx = _default_context.get_context()
+        self._ctx = ctx
+        self._process: Any = None
+        self._shutdown_timeout = shutdown_timeout
+        self._finalizer: Finalize | None = None
+        self._connected = False
+
+    @property
+    def address(self) -> Any:
+        return self._address
+
+    def get_server(self) -> Server:
+        """A Server for this manager, to run in this process with ``serve_forever()``."""
+        return Server(self._registry, self._address, self._authkey)
+
+    def connect(self) -> None:
+        """Use the running manager server at ``address``.
+
+        Raises:
+            AuthenticationError: the authkey is wrong. OSError: nobody listens there.
+        """
+        _request(self._address, self._authkey, "ping")
+        self._connected = True
+
+    def start(self, initializer: Callable[..., Any] | None = None, initargs: tuple = ()) -> None:
+        """Start the server in a daemonic child process.
+
+        Raises:
+            procly.ProcessError: it is already started.
+        """
+        if self._process is not None:
+            raise ProcessError("Already started server")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        reader, writer = Pipe(duplex=False)
+        self._process = self._ctx.Process(
+            target=_run_server,
+            args=(self._registry, self._address, self._authkey, writer, initializer, tuple(initargs)),
+            name=f"{type(self).__name__}-server",
+            daemon=True,
+        )
+        self._process.start()
+        writer.close()
+        try:
+            self._address = reader.recv()
+        except EOFError:
+            self._process.join()
+            raise ProcessError(f"the manager process exited with code {self._process.exitcode}") from None
+        finally:
+            reader.close()
+        self._finalizer = Finalize(
+            self, _stop_manager, args=(self._process, self._address, self._authkey, self._shutdown_timeout),
+            exitpriority=0,
+        )  # fmt: skip
+
+    def shutdown(self) -> None:
+        """Stop the server process (also done at exit and when the manager is collected)."""
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._process is not None:
+            self._process.join(timeout)
+
+    def __enter__(self) -> BaseManager:
+        if self._process is None and not self._connected:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    def _create(self, typeid: str, *args: Any, **kwargs: Any) -> tuple[Token, list[str]]:
+        ident, exposed = _request(self._address, self._authkey, "create", typeid, args, kwargs)
+        return Token(typeid, self._address, ident), exposed
+
+    @classmethod
+    def register(cls, typeid: str, callable: Any = None, proxytype: Any = None, exposed: Any = None,  # noqa: A002
+                 method_to_typeid: dict[str, str] | None = None, create_method: bool = True) -> None:  # fmt: skip
+        """Make ``typeid`` a type this manager can hold (and ``manager.typeid(...)`` create it)."""
+        if "_registry" not in cls.__dict__:
+            cls._registry = dict(cls._registry)
+        proxytype = proxytype or AutoProxy
+        exposed = exposed or getattr(proxytype, "_exposed_", None)
+        method_to_typeid = method_to_typeid or getattr(proxytype, "_method_to_typeid_", None)
+        cls._registry[typeid] = (callable, None if exposed is None else tuple(exposed), method_to_typeid, proxytype)
+        if create_method:
+
+            def create(self: BaseManager, *args: Any, **kwargs: Any) -> Any:
+                token, exp = self._create(typeid, *args, **kwargs)
+                proxy = proxytype(token, manager=self, authkey=self._authkey, exposed=exp)
+                _request(self._address, self._authkey, "decref", token.id)  # the proxy holds its own ref
+                return proxy
+
+            create.__name__ = typeid
+            setattr(cls, typeid, create)
+
+
+def _stop_manager(process: Any, address: Any, authkey: bytes, timeout: float) -> None:
+    if process.is_alive():
+        try:
+            _request(address, authkey, "shutdown")
+        except Exception:  # noqa: BLE001 - it may be gone already
+            pass
+        process.join(timeout)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    if process.exitcode is not None:
+        process.close()
+
+
+# --------------------------------------------------------------------------- proxies
+
+
+class BaseProxy:
+    """A reference to an object in a manager; method calls travel to the server."""
+
+    _exposed_: tuple[str, ...] | None = None
+
+    def __init__(self, token: Token, serializer: str = "pickle", manager: Any = None, authkey: Any = None,
+                 exposed: Any = None, incref: bool = True, manager_owned: bool = False) -> None:  # fmt: skip
+        self._token = token
+        self._id = token.id
+        self._manager = manager
+        self._authkey = bytes(authkey) if authkey is not None else bytes(_process.current_process().authkey)
+        self._exposed = exposed
+        self._local = threading.local()
+        self._owned = manager_owned
+        if incref and not manager_owned:
+            _request(token.address, self._authkey, "incref", token.id)
+        if not manager_owned:
+            Finalize(self, _decref, args=(token, self._authkey), exitpriority=10)
+
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or getattr(self._local, "pid", None) != os.getpid():
+            conn = self._local.conn = Client(self._token.address, authkey=self._authkey)
+            self._local.pid = os.getpid()
+        return conn
+
+    def _callmethod(self, methodname: str, args: tuple = (), kwds: dict | None = None) -> Any:
+        """Call *methodname* on the referent in the server; return the result.
+
+        Raises:
+            Exception: what the method raised in the server (with its traceback as cause).
+        """
+        conn = self._connection()
+        conn.send(("call", self._id, methodname, tuple(args), dict(kwds or {})))
+        reply = conn.recv()
+        if reply[0] == "proxy":
+            typeid, ident, exposed = reply[1]
+            proxytype = self._manager._registry[typeid][3] if self._manager else AutoProxy
+            token = Token(typeid, self._token.address, ident)
+            proxy = proxytype(token, manager=self._manager, authkey=self._authkey, exposed=exposed)
+            _request(token.address, self._authkey, "decref", ident)
+            return proxy
+        return _unwrap(reply)
+
+    def _getvalue(self) -> Any:
+        """A copy of the referent."""
+        return self._callmethod("#GETVALUE")
+
+    def __reduce__(self) -> Any:
+        return RebuildProxy, (type(self), self._token, self._exposed)
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return self._getvalue()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} object, typeid {self._token.typeid!r} at {id(self):#x}>"
+
+    def __str__(self) -> str:
+        try:
+            return self._callmethod("__repr__")
+        except Exception:  # noqa: BLE001
+            return repr(self)[:-1] + "; '__str__()' failed>"
+
+
+def _decref(token: Token, authkey: bytes) -> None:
+    try:
+        _request(token.address, authkey, "decref", token.id)
+    except Exception:  # noqa: BLE001 - the manager may be gone
+        pass
+
+
+def RebuildProxy(proxytype: type, token: Token, exposed: Any) -> BaseProxy:  # noqa: N802 - stdlib name
+    """Rebuild a proxy in another process (it takes its own reference)."""
+    return proxytype(token, authkey=_process.current_process().authkey, exposed=exposed)
+
+
+_proxy_types: dict[tuple[str, tuple[str, ...]], type] = {}
+
+
+def MakeProxyType(name: str, exposed: Any) -> type:  # noqa: N802 - stdlib name
+    """A BaseProxy subclass whose methods forward *exposed* names to the referent."""
+    exposed = tuple(exposed)
+    key = (name, exposed)
+    if key in _proxy_types:
+        return _proxy_types[key]
+    namespace: dict[str, Any] = {"_exposed_": exposed}
+    for meth in exposed:
+
+        def forward(self: BaseProxy, *args: Any, _name: str = meth, **kwds: Any) -> Any:
+            return self._callmethod(_name, args, kwds)
+
+        forward.__name__ = meth
+        namespace[meth] = forward
+    proxytype = type(name, (BaseProxy,), namespace)
+    _proxy_types[key] = proxytype
+    return proxytype
+
+
+def AutoProxy(token: Token, serializer: str = "pickle", manager: Any = None, authkey: Any = None,  # noqa: N802
+              exposed: Any = None, incref: bool = True, manager_owned: bool = False) -> BaseProxy:  # fmt: skip
+    """A proxy exposing the referent's public methods."""
+    if exposed is None:
+        exposed = _request(token.address, authkey or bytes(_process.current_process().authkey), "call", token.id,
+                           "__dir__", (), {})  # pragma: no cover - exposed is always sent here  # fmt: skip
+    proxytype = MakeProxyType(f"AutoProxy[{token.typeid}]", exposed)
+    return proxytype(token, manager=manager, authkey=authkey, exposed=exposed, incref=incref)
+
+
+_LIST_METHODS = ("__add__", "__contains__", "__delitem__", "__getitem__", "__len__", "__mul__", "__reversed__",
+                 "__rmul__", "__setitem__", "append", "count", "extend", "index", "insert", "pop", "remove",
+                 "reverse", "sort", "__imul__")  # fmt: skip
+_DICT_METHODS = ("__contains__", "__delitem__", "__getitem__", "__iter__", "__len__", "__setitem__", "clear",
+                 "copy", "get", "items", "keys", "pop", "popitem", "setdefault", "update", "values")  # fmt: skip
+
+
+class ListProxy(MakeProxyType("BaseListProxy", _LIST_METHODS)):  # type: ignore[misc]
+    def __iadd__(self, value: Any) -> ListProxy:
+        self._callmethod("extend", (value,))
+        return self
+
+    def __imul__(self, value: Any) -> ListProxy:
+        self._callmethod("__imul__", (value,))
+        return self
+
+
+class DictProxy(MakeProxyType("BaseDictProxy", _DICT_METHODS)):  # type: ignore[misc]
+    def __iter__(self) -> Any:
+        return iter(self._callmethod("keys"))
+
+
+class Namespace:
+    """A bag of attributes (what ``manager.Namespace()`` holds)."""
+
+    def __init__(self, **kwds: Any) -> None:
+        self.__dict__.update(kwds)
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{k}={v!r}" for k, v in sorted(self.__dict__.items()) if not k.startswith("_"))
+        return f"{type(self).__name__}({items})"
+
+
+class NamespaceProxy(BaseProxy):
+    _exposed_ = ("__getattribute__", "__setattr__", "__delattr__")
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            return object.__getattribute__(self, key)
+        return object.__getattribute__(self, "_callmethod")("__getattribute__", (key,))
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key.startswith("_"):
+            object.__setattr__(self, key, value)
+        else:
+            object.__getattribute__(self, "_callmethod")("__setattr__", (key, value))
+
+    def __delattr__(self, key: str) -> None:
+        if key.startswith("_"):
+            object.__delattr__(self, key)
+        else:
+            object.__getattribute__(self, "_callmethod")("__delattr__", (key,))
+
+
+class _Value:
+    def __init__(self, typecode: str, value: Any, lock: bool = True) -> None:
+        self._typecode = typecode
+        self._value = value
+
+    def get(self) -> Any:
+        return self._value
+
+    def set(self, value: Any) -> None:
+        self._value = value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._typecode!r}, {self._value!r})"
+
+
+class ValueProxy(BaseProxy):
+    _exposed_ = ("get", "set")
+
+    def get(self) -> Any:
+        return self._callmethod("get")
+
+    def set(self, value: Any) -> None:
+        self._callmethod("set", (value,))
+
+    value = property(get, set)
+
+
+class SyncManager(BaseManager):
+    """The manager behind ``procly.Manager()``: dict, list, Namespace, Queue, Lock, ..."""
+
+
+def _register_sync_types() -> None:
+    import queue
+
+    # The manager holds thread-level objects: its server serves each proxy in a thread.
+    SyncManager.register("dict", dict, DictProxy)
+    SyncManager.register("list", list, ListProxy)
+    SyncManager.register("Namespace", Namespace, NamespaceProxy)
+    SyncManager.register("Value", _Value, ValueProxy)
+    SyncManager.register("Array", lambda typecode, seq, lock=True: list(seq), ListProxy)
+    SyncManager.register("Queue", queue.Queue)
+    SyncManager.register("JoinableQueue", queue.Queue)
+    SyncManager.register("Lock", threading.Lock, exposed=("acquire", "release", "__enter__", "__exit__"))
+    SyncManager.register("RLock", threading.RLock, exposed=("acquire", "release", "__enter__", "__exit__"))
+    SyncManager.register("Semaphore", threading.Semaphore, exposed=("acquire", "release"))
+    SyncManager.register("BoundedSemaphore", threading.BoundedSemaphore, exposed=("acquire", "release"))
+    SyncManager.register("Event", threading.Event, exposed=("is_set", "set", "clear", "wait"))
+    SyncManager.register(
+        "Condition",
+        threading.Condition,
+        exposed=("acquire", "release", "wait", "wait_for", "notify", "notify_all", "__enter__", "__exit__"),
+    )
+
+
+_register_sync_types()
