@@ -34,7 +34,7 @@ from . import _serialization
 from ._connection import Pipe
 from ._errors import PoolTerminatedError, TaskTimeoutError, WorkerLostError
 from ._finalize import Finalize
-from ._pool_results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+from ._pool_results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult, feed_lazily
 from ._pool_worker import APPLY, MAP, STARMAP, rebuild_exception, worker_main
 
 __all__ = ["Pool"]
@@ -311,38 +311,12 @@ class Pool:
 
     def _feed_imap(self, result, func, iterator: Iterator[Any], chunksize, slots, task_timeout, retries) -> None:
         name = getattr(func, "__qualname__", str(func))
-        position = 0
-        while self._state is not PoolState.TERMINATED:
-            chunk = []
-            try:
-                for _ in range(chunksize):
-                    while not slots.acquire(timeout=0.2):
-                        if self._state is PoolState.TERMINATED:
-                            raise StopIteration
-                    chunk.append(next(iterator))
-            except StopIteration:
-                pass
-            except Exception as exc:  # noqa: BLE001 - the input itself raised: report it in place
-                result._set_item(position, False, exc)
-                position += 1
-                break
-            if not chunk:
-                break
-            start = position
-            position += len(chunk)
 
-            def sink(success: bool, values: Any, start: int = start, n: int = len(chunk)) -> None:
-                for i in range(n):
-                    result._set_item(start + i, success, values[i] if success else values)
+        def submit(start: int, chunk: list, sink: Callable[[bool, Any], None]) -> None:
+            label = f"{name} on items {start}..{start + len(chunk) - 1}"
+            self._submit([self._make_task(func, MAP, chunk, len(chunk), sink, task_timeout, retries, label)])
 
-            try:
-                task = self._make_task(func, MAP, chunk, len(chunk), sink, task_timeout, retries,
-                                       f"{name} on items {start}..{position - 1}")  # fmt: skip
-            except Exception as exc:  # noqa: BLE001 - an unpicklable item fails its own place
-                sink(False, exc)
-                continue
-            self._submit([task])
-        result._set_length(position)
+        feed_lazily(result, iterator, chunksize, slots, lambda: self._state is PoolState.TERMINATED, submit)
 
     def imap(self, func, iterable, chunksize: int = 1, *, task_timeout=None, retries=None) -> IMapIterator:  # fmt: skip
         """Lazily map *func* over *iterable*; results in input order."""

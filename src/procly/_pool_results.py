@@ -200,6 +200,53 @@ class IMapUnorderedIterator(IMapIterator):
             self._cond.notify_all()
 
 
+def feed_lazily(
+    result: IMapIterator,
+    iterator: Any,
+    chunksize: int,
+    slots: threading.Semaphore,
+    stopped: Callable[[], bool],
+    submit: Callable[[int, list, Callable[[bool, Any], None]], None],
+) -> None:
+    """Read *iterator* in chunks as *slots* allow and hand each chunk to *submit*.
+
+    *slots* counts items the caller has not consumed yet (``result`` releases one per
+    item it returns), so the input is read only as fast as results are used: an
+    endless generator runs in bounded memory. *submit(start, chunk, sink)* starts the
+    work; *sink(success, values)* fills the chunk's places in *result*. An exception
+    raised by the input itself takes its place in the results and ends the input.
+    Runs in a thread of its own; returns when the input ends or *stopped()* is true.
+    """
+    position = 0
+    while not stopped():
+        chunk: list = []
+        try:
+            for _ in range(chunksize):
+                while not slots.acquire(timeout=0.2):
+                    if stopped():
+                        raise StopIteration
+                chunk.append(next(iterator))
+        except StopIteration:
+            pass
+        except Exception as exc:  # noqa: BLE001 - the input itself raised: report it in place
+            result._set_item(position, False, exc)
+            position += 1
+            break
+        if not chunk:
+            break
+        start, position = position, position + len(chunk)
+
+        def sink(success: bool, values: Any, start: int = start, n: int = len(chunk)) -> None:
+            for i in range(n):
+                result._set_item(start + i, success, values[i] if success else values)
+
+        try:
+            submit(start, chunk, sink)
+        except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable item fails its own places
+            sink(False, exc)
+    result._set_length(position)
+
+
 class _AsyncIterator:
     """``async for`` over an imap iterator, waiting in a thread."""
 

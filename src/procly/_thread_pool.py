@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 
 from ._errors import PoolTerminatedError
 from ._pool import PIPELINE, PoolState
-from ._pool_results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+from ._pool_results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult, feed_lazily
 
 __all__ = ["ThreadPool"]
 
@@ -111,33 +111,11 @@ class ThreadPool:
         slots = threading.Semaphore(self._processes * PIPELINE * 2 * chunksize)
         result = cls(on_consumed=slots.release)
 
+        def submit(start: int, chunk: list, sink: Callable[[bool, Any], None]) -> None:
+            self._run(lambda: [func(x) for x in chunk], sink)
+
         def feed() -> None:
-            position = 0
-            iterator = iter(iterable)
-            while self._state is not PoolState.TERMINATED:
-                chunk = []
-                try:
-                    for _ in range(chunksize):
-                        while not slots.acquire(timeout=0.2):
-                            if self._state is PoolState.TERMINATED:
-                                raise StopIteration
-                        chunk.append(next(iterator))
-                except StopIteration:
-                    pass
-                except Exception as exc:  # noqa: BLE001 - the input raised: report it in place
-                    result._set_item(position, False, exc)
-                    position += 1
-                    break
-                if not chunk:
-                    break
-                start, position = position, position + len(chunk)
-
-                def sink(ok: bool, values: Any, start: int = start, n: int = len(chunk)) -> None:
-                    for i in range(n):
-                        result._set_item(start + i, ok, values[i] if ok else values)
-
-                self._run(lambda chunk=chunk: [func(x) for x in chunk], sink)
-            result._set_length(position)
+            feed_lazily(result, iter(iterable), chunksize, slots, lambda: self._state is PoolState.TERMINATED, submit)
 
         feeder = threading.Thread(target=feed, name="procly-threadpool-feeder", daemon=True)
         self._feeders.append(feeder)

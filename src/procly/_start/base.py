@@ -41,7 +41,27 @@ class Starter(Protocol):
         """Create the child that will run ``process._bootstrap()`` and return its handle."""
 
 
-class DirectChild:
+class PidfdSignals:
+    """terminate()/kill() through a pidfd, and never once the exit code is known."""
+
+    returncode: int | None
+    _pidfd: int | None
+
+    def _signal(self, signum: int) -> None:
+        if self.returncode is None and self._pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, signum)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+
+class DirectChild(PidfdSignals):
     """A child created by this process (fork, spawn): a pidfd plus waitpid.
 
     The pidfd is the sentinel and the target of signals, so neither can hit an unrelated
@@ -78,19 +98,6 @@ class DirectChild:
         if self._pidfd is not None and not wait([self._pidfd], timeout):
             return None
         return self._reap(0)
-
-    def _signal(self, signum: int) -> None:
-        if self.returncode is None and self._pidfd is not None:
-            try:
-                signal.pidfd_send_signal(self._pidfd, signum)
-            except ProcessLookupError:
-                pass
-
-    def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self._signal(signal.SIGKILL)
 
     def close(self) -> None:
         fd, self._pidfd = self._pidfd, None

@@ -32,7 +32,7 @@ from .. import _handoff, _serialization, _state
 from .._connection import Connection
 from .._errors import StartError
 from .._wait import wait
-from .base import DirectChild
+from .base import DirectChild, PidfdSignals
 from .child import run_from_pipe, write_start_data
 from .prepare import preparation_data, prepare
 from .spawn import interpreter_command, launch
@@ -43,7 +43,7 @@ _SERVER_CODE = "from procly._start.forkserver import serve; serve()"
 _MAX_FDS = 256
 
 
-class ForkServerChild:
+class ForkServerChild(PidfdSignals):
     """A child forked by the fork server: status arrives on a socket, signals via pidfd."""
 
     def __init__(self, pid: int, pidfd: int, sock: socket.socket) -> None:
@@ -76,19 +76,6 @@ class ForkServerChild:
         if self.returncode is None and self._sock is not None and not wait([self._sock], timeout):
             return None
         return self._read_status()
-
-    def _signal(self, signum: int) -> None:
-        if self.returncode is None and self._pidfd is not None:
-            try:
-                signal.pidfd_send_signal(self._pidfd, signum)
-            except ProcessLookupError:
-                pass
-
-    def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self._signal(signal.SIGKILL)
 
     def close(self) -> None:
         if self._pidfd is not None:

@@ -14,6 +14,7 @@ from threading import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, 
 from typing import Any
 
 from .._thread_pool import ThreadPool
+from ..managers import Namespace
 from .connection import Pipe
 
 __all__ = [
@@ -65,17 +66,6 @@ def active_children() -> list[DummyProcess]:
 
 def freeze_support() -> None:
     pass
-
-
-class Namespace:
-    """A plain namespace (what Manager().Namespace() returns here)."""
-
-    def __init__(self, **kwds: Any) -> None:
-        self.__dict__.update(kwds)
-
-    def __repr__(self) -> str:
-        items = ", ".join(f"{k}={v!r}" for k, v in sorted(self.__dict__.items()) if not k.startswith("_"))
-        return f"{type(self).__name__}({items})"
 
 
 dict = dict  # noqa: A001 - the Manager interface
