@@ -371,7 +371,7 @@ class _MainProcess(BaseProcess):
 class _ParentProcess(BaseProcess):
     """What a child sees as its parent: pid, name, sentinel, is_alive() and join()."""
 
-    def __init__(self, name: str, pid: int, sentinel: int | None) -> None:
+    def __init__(self, name: str, pid: int) -> None:
         self._identity = ()
         self._name = name
         self._handle = None
@@ -379,7 +379,19 @@ class _ParentProcess(BaseProcess):
         self._pid = pid
         self._closed = False
         self._config = {}
-        self._sentinel_fd = sentinel
+        self._opened = False
+        self._fd: int | None = None
+
+    @property
+    def _sentinel_fd(self) -> int | None:
+        # Opened on first use: most children never ask, and start-up stays cheap.
+        if not self._opened:
+            self._opened = True
+            try:
+                self._fd = os.pidfd_open(self._pid)
+            except (OSError, AttributeError):
+                self._fd = None  # already gone
+        return self._fd
 
     def is_alive(self) -> bool:
         if self._sentinel_fd is None:
@@ -404,12 +416,8 @@ class _ParentProcess(BaseProcess):
 
 
 def open_parent(name: str, pid: int) -> _ParentProcess:
-    """In a child: a _ParentProcess for *pid*, with a pidfd sentinel if it still lives."""
-    try:
-        fd: int | None = os.pidfd_open(pid)
-    except (OSError, AttributeError):
-        fd = None
-    return _ParentProcess(name, pid, fd)
+    """In a child: a _ParentProcess for *pid* (its pidfd sentinel is opened when first used)."""
+    return _ParentProcess(name, pid)
 
 
 def current_process() -> BaseProcess:

@@ -41,6 +41,9 @@ class Starter(Protocol):
         """Create the child that will run ``process._bootstrap()`` and return its handle."""
 
 
+_HAVE_WAITID_PIDFD = hasattr(os, "waitid") and hasattr(os, "P_PIDFD")
+
+
 class PidfdSignals:
     """terminate()/kill() through a pidfd, and never once the exit code is known."""
 
@@ -93,10 +96,16 @@ class DirectChild(PidfdSignals):
     def wait(self, timeout: float | None) -> int | None:
         if self.returncode is not None:
             return self.returncode
-        # Wait on the pidfd, not in waitpid, so that no lock is held while blocking and
-        # other threads can still poll().
-        if self._pidfd is not None and not wait([self._pidfd], timeout):
-            return None
+        # Block on the pidfd without reaping (WNOWAIT), so that no lock is held while
+        # blocking and other threads can still poll(); then reap.
+        if self._pidfd is not None:
+            if timeout is None and _HAVE_WAITID_PIDFD:
+                try:
+                    os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOWAIT)
+                except ChildProcessError:
+                    pass  # reaped by another thread meanwhile
+            elif not wait([self._pidfd], timeout):
+                return None
         return self._reap(0)
 
     def close(self) -> None:
