@@ -280,3 +280,11 @@ def mutate_shared(d, lst, ns, value):
 def use_manager_lock(lock, lst):
     with lock:
         lst.append("locked")
+
+
+def write_through_received_fd(conn, data: bytes) -> None:
+    from procly import reduction
+
+    fd = reduction.recv_handle(conn)
+    os.write(fd, data)
+    os.close(fd)

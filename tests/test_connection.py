@@ -289,3 +289,21 @@ def test_message_over_4_gib():
     assert len(got) == size and got[-1] == 7
     a.close()
     b.close()
+
+
+def test_send_and_receive_a_descriptor(ctx, tmp_path):
+    from procly import reduction
+
+    target = tmp_path / "out"
+    a, b = ctx.Pipe()
+    p = ctx.Process(target=targets.write_through_received_fd, args=(b, b"through an fd"))
+    p.start()
+    with open(target, "wb") as f:
+        reduction.send_handle(a, f.fileno(), p.pid)
+    p.join(10)
+    assert target.read_bytes() == b"through an fd"
+    os.write(a.fileno(), b"\0")  # data without a descriptor
+    with pytest.raises(RuntimeError, match="without a file descriptor"):
+        reduction.recv_handle(b)
+    a.close()
+    b.close()
