@@ -60,3 +60,44 @@ def test_parent_sigkill_ends_daemons_and_helpers_not_workers(ctx, tmp_path):
             parent.kill()
             parent.wait()
         parent.stdout.close()
+
+
+HOLDER = """
+import sys, time, procly
+
+if __name__ == "__main__":
+    ctx = procly.get_context(sys.argv[1])
+    lock, array, queue = ctx.Lock(), ctx.Array("i", 100), ctx.Queue()
+    queue.put("x" * 1000)
+    lock.acquire()
+    pool = ctx.Pool(2)
+    pool.apply(abs, (-1,))
+    manager = ctx.Manager()
+    shared = manager.dict()
+    helpers = [p.pid for p in procly.active_children()]
+    print(" ".join(map(str, helpers)), flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_sigkilled_parent_leaves_nothing_behind(ctx, tmp_path):
+    """Locks, arrays, queues, a pool and a manager: after SIGKILL, no process, nothing in /dev/shm."""
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    before = set(os.listdir("/dev/shm"))
+    parent = subprocess.Popen([sys.executable, str(script), ctx.get_start_method()], stdout=subprocess.PIPE, text=True)
+    try:
+        helpers = list(map(int, parent.stdout.readline().split()))
+        assert len(helpers) >= 3  # two pool workers and the manager
+        assert set(os.listdir("/dev/shm")) == before, "procly must not use named shared memory"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        for pid in helpers:
+            assert wait_until(lambda pid=pid: _gone(pid), timeout=10), f"helper {pid} outlived its parent"
+        assert set(os.listdir("/dev/shm")) == before
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        parent.stdout.close()

@@ -312,7 +312,8 @@ class BaseManager:
             self._finalizer()
 
     def join(self, timeout: float | None = None) -> None:
-        if self._process is not None:
+        """Wait for the server process to end (returns at once once it has been reaped)."""
+        if self._process is not None and not self._process._closed:
             self._process.join(timeout)
 
     def __enter__(self) -> BaseManager:
