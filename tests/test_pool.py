@@ -86,6 +86,15 @@ def test_unpicklable_things_never_hang(pool):
     assert pool.apply(targets.square, (4,)) == 16  # the pool is fine
 
 
+def test_statistics_account_for_work(pool):
+    pool.map(time.sleep, [0.05] * 4, chunksize=1)
+    stats = pool.statistics()
+    assert stats["state"] == "running" and stats["workers"] == 2 and stats["outstanding"] == 0
+    per_worker = stats["per_worker"].values()
+    assert sum(w["tasks"] for w in per_worker) >= 4
+    assert sum(w["compute_seconds"] for w in per_worker) >= 0.2
+
+
 def test_lambdas_and_closures(pool):
     offset = 5
     assert pool.map(lambda x: x + offset, range(4)) == [5, 6, 7, 8]

@@ -139,6 +139,8 @@ class Pool:
         self._task_timeout = task_timeout
         self._retries = retries
         self._state = PoolState.RUNNING
+        self._task_seconds = 0.0  # moving average of task durations
+        self._done: dict[str, list] = {}  # worker name -> [tasks done, seconds computing]
         self._lock = threading.Lock()
         self._pending: collections.deque[_Task] = collections.deque()
         self._outstanding: dict[int, _Task] = {}
@@ -383,7 +385,8 @@ class Pool:
         return [worker.process for worker in list(self._workers.values())]
 
     def statistics(self) -> dict[str, Any]:
-        """A snapshot: state, workers, tasks pending and in flight."""
+        """A snapshot: state, workers, tasks pending and in flight, and per worker (past
+        and present) the tasks it finished and the seconds it spent computing them."""
         with self._lock:
             return {
                 "state": self._state.value,
@@ -391,6 +394,7 @@ class Pool:
                 "pending": len(self._pending),
                 "in_flight": sum(len(w.inflight) for w in self._workers.values()),
                 "outstanding": len(self._outstanding),
+                "per_worker": {name: {"tasks": n, "compute_seconds": t} for name, (n, t) in self._done.items()},
             }
 
     # -- supervisor --------------------------------------------------------------------
@@ -460,7 +464,8 @@ class Pool:
             if not self._pending:
                 return
             for worker in list(self._workers.values()):
-                while self._pending and len(worker.inflight) < PIPELINE:
+                depth = self._depth()
+                while self._pending and len(worker.inflight) < depth:
                     if self._maxtasks is not None and worker.sent >= self._maxtasks:
                         break
                     task = self._pending[0]
@@ -485,6 +490,14 @@ class Pool:
     def _start_clock(self, task: _Task) -> None:
         task.deadline = time.monotonic() + task.timeout * task.count if task.timeout else None
 
+    def _depth(self) -> int:
+        """Tasks to keep in flight per worker: deep for short tasks (hides round trips),
+        one for long ones (a task queued behind a long one would wait while another
+        worker idles)."""
+        if self._task_seconds >= 0.005:
+            return 1
+        return 2 if self._task_seconds >= 0.0005 else PIPELINE
+
     def _receive(self, worker: _Worker) -> None:
         try:
             message = worker.conn.recv()
@@ -492,14 +505,19 @@ class Pool:
             self._lost(worker)
             return
         except Exception as exc:  # noqa: BLE001 - a result that does not unpickle in the parent
-            message = ("done", worker.inflight[0].id if worker.inflight else -1, False, (exc, ""))
+            message = ("done", worker.inflight[0].id if worker.inflight else -1, False, (exc, ""), 0.0)
         if message[0] == "bye":
             self._retire(worker, None)
             return
-        _, task_id, success, values = message
+        _, task_id, success, values, seconds = message
         if not worker.inflight or worker.inflight[0].id != task_id:
             return
         task = worker.inflight.popleft()
+        # Moving average of the time workers spend computing a task (for the depth).
+        self._task_seconds += 0.2 * (seconds - self._task_seconds)
+        done = self._done.setdefault(worker.process.name, [0, 0.0])
+        done[0] += 1
+        done[1] += seconds
         if worker.inflight:
             self._start_clock(worker.inflight[0])
         if not success:

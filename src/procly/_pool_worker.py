@@ -3,7 +3,7 @@
 Messages from the pool, in order, over the worker's own connection::
 
     (task_id, func_key, func_bytes | None, mode, items)   run it, answer with
-    ("done", task_id, ok, values | (exception, traceback text))
+    ("done", task_id, ok, values | (exception, traceback text), seconds computing)
     None                                                    exit
 
 The function travels once per worker (``func_bytes`` only the first time a key is
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import signal
+import time
 import traceback
 from typing import Any, Callable
 
@@ -109,13 +110,15 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
             func = funcs[key]
             funcs.move_to_end(key)
             items = _serialization.loads(payload)
-            reply: tuple = ("done", task_id, True, _run(func, mode, items))
+            started = time.perf_counter()
+            values = _run(func, mode, items)
+            reply: tuple = ("done", task_id, True, values, time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 - reported to the caller
-            reply = ("done", task_id, False, _error_payload(exc))
+            reply = ("done", task_id, False, _error_payload(exc), 0.0)
         try:
             conn.send(reply)
         except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
             wrapped = MaybeEncodingError(exc, reply[3])
-            conn.send(("done", task_id, False, (wrapped, "")))
+            conn.send(("done", task_id, False, (wrapped, ""), reply[4]))
         done += 1
     conn.send(("bye",))
