@@ -69,6 +69,7 @@ __all__ = [
     "PoolTerminatedError",
     "Process",
     "ProcessError",
+    "ProcessPoolExecutor",
     "Queue",
     "RLock",
     "RawArray",
@@ -109,6 +110,10 @@ def __getattr__(name: str) -> Any:
     # ``import procly`` stays cheap for every child that pays for it.
     if name == "reducer":
         return _ctx.reducer
+    if name == "ProcessPoolExecutor":
+        from .futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor
     try:
         return getattr(_ctx, name)
     except AttributeError:

@@ -1,0 +1,122 @@
+"""ProcessPoolExecutor: ``concurrent.futures`` on procly's Pool engine.
+
+Same crash, retry and timeout behaviour as :class:`procly.Pool`: a worker that dies
+fails only its future with ``WorkerLostError``; ``task_timeout`` stops a task and fails
+its future with ``TaskTimeoutError``. Usable with ``loop.run_in_executor``.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from concurrent.futures import Executor, Future
+from typing import Any, Callable, Iterable, Iterator
+
+from ._errors import TimeoutError
+from ._pool import Pool
+
+__all__ = ["ProcessPoolExecutor"]
+
+
+def _star(fn: Callable[..., Any], args: tuple) -> Any:
+    return fn(*args)
+
+
+class ProcessPoolExecutor(Executor):
+    """A ``concurrent.futures.Executor`` running calls in procly worker processes.
+
+    Raises:
+        ValueError: *max_workers* < 1 or *max_tasks_per_child* not positive.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        task_timeout: float | None = None,
+        retries: int = 0,
+    ) -> None:
+        self._pool = Pool(
+            max_workers, initializer, initargs, max_tasks_per_child, mp_context,
+            task_timeout=task_timeout, retries=retries,
+        )  # fmt: skip
+        self._shutdown = False
+        self._lock = threading.Lock()
+        self._futures: set[Future] = set()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Schedule ``fn(*args, **kwargs)``; return its Future.
+
+        Raises:
+            RuntimeError: the executor was shut down.
+            procly.PicklingError: *fn* or the arguments cannot be pickled.
+        """
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future: Future = Future()
+            self._futures.add(future)
+
+        def settle(success: bool, value: Any) -> None:
+            with self._lock:
+                self._futures.discard(future)
+            if future.set_running_or_notify_cancel():  # False: cancelled meanwhile
+                if success:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+        try:
+            self._pool.apply_async(
+                fn, args, kwargs,
+                callback=lambda value: settle(True, value),
+                error_callback=lambda exc: settle(False, exc),
+            )  # fmt: skip
+        except BaseException:
+            with self._lock:
+                self._futures.discard(future)
+            raise
+        return future
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1) -> Iterator[Any]:  # fmt: skip
+        """Like the builtin ``map``, computed in workers, in order.
+
+        Raises (while iterating):
+            TimeoutError: a result was not ready *timeout* seconds after the call.
+            Exception: the first exception a call raised.
+        """
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        results = self._pool.imap(functools.partial(_star, fn), zip(*iterables), chunksize)
+
+        def generate() -> Iterator[Any]:
+            while True:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    yield results.next(remaining)
+                except StopIteration:
+                    return
+                except TimeoutError:
+                    raise TimeoutError(f"map results not ready within {timeout} seconds") from None
+
+        return generate()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No new work; with *cancel_futures*, futures not finished are cancelled
+        (their tasks may still run, their results are dropped); with *wait*, wait for
+        the workers to exit."""
+        with self._lock:
+            self._shutdown = True
+            pending = list(self._futures) if cancel_futures else []
+        for future in pending:
+            future.cancel()
+        self._pool.close()
+        if wait:
+            self._pool.join()
