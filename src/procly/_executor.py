@@ -94,7 +94,8 @@ class ProcessPoolExecutor(Executor):
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         deadline = None if timeout is None else time.monotonic() + timeout
-        results = self._pool.imap(functools.partial(_star, fn), zip(*iterables), chunksize)
+        arguments = zip(*iterables, strict=False)  # like map(): the shortest iterable wins
+        results = self._pool.imap(functools.partial(_star, fn), arguments, chunksize)
 
         def generate() -> Iterator[Any]:
             while True:
