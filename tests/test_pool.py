@@ -86,6 +86,19 @@ def test_unpicklable_things_never_hang(pool):
     assert pool.apply(targets.square, (4,)) == 16  # the pool is fine
 
 
+def test_progress_bar_and_on_result(pool, capsys):
+    seen = []
+    assert pool.map(targets.square, range(20), progress="squares", on_result=seen.append) == [
+        x * x for x in range(20)
+    ]
+    assert sorted(seen) == sorted(x * x for x in range(20))
+    err = capsys.readouterr().err
+    assert "squares" in err and "20/20" in err
+    seen.clear()
+    assert list(pool.imap(targets.square, range(7), progress=True, on_result=seen.append)) == [x * x for x in range(7)]
+    assert len(seen) == 7
+
+
 def test_statistics_account_for_work(pool):
     pool.map(time.sleep, [0.05] * 4, chunksize=1)
     stats = pool.statistics()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import enum
 import itertools
+import operator
 import os
 import pickle
 import select
@@ -36,6 +37,7 @@ from ._errors import PoolTerminatedError, TaskTimeoutError, WorkerLostError
 from ._finalize import Finalize
 from ._pool_results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult, feed_lazily
 from ._pool_worker import APPLY, MAP, STARMAP, rebuild_exception, worker_main
+from ._progress import Progress, wanted
 
 __all__ = ["Pool"]
 
@@ -251,9 +253,11 @@ class Pool:
         chunksize, extra = divmod(length, self._processes * 4)
         return max(1, chunksize + bool(extra))
 
-    def _map_async(self, func, iterable, mode, chunksize, callback, error_callback, task_timeout, retries) -> MapResult:
+    def _map_async(self, func, iterable, mode, chunksize, callback, error_callback, task_timeout, retries,
+                   progress=False, on_result=None) -> MapResult:  # fmt: skip
         self._check_running()
         items = list(iterable)
+        meter = Progress(len(items), progress, on_result) if wanted(progress, on_result) else None
         if chunksize is None:
             chunksize = self._default_chunksize(len(items))
         elif chunksize < 1:
@@ -266,6 +270,11 @@ class Pool:
             chunk = items[start : start + chunksize]
 
             def sink(success: bool, values: Any, index: int = index) -> None:
+                if meter is not None:
+                    if success:
+                        meter.add(values)
+                    if not success or meter.done == len(items):
+                        meter.close()
                 result._set_chunk(index, success, values)
 
             label = f"{name} on items {start}..{start + len(chunk) - 1}"
@@ -274,24 +283,35 @@ class Pool:
         return result
 
     def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None, *,
-                  task_timeout=None, retries=None) -> MapResult:  # fmt: skip
-        """Apply *func* to every item of *iterable*; return a MapResult at once."""
-        return self._map_async(func, iterable, MAP, chunksize, callback, error_callback, task_timeout, retries)
+                  task_timeout=None, retries=None, progress=False, on_result=None) -> MapResult:  # fmt: skip
+        """Apply *func* to every item of *iterable*; return a MapResult at once.
 
-    def map(self, func, iterable, chunksize=None, *, task_timeout=None, retries=None) -> list[Any]:  # fmt: skip
+        *progress* (True or a label) shows a tqdm bar; *on_result(value)* is called for
+        every finished item, in the pool's supervisor thread.
+        """
+        return self._map_async(func, iterable, MAP, chunksize, callback, error_callback, task_timeout, retries,
+                               progress, on_result)  # fmt: skip
+
+    def map(self, func, iterable, chunksize=None, *, task_timeout=None, retries=None, progress=False,
+            on_result=None) -> list[Any]:  # fmt: skip
         """``[func(x) for x in iterable]``, computed by the workers, in order."""
-        return self.map_async(func, iterable, chunksize, task_timeout=task_timeout, retries=retries).get()
+        return self.map_async(func, iterable, chunksize, task_timeout=task_timeout, retries=retries,
+                              progress=progress, on_result=on_result).get()  # fmt: skip
 
     def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None, *,
-                      task_timeout=None, retries=None) -> MapResult:  # fmt: skip
+                      task_timeout=None, retries=None, progress=False, on_result=None) -> MapResult:  # fmt: skip
         """Like map_async, calling ``func(*args)`` for each tuple of arguments."""
-        return self._map_async(func, iterable, STARMAP, chunksize, callback, error_callback, task_timeout, retries)
+        return self._map_async(func, iterable, STARMAP, chunksize, callback, error_callback, task_timeout, retries,
+                               progress, on_result)  # fmt: skip
 
-    def starmap(self, func, iterable, chunksize=None, *, task_timeout=None, retries=None) -> list[Any]:  # fmt: skip
+    def starmap(self, func, iterable, chunksize=None, *, task_timeout=None, retries=None, progress=False,
+                on_result=None) -> list[Any]:  # fmt: skip
         """``[func(*args) for args in iterable]``, computed by the workers, in order."""
-        return self.starmap_async(func, iterable, chunksize, task_timeout=task_timeout, retries=retries).get()
+        return self.starmap_async(func, iterable, chunksize, task_timeout=task_timeout, retries=retries,
+                                  progress=progress, on_result=on_result).get()  # fmt: skip
 
-    def _imap(self, iterator_cls, func, iterable, chunksize, task_timeout, retries) -> IMapIterator:
+    def _imap(self, iterator_cls, func, iterable, chunksize, task_timeout, retries, progress=False,
+              on_result=None) -> IMapIterator:  # fmt: skip
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize}")
@@ -303,7 +323,7 @@ class Pool:
         result = iterator_cls(on_consumed=slots.release)
         feeder = threading.Thread(
             target=self._feed_imap,
-            args=(result, func, iter(iterable), chunksize, slots, task_timeout, retries),
+            args=(result, func, iter(iterable), chunksize, slots, task_timeout, retries, progress, on_result),
             name="procly-pool-imap-feeder",
             daemon=True,
         )
@@ -311,22 +331,39 @@ class Pool:
         feeder.start()
         return result
 
-    def _feed_imap(self, result, func, iterator: Iterator[Any], chunksize, slots, task_timeout, retries) -> None:
+    def _feed_imap(self, result, func, iterator: Iterator[Any], chunksize, slots, task_timeout, retries,
+                   progress, on_result) -> None:  # fmt: skip
         name = getattr(func, "__qualname__", str(func))
+        total = operator.length_hint(iterator, 0) or None  # a generator's length is unknown
+        meter = Progress(total, progress, on_result) if wanted(progress, on_result) else None
 
         def submit(start: int, chunk: list, sink: Callable[[bool, Any], None]) -> None:
+            if meter is not None:
+                inner = sink
+
+                def sink(success: bool, values: Any) -> None:
+                    if success:
+                        meter.add(values)
+                    inner(success, values)
+
             label = f"{name} on items {start}..{start + len(chunk) - 1}"
             self._submit([self._make_task(func, MAP, chunk, len(chunk), sink, task_timeout, retries, label)])
 
         feed_lazily(result, iterator, chunksize, slots, lambda: self._state is PoolState.TERMINATED, submit)
+        if meter is not None:
+            meter.set_total(result._length or 0)
+            threading.Thread(target=_close_when_consumed, args=(result, meter), daemon=True).start()
 
-    def imap(self, func, iterable, chunksize: int = 1, *, task_timeout=None, retries=None) -> IMapIterator:  # fmt: skip
-        """Lazily map *func* over *iterable*; results in input order."""
-        return self._imap(IMapIterator, func, iterable, chunksize, task_timeout, retries)
+    def imap(self, func, iterable, chunksize: int = 1, *, task_timeout=None, retries=None, progress=False,
+             on_result=None) -> IMapIterator:  # fmt: skip
+        """Lazily map *func* over *iterable*; results in input order (*progress*, *on_result*: see map_async)."""
+        return self._imap(IMapIterator, func, iterable, chunksize, task_timeout, retries, progress, on_result)
 
-    def imap_unordered(self, func, iterable, chunksize: int = 1, *, task_timeout=None, retries=None):  # fmt: skip
+    def imap_unordered(self, func, iterable, chunksize: int = 1, *, task_timeout=None, retries=None,
+                       progress=False, on_result=None):  # fmt: skip
         """Lazily map *func* over *iterable*; results as they complete."""
-        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, task_timeout, retries)
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, task_timeout, retries, progress,
+                          on_result)  # fmt: skip
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -630,3 +667,9 @@ class Pool:
 
 
 _worker_numbers = itertools.count(1)
+
+
+def _close_when_consumed(result: IMapIterator, meter: Progress) -> None:
+    with result._cond:
+        result._cond.wait_for(lambda: result._length is not None and meter.done >= result._length)
+    meter.close()
