@@ -32,6 +32,17 @@ def test_items_of_an_exited_process_are_delivered(ctx):
     assert p.exitcode == 0 and got[3] == bytes([3]) * 10
 
 
+def test_join_before_get_does_not_deadlock(ctx):
+    """The standard library's documented trap: join a child whose big items nobody read yet."""
+    q = ctx.Queue()
+    p = ctx.Process(target=targets.put_then_exit, args=(q, 3, 8 * 1024 * 1024))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0, "the child must be able to exit before its items are read"
+    items = [q.get(timeout=10) for _ in range(3)]
+    assert [len(i) for i in items] == [8 * 1024 * 1024] * 3 and items[2][:1] == bytes([2])
+
+
 def test_bounded_queue_full_empty_timeouts():
     q = procly.Queue(2)
     assert q.empty() and q.qsize() == 0

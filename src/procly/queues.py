@@ -9,6 +9,15 @@ Data flow of :class:`Queue`::
 of being lost in a background thread as in the standard library. The feeder thread
 only writes bytes; at process exit it flushes what is buffered, so items put by a
 process that then exits are delivered.
+
+Large items (``SPILL_BYTES`` and more) do not go through the socket: they are written
+to an anonymous memfd whose descriptor travels alone (``SCM_RIGHTS``), and the reader
+reads them from it. So a process that puts big items and exits does not wait for a
+reader to drain a full pipe — the standard library's documented deadlock, where the
+parent joins such a child before getting its items, does not happen. (It can still
+happen with more small items than the socket buffer holds, about 200 KiB.) The kernel
+keeps a descriptor in flight alive, and frees the memfd once the item is read, or when
+the queue itself is gone.
 """
 
 from __future__ import annotations
@@ -16,19 +25,79 @@ from __future__ import annotations
 import collections
 import os
 import queue
+import socket
+import struct
 import threading
 import time
 import weakref
 from typing import Any
 
 from . import _serialization
-from ._connection import Pipe
+from ._connection import Connection, Pipe
+from ._errors import MessageError
 from ._finalize import Finalize, register_after_fork
 from .synchronize import BoundedSemaphore, Condition, Lock, Semaphore
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
 
 SEM_VALUE_MAX = 2**31 - 1
+SPILL_BYTES = 128 * 1024
+_HEADER = struct.Struct("!i")
+_SIZE = struct.Struct("!Q")
+_SPILLED = -3  # frame type: the item is in the memfd sent with this header
+
+
+def _socket_of(conn: Connection) -> socket.socket:
+    return socket.socket(fileno=os.dup(conn.fileno()))
+
+
+def _write_item(conn: Connection, sock: socket.socket | None, data: bytes) -> socket.socket | None:
+    """Send one item; big ones through a memfd. Returns the socket object to reuse."""
+    if len(data) < SPILL_BYTES:
+        conn.send_bytes(data)
+        return sock
+    fd = os.memfd_create("procly-queue-item", os.MFD_CLOEXEC)
+    try:
+        view, written = memoryview(data), 0
+        while written < len(data):
+            written += os.write(fd, view[written:])
+        if sock is None:
+            sock = _socket_of(conn)
+        socket.send_fds(sock, [_HEADER.pack(_SPILLED) + _SIZE.pack(len(data))], [fd])
+    finally:
+        os.close(fd)
+    return sock
+
+
+def _read_item(conn: Connection, sock: socket.socket) -> bytes | bytearray:
+    """Receive one item written by :func:`_write_item` (the caller holds the read lock)."""
+    header, fds, _, _ = socket.recv_fds(sock, _HEADER.size, 1, socket.MSG_WAITALL)
+    if len(header) < _HEADER.size:
+        for fd in fds:
+            os.close(fd)
+        raise EOFError("the queue's other end is closed")
+    (n,) = _HEADER.unpack(header)
+    handle = conn.fileno()
+    if n != _SPILLED:
+        for fd in fds:
+            os.close(fd)
+        if n == -1:
+            (n,) = _SIZE.unpack(conn._read_exact(handle, _SIZE.size))  # type: ignore[arg-type]
+        return conn._read_payload(handle, n)
+    (size,) = _SIZE.unpack(conn._read_exact(handle, _SIZE.size))  # type: ignore[arg-type]
+    if len(fds) != 1:
+        raise MessageError("a spilled queue item arrived without its descriptor")
+    try:
+        buf = bytearray(size)
+        view, got = memoryview(buf), 0
+        while got < size:
+            count = os.preadv(fds[0], [view[got:]], got)
+            if count == 0:
+                raise MessageError("a spilled queue item is shorter than announced")
+            got += count
+        return buf
+    finally:
+        os.close(fds[0])
 
 
 class Queue:
@@ -38,7 +107,8 @@ class Queue:
         if maxsize <= 0:
             maxsize = SEM_VALUE_MAX
         self._maxsize = maxsize
-        self._reader, self._writer = Pipe(duplex=False)
+        # A socket pair, not an OS pipe: big items travel as descriptors (SCM_RIGHTS).
+        self._reader, self._writer = Pipe(duplex=True)
         self._rlock = Lock()
         self._wlock = Lock()
         self._sem = BoundedSemaphore(maxsize)
@@ -55,6 +125,7 @@ class Queue:
         register_after_fork(self, Queue._after_fork)
 
     def _after_fork(self) -> None:
+        self._rsock: socket.socket | None = None
         self._notempty = threading.Condition(threading.Lock())
         self._buffer: collections.deque[bytes] = collections.deque()
         self._thread: threading.Thread | None = None
@@ -95,7 +166,7 @@ class Queue:
         self._check_closed()
         if block and timeout is None:
             with self._rlock:
-                data = self._reader.recv_bytes()
+                data = self._read()
             self._sem.release()
             return _serialization.loads(data)
         deadline = time.monotonic() + (timeout or 0.0)
@@ -108,11 +179,17 @@ class Queue:
                     raise queue.Empty
             elif not self._reader.poll():
                 raise queue.Empty
-            data = self._reader.recv_bytes()
+            data = self._read()
             self._sem.release()
         finally:
             self._rlock.release()
         return _serialization.loads(data)
+
+    def _read(self) -> bytes | bytearray:
+        if self._rsock is None:
+            self._rsock = _socket_of(self._reader)
+            weakref.finalize(self, self._rsock.close)
+        return _read_item(self._reader, self._rsock)
 
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
@@ -133,6 +210,8 @@ class Queue:
     def close(self) -> None:
         """No more puts from this process; the feeder flushes what is buffered, then stops."""
         self._closed = True
+        if self._rsock is not None:
+            self._rsock.close()
         close, self._close_finalizer = self._close_finalizer, None
         if close is not None:
             close()
@@ -188,6 +267,7 @@ def _stop_feeder(buffer: collections.deque, notempty: threading.Condition, reade
 
 
 def _feed(buffer: collections.deque, notempty: threading.Condition, writer: Any, wlock: Lock, sem: Any) -> None:
+    sock: socket.socket | None = None
     while True:
         with notempty:
             while not buffer:
@@ -195,11 +275,13 @@ def _feed(buffer: collections.deque, notempty: threading.Condition, writer: Any,
         while buffer:
             data = buffer.popleft()
             if data is _STOP:
+                if sock is not None:
+                    sock.close()
                 writer.close()
                 return
             try:
                 with wlock:
-                    writer.send_bytes(data)
+                    sock = _write_item(writer, sock, data)
             except BrokenPipeError:
                 sem.release()  # nobody will read it: give the slot back
             except OSError:
