@@ -47,6 +47,18 @@ _SIZE = struct.Struct("!Q")
 _SPILLED = -3  # frame type: the item is in the memfd sent with this header
 
 
+_ANCILLARY_SPACE = socket.CMSG_SPACE(struct.calcsize("i"))
+
+
+def _descriptors(ancillary: list) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds.extend(struct.unpack(f"{usable // 4}i", data[:usable]))
+    return fds
+
+
 def _socket_of(conn: Connection) -> socket.socket:
     return socket.socket(fileno=os.dup(conn.fileno()))
 
@@ -71,7 +83,8 @@ def _write_item(conn: Connection, sock: socket.socket | None, data: bytes) -> so
 
 def _read_item(conn: Connection, sock: socket.socket) -> bytes | bytearray:
     """Receive one item written by :func:`_write_item` (the caller holds the read lock)."""
-    header, fds, _, _ = socket.recv_fds(sock, _HEADER.size, 1, socket.MSG_WAITALL)
+    header, ancillary, _, _ = sock.recvmsg(_HEADER.size, _ANCILLARY_SPACE, socket.MSG_WAITALL)
+    fds = _descriptors(ancillary) if ancillary else []
     if len(header) < _HEADER.size:
         for fd in fds:
             os.close(fd)
