@@ -163,6 +163,9 @@ class Queue:
         data = _serialization.dumps(obj)
         if not self._sem.acquire(block, timeout):
             raise queue.Full
+        self._enqueue(data)
+
+    def _enqueue(self, data: bytes) -> None:
         with self._notempty:
             if self._thread is None:
                 self._start_thread()
@@ -316,17 +319,10 @@ class JoinableQueue(Queue):
         super().__setstate__(state[:-2])
         self._cond, self._unfinished_tasks = state[-2:]
 
-    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
-        self._check_closed()
-        data = _serialization.dumps(obj)
-        if not self._sem.acquire(block, timeout):
-            raise queue.Full
-        with self._notempty, self._cond:
-            if self._thread is None:
-                self._start_thread()
-            self._buffer.append(data)
+    def _enqueue(self, data: bytes) -> None:
+        with self._cond:  # counted before it can be taken, so join() cannot miss it
             self._unfinished_tasks.release()
-            self._notempty.notify()
+            super()._enqueue(data)
 
     def task_done(self) -> None:
         """Mark one item taken with get() as processed.
