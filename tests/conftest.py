@@ -56,8 +56,17 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool
 
 
 def _helpers() -> set[int]:
+    """Helper processes that live as long as the test process once started."""
+    from procly import shared_memory
+
+    helpers = set()
     server = _state.get().forkserver
-    return {server._process.pid} if server is not None else set()
+    if server is not None:
+        helpers.add(server._process.pid)
+    tracker = shared_memory._tracker_instance
+    if tracker is not None:
+        helpers.add(tracker._process.pid)
+    return helpers
 
 
 def _fds() -> set[int]:
@@ -89,6 +98,11 @@ def no_leaks(request: pytest.FixtureRequest):
     kept = {state.lifeline_read, state.lifeline_write}
     if state.forkserver is not None:
         kept.add(state.forkserver._process.sentinel)
+    from procly import shared_memory
+
+    tracker = shared_memory._tracker_instance
+    if tracker is not None:
+        kept.update({tracker._process.sentinel, tracker._writer.fileno()})
     leaked = _fds() - before_fds - kept
     leaked = {fd for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")}
     # procly's heap keeps the arenas it allocates from, two descriptors each (ours and

@@ -288,3 +288,21 @@ def write_through_received_fd(conn, data: bytes) -> None:
     fd = reduction.recv_handle(conn)
     os.write(fd, data)
     os.close(fd)
+
+
+def write_shared(name_or_shm, data: bytes) -> None:
+    from procly.shared_memory import SharedMemory
+
+    shm = SharedMemory(name_or_shm) if isinstance(name_or_shm, str) else name_or_shm
+    shm.buf[: len(data)] = data
+    shm.close()
+
+
+def bump_list(shared_list) -> None:
+    shared_list[0] += 1
+    shared_list[1] = "changed"
+
+
+def fill_rows(array, start: int, stop: int, value: float) -> int:
+    array[start:stop] = value
+    return os.getpid()

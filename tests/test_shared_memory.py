@@ -1,0 +1,130 @@
+"""SharedMemory and ShareableList: by name, across processes, and never leaked."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from procly.shared_memory import ShareableList, SharedMemory
+
+from . import targets
+from .conftest import wait_until
+
+
+def test_shared_memory_between_processes(ctx):
+    shm = SharedMemory(create=True, size=100)
+    try:
+        assert shm.size >= 100 and os.path.exists(f"/dev/shm/{shm.name}")
+        for arg in (shm.name, shm):  # attach by name, or pass the object itself
+            p = ctx.Process(target=targets.write_shared, args=(arg, b"hello"))
+            p.start()
+            p.join(10)
+            assert bytes(shm.buf[:5]) == b"hello"
+            shm.buf[:5] = b"\0" * 5
+    finally:
+        shm.close()
+        shm.unlink()
+    assert not os.path.exists(f"/dev/shm/{shm.name}")
+    with pytest.raises(ValueError):
+        _ = shm.buf
+
+
+def test_shared_memory_errors():
+    with pytest.raises(ValueError):
+        SharedMemory(create=True, size=0)
+    with pytest.raises(ValueError):
+        SharedMemory(size=-1)
+    with pytest.raises(FileNotFoundError):
+        SharedMemory("psm_does_not_exist")
+    shm = SharedMemory("psm_procly_test_name", create=True, size=10)
+    try:
+        with pytest.raises(FileExistsError):
+            SharedMemory("psm_procly_test_name", create=True, size=10)
+        other = SharedMemory("psm_procly_test_name")
+        assert other.size == shm.size
+        other.close()
+    finally:
+        shm.close()
+        shm.unlink()
+
+
+def test_shareable_list(ctx):
+    sl = ShareableList([1, "text", 2.5, None, True, b"raw"])
+    try:
+        assert list(sl) == [1, "text", 2.5, None, True, b"raw"] and len(sl) == 6
+        assert sl.format == "qsdn?b" and sl.index(2.5) == 2 and sl.count(1) == 2  # True == 1
+        p = ctx.Process(target=targets.bump_list, args=(sl,))
+        p.start()
+        p.join(10)
+        assert sl[0] == 2 and sl[1] == "changed"
+        attached = ShareableList(name=sl.shm.name)
+        assert attached[-1] == b"raw"
+        attached.shm.close()
+        with pytest.raises(ValueError):
+            sl[1] = "much too long for this slot"
+        with pytest.raises(TypeError):
+            sl[0] = "not a number"
+        with pytest.raises(IndexError):
+            sl[10]
+        sl[3] = 7  # number slots may change between int, float, bool and None
+        assert sl[3] == 7
+    finally:
+        sl.shm.close()
+        sl.shm.unlink()
+
+
+LEAKER = """
+import sys, time
+from procly.shared_memory import SharedMemory
+if __name__ == "__main__":
+    shm = SharedMemory(create=True, size=4096)
+    print(shm.name, flush=True)
+    if sys.argv[1] == "exit":
+        sys.exit(0)        # forgot to unlink
+    time.sleep(60)         # will be SIGKILLed
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "sigkill"])
+def test_forgotten_segments_are_unlinked(tmp_path, how):
+    script = tmp_path / "leaker.py"
+    script.write_text(LEAKER)
+    proc = subprocess.Popen([sys.executable, str(script), how], stdout=subprocess.PIPE, text=True)
+    try:
+        name = proc.stdout.readline().strip()
+        assert os.path.exists(f"/dev/shm/{name}")
+        if how == "sigkill":
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert wait_until(lambda: not os.path.exists(f"/dev/shm/{name}"), timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def test_shared_ndarray_written_in_place_by_children_and_pool_tasks(ctx):
+    import numpy as np
+
+    from procly.shared_memory import ndarray
+
+    array = ndarray((6, 1000), dtype=np.float64, fill=0.0)
+    name = array._shm.name
+    p = ctx.Process(target=targets.fill_rows, args=(array, 0, 2, 1.0))
+    p.start()
+    p.join(10)
+    with ctx.Pool(2) as pool:
+        pool.starmap(targets.fill_rows, [(array, 2, 4, 2.0), (array, 4, 6, 3.0)])
+    assert array[:, 0].tolist() == [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
+    view = array[3:]
+    assert float(view.sum()) == 2.0 * 1000 + 3.0 * 2000
+    del array, view
+    import gc
+
+    gc.collect()
+    assert wait_until(lambda: not os.path.exists(f"/dev/shm/{name}"), timeout=5), "freed with its last holder"
