@@ -66,8 +66,13 @@ def test_shareable_list(ctx):
         attached.shm.close()
         with pytest.raises(ValueError):
             sl[1] = "much too long for this slot"
+        with pytest.raises(ValueError):
+            sl[0] = "more than eight bytes"
         with pytest.raises(TypeError):
-            sl[0] = "not a number"
+            sl[0] = [1, 2]
+        sl[0] = "short"  # any type that fits its slot, as in the standard library
+        assert sl[0] == "short" and sl.format[0] == "s"
+        sl[0] = 2
         with pytest.raises(IndexError):
             sl[10]
         sl[3] = 7  # number slots may change between int, float, bool and None

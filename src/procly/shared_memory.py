@@ -243,11 +243,12 @@ def _encode(value: Any) -> tuple[str, int, bytes]:
 class ShareableList:
     """A fixed-length list in shared memory: int, float, bool, str, bytes or None items.
 
-    Layout: item count; per item a kind letter and a capacity; then the slots. A str or
-    bytes slot keeps the capacity of its first value (rounded up to 8 bytes).
+    Layout: item count; per item a kind letter and a capacity; then the slots. A slot
+    keeps the capacity of its first value (8 bytes for numbers, str and bytes rounded up
+    to 8); any supported value that fits may replace it.
 
     Raises:
-        TypeError: an item of another type. ValueError: a str/bytes too long for its slot.
+        TypeError: an item of an unsupported type. ValueError: a value too big for its slot.
     """
 
     def __init__(self, sequence: Iterable[Any] | None = None, *, name: str | None = None) -> None:
@@ -308,17 +309,14 @@ class ShareableList:
     def __setitem__(self, position: int, value: Any) -> None:
         i = self._index(position)
         kind, cap, raw = _encode(value)
-        self._kinds[i] = chr(self.shm.buf[_HEADER.size + 9 * i])
-        if kind != self._kinds[i] and not (kind in "qd?n" and self._kinds[i] in "qd?n"):
-            raise TypeError(f"slot {i} holds {self._kinds[i]!r} items, not {type(value).__name__}")
         if len(raw) > self._caps[i]:
             raise ValueError(f"value of {len(raw)} bytes exceeds the {self._caps[i]} bytes of slot {i}")
         offset = self._offsets[i]
         struct.pack_into("q", self.shm.buf, offset, len(raw))
         self.shm.buf[offset + 8 : offset + 8 + len(raw)] = raw
-        if kind != self._kinds[i]:  # a number slot may change among int/float/bool/None
-            self._kinds[i] = kind
-            self.shm.buf[_HEADER.size + 9 * i] = ord(kind)
+        # Any type may take the slot, as in the standard library, if it fits.
+        self._kinds[i] = kind
+        self.shm.buf[_HEADER.size + 9 * i] = ord(kind)
 
     def __reduce__(self) -> Any:
         return (_attach_list, (self.__class__, self.shm.name))
