@@ -306,3 +306,7 @@ def bump_list(shared_list) -> None:
 def fill_rows(array, start: int, stop: int, value: float) -> int:
     array[start:stop] = value
     return os.getpid()
+
+
+def append_to_nested(d) -> None:
+    d["inner"].append("from child")

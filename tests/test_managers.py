@@ -128,3 +128,13 @@ def test_sync_manager_context_manager():
     with SyncManager() as m:
         assert m.list([3, 1, 2])._getvalue() == [3, 1, 2]
     assert os.getpid()
+
+
+def test_nested_proxies_are_shared_everywhere(ctx, manager):
+    d = manager.dict()
+    d["inner"] = manager.list([1])
+    d["inner"].append(2)  # mutates the list in the server, not a copy
+    p = ctx.Process(target=targets.append_to_nested, args=(d,))
+    p.start()
+    p.join(30)
+    assert list(d["inner"]) == [1, 2, "from child"]
