@@ -205,6 +205,27 @@ def bench_pool_startup(lib, n: int) -> float:
     return (time.perf_counter() - started) / n
 
 
+def _proxy_work(d, n: int, out) -> None:
+    started = time.perf_counter()
+    for i in range(n):
+        d[i % 100] = i
+        d[i % 100]
+    out.put((time.perf_counter() - started) / (2 * n))
+
+
+def bench_manager_dict(lib, n: int) -> float:
+    """Seconds per dict get or set through a proxy, from a child process."""
+    ctx = lib.get_context("fork")
+    with ctx.Manager() as manager:
+        d = manager.dict()
+        out = ctx.Queue()
+        p = ctx.Process(target=_proxy_work, args=(d, n, out))
+        p.start()
+        elapsed = out.get()
+        p.join()
+    return elapsed
+
+
 def _fmt(seconds: float) -> str:
     if seconds < 1e-3:
         return f"{seconds * 1e6:8.2f} µs"
@@ -238,6 +259,7 @@ def main() -> int:
         ("Pool.map 8 MiB numpy in and out", lambda lib: bench_pool_numpy(lib, scaled(40)), "time"),
         ("Pool apply_async().get() latency", lambda lib: bench_pool_latency(lib, scaled(2000)), "time"),
         ("Pool start-up + first result", lambda lib: bench_pool_startup(lib, scaled(10)), "time"),
+        ("Manager dict get/set from a child", lambda lib: bench_manager_dict(lib, scaled(5000)), "time"),
     ]
     print(f"procly {procly.__version__} vs multiprocessing (Python {sys.version.split()[0]})")
     print(f"{'benchmark':<36}{'stdlib':>14}{'procly':>14}{'ratio':>9}")
