@@ -1,4 +1,4 @@
-"""The ``procly`` command line: ``procly demo``, ``procly info``."""
+"""The ``procly`` command line: ``procly demo``, ``procly info``, ``procly manager``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,40 @@ def _info() -> int:
     return 0
 
 
+def _manager(args: argparse.Namespace) -> int:
+    """Serve a SyncManager (plus registered types) until interrupted."""
+    import importlib
+
+    from .managers import SyncManager
+
+    authkey = os.environ.get(args.authkey_env, "")
+    if not authkey:
+        print(f"procly manager: set the authkey in ${args.authkey_env} (it is a secret)", file=sys.stderr)
+        return 2
+    host, _, port = args.address.rpartition(":")
+    if not host or not port.isdigit():
+        print(f"procly manager: --address must be HOST:PORT, got {args.address!r}", file=sys.stderr)
+        return 2
+
+    class CommandLineManager(SyncManager):
+        pass
+
+    for spec in args.register or []:
+        typeid, _, target = spec.partition("=")
+        module_name, _, attr = target.partition(":")
+        if not typeid or not module_name or not attr:
+            print(f"procly manager: --register wants TYPEID=MODULE:CALLABLE, got {spec!r}", file=sys.stderr)
+            return 2
+        CommandLineManager.register(typeid, getattr(importlib.import_module(module_name), attr))
+    server = CommandLineManager(address=(host, int(port)), authkey=authkey.encode()).get_server()
+    print(f"procly manager serving on {server.address[0]}:{server.address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``procly`` console script."""
     parser = argparse.ArgumentParser(prog="procly", description="Process-based parallelism for Python.")
@@ -27,11 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--method", action="append", choices=["fork", "spawn", "forkserver"], help="only this method")
     demo.add_argument("--only", action="append", help="only this example (script name)")
     commands.add_parser("info", help="what procly sees on this machine")
+    manager = commands.add_parser("manager", help="serve a manager (dict, list, Queue, ... and your types) over TCP")
+    manager.add_argument("--address", default="127.0.0.1:50000", help="HOST:PORT (default: loopback)")
+    manager.add_argument("--authkey-env", default="PROCLY_AUTHKEY", help="environment variable holding the authkey")
+    manager.add_argument("--register", action="append", metavar="TYPEID=MODULE:CALLABLE", help="serve this type too")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from ._demo import main as demo_main
 
         return demo_main(args.method, args.only)
+    if args.command == "manager":
+        return _manager(args)
     return _info()
 
 
