@@ -201,6 +201,23 @@ def test_close_join_and_terminate_semantics(ctx):
         stuck.get(timeout=5)
 
 
+def test_close_waits_for_imap_input_then_ends(ctx):
+    """A closed pool finishes what an imap feeder still submits, then its workers exit."""
+
+    def slow_input():
+        for i in range(5):
+            time.sleep(0.05)
+            yield i
+
+    pool = ctx.Pool(2)
+    it = pool.imap(targets.square, slow_input())
+    pool.close()
+    started = time.monotonic()
+    pool.join()
+    assert time.monotonic() - started < 10
+    assert list(it) == [i * i for i in range(5)]
+
+
 def test_large_numpy_arguments_and_results(pool):
     arrays = [np.full(1_000_000, i, dtype=np.float64) for i in range(3)]
     sums = pool.map(np.sum, arrays)

@@ -160,6 +160,7 @@ class Pool:
         self._poller.register(self._wake_r, _READY)
         self._fds: dict[int, tuple[str, _Worker]] = {}
         self._feeders: list[threading.Thread] = []
+        self._active_feeds = 0  # imap feeders still reading input (guarded by _lock)
         for _ in range(processes):
             self._spawn_worker()
         self._supervisor = threading.Thread(target=self._supervise, name="procly-pool-supervisor", daemon=True)
@@ -327,7 +328,10 @@ class Pool:
             name="procly-pool-imap-feeder",
             daemon=True,
         )
-        self._feeders.append(feeder)
+        with self._lock:
+            self._active_feeds += 1
+            self._feeders = [f for f in self._feeders if f.is_alive()]
+            self._feeders.append(feeder)
         feeder.start()
         return result
 
@@ -349,7 +353,12 @@ class Pool:
             label = f"{name} on items {start}..{start + len(chunk) - 1}"
             self._submit([self._make_task(func, MAP, chunk, len(chunk), sink, task_timeout, retries, label)])
 
-        feed_lazily(result, iterator, chunksize, slots, lambda: self._state is PoolState.TERMINATED, submit)
+        try:
+            feed_lazily(result, iterator, chunksize, slots, lambda: self._state is PoolState.TERMINATED, submit)
+        finally:
+            with self._lock:
+                self._active_feeds -= 1
+            self._wake()  # a closed pool may be waiting for its last feeder
         if meter is not None:
             meter.set_total(result._length or 0)
             threading.Thread(target=_close_when_consumed, args=(result, meter), daemon=True).start()
@@ -470,13 +479,11 @@ class Pool:
         if self._state is PoolState.TERMINATED:
             return False
         self._dispatch()
-        if self._state is PoolState.CLOSED and not self._outstanding and not any(f.is_alive() for f in self._feeders):
+        if self._state is PoolState.CLOSED and not self._outstanding and not self._active_feeds:
             return False
         now = time.monotonic()
         deadlines = [w.inflight[0].deadline for w in self._workers.values() if w.inflight and w.inflight[0].deadline]
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
-        if timeout is None and self._state is PoolState.CLOSED:
-            timeout = 0.1  # feeders may finish without waking us
         ms = -1 if timeout is None else int(timeout * 1000 + 0.999)
         for fd, _ in self._poller.poll(ms):
             kind, worker = self._fds.get(fd, (None, None))
