@@ -120,13 +120,8 @@ class SharedMemory:
 
     def unlink(self) -> None:
         """Remove the name; the memory goes when every process has closed it."""
-        try:
-            os.unlink(_path(self._name))
-        except FileNotFoundError:
-            pass
-        if self._tracked:
-            _tracker().unregister(self._name)
-            self._tracked = False
+        _release(self._name)
+        self._tracked = False
 
 
 # ----------------------------------------------------------------------------- tracker
@@ -376,9 +371,10 @@ def ndarray(shape: Any, dtype: Any = float, *, fill: Any = None) -> Any:
 
 
 def _release(name: str) -> None:
+    """Remove *name* and tell this process's tracker (if it has one) to forget it."""
     try:
         os.unlink(_path(name))
-    except OSError:
+    except FileNotFoundError:
         pass
     if _tracker_instance is not None and _tracker_instance._pid == os.getpid():
         _tracker_instance.unregister(name)
