@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Project tasks that need nothing but python3: each creates .venv on first use.
 
-    python3 tasks.py demo          the main job: the tutorial's examples, live
+    python3 tasks.py demo          the main job: a 5-second load test of the built-in target server
+    python3 tasks.py examples      the tutorial's examples, live, under every start method
     python3 tasks.py test          lint + the default test run (what CI runs)
     python3 tasks.py test-slow     soak / stress tests
     python3 tasks.py conformance   CPython's own multiprocessing tests against procly
     python3 tasks.py bench         benchmarks against the standard library
+    python3 tasks.py bench-load    procly loadtest against wrk and locust on a loopback nginx
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ def ensure_venv() -> None:
         STAMP.write_text(_fingerprint())
 
 
+def ensure_locust() -> None:
+    """locust (the usability reference for procly loadtest) in a venv of its own: it pins gevent & co."""
+    locust_venv = ROOT / ".venv-locust"
+    if not (locust_venv / "bin" / "locust").exists():
+        print(f"installing locust in {locust_venv}", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(locust_venv)
+        pip = [str(locust_venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
+        subprocess.run([*pip, "install", "locust"], check=True)
+
+
 def run(*argv: str) -> int:
     return subprocess.call(list(argv), cwd=ROOT)
 
@@ -53,6 +65,8 @@ def main(args: list[str]) -> int:
     ensure_venv()
     py = str(PYTHON)
     if task == "demo":
+        return run(str(BIN / "procly"), "loadtest", "--duration", "5s", *rest)
+    if task == "examples":
         return run(str(BIN / "procly"), "demo", *rest)
     if task == "test":
         code = run(py, "-m", "ruff", "check", "src", "tests", "benchmarks", "tasks.py")
@@ -65,6 +79,9 @@ def main(args: list[str]) -> int:
         return run(py, "-m", "tests.conformance", *rest)
     if task == "bench":
         return run(py, "-m", "benchmarks", *rest)
+    if task == "bench-load":
+        ensure_locust()
+        return run(py, "-m", "benchmarks.loadtest", *rest)
     print(f"unknown task {task!r}\n{__doc__}", file=sys.stderr)
     return 2
 

@@ -1,4 +1,4 @@
-"""The ``procly`` command line: ``procly demo``, ``procly info``, ``procly manager``."""
+"""The ``procly`` command line: ``demo``, ``info``, ``manager``, ``loadtest``, ``serve-target``."""
 
 from __future__ import annotations
 
@@ -65,7 +65,27 @@ def main(argv: list[str] | None = None) -> int:
     manager.add_argument("--address", default="127.0.0.1:50000", help="HOST:PORT (default: loopback)")
     manager.add_argument("--authkey-env", default="PROCLY_AUTHKEY", help="environment variable holding the authkey")
     manager.add_argument("--register", action="append", metavar="TYPEID=MODULE:CALLABLE", help="serve this type too")
+    from .loadtest._cli import add_commands
+
+    add_commands(commands)
     args = parser.parse_args(argv)
+    if args.command in ("loadtest", "serve-target"):
+        try:
+            import hdrh  # noqa: F401
+            import httptools  # noqa: F401
+            import uvloop  # noqa: F401
+        except ImportError as exc:
+            print(f"procly {args.command} needs the loadtest extra: pip install 'procly[loadtest]' ({exc})",
+                  file=sys.stderr)
+            return 2
+    if args.command == "loadtest":
+        from .loadtest._cli import loadtest_command
+
+        return loadtest_command(args)
+    if args.command == "serve-target":
+        from .loadtest._cli import serve_target_command
+
+        return serve_target_command(args)
     if args.command == "demo":
         from ._demo import main as demo_main
 

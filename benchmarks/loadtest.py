@@ -1,0 +1,198 @@
+"""procly loadtest against wrk and locust, on one loopback nginx, in one run.
+
+    python3 tasks.py bench-load            (or: python -m benchmarks.loadtest [--seconds 10])
+
+Needs Debian's nginx and wrk (``apt-get install nginx wrk``); locust is looked up as
+``.venv-locust/bin/locust`` (tasks.py creates it) or on PATH. A tool that is missing is
+skipped, with a line saying so. nginx runs with one worker process on 127.0.0.1; every
+tool uses 64 connections (locust: 64 users) from one process. Client and server share
+the machine, so the load average is checked first and printed.
+
+A second nginx run with its access log on checks that procly's request count equals
+the number of requests nginx logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {access_log};
+    client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
+    keepalive_requests 100000000;
+    server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok"; }} }}
+}}
+"""
+
+LOCUSTFILE = """
+from locust import constant, task
+from locust.contrib.fasthttp import FastHttpUser
+
+class Hammer(FastHttpUser):
+    wait_time = constant(0)
+
+    @task
+    def root(self):
+        self.client.get("/")
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Nginx:
+    """nginx on 127.0.0.1 with one worker, for as long as the ``with`` block runs."""
+
+    def __init__(self, workdir: Path, access_log: bool) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.log = workdir / "access.log"
+        conf = workdir / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(dir=workdir, port=self.port, access_log=self.log if access_log else "off"))
+        self.conf = conf
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Nginx:
+        self.process = subprocess.Popen(["nginx", "-c", str(self.conf), "-p", str(self.workdir)],
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("nginx did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGQUIT)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+
+def run_wrk(url: str, seconds: int) -> dict[str, float] | None:
+    if not shutil.which("wrk"):
+        print("  wrk: not installed (apt-get install wrk), skipped")
+        return None
+    out = subprocess.run(["wrk", "-t1", "-c64", f"-d{seconds}s", "--latency", url], capture_output=True, text=True,
+                         check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p50.group(2)]
+    return {"rps": rps, "p50_ms": float(p50.group(1)) * scale}
+
+
+def run_procly(url: str, seconds: int, processes: int = 1, extra: tuple[str, ...] = ()) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-m", "procly.cli", "loadtest", "-q", "-p", str(processes), "-c", "64",
+                          "-d", f"{seconds}s", "--json", "-", *extra, url], capture_output=True, text=True,
+                         check=True).stdout
+    report = json.loads(out)
+    return {"rps": report["throughput"], "p50_ms": report["latency"]["p50"], "requests": report["requests"]}
+
+
+def locust_binary() -> str | None:
+    local = ROOT / ".venv-locust" / "bin" / "locust"
+    if local.exists():
+        return str(local)
+    return shutil.which("locust")
+
+
+def run_locust(url: str, seconds: int, workdir: Path) -> dict[str, float] | None:
+    binary = locust_binary()
+    if binary is None:
+        print("  locust: not installed (python3 tasks.py bench-load installs it in .venv-locust), skipped")
+        return None
+    locustfile = workdir / "locustfile.py"
+    locustfile.write_text(LOCUSTFILE)
+    prefix = workdir / "locust"
+    subprocess.run([binary, "-f", str(locustfile), "--headless", "-u", "64", "-r", "64", "-t", f"{seconds}s",
+                    "--host", url.rstrip("/"), "--csv", str(prefix), "--only-summary", "--loglevel", "ERROR"],
+                   capture_output=True, text=True, check=False, timeout=seconds + 60)
+    with open(f"{prefix}_stats.csv", newline="") as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    total = rows["Aggregated"]
+    return {"rps": float(total["Requests/s"]), "p50_ms": float(total["50%"])}
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10, help="length of each run (default 10)")
+    args = parser.parse_args(argv)
+    if not shutil.which("nginx"):
+        print("nginx is not installed (apt-get install nginx): nothing to measure against", file=sys.stderr)
+        return 2
+    quiet_deadline = time.monotonic() + 60
+    while load_average() > 0.5 and time.monotonic() < quiet_deadline:
+        time.sleep(2)
+    print(f"load average before the runs: {load_average():.2f} (client and server share "
+          f"{len(os.sched_getaffinity(0))} cores)")
+    results: dict[str, dict[str, float] | None] = {}
+    with tempfile.TemporaryDirectory(prefix="procly-bench-") as tmp:
+        workdir = Path(tmp)
+        with Nginx(workdir, access_log=False) as nginx:
+            print(f"nginx (1 worker) on {nginx.url}; each tool: 64 connections from one process, {args.seconds} s")
+            results["wrk"] = run_wrk(nginx.url, args.seconds)
+            time.sleep(1)
+            results["procly loadtest"] = run_procly(nginx.url, args.seconds)
+            time.sleep(1)
+            results["locust FastHttpUser"] = run_locust(nginx.url, args.seconds, workdir)
+            time.sleep(1)
+            results["procly loadtest -R 20000"] = run_procly(nginx.url, args.seconds, extra=("-R", "20000"))
+        with Nginx(workdir, access_log=True) as nginx:
+            counted = run_procly(nginx.url, 3, processes=2, extra=("-n", "20000"))
+        time.sleep(0.5)
+        logged = sum(1 for _ in nginx.log.open()) if nginx.log.exists() else 0
+
+    print()
+    print(f"{'tool':<28}{'requests/s':>12}{'p50 ms':>9}{'procly / tool':>15}")
+    mine = results["procly loadtest"]
+    assert mine is not None
+    for name, result in results.items():
+        if result is None:
+            continue
+        ratio = mine["rps"] / result["rps"] if result["rps"] else float("inf")
+        print(f"{name:<28}{result['rps']:>12,.0f}{result['p50_ms']:>9.2f}{ratio:>14.2f}x")
+    print()
+    print(f"access-log check: procly counted {counted['requests']:,} requests with -n 20000 -p 2, "
+          f"nginx logged {logged:,}: {'match' if counted['requests'] == logged else 'MISMATCH'}")
+    return 0 if counted["requests"] == logged else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

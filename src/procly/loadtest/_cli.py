@@ -1,0 +1,184 @@
+"""The ``procly loadtest`` and ``procly serve-target`` commands.
+
+Exit status of ``procly loadtest``: 0 when the run completed and no ``--fail-if``
+condition is true; 1 when a condition is true or a worker process was lost; 2 for
+bad options or a load that could not start; 130 after Ctrl-C (the report is still
+printed and written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+EXIT_OK, EXIT_BROKEN, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def add_commands(commands: Any) -> None:
+    """Add ``loadtest`` and ``serve-target`` to the ``procly`` command's sub-parsers."""
+    p = commands.add_parser(
+        "loadtest", help="load-test an HTTP service or a Python callable from every core",
+        description="HTTP/1.1 keep-alive load (or calls of a Python function) from several processes, "
+                    "with latency percentiles merged across them. With no URL and no --call, a built-in "
+                    "target server is started on 127.0.0.1 and tested.")
+    p.add_argument("url", nargs="?", help="http:// URL to test (default: the built-in target)")
+    p.add_argument("--call", metavar="MODULE:FUNCTION", help="call this function (sync or async) instead of HTTP")
+    p.add_argument("-c", "--connections", type=int, default=64,
+                   help="concurrent connections (or callers) in all, split among processes (default 64)")
+    p.add_argument("-p", "--processes", type=int, default=None, help="worker processes (default: one per core)")
+    p.add_argument("-d", "--duration", help="how long to run, e.g. 10s, 2m (default 10s unless -n)")
+    p.add_argument("-n", "--requests", help="stop after this many requests in all, e.g. 10000 or 10k")
+    p.add_argument("-R", "--rate", type=float, help="constant rate in requests/s in all (open loop, latency "
+                                                     "corrected for coordinated omission)")
+    p.add_argument("-m", "--method", default="GET", help="HTTP method (default GET)")
+    p.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra header")
+    body = p.add_mutually_exclusive_group()
+    body.add_argument("--body", help="request body (text)")
+    body.add_argument("--body-file", type=Path, help="request body read from a file")
+    p.add_argument("--timeout", default="10s", help="per-request timeout (default 10s)")
+    p.add_argument("--warmup", default="0", help="run this long before measuring, e.g. 2s")
+    p.add_argument("--start-method", choices=["fork", "spawn", "forkserver"], help="how workers start")
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON (- for standard output)")
+    p.add_argument("--csv", metavar="FILE", help="write the per-second timeline and totals as CSV")
+    p.add_argument("--html", metavar="FILE", help="write an HTML report with latency plots")
+    p.add_argument("--fail-if", action="append", default=[], metavar="CONDITION",
+                   help="exit 1 if true, e.g. 'p99>200ms', 'errors>0.1%%', 'rps<1000' (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
+
+    s = commands.add_parser("serve-target", help="run the built-in HTTP target server (for load tests)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    s.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+
+
+def serve_target_command(args: argparse.Namespace) -> int:
+    from ._target import serve_target
+
+    serve_target(args.host, args.port, announce=True)
+    return EXIT_OK
+
+
+def _config_from(args: argparse.Namespace, url: str | None) -> Any:
+    from ._config import LoadTestConfig, parse_count, parse_duration, usable_cpus
+
+    headers = []
+    for header in args.header:
+        name, sep, value = header.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"--header wants 'NAME: VALUE', got {header!r}")
+        headers.append((name.strip(), value.strip()))
+    body = b""
+    if args.body is not None:
+        body = args.body.encode()
+    elif args.body_file is not None:
+        body = args.body_file.read_bytes()
+    return LoadTestConfig(
+        url=url,
+        call=args.call,
+        processes=args.processes if args.processes is not None else usable_cpus(),
+        connections=args.connections,
+        duration=parse_duration(args.duration) if args.duration else None,
+        requests=parse_count(args.requests) if args.requests else None,
+        rate=args.rate,
+        method=args.method.upper(),
+        headers=tuple(headers),
+        body=body,
+        timeout=parse_duration(args.timeout),
+        warmup=parse_duration(args.warmup),
+        start_method=args.start_method,
+    )
+
+
+class _ProgressLine:
+    """The live line on standard error: rewritten in place on a terminal, a line a second otherwise."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.shown = False
+
+    def __call__(self, progress: Any) -> None:
+        if progress.warming_up:
+            text = "  warming up ..."
+        else:
+            text = (f"  {progress.elapsed:6.1f} s  {progress.requests:>10,} requests  {progress.rate:>9,.0f}/s  "
+                    f"errors {progress.errors:,}  p50 {progress.p50_ms:.2f} ms  p99 {progress.p99_ms:.2f} ms")
+        if self.tty:
+            self.stream.write("\r" + text + "\x1b[K")
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+        self.shown = True
+
+    def finish(self) -> None:
+        if self.shown and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _write(path: str, text: str) -> None:
+    if path == "-":
+        sys.stdout.write(text)
+        if not text.endswith("\n"):
+            sys.stdout.write("\n")
+    else:
+        Path(path).write_text(text, encoding="utf-8")
+
+
+def loadtest_command(args: argparse.Namespace) -> int:
+    from ._html import to_html
+    from ._runner import LoadTestError, run_load_test
+    from ._target import EmbeddedTarget
+    from ._thresholds import Threshold, check_thresholds
+
+    try:
+        thresholds = [Threshold.parse(text) for text in args.fail_if]
+        if args.url is not None and args.call is not None:
+            raise ValueError("give a URL or --call, not both")
+        embedded = args.url is None and args.call is None
+        # The embedded target's URL is known once it runs: check the other options now.
+        config = _config_from(args, "http://127.0.0.1/" if embedded else args.url)
+        if config.call is not None:
+            from ._calls import resolve_callable
+
+            resolve_callable(config.call)  # fail here, once, rather than in every worker
+    except (ValueError, ImportError, OSError) as exc:
+        print(f"procly loadtest: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    progress = None if args.quiet else _ProgressLine(sys.stderr)
+    target = EmbeddedTarget(start_method=args.start_method) if embedded else None
+    try:
+        with target if target is not None else contextlib.nullcontext():
+            if target is not None:
+                config = _config_from(args, target.url)
+                print(f"procly loadtest: no URL given, testing the built-in target at {target.url}", file=sys.stderr)
+            report = run_load_test(config, progress)
+        if target is not None:
+            report.target_served = target.served
+    except LoadTestError as exc:
+        if progress is not None:
+            progress.finish()
+        print(f"procly loadtest: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\nprocly loadtest: interrupted before the load started", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if progress is not None:
+        progress.finish()
+
+    if args.json != "-":
+        print(report.to_text())
+    for path, render in ((args.json, report.to_json), (args.csv, report.to_csv), (args.html, lambda: to_html(report))):
+        if path:
+            _write(path, render())
+    broken = check_thresholds(thresholds, report)
+    for message in broken:
+        print(f"procly loadtest: {message}", file=sys.stderr)
+    for message in report.workers_lost:
+        print(f"procly loadtest: {message}", file=sys.stderr)
+    if report.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_BROKEN if broken or report.workers_lost else EXIT_OK

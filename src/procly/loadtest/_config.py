@@ -1,0 +1,186 @@
+"""The load test's settings, how they are split among worker processes, and unit parsing."""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.parse
+from dataclasses import dataclass, field
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(us|µs|ms|s|m|h)?\s*$")
+_SECONDS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: ``"10"``, ``"10s"``, ``"250ms"``, ``"2m"``, ``"1h"``.
+
+    Raises:
+        ValueError: ``text`` is not a non-negative duration.
+    """
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (examples: 10s, 250ms, 2m)")
+    return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+def parse_count(text: str) -> int:
+    """A positive count, accepting ``k``/``m`` suffixes: ``"10k"`` is 10000.
+
+    Raises:
+        ValueError: ``text`` is not a positive count.
+    """
+    match = re.match(r"^\s*(\d+(?:\.\d*)?)\s*([kKmM]?)\s*$", text)
+    if not match:
+        raise ValueError(f"not a count: {text!r} (examples: 1000, 10k, 1m)")
+    value = float(match.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[match.group(2).lower()]
+    if value < 1 or value != int(value):
+        raise ValueError(f"not a positive whole count: {text!r}")
+    return int(value)
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` integers that differ by at most one."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class HttpTarget:
+    """Where HTTP load goes, parsed once in the coordinator."""
+
+    host: str
+    port: int
+    path: str
+    host_header: str
+
+    @classmethod
+    def from_url(cls, url: str) -> HttpTarget:
+        """Parse an ``http://`` URL.
+
+        Raises:
+            ValueError: not an http URL, or no host. (https is not supported: say so plainly.)
+        """
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme == "https":
+            raise ValueError("https is not supported yet: point the load test at an http:// URL")
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"not an http URL: {url!r} (example: http://127.0.0.1:8080/)")
+        port = parts.port or 80
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        host_header = parts.netloc.rpartition("@")[2]
+        return cls(host=parts.hostname, port=port, path=path, host_header=host_header)
+
+    def request_bytes(self, method: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
+        """The request that every connection sends, built once."""
+        lines = [f"{method} {self.path} HTTP/1.1", f"Host: {self.host_header}"]
+        names = {name.lower() for name, _ in headers}
+        lines += [f"{name}: {value}" for name, value in headers]
+        if "user-agent" not in names:
+            lines.append("User-Agent: procly-loadtest")
+        if body or method in ("POST", "PUT", "PATCH"):
+            if "content-length" not in names:
+                lines.append(f"Content-Length: {len(body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+@dataclass(frozen=True)
+class LoadTestConfig:
+    """Everything a load test needs; picklable, so workers of every start method get it.
+
+    Exactly one of ``url`` and ``call`` is set. ``connections``, ``requests`` and ``rate``
+    are totals over all processes. With neither ``duration`` nor ``requests``, the run
+    lasts 10 seconds.
+    """
+
+    url: str | None = None
+    call: str | None = None
+    processes: int = field(default_factory=usable_cpus)
+    connections: int = 64
+    duration: float | None = None
+    requests: int | None = None
+    rate: float | None = None
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    timeout: float = 10.0
+    warmup: float = 0.0
+    start_method: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.url is None) == (self.call is None):
+            raise ValueError("give exactly one target: a URL or a callable (module:function)")
+        if self.processes < 1:
+            raise ValueError(f"processes must be at least 1, got {self.processes}")
+        if self.connections < 1:
+            raise ValueError(f"connections must be at least 1, got {self.connections}")
+        if self.duration is not None and self.duration <= 0:
+            raise ValueError(f"duration must be positive, got {self.duration}")
+        if self.requests is not None and self.requests < 1:
+            raise ValueError(f"requests must be at least 1, got {self.requests}")
+        if self.rate is not None and self.rate <= 0:
+            raise ValueError(f"rate must be positive, got {self.rate}")
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout}")
+        if self.warmup < 0:
+            raise ValueError(f"warm-up must not be negative, got {self.warmup}")
+        if self.url is not None:
+            HttpTarget.from_url(self.url)
+
+    @property
+    def effective_duration(self) -> float | None:
+        """How long the measured part lasts: None means "until the request budget is spent"."""
+        if self.duration is None and self.requests is None:
+            return 10.0
+        return self.duration
+
+    @property
+    def worker_count(self) -> int:
+        """No more processes than connections or requests: an idle process would skew nothing but cost a core."""
+        count = min(self.processes, self.connections)
+        if self.requests is not None:
+            count = min(count, self.requests)
+        return max(count, 1)
+
+    def share(self, index: int) -> WorkerShare:
+        """What worker ``index`` (of :attr:`worker_count`) does."""
+        n = self.worker_count
+        return WorkerShare(
+            index=index,
+            connections=split_evenly(self.connections, n)[index],
+            requests=None if self.requests is None else split_evenly(self.requests, n)[index],
+            rate=None if self.rate is None else self.rate / n,
+        )
+
+    def describe(self) -> str:
+        target = self.url if self.url is not None else f"call {self.call}"
+        parts = [f"{self.worker_count} process{'es' if self.worker_count > 1 else ''}",
+                 f"{self.connections} connection{'s' if self.connections > 1 else ''}"]
+        duration = self.effective_duration
+        if duration is not None:
+            parts.append(f"{duration:g} s")
+        if self.requests is not None:
+            parts.append(f"{self.requests} requests")
+        if self.rate is not None:
+            parts.append(f"{self.rate:g} req/s")
+        if self.warmup:
+            parts.append(f"{self.warmup:g} s warm-up")
+        return f"{target}  ({', '.join(parts)})"
+
+
+@dataclass(frozen=True)
+class WorkerShare:
+    """One worker's part of the load: its connections, request budget and rate."""
+
+    index: int
+    connections: int
+    requests: int | None
+    rate: float | None

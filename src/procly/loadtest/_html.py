@@ -1,0 +1,139 @@
+"""``--html report.html``: one self-contained page (inline SVG, no scripts, no network).
+
+Two plots: latency over time (p50/p90/p99 and throughput per second) and the latency
+distribution as a percentile spectrum (x: 50% ... 99.999% on a log scale of 1/(1-p)),
+the way HdrHistogram's plotter shows tails.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+
+from ._report import Report
+
+_WIDTH, _HEIGHT, _PAD = 760, 280, 48
+_COLORS = {"p50": "#1f77b4", "p90": "#ff7f0e", "p99": "#d62728", "rps": "#9aa0a6"}
+_SPECTRUM = (0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.995, 99.999)
+
+
+def _scale(values: Sequence[float], size: float, *, lo: float = 0.0) -> tuple[float, float]:
+    hi = max(values, default=1.0)
+    if hi <= lo:
+        hi = lo + 1.0
+    return lo, (size - 2 * _PAD) / (hi - lo)
+
+
+def _polyline(xs: Sequence[float], ys: Sequence[float], color: str) -> str:
+    points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))
+    return f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{points}"/>'
+
+
+def _axes(title: str, x_label: str, y_label: str, y_max: float, x_ticks: list[tuple[float, str]]) -> list[str]:
+    left, bottom, top, right = _PAD, _HEIGHT - _PAD, _PAD / 2, _WIDTH - _PAD / 2
+    parts = [
+        f'<text x="{_WIDTH / 2}" y="16" text-anchor="middle" font-weight="bold">{html.escape(title)}</text>',
+        f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#333"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#333"/>',
+        f'<text x="{_WIDTH / 2}" y="{_HEIGHT - 8}" text-anchor="middle">{html.escape(x_label)}</text>',
+        f'<text x="12" y="{_HEIGHT / 2}" transform="rotate(-90 12 {_HEIGHT / 2})" text-anchor="middle">'
+        f"{html.escape(y_label)}</text>",
+    ]
+    for i in range(5):
+        value = y_max * i / 4
+        y = bottom - (bottom - _PAD) * i / 4
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#eee"/>')
+        parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{value:.3g}</text>')
+    for x, label in x_ticks:
+        parts.append(f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle" font-size="11">'
+                     f"{html.escape(label)}</text>")
+    return parts
+
+
+def _legend(names: list[str]) -> str:
+    items = []
+    for i, name in enumerate(names):
+        x = _PAD + 10 + i * 110
+        items.append(f'<rect x="{x}" y="30" width="12" height="12" fill="{_COLORS[name]}"/>'
+                     f'<text x="{x + 16}" y="41" font-size="12">{name}</text>')
+    return "".join(items)
+
+
+def timeline_svg(report: Report) -> str:
+    """Latency percentiles and throughput per second of the run."""
+    points = report.timeline
+    if not points:
+        return "<p>No complete second was recorded.</p>"
+    seconds = [p.second for p in points]
+    latency_max = max(max(p.p99_ms for p in points), 1e-3)
+    rps_max = max(max(p.requests for p in points), 1)
+    _, x_factor = _scale([s + 1 for s in seconds], _WIDTH)
+    _, y_factor = _scale([latency_max], _HEIGHT)
+    bottom = _HEIGHT - _PAD
+
+    def x_of(second: float) -> float:
+        return _PAD + (second + 0.5) * x_factor
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{_HEIGHT}" font-family="sans-serif">']
+    bar_width = max(x_factor * 0.6, 1.0)
+    for p in points:
+        height = (bottom - _PAD) * p.requests / rps_max
+        parts.append(f'<rect x="{x_of(p.second) - bar_width / 2:.1f}" y="{bottom - height:.1f}" '
+                     f'width="{bar_width:.1f}" height="{height:.1f}" fill="{_COLORS["rps"]}" opacity="0.35">'
+                     f"<title>second {p.second}: {p.requests} requests, {p.errors} errors</title></rect>")
+    ticks = [(x_of(s), str(s)) for s in seconds[:: max(1, len(seconds) // 10)]]
+    parts += _axes("Latency over time (bars: requests per second, peak "
+                   f"{rps_max:,})", "second of the run", "latency (ms)", latency_max, ticks)
+    for name, attr in (("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms")):
+        ys = [bottom - getattr(p, attr) * y_factor for p in points]
+        parts.append(_polyline([x_of(s) for s in seconds], ys, _COLORS[name]))
+    parts.append(_legend(["p50", "p90", "p99", "rps"]))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def distribution_svg(report: Report) -> str:
+    """The latency percentile spectrum of the whole run."""
+    if report.histogram is None or not report.histogram.get_total_count():
+        return "<p>No latency was recorded.</p>"
+    spectrum = [(p, report.percentile_ms(p)) for p in _SPECTRUM]
+    spectrum.append((100.0, report.latency.max))
+
+    def x_position(percentile: float) -> float:
+        # Nines on a log scale: 0% -> 0, 90% -> 1, 99% -> 2 ... 99.999% -> 5.
+        return -math.log10(max(1.0 - percentile / 100.0, 1e-5))
+
+    x_max = 5.0
+    y_max = max(v for _, v in spectrum) or 1e-3
+    x_factor = (_WIDTH - 2 * _PAD) / x_max
+    y_factor = (_HEIGHT - 2 * _PAD) / y_max
+    bottom = _HEIGHT - _PAD
+    xs = [_PAD + x_position(p) * x_factor for p, _ in spectrum]
+    ys = [bottom - v * y_factor for _, v in spectrum]
+    ticks = [(_PAD + i * x_factor, label) for i, label in enumerate(["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"])]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{_HEIGHT}" font-family="sans-serif">']
+    parts += _axes("Latency by percentile", "percentile", "latency (ms)", y_max, ticks)
+    parts.append(_polyline(xs, ys, _COLORS["p99"]))
+    for (p, v), x, y in zip(spectrum, xs, ys, strict=True):
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{_COLORS["p99"]}"><title>p{p:g}: {v:.3f} ms'
+                     "</title></circle>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def to_html(report: Report) -> str:
+    """The whole report as a standalone HTML page."""
+    summary = html.escape(report.to_text())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>procly loadtest: {html.escape(report.target)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:820px}}pre{{background:#f6f8fa;padding:1em}}</style>
+</head><body>
+<h1>procly loadtest</h1>
+<pre>{summary}</pre>
+<h2>Latency over time</h2>
+{timeline_svg(report)}
+<h2>Latency distribution</h2>
+{distribution_svg(report)}
+</body></html>
+"""

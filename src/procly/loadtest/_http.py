@@ -1,0 +1,291 @@
+"""HTTP/1.1 keep-alive load from one process: many connections on one event loop.
+
+Each connection is a :class:`_Slot` driven by callbacks (no coroutine per request):
+httptools parses the response, the slot records it and writes the next request
+from the same callback. Timeouts are found by a sweep a few times a second instead
+of a timer per request. Every failure is counted by kind and the slot reconnects
+(with a growing pause while connecting fails), so no fault of the target ends the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import time
+from typing import Any
+
+import httptools
+
+from ._config import HttpTarget
+from ._schedule import Schedule
+from ._stats import Recorder
+
+_CONNECTING, _IDLE, _WAITING, _BUSY, _DONE = range(5)
+_BACKOFF_FIRST = 0.01
+_BACKOFF_MAX = 1.0
+
+
+def connect_error_kind(exc: BaseException) -> str:
+    """A short name for why a connection could not be made."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connect refused"
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "connect timeout"
+    if isinstance(exc, socket.gaierror):
+        return "name resolution"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"connect {errno.errorcode.get(exc.errno, exc.errno)}"
+    return f"connect {type(exc).__name__}"
+
+
+class _Protocol(asyncio.Protocol):
+    """One TCP connection: feeds bytes to httptools and reports to its slot."""
+
+    __slots__ = ("slot", "parser", "transport")
+
+    def __init__(self, slot: _Slot) -> None:
+        self.slot = slot
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.slot.load.recorder.bytes_received += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.slot.failed(self, "malformed response")
+
+    def on_message_complete(self) -> None:
+        self.slot.completed(self, self.parser.get_status_code(), self.parser.should_keep_alive())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.slot.lost(self, exc)
+
+
+class _Slot:
+    """One of the process's connections, and the requests it sends one after another."""
+
+    __slots__ = ("load", "state", "protocol", "due", "sent", "backoff", "handle")
+
+    def __init__(self, load: HttpLoad) -> None:
+        self.load = load
+        self.state = _CONNECTING
+        self.protocol: _Protocol | None = None
+        self.due: float | None = None  # the request that must go first on the next connection
+        self.sent = 0.0
+        self.backoff = 0.0
+        self.handle: asyncio.Handle | asyncio.TimerHandle | None = None
+
+    # connecting
+    def connect(self) -> None:
+        self.state = _CONNECTING
+        self.protocol = None
+        self.load.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        load = self.load
+        try:
+            _, protocol = await asyncio.wait_for(
+                load.loop.create_connection(lambda: _Protocol(self), load.target.host, load.target.port),
+                load.timeout,
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            self._connect_failed(connect_error_kind(exc))
+            return
+        if self.state == _DONE:
+            protocol.transport.close()
+            return
+        self.protocol = protocol
+        self.backoff = 0.0
+        self.state = _IDLE
+        if self.due is not None:
+            due, self.due = self.due, None
+            self._send(due)
+        else:
+            self.issue()
+
+    def _connect_failed(self, kind: str) -> None:
+        if self.state == _DONE:
+            return
+        self.load.recorder.error(kind)
+        # A failed connection stands for one request: a budget or a rate is used up by it.
+        if self.due is None and self.load.schedule.next_start(time.monotonic()) is None:
+            self.finish()
+            return
+        self.due = None
+        self.backoff = min(max(self.backoff * 2, _BACKOFF_FIRST), _BACKOFF_MAX)
+        self.state = _WAITING
+        self.handle = self.load.loop.call_later(self.backoff, self.connect)
+
+    # requests
+    def issue(self, now: float | None = None) -> None:
+        if now is None:
+            now = time.monotonic()
+        due = self.load.schedule.next_start(now)
+        if due is None:
+            self.finish()
+        elif due > now + 0.0002:
+            self.state = _WAITING
+            self.handle = self.load.loop.call_later(due - now, self._send, due)
+        else:
+            # Send now; in closed loop due == now, which spares a clock read.
+            protocol = self.protocol
+            if protocol is None or protocol.transport.is_closing():
+                self.due = due
+                self.connect()
+                return
+            self.due = due
+            self.state = _BUSY
+            self.sent = now
+            protocol.transport.write(self.load.request)
+
+    def _send(self, due: float) -> None:
+        protocol = self.protocol
+        if protocol is None or protocol.transport is None or protocol.transport.is_closing():
+            self.due = due
+            self.connect()
+            return
+        self.handle = None
+        self.due = due
+        self.state = _BUSY
+        self.sent = time.monotonic()
+        protocol.transport.write(self.load.request)
+
+    def completed(self, protocol: _Protocol, status: int, keep_alive: bool) -> None:
+        if protocol is not self.protocol or self.state != _BUSY:
+            return
+        now = time.monotonic()
+        recorder = self.load.recorder
+        due = self.due
+        if due >= recorder.measure_from:
+            recorder.latencies.append(int((now - due) * 1e6))
+            if status == 200:
+                recorder.ok += 1
+            else:
+                recorder.statuses[status] += 1
+                if status >= 400:
+                    recorder.errors[f"http {status}"] += 1
+        self.due = None
+        self.state = _IDLE
+        if keep_alive:
+            self.issue(now)
+        else:
+            # The server will close: the next request goes on a new connection.
+            self.protocol = None
+            protocol.transport.close()
+            if self.load.schedule.exhausted:
+                self.finish()
+            else:
+                self.connect()
+
+    def failed(self, protocol: _Protocol, kind: str) -> None:
+        """The request on ``protocol`` failed (bad bytes, timeout): count it, drop the connection."""
+        if protocol is not self.protocol:
+            return
+        was_busy = self.state == _BUSY
+        self.protocol = None
+        if protocol.transport is not None:
+            protocol.transport.abort()
+        if was_busy:
+            self.load.recorder.error(kind)
+            self.due = None
+        self._next_connection()
+
+    def lost(self, protocol: _Protocol, exc: Exception | None) -> None:
+        if protocol is not self.protocol:
+            return
+        self.protocol = None
+        if self.state == _BUSY:
+            kind = "closed by server" if exc is None else ("reset" if isinstance(exc, ConnectionResetError)
+                                                           else f"lost {type(exc).__name__}")
+            self.load.recorder.error(kind)
+            self.due = None
+            self._next_connection()
+        elif self.state == _IDLE:
+            self._next_connection()
+        # _WAITING: the pending _send notices the closed transport and reconnects.
+
+    def _next_connection(self) -> None:
+        if self.state == _DONE:
+            return
+        if self.load.schedule.exhausted:
+            self.finish()
+        else:
+            self.connect()
+
+    def finish(self) -> None:
+        if self.state == _DONE:
+            return
+        self.state = _DONE
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.close()
+        self.protocol = None
+        self.load.slot_finished()
+
+
+class HttpLoad:
+    """The HTTP load of one worker process."""
+
+    def __init__(self, target: HttpTarget, request: bytes, connections: int, schedule: Schedule,
+                 recorder: Recorder, timeout: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.target = target
+        self.request = request
+        self.schedule = schedule
+        self.recorder = recorder
+        self.timeout = timeout
+        self.slots = [_Slot(self) for _ in range(connections)]
+        self._running = len(self.slots)
+        self._finished = self.loop.create_future()
+
+    async def run(self) -> None:
+        """Drive every connection until the schedule is spent or :meth:`stop` ends the run."""
+        for slot in self.slots:
+            slot.connect()
+        sweep = self.loop.create_task(self._sweep_timeouts())
+        try:
+            await self._finished
+        finally:
+            sweep.cancel()
+
+    def stop(self, grace: float) -> None:
+        """No new requests; requests in flight get ``grace`` seconds, then every connection is closed."""
+        self.schedule.stop()
+        for slot in self.slots:
+            if slot.state in (_WAITING, _CONNECTING, _IDLE):
+                slot.finish()
+        self.loop.call_later(grace, self._abandon)
+
+    def _abandon(self) -> None:
+        for slot in self.slots:
+            slot.finish()
+
+    def slot_finished(self) -> None:
+        self._running -= 1
+        if self._running == 0 and not self._finished.done():
+            self._finished.set_result(None)
+
+    async def _sweep_timeouts(self) -> None:
+        period = min(max(self.timeout / 4, 0.01), 0.25)
+        grace_after_deadline = min(self.timeout, 2.0)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for slot in self.slots:
+                if slot.state == _BUSY and now - slot.sent > self.timeout and slot.protocol is not None:
+                    slot.failed(slot.protocol, "timeout")
+            deadline = self.schedule.deadline
+            if deadline is not None and now > deadline + grace_after_deadline:
+                # Requests still out long after the end would only hold up the report.
+                self.schedule.stop()
+                self._abandon()

@@ -1,0 +1,254 @@
+"""The coordinator: starts the worker processes, merges what they report, builds the report.
+
+It blocks in one :func:`procly.connection.wait` over every worker's connection and
+sentinel, so a worker that dies is noticed at once (its share is reported lost, the
+rest go on) and Ctrl-C stops everything within a second with the data gathered so far.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .. import get_context
+from ..connection import wait
+from ._config import LoadTestConfig
+from ._report import Report, TimelinePoint
+from ._stats import Interval, percentile_ms
+from ._worker import STOP_GRACE, TICK, worker_main
+
+#: How long workers may take to start and prepare (spawn on a busy machine is slow).
+READY_TIMEOUT = 60.0
+#: After a stop, how long the coordinator waits for final reports before ending workers.
+STOP_WAIT = STOP_GRACE + 0.6
+
+
+class LoadTestError(RuntimeError):
+    """The load test could not run at all (a worker could not import the callable, ...)."""
+
+
+@dataclass
+class Progress:
+    """What the live progress line shows, once a second."""
+
+    elapsed: float
+    requests: int
+    rate: float
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    warming_up: bool
+
+
+@dataclass
+class _WorkerState:
+    index: int
+    process: object
+    conn: object
+    ready: bool = False
+    done: bool = False
+    lost: str | None = None
+
+
+@dataclass
+class _Totals:
+    total: Interval = field(default_factory=Interval)
+    buckets: dict[int, Interval] = field(default_factory=dict)
+    last_report: float = 0.0
+
+
+def run_load_test(config: LoadTestConfig, on_progress: Callable[[Progress], None] | None = None) -> Report:
+    """Run the load test ``config`` describes and return its report.
+
+    Ctrl-C (KeyboardInterrupt) stops the workers and still returns the report of what
+    ran, with ``interrupted`` set.
+
+    Raises:
+        LoadTestError: the workers could not start the load (e.g. the callable does not import).
+    """
+    ctx = get_context(config.start_method)
+    workers: list[_WorkerState] = []
+    try:
+        for index in range(config.worker_count):
+            parent_conn, child_conn = ctx.Pipe()
+            process = ctx.Process(target=worker_main, args=(config, index, child_conn),
+                                  name=f"procly-loadtest-{index}", daemon=True)
+            process.start()
+            child_conn.close()
+            workers.append(_WorkerState(index, process, parent_conn))
+        return _Coordinator(config, workers, on_progress).run()
+    finally:
+        for worker in workers:
+            if worker.process.is_alive():
+                worker.process.terminate()
+        for worker in workers:
+            worker.process.join(2)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+
+
+class _Coordinator:
+    def __init__(self, config: LoadTestConfig, workers: list[_WorkerState],
+                 on_progress: Callable[[Progress], None] | None) -> None:
+        self.config = config
+        self.workers = workers
+        self.on_progress = on_progress
+        self.totals = _Totals()
+        self.measure_start = 0.0
+        self.last_done = 0.0
+        self.interrupted = False
+
+    def run(self) -> Report:
+        self._wait_ready()
+        wall_start = time.time() + 0.05
+        self.measure_start = wall_start + self.config.warmup
+        for worker in self._live():
+            worker.conn.send(("go", wall_start))
+        try:
+            self._collect(deadline=None)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self._stop_all()
+            try:
+                self._collect(deadline=time.monotonic() + STOP_WAIT)
+            except KeyboardInterrupt:
+                pass
+        for worker in self._live():
+            worker.lost = "stopped by force after it did not finish in time"
+            worker.process.terminate()
+        return self._report()
+
+    def _live(self) -> list[_WorkerState]:
+        return [w for w in self.workers if not w.done and w.lost is None]
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while any(not w.ready for w in self._live()):
+            pending = [w for w in self._live() if not w.ready]
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                raise LoadTestError(f"{len(pending)} worker(s) did not start within {READY_TIMEOUT:g} s")
+            for worker in self._ready_workers(pending, timeout):
+                message = self._receive(worker)
+                if message is None:
+                    continue
+                if message[0] == "ready":
+                    worker.ready = True
+                elif message[0] == "failed":
+                    raise LoadTestError(f"worker {worker.index} could not start the load: {message[1]}")
+        if not self._live():
+            raise LoadTestError("every worker died before the load started: " +
+                                "; ".join(w.lost or "" for w in self.workers))
+
+    def _ready_workers(self, candidates: list[_WorkerState], timeout: float | None) -> list[_WorkerState]:
+        by_handle: dict[object, _WorkerState] = {}
+        for worker in candidates:
+            by_handle[worker.conn] = worker
+            by_handle[worker.process.sentinel] = worker
+        ready = wait(list(by_handle), timeout)
+        seen: list[_WorkerState] = []
+        for handle in ready:
+            worker = by_handle[handle]
+            if worker not in seen:
+                seen.append(worker)
+        return seen
+
+    def _receive(self, worker: _WorkerState) -> tuple | None:
+        """The worker's next message; None (and the worker marked lost) if it died."""
+        if worker.conn.poll():
+            try:
+                return worker.conn.recv()
+            except (EOFError, OSError):
+                pass
+        if worker.process.is_alive() and worker.process.exitcode is None:
+            # The connection was readable only because the worker is closing it: its exit follows.
+            worker.process.join(1.0)
+        code = worker.process.exitcode
+        worker.lost = f"worker {worker.index} (pid {worker.process.pid}) died: " + _describe_exit(code)
+        return None
+
+    def _collect(self, deadline: float | None) -> None:
+        next_progress = time.monotonic() + 1.0
+        while self._live():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return
+            timeout = next_progress - now
+            if deadline is not None:
+                timeout = min(timeout, deadline - now)
+            for worker in self._ready_workers(self._live(), max(timeout, 0.0)):
+                message = self._receive(worker)
+                if message is not None:
+                    self._handle(worker, message)
+            if time.monotonic() >= next_progress:
+                next_progress += 1.0
+                self._progress()
+
+    def _handle(self, worker: _WorkerState, message: tuple) -> None:
+        kind = message[0]
+        if kind == "tick" or kind == "done":
+            wall_time, wire = message[1], message[2]
+            if wire is not None:
+                interval = Interval.from_wire(wire)
+                self.totals.total.add(interval)
+                bucket = int(max(0.0, wall_time - self.measure_start - TICK / 2))
+                self.totals.buckets.setdefault(bucket, Interval()).add(interval)
+            if kind == "done":
+                worker.done = True
+                self.last_done = max(self.last_done, wall_time)
+
+    def _stop_all(self) -> None:
+        for worker in self._live():
+            try:
+                worker.conn.send(("stop",))
+            except OSError:
+                pass
+
+    def _progress(self) -> None:
+        if self.on_progress is None:
+            return
+        now = time.time()
+        total = self.totals.total
+        previous = self.totals.last_report
+        self.totals.last_report = total.requests
+        self.on_progress(Progress(
+            elapsed=max(0.0, now - self.measure_start),
+            requests=total.requests,
+            rate=float(total.requests - previous),
+            errors=total.error_count,
+            p50_ms=percentile_ms(total.histogram, 50),
+            p99_ms=percentile_ms(total.histogram, 99),
+            warming_up=now < self.measure_start,
+        ))
+
+    def _report(self) -> Report:
+        end = self.last_done or time.time()
+        elapsed = max(end - self.measure_start, 1e-9)
+        timeline = []
+        last_bucket = max(self.totals.buckets, default=-1)
+        for second in range(last_bucket + 1):
+            interval = self.totals.buckets.get(second, Interval())
+            timeline.append(TimelinePoint.from_interval(second, interval))
+        return Report.build(
+            config=self.config,
+            total=self.totals.total,
+            elapsed=elapsed,
+            timeline=timeline,
+            workers_lost=[w.lost for w in self.workers if w.lost],
+            interrupted=self.interrupted,
+        )
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "it closed its connection but is still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

@@ -1,0 +1,63 @@
+"""When the next request may start: closed loop, a request budget, or a fixed rate.
+
+Fixed-rate mode is open loop, as in wrk2: request k is *due* at ``start + k / rate``
+whether or not earlier requests have come back, and its latency is measured from
+that due time, not from when a free connection finally sent it. A server that
+stalls therefore shows its stall in every request that was due meanwhile (the
+coordinated-omission correction) instead of in one slow sample.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class Schedule:
+    """Hands out start times until the run's deadline or request budget is reached."""
+
+    def __init__(self, start: float, deadline: float | None, budget: int | None, rate: float | None,
+                 measure_from: float | None = None) -> None:
+        self.start = start
+        self.deadline = deadline
+        self.budget = budget
+        self.interval = None if rate is None else 1.0 / rate
+        # Requests due before ``measure_from`` are the warm-up: they do not count against the budget.
+        self.measure_from = start if measure_from is None else measure_from
+        self.issued = 0
+        self.measured = 0
+        self.stopped = False
+
+    def next_start(self, now: float) -> float | None:
+        """The time the next request is due (``now`` in closed loop), or None when the run is over."""
+        if self.stopped or (self.budget is not None and self.measured >= self.budget):
+            return None
+        if self.interval is None:
+            due = now
+        else:
+            due = self.start + self.issued * self.interval
+        if self.deadline is not None and due >= self.deadline:
+            return None
+        self.issued += 1
+        if due >= self.measure_from:
+            self.measured += 1
+        return due
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    @property
+    def exhausted(self) -> bool:
+        return self.stopped or (self.budget is not None and self.measured >= self.budget)
+
+
+class LockedSchedule(Schedule):
+    """A schedule shared by the threads that drive a synchronous callable."""
+
+    def __init__(self, start: float, deadline: float | None, budget: int | None, rate: float | None,
+                 measure_from: float | None = None) -> None:
+        super().__init__(start, deadline, budget, rate, measure_from)
+        self._lock = threading.Lock()
+
+    def next_start(self, now: float) -> float | None:
+        with self._lock:
+            return super().next_start(now)

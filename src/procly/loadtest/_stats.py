@@ -1,0 +1,166 @@
+"""What a load-test worker records, and how the coordinator merges it.
+
+The hot path only appends an integer (microseconds) to a list and bumps a status
+counter; latencies go into an HDR histogram in batches (one ``record_value`` per
+distinct value) when the worker flushes, a few times a second. Recording each value
+straight into the histogram costs about 1.5 µs, the batch about 0.15 µs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+#: Latencies are kept in microseconds, from 1 µs to one hour, with 3 significant digits.
+LOWEST_US = 1
+HIGHEST_US = 3_600_000_000
+SIGNIFICANT_DIGITS = 3
+
+
+def new_histogram() -> HdrHistogram:
+    """An empty latency histogram (microseconds) with procly's bounds and precision."""
+    return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+
+
+def histogram_from(values_us: list[int]) -> HdrHistogram:
+    """A histogram holding ``values_us``; values beyond the bounds are clamped."""
+    hist = new_histogram()
+    record_batch(hist, values_us)
+    return hist
+
+
+def record_batch(hist: HdrHistogram, values_us: list[int]) -> None:
+    for value, count in Counter(values_us).items():
+        hist.record_value(min(max(value, LOWEST_US), HIGHEST_US), count)
+
+
+class Recorder:
+    """One worker's tallies since its last flush: latencies, status codes, errors."""
+
+    __slots__ = ("latencies", "statuses", "ok", "errors", "bytes_received", "measure_from")
+
+    def __init__(self) -> None:
+        # Requests due before this (monotonic) time belong to the warm-up: not recorded.
+        self.measure_from = float("-inf")
+        self.latencies: list[int] = []
+        self.statuses: Counter[int] = Counter()
+        self.ok = 0  # status 200, counted apart: the common case stays one integer add
+        self.errors: Counter[str] = Counter()
+        self.bytes_received = 0
+
+    def success(self, latency_s: float, status: int = 0) -> None:
+        self.latencies.append(int(latency_s * 1e6))
+        self.statuses[status] += 1
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] += 1
+
+    def take(self) -> Interval:
+        """Everything recorded since the last call, as an :class:`Interval`; then start afresh."""
+        latencies, self.latencies = self.latencies, []
+        if self.ok:
+            self.statuses[200] += self.ok
+            self.ok = 0
+        interval = Interval(
+            requests=len(latencies),
+            statuses=dict(self.statuses),
+            errors=dict(self.errors),
+            histogram=histogram_from(latencies),
+            bytes_received=self.bytes_received,
+        )
+        self.statuses.clear()
+        self.errors.clear()
+        self.bytes_received = 0
+        return interval
+
+    def discard(self) -> None:
+        self.latencies = []
+        self.ok = 0
+        self.statuses.clear()
+        self.errors.clear()
+        self.bytes_received = 0
+
+
+class LockedRecorder(Recorder):
+    """A recorder shared by the threads that drive a synchronous callable."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def success(self, latency_s: float, status: int = 0) -> None:
+        with self._lock:
+            super().success(latency_s, status)
+
+    def error(self, kind: str) -> None:
+        with self._lock:
+            super().error(kind)
+
+    def take(self) -> Interval:
+        with self._lock:
+            return super().take()
+
+    def discard(self) -> None:
+        with self._lock:
+            super().discard()
+
+
+@dataclass
+class Interval:
+    """Tallies of one worker over one flush interval (or merged over many)."""
+
+    requests: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    histogram: HdrHistogram = field(default_factory=new_histogram)
+    bytes_received: int = 0
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    def add(self, other: Interval) -> None:
+        """Merge ``other`` into this interval."""
+        self.requests += other.requests
+        self.bytes_received += other.bytes_received
+        for status, count in other.statuses.items():
+            self.statuses[status] = self.statuses.get(status, 0) + count
+        for kind, count in other.errors.items():
+            self.errors[kind] = self.errors.get(kind, 0) + count
+        if other.histogram.get_total_count():
+            self.histogram.add(other.histogram)
+
+    def to_wire(self) -> dict[str, Any]:
+        """A small picklable form: the histogram travels in HDR's compressed encoding."""
+        return {
+            "requests": self.requests,
+            "statuses": self.statuses,
+            "errors": self.errors,
+            "histogram": self.histogram.encode() if self.histogram.get_total_count() else b"",
+            "bytes_received": self.bytes_received,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Interval:
+        encoded = data["histogram"]
+        histogram = HdrHistogram.decode(encoded) if encoded else new_histogram()
+        return cls(
+            requests=data["requests"],
+            statuses=dict(data["statuses"]),
+            errors=dict(data["errors"]),
+            histogram=histogram,
+            bytes_received=data["bytes_received"],
+        )
+
+
+def percentile_ms(hist: HdrHistogram, percentile: float) -> float:
+    """The latency at ``percentile`` (0-100) in milliseconds; 0.0 for an empty histogram."""
+    if not hist.get_total_count():
+        return 0.0
+    return hist.get_value_at_percentile(percentile) / 1000.0

@@ -1,0 +1,158 @@
+"""A load-test worker process: one event loop, its share of the connections.
+
+Talks to the coordinator over one duplex Connection:
+
+    worker -> coordinator   ("ready", pid) | ("failed", message)
+                            ("tick", wall_time, interval | None)   every TICK seconds
+                            ("done", wall_time, interval)
+    coordinator -> worker   ("go", wall_start) | ("stop",)
+
+``interval`` is :meth:`Interval.to_wire` of what was recorded since the last tick;
+None while warming up. The coordinator gives one wall-clock start to every worker,
+so their intervals line up on one time axis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import traceback
+from typing import Any
+
+from ..connection import Connection
+from ._config import HttpTarget, LoadTestConfig
+from ._schedule import Schedule
+from ._stats import Recorder
+
+TICK = 0.5
+#: How long requests in flight may still finish after a stop (Ctrl-C or the coordinator).
+STOP_GRACE = 0.3
+
+
+def worker_main(config: LoadTestConfig, index: int, conn: Connection) -> None:
+    """Entry point of a worker process (the ``target`` of its Process)."""
+    # The terminal sends Ctrl-C to every process of the group: the loop below handles it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a declared dependency
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(_Worker(config, index, conn).run())
+    finally:
+        loop.close()
+        conn.close()
+
+
+class _Worker:
+    def __init__(self, config: LoadTestConfig, index: int, conn: Connection) -> None:
+        self.config = config
+        self.share = config.share(index)
+        self.conn = conn
+        self.load: Any = None
+        self.stopping = False
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            make_load = self._prepare()
+        except Exception as exc:
+            self.conn.send(("failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+            return
+        messages: asyncio.Queue[Any] = asyncio.Queue()
+        loop.add_reader(self.conn.fileno(), self._read_control, messages)
+        loop.add_signal_handler(signal.SIGINT, self._stop)
+        self.conn.send(("ready", os.getpid()))
+        message = await messages.get()
+        if message[0] != "go":
+            self.conn.send(("done", time.time(), None))
+            return
+        wall_start = message[1]
+        start = time.monotonic() + (wall_start - time.time())
+        await asyncio.sleep(max(0.0, start - time.monotonic()))
+        self._stop_on_message(messages)
+        if self.stopping:  # Ctrl-C before the start
+            self.conn.send(("done", time.time(), None))
+            return
+
+        config, share = self.config, self.share
+        warmup_end = start + config.warmup
+        duration = config.effective_duration
+        deadline = None if duration is None else warmup_end + duration
+        schedule = make_load.schedule_type(start, deadline, share.requests, share.rate, warmup_end)
+        recorder = make_load.recorder_type()
+        recorder.measure_from = warmup_end
+        self.load = make_load.create(schedule, recorder)
+        ticker = loop.create_task(self._tick(recorder, warmup_end))
+        try:
+            await self.load.run()
+        finally:
+            ticker.cancel()
+        final = recorder.take().to_wire()
+        self.conn.send(("done", time.time(), final))
+
+    def _prepare(self) -> _LoadFactory:
+        config, share = self.config, self.share
+        if config.url is not None:
+            from ._http import HttpLoad
+
+            target = HttpTarget.from_url(config.url)
+            request = target.request_bytes(config.method, list(config.headers), config.body)
+            return _LoadFactory(
+                lambda schedule, recorder: HttpLoad(target, request, share.connections, schedule, recorder,
+                                                    config.timeout),
+                Schedule, Recorder)
+        from ._calls import CallLoad, resolve_callable
+
+        assert config.call is not None
+        func = resolve_callable(config.call)
+        return _LoadFactory(
+            lambda schedule, recorder: CallLoad(func, share.connections, schedule, recorder, config.timeout),
+            CallLoad.schedule_type(func), CallLoad.recorder_type(func))
+
+    def _read_control(self, messages: asyncio.Queue[Any]) -> None:
+        try:
+            message = self.conn.recv()
+        except (EOFError, OSError):
+            # The coordinator is gone: nobody will read a report, stop now.
+            asyncio.get_running_loop().remove_reader(self.conn.fileno())
+            message = ("stop",)
+        messages.put_nowait(message)
+
+    def _stop_on_message(self, messages: asyncio.Queue[Any]) -> None:
+        async def watch() -> None:
+            while (await messages.get())[0] != "stop":
+                pass
+            self._stop()
+
+        asyncio.get_running_loop().create_task(watch())
+
+    def _stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        if self.load is not None:
+            self.load.stop(STOP_GRACE)
+
+    async def _tick(self, recorder: Recorder, warmup_end: float) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            if time.monotonic() < warmup_end:
+                recorder.discard()  # errors of the warm-up (its latencies are never recorded)
+                self.conn.send(("tick", time.time(), None))
+            else:
+                self.conn.send(("tick", time.time(), recorder.take().to_wire()))
+
+
+class _LoadFactory:
+    """How a worker builds its load once the schedule and recorder exist."""
+
+    def __init__(self, create: Any, schedule_type: type[Schedule], recorder_type: type[Recorder]) -> None:
+        self.create = create
+        self.schedule_type = schedule_type
+        self.recorder_type = recorder_type

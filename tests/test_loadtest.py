@@ -1,0 +1,360 @@
+"""procly loadtest: end-to-end runs on loopback, error accounting, rate mode, reports, thresholds.
+
+All traffic goes to 127.0.0.1 and every run is bounded (a few seconds at most).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from procly.loadtest import EmbeddedTarget, LoadTestConfig, LoadTestError, Threshold, _stats, run_load_test
+from procly.loadtest._config import HttpTarget, parse_count, parse_duration, split_evenly
+from procly.loadtest._report import Report
+
+from .loadtest_targets import CALLS_DIR_ENV
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def procly_cli(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "procly.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def target():
+    with EmbeddedTarget() as running:
+        yield running
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+def test_durations_counts_and_splits():
+    assert parse_duration("10") == 10.0 and parse_duration("250ms") == 0.25 and parse_duration("2m") == 120.0
+    assert parse_count("10k") == 10_000 and parse_count("3") == 3
+    for bad in ("", "ten", "-1s", "5 parsecs"):
+        with pytest.raises(ValueError, match="duration"):
+            parse_duration(bad)
+    with pytest.raises(ValueError):
+        parse_count("0")
+    assert split_evenly(10, 3) == [4, 3, 3] and sum(split_evenly(7, 7)) == 7
+
+
+def test_url_and_config_validation():
+    target = HttpTarget.from_url("http://127.0.0.1:8080/a?b=1")
+    assert (target.host, target.port, target.path) == ("127.0.0.1", 8080, "/a?b=1")
+    request = target.request_bytes("POST", [("X-Test", "1")], b"body")
+    assert request.startswith(b"POST /a?b=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n")
+    assert b"Content-Length: 4\r\n" in request and request.endswith(b"\r\n\r\nbody")
+    with pytest.raises(ValueError, match="https"):
+        HttpTarget.from_url("https://example.invalid/")
+    with pytest.raises(ValueError, match="not an http URL"):
+        LoadTestConfig(url="ftp://127.0.0.1/")
+    with pytest.raises(ValueError, match="exactly one target"):
+        LoadTestConfig()
+    with pytest.raises(ValueError, match="connections"):
+        LoadTestConfig(url="http://127.0.0.1/", connections=0)
+    # Never more processes than there is work for.
+    assert LoadTestConfig(url="http://127.0.0.1/", processes=8, connections=3).worker_count == 3
+    assert LoadTestConfig(url="http://127.0.0.1/", processes=8, requests=2).worker_count == 2
+
+
+# --- histograms --------------------------------------------------------------------------
+
+def test_histograms_merged_across_workers_equal_one_histogram_of_everything():
+    rng = random.Random(7)
+    values = [int(rng.lognormvariate(7, 1.2)) + 1 for _ in range(30_000)]
+    recorders = [_stats.Recorder() for _ in range(3)]
+    for i, value in enumerate(values):
+        recorders[i % 3].success(value / 1e6, 200)
+    recorders[1].error("timeout")
+    merged = _stats.Interval()
+    for recorder in recorders:
+        # Through the wire form, as between processes.
+        merged.add(_stats.Interval.from_wire(recorder.take().to_wire()))
+    reference = _stats.histogram_from(values)
+    assert merged.requests == len(values) == merged.histogram.get_total_count()
+    assert merged.statuses == {200: len(values)} and merged.errors == {"timeout": 1}
+    for percentile in (1, 50, 90, 99, 99.9, 100):
+        assert merged.histogram.get_value_at_percentile(percentile) == reference.get_value_at_percentile(percentile)
+    exact = sorted(values)
+    for percentile in (50, 99):
+        true_value = exact[int(len(exact) * percentile / 100) - 1]
+        assert abs(merged.histogram.get_value_at_percentile(percentile) - true_value) <= true_value * 0.002
+    assert recorders[0].take().requests == 0  # take() starts afresh
+
+
+# --- HTTP runs against the embedded target ------------------------------------------------
+
+def test_request_budget_is_exact_and_matches_what_the_server_served(ctx):
+    with EmbeddedTarget(start_method=ctx.get_start_method()) as target:
+        config = LoadTestConfig(url=target.url, processes=2, connections=8, requests=600,
+                                start_method=ctx.get_start_method())
+        report = run_load_test(config)
+    assert report.requests == 600 and report.errors == 0 and report.status_codes == {200: 600}
+    assert target.served == 600
+    assert report.latency.min > 0 and report.latency.p50 <= report.latency.p99 <= report.latency.max
+    assert not report.workers_lost and not report.interrupted
+
+
+def test_duration_run_reports_a_timeline(target):
+    report = run_load_test(LoadTestConfig(url=target.url, processes=2, connections=4, duration=1.6))
+    assert report.requests > 100 and report.errors == 0
+    assert 1.5 <= report.elapsed < 3.5
+    assert sum(point.requests for point in report.timeline) == report.requests
+    assert len(report.timeline) in (1, 2)
+
+
+def test_rate_mode_holds_the_requested_rate(target):
+    report = run_load_test(LoadTestConfig(url=target.url, processes=2, connections=8, duration=2.0, rate=300))
+    assert report.errors == 0
+    assert abs(report.requests - 600) <= 600 * 0.05, report.requests
+    assert abs(report.throughput - 300) <= 300 * 0.05, report.throughput
+
+
+def test_rate_mode_corrects_for_coordinated_omission(target):
+    # One connection, 200 ms answers, 20 requests due per second: requests queue up behind
+    # each other. Measured from when each was due, latency grows far past 200 ms; a naive
+    # tool would report 200 ms for every request.
+    report = run_load_test(LoadTestConfig(url=target.url + "delay/200", processes=1, connections=1,
+                                          duration=1.5, rate=20))
+    assert report.requests >= 5
+    assert report.latency.min >= 195
+    assert report.latency.max > 600
+
+
+def test_warmup_is_not_measured(target):
+    report = run_load_test(LoadTestConfig(url=target.url, processes=1, connections=2, requests=50, warmup=0.5))
+    assert report.requests == 50
+
+
+def test_method_headers_and_body_reach_the_server(target):
+    report = run_load_test(LoadTestConfig(url=target.url, processes=1, connections=1, requests=5, method="POST",
+                                          headers=(("X-Load", "yes"),), body=b"x" * 1000))
+    assert report.requests == 5 and report.status_codes == {200: 5}
+
+
+# --- errors are counted, never fatal -----------------------------------------------------
+
+def test_connection_refused_is_counted(ctx):
+    config = LoadTestConfig(url=f"http://127.0.0.1:{free_port()}/", processes=1, connections=2, duration=0.8,
+                            start_method=ctx.get_start_method())
+    started = time.monotonic()
+    report = run_load_test(config)
+    assert time.monotonic() - started < 10
+    assert report.requests == 0 and report.errors > 0
+    assert set(report.error_kinds) == {"connect refused"} and report.error_rate == 1.0
+
+
+@pytest.mark.parametrize(("path", "kind"), [
+    ("garbage", "malformed response"),
+    ("close", "closed by server"),
+    ("status/503", "http 503"),
+])
+def test_faulty_answers_are_counted_by_kind(target, path, kind):
+    report = run_load_test(LoadTestConfig(url=target.url + path, processes=1, connections=2, requests=20))
+    assert set(report.error_kinds) == {kind}
+    assert report.errors == 20
+    if kind == "http 503":
+        assert report.requests == 20 and report.status_codes == {503: 20}
+    else:
+        assert report.requests == 0
+
+
+def test_slow_answers_time_out(target):
+    started = time.monotonic()
+    report = run_load_test(LoadTestConfig(url=target.url + "delay/3000", processes=1, connections=2, duration=1.0,
+                                          timeout=0.3))
+    assert time.monotonic() - started < 8
+    assert report.error_kinds.get("timeout", 0) >= 2 and report.requests == 0
+
+
+def test_target_killed_mid_run_is_counted_and_the_run_finishes():
+    with subprocess.Popen([sys.executable, "-m", "procly.cli", "serve-target", "--port", "0"],
+                          stdout=subprocess.PIPE, text=True) as server:
+        try:
+            url = re.search(r"http://\S+", server.stdout.readline()).group(0)
+            loadtest = subprocess.Popen([sys.executable, "-m", "procly.cli", "loadtest", "-q", "-p", "2", "-c", "8",
+                                         "-d", "2.5", "--json", "-", url], stdout=subprocess.PIPE, text=True)
+            time.sleep(1.0)
+            server.kill()
+            out, _ = loadtest.communicate(timeout=30)
+        finally:
+            server.kill()
+    assert loadtest.returncode == 0
+    report = json.loads(out)
+    assert report["requests"] > 0
+    kinds = set(report["error_kinds"])
+    assert "connect refused" in kinds and kinds <= {"connect refused", "reset", "closed by server"}
+
+
+# --- Python callables --------------------------------------------------------------------
+
+def test_call_sync_and_async_functions(ctx):
+    for name in ("quick", "quick_async"):
+        config = LoadTestConfig(call=f"tests.loadtest_targets:{name}", processes=2, connections=3, requests=300,
+                                start_method=ctx.get_start_method())
+        report = run_load_test(config)
+        assert report.requests == 300 and report.errors == 0, name
+
+
+def test_call_exceptions_are_counted_by_type():
+    report = run_load_test(LoadTestConfig(call="tests.loadtest_targets:fails_every_third", processes=1,
+                                          connections=1, requests=30))
+    assert report.error_kinds == {"KeyError": 10} and report.requests == 20
+
+
+def test_call_concurrency_multiplies_throughput():
+    # 4 callers sleeping 50 ms each: about 80 calls a second, not 20.
+    report = run_load_test(LoadTestConfig(call="tests.loadtest_targets:sleeps_50ms", processes=1, connections=4,
+                                          duration=1.0))
+    assert report.requests >= 60
+
+
+def test_call_that_cannot_import_fails_clearly():
+    with pytest.raises(LoadTestError, match="ModuleNotFoundError"):
+        run_load_test(LoadTestConfig(call="no_such_module_here:f", processes=1, connections=1, requests=1))
+    out = procly_cli("loadtest", "--call", "no_such_module_here:f", "-n", "1")
+    assert out.returncode == 2 and "no_such_module_here" in out.stderr
+
+
+def test_a_worker_that_dies_is_reported_and_the_rest_go_on(tmp_path):
+    env = {**os.environ, CALLS_DIR_ENV: str(tmp_path)}
+    out = procly_cli("loadtest", "-q", "--call", "tests.loadtest_targets:first_worker_dies", "-p", "2", "-c", "2",
+                     "-d", "1", "--json", "-", env=env)
+    assert out.returncode == 1, out.stderr
+    report = json.loads(out.stdout)
+    assert len(report["workers_lost"]) == 1 and "exit code 7" in report["workers_lost"][0]
+    assert report["requests"] > 50  # the other worker kept calling
+    assert "exit code 7" in out.stderr
+
+
+# --- the command line: reports, thresholds, Ctrl-C ---------------------------------------
+
+def test_cli_default_run_writes_every_report(tmp_path):
+    files = {kind: tmp_path / f"report.{kind}" for kind in ("json", "csv", "html")}
+    out = procly_cli("loadtest", "-d", "1.2", "-p", "2", "-c", "8", "--json", str(files["json"]),
+                     "--csv", str(files["csv"]), "--html", str(files["html"]))
+    assert out.returncode == 0, out.stderr
+    assert "built-in target" in out.stderr and "latency ms" in out.stdout and "p99.9" in out.stdout
+    report = json.loads(files["json"].read_text())
+    assert report["requests"] > 0 and report["errors"] == 0
+    # Requests in flight when the run ends may be served but not counted: at most one per connection.
+    assert 0 <= report["target_served"] - report["requests"] <= 8
+    assert f"{report['requests']:,}" in out.stdout
+    rows = list(csv.DictReader(io.StringIO(files["csv"].read_text())))
+    assert rows[-1]["second"] == "total" and int(rows[-1]["requests"]) == report["requests"]
+    assert sum(int(row["requests"]) for row in rows[:-1]) == report["requests"]
+    page = files["html"].read_text()
+    svgs = re.findall(r"<svg.*?</svg>", page, flags=re.S)
+    assert len(svgs) == 2
+    for svg in svgs:
+        ET.fromstring(svg)  # well-formed
+    assert "<polyline" in svgs[0] and "<polyline" in svgs[1]
+
+
+def test_thresholds_set_the_exit_status(target):
+    broken = procly_cli("loadtest", "-q", "-n", "200", "-c", "4", "-p", "1", "--fail-if", "p50>0.001ms",
+                        "--fail-if", "errors>0", target.url)
+    assert broken.returncode == 1
+    assert "threshold broken: p50>0.001ms" in broken.stderr and "errors>0" not in broken.stderr
+    passed = procly_cli("loadtest", "-q", "-n", "200", "-c", "4", "-p", "1", "--fail-if", "errors>0.1%",
+                        "--fail-if", "p99>30s", target.url)
+    assert passed.returncode == 0, passed.stderr
+    errors = procly_cli("loadtest", "-q", "-n", "20", "-c", "2", "-p", "1", "--fail-if", "errors>=50%",
+                        target.url + "status/500")
+    assert errors.returncode == 1 and "error rate = 100.000%" in errors.stderr
+    bad = procly_cli("loadtest", "--fail-if", "latency>>3", target.url)
+    assert bad.returncode == 2 and "fail-if" in bad.stderr
+
+
+def test_threshold_parsing():
+    assert Threshold.parse("p99.9 >= 1.5s").value == 1.5
+    for bad, message in [("p0>1ms", "percentile"), ("p99>5%", "latency"), ("rps<5ms", "plain number"),
+                         ("speed>1", "unknown metric"), ("errors>5ms", "count or a percentage")]:
+        with pytest.raises(ValueError, match=message):
+            Threshold.parse(bad)
+
+
+def test_bad_options_exit_2():
+    for args in (["-d", "forever"], ["-c", "0"], ["https://127.0.0.1/"], ["-H", "no colon"]):
+        out = procly_cli("loadtest", *args)
+        assert out.returncode == 2 and out.stderr.startswith("procly loadtest:"), (args, out.stderr)
+
+
+def _session_processes(session: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == session and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("whole_group", [False, True], ids=["coordinator", "terminal"])
+def test_ctrl_c_stops_within_a_second_and_still_reports(whole_group):
+    proc = subprocess.Popen([sys.executable, "-m", "procly.cli", "loadtest", "-q", "-d", "60", "-p", "2", "-c", "8",
+                             "--json", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        # Wait until the load runs (the built-in target announces itself first).
+        while "built-in" not in proc.stderr.readline() and time.monotonic() < deadline:
+            pass
+        time.sleep(1.5)
+        if whole_group:
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        else:
+            proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=20)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert took < 2.5, took  # workers stop within a second; the rest is the target's shutdown
+    report = json.loads(out)
+    assert report["interrupted"] and report["requests"] > 0 and not report["workers_lost"]
+    assert wait_for_nothing_left(proc.pid)
+
+
+def wait_for_nothing_left(session: int) -> bool:
+    deadline = time.monotonic() + 5
+    while _session_processes(session) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _session_processes(session)
+
+
+def test_report_from_python_is_complete(target):
+    report = run_load_test(LoadTestConfig(url=target.url + "bytes/100", processes=1, connections=2, requests=40))
+    assert isinstance(report, Report) and report.bytes_received >= 40 * 100
+    data = report.to_dict()
+    json.dumps(data)
+    assert data["latency"]["p99_9"] >= data["latency"]["p50"] and "histogram_hdr" in data
+    assert "latency ms" in report.to_text()
