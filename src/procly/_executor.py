@@ -41,10 +41,14 @@ class ProcessPoolExecutor(Executor):
         task_timeout: float | None = None,
         retries: int = 0,
     ) -> None:
-        self._pool = Pool(
+        self._adopt(Pool(
             max_workers, initializer, initargs, max_tasks_per_child, mp_context,
             task_timeout=task_timeout, retries=retries,
-        )  # fmt: skip
+        ))  # fmt: skip
+
+    def _adopt(self, pool: Any) -> None:
+        """Run on ``pool`` (anything with procly's Pool API: the local one or the Dask one)."""
+        self._pool = pool
         self._shutdown = False
         self._lock = threading.Lock()
         self._futures: set[Future] = set()

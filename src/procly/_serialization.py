@@ -20,6 +20,7 @@ standard library).
 
 from __future__ import annotations
 
+import importlib
 import io
 import pickle
 import sys
@@ -97,7 +98,14 @@ class _OutOfBandBytes:
 
 
 class Pickler(cloudpickle.Pickler):
-    """cloudpickle's Pickler with procly's reducers and ``__main__`` rule (see module doc)."""
+    """cloudpickle's Pickler with procly's reducers and ``__main__`` rule (see module doc).
+
+    ``main_by_reference=False`` copies ``__main__`` functions and classes by value even
+    when the main module is importable: for receivers that do not run our main script
+    (a Dask worker).
+    """
+
+    main_by_reference = True
 
     def reducer_override(self, obj: Any) -> Any:
         cls = type(obj)
@@ -107,27 +115,57 @@ class Pickler(cloudpickle.Pickler):
         if (cls is types.FunctionType or isinstance(obj, type)) and getattr(
             obj, "__module__", None
         ) in ("__main__", "__mp_main__"):
-            if _main_module_importable():
+            if self.main_by_reference and _main_module_importable():
                 qualname = _lookup_main(obj)
                 if qualname is not None:
                     return _main_attr, (qualname,)
         elif cls is memoryview and obj.contiguous:
             return memoryview, (pickle.PickleBuffer(obj),)
-        elif cls is types.MethodType:
-            # As plain pickle does: the object it is bound to, and the method's name.
-            # (cloudpickle would copy a classmethod's code by value, losing its module.)
-            name = obj.__func__.__name__
-            if getattr(obj.__self__, name, None) == obj:
-                return getattr, (obj.__self__, name)
+        elif cls is types.MethodType or cls is types.BuiltinMethodType:
+            reference = _module_singleton_method(obj)
+            if reference is not None:
+                return _module_attr, reference
+            if cls is types.MethodType:
+                # As plain pickle does: the object it is bound to, and the method's name.
+                # (cloudpickle would copy a classmethod's code by value, losing its module.)
+                name = obj.__func__.__name__
+                if getattr(obj.__self__, name, None) == obj:
+                    return getattr, (obj.__self__, name)
         return super().reducer_override(obj)
 
 
-def dumps(obj: Any, out_of_band: list[memoryview] | None = None) -> bytes:
+def _module_singleton_method(method: Any) -> tuple[str, str] | None:
+    """``(module, name)`` when ``method`` is a module attribute bound to a module-level object.
+
+    ``random.random`` is such a method: copying it would copy the parent's generator and
+    its state, so every worker would draw the same numbers. By reference, each process
+    uses its own module's object, as a call in that process would.
+    """
+    owner = getattr(method, "__self__", None)
+    if owner is None or isinstance(owner, (types.ModuleType, type)):
+        return None
+    name = getattr(method, "__name__", None)
+    module_name = getattr(getattr(method, "__func__", None), "__module__", None) or type(owner).__module__
+    if not name or module_name in (None, "__main__", "__mp_main__", "builtins"):
+        return None
+    module = sys.modules.get(module_name)
+    candidate = getattr(module, name, None) if module is not None else None
+    if candidate is not None and getattr(candidate, "__self__", None) is owner:
+        return module_name, name
+    return None
+
+
+def _module_attr(module_name: str, name: str) -> Any:
+    return getattr(importlib.import_module(module_name), name)
+
+
+def dumps(obj: Any, out_of_band: list[memoryview] | None = None, *, main_by_reference: bool = True) -> bytes:
     """Serialize *obj*.
 
     With *out_of_band* (a list), buffers of at least :data:`OUT_OF_BAND_THRESHOLD` bytes
     are not copied into the result: their raw memoryviews are appended to the list, in
-    order, and must be handed to :func:`loads` along with the payload.
+    order, and must be handed to :func:`loads` along with the payload. With
+    *main_by_reference* false, ``__main__`` functions and classes are copied by value.
 
     Raises:
         procly.PicklingError: *obj* (or something inside it) cannot be serialized; the
@@ -152,7 +190,9 @@ def dumps(obj: Any, out_of_band: list[memoryview] | None = None) -> bytes:
 
     stream = io.BytesIO()
     try:
-        Pickler(stream, PROTOCOL, buffer_callback=callback).dump(obj)
+        pickler = Pickler(stream, PROTOCOL, buffer_callback=callback)
+        pickler.main_by_reference = main_by_reference
+        pickler.dump(obj)
     except PicklingError:
         raise
     except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as exc:

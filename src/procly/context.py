@@ -72,7 +72,21 @@ class BaseContext:
         maxtasksperchild: int | None = None,
         **options: Any,
     ) -> Any:
-        """A process pool whose workers start with this context's method (see :mod:`procly.pool`)."""
+        """A process pool whose workers start with this context's method (see :mod:`procly.pool`).
+
+        ``backend="dask"`` (with ``address=`` or ``client=``, or neither for a local cluster)
+        returns the same API on a Dask cluster instead (see :mod:`procly.dask`).
+
+        Raises:
+            ValueError: an unknown ``backend``.
+        """
+        backend = options.pop("backend", "local")
+        if backend == "dask":
+            from .dask import Pool as DaskPool
+
+            return DaskPool(processes, initializer, initargs, maxtasksperchild, **options)
+        if backend != "local":
+            raise ValueError(f"unknown Pool backend {backend!r}: 'local' or 'dask'")
         from .pool import Pool
 
         return Pool(processes, initializer, initargs, maxtasksperchild, context=self.get_context(), **options)
