@@ -7,6 +7,7 @@ for the module; its fixture checks at the end that no process of it is left.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import random
 import signal
@@ -353,3 +354,25 @@ def test_importing_procly_does_not_import_dask():
             "print(any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False"
+
+
+# --- procly loadtest --dask ----------------------------------------------------------------
+
+def test_loadtest_on_the_cluster_merges_every_task(cluster):
+    out = subprocess.run([sys.executable, "-m", "procly.cli", "loadtest", "--dask", cluster, "-d", "1.5", "-c", "8",
+                          "--json", "-"], capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert "2 processes" in report["description"]  # one task per worker thread
+    assert report["requests"] > 100 and report["errors"] == 0 and report["timeline"]
+    assert 0 <= report["target_served"] - report["requests"] <= 8
+    assert sum(point["requests"] for point in report["timeline"]) == report["requests"]
+
+
+def test_loadtest_call_on_the_cluster_spends_the_budget_exactly(cluster):
+    from procly.loadtest import LoadTestConfig
+    from procly.loadtest._dask import run_on_dask
+
+    report = run_on_dask(LoadTestConfig(call="tests.loadtest_targets:quick", processes=2, connections=3,
+                                        requests=300), cluster)
+    assert report.requests == 300 and report.errors == 0 and not report.workers_lost

@@ -47,6 +47,8 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--fail-if", action="append", default=[], metavar="CONDITION",
                    help="exit 1 if true, e.g. 'p99>200ms', 'errors>0.1%%', 'rps<1000' (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
+    p.add_argument("--dask", metavar="ADDRESS", help="run the load workers as tasks on this Dask scheduler "
+                                                     "(tcp://host:8786); -p defaults to its worker threads")
 
     s = commands.add_parser("serve-target", help="run the built-in HTTP target server (for load tests)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
@@ -155,10 +157,19 @@ def loadtest_command(args: argparse.Namespace) -> int:
             if target is not None:
                 config = _config_from(args, target.url)
                 print(f"procly loadtest: no URL given, testing the built-in target at {target.url}", file=sys.stderr)
-            report = run_load_test(config, progress)
+            if args.dask:
+                try:
+                    from ._dask import run_on_dask
+                except ImportError as exc:
+                    raise LoadTestError(f"--dask needs Dask distributed: pip install 'procly[dask]' ({exc})") from None
+
+                print(f"procly loadtest: running the load on the Dask cluster at {args.dask}", file=sys.stderr)
+                report = run_on_dask(config, args.dask, processes_given=args.processes is not None)
+            else:
+                report = run_load_test(config, progress)
         if target is not None:
             report.target_served = target.served
-    except LoadTestError as exc:
+    except (LoadTestError, OSError) as exc:
         if progress is not None:
             progress.finish()
         print(f"procly loadtest: {exc}", file=sys.stderr)

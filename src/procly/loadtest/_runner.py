@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .. import get_context
 from ..connection import wait
@@ -52,11 +52,50 @@ class _WorkerState:
     lost: str | None = None
 
 
-@dataclass
-class _Totals:
-    total: Interval = field(default_factory=Interval)
-    buckets: dict[int, Interval] = field(default_factory=dict)
-    last_report: float = 0.0
+class Tally:
+    """Merges what workers report into one total and a per-second timeline."""
+
+    def __init__(self, config: LoadTestConfig) -> None:
+        self.config = config
+        self.total = Interval()
+        self.buckets: dict[int, Interval] = {}
+        self.measure_start = 0.0
+        self.last_done = 0.0
+        self._last_progress_count = 0
+
+    def add(self, kind: str, wall_time: float, wire: dict | None) -> None:
+        """A worker's ``tick`` or ``done`` message."""
+        if wire is not None:
+            interval = Interval.from_wire(wire)
+            self.total.add(interval)
+            bucket = int(max(0.0, wall_time - self.measure_start - TICK / 2))
+            self.buckets.setdefault(bucket, Interval()).add(interval)
+        if kind == "done":
+            self.last_done = max(self.last_done, wall_time)
+
+    def progress(self) -> Progress:
+        """The live line's figures; ``rate`` counts requests since the previous call."""
+        now = time.time()
+        total = self.total
+        previous, self._last_progress_count = self._last_progress_count, total.requests
+        return Progress(
+            elapsed=max(0.0, now - self.measure_start),
+            requests=total.requests,
+            rate=float(total.requests - previous),
+            errors=total.error_count,
+            p50_ms=percentile_ms(total.histogram, 50),
+            p99_ms=percentile_ms(total.histogram, 99),
+            warming_up=now < self.measure_start,
+        )
+
+    def report(self, workers_lost: list[str], interrupted: bool) -> Report:
+        end = self.last_done or time.time()
+        elapsed = max(end - self.measure_start, 1e-9)
+        last_bucket = max(self.buckets, default=-1)
+        timeline = [TimelinePoint.from_interval(second, self.buckets.get(second, Interval()))
+                    for second in range(last_bucket + 1)]
+        return Report.build(config=self.config, total=self.total, elapsed=elapsed, timeline=timeline,
+                            workers_lost=workers_lost, interrupted=interrupted)
 
 
 def run_load_test(config: LoadTestConfig, on_progress: Callable[[Progress], None] | None = None) -> Report:
@@ -97,15 +136,13 @@ class _Coordinator:
         self.config = config
         self.workers = workers
         self.on_progress = on_progress
-        self.totals = _Totals()
-        self.measure_start = 0.0
-        self.last_done = 0.0
+        self.tally = Tally(config)
         self.interrupted = False
 
     def run(self) -> Report:
         self._wait_ready()
         wall_start = time.time() + 0.05
-        self.measure_start = wall_start + self.config.warmup
+        self.tally.measure_start = wall_start + self.config.warmup
         for worker in self._live():
             worker.conn.send(("go", wall_start))
         try:
@@ -191,15 +228,9 @@ class _Coordinator:
     def _handle(self, worker: _WorkerState, message: tuple) -> None:
         kind = message[0]
         if kind == "tick" or kind == "done":
-            wall_time, wire = message[1], message[2]
-            if wire is not None:
-                interval = Interval.from_wire(wire)
-                self.totals.total.add(interval)
-                bucket = int(max(0.0, wall_time - self.measure_start - TICK / 2))
-                self.totals.buckets.setdefault(bucket, Interval()).add(interval)
+            self.tally.add(kind, message[1], message[2])
             if kind == "done":
                 worker.done = True
-                self.last_done = max(self.last_done, wall_time)
 
     def _stop_all(self) -> None:
         for worker in self._live():
@@ -209,38 +240,11 @@ class _Coordinator:
                 pass
 
     def _progress(self) -> None:
-        if self.on_progress is None:
-            return
-        now = time.time()
-        total = self.totals.total
-        previous = self.totals.last_report
-        self.totals.last_report = total.requests
-        self.on_progress(Progress(
-            elapsed=max(0.0, now - self.measure_start),
-            requests=total.requests,
-            rate=float(total.requests - previous),
-            errors=total.error_count,
-            p50_ms=percentile_ms(total.histogram, 50),
-            p99_ms=percentile_ms(total.histogram, 99),
-            warming_up=now < self.measure_start,
-        ))
+        if self.on_progress is not None:
+            self.on_progress(self.tally.progress())
 
     def _report(self) -> Report:
-        end = self.last_done or time.time()
-        elapsed = max(end - self.measure_start, 1e-9)
-        timeline = []
-        last_bucket = max(self.totals.buckets, default=-1)
-        for second in range(last_bucket + 1):
-            interval = self.totals.buckets.get(second, Interval())
-            timeline.append(TimelinePoint.from_interval(second, interval))
-        return Report.build(
-            config=self.config,
-            total=self.totals.total,
-            elapsed=elapsed,
-            timeline=timeline,
-            workers_lost=[w.lost for w in self.workers if w.lost],
-            interrupted=self.interrupted,
-        )
+        return self.tally.report([w.lost for w in self.workers if w.lost], self.interrupted)
 
 
 def _describe_exit(code: int | None) -> str:

@@ -19,6 +19,7 @@ import os
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from ..connection import Connection
@@ -31,10 +32,7 @@ TICK = 0.5
 STOP_GRACE = 0.3
 
 
-def worker_main(config: LoadTestConfig, index: int, conn: Connection) -> None:
-    """Entry point of a worker process (the ``target`` of its Process)."""
-    # The terminal sends Ctrl-C to every process of the group: the loop below handles it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
 
@@ -42,44 +40,80 @@ def worker_main(config: LoadTestConfig, index: int, conn: Connection) -> None:
     except ImportError:  # pragma: no cover - uvloop is a declared dependency
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    return loop
+
+
+def worker_main(config: LoadTestConfig, index: int, conn: Connection) -> None:
+    """Entry point of a worker process (the ``target`` of its Process)."""
+    # The terminal sends Ctrl-C to every process of the group: the loop below handles it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    loop = _new_loop()
     try:
-        loop.run_until_complete(_Worker(config, index, conn).run())
+        loop.run_until_complete(_Worker(config, index, conn.send).run_with_coordinator(conn))
     finally:
         loop.close()
         conn.close()
 
 
+def run_share(config: LoadTestConfig, index: int, wall_start: float,
+              should_stop: Callable[[], bool] = lambda: False) -> list[tuple[Any, ...]]:
+    """Run share ``index`` of the load in this thread, with no coordinator to talk to.
+
+    For remote runners (a Dask task): returns every message a worker process would have
+    sent, in order. ``should_stop`` is asked at every tick.
+    """
+    messages: list[tuple[Any, ...]] = []
+    worker = _Worker(config, index, messages.append, should_stop)
+    try:
+        make_load = worker._prepare()
+    except Exception as exc:
+        return [("failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")]
+    loop = _new_loop()
+    try:
+        loop.run_until_complete(worker.measure(make_load, wall_start))
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+    return messages
+
+
 class _Worker:
-    def __init__(self, config: LoadTestConfig, index: int, conn: Connection) -> None:
+    def __init__(self, config: LoadTestConfig, index: int, emit: Callable[[tuple[Any, ...]], None],
+                 should_stop: Callable[[], bool] = lambda: False) -> None:
         self.config = config
         self.share = config.share(index)
-        self.conn = conn
+        self.emit = emit
+        self.should_stop = should_stop
         self.load: Any = None
         self.stopping = False
 
-    async def run(self) -> None:
+    async def run_with_coordinator(self, conn: Connection) -> None:
+        """The worker process's protocol: ready, wait for go, measure, done (see module doc)."""
         loop = asyncio.get_running_loop()
         try:
             make_load = self._prepare()
         except Exception as exc:
-            self.conn.send(("failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+            self.emit(("failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
             return
         messages: asyncio.Queue[Any] = asyncio.Queue()
-        loop.add_reader(self.conn.fileno(), self._read_control, messages)
+        loop.add_reader(conn.fileno(), self._read_control, conn, messages)
         loop.add_signal_handler(signal.SIGINT, self._stop)
-        self.conn.send(("ready", os.getpid()))
+        self.emit(("ready", os.getpid()))
         message = await messages.get()
         if message[0] != "go":
-            self.conn.send(("done", time.time(), None))
+            self.emit(("done", time.time(), None))
             return
-        wall_start = message[1]
+        self._stop_on_message(messages)
+        await self.measure(make_load, message[1])
+
+    async def measure(self, make_load: _LoadFactory, wall_start: float) -> None:
+        """Wait for the common start, run this share of the load, tick, and send the final interval."""
+        loop = asyncio.get_running_loop()
         start = time.monotonic() + (wall_start - time.time())
         await asyncio.sleep(max(0.0, start - time.monotonic()))
-        self._stop_on_message(messages)
-        if self.stopping:  # Ctrl-C before the start
-            self.conn.send(("done", time.time(), None))
+        if self.stopping or self.should_stop():  # stopped before the start
+            self.emit(("done", time.time(), None))
             return
-
         config, share = self.config, self.share
         warmup_end = start + config.warmup
         duration = config.effective_duration
@@ -93,8 +127,7 @@ class _Worker:
             await self.load.run()
         finally:
             ticker.cancel()
-        final = recorder.take().to_wire()
-        self.conn.send(("done", time.time(), final))
+        self.emit(("done", time.time(), recorder.take().to_wire()))
 
     def _prepare(self) -> _LoadFactory:
         config, share = self.config, self.share
@@ -115,12 +148,12 @@ class _Worker:
             lambda schedule, recorder: CallLoad(func, share.connections, schedule, recorder, config.timeout),
             CallLoad.schedule_type(func), CallLoad.recorder_type(func))
 
-    def _read_control(self, messages: asyncio.Queue[Any]) -> None:
+    def _read_control(self, conn: Connection, messages: asyncio.Queue[Any]) -> None:
         try:
-            message = self.conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
             # The coordinator is gone: nobody will read a report, stop now.
-            asyncio.get_running_loop().remove_reader(self.conn.fileno())
+            asyncio.get_running_loop().remove_reader(conn.fileno())
             message = ("stop",)
         messages.put_nowait(message)
 
@@ -144,9 +177,11 @@ class _Worker:
             await asyncio.sleep(TICK)
             if time.monotonic() < warmup_end:
                 recorder.discard()  # errors of the warm-up (its latencies are never recorded)
-                self.conn.send(("tick", time.time(), None))
+                self.emit(("tick", time.time(), None))
             else:
-                self.conn.send(("tick", time.time(), recorder.take().to_wire()))
+                self.emit(("tick", time.time(), recorder.take().to_wire()))
+            if not self.stopping and self.should_stop():
+                self._stop()
 
 
 class _LoadFactory:
