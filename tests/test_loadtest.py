@@ -65,8 +65,7 @@ def test_url_and_config_validation():
     request = target.request_bytes("POST", [("X-Test", "1")], b"body")
     assert request.startswith(b"POST /a?b=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n")
     assert b"Content-Length: 4\r\n" in request and request.endswith(b"\r\n\r\nbody")
-    with pytest.raises(ValueError, match="https"):
-        HttpTarget.from_url("https://example.invalid/")
+    assert HttpTarget.from_url("https://127.0.0.1/").tls and HttpTarget.from_url("https://127.0.0.1/").port == 443
     with pytest.raises(ValueError, match="not an http URL"):
         LoadTestConfig(url="ftp://127.0.0.1/")
     with pytest.raises(ValueError, match="exactly one target"):
@@ -296,7 +295,7 @@ def test_threshold_parsing():
 
 
 def test_bad_options_exit_2():
-    for args in (["-d", "forever"], ["-c", "0"], ["https://127.0.0.1/"], ["-H", "no colon"]):
+    for args in (["-d", "forever"], ["-c", "0"], ["ftp://127.0.0.1/"], ["-H", "no colon"]):
         out = procly_cli("loadtest", *args)
         assert out.returncode == 2 and out.stderr.startswith("procly loadtest:"), (args, out.stderr)
 
@@ -358,3 +357,30 @@ def test_report_from_python_is_complete(target):
     json.dumps(data)
     assert data["latency"]["p99_9"] >= data["latency"]["p50"] and "histogram_hdr" in data
     assert "latency ms" in report.to_text()
+
+
+def test_head_requests_end_with_their_headers(target):
+    report = run_load_test(LoadTestConfig(url=target.url + "bytes/100", processes=1, connections=2, requests=30,
+                                          method="HEAD", timeout=2))
+    assert report.requests == 30 and report.errors == 0
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return str(cert), str(key)
+
+
+def test_https_with_and_without_verification(certificate):
+    with EmbeddedTarget(tls=certificate) as tls_target:
+        assert tls_target.url.startswith("https://")
+        # A self-signed certificate fails verification: counted, not fatal.
+        refused = run_load_test(LoadTestConfig(url=tls_target.url, processes=1, connections=1, requests=3))
+        assert refused.requests == 0 and set(refused.error_kinds) == {"tls certificate"}
+        report = run_load_test(LoadTestConfig(url=tls_target.url, processes=1, connections=4, requests=200,
+                                              insecure=True))
+    assert report.requests == 200 and report.errors == 0 and tls_target.served == 200

@@ -40,6 +40,7 @@ def add_commands(commands: Any) -> None:
     body.add_argument("--body-file", type=Path, help="request body read from a file")
     p.add_argument("--timeout", default="10s", help="per-request timeout (default 10s)")
     p.add_argument("--warmup", default="0", help="run this long before measuring, e.g. 2s")
+    p.add_argument("-k", "--insecure", action="store_true", help="https: do not verify the server's certificate")
     p.add_argument("--start-method", choices=["fork", "spawn", "forkserver"], help="how workers start")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON (- for standard output)")
     p.add_argument("--csv", metavar="FILE", help="write the per-second timeline and totals as CSV")
@@ -53,12 +54,18 @@ def add_commands(commands: Any) -> None:
     s = commands.add_parser("serve-target", help="run the built-in HTTP target server (for load tests)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     s.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    s.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
+    s.add_argument("--tls-key", help="the certificate's private key (PEM)")
 
 
 def serve_target_command(args: argparse.Namespace) -> int:
     from ._target import serve_target
 
-    serve_target(args.host, args.port, announce=True)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("procly serve-target: give both --tls-cert and --tls-key", file=sys.stderr)
+        return EXIT_USAGE
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    serve_target(args.host, args.port, announce=True, tls=tls)
     return EXIT_OK
 
 
@@ -90,6 +97,7 @@ def _config_from(args: argparse.Namespace, url: str | None) -> Any:
         timeout=parse_duration(args.timeout),
         warmup=parse_duration(args.warmup),
         start_method=args.start_method,
+        insecure=args.insecure,
     )
 
 

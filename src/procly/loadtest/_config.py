@@ -59,25 +59,25 @@ class HttpTarget:
     port: int
     path: str
     host_header: str
+    tls: bool = False
 
     @classmethod
     def from_url(cls, url: str) -> HttpTarget:
-        """Parse an ``http://`` URL.
+        """Parse an ``http://`` or ``https://`` URL.
 
         Raises:
-            ValueError: not an http URL, or no host. (https is not supported: say so plainly.)
+            ValueError: not an http(s) URL, or no host.
         """
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme == "https":
-            raise ValueError("https is not supported yet: point the load test at an http:// URL")
-        if parts.scheme != "http" or not parts.hostname:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http URL: {url!r} (example: http://127.0.0.1:8080/)")
-        port = parts.port or 80
+        tls = parts.scheme == "https"
+        port = parts.port or (443 if tls else 80)
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
         host_header = parts.netloc.rpartition("@")[2]
-        return cls(host=parts.hostname, port=port, path=path, host_header=host_header)
+        return cls(host=parts.hostname, port=port, path=path, host_header=host_header, tls=tls)
 
     def request_bytes(self, method: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
         """The request that every connection sends, built once."""
@@ -114,6 +114,7 @@ class LoadTestConfig:
     timeout: float = 10.0
     warmup: float = 0.0
     start_method: str | None = None
+    insecure: bool = False  # https: do not verify the server's certificate
 
     def __post_init__(self) -> None:
         if (self.url is None) == (self.call is None):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -28,6 +29,10 @@ _BACKOFF_MAX = 1.0
 
 def connect_error_kind(exc: BaseException) -> str:
     """A short name for why a connection could not be made."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "tls certificate"
+    if isinstance(exc, ssl.SSLError):
+        return "tls handshake"
     if isinstance(exc, ConnectionRefusedError):
         return "connect refused"
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
@@ -69,6 +74,17 @@ class _Protocol(asyncio.Protocol):
         self.slot.lost(self, exc)
 
 
+class _HeadProtocol(_Protocol):
+    """For HEAD: the answer ends with its headers (a Content-Length announces no body here)."""
+
+    __slots__ = ()
+
+    def on_headers_complete(self) -> None:
+        status, keep_alive = self.parser.get_status_code(), self.parser.should_keep_alive()
+        self.parser = httptools.HttpResponseParser(self)
+        self.slot.completed(self, status, keep_alive)
+
+
 class _Slot:
     """One of the process's connections, and the requests it sends one after another."""
 
@@ -93,7 +109,8 @@ class _Slot:
         load = self.load
         try:
             _, protocol = await asyncio.wait_for(
-                load.loop.create_connection(lambda: _Protocol(self), load.target.host, load.target.port),
+                load.loop.create_connection(lambda: load.protocol_type(self), load.target.host, load.target.port,
+                                            **load.tls_options),
                 load.timeout,
             )
         except (OSError, asyncio.TimeoutError) as exc:
@@ -237,10 +254,18 @@ class HttpLoad:
     """The HTTP load of one worker process."""
 
     def __init__(self, target: HttpTarget, request: bytes, connections: int, schedule: Schedule,
-                 recorder: Recorder, timeout: float) -> None:
+                 recorder: Recorder, timeout: float, insecure: bool = False) -> None:
         self.loop = asyncio.get_running_loop()
         self.target = target
         self.request = request
+        self.protocol_type = _HeadProtocol if request.startswith(b"HEAD ") else _Protocol
+        self.tls_options: dict[str, Any] = {}
+        if target.tls:
+            context = ssl.create_default_context()
+            if insecure:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            self.tls_options = {"ssl": context, "server_hostname": target.host}
         self.schedule = schedule
         self.recorder = recorder
         self.timeout = timeout

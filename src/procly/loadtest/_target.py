@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import ssl
 from collections import deque
 from http import HTTPStatus
 from typing import Any
@@ -143,11 +144,18 @@ class _ServerProtocol(asyncio.Protocol):
             self.transport.write(data)
 
 
-async def _serve(host: str, port: int, ready: Connection | None, announce: bool) -> None:
+async def _serve(host: str, port: int, ready: Connection | None, announce: bool,
+                 tls: tuple[str, str] | None) -> None:
     loop = asyncio.get_running_loop()
     counter = _Counter()
-    server = await loop.create_server(lambda: _ServerProtocol(counter), host, port, backlog=4096, reuse_address=True)
+    context = None
+    if tls is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*tls)
+    server = await loop.create_server(lambda: _ServerProtocol(counter), host, port, backlog=4096, reuse_address=True,
+                                      ssl=context)
     bound = server.sockets[0].getsockname()
+    scheme = "https" if tls is not None else "http"
     stop = loop.create_future()
     # Embedded, Ctrl-C is for the load test: it stops the target when the report is done.
     signals = (signal.SIGTERM,) if ready is not None else (signal.SIGTERM, signal.SIGINT)
@@ -156,7 +164,7 @@ async def _serve(host: str, port: int, ready: Connection | None, announce: bool)
     for signum in signals:
         loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
     if ready is not None:
-        ready.send(("listening", bound[0], bound[1]))
+        ready.send(("listening", scheme, bound[0], bound[1]))
 
         def on_control() -> None:
             try:
@@ -169,7 +177,7 @@ async def _serve(host: str, port: int, ready: Connection | None, announce: bool)
 
         loop.add_reader(ready.fileno(), on_control)
     if announce:
-        print(f"procly target listening on http://{bound[0]}:{bound[1]}/  (Ctrl-C stops it)", flush=True)
+        print(f"procly target listening on {scheme}://{bound[0]}:{bound[1]}/  (Ctrl-C stops it)", flush=True)
     try:
         await stop
     finally:
@@ -184,11 +192,11 @@ async def _serve(host: str, port: int, ready: Connection | None, announce: bool)
 
 
 def serve_target(host: str = "127.0.0.1", port: int = 0, ready: Connection | None = None,
-                 announce: bool = False) -> None:
+                 announce: bool = False, tls: tuple[str, str] | None = None) -> None:
     """Run the target server until SIGTERM/SIGINT, or until ``ready`` says stop (or closes).
 
-    With ``ready``, it sends ``("listening", host, port)`` once bound and
-    ``("served", count)`` when it stops.
+    With ``ready``, it sends ``("listening", scheme, host, port)`` once bound and
+    ``("served", count)`` when it stops. ``tls`` is ``(certfile, keyfile)`` for https.
     """
     try:
         import uvloop
@@ -198,7 +206,7 @@ def serve_target(host: str = "127.0.0.1", port: int = 0, ready: Connection | Non
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(_serve(host, port, ready, announce))
+        loop.run_until_complete(_serve(host, port, ready, announce, tls))
     finally:
         loop.close()
 
@@ -210,9 +218,11 @@ class EmbeddedTarget:
         RuntimeError: the server did not start within 30 s.
     """
 
-    def __init__(self, host: str = "127.0.0.1", start_method: str | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", start_method: str | None = None,
+                 tls: tuple[str, str] | None = None) -> None:
         self.host = host
         self.start_method = start_method
+        self.tls = tls
         self.url = ""
         self.served: int | None = None
         self._process: Any = None
@@ -223,15 +233,15 @@ class EmbeddedTarget:
 
         ctx = get_context(self.start_method)
         self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=serve_target, args=(self.host, 0, child),
+        self._process = ctx.Process(target=serve_target, args=(self.host, 0, child, False, self.tls),
                                     name="procly-loadtest-target", daemon=True)
         self._process.start()
         child.close()
         if not self._conn.poll(30):
             self._stop()
             raise RuntimeError("the embedded target server did not start within 30 s")
-        _, host, port = self._conn.recv()
-        self.url = f"http://{host}:{port}/" if ":" not in host else f"http://[{host}]:{port}/"
+        _, scheme, host, port = self._conn.recv()
+        self.url = f"{scheme}://{host}:{port}/" if ":" not in host else f"{scheme}://[{host}]:{port}/"
         return self
 
     def __exit__(self, *exc_info: object) -> None:

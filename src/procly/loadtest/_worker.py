@@ -138,7 +138,7 @@ class _Worker:
             request = target.request_bytes(config.method, list(config.headers), config.body)
             return _LoadFactory(
                 lambda schedule, recorder: HttpLoad(target, request, share.connections, schedule, recorder,
-                                                    config.timeout),
+                                                    config.timeout, config.insecure),
                 Schedule, Recorder)
         from ._calls import CallLoad, resolve_callable
 
