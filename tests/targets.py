@@ -310,3 +310,34 @@ def fill_rows(array, start: int, stop: int, value: float) -> int:
 
 def append_to_nested(d) -> None:
     d["inner"].append("from child")
+
+
+def manager_barrier_party(barrier, results) -> None:
+    results.append(barrier.wait(10))
+
+
+def manager_queue_worker(queue, done) -> None:
+    while True:
+        item = queue.get(timeout=10)
+        if item is None:
+            queue.task_done()
+            return
+        done.append(item * 2)
+        queue.task_done()
+
+
+def manager_condition_setter(cond, flag) -> None:
+    with cond:
+        flag.value = 1
+        cond.notify_all()
+
+
+def create_manager_segment(address, authkey: bytes, conn) -> None:
+    from procly.managers import SharedMemoryManager
+
+    manager = SharedMemoryManager(address=address, authkey=authkey)
+    manager.connect()
+    block = manager.SharedMemory(64)
+    block.buf[:5] = b"child"
+    conn.send(block.name)
+    block.close()

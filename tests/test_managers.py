@@ -138,3 +138,176 @@ def test_nested_proxies_are_shared_everywhere(ctx, manager):
     p.start()
     p.join(30)
     assert list(d["inner"]) == [1, 2, "from child"]
+
+
+# --- the rest of SyncManager's types ------------------------------------------------------
+
+def test_barrier_event_and_condition_across_processes(ctx, manager):
+    barrier, results = manager.Barrier(3), manager.list()
+    children = [ctx.Process(target=targets.manager_barrier_party, args=(barrier, results)) for _ in range(2)]
+    for child in children:
+        child.start()
+    results.append(barrier.wait(10))
+    for child in children:
+        child.join(30)
+    assert sorted(results) == [0, 1, 2] and barrier.parties == 3 and not barrier.broken
+    barrier.abort()
+    assert barrier.broken
+    event = manager.Event()
+    assert not event.is_set() and event.wait(0.01) is False
+    event.set()
+    assert event.wait(1) is True and "EventProxy" in repr(event)
+    cond, flag = manager.Condition(), manager.Value("i", 0)
+    child = ctx.Process(target=targets.manager_condition_setter, args=(cond, flag))
+    with cond:
+        child.start()
+        # the predicate runs here, in the caller, against the shared value
+        assert cond.wait_for(lambda: flag.value == 1, timeout=30)
+    child.join(30)
+
+
+def test_joinable_queue_task_done_and_join(ctx, manager):
+    queue, done = manager.JoinableQueue(), manager.list()
+    worker = ctx.Process(target=targets.manager_queue_worker, args=(queue, done))
+    worker.start()
+    for i in range(5):
+        queue.put(i)
+    queue.put(None)
+    queue.join()  # returns once every item was marked done
+    assert sorted(done) == [0, 2, 4, 6, 8]
+    worker.join(30)
+    with pytest.raises(ValueError):
+        queue.task_done()  # too many task_done calls raise, as locally
+
+
+def test_pool_in_the_manager(manager):
+    with manager.Pool(2) as pool:
+        assert pool.map(targets.square, range(5)) == [0, 1, 4, 9, 16]
+        result = pool.apply_async(targets.square, (7,))
+        assert result.get(30) == 49 and result.successful()
+        assert sorted(pool.imap_unordered(targets.square, range(4))) == [0, 1, 4, 9]
+    with pytest.raises(procly.managers.RemoteError, match="at least 1"):
+        manager.Pool(0)
+
+
+def test_dict_iteration_runs_in_the_server(manager):
+    d = manager.dict(a=1, b=2)
+    assert sorted(d) == ["a", "b"]
+    it = iter(d)
+    d.clear()
+    with pytest.raises(RuntimeError):
+        next(it)
+
+
+def test_disallowed_methods_are_remote_errors():
+    with CounterManager(address=("127.0.0.1", 0), authkey=b"k") as m:
+        counter = m.Counter()
+        with pytest.raises(procly.managers.RemoteError, match="not in the list of allowed methods"):
+            counter._callmethod("_secret")
+        assert m._number_of_objects() == 1
+
+
+def test_xmlrpclib_serializer_unpickles_nothing():
+    class XmlManager(BaseManager):
+        pass
+
+    XmlManager.register("dict", dict, procly.managers.DictProxy)
+    with XmlManager(address=("127.0.0.1", 0), authkey=b"x", serializer="xmlrpclib") as m:
+        d = m.dict()
+        d["k"] = (1, b"bytes", None, "text")
+        assert d["k"] == [1, b"bytes", None, "text"]  # xmlrpc's types: tuples become lists
+        with pytest.raises(procly.managers.RemoteError, match="KeyError"):
+            d["missing"]
+    with pytest.raises(ValueError, match="serializer"):
+        BaseManager(serializer="json")
+
+
+def test_manager_holding_a_pool_still_dies_with_its_owner(tmp_path):
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import procly, time\n"
+        "if __name__ == '__main__':\n"
+        "    m = procly.Manager()\n"
+        "    pool = m.Pool(2)\n"
+        "    pool.map(abs, [-1, -2])\n"
+        "    print(m._process.pid, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(owner.stdout.readline())
+        workers = [pid for pid in _children_of(server_pid)]
+        assert len(workers) >= 2
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(10)
+        assert wait_until(lambda: all(pid_state(pid) in (None, "Z") for pid in [server_pid, *workers]), timeout=10)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        owner.stdout.close()
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+# --- SharedMemoryManager ---------------------------------------------------------------------
+
+def test_shared_memory_manager_owns_its_blocks(ctx):
+    from procly.managers import SharedMemoryManager
+
+    with SharedMemoryManager(ctx=ctx) as smm:
+        block = smm.SharedMemory(128)
+        numbers = smm.ShareableList([1, "two", 3.0])
+        reader, writer = ctx.Pipe(duplex=False)
+        child = ctx.Process(target=targets.create_manager_segment, args=(smm.address, bytes(smm._authkey), writer))
+        child.start()
+        child_block = reader.recv()
+        child.join(30)
+        reader.close()
+        writer.close()
+        # the child has exited, but the manager owns its block: it is still there
+        assert child_block in os.listdir("/dev/shm")
+        assert sorted(smm._list_segments()) == sorted([block.name, numbers.shm.name, child_block])
+        assert numbers[1] == "two"
+        names = [block.name, numbers.shm.name, child_block]
+        block.close()
+        numbers.shm.close()
+    assert not set(names) & set(os.listdir("/dev/shm"))
+
+
+def test_shared_memory_manager_killed_leaves_nothing(tmp_path):
+    script = tmp_path / "smm.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "from procly.managers import SharedMemoryManager\n"
+        "if __name__ == '__main__':\n"
+        "    smm = SharedMemoryManager()\n"
+        "    smm.start()\n"
+        "    block = smm.SharedMemory(64)\n"
+        "    print(block.name, smm._process.pid, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        name, server_pid = owner.stdout.readline().split()
+        assert name in os.listdir("/dev/shm")
+        os.kill(int(server_pid), signal.SIGKILL)  # the manager dies first, then its owner
+        owner.kill()
+        owner.wait(10)
+        assert wait_until(lambda: name not in os.listdir("/dev/shm"), timeout=10)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        owner.stdout.close()

@@ -184,6 +184,12 @@ class BaseProcess:
             _state.get().children.discard(self)
         self._closed = True
 
+    def _release_descriptors(self) -> None:
+        """Close an ended child's descriptors but keep its exit code readable (unlike close())."""
+        if self._handle is not None and self._handle.poll() is not None:
+            self._handle.close()
+            self.__dict__.pop("_sentinel", None)
+
     # -- attributes ----------------------------------------------------------
 
     @property

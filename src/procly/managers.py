@@ -10,7 +10,8 @@ The server is a :class:`procly.connection.Listener` with the manager's authkey: 
 connection passes the mutual HMAC handshake before a byte of it is unpickled. Objects
 are reference-counted: each proxy increfs when it is built (in any process) and decrefs
 when it is collected; the server drops an object when its count reaches zero. The
-manager process is daemonic, so it ends with its owner, however the owner dies.
+manager process watches its owner and ends with it, however the owner dies (it is not
+daemonic, so that a Pool held in it can have worker processes).
 
 Trust model: anyone holding the authkey can make the server unpickle data, which means
 run code in it. Keep authkeys secret; the default address is a Unix socket in a private
@@ -32,8 +33,10 @@ from ._listener import Client, Listener, _handshake
 from ._pool_worker import rebuild_exception
 
 __all__ = [
-    "AutoProxy", "BaseManager", "BaseProxy", "DictProxy", "ListProxy", "Namespace", "NamespaceProxy",
-    "RemoteError", "SyncManager", "Token", "ValueProxy",
+    "AcquirerProxy", "ArrayProxy", "AutoProxy", "BarrierProxy", "BaseManager", "BaseProxy", "ConditionProxy",
+    "DictProxy", "EventProxy", "IteratorProxy", "ListProxy", "MakeProxyType", "Namespace", "NamespaceProxy",
+    "PoolProxy", "RebuildProxy", "RemoteError", "Server", "SharedMemoryManager", "SyncManager", "Token",
+    "ValueProxy",
 ]  # fmt: skip
 
 
@@ -64,14 +67,65 @@ def public_methods(obj: Any) -> list[str]:
     return [name for name in dir(obj) if not name.startswith("_") and callable(getattr(obj, name, None))]
 
 
+# --------------------------------------------------------------------------- serializers
+
+SERIALIZERS = ("pickle", "xmlrpclib")
+
+
+def _check_serializer(serializer: str) -> None:
+    if serializer not in SERIALIZERS:
+        raise ValueError(f"unknown serializer {serializer!r}: 'pickle' or 'xmlrpclib'")
+
+
+class _XmlRpcConnection:
+    """A Connection that marshals messages with xmlrpc instead of pickle (``serializer="xmlrpclib"``).
+
+    Only xmlrpc's types travel: tuples arrive as lists, an exception as the text of its
+    traceback (raised as RemoteError). Nothing received is unpickled.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def send(self, obj: Any) -> None:
+        import xmlrpc.client
+
+        if isinstance(obj, tuple) and obj and obj[0] == "err":
+            # xmlrpc would flatten the exception into a struct: send its traceback's text.
+            obj = ("err", None, obj[2] or repr(obj[1]))
+        data = xmlrpc.client.dumps((obj,), allow_none=True)
+        self._conn.send_bytes(data.encode("utf-8"))
+
+    def recv(self) -> Any:
+        import xmlrpc.client
+
+        (obj,), _ = xmlrpc.client.loads(self._conn.recv_bytes().decode("utf-8"), use_builtin_types=True)
+        return obj
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def __enter__(self) -> _XmlRpcConnection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._conn.close()
+
+
+def _wrap(conn: Any, serializer: str) -> Any:
+    return conn if serializer == "pickle" else _XmlRpcConnection(conn)
+
+
 # --------------------------------------------------------------------------- server
 
 
 class Server:
     """Holds the shared objects and answers proxies (``manager.get_server()``)."""
 
-    def __init__(self, registry: dict[str, Any], address: Any, authkey: bytes) -> None:
+    def __init__(self, registry: dict[str, Any], address: Any, authkey: bytes, serializer: str = "pickle") -> None:
+        _check_serializer(serializer)
         self.registry = registry
+        self.serializer = serializer
         self.authkey = bytes(authkey)
         self.listener = Listener(address=address, authkey=self.authkey, backlog=128)
         self.address = self.listener.address
@@ -104,14 +158,27 @@ class Server:
             conn = _handshake(raw, self.authkey, True, self.listener.handshake_timeout)
         except (AuthenticationError, OSError):
             return  # that peer is dropped; the server goes on
-        self._serve_client(conn)
+        self._serve_client(_wrap(conn, self.serializer))
+
+    def handle_request(self, kind: str, args: tuple) -> Any:
+        """Requests beyond the built-in ones (a subclass's); the base server knows none.
+
+        Raises:
+            RemoteError: an unknown request.
+        """
+        raise RemoteError(f"unknown request {kind!r}")
 
     def _create(self, typeid: str, args: tuple, kwargs: dict) -> tuple[str, list[str]]:
         try:
             callable_, exposed, _, _ = self.registry[typeid]
         except KeyError:
             raise RemoteError(f"no type {typeid!r} is registered with this manager") from None
-        return self._adopt(typeid, callable_(*args, **kwargs))
+        try:
+            obj = callable_(*args, **kwargs)
+        except Exception as exc:
+            # As the standard library: a failed creation is the manager's error, with the cause's text.
+            raise RemoteError(f"creating a {typeid!r} failed:\n{traceback.format_exc()}") from exc
+        return self._adopt(typeid, obj)
 
     def _call(self, ident: str, method: str, args: tuple, kwargs: dict) -> tuple:
         with self.lock:
@@ -120,7 +187,7 @@ class Server:
             except KeyError:
                 raise RemoteError(f"object {ident} is not held by this manager (released?)") from None
         if method not in exposed and method not in ("__str__", "__repr__", "#GETVALUE"):
-            raise AttributeError(f"method {method!r} of {type(obj)!r} object is not in the list of allowed methods")
+            raise RemoteError(f"method {method!r} of {type(obj)!r} object is not in the list of allowed methods")
         if method == "#GETVALUE":
             return ("ok", obj)
         result = getattr(obj, method)(*args, **kwargs)
@@ -182,8 +249,11 @@ class Server:
                         return
                     elif kind == "ping":
                         reply = ("ok", os.getpid())
+                    elif kind == "count":
+                        with self.lock:
+                            reply = ("ok", len(self.objects))
                     else:
-                        raise RemoteError(f"unknown request {kind!r}")
+                        reply = ("ok", self.handle_request(kind, request[1:]))
                 except Exception as exc:  # noqa: BLE001 - sent back to the caller
                     reply = ("err", exc, traceback.format_exc())
                 if not _reply(conn, reply):
@@ -203,20 +273,33 @@ def _reply(conn: Any, reply: tuple) -> bool:
     return True
 
 
-def _run_server(registry: dict, address: Any, authkey: bytes, writer: Any, initializer: Any, initargs: tuple) -> None:
+def _run_server(registry: dict, address: Any, authkey: bytes, writer: Any, initializer: Any, initargs: tuple,
+                serializer: str = "pickle", server_type: type[Server] = Server) -> None:
     if initializer is not None:
         initializer(*initargs)
-    server = Server(registry, address, authkey)
+    server = server_type(registry, address, authkey, serializer)
     writer.send(server.address)
     writer.close()
+    # Not daemonic (a Pool held in the manager needs children), so it watches its owner
+    # itself: when the owner dies, however it dies, the server stops and this process ends.
+    parent = _process.parent_process()
+    if parent is not None:
+        threading.Thread(target=_stop_with_parent, args=(server, parent), name="procly-manager-owner",
+                         daemon=True).start()
     server.serve_forever()
+
+
+def _stop_with_parent(server: Server, parent: Any) -> None:
+    parent.join()  # returns when the owner has ended (at once if it is gone already)
+    server.stop_event.set()
 
 
 # --------------------------------------------------------------------------- client
 
 
-def _request(address: Any, authkey: bytes, *message: Any) -> Any:
-    with Client(address, authkey=authkey) as conn:
+def _request(address: Any, authkey: bytes, *message: Any, serializer: str = "pickle") -> Any:
+    with Client(address, authkey=authkey) as raw:
+        conn = _wrap(raw, serializer)
         conn.send(message)
         return _unwrap(conn.recv())
 
@@ -226,6 +309,8 @@ def _unwrap(reply: tuple) -> Any:
         return reply[1]
     if reply[0] == "err":
         _, exc, tb = reply
+        if exc is None:  # an xmlrpclib peer: only the traceback's text could travel
+            raise RemoteError(tb)
         raise rebuild_exception(exc, tb) if tb else exc
     raise RemoteError(f"unexpected reply {reply[0]!r}")
 
@@ -238,6 +323,7 @@ class BaseManager:
     """
 
     _registry: dict[str, Any] = {}
+    _Server: type[Server] = Server
 
     def __init__(self, address: Any = None, authkey: bytes | None = None, serializer: str = "pickle",
                  ctx: Any = None, *, shutdown_timeout: float = 1.0) -> None:  # fmt: skip
@@ -247,6 +333,7 @@ class BaseManager:
             raise TypeError("authkey should be a byte string")
         self._address = address
         self._authkey = _process.AuthenticationString(authkey)
+        _check_serializer(serializer)
         self._serializer = serializer
         if ctx is None:
             from .context import _default_context
@@ -264,7 +351,7 @@ class BaseManager:
 
     def get_server(self) -> Server:
         """A Server for this manager, to run in this process with ``serve_forever()``."""
-        return Server(self._registry, self._address, self._authkey)
+        return self._Server(self._registry, self._address, self._authkey, self._serializer)
 
     def connect(self) -> None:
         """Use the running manager server at ``address``.
@@ -272,11 +359,11 @@ class BaseManager:
         Raises:
             AuthenticationError: the authkey is wrong. OSError: nobody listens there.
         """
-        _request(self._address, self._authkey, "ping")
+        _request(self._address, self._authkey, "ping", serializer=self._serializer)
         self._connected = True
 
     def start(self, initializer: Callable[..., Any] | None = None, initargs: tuple = ()) -> None:
-        """Start the server in a daemonic child process.
+        """Start the server in a child process (it ends when this process ends, however it ends).
 
         Raises:
             procly.ProcessError: it is already started.
@@ -288,9 +375,9 @@ class BaseManager:
         reader, writer = Pipe(duplex=False)
         self._process = self._ctx.Process(
             target=_run_server,
-            args=(self._registry, self._address, self._authkey, writer, initializer, tuple(initargs)),
+            args=(self._registry, self._address, self._authkey, writer, initializer, tuple(initargs),
+                  self._serializer, self._Server),
             name=f"{type(self).__name__}-server",
-            daemon=True,
         )
         self._process.start()
         writer.close()
@@ -302,7 +389,8 @@ class BaseManager:
         finally:
             reader.close()
         self._finalizer = Finalize(
-            self, _stop_manager, args=(self._process, self._address, self._authkey, self._shutdown_timeout),
+            self, _stop_manager,
+            args=(self._process, self._address, self._authkey, self._shutdown_timeout, self._serializer),
             exitpriority=0,
         )  # fmt: skip
 
@@ -325,8 +413,16 @@ class BaseManager:
         self.shutdown()
 
     def _create(self, typeid: str, *args: Any, **kwargs: Any) -> tuple[Token, list[str]]:
-        ident, exposed = _request(self._address, self._authkey, "create", typeid, args, kwargs)
+        ident, exposed = _request(self._address, self._authkey, "create", typeid, args, kwargs,
+                                  serializer=self._serializer)
         return Token(typeid, self._address, ident), exposed
+
+    def _number_of_objects(self) -> int:
+        """How many objects the server holds (for tests and leak hunting)."""
+        return _request(self._address, self._authkey, "count", serializer=self._serializer)
+
+    def _debug_info(self) -> str:
+        return f"{self._number_of_objects()} objects held by the manager at {self._address!r}"
 
     @classmethod
     def register(cls, typeid: str, callable: Any = None, proxytype: Any = None, exposed: Any = None,  # noqa: A002
@@ -342,18 +438,20 @@ class BaseManager:
 
             def create(self: BaseManager, *args: Any, **kwargs: Any) -> Any:
                 token, exp = self._create(typeid, *args, **kwargs)
-                proxy = proxytype(token, manager=self, authkey=self._authkey, exposed=exp)
-                _request(self._address, self._authkey, "decref", token.id)  # the proxy holds its own ref
+                proxy = proxytype(token, serializer=self._serializer, manager=self, authkey=self._authkey,
+                                  exposed=exp)
+                # the proxy holds its own reference
+                _request(self._address, self._authkey, "decref", token.id, serializer=self._serializer)
                 return proxy
 
             create.__name__ = typeid
             setattr(cls, typeid, create)
 
 
-def _stop_manager(process: Any, address: Any, authkey: bytes, timeout: float) -> None:
+def _stop_manager(process: Any, address: Any, authkey: bytes, timeout: float, serializer: str = "pickle") -> None:
     if process.is_alive():
         try:
-            _request(address, authkey, "shutdown")
+            _request(address, authkey, "shutdown", serializer=serializer)
         except Exception:  # noqa: BLE001 - it may be gone already
             pass
         process.join(timeout)
@@ -363,8 +461,8 @@ def _stop_manager(process: Any, address: Any, authkey: bytes, timeout: float) ->
             if process.is_alive():
                 process.kill()
                 process.join()
-    if process.exitcode is not None:
-        process.close()
+    # Its exit code stays readable (as in the standard library); its descriptors go now.
+    process._release_descriptors()
 
 
 # --------------------------------------------------------------------------- proxies
@@ -379,20 +477,21 @@ class BaseProxy:
                  exposed: Any = None, incref: bool = True, manager_owned: bool = False) -> None:  # fmt: skip
         self._token = token
         self._id = token.id
+        self._serializer = serializer
         self._manager = manager
         self._authkey = bytes(authkey) if authkey is not None else bytes(_process.current_process().authkey)
         self._exposed = exposed
         self._local = threading.local()
         self._owned = manager_owned
         if incref and not manager_owned:
-            _request(token.address, self._authkey, "incref", token.id)
+            _request(token.address, self._authkey, "incref", token.id, serializer=serializer)
         if not manager_owned:
-            Finalize(self, _decref, args=(token, self._authkey), exitpriority=10)
+            Finalize(self, _decref, args=(token, self._authkey, serializer), exitpriority=10)
 
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed or getattr(self._local, "pid", None) != os.getpid():
-            conn = self._local.conn = Client(self._token.address, authkey=self._authkey)
+            conn = self._local.conn = _wrap(Client(self._token.address, authkey=self._authkey), self._serializer)
             self._local.pid = os.getpid()
         return conn
 
@@ -409,8 +508,9 @@ class BaseProxy:
             typeid, ident, exposed = reply[1]
             proxytype = self._manager._registry[typeid][3] if self._manager else AutoProxy
             token = Token(typeid, self._token.address, ident)
-            proxy = proxytype(token, manager=self._manager, authkey=self._authkey, exposed=exposed)
-            _request(token.address, self._authkey, "decref", ident)
+            proxy = proxytype(token, serializer=self._serializer, manager=self._manager, authkey=self._authkey,
+                              exposed=exposed)
+            _request(token.address, self._authkey, "decref", ident, serializer=self._serializer)
             return proxy
         return _unwrap(reply)
 
@@ -419,7 +519,7 @@ class BaseProxy:
         return self._callmethod("#GETVALUE")
 
     def __reduce__(self) -> Any:
-        return RebuildProxy, (type(self), self._token, self._exposed)
+        return RebuildProxy, (type(self), self._token, self._exposed, self._serializer)
 
     def __deepcopy__(self, memo: Any) -> Any:
         return self._getvalue()
@@ -434,16 +534,16 @@ class BaseProxy:
             return repr(self)[:-1] + "; '__str__()' failed>"
 
 
-def _decref(token: Token, authkey: bytes) -> None:
+def _decref(token: Token, authkey: bytes, serializer: str = "pickle") -> None:
     try:
-        _request(token.address, authkey, "decref", token.id)
+        _request(token.address, authkey, "decref", token.id, serializer=serializer)
     except Exception:  # noqa: BLE001 - the manager may be gone
         pass
 
 
-def RebuildProxy(proxytype: type, token: Token, exposed: Any) -> BaseProxy:  # noqa: N802 - stdlib name
+def RebuildProxy(proxytype: type, token: Token, exposed: Any, serializer: str = "pickle") -> BaseProxy:  # noqa: N802
     """Rebuild a proxy in another process (it takes its own reference)."""
-    return proxytype(token, authkey=_process.current_process().authkey, exposed=exposed)
+    return proxytype(token, serializer=serializer, authkey=_process.current_process().authkey, exposed=exposed)
 
 
 _proxy_types: dict[tuple[str, tuple[str, ...]], type] = {}
@@ -475,29 +575,7 @@ def AutoProxy(token: Token, serializer: str = "pickle", manager: Any = None, aut
         exposed = _request(token.address, authkey or bytes(_process.current_process().authkey), "call", token.id,
                            "__dir__", (), {})  # pragma: no cover - exposed is always sent here  # fmt: skip
     proxytype = MakeProxyType(f"AutoProxy[{token.typeid}]", exposed)
-    return proxytype(token, manager=manager, authkey=authkey, exposed=exposed, incref=incref)
-
-
-_LIST_METHODS = ("__add__", "__contains__", "__delitem__", "__getitem__", "__len__", "__mul__", "__reversed__",
-                 "__rmul__", "__setitem__", "append", "count", "extend", "index", "insert", "pop", "remove",
-                 "reverse", "sort", "__imul__")  # fmt: skip
-_DICT_METHODS = ("__contains__", "__delitem__", "__getitem__", "__iter__", "__len__", "__setitem__", "clear",
-                 "copy", "get", "items", "keys", "pop", "popitem", "setdefault", "update", "values")  # fmt: skip
-
-
-class ListProxy(MakeProxyType("BaseListProxy", _LIST_METHODS)):  # type: ignore[misc]
-    def __iadd__(self, value: Any) -> ListProxy:
-        self._callmethod("extend", (value,))
-        return self
-
-    def __imul__(self, value: Any) -> ListProxy:
-        self._callmethod("__imul__", (value,))
-        return self
-
-
-class DictProxy(MakeProxyType("BaseDictProxy", _DICT_METHODS)):  # type: ignore[misc]
-    def __iter__(self) -> Any:
-        return iter(self._callmethod("keys"))
+    return proxytype(token, serializer=serializer, manager=manager, authkey=authkey, exposed=exposed, incref=incref)
 
 
 class Namespace:
@@ -509,27 +587,6 @@ class Namespace:
     def __repr__(self) -> str:
         items = ", ".join(f"{k}={v!r}" for k, v in sorted(self.__dict__.items()) if not k.startswith("_"))
         return f"{type(self).__name__}({items})"
-
-
-class NamespaceProxy(BaseProxy):
-    _exposed_ = ("__getattribute__", "__setattr__", "__delattr__")
-
-    def __getattr__(self, key: str) -> Any:
-        if key.startswith("_"):
-            return object.__getattribute__(self, key)
-        return object.__getattribute__(self, "_callmethod")("__getattribute__", (key,))
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        if key.startswith("_"):
-            object.__setattr__(self, key, value)
-        else:
-            object.__getattribute__(self, "_callmethod")("__setattr__", (key, value))
-
-    def __delattr__(self, key: str) -> None:
-        if key.startswith("_"):
-            object.__delattr__(self, key)
-        else:
-            object.__getattribute__(self, "_callmethod")("__delattr__", (key,))
 
 
 class _Value:
@@ -547,43 +604,78 @@ class _Value:
         return f"{type(self).__name__}({self._typecode!r}, {self._value!r})"
 
 
-class ValueProxy(BaseProxy):
-    _exposed_ = ("get", "set")
-
-    def get(self) -> Any:
-        return self._callmethod("get")
-
-    def set(self, value: Any) -> None:
-        self._callmethod("set", (value,))
-
-    value = property(get, set)
-
-
 class SyncManager(BaseManager):
     """The manager behind ``procly.Manager()``: dict, list, Namespace, Queue, Lock, ..."""
+
+
+class _Array:
+    """What ``manager.Array(typecode, sequence)`` holds: an ``array.array``."""
+
+    def __new__(cls, typecode: str, sequence: Any, lock: bool = True) -> Any:  # noqa: D102
+        import array
+
+        return array.array(typecode, sequence)
+
+
+def _make_pool(*args: Any, **kwargs: Any) -> Any:
+    from .pool import Pool
+
+    return Pool(*args, **kwargs)
 
 
 def _register_sync_types() -> None:
     import queue
 
-    # The manager holds thread-level objects: its server serves each proxy in a thread.
-    SyncManager.register("dict", dict, DictProxy)
-    SyncManager.register("list", list, ListProxy)
-    SyncManager.register("Namespace", Namespace, NamespaceProxy)
-    SyncManager.register("Value", _Value, ValueProxy)
-    SyncManager.register("Array", lambda typecode, seq, lock=True: list(seq), ListProxy)
-    SyncManager.register("Queue", queue.Queue)
-    SyncManager.register("JoinableQueue", queue.Queue)
-    SyncManager.register("Lock", threading.Lock, exposed=("acquire", "release", "__enter__", "__exit__"))
-    SyncManager.register("RLock", threading.RLock, exposed=("acquire", "release", "__enter__", "__exit__"))
-    SyncManager.register("Semaphore", threading.Semaphore, exposed=("acquire", "release"))
-    SyncManager.register("BoundedSemaphore", threading.BoundedSemaphore, exposed=("acquire", "release"))
-    SyncManager.register("Event", threading.Event, exposed=("is_set", "set", "clear", "wait"))
-    SyncManager.register(
-        "Condition",
-        threading.Condition,
-        exposed=("acquire", "release", "wait", "wait_for", "notify", "notify_all", "__enter__", "__exit__"),
+    from ._sync_proxies import (
+        AcquirerProxy,
+        ArrayProxy,
+        AsyncResultProxy,
+        BarrierProxy,
+        ConditionProxy,
+        DictProxy,
+        EventProxy,
+        IteratorProxy,
+        ListProxy,
+        NamespaceProxy,
+        PoolProxy,
+        ValueProxy,
     )
+
+    # The manager holds thread-level objects: its server serves each proxy in a thread.
+    register = SyncManager.register
+    register("dict", dict, DictProxy)
+    register("list", list, ListProxy)
+    register("Namespace", Namespace, NamespaceProxy)
+    register("Value", _Value, ValueProxy)
+    register("Array", _Array, ArrayProxy)
+    register("Queue", queue.Queue)
+    register("JoinableQueue", queue.Queue)
+    register("Lock", threading.Lock, AcquirerProxy)
+    register("RLock", threading.RLock, AcquirerProxy)
+    register("Semaphore", threading.Semaphore, AcquirerProxy)
+    register("BoundedSemaphore", threading.BoundedSemaphore, AcquirerProxy)
+    register("Condition", threading.Condition, ConditionProxy)
+    register("Event", threading.Event, EventProxy)
+    register("Barrier", threading.Barrier, BarrierProxy)
+    register("Pool", _make_pool, PoolProxy)
+    register("Iterator", proxytype=IteratorProxy, create_method=False)
+    register("AsyncResult", proxytype=AsyncResultProxy, create_method=False)
 
 
 _register_sync_types()
+
+from ._shared_memory_manager import SharedMemoryManager as SharedMemoryManager  # noqa: E402
+from ._shared_memory_manager import SharedMemoryServer as SharedMemoryServer  # noqa: E402
+from ._sync_proxies import (  # noqa: E402 - they subclass BaseProxy, defined above
+    AcquirerProxy as AcquirerProxy,
+)
+from ._sync_proxies import ArrayProxy as ArrayProxy  # noqa: E402
+from ._sync_proxies import BarrierProxy as BarrierProxy  # noqa: E402
+from ._sync_proxies import ConditionProxy as ConditionProxy  # noqa: E402
+from ._sync_proxies import DictProxy as DictProxy  # noqa: E402
+from ._sync_proxies import EventProxy as EventProxy  # noqa: E402
+from ._sync_proxies import IteratorProxy as IteratorProxy  # noqa: E402
+from ._sync_proxies import ListProxy as ListProxy  # noqa: E402
+from ._sync_proxies import NamespaceProxy as NamespaceProxy  # noqa: E402
+from ._sync_proxies import PoolProxy as PoolProxy  # noqa: E402
+from ._sync_proxies import ValueProxy as ValueProxy  # noqa: E402

@@ -370,6 +370,12 @@ def ndarray(shape: Any, dtype: Any = float, *, fill: Any = None) -> Any:
     return array
 
 
+def _untrack(name: str) -> None:
+    """This process's tracker forgets *name*: someone else (a SharedMemoryManager) owns it now."""
+    if _tracker_instance is not None and _tracker_instance._pid == os.getpid():
+        _tracker_instance.unregister(name)
+
+
 def _release(name: str) -> None:
     """Remove *name* and tell this process's tracker (if it has one) to forget it."""
     try:

@@ -17,6 +17,10 @@ DEFAULT_AREAS = [
     "TestEvent", "TestBarrier", "TestFinalize", "TestLogging", "TestImportStar",
     "TestValue", "TestArray", "TestSharedCTypes", "TestHeap", "TestQueue", "TestSimpleQueue",
     "TestPool", "TestPoolWorkerErrors", "TestPoolWorkerLifetime", "TestInitializers", "TestPoolNotLeakOnFailure",
+    "TestSharedMemory", "TestSyncManagerTypes", "Manager.TestBarrier", "Manager.TestCondition",
+    "Manager.TestContainers", "Manager.TestEvent", "Manager.TestLock", "Manager.TestManagerRestart",
+    "Manager.TestMyManager", "Manager.TestPool", "Manager.TestQueue", "Manager.TestRemoteManager",
+    "Manager.TestSemaphore",
 ]
 
 

@@ -20,6 +20,15 @@ else:
     PLACEHOLDERS = []
 
 
+def area_name(class_name: str) -> str:
+    """``WithProcessesTestLock`` -> ``TestLock``; ``WithManagerTestLock`` -> ``Manager.TestLock``."""
+    if class_name.startswith("WithProcesses"):
+        return class_name[len("WithProcesses"):]
+    if class_name.startswith("WithManager"):
+        return "Manager." + class_name[len("WithManager"):]
+    return class_name
+
+
 class TestTimedOut(Exception):
     pass
 
@@ -38,11 +47,7 @@ class Result(unittest.TestResult):
         self.failed: list[str] = []
 
     def _area(self, test) -> dict[str, int]:
-        name = type(test).__name__
-        for prefix in ("WithProcesses", "WithThreads", "WithManager"):
-            if name.startswith(prefix):
-                name = name[len(prefix):]
-        return self.areas.setdefault(name, {"passed": 0, "failed": 0, "skipped": 0})
+        return self.areas.setdefault(area_name(type(test).__name__), {"passed": 0, "failed": 0, "skipped": 0})
 
     def startTest(self, test):  # noqa: N802 - unittest API
         super().startTest(test)
@@ -87,6 +92,9 @@ def install_classes(method: str) -> tuple[dict, object, object]:
     namespace: dict = {"__name__": __name__}
     suite_module.install_tests_in_module_dict(namespace, method, only_type="processes")
     processes = {k: v for k, v in namespace.items() if isinstance(v, type)}
+    managed: dict = {"__name__": __name__}
+    suite_module.install_tests_in_module_dict(managed, method, only_type="manager")
+    processes.update({k: v for k, v in managed.items() if isinstance(v, type)})
     namespace2: dict = {"__name__": __name__}
     suite_module.install_tests_in_module_dict(namespace2, method, exclude_types=True)
     classes = {**processes, **{k: v for k, v in namespace2.items() if isinstance(v, type)}}
@@ -104,7 +112,7 @@ def build_suite(method: str, areas: list[str]) -> unittest.TestSuite:
     loader = unittest.TestLoader()
     suite = unittest.TestSuite()
     for name, cls in sorted(classes.items()):
-        area = name.replace("WithProcesses", "")
+        area = area_name(name)
         if areas and area not in areas:
             continue
         suite.addTests(loader.loadTestsFromTestCase(cls))

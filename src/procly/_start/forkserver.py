@@ -44,36 +44,48 @@ _MAX_FDS = 256
 
 
 class ForkServerChild(PidfdSignals):
-    """A child forked by the fork server: status arrives on a socket, signals via pidfd."""
+    """A child forked by the fork server: status arrives on a socket, signals via pidfd.
+
+    The socket is kept as a bare descriptor: a socket object caught in a reference cycle
+    could be finalized before this handle and warn about a socket left open.
+    """
 
     def __init__(self, pid: int, pidfd: int, sock: socket.socket) -> None:
         self.pid = pid
         self.returncode: int | None = None
         self._pidfd: int | None = pidfd
-        self._sock: socket.socket | None = sock
-        self.sentinel = sock.fileno()
+        self._fd: int | None = sock.detach()
+        self.sentinel = self._fd
         self._lock = threading.Lock()
 
     def _read_status(self) -> int | None:
         with self._lock:
-            if self.returncode is None and self._sock is not None:
-                data = self._sock.recv(_STATUS.size, socket.MSG_WAITALL)
+            if self.returncode is None and self._fd is not None:
+                data = b""
+                while len(data) < _STATUS.size:
+                    chunk = os.read(self._fd, _STATUS.size - len(data))
+                    if not chunk:
+                        break
+                    data += chunk
                 # EOF without a status: the server died before reporting.
                 self.returncode = _STATUS.unpack(data)[0] if len(data) == _STATUS.size else 255
                 # Keep the sentinel ready from now on, even before the server closes its end.
+                view = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=self._fd)
                 try:
-                    self._sock.shutdown(socket.SHUT_RD)
+                    view.shutdown(socket.SHUT_RD)
                 except OSError:
                     pass
+                finally:
+                    view.detach()
             return self.returncode
 
     def poll(self) -> int | None:
-        if self.returncode is None and self._sock is not None and not wait([self._sock], 0):
+        if self.returncode is None and self._fd is not None and not wait([self._fd], 0):
             return None
         return self._read_status()
 
     def wait(self, timeout: float | None) -> int | None:
-        if self.returncode is None and self._sock is not None and not wait([self._sock], timeout):
+        if self.returncode is None and self._fd is not None and not wait([self._fd], timeout):
             return None
         return self._read_status()
 
@@ -81,12 +93,12 @@ class ForkServerChild(PidfdSignals):
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __del__(self) -> None:
-        if getattr(self, "_sock", None) is not None:
+        if getattr(self, "_fd", None) is not None or getattr(self, "_pidfd", None) is not None:
             self.close()
 
 

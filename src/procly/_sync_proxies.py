@@ -1,0 +1,205 @@
+"""The proxy types of SyncManager's objects (locks, events, barriers, pools, iterators...).
+
+Each forwards its methods to the referent in the manager's server; what must happen on
+the caller's side (``Condition.wait_for`` evaluates its predicate here, ``with``
+blocks, properties) is written out.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .managers import BaseProxy, MakeProxyType
+
+__all__ = [
+    "AcquirerProxy", "ArrayProxy", "AsyncResultProxy", "BarrierProxy", "ConditionProxy", "DictProxy", "EventProxy",
+    "IteratorProxy", "ListProxy", "NamespaceProxy", "PoolProxy", "ValueProxy",
+]  # fmt: skip
+
+
+class IteratorProxy(BaseProxy):
+    """An iterator (or generator) living in the server."""
+
+    _exposed_ = ("__next__", "send", "throw", "close")
+
+    def __iter__(self) -> IteratorProxy:
+        return self
+
+    def __next__(self, *args: Any) -> Any:
+        return self._callmethod("__next__", args)
+
+    def send(self, *args: Any) -> Any:
+        return self._callmethod("send", args)
+
+    def throw(self, *args: Any) -> Any:
+        return self._callmethod("throw", args)
+
+    def close(self, *args: Any) -> Any:
+        return self._callmethod("close", args)
+
+
+class AcquirerProxy(BaseProxy):
+    """Lock, RLock, Semaphore and BoundedSemaphore in the server."""
+
+    _exposed_ = ("acquire", "release")
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        args = (blocking,) if timeout is None else (blocking, timeout)
+        return self._callmethod("acquire", args)
+
+    def release(self) -> None:
+        return self._callmethod("release")
+
+    def __enter__(self) -> bool:
+        return self._callmethod("acquire")
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._callmethod("release")
+
+
+class ConditionProxy(AcquirerProxy):
+    _exposed_ = ("acquire", "release", "wait", "notify", "notify_all")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._callmethod("wait", (timeout,))
+
+    def notify(self, n: int = 1) -> None:
+        return self._callmethod("notify", (n,))
+
+    def notify_all(self) -> None:
+        return self._callmethod("notify_all")
+
+    def wait_for(self, predicate: Any, timeout: float | None = None) -> Any:
+        """Wait until ``predicate()`` (evaluated here, not in the server) is true or ``timeout`` passes."""
+        result = predicate()
+        if result:
+            return result
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not result:
+            remaining = None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+            self.wait(remaining)
+            result = predicate()
+        return result
+
+
+class EventProxy(BaseProxy):
+    _exposed_ = ("is_set", "set", "clear", "wait")
+
+    def is_set(self) -> bool:
+        return self._callmethod("is_set")
+
+    def set(self) -> None:
+        return self._callmethod("set")
+
+    def clear(self) -> None:
+        return self._callmethod("clear")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._callmethod("wait", (timeout,))
+
+
+class BarrierProxy(BaseProxy):
+    _exposed_ = ("__getattribute__", "wait", "abort", "reset")
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self._callmethod("wait", (timeout,))
+
+    def abort(self) -> None:
+        return self._callmethod("abort")
+
+    def reset(self) -> None:
+        return self._callmethod("reset")
+
+    @property
+    def parties(self) -> int:
+        return self._callmethod("__getattribute__", ("parties",))
+
+    @property
+    def n_waiting(self) -> int:
+        return self._callmethod("__getattribute__", ("n_waiting",))
+
+    @property
+    def broken(self) -> bool:
+        return self._callmethod("__getattribute__", ("broken",))
+
+
+class NamespaceProxy(BaseProxy):
+    _exposed_ = ("__getattribute__", "__setattr__", "__delattr__")
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            return object.__getattribute__(self, key)
+        return object.__getattribute__(self, "_callmethod")("__getattribute__", (key,))
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key.startswith("_"):
+            object.__setattr__(self, key, value)
+        else:
+            object.__getattribute__(self, "_callmethod")("__setattr__", (key, value))
+
+    def __delattr__(self, key: str) -> None:
+        if key.startswith("_"):
+            object.__delattr__(self, key)
+        else:
+            object.__getattribute__(self, "_callmethod")("__delattr__", (key,))
+
+
+class ValueProxy(BaseProxy):
+    _exposed_ = ("get", "set")
+
+    def get(self) -> Any:
+        return self._callmethod("get")
+
+    def set(self, value: Any) -> None:
+        self._callmethod("set", (value,))
+
+    value = property(get, set)
+
+
+_LIST_METHODS = ("__add__", "__contains__", "__delitem__", "__getitem__", "__len__", "__mul__", "__reversed__",
+                 "__rmul__", "__setitem__", "append", "count", "extend", "index", "insert", "pop", "remove",
+                 "reverse", "sort", "__imul__")  # fmt: skip
+_DICT_METHODS = ("__contains__", "__delitem__", "__getitem__", "__iter__", "__len__", "__setitem__", "clear",
+                 "copy", "get", "items", "keys", "pop", "popitem", "setdefault", "update", "values")  # fmt: skip
+
+
+class ListProxy(MakeProxyType("BaseListProxy", _LIST_METHODS)):  # type: ignore[misc]
+    def __iadd__(self, value: Any) -> ListProxy:
+        self._callmethod("extend", (value,))
+        return self
+
+    def __imul__(self, value: Any) -> ListProxy:
+        self._callmethod("__imul__", (value,))
+        return self
+
+
+class DictProxy(MakeProxyType("BaseDictProxy", _DICT_METHODS)):  # type: ignore[misc]
+    # Iterating runs over the server's dict: changing it meanwhile raises RuntimeError, as locally.
+    _method_to_typeid_ = {"__iter__": "Iterator"}
+
+
+ArrayProxy = MakeProxyType("ArrayProxy", ("__len__", "__getitem__", "__setitem__"))
+
+AsyncResultProxy = MakeProxyType("AsyncResult", ("get", "wait", "ready", "successful"))
+
+
+class PoolProxy(MakeProxyType("BasePoolProxy", (
+        "apply", "apply_async", "close", "imap", "imap_unordered", "join", "map", "map_async", "starmap",
+        "starmap_async", "terminate"))):  # type: ignore[misc]  # fmt: skip
+    """A procly Pool running in the manager's server process."""
+
+    _method_to_typeid_ = {
+        "apply_async": "AsyncResult", "map_async": "AsyncResult", "starmap_async": "AsyncResult",
+        "imap": "Iterator", "imap_unordered": "Iterator",
+    }  # fmt: skip
+
+    def __enter__(self) -> PoolProxy:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.terminate()
