@@ -106,6 +106,56 @@ def test_statistics_account_for_work(pool):
     per_worker = stats["per_worker"].values()
     assert sum(w["tasks"] for w in per_worker) >= 4
     assert sum(w["compute_seconds"] for w in per_worker) >= 0.2
+    # where the rest of the time went: (un)pickling, and waiting for work
+    assert all(w["serialize_seconds"] >= 0 and w["wait_seconds"] >= 0 for w in per_worker)
+    time.sleep(0.2)
+    pool.map(targets.square, range(2), chunksize=1)
+    assert sum(w["wait_seconds"] for w in pool.statistics()["per_worker"].values()) >= 0.1
+
+
+def test_max_memory_per_child_replaces_a_grown_worker(ctx):
+    from procly._pool_worker import resident_bytes
+
+    # A fresh worker is about as big as this process was when it started: give it 40 MiB of room.
+    with ctx.Pool(1, max_memory_per_child=resident_bytes() + 40 * 2**20) as pool:
+        small = [pool.apply(targets.grow_and_report_pid, (1,)) for _ in range(3)]
+        assert len(set(small)) == 1  # under the bound: the same worker
+        big = pool.apply(targets.grow_and_report_pid, (80,))
+        assert big == small[0]  # the task that grew it still completes on it
+        after = pool.apply(targets.grow_and_report_pid, (1,))
+        assert after != big  # ... and the worker is replaced before the next task
+        assert pool.map(targets.square, range(10)) == [x * x for x in range(10)]
+    with pytest.raises(ValueError, match="max_memory_per_child"):
+        ctx.Pool(1, max_memory_per_child=-5)
+
+
+def test_cancelling_an_awaiting_task_stops_the_work(ctx):
+    from concurrent.futures import CancelledError
+
+    async def main(pool):
+        running = pool.apply_async(targets.sleep, (30,))
+        queued = pool.apply_async(targets.sleep, (30,))
+        waiters = [asyncio.ensure_future(_await(r)) for r in (running, queued)]
+        await asyncio.sleep(0.5)
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        return running, queued
+
+    with ctx.Pool(1) as pool:
+        pid = pool.apply(targets.worker_pid)
+        started = time.monotonic()
+        running, queued = asyncio.run(main(pool))
+        for result in (running, queued):
+            with pytest.raises(CancelledError):
+                result.get(10)
+        # the sleeping worker was stopped and replaced, not left to sleep 30 s
+        assert pool.apply(targets.worker_pid) != pid
+        assert time.monotonic() - started < 10
+
+
+async def _await(result):
+    return await result
 
 
 def test_lambdas_and_closures(pool):

@@ -40,10 +40,11 @@ class ProcessPoolExecutor(Executor):
         max_tasks_per_child: int | None = None,
         task_timeout: float | None = None,
         retries: int = 0,
+        max_memory_per_child: int | None = None,
     ) -> None:
         self._adopt(Pool(
             max_workers, initializer, initargs, max_tasks_per_child, mp_context,
-            task_timeout=task_timeout, retries=retries,
+            task_timeout=task_timeout, retries=retries, max_memory_per_child=max_memory_per_child,
         ))  # fmt: skip
 
     def _adopt(self, pool: Any) -> None:

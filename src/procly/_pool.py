@@ -29,6 +29,7 @@ import signal
 import threading
 import time
 import weakref
+from concurrent.futures import CancelledError
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _serialization
@@ -106,7 +107,9 @@ class Pool:
     fails outstanding results instead of leaving them pending for ever.
 
     Raises:
-        ValueError: *processes* < 1, or *maxtasksperchild* not a positive int.
+        ValueError: *processes* < 1, *maxtasksperchild* not a positive int, or
+            *max_memory_per_child* (bytes of resident memory; a worker that grew past it is
+            replaced between tasks) not a positive int.
         TypeError: *initializer* is not callable.
     """
 
@@ -120,7 +123,14 @@ class Pool:
         *,
         task_timeout: float | None = None,
         retries: int = 0,
+        max_memory_per_child: int | None = None,
     ) -> None:
+        if max_memory_per_child is not None and (
+            not isinstance(max_memory_per_child, int) or max_memory_per_child <= 0
+        ):
+            raise ValueError("max_memory_per_child must be a positive number of bytes or None")
+        self._max_memory = max_memory_per_child
+        self._cancelled: list[_Task] = []
         if processes is None:
             processes = len(os.sched_getaffinity(0)) or 1
         if processes < 1:
@@ -142,7 +152,7 @@ class Pool:
         self._retries = retries
         self._state = PoolState.RUNNING
         self._task_seconds = 0.0  # moving average of task durations
-        self._done: dict[str, list] = {}  # worker name -> [tasks done, seconds computing]
+        self._done: dict[str, list] = {}  # worker name -> [tasks, computing, (un)pickling, waiting seconds]
         self._lock = threading.Lock()
         self._pending: collections.deque[_Task] = collections.deque()
         self._outstanding: dict[int, _Task] = {}
@@ -218,6 +228,13 @@ class Pool:
             except OSError:  # full: the supervisor has a wake-up pending anyway
                 pass
 
+    def _cancel(self, tasks: list[_Task]) -> None:
+        """Stop *tasks* (an awaiting asyncio task was cancelled): the supervisor drops the
+        queued ones and ends the worker running one, which is replaced."""
+        with self._lock:
+            self._cancelled.extend(tasks)
+        self._wake()
+
     def apply_async(
         self,
         func: Callable[..., Any],
@@ -243,6 +260,7 @@ class Pool:
 
         label = f"{getattr(func, '__qualname__', func)!s}(...)"
         task = self._make_task(func, APPLY, (tuple(args), dict(kwds or {})), 1, sink, task_timeout, retries, label)
+        result._on_cancel = lambda: self._cancel([task])
         self._submit([task])
         return result
 
@@ -280,6 +298,7 @@ class Pool:
 
             label = f"{name} on items {start}..{start + len(chunk) - 1}"
             tasks.append(self._make_task(func, mode, chunk, len(chunk), sink, task_timeout, retries, label))
+        result._on_cancel = lambda: self._cancel(tasks)
         self._submit(tasks)
         return result
 
@@ -432,7 +451,8 @@ class Pool:
 
     def statistics(self) -> dict[str, Any]:
         """A snapshot: state, workers, tasks pending and in flight, and per worker (past
-        and present) the tasks it finished and the seconds it spent computing them."""
+        and present) where its time went: tasks finished, seconds computing them, seconds
+        (un)pickling tasks and results, and seconds waiting for work."""
         with self._lock:
             return {
                 "state": self._state.value,
@@ -440,7 +460,11 @@ class Pool:
                 "pending": len(self._pending),
                 "in_flight": sum(len(w.inflight) for w in self._workers.values()),
                 "outstanding": len(self._outstanding),
-                "per_worker": {name: {"tasks": n, "compute_seconds": t} for name, (n, t) in self._done.items()},
+                "per_worker": {
+                    name: {"tasks": n, "compute_seconds": compute, "serialize_seconds": serialize,
+                           "wait_seconds": wait}
+                    for name, (n, compute, serialize, wait) in self._done.items()
+                },
             }
 
     # -- supervisor --------------------------------------------------------------------
@@ -449,7 +473,7 @@ class Pool:
         parent_end, child_end = Pipe()
         process = self._ctx.Process(
             target=worker_main,
-            args=(child_end, self._initializer, self._initargs, self._maxtasks),
+            args=(child_end, self._initializer, self._initargs, self._maxtasks, self._max_memory),
             name=f"PoolWorker-{next(_worker_numbers)}",
             daemon=True,
         )
@@ -478,6 +502,8 @@ class Pool:
         """One round of the supervisor loop; False when the pool is done."""
         if self._state is PoolState.TERMINATED:
             return False
+        if self._cancelled:
+            self._stop_cancelled()
         self._dispatch()
         if self._state is PoolState.CLOSED and not self._outstanding and not self._active_feeds:
             return False
@@ -531,6 +557,28 @@ class Pool:
                         self._start_clock(task)
                     worker.inflight.append(task)
 
+    def _stop_cancelled(self) -> None:
+        with self._lock:
+            cancelled, self._cancelled = self._cancelled, []
+            ids = {task.id for task in cancelled}
+            dropped = [task for task in self._pending if task.id in ids]
+            for task in dropped:
+                self._pending.remove(task)
+        running = []
+        for worker in list(self._workers.values()):
+            for task in list(worker.inflight)[1:]:
+                if task.id in ids:
+                    # Sent, not started: its reply will find no task waiting for it.
+                    worker.inflight.remove(task)
+                    dropped.append(task)
+            if worker.inflight and worker.inflight[0].id in ids:
+                running.append(worker)
+        for task in dropped:
+            self._finish(task, False, CancelledError(f"task {task.label} was cancelled"))
+        for worker in running:
+            worker.process.kill()
+            self._retire(worker, "cancelled")
+
     def _start_clock(self, task: _Task) -> None:
         task.deadline = time.monotonic() + task.timeout * task.count if task.timeout else None
 
@@ -549,19 +597,22 @@ class Pool:
             self._lost(worker)
             return
         except Exception as exc:  # noqa: BLE001 - a result that does not unpickle in the parent
-            message = ("done", worker.inflight[0].id if worker.inflight else -1, False, (exc, ""), 0.0)
+            message = ("done", worker.inflight[0].id if worker.inflight else -1, False, (exc, ""), 0.0,
+                       (0.0, 0.0, 0.0))
         if message[0] == "bye":
             self._retire(worker, None)
             return
-        _, task_id, success, values, seconds = message
+        _, task_id, success, values, seconds, (unpickling, sending, waiting) = message
         if not worker.inflight or worker.inflight[0].id != task_id:
             return
         task = worker.inflight.popleft()
         # Moving average of the time workers spend computing a task (for the depth).
         self._task_seconds += 0.2 * (seconds - self._task_seconds)
-        done = self._done.setdefault(worker.process.name, [0, 0.0])
+        done = self._done.setdefault(worker.process.name, [0, 0.0, 0.0, 0.0])
         done[0] += 1
         done[1] += seconds
+        done[2] += unpickling + sending
+        done[3] += waiting
         if worker.inflight:
             self._start_clock(worker.inflight[0])
         if not success:
@@ -596,6 +647,8 @@ class Pool:
                 self._retire(worker, "timeout")
 
     def _error(self, why: str, task: _Task, name: str, pid: int, exitcode: int | None) -> BaseException:
+        if why == "cancelled":
+            return CancelledError(f"task {task.label} was cancelled; worker {name} (pid {pid}) was stopped")
         if why == "timeout":
             return TaskTimeoutError(
                 f"task {task.label} ran longer than its timeout of {task.timeout}s per item; "
@@ -609,8 +662,9 @@ class Pool:
     def _retire(self, worker: _Worker, why: str | None) -> None:
         """Remove *worker*; fail (or retry) its running task, requeue the rest, replace it.
 
-        *why* is None for a worker that left after maxtasksperchild, "lost" for one that
-        died, "timeout" for one stopped because its task ran too long.
+        *why* is None for a worker that left after maxtasksperchild (or grew past
+        max_memory_per_child), "lost" for one that died, "timeout" for one stopped because
+        its task ran too long, "cancelled" for one stopped because its task was cancelled.
         """
         self._workers.pop(worker.conn, None)
         for fd in (worker.conn.fileno(), worker.sentinel):

@@ -29,6 +29,8 @@ class ApplyResult:
         self._error_callback = error_callback
         self._success = False
         self._value: Any = None
+        # Set by the pool: stops the call's work when an awaiting asyncio task is cancelled.
+        self._on_cancel: Callable[[], Any] | None = None
 
     def ready(self) -> bool:
         """Whether the call has completed."""
@@ -80,8 +82,15 @@ class ApplyResult:
 
         def when_ready() -> None:
             self._event.wait()
-            loop.call_soon_threadsafe(settle)
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(settle)
 
+        def cancel_work(done: Any) -> None:
+            # The awaiting task was cancelled: cancel the work too, not just the wait.
+            if done.cancelled() and not self.ready() and self._on_cancel is not None:
+                self._on_cancel()
+
+        future.add_done_callback(cancel_work)
         threading.Thread(target=when_ready, daemon=True).start()
         return future.__await__()
 

@@ -14,6 +14,7 @@ back about is the one running — that is how a death is pinned to its task.
 from __future__ import annotations
 
 import collections
+import os
 import signal
 import time
 import traceback
@@ -86,22 +87,43 @@ def _error_payload(exc: BaseException) -> tuple[BaseException, str]:
     return exc, tb
 
 
-def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tuple, maxtasks: int | None) -> None:
-    """Run tasks from *conn* until told to stop, the pool goes away, or *maxtasks* are done."""
+def resident_bytes() -> int:
+    """This process's resident memory (RSS), from /proc."""
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * _PAGE_SIZE
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tuple, maxtasks: int | None,
+                max_memory: int | None = None) -> None:
+    """Run tasks from *conn* until told to stop, the pool goes away, *maxtasks* are done,
+    or (checked between tasks) the resident memory exceeds *max_memory* bytes.
+
+    Each reply carries the task's timings: seconds computing, seconds unpickling its
+    function and arguments, seconds pickling and sending the previous reply, and seconds
+    spent waiting for this task.
+    """
     # Ctrl-C is the parent's business: it terminates the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if initializer is not None:
         initializer(*initargs)
     funcs: collections.OrderedDict[int, Callable[..., Any]] = collections.OrderedDict()
     done = 0
+    previous_send = 0.0
+    clock = time.perf_counter
     while maxtasks is None or done < maxtasks:
+        waiting_since = clock()
         try:
             message = conn.recv()
         except (EOFError, OSError):
             return
+        received = clock()
         if message is None:
             return
         task_id, key, func_bytes, mode, payload = message
+        started = received
         try:
             if func_bytes is not None:
                 funcs[key] = _serialization.loads(func_bytes)
@@ -110,15 +132,20 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
             func = funcs[key]
             funcs.move_to_end(key)
             items = _serialization.loads(payload)
-            started = time.perf_counter()
+            started = clock()
             values = _run(func, mode, items)
-            reply: tuple = ("done", task_id, True, values, time.perf_counter() - started)
+            reply: tuple = ("done", task_id, True, values, clock() - started)
         except Exception as exc:  # noqa: BLE001 - reported to the caller
-            reply = ("done", task_id, False, _error_payload(exc), 0.0)
+            reply = ("done", task_id, False, _error_payload(exc), clock() - started)
+        reply += ((started - received, previous_send, received - waiting_since),)
+        sending = clock()
         try:
             conn.send(reply)
         except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
             wrapped = MaybeEncodingError(exc, reply[3])
-            conn.send(("done", task_id, False, (wrapped, ""), reply[4]))
+            conn.send(("done", task_id, False, (wrapped, ""), reply[4], reply[5]))
+        previous_send = clock() - sending
         done += 1
+        if max_memory is not None and resident_bytes() > max_memory:
+            break  # between tasks: the pool replaces this worker
     conn.send(("bye",))
