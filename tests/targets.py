@@ -350,3 +350,9 @@ def grow_and_report_pid(megabytes: int) -> int:
     """Keep ``megabytes`` of touched memory alive in this worker; return its pid."""
     _hoard.append(bytearray(megabytes * 1024 * 1024))
     return os.getpid()
+
+
+def worker_rss(_=None) -> int:
+    from procly._pool_worker import resident_bytes
+
+    return resident_bytes()

@@ -114,10 +114,10 @@ def test_statistics_account_for_work(pool):
 
 
 def test_max_memory_per_child_replaces_a_grown_worker(ctx):
-    from procly._pool_worker import resident_bytes
-
-    # A fresh worker is about as big as this process was when it started: give it 40 MiB of room.
-    with ctx.Pool(1, max_memory_per_child=resident_bytes() + 40 * 2**20) as pool:
+    # How big a fresh worker of this start method is; give it 40 MiB of room beyond that.
+    with ctx.Pool(1) as probe:
+        fresh = probe.apply(targets.worker_rss)
+    with ctx.Pool(1, max_memory_per_child=fresh + 40 * 2**20) as pool:
         small = [pool.apply(targets.grow_and_report_pid, (1,)) for _ in range(3)]
         assert len(set(small)) == 1  # under the bound: the same worker
         big = pool.apply(targets.grow_and_report_pid, (80,))
@@ -303,3 +303,23 @@ def test_keyboard_interrupt_during_map_is_prompt(ctx):
     pool.terminate()
     pool.join()
     assert time.monotonic() - started < 5
+
+
+def test_imap_chunks_adapt_to_fast_items_and_slow_input(pool):
+    before = sum(w["tasks"] for w in pool.statistics()["per_worker"].values())
+    assert list(pool.imap(targets.square, range(3000))) == [x * x for x in range(3000)]
+    tasks = sum(w["tasks"] for w in pool.statistics()["per_worker"].values()) - before
+    assert tasks < 1500  # trivial items travel in chunks, not one message each
+    assert sorted(pool.imap_unordered(targets.square, range(500))) == sorted(x * x for x in range(500))
+
+    def slow_input():
+        for i in range(6):
+            time.sleep(0.1)
+            yield i
+
+    started = time.monotonic()
+    results = pool.imap(targets.square, slow_input())
+    assert next(results) == 0
+    # the first result does not wait for a chunk to fill from a slow input
+    assert time.monotonic() - started < 0.45
+    assert list(results) == [1, 4, 9, 16, 25]

@@ -47,6 +47,9 @@ PIPELINE = 8  # tasks in flight per worker: the next one is already there when o
 # could block writing it while the worker blocks writing its result: bigger tasks wait
 # until the worker is idle (and reading).
 PIPELINE_MAX_BYTES = 64 * 1024
+#: imap's adaptive chunks aim at this much work each, and hold this many items of look-ahead per slot.
+ADAPTIVE_CHUNK_SECONDS = 0.002
+IMAP_ADAPTIVE_ITEMS = 4
 TERMINATE_GRACE = 1.0
 _READY = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 
@@ -152,6 +155,7 @@ class Pool:
         self._retries = retries
         self._state = PoolState.RUNNING
         self._task_seconds = 0.0  # moving average of task durations
+        self._item_seconds = 0.0  # moving average of the time per item (for imap's chunks)
         self._done: dict[str, list] = {}  # worker name -> [tasks, computing, (un)pickling, waiting seconds]
         self._lock = threading.Lock()
         self._pending: collections.deque[_Task] = collections.deque()
@@ -162,6 +166,7 @@ class Pool:
         self._wake_r: int
         self._wake_w: int | None
         self._wake_r, self._wake_w = os.pipe()
+        self._wake_pending = False  # one byte in the pipe is enough to wake the supervisor
         os.set_blocking(self._wake_w, False)
         self._workers: dict[Any, _Worker] = {}
         # One poll set for the supervisor's whole life: worker connections and sentinels
@@ -221,8 +226,9 @@ class Pool:
 
     def _wake(self) -> None:
         with self._lock:
-            if self._wake_w is None:
-                return  # the supervisor is gone
+            if self._wake_w is None or self._wake_pending:
+                return  # the supervisor is gone, or a wake-up is already on its way
+            self._wake_pending = True
             try:
                 os.write(self._wake_w, b"x")
             except OSError:  # full: the supervisor has a wake-up pending anyway
@@ -333,13 +339,16 @@ class Pool:
     def _imap(self, iterator_cls, func, iterable, chunksize, task_timeout, retries, progress=False,
               on_result=None) -> IMapIterator:  # fmt: skip
         self._check_running()
-        if chunksize < 1:
+        if chunksize is not None and chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize}")
         self._function(func)  # an unpicklable function raises now
         # Bounded look-ahead, counted in items and given back as the caller consumes
         # results: the input is read lazily and an endless generator runs in bounded
         # memory even when the caller is slower than the workers.
-        slots = threading.Semaphore(self._processes * PIPELINE * 2 * chunksize)
+        lookahead = self._processes * PIPELINE * 2 * (IMAP_ADAPTIVE_ITEMS if chunksize is None else chunksize)
+        slots = threading.Semaphore(lookahead)
+        if chunksize is None:
+            chunksize = self._adaptive_chunksize(lookahead)
         result = iterator_cls(on_consumed=slots.release)
         feeder = threading.Thread(
             target=self._feed_imap,
@@ -382,12 +391,30 @@ class Pool:
             meter.set_total(result._length or 0)
             threading.Thread(target=_close_when_consumed, args=(result, meter), daemon=True).start()
 
-    def imap(self, func, iterable, chunksize: int = 1, *, task_timeout=None, retries=None, progress=False,
-             on_result=None) -> IMapIterator:  # fmt: skip
-        """Lazily map *func* over *iterable*; results in input order (*progress*, *on_result*: see map_async)."""
+    def _adaptive_chunksize(self, lookahead: int) -> Callable[[], int]:
+        """imap's default: chunks sized so that one takes about ADAPTIVE_CHUNK_SECONDS of
+        work, from the measured time per item (1 until something is measured), and small
+        enough that the look-ahead always holds a few chunks per worker."""
+        largest = max(1, lookahead // (4 * self._processes))
+
+        def next_size() -> int:
+            per_item = self._item_seconds
+            if per_item <= 0:
+                return 1
+            return max(1, min(largest, int(ADAPTIVE_CHUNK_SECONDS / per_item)))
+
+        return next_size
+
+    def imap(self, func, iterable, chunksize: int | None = None, *, task_timeout=None, retries=None,
+             progress=False, on_result=None) -> IMapIterator:  # fmt: skip
+        """Lazily map *func* over *iterable*; results in input order (*progress*, *on_result*: see map_async).
+
+        The default *chunksize* adapts: small, fast items are sent in growing chunks, and a
+        chunk is sent early if the input is slow to produce it, so results never wait on it.
+        """
         return self._imap(IMapIterator, func, iterable, chunksize, task_timeout, retries, progress, on_result)
 
-    def imap_unordered(self, func, iterable, chunksize: int = 1, *, task_timeout=None, retries=None,
+    def imap_unordered(self, func, iterable, chunksize: int | None = None, *, task_timeout=None, retries=None,
                        progress=False, on_result=None):  # fmt: skip
         """Lazily map *func* over *iterable*; results as they complete."""
         return self._imap(IMapUnorderedIterator, func, iterable, chunksize, task_timeout, retries, progress,
@@ -518,6 +545,9 @@ class Pool:
                     os.read(self._wake_r, 4096)
                 except BlockingIOError:
                     pass
+                with self._lock:
+                    self._wake_pending = False
+                self._dispatch()  # what the wake-up was for (submitted work): now, not next round
             elif worker is None or worker.conn not in self._workers:
                 continue  # retired earlier in this round
             elif kind == "sentinel":
@@ -608,6 +638,9 @@ class Pool:
         task = worker.inflight.popleft()
         # Moving average of the time workers spend computing a task (for the depth).
         self._task_seconds += 0.2 * (seconds - self._task_seconds)
+        per_item = seconds / max(task.count, 1)
+        self._item_seconds = per_item if not self._item_seconds else self._item_seconds + 0.2 * (
+            per_item - self._item_seconds)
         done = self._done.setdefault(worker.process.name, [0, 0.0, 0.0, 0.0])
         done[0] += 1
         done[1] += seconds

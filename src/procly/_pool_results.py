@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from typing import Any, Callable
 
 from ._errors import TimeoutError
@@ -209,15 +210,23 @@ class IMapUnorderedIterator(IMapIterator):
             self._cond.notify_all()
 
 
+#: An adaptive imap chunk is sent once reading it has taken this long.
+PARTIAL_CHUNK_SECONDS = 0.005
+
+
 def feed_lazily(
     result: IMapIterator,
     iterator: Any,
-    chunksize: int,
+    chunksize: int | Callable[[], int],
     slots: threading.Semaphore,
     stopped: Callable[[], bool],
     submit: Callable[[int, list, Callable[[bool, Any], None]], None],
 ) -> None:
     """Read *iterator* in chunks as *slots* allow and hand each chunk to *submit*.
+
+    *chunksize* is a number, or a callable asked before each chunk (adaptive chunks:
+    such a chunk also goes out as soon as reading it has taken PARTIAL_CHUNK_SECONDS,
+    so a slow input never holds back results).
 
     *slots* counts items the caller has not consumed yet (``result`` releases one per
     item it returns), so the input is read only as fast as results are used: an
@@ -227,14 +236,19 @@ def feed_lazily(
     Runs in a thread of its own; returns when the input ends or *stopped()* is true.
     """
     position = 0
+    adaptive = callable(chunksize)
     while not stopped():
         chunk: list = []
+        size = chunksize() if adaptive else chunksize
+        began = time.monotonic()
         try:
-            for _ in range(chunksize):
+            for _ in range(size):
                 while not slots.acquire(timeout=0.2):
                     if stopped():
                         raise StopIteration
                 chunk.append(next(iterator))
+                if adaptive and time.monotonic() - began > PARTIAL_CHUNK_SECONDS:
+                    break
         except StopIteration:
             pass
         except Exception as exc:  # noqa: BLE001 - the input itself raised: report it in place

@@ -21,6 +21,7 @@ directory, and TCP addresses default to loopback.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import traceback
 from typing import Any, Callable
@@ -275,6 +276,9 @@ def _reply(conn: Any, reply: tuple) -> bool:
 
 def _run_server(registry: dict, address: Any, authkey: bytes, writer: Any, initializer: Any, initargs: tuple,
                 serializer: str = "pickle", server_type: type[Server] = Server) -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the owner decides when the
+    # manager stops (shutdown(), its exit or its death), not the keyboard.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if initializer is not None:
         initializer(*initargs)
     server = server_type(registry, address, authkey, serializer)
