@@ -222,7 +222,12 @@ class Pool:
             for task in tasks:
                 self._outstanding[task.id] = task
             self._pending.extend(tasks)
-        self._wake()
+        # Hand the work to idle workers from this thread: one thread hop less per task
+        # (the supervisor would only have to wake up to do this). What is left, and any
+        # deadline the supervisor must watch, still goes through it.
+        self._dispatch()
+        if self._pending or any(task.timeout for task in tasks):
+            self._wake()
 
     def _wake(self) -> None:
         with self._lock:
@@ -574,18 +579,24 @@ class Pool:
                     if worker.inflight and size > PIPELINE_MAX_BYTES:
                         break
                     self._pending.popleft()
+                    # In flight *before* it is sent: the supervisor may read the reply before
+                    # a caller's thread that dispatches it gets here again.
+                    if not worker.inflight:
+                        self._start_clock(task)
+                    worker.inflight.append(task)
                     try:
                         # PickleBuffer: a large payload is written from its own memory.
                         message = (task.id, task.func_key, func_bytes, task.mode, pickle.PickleBuffer(task.payload))
                         worker.conn.send(message)
                     except OSError:
+                        try:
+                            worker.inflight.remove(task)
+                        except ValueError:
+                            pass
                         self._pending.appendleft(task)
                         break  # the worker is dying; its sentinel will tell
                     worker.funcs.add(task.func_key)
                     worker.sent += 1
-                    if not worker.inflight:
-                        self._start_clock(task)
-                    worker.inflight.append(task)
 
     def _stop_cancelled(self) -> None:
         with self._lock:
@@ -699,7 +710,10 @@ class Pool:
         max_memory_per_child), "lost" for one that died, "timeout" for one stopped because
         its task ran too long, "cancelled" for one stopped because its task was cancelled.
         """
-        self._workers.pop(worker.conn, None)
+        with self._lock:
+            # Under the lock: a dispatch from a caller's thread either finished before this
+            # (its tasks are in worker.inflight, requeued below) or will not see this worker.
+            self._workers.pop(worker.conn, None)
         for fd in (worker.conn.fileno(), worker.sentinel):
             self._fds.pop(fd, None)
             self._poller.unregister(fd)
