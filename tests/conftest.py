@@ -36,6 +36,38 @@ def child_pids(pid: int | None = None) -> set[int]:
     return found
 
 
+def _process_table() -> list[tuple[int, list[str]]]:
+    """(pid, the fields of /proc/PID/stat after the command name) of every process."""
+    table = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    table.append((int(entry), f.read().rsplit(")", 1)[1].split()))
+            except OSError:
+                continue
+    return table
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live (not zombie) descendant of *pid*."""
+    children: dict[int, list[int]] = {}
+    for child, fields in _process_table():
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(child)
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def session_processes(session: int) -> list[int]:
+    """Live processes of the session *session* (a process started with start_new_session)."""
+    return [pid for pid, fields in _process_table() if int(fields[3]) == session and fields[0] != "Z"]
+
+
 def pid_state(pid: int) -> str | None:
     """The /proc state letter of *pid* (Z for zombie), or None if it does not exist."""
     try:

@@ -22,6 +22,8 @@ import procly
 from procly import PicklingError, TaskTimeoutError, WorkerLostError
 from procly._demo import EXAMPLES
 
+from .conftest import descendants, pid_state
+
 distributed = pytest.importorskip("distributed")
 from procly.dask import Executor, Pool  # noqa: E402
 
@@ -34,32 +36,8 @@ pytestmark = [
 DASK = str(Path(sys.executable).with_name("dask"))
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live descendant of ``pid``."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                children.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
 def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return pid_state(pid) not in (None, "Z")
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from procly.loadtest import EmbeddedTarget, LoadTestConfig, LoadTestError, Thres
 from procly.loadtest._config import HttpTarget, parse_count, parse_duration, split_evenly
 from procly.loadtest._report import Report
 
+from .conftest import session_processes
 from .loadtest_targets import CALLS_DIR_ENV
 
 pytestmark = pytest.mark.timeout(60)
@@ -300,20 +301,6 @@ def test_bad_options_exit_2():
         assert out.returncode == 2 and out.stderr.startswith("procly loadtest:"), (args, out.stderr)
 
 
-def _session_processes(session: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == session and fields[0] != "Z":
-                found.append(int(entry))
-    return found
-
-
 @pytest.mark.parametrize("whole_group", [False, True], ids=["coordinator", "terminal"])
 def test_ctrl_c_stops_within_a_second_and_still_reports(whole_group):
     proc = subprocess.Popen([sys.executable, "-m", "procly.cli", "loadtest", "-q", "-d", "60", "-p", "2", "-c", "8",
@@ -345,9 +332,9 @@ def test_ctrl_c_stops_within_a_second_and_still_reports(whole_group):
 
 def wait_for_nothing_left(session: int) -> bool:
     deadline = time.monotonic() + 5
-    while _session_processes(session) and time.monotonic() < deadline:
+    while session_processes(session) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return not _session_processes(session)
+    return not session_processes(session)
 
 
 def test_report_from_python_is_complete(target):

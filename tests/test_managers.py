@@ -15,7 +15,7 @@ import procly
 from procly.managers import BaseManager, SyncManager
 
 from . import targets
-from .conftest import pid_state, wait_until
+from .conftest import descendants, pid_state, wait_until
 
 
 @pytest.fixture
@@ -236,7 +236,7 @@ def test_manager_holding_a_pool_still_dies_with_its_owner(tmp_path):
     owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         server_pid = int(owner.stdout.readline())
-        workers = [pid for pid in _children_of(server_pid)]
+        workers = sorted(descendants(server_pid))
         assert len(workers) >= 2
         owner.send_signal(signal.SIGKILL)
         owner.wait(10)
@@ -246,19 +246,6 @@ def test_manager_holding_a_pool_still_dies_with_its_owner(tmp_path):
             owner.kill()
             owner.wait()
         owner.stdout.close()
-
-
-def _children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
 
 
 # --- SharedMemoryManager ---------------------------------------------------------------------

@@ -36,7 +36,8 @@ from . import _serialization
 from ._connection import Pipe
 from ._errors import PoolTerminatedError, TaskTimeoutError, WorkerLostError
 from ._finalize import Finalize
-from ._pool_results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult, feed_lazily
+from ._pool_api import PoolAPI
+from ._pool_results import ApplyResult, IMapIterator, MapResult, feed_lazily
 from ._pool_worker import APPLY, MAP, STARMAP, rebuild_exception, worker_main
 from ._progress import Progress, wanted
 
@@ -101,7 +102,7 @@ def _signal_text(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-class Pool:
+class Pool(PoolAPI):
     """A pool of worker processes (``multiprocessing.Pool``), hardened.
 
     Beyond the standard library: a worker that dies fails only the task it was running
@@ -275,17 +276,14 @@ class Pool:
         self._submit([task])
         return result
 
-    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None) -> Any:
-        """``apply_async(...).get()``."""
-        return self.apply_async(func, args, kwds).get()
-
     def _default_chunksize(self, length: int) -> int:
         chunksize, extra = divmod(length, self._processes * 4)
         return max(1, chunksize + bool(extra))
 
-    def _map_async(self, func, iterable, mode, chunksize, callback, error_callback, task_timeout, retries,
+    def _map_async(self, func, iterable, star, chunksize, callback, error_callback, task_timeout, retries,
                    progress=False, on_result=None) -> MapResult:  # fmt: skip
         self._check_running()
+        mode = STARMAP if star else MAP
         items = list(iterable)
         meter = Progress(len(items), progress, on_result) if wanted(progress, on_result) else None
         if chunksize is None:
@@ -312,34 +310,6 @@ class Pool:
         result._on_cancel = lambda: self._cancel(tasks)
         self._submit(tasks)
         return result
-
-    def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None, *,
-                  task_timeout=None, retries=None, progress=False, on_result=None) -> MapResult:  # fmt: skip
-        """Apply *func* to every item of *iterable*; return a MapResult at once.
-
-        *progress* (True or a label) shows a tqdm bar; *on_result(value)* is called for
-        every finished item, in the pool's supervisor thread.
-        """
-        return self._map_async(func, iterable, MAP, chunksize, callback, error_callback, task_timeout, retries,
-                               progress, on_result)  # fmt: skip
-
-    def map(self, func, iterable, chunksize=None, *, task_timeout=None, retries=None, progress=False,
-            on_result=None) -> list[Any]:  # fmt: skip
-        """``[func(x) for x in iterable]``, computed by the workers, in order."""
-        return self.map_async(func, iterable, chunksize, task_timeout=task_timeout, retries=retries,
-                              progress=progress, on_result=on_result).get()  # fmt: skip
-
-    def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None, *,
-                      task_timeout=None, retries=None, progress=False, on_result=None) -> MapResult:  # fmt: skip
-        """Like map_async, calling ``func(*args)`` for each tuple of arguments."""
-        return self._map_async(func, iterable, STARMAP, chunksize, callback, error_callback, task_timeout, retries,
-                               progress, on_result)  # fmt: skip
-
-    def starmap(self, func, iterable, chunksize=None, *, task_timeout=None, retries=None, progress=False,
-                on_result=None) -> list[Any]:  # fmt: skip
-        """``[func(*args) for args in iterable]``, computed by the workers, in order."""
-        return self.starmap_async(func, iterable, chunksize, task_timeout=task_timeout, retries=retries,
-                                  progress=progress, on_result=on_result).get()  # fmt: skip
 
     def _imap(self, iterator_cls, func, iterable, chunksize, task_timeout, retries, progress=False,
               on_result=None) -> IMapIterator:  # fmt: skip
@@ -409,21 +379,6 @@ class Pool:
             return max(1, min(largest, int(ADAPTIVE_CHUNK_SECONDS / per_item)))
 
         return next_size
-
-    def imap(self, func, iterable, chunksize: int | None = None, *, task_timeout=None, retries=None,
-             progress=False, on_result=None) -> IMapIterator:  # fmt: skip
-        """Lazily map *func* over *iterable*; results in input order (*progress*, *on_result*: see map_async).
-
-        The default *chunksize* adapts: small, fast items are sent in growing chunks, and a
-        chunk is sent early if the input is slow to produce it, so results never wait on it.
-        """
-        return self._imap(IMapIterator, func, iterable, chunksize, task_timeout, retries, progress, on_result)
-
-    def imap_unordered(self, func, iterable, chunksize: int | None = None, *, task_timeout=None, retries=None,
-                       progress=False, on_result=None):  # fmt: skip
-        """Lazily map *func* over *iterable*; results as they complete."""
-        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, task_timeout, retries, progress,
-                          on_result)  # fmt: skip
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -37,7 +37,8 @@ from distributed.scheduler import KilledWorker
 
 from .. import _serialization
 from .._errors import PicklingError, PoolTerminatedError, TaskTimeoutError, WorkerLostError
-from .._pool_results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult, feed_lazily
+from .._pool_api import PoolAPI
+from .._pool_results import ApplyResult, IMapIterator, MapResult, feed_lazily
 from .._progress import Progress, wanted
 from . import _tasks
 
@@ -76,7 +77,7 @@ def _unpicklable(objects: Iterable[Any]) -> str:
     return "an object of the call"
 
 
-class Pool:
+class Pool(PoolAPI):
     """A Pool whose workers are a Dask cluster's.
 
     Give ``client`` (a ``distributed.Client``, left open at the end), or ``address``
@@ -168,45 +169,6 @@ class Pool:
         self._submit(_tasks.run_call, (shipped, args, kwds, timeout), sink, self._retries_for(retries),
                      _name(func), timeout)
         return result
-
-    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None) -> Any:
-        """``apply_async(...).get()``."""
-        return self.apply_async(func, args, kwds).get()
-
-    def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None, *,
-                  task_timeout=None, retries=None, progress=False, on_result=None) -> MapResult:  # fmt: skip
-        """Submit ``func`` over ``iterable`` in chunks; a MapResult of the list, in order."""
-        return self._map_async(func, iterable, False, chunksize, callback, error_callback, task_timeout, retries,
-                               progress, on_result)  # fmt: skip
-
-    def map(self, func, iterable, chunksize=None, *, task_timeout=None, retries=None, progress=False,
-            on_result=None) -> list[Any]:  # fmt: skip
-        """``[func(x) for x in iterable]`` on the cluster; raises the first task's exception."""
-        return self.map_async(func, iterable, chunksize, task_timeout=task_timeout, retries=retries,
-                              progress=progress, on_result=on_result).get()  # fmt: skip
-
-    def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None, *,
-                      task_timeout=None, retries=None, progress=False, on_result=None) -> MapResult:  # fmt: skip
-        """Like :meth:`map_async`, each item unpacked as the arguments."""
-        return self._map_async(func, iterable, True, chunksize, callback, error_callback, task_timeout, retries,
-                               progress, on_result)  # fmt: skip
-
-    def starmap(self, func, iterable, chunksize=None, *, task_timeout=None, retries=None, progress=False,
-                on_result=None) -> list[Any]:  # fmt: skip
-        """``[func(*args) for args in iterable]`` on the cluster."""
-        return self.starmap_async(func, iterable, chunksize, task_timeout=task_timeout, retries=retries,
-                                  progress=progress, on_result=on_result).get()  # fmt: skip
-
-    def imap(self, func, iterable, chunksize: int = 1, *, task_timeout=None, retries=None, progress=False,
-             on_result=None) -> IMapIterator:  # fmt: skip
-        """Results in input order as they come; the input is read lazily, a bounded number of chunks ahead."""
-        return self._imap(IMapIterator, func, iterable, chunksize, task_timeout, retries, progress, on_result)
-
-    def imap_unordered(self, func, iterable, chunksize: int = 1, *, task_timeout=None, retries=None,
-                       progress=False, on_result=None) -> IMapIterator:  # fmt: skip
-        """Results as they complete; the input is read lazily."""
-        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, task_timeout, retries, progress,
-                          on_result)  # fmt: skip
 
     def close(self) -> None:
         """No new work; :meth:`join` then waits for what was submitted."""
@@ -396,6 +358,7 @@ class Pool:
     def _imap(self, iterator_cls, func, iterable, chunksize, task_timeout, retries, progress,
               on_result) -> IMapIterator:  # fmt: skip
         self._check_running()
+        chunksize = 1 if chunksize is None else chunksize
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize}")
         cache: dict[int, Any] = {}

@@ -44,6 +44,13 @@ def connect_error_kind(exc: BaseException) -> str:
     return f"connect {type(exc).__name__}"
 
 
+def set_nodelay(transport: Any) -> None:
+    """No Nagle delay: a request (or an answer) goes out the moment it is written."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class _Protocol(asyncio.Protocol):
     """One TCP connection: feeds bytes to httptools and reports to its slot."""
 
@@ -56,9 +63,7 @@ class _Protocol(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
         self.slot.load.recorder.bytes_received += len(data)

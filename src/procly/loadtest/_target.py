@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import ssl
 from collections import deque
 from http import HTTPStatus
@@ -28,6 +27,7 @@ from typing import Any
 import httptools
 
 from ..connection import Connection
+from ._http import set_nodelay
 
 MAX_BYTES = 16 * 1024 * 1024
 MAX_DELAY_MS = 60_000
@@ -67,9 +67,7 @@ class _ServerProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
         try:

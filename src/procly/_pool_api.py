@@ -1,0 +1,73 @@
+"""The map-like half of the Pool API, shared by the local Pool and the Dask Pool.
+
+A pool provides ``apply_async``, ``_map_async(func, iterable, star, ...)`` and
+``_imap(iterator_cls, func, iterable, ...)``; this mixin builds the public calls on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from ._pool_results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+
+
+class PoolAPI:
+    """apply, map, map_async, starmap, starmap_async, imap and imap_unordered."""
+
+    def apply_async(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None,
+                    callback: Any = None, error_callback: Any = None, **options: Any) -> ApplyResult:
+        raise NotImplementedError
+
+    def _map_async(self, func, iterable, star, chunksize, callback, error_callback, task_timeout, retries,
+                   progress, on_result) -> MapResult:  # fmt: skip
+        raise NotImplementedError
+
+    def _imap(self, iterator_cls, func, iterable, chunksize, task_timeout, retries, progress,
+              on_result) -> IMapIterator:  # fmt: skip
+        raise NotImplementedError
+
+    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None) -> Any:
+        """``apply_async(...).get()``."""
+        return self.apply_async(func, args, kwds).get()
+
+    def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None, *,
+                  task_timeout=None, retries=None, progress=False, on_result=None) -> MapResult:  # fmt: skip
+        """Apply *func* to every item of *iterable*; return a MapResult at once.
+
+        *progress* (True or a label) shows a tqdm bar; *on_result(value)* is called for
+        every finished item, in the pool's own thread.
+        """
+        return self._map_async(func, iterable, False, chunksize, callback, error_callback, task_timeout, retries,
+                               progress, on_result)  # fmt: skip
+
+    def map(self, func, iterable, chunksize=None, *, task_timeout=None, retries=None, progress=False,
+            on_result=None) -> list[Any]:  # fmt: skip
+        """``[func(x) for x in iterable]``, computed by the workers, in order."""
+        return self.map_async(func, iterable, chunksize, task_timeout=task_timeout, retries=retries,
+                              progress=progress, on_result=on_result).get()  # fmt: skip
+
+    def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None, *,
+                      task_timeout=None, retries=None, progress=False, on_result=None) -> MapResult:  # fmt: skip
+        """Like map_async, calling ``func(*args)`` for each tuple of arguments."""
+        return self._map_async(func, iterable, True, chunksize, callback, error_callback, task_timeout, retries,
+                               progress, on_result)  # fmt: skip
+
+    def starmap(self, func, iterable, chunksize=None, *, task_timeout=None, retries=None, progress=False,
+                on_result=None) -> list[Any]:  # fmt: skip
+        """``[func(*args) for args in iterable]``, computed by the workers, in order."""
+        return self.starmap_async(func, iterable, chunksize, task_timeout=task_timeout, retries=retries,
+                                  progress=progress, on_result=on_result).get()  # fmt: skip
+
+    def imap(self, func, iterable, chunksize: int | None = None, *, task_timeout=None, retries=None,
+             progress=False, on_result=None) -> IMapIterator:  # fmt: skip
+        """Lazily map *func* over *iterable*; results in input order (*progress*, *on_result*: see map_async).
+
+        The input is read lazily with a bounded look-ahead, so an endless generator works.
+        """
+        return self._imap(IMapIterator, func, iterable, chunksize, task_timeout, retries, progress, on_result)
+
+    def imap_unordered(self, func, iterable, chunksize: int | None = None, *, task_timeout=None, retries=None,
+                       progress=False, on_result=None) -> IMapIterator:  # fmt: skip
+        """Lazily map *func* over *iterable*; results as they complete."""
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, task_timeout, retries, progress,
+                          on_result)  # fmt: skip
