@@ -21,8 +21,10 @@ directory, and TCP addresses default to loopback.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import threading
+import time
 import traceback
 from typing import Any, Callable
 
@@ -115,6 +117,38 @@ class _XmlRpcConnection:
 
 def _wrap(conn: Any, serializer: str) -> Any:
     return conn if serializer == "pickle" else _XmlRpcConnection(conn)
+
+
+# --------------------------------------------------------------------------- latency
+
+#: How long a proxy waiting for its reply, and a server thread waiting for its client's
+#: next request, watch the socket before going to sleep on it.
+SPIN_SECONDS = 0.0001
+
+
+class _Spinner:
+    """Spin briefly before a blocking read.
+
+    A proxy call is a round trip, and each hop that finds its reader asleep costs a
+    scheduler wake-up (tens of µs on a VM) on top of the work. The answer to a dict get,
+    or a client's next call in a loop, usually comes within a few tens of µs: watching
+    the socket that long keeps both ends awake, and only a slower peer lets them sleep.
+    """
+
+    __slots__ = ("_poller",)
+
+    def __init__(self, fd: int) -> None:
+        self._poller = select.poll()
+        self._poller.register(fd, select.POLLIN)
+
+    def wait(self) -> None:
+        poll = self._poller.poll
+        if poll(0):
+            return
+        deadline = time.perf_counter() + SPIN_SECONDS
+        while time.perf_counter() < deadline:
+            if poll(0):
+                return
 
 
 # --------------------------------------------------------------------------- server
@@ -223,9 +257,11 @@ class Server:
                     del self.objects[ident]
 
     def _serve_client(self, conn: Any) -> None:
+        spinner = _Spinner(conn.fileno())
         with conn:
             while not self.stop_event.is_set():
                 try:
+                    spinner.wait()
                     request = conn.recv()
                 except (EOFError, OSError):
                     return
@@ -496,6 +532,7 @@ class BaseProxy:
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed or getattr(self._local, "pid", None) != os.getpid():
             conn = self._local.conn = _wrap(Client(self._token.address, authkey=self._authkey), self._serializer)
+            self._local.spinner = _Spinner(conn.fileno())
             self._local.pid = os.getpid()
         return conn
 
@@ -507,6 +544,7 @@ class BaseProxy:
         """
         conn = self._connection()
         conn.send(("call", self._id, methodname, tuple(args), dict(kwds or {})))
+        self._local.spinner.wait()
         reply = conn.recv()
         if reply[0] == "proxy":
             typeid, ident, exposed = reply[1]
