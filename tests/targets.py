@@ -356,3 +356,11 @@ def worker_rss(_=None) -> int:
     from procly._pool_worker import resident_bytes
 
     return resident_bytes()
+
+
+def double_and_send_back(conn) -> None:
+    """Receive an array, check it is writable, double it in place, send it back."""
+    array = conn.recv()
+    array *= 2
+    conn.send(array)
+    conn.close()

@@ -307,3 +307,41 @@ def test_send_and_receive_a_descriptor(ctx, tmp_path):
         reduction.recv_handle(b)
     a.close()
     b.close()
+
+
+def test_big_buffers_cross_a_duplex_pipe_in_a_memfd(ctx):
+    from procly import _connection
+
+    parent, child = ctx.Pipe()
+    big = np.arange(_connection.MEMFD_THRESHOLD // 8 * 2, dtype=np.float64)
+    p = ctx.Process(target=targets.double_and_send_back, args=(child,))
+    p.start()
+    child.close()
+    parent.send(big)
+    back = parent.recv()
+    p.join(30)
+    assert p.exitcode == 0  # the child could write to the array it received
+    assert np.array_equal(back, big * 2) and back.flags.writeable
+    back[0] = -1.0  # copy-on-write: nobody else sees it
+    assert big[0] == 0.0
+    parent.close()
+
+
+def test_memfd_frames_are_checked():
+    from procly import _connection
+
+    # A memfd announced on an OS pipe (which cannot carry descriptors) is refused.
+    r, w = os.pipe()
+    os.write(w, struct.pack("!iIQQ", _connection._IN_MEMFD, 1, 1, 10))
+    conn = Connection(r, writable=False)
+    with pytest.raises(procly.MessageError, match="cannot carry"):
+        conn.recv()
+    assert conn.closed
+    os.close(w)
+    # ... and one announced on a socket but sent without its descriptor too.
+    a, b = socket.socketpair()
+    a.sendall(struct.pack("!iIQQ", _connection._IN_MEMFD, 1, 1, 10) + b"F")
+    conn = Connection(b.detach())
+    with pytest.raises(procly.MessageError, match="did not arrive"):
+        conn.recv()
+    a.close()

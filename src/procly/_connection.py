@@ -5,19 +5,27 @@ Wire format (all integers big-endian)::
     plain message      i32 n (0 <= n < 2**31-1)        then n bytes
     large message      i32 -1, u64 n                   then n bytes (over 2 GiB)
     out-of-band object i32 -2, u32 k, (k+1) x u64 size then the pickle, then k buffers
+    buffers in a memfd  i32 -3, u32 k, (k+1) x u64 size, one byte carrying the memfd
+                        (SCM_RIGHTS), then the pickle; the k buffers lie in the memfd
 
 ``send()`` of an object with large buffers (numpy arrays, big bytes) uses the third
 form: the buffers are written straight from their own memory instead of being copied
 into the pickle first, and the receiver unpickles over the buffers it read, without
-another copy. Everything else is a plain message, so ``send`` and ``recv_bytes`` (or
+another copy. On a socket (a duplex Pipe, a Pool's worker channel) buffers of 1 MiB
+and more in all go into an anonymous memfd instead, whose descriptor travels with the
+frame: the sender copies them once, the receiver maps them (copy-on-write) and copies
+nothing, and the socket carries a few bytes instead of streaming megabytes through its
+buffer. Everything else is a plain message, so ``send`` and ``recv_bytes`` (or
 ``send_bytes`` and ``recv``) interoperate as in the standard library.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import select
 import socket
+import stat
 import struct
 from typing import Any
 
@@ -31,6 +39,8 @@ _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
 _LARGE = -1
 _OUT_OF_BAND = -2
+_IN_MEMFD = -3
+MEMFD_THRESHOLD = 1024 * 1024  # out-of-band bytes in one message from which a memfd carries them
 _SMALL_WRITE = 64 * 1024  # header and payload go out in one write below this size
 _POLLIN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 
@@ -53,6 +63,7 @@ class Connection:
         self._handle: int | None = handle
         self._readable = readable
         self._writable = writable
+        self._fd_socket: socket.socket | None | bool = None  # for SCM_RIGHTS; False: not a Unix socket
         # Largest message accepted by recv(); None means no limit (pipes between our own
         # processes). Servers facing a network set one.
         self.max_message_size: int | None = None
@@ -105,8 +116,23 @@ class Connection:
 
     def _close(self) -> None:
         handle, self._handle = self._handle, None
+        fd_socket, self._fd_socket = getattr(self, "_fd_socket", None), None
+        if isinstance(fd_socket, socket.socket):
+            fd_socket.close()  # a duplicate of the handle: closing it leaves the handle alone
         if handle is not None:
             os.close(handle)
+
+    def _socket_for_fds(self, handle: int) -> socket.socket | None:
+        """A socket object over (a duplicate of) the handle, to pass descriptors; None for a pipe."""
+        if self._fd_socket is None:
+            self._fd_socket = False
+            if stat.S_ISSOCK(os.fstat(handle).st_mode):
+                sock = socket.socket(fileno=os.dup(handle))
+                if sock.family == socket.AF_UNIX:  # descriptors travel on Unix sockets only
+                    self._fd_socket = sock
+                else:
+                    sock.close()
+        return self._fd_socket or None
 
     def close(self) -> None:
         """Close the connection; closing twice is harmless."""
@@ -195,11 +221,22 @@ class Connection:
             self._send_frame(handle, payload)
             return
         sizes = [len(payload)] + [b.nbytes for b in buffers]
-        header = _HEADER.pack(_OUT_OF_BAND) + _U32.pack(len(buffers))
+        sock = self._socket_for_fds(handle) if sum(sizes) - sizes[0] >= MEMFD_THRESHOLD else None
+        kind = _OUT_OF_BAND if sock is None else _IN_MEMFD
+        header = _HEADER.pack(kind) + _U32.pack(len(buffers))
         header += b"".join(_U64.pack(s) for s in sizes)
-        self._write_all(handle, header + payload)
-        for buf in buffers:
-            self._write_all(handle, buf)
+        if sock is None:
+            self._write_all(handle, header + payload)
+            for buf in buffers:
+                self._write_all(handle, buf)
+            return
+        memfd = _buffers_in_memfd(buffers)
+        try:
+            self._write_all(handle, header)
+            socket.send_fds(sock, [b"F"], [memfd])
+        finally:
+            os.close(memfd)
+        self._write_all(handle, payload)
 
     # -- reading -------------------------------------------------------------
 
@@ -313,7 +350,7 @@ class Connection:
         if n >= 0:
             self._check_size(n, None)
             return _serialization.loads(self._read_payload(handle, n))
-        if n != _OUT_OF_BAND:
+        if n not in (_OUT_OF_BAND, _IN_MEMFD):
             self.close()
             raise MessageError(f"malformed frame header ({n})")
         (count,) = _U32.unpack(self._read_exact(handle, 4))  # type: ignore[arg-type]
@@ -323,6 +360,9 @@ class Connection:
         raw = self._read_exact(handle, 8 * (count + 1))
         sizes = [_U64.unpack_from(raw, 8 * i)[0] for i in range(count + 1)]  # type: ignore[arg-type]
         self._check_size(sum(sizes), None)
+        if n == _IN_MEMFD:
+            views = self._receive_memfd(handle, sizes[1:])
+            return _serialization.loads(self._read_payload(handle, sizes[0]), views)
         payload = self._read_payload(handle, sizes[0])
         buffers = []
         for size in sizes[1:]:
@@ -330,6 +370,35 @@ class Connection:
             self._read_into(handle, memoryview(buf))
             buffers.append(buf)
         return _serialization.loads(payload, buffers)
+
+    def _receive_memfd(self, handle: int, sizes: list[int]) -> list[memoryview]:
+        sock = self._socket_for_fds(handle)
+        if sock is None:
+            self.close()
+            raise MessageError("malformed frame: a memfd announced on a connection that cannot carry one")
+        _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            self.close()
+            raise MessageError("malformed frame: the memfd announced did not arrive")
+        try:
+            total = sum(sizes)
+            if os.fstat(fds[0]).st_size < total:
+                self.close()
+                raise MessageError("malformed frame: the memfd is smaller than announced")
+            # Private and writable: arrays rebuilt over it can be changed, copy-on-write,
+            # without a byte being copied until then.
+            mapped = mmap.mmap(fds[0], total, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE) \
+                if total else None
+        finally:
+            os.close(fds[0])
+        views, offset = [], 0
+        whole = memoryview(mapped) if mapped is not None else memoryview(b"")
+        for size in sizes:
+            views.append(whole[offset : offset + size])
+            offset += size
+        return views
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """Whether there is anything to read (or the peer is gone) within *timeout* seconds.
@@ -344,6 +413,22 @@ class Connection:
         else:
             ms = max(0, int(timeout * 1000 + 0.999))
         return bool(poller.poll(ms))
+
+
+def _buffers_in_memfd(buffers: list[memoryview]) -> int:
+    """A new memfd holding *buffers* one after another (one copy); the caller closes it."""
+    fd = os.memfd_create("procly-message", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, sum(b.nbytes for b in buffers))
+        for buf in buffers:
+            view = buf.cast("B") if buf.format != "B" or buf.ndim != 1 else buf
+            written = 0
+            while written < len(view):
+                written += os.write(fd, view[written:])
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _rebuild_connection(fd: int, readable: bool, writable: bool) -> Connection:

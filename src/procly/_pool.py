@@ -63,7 +63,7 @@ class PoolState(enum.Enum):
 
 class _Task:
     __slots__ = ("id", "func_key", "func_bytes", "mode", "payload", "sink", "count", "timeout", "retries", "label",
-                 "deadline")  # fmt: skip
+                 "deadline", "buffers", "size")  # fmt: skip
 
     def __init__(self, task_id, func_key, func_bytes, mode, payload, sink, count, timeout, retries, label) -> None:
         self.id = task_id
@@ -77,6 +77,10 @@ class _Task:
         self.retries = retries
         self.label = label
         self.deadline: float | None = None
+        # Large buffers of the arguments (numpy arrays, big bytes), kept out of the pickle:
+        # they travel from their own memory (in a memfd), never copied into the payload.
+        self.buffers: list[memoryview] = []
+        self.size = len(payload)
 
 
 class _Worker:
@@ -207,12 +211,16 @@ class Pool(PoolAPI):
 
     def _make_task(self, func, mode, items, count, sink, task_timeout, retries, label) -> _Task:
         key, func_bytes = self._function(func)
-        payload = _serialization.dumps(items)  # unpicklable arguments raise here, in the caller
+        buffers: list[memoryview] = []
+        payload = _serialization.dumps(items, buffers)  # unpicklable arguments raise here, in the caller
         timeout = self._task_timeout if task_timeout is None else task_timeout
-        return _Task(
+        task = _Task(
             next(self._ids), key, func_bytes, mode, payload, sink, count, timeout,
             self._retries if retries is None else retries, label,
         )  # fmt: skip
+        task.buffers = buffers
+        task.size += sum(b.nbytes for b in buffers)
+        return task
 
     def _submit(self, tasks: list[_Task]) -> None:
         with self._lock:
@@ -530,7 +538,7 @@ class Pool(PoolAPI):
                         break
                     task = self._pending[0]
                     func_bytes = None if task.func_key in worker.funcs else task.func_bytes
-                    size = len(task.payload) + (len(func_bytes) if func_bytes else 0)
+                    size = task.size + (len(func_bytes) if func_bytes else 0)
                     if worker.inflight and size > PIPELINE_MAX_BYTES:
                         break
                     self._pending.popleft()
@@ -541,7 +549,8 @@ class Pool(PoolAPI):
                     worker.inflight.append(task)
                     try:
                         # PickleBuffer: a large payload is written from its own memory.
-                        message = (task.id, task.func_key, func_bytes, task.mode, pickle.PickleBuffer(task.payload))
+                        message = (task.id, task.func_key, func_bytes, task.mode, pickle.PickleBuffer(task.payload),
+                                   [pickle.PickleBuffer(b) for b in task.buffers])
                         worker.conn.send(message)
                     except OSError:
                         try:

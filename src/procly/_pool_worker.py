@@ -122,7 +122,7 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
         received = clock()
         if message is None:
             return
-        task_id, key, func_bytes, mode, payload = message
+        task_id, key, func_bytes, mode, payload, buffers = message
         started = received
         try:
             if func_bytes is not None:
@@ -131,7 +131,7 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
                     funcs.popitem(last=False)
             func = funcs[key]
             funcs.move_to_end(key)
-            items = _serialization.loads(payload)
+            items = _serialization.loads(payload, buffers)
             started = clock()
             values = _run(func, mode, items)
             reply: tuple = ("done", task_id, True, values, clock() - started)
