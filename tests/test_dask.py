@@ -354,3 +354,14 @@ def test_loadtest_call_on_the_cluster_spends_the_budget_exactly(cluster):
     report = run_on_dask(LoadTestConfig(call="tests.loadtest_targets:quick", processes=2, connections=3,
                                         requests=300), cluster)
     assert report.requests == 300 and report.errors == 0 and not report.workers_lost
+
+
+def test_progress_bar_and_on_result_on_the_cluster(pool, capsys):
+    seen = []
+    assert pool.map(square, range(12), chunksize=3, on_result=seen.append, progress="dask") == [
+        x * x for x in range(12)]
+    assert sorted(seen) == sorted(x * x for x in range(12))
+    assert "12/12" in capsys.readouterr().err
+    seen.clear()
+    assert list(pool.imap(square, range(5), on_result=seen.append)) == [0, 1, 4, 9, 16]
+    assert sorted(seen) == [0, 1, 4, 9, 16]
