@@ -364,3 +364,10 @@ def double_and_send_back(conn) -> None:
     array *= 2
     conn.send(array)
     conn.close()
+
+
+def hold_proxy_then_die(proxy, conn) -> None:
+    """Take a reference to the manager's object, then die without giving it back."""
+    assert len(proxy) == 0
+    conn.send("holding")
+    os.kill(os.getpid(), signal.SIGKILL)

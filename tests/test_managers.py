@@ -298,3 +298,17 @@ def test_shared_memory_manager_killed_leaves_nothing(tmp_path):
             owner.kill()
             owner.wait()
         owner.stdout.close()
+
+
+def test_a_client_that_dies_gives_its_references_back(ctx, manager):
+    shared = manager.list()
+    reader, writer = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=targets.hold_proxy_then_die, args=(shared, writer))
+    child.start()
+    assert reader.recv() == "holding"
+    child.join(30)
+    assert child.exitcode == -signal.SIGKILL
+    reader.close()
+    writer.close()
+    del shared  # our reference goes; the dead child's is given back by the server itself
+    assert wait_until(lambda: manager._number_of_objects() == 0, timeout=10)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
+import struct
 import threading
 import time
 import traceback
@@ -151,6 +153,20 @@ class _Spinner:
                 return
 
 
+def _peer_pid(fd: int) -> int | None:
+    """The pid of the process at the other end of a Unix socket (SO_PEERCRED); None otherwise."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        if sock.family != socket.AF_UNIX:
+            return None
+        pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        return pid or None
+    except OSError:
+        return None
+    finally:
+        sock.close()
+
+
 # --------------------------------------------------------------------------- server
 
 
@@ -165,6 +181,7 @@ class Server:
         self.listener = Listener(address=address, authkey=self.authkey, backlog=128)
         self.address = self.listener.address
         self.objects: dict[str, list[Any]] = {}  # id -> [object, exposed, refcount]
+        self.holders: dict[int, dict[str, int]] = {}  # client pid -> {id: references it holds}
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
 
@@ -203,7 +220,7 @@ class Server:
         """
         raise RemoteError(f"unknown request {kind!r}")
 
-    def _create(self, typeid: str, args: tuple, kwargs: dict) -> tuple[str, list[str]]:
+    def _create(self, typeid: str, args: tuple, kwargs: dict, peer: int | None = None) -> tuple[str, list[str]]:
         try:
             callable_, exposed, _, _ = self.registry[typeid]
         except KeyError:
@@ -213,9 +230,9 @@ class Server:
         except Exception as exc:
             # As the standard library: a failed creation is the manager's error, with the cause's text.
             raise RemoteError(f"creating a {typeid!r} failed:\n{traceback.format_exc()}") from exc
-        return self._adopt(typeid, obj)
+        return self._adopt(typeid, obj, peer)
 
-    def _call(self, ident: str, method: str, args: tuple, kwargs: dict) -> tuple:
+    def _call(self, ident: str, method: str, args: tuple, kwargs: dict, peer: int | None = None) -> tuple:
         with self.lock:
             try:
                 obj, exposed, _, own_typeid = self.objects[ident]
@@ -229,35 +246,78 @@ class Server:
         method_to_typeid = self.registry[own_typeid][2] if own_typeid in self.registry else None
         typeid = method_to_typeid.get(method) if method_to_typeid else None
         if typeid is not None:
-            ident2, exposed2 = self._adopt(typeid, result)
+            ident2, exposed2 = self._adopt(typeid, result, peer)
             return ("proxy", (typeid, ident2, exposed2))
         return ("ok", result)
 
-    def _adopt(self, typeid: str, obj: Any) -> tuple[str, list[str]]:
+    def _adopt(self, typeid: str, obj: Any, peer: int | None = None) -> tuple[str, list[str]]:
         exposed = self.registry[typeid][1] if typeid in self.registry else None
         exposed = public_methods(obj) if exposed is None else exposed
         ident = f"{id(obj):x}"
         with self.lock:
             entry = self.objects.setdefault(ident, [obj, list(exposed), 0, typeid])
             entry[2] += 1
+            self._note(peer, ident, 1)
         return ident, list(exposed)
 
-    def _incref(self, ident: str) -> None:
+    def _incref(self, ident: str, peer: int | None = None) -> None:
         with self.lock:
             if ident not in self.objects:
                 raise RemoteError(f"object {ident} is not held by this manager")
             self.objects[ident][2] += 1
+            self._note(peer, ident, 1)
 
-    def _decref(self, ident: str) -> None:
+    def _decref(self, ident: str, peer: int | None = None) -> None:
         with self.lock:
             entry = self.objects.get(ident)
             if entry is not None:
+                self._note(peer, ident, -1)
                 entry[2] -= 1
                 if entry[2] <= 0:
                     del self.objects[ident]
 
+    # References held per client process (Unix-socket clients, whose pid the kernel
+    # vouches for): when a client dies without giving its references back, a watcher
+    # gives them back for it, so its referents are not kept until the manager stops.
+
+    def _note(self, peer: int | None, ident: str, delta: int) -> None:
+        """Record a reference taken (+1) or given back (-1) by process *peer* (lock held)."""
+        if peer is None:
+            return
+        held = self.holders.get(peer)
+        if held is None:
+            if delta < 0:
+                return
+            try:
+                pidfd = os.pidfd_open(peer)
+            except OSError:
+                return  # gone already (or not ours to watch): nothing to give back later
+            held = self.holders[peer] = {}
+            threading.Thread(target=self._release_when_gone, args=(peer, pidfd), daemon=True,
+                             name="procly-manager-client-watch").start()
+        count = held.get(ident, 0) + delta
+        if count > 0:
+            held[ident] = count
+        else:
+            held.pop(ident, None)
+
+    def _release_when_gone(self, peer: int, pidfd: int) -> None:
+        try:
+            select.select([pidfd], [], [])
+        finally:
+            os.close(pidfd)
+        with self.lock:
+            held = self.holders.pop(peer, {})
+            for ident, count in held.items():
+                entry = self.objects.get(ident)
+                if entry is not None:
+                    entry[2] -= count
+                    if entry[2] <= 0:
+                        del self.objects[ident]
+
     def _serve_client(self, conn: Any) -> None:
         spinner = _Spinner(conn.fileno())
+        peer = _peer_pid(conn.fileno())
         with conn:
             while not self.stop_event.is_set():
                 try:
@@ -271,14 +331,14 @@ class Server:
                 try:
                     kind = request[0]
                     if kind == "call":
-                        reply = self._call(*request[1:])
+                        reply = self._call(*request[1:], peer=peer)
                     elif kind == "create":
-                        reply = ("ok", self._create(*request[1:]))
+                        reply = ("ok", self._create(*request[1:], peer=peer))
                     elif kind == "incref":
-                        self._incref(request[1])
+                        self._incref(request[1], peer)
                         reply = ("ok", None)
                     elif kind == "decref":
-                        self._decref(request[1])
+                        self._decref(request[1], peer)
                         reply = ("ok", None)
                     elif kind == "shutdown":
                         _reply(conn, ("ok", None))

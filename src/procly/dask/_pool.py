@@ -344,15 +344,16 @@ class Pool(PoolAPI):
         for index, chunk in enumerate(chunks):
 
             def sink(success: bool, values: Any, index: int = index) -> None:
-                if success and meter is not None:
-                    meter.add(values)
+                if meter is not None:
+                    if success:
+                        meter.add(values)
+                    if not success or meter.done == len(items):
+                        meter.close()  # before the result is set: the bar is complete when map returns
                 result._set_chunk(index, success, values)
 
             label = f"{_name(func)}-chunk{index}"
             self._submit(_tasks.run_chunk, (shipped, self._prepare_chunk(chunk, star, cache), star, timeout), sink,
                          self._retries_for(retries), label, timeout)
-        if meter is not None:
-            threading.Thread(target=lambda: (result.wait(), meter.close()), daemon=True).start()
         return result
 
     def _imap(self, iterator_cls, func, iterable, chunksize, task_timeout, retries, progress,
