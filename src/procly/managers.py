@@ -20,6 +20,7 @@ directory, and TCP addresses default to loopback.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
@@ -28,6 +29,7 @@ import struct
 import threading
 import time
 import traceback
+import weakref
 from typing import Any, Callable
 
 from . import _process
@@ -199,7 +201,9 @@ class Server:
                 return
             try:
                 raw, _ = sock.accept()
-            except OSError:
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.stop_event.wait(0.05)  # out of descriptors: let connections close first
                 continue
             # Authenticate in the client's own thread: a silent or slow peer must not
             # hold up everyone else's accept.
@@ -549,6 +553,7 @@ class BaseManager:
 
 
 def _stop_manager(process: Any, address: Any, authkey: bytes, timeout: float, serializer: str = "pickle") -> None:
+    BaseProxy._close_connections(address)
     if process.is_alive():
         try:
             _request(address, authkey, "shutdown", serializer=serializer)
@@ -581,20 +586,72 @@ class BaseProxy:
         self._manager = manager
         self._authkey = bytes(authkey) if authkey is not None else bytes(_process.current_process().authkey)
         self._exposed = exposed
-        self._local = threading.local()
+        self._key = (token.address, serializer, self._authkey)
+        BaseProxy._proxy_born(self._key)
+        weakref.finalize(self, BaseProxy._proxy_gone, self._key)
         self._owned = manager_owned
         if incref and not manager_owned:
             _request(token.address, self._authkey, "incref", token.id, serializer=serializer)
         if not manager_owned:
             Finalize(self, _decref, args=(token, self._authkey, serializer), exitpriority=10)
 
+    # One connection per thread and manager, shared by every proxy of that manager (as the
+    # standard library does: a connection per proxy would run the server out of
+    # descriptors). They are closed when the manager shuts down.
+    _connections: dict[Any, dict[int, tuple[int, Any, _Spinner]]] = {}
+    _connections_lock = threading.Lock()
+
+    def _channel(self) -> tuple[Any, _Spinner]:
+        thread = threading.get_ident()
+        with BaseProxy._connections_lock:
+            entry = BaseProxy._connections.setdefault(self._key, {}).get(thread)
+        if entry is not None and entry[0] == os.getpid() and not entry[1].closed:
+            return entry[1], entry[2]
+        conn = _wrap(Client(self._token.address, authkey=self._authkey), self._serializer)
+        spinner = _Spinner(conn.fileno())
+        with BaseProxy._connections_lock:
+            BaseProxy._connections.setdefault(self._key, {})[thread] = (os.getpid(), conn, spinner)
+        return conn, spinner
+
     def _connection(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed or getattr(self._local, "pid", None) != os.getpid():
-            conn = self._local.conn = _wrap(Client(self._token.address, authkey=self._authkey), self._serializer)
-            self._local.spinner = _Spinner(conn.fileno())
-            self._local.pid = os.getpid()
-        return conn
+        return self._channel()[0]
+
+    _live: dict[Any, int] = {}  # proxies alive in this process, per manager
+
+    @classmethod
+    def _proxy_born(cls, key: Any) -> None:
+        with cls._connections_lock:
+            cls._live[key] = cls._live.get(key, 0) + 1
+
+    @classmethod
+    def _proxy_gone(cls, key: Any) -> None:
+        """The last proxy of a manager in this process is gone: so are its connections."""
+        with cls._connections_lock:
+            left = cls._live.get(key, 1) - 1
+            if left > 0:
+                cls._live[key] = left
+                return
+            cls._live.pop(key, None)
+            entries = list(cls._connections.pop(key, {}).values())
+        for pid, conn, _ in entries:
+            if pid == os.getpid():
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+
+    @classmethod
+    def _close_connections(cls, address: Any) -> None:
+        """Close this process's connections to the manager at *address* (it is shutting down)."""
+        with cls._connections_lock:
+            keys = [key for key in cls._connections if key[0] == address]
+            entries = [entry for key in keys for entry in cls._connections.pop(key).values()]
+        for pid, conn, _ in entries:
+            if pid == os.getpid():
+                try:
+                    conn.close()
+                except OSError:
+                    pass
 
     def _callmethod(self, methodname: str, args: tuple = (), kwds: dict | None = None) -> Any:
         """Call *methodname* on the referent in the server; return the result.
@@ -602,9 +659,9 @@ class BaseProxy:
         Raises:
             Exception: what the method raised in the server (with its traceback as cause).
         """
-        conn = self._connection()
+        conn, spinner = self._channel()
         conn.send(("call", self._id, methodname, tuple(args), dict(kwds or {})))
-        self._local.spinner.wait()
+        spinner.wait()
         reply = conn.recv()
         if reply[0] == "proxy":
             typeid, ident, exposed = reply[1]
