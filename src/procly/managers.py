@@ -633,12 +633,7 @@ class BaseProxy:
                 return
             cls._live.pop(key, None)
             entries = list(cls._connections.pop(key, {}).values())
-        for pid, conn, _ in entries:
-            if pid == os.getpid():
-                try:
-                    conn.close()
-                except OSError:
-                    pass
+        _close_own(entries)
 
     @classmethod
     def _close_connections(cls, address: Any) -> None:
@@ -646,12 +641,7 @@ class BaseProxy:
         with cls._connections_lock:
             keys = [key for key in cls._connections if key[0] == address]
             entries = [entry for key in keys for entry in cls._connections.pop(key).values()]
-        for pid, conn, _ in entries:
-            if pid == os.getpid():
-                try:
-                    conn.close()
-                except OSError:
-                    pass
+        _close_own(entries)
 
     def _callmethod(self, methodname: str, args: tuple = (), kwds: dict | None = None) -> Any:
         """Call *methodname* on the referent in the server; return the result.
@@ -691,6 +681,16 @@ class BaseProxy:
             return self._callmethod("__repr__")
         except Exception:  # noqa: BLE001
             return repr(self)[:-1] + "; '__str__()' failed>"
+
+
+def _close_own(entries: list[tuple[int, Any, Any]]) -> None:
+    """Close the connections among *entries* that this process opened (not inherited ones)."""
+    for pid, conn, _ in entries:
+        if pid == os.getpid():
+            try:
+                conn.close()
+            except OSError:
+                pass
 
 
 def _decref(token: Token, authkey: bytes, serializer: str = "pickle") -> None:
