@@ -20,15 +20,8 @@ from collections.abc import Callable
 
 import procly
 
-
-def trivial(x):
-    return x
-
-
-def _consume(q, n: int, done) -> None:
-    for _ in range(n):
-        q.get()
-    done.put(True)
+from .suite import _trivial as trivial
+from .suite import bench_pool_map, bench_queue
 
 
 def _consume_faster_fifo(q, n: int, done) -> None:
@@ -38,20 +31,14 @@ def _consume_faster_fifo(q, n: int, done) -> None:
     done.put(True)
 
 
+# procly and the standard library run the suite's own cases (seconds per item there).
+
 def procly_map(n: int, chunksize: int | None) -> float:
-    with procly.get_context("fork").Pool(2) as pool:
-        pool.map(trivial, range(100))
-        started = time.perf_counter()
-        pool.map(trivial, range(n), chunksize)
-        return time.perf_counter() - started
+    return bench_pool_map(procly, n, chunksize) * n
 
 
 def stdlib_map(n: int, chunksize: int | None) -> float:
-    with multiprocessing.get_context("fork").Pool(2) as pool:
-        pool.map(trivial, range(100))
-        started = time.perf_counter()
-        pool.map(trivial, range(n), chunksize)
-        return time.perf_counter() - started
+    return bench_pool_map(multiprocessing, n, chunksize) * n
 
 
 def mpire_map(n: int, chunksize: int | None) -> float:
@@ -96,25 +83,11 @@ def futures_map(n: int, chunksize: int | None) -> float:
 
 
 def procly_queue(n: int, size: int) -> float:
-    return _queue(procly.get_context("fork"), n, size)
+    return bench_queue(procly, n, size) * n
 
 
 def stdlib_queue(n: int, size: int) -> float:
-    return _queue(multiprocessing.get_context("fork"), n, size)
-
-
-def _queue(ctx, n: int, size: int) -> float:
-    q, done = ctx.Queue(), ctx.Queue()
-    item = b"x" * size
-    consumer = ctx.Process(target=_consume, args=(q, n, done))
-    consumer.start()
-    started = time.perf_counter()
-    for _ in range(n):
-        q.put(item)
-    done.get()
-    elapsed = time.perf_counter() - started
-    consumer.join()
-    return elapsed
+    return bench_queue(multiprocessing, n, size) * n
 
 
 def faster_fifo_queue(n: int, size: int) -> float:
@@ -132,9 +105,6 @@ def faster_fifo_queue(n: int, size: int) -> float:
     elapsed = time.perf_counter() - started
     consumer.join()
     return elapsed
-
-
-CASES: list[tuple[str, int, dict[str, Callable[[], float]]]] = []
 
 
 def _cases() -> list[tuple[str, int, dict[str, Callable[[], float]]]]:

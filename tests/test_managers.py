@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -102,26 +104,29 @@ def test_custom_registration_and_wrong_key():
         assert c.bump() == 3
 
 
-def test_manager_dies_with_its_owner(tmp_path):
+@contextlib.contextmanager
+def owner_process(tmp_path, main: str):
+    """A Python process running *main* (the body of its ``__main__`` block, which ends by
+    sleeping); killed at the end if it still runs."""
     script = tmp_path / "owner.py"
-    script.write_text(
-        "import procly, time\n"
-        "if __name__ == '__main__':\n"
-        "    m = procly.Manager()\n"
-        "    print(m._process.pid, flush=True)\n"
-        "    time.sleep(60)\n"
-    )
+    script.write_text("import procly, time\nfrom procly.managers import SharedMemoryManager\n"
+                      "if __name__ == '__main__':\n" + textwrap.indent(main + "time.sleep(60)\n", "    "))
     owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
-        server_pid = int(owner.stdout.readline())
-        owner.send_signal(signal.SIGKILL)
-        owner.wait(10)
-        assert wait_until(lambda: pid_state(server_pid) in (None, "Z"), timeout=5)
+        yield owner
     finally:
         if owner.poll() is None:
             owner.kill()
             owner.wait()
         owner.stdout.close()
+
+
+def test_manager_dies_with_its_owner(tmp_path):
+    with owner_process(tmp_path, "m = procly.Manager()\nprint(m._process.pid, flush=True)\n") as owner:
+        server_pid = int(owner.stdout.readline())
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(10)
+        assert wait_until(lambda: pid_state(server_pid) in (None, "Z"), timeout=5)
 
 
 def test_sync_manager_context_manager():
@@ -223,29 +228,14 @@ def test_xmlrpclib_serializer_unpickles_nothing():
 
 
 def test_manager_holding_a_pool_still_dies_with_its_owner(tmp_path):
-    script = tmp_path / "owner.py"
-    script.write_text(
-        "import procly, time\n"
-        "if __name__ == '__main__':\n"
-        "    m = procly.Manager()\n"
-        "    pool = m.Pool(2)\n"
-        "    pool.map(abs, [-1, -2])\n"
-        "    print(m._process.pid, flush=True)\n"
-        "    time.sleep(60)\n"
-    )
-    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
+    main = "m = procly.Manager()\npool = m.Pool(2)\npool.map(abs, [-1, -2])\nprint(m._process.pid, flush=True)\n"
+    with owner_process(tmp_path, main) as owner:
         server_pid = int(owner.stdout.readline())
         workers = sorted(descendants(server_pid))
         assert len(workers) >= 2
         owner.send_signal(signal.SIGKILL)
         owner.wait(10)
         assert wait_until(lambda: all(pid_state(pid) in (None, "Z") for pid in [server_pid, *workers]), timeout=10)
-    finally:
-        if owner.poll() is None:
-            owner.kill()
-            owner.wait()
-        owner.stdout.close()
 
 
 # --- SharedMemoryManager ---------------------------------------------------------------------
@@ -274,30 +264,15 @@ def test_shared_memory_manager_owns_its_blocks(ctx):
 
 
 def test_shared_memory_manager_killed_leaves_nothing(tmp_path):
-    script = tmp_path / "smm.py"
-    script.write_text(
-        "import os, signal, time\n"
-        "from procly.managers import SharedMemoryManager\n"
-        "if __name__ == '__main__':\n"
-        "    smm = SharedMemoryManager()\n"
-        "    smm.start()\n"
-        "    block = smm.SharedMemory(64)\n"
-        "    print(block.name, smm._process.pid, flush=True)\n"
-        "    time.sleep(60)\n"
-    )
-    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
+    main = ("smm = SharedMemoryManager()\nsmm.start()\nblock = smm.SharedMemory(64)\n"
+            "print(block.name, smm._process.pid, flush=True)\n")
+    with owner_process(tmp_path, main) as owner:
         name, server_pid = owner.stdout.readline().split()
         assert name in os.listdir("/dev/shm")
         os.kill(int(server_pid), signal.SIGKILL)  # the manager dies first, then its owner
         owner.kill()
         owner.wait(10)
         assert wait_until(lambda: name not in os.listdir("/dev/shm"), timeout=10)
-    finally:
-        if owner.poll() is None:
-            owner.kill()
-            owner.wait()
-        owner.stdout.close()
 
 
 def test_a_client_that_dies_gives_its_references_back(ctx, manager):

@@ -19,7 +19,6 @@ Nothing polls with sleep: the supervisor blocks in one ``poll()`` over a persist
 from __future__ import annotations
 
 import collections
-import enum
 import itertools
 import operator
 import os
@@ -36,7 +35,7 @@ from . import _serialization
 from ._connection import Pipe
 from ._errors import PoolTerminatedError, TaskTimeoutError, WorkerLostError
 from ._finalize import Finalize
-from ._pool_api import PoolAPI
+from ._pool_api import PoolAPI, PoolState
 from ._pool_results import ApplyResult, IMapIterator, MapResult, feed_lazily
 from ._pool_worker import APPLY, MAP, STARMAP, rebuild_exception, worker_main
 from ._progress import Progress, wanted
@@ -53,12 +52,6 @@ ADAPTIVE_CHUNK_SECONDS = 0.002
 IMAP_ADAPTIVE_ITEMS = 4
 TERMINATE_GRACE = 1.0
 _READY = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
-
-
-class PoolState(enum.Enum):
-    RUNNING = "running"  # accepting work
-    CLOSED = "closed"  # no new work; finishing what was submitted
-    TERMINATED = "terminated"  # workers ended, outstanding results failed
 
 
 class _Task:
@@ -189,10 +182,6 @@ class Pool(PoolAPI):
         self._exit_finalizer = Finalize(self, self.terminate, exitpriority=15)
 
     # -- submission ----------------------------------------------------------------
-
-    def _check_running(self) -> None:
-        if self._state is not PoolState.RUNNING:
-            raise ValueError("Pool not running")
 
     def _function(self, func: Callable[..., Any]) -> tuple[int, bytes]:
         if not callable(func):
@@ -422,13 +411,6 @@ class Pool(PoolAPI):
         self._supervisor.join()
         for feeder in self._feeders:
             feeder.join()
-
-    def __enter__(self) -> Pool:
-        self._check_running()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.terminate()
 
     def __del__(self) -> None:
         if getattr(self, "_state", PoolState.TERMINATED) is PoolState.RUNNING:

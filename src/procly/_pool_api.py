@@ -6,13 +6,37 @@ A pool provides ``apply_async``, ``_map_async(func, iterable, star, ...)`` and
 
 from __future__ import annotations
 
+import enum
 from typing import Any, Callable, Iterable
 
 from ._pool_results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
 
 
+class PoolState(enum.Enum):
+    RUNNING = "running"  # accepting work
+    CLOSED = "closed"  # no new work; finishing what was submitted
+    TERMINATED = "terminated"  # workers ended, outstanding results failed
+
+
 class PoolAPI:
-    """apply, map, map_async, starmap, starmap_async, imap and imap_unordered."""
+    """apply, map, map_async, starmap, starmap_async, imap and imap_unordered, and the
+    context manager; a pool keeps its :class:`PoolState` in ``_state``."""
+
+    _state: PoolState
+
+    def _check_running(self) -> None:
+        if self._state is not PoolState.RUNNING:
+            raise ValueError("Pool not running")
+
+    def terminate(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.terminate()
 
     def apply_async(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None,
                     callback: Any = None, error_callback: Any = None, **options: Any) -> ApplyResult:

@@ -613,9 +613,6 @@ class BaseProxy:
             BaseProxy._connections.setdefault(self._key, {})[thread] = (os.getpid(), conn, spinner)
         return conn, spinner
 
-    def _connection(self) -> Any:
-        return self._channel()[0]
-
     _live: dict[Any, int] = {}  # proxies alive in this process, per manager
 
     @classmethod

@@ -21,7 +21,6 @@ Failure mapping:
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import operator
@@ -37,7 +36,7 @@ from distributed.scheduler import KilledWorker
 
 from .. import _serialization
 from .._errors import PicklingError, PoolTerminatedError, TaskTimeoutError, WorkerLostError
-from .._pool_api import PoolAPI
+from .._pool_api import PoolAPI, PoolState
 from .._pool_results import ApplyResult, IMapIterator, MapResult, feed_lazily
 from .._progress import Progress, wanted
 from . import _tasks
@@ -50,12 +49,6 @@ SCATTER_BYTES = 1 << 20
 IMAP_CHUNKS_PER_WORKER = 4
 
 _log = logging.getLogger("procly.dask")
-
-
-class _State(enum.Enum):
-    RUNNING = "running"
-    CLOSED = "closed"
-    TERMINATED = "terminated"
 
 
 def _buffer_size(value: Any) -> int:
@@ -113,7 +106,7 @@ class Pool(PoolAPI):
             raise ValueError("give a client or an address, not both")
         self._task_timeout = task_timeout
         self._retries = retries
-        self._state = _State.RUNNING
+        self._state = PoolState.RUNNING
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._pending: dict[str, Any] = {}
@@ -173,8 +166,8 @@ class Pool(PoolAPI):
     def close(self) -> None:
         """No new work; :meth:`join` then waits for what was submitted."""
         with self._lock:
-            if self._state is _State.RUNNING:
-                self._state = _State.CLOSED
+            if self._state is PoolState.RUNNING:
+                self._state = PoolState.CLOSED
 
     def terminate(self) -> None:
         """Cancel every unfinished task (their results fail with PoolTerminatedError) and release the cluster.
@@ -184,9 +177,9 @@ class Pool(PoolAPI):
         Idempotent.
         """
         with self._lock:
-            if self._state is _State.TERMINATED and self._client is None:
+            if self._state is PoolState.TERMINATED and self._client is None:
                 return
-            self._state = _State.TERMINATED
+            self._state = PoolState.TERMINATED
             pending = list(self._pending.values())
         if pending and self._client is not None:
             try:
@@ -203,28 +196,17 @@ class Pool(PoolAPI):
         Raises:
             ValueError: the pool is still running (call close() or terminate() first).
         """
-        if self._state is _State.RUNNING:
+        if self._state is PoolState.RUNNING:
             raise ValueError("Pool is still running")
         with self._lock:
             self._idle.wait_for(lambda: not self._pending and not self._active_feeds)
         self._release()
-
-    def __enter__(self) -> Pool:
-        self._check_running()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.terminate()
 
     def __repr__(self) -> str:
         where = "local cluster" if self._cluster is not None else getattr(self._client, "scheduler", None)
         return f"<procly.dask.Pool state={self._state.value} on {where}>"
 
     # -- machinery -----------------------------------------------------------------------
-
-    def _check_running(self) -> None:
-        if self._state is not _State.RUNNING:
-            raise ValueError("Pool not running")
 
     def _retries_for(self, retries: int | None) -> int:
         return self._retries if retries is None else retries
@@ -287,12 +269,12 @@ class Pool(PoolAPI):
                     sink(False, TaskTimeoutError(
                         f"{label}: item {index} of the task ran longer than {timeout} s on Dask worker {address}; "
                         "the worker is being restarted to stop it"))
-            elif status == "cancelled" or self._state is _State.TERMINATED:
+            elif status == "cancelled" or self._state is PoolState.TERMINATED:
                 sink(False, PoolTerminatedError(f"{label}: the pool was terminated before the task finished"))
             else:
                 exc = future.exception()
                 if isinstance(exc, KilledWorker):
-                    if retries > 0 and self._state is not _State.TERMINATED:
+                    if retries > 0 and self._state is not PoolState.TERMINATED:
                         self._submit(wrapper, args, sink, retries - 1, label, timeout)
                         resubmitted = True
                     else:
@@ -385,7 +367,7 @@ class Pool(PoolAPI):
 
         def feed() -> None:
             try:
-                feed_lazily(result, iterator, chunksize, slots, lambda: self._state is _State.TERMINATED, submit)
+                feed_lazily(result, iterator, chunksize, slots, lambda: self._state is PoolState.TERMINATED, submit)
             finally:
                 with self._lock:
                     self._active_feeds -= 1

@@ -63,6 +63,7 @@ class CallLoad:
         self.recorder = recorder
         self.timeout = timeout
         self._tasks: list[asyncio.Task[None]] = []
+        self._threads_done: asyncio.Future[None] | None = None
 
     # Synchronous callables run in threads, which share the schedule and the recorder.
     @staticmethod
@@ -88,10 +89,7 @@ class CallLoad:
     def _abandon(self) -> None:
         for task in self._tasks:
             task.cancel()
-        if self._threads_done is not None and not self._threads_done.done():
-            self._threads_done.set_result(None)
-
-    _threads_done: asyncio.Future[None] | None = None
+        self._set_threads_done()
 
     async def _async_caller(self) -> None:
         schedule, recorder, func, timeout = self.schedule, self.recorder, self.func, self.timeout
@@ -112,8 +110,7 @@ class CallLoad:
                 recorder.error(type(exc).__name__)
             else:
                 if due >= recorder.measure_from:
-                    recorder.latencies.append(int((time.monotonic() - due) * 1e6))
-                    recorder.statuses[0] += 1
+                    recorder.success(time.monotonic() - due)
 
     async def _run_threads(self) -> None:
         loop = asyncio.get_running_loop()

@@ -157,18 +157,10 @@ class _Slot:
             self.state = _WAITING
             self.handle = self.load.loop.call_later(due - now, self._send, due)
         else:
-            # Send now; in closed loop due == now, which spares a clock read.
-            protocol = self.protocol
-            if protocol is None or protocol.transport.is_closing():
-                self.due = due
-                self.connect()
-                return
-            self.due = due
-            self.state = _BUSY
-            self.sent = now
-            protocol.transport.write(self.load.request)
+            # In closed loop due == now: the send time needs no second clock read.
+            self._send(due, now)
 
-    def _send(self, due: float) -> None:
+    def _send(self, due: float, now: float | None = None) -> None:
         protocol = self.protocol
         if protocol is None or protocol.transport is None or protocol.transport.is_closing():
             self.due = due
@@ -177,7 +169,7 @@ class _Slot:
         self.handle = None
         self.due = due
         self.state = _BUSY
-        self.sent = time.monotonic()
+        self.sent = time.monotonic() if now is None else now
         protocol.transport.write(self.load.request)
 
     def completed(self, protocol: _Protocol, status: int, keep_alive: bool) -> None:
