@@ -275,7 +275,11 @@ def test_shared_memory_manager_killed_leaves_nothing(tmp_path):
         assert wait_until(lambda: name not in os.listdir("/dev/shm"), timeout=10)
 
 
-def test_a_client_that_dies_gives_its_references_back(ctx, manager):
+@pytest.mark.parametrize("address", [None, ("127.0.0.1", 0)], ids=["unix", "tcp"])
+def test_a_client_that_dies_gives_its_references_back(ctx, address):
+    manager = ctx.Manager() if address is None else SyncManager(address=address, ctx=ctx)
+    if address is not None:
+        manager.start()
     shared = manager.list()
     reader, writer = ctx.Pipe(duplex=False)
     child = ctx.Process(target=targets.hold_proxy_then_die, args=(shared, writer))
@@ -287,3 +291,49 @@ def test_a_client_that_dies_gives_its_references_back(ctx, manager):
     writer.close()
     del shared  # our reference goes; the dead child's is given back by the server itself
     assert wait_until(lambda: manager._number_of_objects() == 0, timeout=10)
+    manager.shutdown()
+
+
+def test_a_remote_client_that_dies_gives_its_references_back(tmp_path):
+    """A client of a TCP manager that is not our child (as on another machine) dies holding proxies."""
+    with SyncManager(address=("127.0.0.1", 0), authkey=b"lease-test") as manager:
+        kept = manager.dict(alive=True)
+        script = textwrap.dedent(f"""
+            import os, signal
+            from procly.managers import SyncManager
+            m = SyncManager(address={manager.address!r}, authkey=b"lease-test")
+            m.connect()
+            held = [m.list(range(3)) for _ in range(5)] + [m.Lock()]
+            print("holding", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        """)
+        client = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        assert client.stdout.strip() == "holding", client.stderr
+        assert client.returncode == -signal.SIGKILL
+        assert wait_until(lambda: manager._number_of_objects() == 1, timeout=10)
+        assert kept.get("alive") is True  # a live client's references stay
+
+
+def test_a_forked_child_does_not_keep_its_parents_lease_alive():
+    with SyncManager(address=("127.0.0.1", 0), authkey=b"lease-fork") as manager:
+        script = textwrap.dedent(f"""
+            import os, signal, time
+            from procly.managers import SyncManager
+            m = SyncManager(address={manager.address!r}, authkey=b"lease-fork")
+            m.connect()
+            held = m.list([1, 2])
+            child = os.fork()
+            if child == 0:
+                os.close(1); os.close(2)
+                time.sleep(60)  # holds the parent's descriptors, but not its lease
+                os._exit(0)
+            print(child, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        """)
+        client = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        child = int(client.stdout.strip())
+        try:
+            assert wait_until(lambda: manager._number_of_objects() == 0, timeout=10)
+            assert pid_state(child) not in (None, "Z")  # the child still runs
+        finally:
+            os.kill(child, signal.SIGKILL)

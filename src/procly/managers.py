@@ -128,6 +128,7 @@ def _wrap(conn: Any, serializer: str) -> Any:
 #: How long a proxy waiting for its reply, and a server thread waiting for its client's
 #: next request, watch the socket before going to sleep on it.
 SPIN_SECONDS = 0.0001
+LEASE_KEEPALIVE_SECONDS = 60  # idle time before the server probes a TCP client's lease
 
 
 class _Spinner:
@@ -183,7 +184,8 @@ class Server:
         self.listener = Listener(address=address, authkey=self.authkey, backlog=128)
         self.address = self.listener.address
         self.objects: dict[str, list[Any]] = {}  # id -> [object, exposed, refcount]
-        self.holders: dict[int, dict[str, int]] = {}  # client pid -> {id: references it holds}
+        # client -> {id: references it holds}; a client is a pid (Unix socket) or a lease token (TCP)
+        self.holders: dict[int | str, dict[str, int]] = {}
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
 
@@ -271,8 +273,10 @@ class Server:
             self.objects[ident][2] += 1
             self._note(peer, ident, 1)
 
-    def _decref(self, ident: str, peer: int | None = None) -> None:
+    def _decref(self, ident: str, peer: int | str | None = None) -> None:
         with self.lock:
+            if isinstance(peer, str) and peer not in self.holders:
+                return  # that client's lease ended and its references were given back already
             entry = self.objects.get(ident)
             if entry is not None:
                 self._note(peer, ident, -1)
@@ -280,18 +284,22 @@ class Server:
                 if entry[2] <= 0:
                     del self.objects[ident]
 
-    # References held per client process (Unix-socket clients, whose pid the kernel
-    # vouches for): when a client dies without giving its references back, a watcher
-    # gives them back for it, so its referents are not kept until the manager stops.
+    # References held per client process: when a client dies without giving its
+    # references back, the server gives them back for it, so its referents are not kept
+    # until the manager stops. A Unix-socket client is known by its pid (the kernel
+    # vouches for it: SO_PEERCRED) and watched through a pidfd; a TCP client, maybe on
+    # another machine, holds a lease connection open for as long as it lives and names
+    # the lease's token on its other connections: the lease's end (EOF, or TCP keepalive
+    # probes unanswered when its machine is gone) gives its references back.
 
-    def _note(self, peer: int | None, ident: str, delta: int) -> None:
-        """Record a reference taken (+1) or given back (-1) by process *peer* (lock held)."""
+    def _note(self, peer: int | str | None, ident: str, delta: int) -> None:
+        """Record a reference taken (+1) or given back (-1) by client *peer* (lock held)."""
         if peer is None:
             return
         held = self.holders.get(peer)
         if held is None:
-            if delta < 0:
-                return
+            if delta < 0 or isinstance(peer, str):
+                return  # a lease token with no lease: nothing to watch, so nothing recorded
             try:
                 pidfd = os.pidfd_open(peer)
             except OSError:
@@ -310,6 +318,25 @@ class Server:
             select.select([pidfd], [], [])
         finally:
             os.close(pidfd)
+        self._release(peer)
+
+    def _hold_lease(self, conn: Any, token: str) -> None:
+        """Serve a TCP client's lease: its references live as long as this connection."""
+        with self.lock:
+            self.holders.setdefault(token, {})
+        _keep_alive(conn.fileno())
+        if not _reply(conn, ("ok", None)):
+            self._release(token)
+            return
+        try:
+            while not self.stop_event.is_set():
+                conn.recv()  # a lease carries nothing; it ends with its client
+        except Exception:  # noqa: BLE001, S110 - EOF, a reset, keepalive's timeout: the lease is over
+            pass
+        self._release(token)
+
+    def _release(self, peer: int | str) -> None:
+        """Give back every reference client *peer* still holds (it is gone)."""
         with self.lock:
             held = self.holders.pop(peer, {})
             for ident, count in held.items():
@@ -321,7 +348,7 @@ class Server:
 
     def _serve_client(self, conn: Any) -> None:
         spinner = _Spinner(conn.fileno())
-        peer = _peer_pid(conn.fileno())
+        peer: int | str | None = _peer_pid(conn.fileno())
         with conn:
             while not self.stop_event.is_set():
                 try:
@@ -334,6 +361,12 @@ class Server:
                     continue
                 try:
                     kind = request[0]
+                    if kind == "holder" and peer is None:
+                        peer = str(request[1])  # a TCP client names its lease; no reply
+                        continue
+                    if kind == "lease" and peer is None:
+                        self._hold_lease(conn, str(request[1]))
+                        return
                     if kind == "call":
                         reply = self._call(*request[1:], peer=peer)
                     elif kind == "create":
@@ -359,6 +392,21 @@ class Server:
                     reply = ("err", exc, traceback.format_exc())
                 if not _reply(conn, reply):
                     return
+
+
+def _keep_alive(fd: int) -> None:
+    """Probe an idle TCP connection, so that a peer whose machine vanished is noticed in minutes."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for option, value in (("TCP_KEEPIDLE", LEASE_KEEPALIVE_SECONDS), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+                if hasattr(socket, option):
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 def _reply(conn: Any, reply: tuple) -> bool:
@@ -401,11 +449,77 @@ def _stop_with_parent(server: Server, parent: Any) -> None:
 # --------------------------------------------------------------------------- client
 
 
+_COUNTED = ("create", "incref", "decref")  # requests that take or give back a reference
+
+
 def _request(address: Any, authkey: bytes, *message: Any, serializer: str = "pickle") -> Any:
-    with Client(address, authkey=authkey) as raw:
-        conn = _wrap(raw, serializer)
+    with _connect(address, authkey, serializer, counted=message[0] in _COUNTED) as conn:
         conn.send(message)
         return _unwrap(conn.recv())
+
+
+def _connect(address: Any, authkey: bytes, serializer: str, counted: bool = True) -> Any:
+    """A connection to the manager at *address*; over TCP, one that names this process's lease."""
+    conn = _wrap(Client(address, authkey=authkey), serializer)
+    if counted and isinstance(address, tuple):
+        try:
+            conn.send(("holder", _Leases.token(address, authkey, serializer)))
+        except BaseException:
+            conn.close()
+            raise
+    return conn
+
+
+class _Leases:
+    """This process's lease connections to TCP managers (see ``Server._note``).
+
+    One per manager, opened before the first reference is taken and kept until the
+    process ends: closing it earlier would let the server give back references that
+    live proxies still count on. A forked child closes its copies (it takes its own).
+    """
+
+    _held: dict[tuple[Any, str, bytes], tuple[str, Any]] = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def token(cls, address: Any, authkey: bytes, serializer: str) -> str:
+        key = (address, serializer, authkey)
+        with cls._lock:
+            entry = cls._held.get(key)
+            if entry is not None and not entry[1].closed:
+                return entry[0]
+            token = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(8).hex()}"
+            conn = _wrap(Client(address, authkey=authkey), serializer)
+            try:
+                conn.send(("lease", token))
+                _unwrap(conn.recv())
+            except BaseException:
+                conn.close()
+                raise
+            cls._held[key] = (token, conn)
+            return token
+
+    @classmethod
+    def close(cls, address: Any) -> None:
+        """Close the lease to *address* (its manager is shutting down)."""
+        with cls._lock:
+            ended = [cls._held.pop(key)[1] for key in list(cls._held) if key[0] == address]
+        for conn in ended:
+            conn.close()
+
+    @classmethod
+    def forget_inherited(cls) -> None:
+        """In a forked child: the parent's leases are its own, and must end when it does."""
+        for _, conn in cls._held.values():
+            try:
+                conn.close()
+            except OSError:
+                pass
+        cls._held = {}
+        cls._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_Leases.forget_inherited)
 
 
 def _unwrap(reply: tuple) -> Any:
@@ -607,7 +721,7 @@ class BaseProxy:
             entry = BaseProxy._connections.setdefault(self._key, {}).get(thread)
         if entry is not None and entry[0] == os.getpid() and not entry[1].closed:
             return entry[1], entry[2]
-        conn = _wrap(Client(self._token.address, authkey=self._authkey), self._serializer)
+        conn = _connect(self._token.address, self._authkey, self._serializer)
         spinner = _Spinner(conn.fileno())
         with BaseProxy._connections_lock:
             BaseProxy._connections.setdefault(self._key, {})[thread] = (os.getpid(), conn, spinner)
@@ -639,6 +753,7 @@ class BaseProxy:
             keys = [key for key in cls._connections if key[0] == address]
             entries = [entry for key in keys for entry in cls._connections.pop(key).values()]
         _close_own(entries)
+        _Leases.close(address)
 
     def _callmethod(self, methodname: str, args: tuple = (), kwds: dict | None = None) -> Any:
         """Call *methodname* on the referent in the server; return the result.
