@@ -184,6 +184,19 @@ def put_items(queue, items) -> None:
         queue.put(item)
 
 
+def echo_queue(queue, n: int) -> None:
+    """Take *n* items and put each back doubled (numpy arrays under "array")."""
+    for _ in range(n):
+        item = queue.get(timeout=10)
+        item["array"] *= 2
+        queue.put(item)
+
+
+def take_some(queue, n: int, results) -> None:
+    """Take *n* items and report them."""
+    results.put([queue.get(timeout=10) for _ in range(n)])
+
+
 def put_then_exit(queue, n: int, size: int) -> None:
     for i in range(n):
         queue.put(bytes([i % 256]) * size)

@@ -43,6 +43,74 @@ def test_join_before_get_does_not_deadlock(ctx):
     assert [len(i) for i in items] == [8 * 1024 * 1024] * 3 and items[2][:1] == bytes([2])
 
 
+@pytest.mark.parametrize("count, size", [(20_000, 10), (3_000, 1000), (40, 100_000)])
+def test_join_before_get_with_many_small_items(ctx, count, size):
+    """The same trap with small items: far more than the socket holds (its limit is ~280 tiny writes)."""
+    q = ctx.Queue()
+    p = ctx.Process(target=targets.put_then_exit, args=(q, count, size))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0, "the child must be able to exit before its items are read"
+    got = [q.get(timeout=10) for _ in range(count)]
+    assert got == [bytes([i % 256]) * size for i in range(count)]  # all of them, in order
+    assert q.empty() and q.qsize() == 0
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.1)
+
+
+def test_items_left_at_exit_are_shared_by_every_consumer(ctx):
+    """Items producers left in memfds at exit can be taken by any consumer, not only the first."""
+    q = ctx.Queue()
+    results = ctx.Queue()
+    per_producer = 20_000  # ~500 KB each: more than the socket holds, so most go to a memfd at exit
+    producers = [ctx.Process(target=targets.put_items, args=(q, [(k, i) for i in range(per_producer)]))
+                 for k in range(2)]  # fmt: skip
+    for p in producers:
+        p.start()
+    for p in producers:
+        p.join(30)
+        assert p.exitcode == 0
+    consumer = ctx.Process(target=targets.take_some, args=(q, 30_000, results))
+    consumer.start()
+    first = results.get(timeout=30)
+    consumer.join(30)
+    rest = [q.get(timeout=10) for _ in range(2 * per_producer - 30_000)]
+    assert q.empty()
+    assert sorted(first + rest) == sorted((k, i) for k in range(2) for i in range(per_producer))
+    for k in range(2):  # each producer's items are taken in the order they were put
+        mine = [i for kk, i in first + rest if kk == k]
+        assert mine == list(range(per_producer))
+
+
+def test_feeder_waits_for_a_reader_while_the_process_lives(ctx):
+    """Without exit, a full socket makes the feeder wait (no memfd): items arrive as the reader takes them."""
+    q = ctx.Queue()
+    for i in range(5_000):
+        q.put(i)
+    got = [q.get(timeout=10) for _ in range(5_000)]
+    assert got == list(range(5_000))
+
+
+def test_numpy_arrays_cross_out_of_band_and_are_snapshots(ctx):
+    np = pytest.importorskip("numpy")
+    q = ctx.Queue(1)
+    a = np.arange(1_000_000, dtype=np.float64)
+    q.put(a)
+    a[:] = -1  # put() took a snapshot: the change does not reach the queue
+    with pytest.raises(queue.Full):
+        q.put(a, timeout=0.05)  # the memfd made for it is closed again (the leak check sees it)
+    p = ctx.Process(target=targets.echo_queue, args=(q, 1))
+    got = q.get(timeout=10)
+    assert got.dtype == np.float64 and got.flags.writeable and np.array_equal(got, np.arange(1_000_000))
+    q.put({"array": got * 2, "tag": "x"})
+    p.start()
+    p.join(30)
+    back = q.get(timeout=10)
+    assert back["tag"] == "x" and np.array_equal(back["array"], np.arange(1_000_000) * 4)
+    q.close()
+    q.join_thread()
+
+
 def test_bounded_queue_full_empty_timeouts():
     q = procly.Queue(2)
     assert q.empty() and q.qsize() == 0

@@ -438,14 +438,17 @@ def _rebuild_connection(fd: int, readable: bool, writable: bool) -> Connection:
 def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802 - stdlib name
     """Return a pair of connected Connections.
 
-    With *duplex* (the default) both ends can send and receive (a socket pair);
-    otherwise the first can only receive and the second only send (an OS pipe).
+    With *duplex* (the default) both ends can send and receive; otherwise the first can
+    only receive and the second only send. Both kinds are Unix socket pairs, not OS
+    pipes (as the standard library uses for one-way ones): big buffers then cross in a
+    memfd passed with ``SCM_RIGHTS`` instead of being streamed through the kernel.
     """
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    # socket.setdefaulttimeout() would leave them non-blocking: Connections block.
+    left.setblocking(True)
+    right.setblocking(True)
     if duplex:
-        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        # socket.setdefaulttimeout() would leave them non-blocking: Connections block.
-        left.setblocking(True)
-        right.setblocking(True)
         return Connection(left.detach()), Connection(right.detach())
-    read_fd, write_fd = os.pipe()
-    return Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    left.shutdown(socket.SHUT_WR)
+    right.shutdown(socket.SHUT_RD)
+    return Connection(left.detach(), writable=False), Connection(right.detach(), readable=False)

@@ -452,34 +452,45 @@ def _stop_with_parent(server: Server, parent: Any) -> None:
 _COUNTED = ("create", "incref", "decref")  # requests that take or give back a reference
 
 
-def _request(address: Any, authkey: bytes, *message: Any, serializer: str = "pickle") -> Any:
-    with _connect(address, authkey, serializer, counted=message[0] in _COUNTED) as conn:
+def _request(address: Any, authkey: bytes, *message: Any, serializer: str = "pickle",
+             holder: str | None = None) -> Any:  # fmt: skip
+    """One request on a connection of its own. A reference taken or given back over TCP
+    names a lease: *holder*, or this process's current one."""
+    if holder is None and message[0] in _COUNTED:
+        holder = _lease_token(address, authkey, serializer)
+    with _connect(address, authkey, serializer, holder) as conn:
         conn.send(message)
         return _unwrap(conn.recv())
 
 
-def _connect(address: Any, authkey: bytes, serializer: str, counted: bool = True) -> Any:
-    """A connection to the manager at *address*; over TCP, one that names this process's lease."""
+def _connect(address: Any, authkey: bytes, serializer: str, holder: str | None) -> Any:
+    """A connection to the manager at *address*, naming lease *holder* if there is one."""
     conn = _wrap(Client(address, authkey=authkey), serializer)
-    if counted and isinstance(address, tuple):
+    if holder is not None:
         try:
-            conn.send(("holder", _Leases.token(address, authkey, serializer)))
+            conn.send(("holder", holder))
         except BaseException:
             conn.close()
             raise
     return conn
 
 
+def _lease_token(address: Any, authkey: bytes, serializer: str) -> str | None:
+    """This process's lease with the manager at *address* (TCP only; see ``Server._note``)."""
+    return _Leases.token(address, authkey, serializer) if isinstance(address, tuple) else None
+
+
 class _Leases:
     """This process's lease connections to TCP managers (see ``Server._note``).
 
-    One per manager, opened before the first reference is taken and kept until the
-    process ends: closing it earlier would let the server give back references that
-    live proxies still count on. A forked child closes its copies (it takes its own).
+    One per manager, opened before this process takes its first reference there and
+    closed with its last proxy of that manager; each reference is given back naming the
+    lease it was taken under, and the server ignores those of a lease that has ended.
+    A forked child closes its copies (it takes its own).
     """
 
     _held: dict[tuple[Any, str, bytes], tuple[str, Any]] = {}
-    _lock = threading.Lock()
+    _lock = threading.RLock()  # re-entered when a collected proxy closes a lease
 
     @classmethod
     def token(cls, address: Any, authkey: bytes, serializer: str) -> str:
@@ -500,10 +511,11 @@ class _Leases:
             return token
 
     @classmethod
-    def close(cls, address: Any) -> None:
-        """Close the lease to *address* (its manager is shutting down)."""
+    def close(cls, address: Any, key: Any = None) -> None:
+        """End the lease *key*, or every lease with the manager at *address*."""
         with cls._lock:
-            ended = [cls._held.pop(key)[1] for key in list(cls._held) if key[0] == address]
+            keys = [k for k in cls._held if (k == key if key is not None else k[0] == address)]
+            ended = [cls._held.pop(k)[1] for k in keys]
         for conn in ended:
             conn.close()
 
@@ -516,7 +528,7 @@ class _Leases:
             except OSError:
                 pass
         cls._held = {}
-        cls._lock = threading.Lock()
+        cls._lock = threading.RLock()
 
 
 os.register_at_fork(after_in_child=_Leases.forget_inherited)
@@ -704,28 +716,31 @@ class BaseProxy:
         BaseProxy._proxy_born(self._key)
         weakref.finalize(self, BaseProxy._proxy_gone, self._key)
         self._owned = manager_owned
-        if incref and not manager_owned:
-            _request(token.address, self._authkey, "incref", token.id, serializer=serializer)
         if not manager_owned:
-            Finalize(self, _decref, args=(token, self._authkey, serializer), exitpriority=10)
+            holder = _lease_token(token.address, self._authkey, serializer)
+            if incref:
+                _request(token.address, self._authkey, "incref", token.id, serializer=serializer, holder=holder)
+            Finalize(self, _decref, args=(token, self._authkey, serializer, holder), exitpriority=10)
 
     # One connection per thread and manager, shared by every proxy of that manager (as the
     # standard library does: a connection per proxy would run the server out of
     # descriptors). They are closed when the manager shuts down.
-    _connections: dict[Any, dict[int, tuple[int, Any, _Spinner]]] = {}
-    _connections_lock = threading.Lock()
+    _connections: dict[Any, dict[int, tuple[int, Any, _Spinner, str | None]]] = {}
+    _connections_lock = threading.RLock()  # re-entered when a proxy is collected inside
 
-    def _channel(self) -> tuple[Any, _Spinner]:
+    def _channel(self) -> tuple[Any, _Spinner, str | None]:
+        """This thread's connection to the manager, its spinner and the lease it names."""
         thread = threading.get_ident()
         with BaseProxy._connections_lock:
             entry = BaseProxy._connections.setdefault(self._key, {}).get(thread)
         if entry is not None and entry[0] == os.getpid() and not entry[1].closed:
-            return entry[1], entry[2]
-        conn = _connect(self._token.address, self._authkey, self._serializer)
+            return entry[1], entry[2], entry[3]
+        holder = _lease_token(self._token.address, self._authkey, self._serializer)
+        conn = _connect(self._token.address, self._authkey, self._serializer, holder)
         spinner = _Spinner(conn.fileno())
         with BaseProxy._connections_lock:
-            BaseProxy._connections.setdefault(self._key, {})[thread] = (os.getpid(), conn, spinner)
-        return conn, spinner
+            BaseProxy._connections.setdefault(self._key, {})[thread] = (os.getpid(), conn, spinner, holder)
+        return conn, spinner, holder
 
     _live: dict[Any, int] = {}  # proxies alive in this process, per manager
 
@@ -745,6 +760,7 @@ class BaseProxy:
             cls._live.pop(key, None)
             entries = list(cls._connections.pop(key, {}).values())
         _close_own(entries)
+        _Leases.close(key[0], key)
 
     @classmethod
     def _close_connections(cls, address: Any) -> None:
@@ -761,7 +777,7 @@ class BaseProxy:
         Raises:
             Exception: what the method raised in the server (with its traceback as cause).
         """
-        conn, spinner = self._channel()
+        conn, spinner, holder = self._channel()
         conn.send(("call", self._id, methodname, tuple(args), dict(kwds or {})))
         spinner.wait()
         reply = conn.recv()
@@ -771,7 +787,7 @@ class BaseProxy:
             token = Token(typeid, self._token.address, ident)
             proxy = proxytype(token, serializer=self._serializer, manager=self._manager, authkey=self._authkey,
                               exposed=exposed)
-            _request(token.address, self._authkey, "decref", ident, serializer=self._serializer)
+            _request(token.address, self._authkey, "decref", ident, serializer=self._serializer, holder=holder)
             return proxy
         return _unwrap(reply)
 
@@ -795,9 +811,9 @@ class BaseProxy:
             return repr(self)[:-1] + "; '__str__()' failed>"
 
 
-def _close_own(entries: list[tuple[int, Any, Any]]) -> None:
+def _close_own(entries: list[tuple[int, Any, Any, Any]]) -> None:
     """Close the connections among *entries* that this process opened (not inherited ones)."""
-    for pid, conn, _ in entries:
+    for pid, conn, _, _ in entries:
         if pid == os.getpid():
             try:
                 conn.close()
@@ -805,9 +821,9 @@ def _close_own(entries: list[tuple[int, Any, Any]]) -> None:
                 pass
 
 
-def _decref(token: Token, authkey: bytes, serializer: str = "pickle") -> None:
+def _decref(token: Token, authkey: bytes, serializer: str = "pickle", holder: str | None = None) -> None:
     try:
-        _request(token.address, authkey, "decref", token.id, serializer=serializer)
+        _request(token.address, authkey, "decref", token.id, serializer=serializer, holder=holder)
     except Exception:  # noqa: BLE001 - the manager may be gone
         pass
 

@@ -2,31 +2,44 @@
 
 Data flow of :class:`Queue`::
 
-    put(obj) ── pickle now (errors raise here) ──> buffer ──> feeder thread ──> pipe ──> get()
+    put(obj) ── pickle now (errors raise here) ──> buffer ──> feeder thread ──> socket ──> get()
               └─ slot taken from a semaphore (maxsize) ───────────────────── released by get()
 
 ``put`` pickles in the caller, so an unpicklable object raises at the call site instead
 of being lost in a background thread as in the standard library. The feeder thread
-only writes bytes; at process exit it flushes what is buffered, so items put by a
-process that then exits are delivered.
+only writes bytes, as many buffered items in one write as there are (up to 64 KiB).
 
-Large items (``SPILL_BYTES`` and more) do not go through the socket: they are written
-to an anonymous memfd whose descriptor travels alone (``SCM_RIGHTS``), and the reader
-reads them from it. So a process that puts big items and exits does not wait for a
-reader to drain a full pipe — the standard library's documented deadlock, where the
-parent joins such a child before getting its items, does not happen. (It can still
-happen with more small items than the socket buffer holds, about 200 KiB.) The kernel
-keeps a descriptor in flight alive, and frees the memfd once the item is read, or when
-the queue itself is gone.
+No deadlock when a process exits with items nobody has read yet (the standard
+library's documented trap: the parent joins such a child before getting its items, the
+child waits for its feeder, the feeder for a reader). Items live in three places:
+
+* Large items (``SPILL_BYTES`` and more, or holding numpy arrays or bytes of 64 KiB and
+  more) do not go through the socket: put() writes each to an anonymous memfd, the
+  big buffers straight from the object's memory (pickled out of band), and only the
+  memfd's descriptor travels (``SCM_RIGHTS``).
+* The socket. A feeder writes only what fits without blocking (it asks the kernel how
+  much is unread, ``SIOCOUTQ``) and always leaves room for a few small frames; while
+  the socket is full it waits for a reader, as the standard library's feeder does.
+* At exit (and in ``join_thread()``) a feeder that finds no room writes everything it
+  still holds into one memfd and sends only that descriptor, in the room kept for it.
+  A reader takes the first item out of such a batch and sends the descriptor, with
+  the position of the next item, back to the end of the queue, so that every consumer
+  can take the rest. The producer's own items stay in order.
+
+The kernel keeps a descriptor in flight alive and frees a memfd once the last item in it
+is read, or when the queue itself is gone.
 """
 
 from __future__ import annotations
 
 import collections
+import fcntl
 import os
 import queue
+import select
 import socket
 import struct
+import termios
 import threading
 import time
 import weakref
@@ -41,10 +54,16 @@ from .synchronize import BoundedSemaphore, Condition, Lock, Semaphore
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
 
 SEM_VALUE_MAX = 2**31 - 1
-SPILL_BYTES = 128 * 1024
+SPILL_BYTES = 128 * 1024  # items from this size travel alone in a memfd
+WRITE_BYTES = 64 * 1024  # the feeder writes buffered items in chunks of up to this
+FRAME_COST = 1024  # what the kernel charges per write beyond its bytes (an skb's overhead)
+RESERVE_BYTES = 16 * 1024  # socket room kept for batch frames at exit (about 16 of them)
 _HEADER = struct.Struct("!i")
 _SIZE = struct.Struct("!Q")
 _SPILLED = -3  # frame type: the item is in the memfd sent with this header
+_BATCH = -4  # frame type: u64 offset; items left at a producer's exit, in the memfd sent with it
+# A batch holds (u64 length, held item) records, each laid out as _Held says.
+_COUNT = struct.Struct("!I")
 
 
 _ANCILLARY_SPACE = socket.CMSG_SPACE(struct.calcsize("i"))
@@ -63,26 +82,142 @@ def _socket_of(conn: Connection) -> socket.socket:
     return socket.socket(fileno=os.dup(conn.fileno()))
 
 
-def _write_item(conn: Connection, sock: socket.socket | None, data: bytes) -> socket.socket | None:
-    """Send one item; big ones through a memfd. Returns the socket object to reuse."""
-    if len(data) < SPILL_BYTES:
-        conn.send_bytes(data)
-        return sock
-    fd = os.memfd_create("procly-queue-item", os.MFD_CLOEXEC)
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view, written = memoryview(data), 0
+    while written < len(view):
+        written += os.write(fd, view[written:])
+
+
+def _memfd_with(data: bytes | memoryview, name: str) -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
     try:
-        view, written = memoryview(data), 0
-        while written < len(data):
-            written += os.write(fd, view[written:])
-        if sock is None:
-            sock = _socket_of(conn)
-        socket.send_fds(sock, [_HEADER.pack(_SPILLED) + _SIZE.pack(len(data))], [fd])
+        _write_all(fd, data)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _pread_exact(fd: int, size: int, offset: int) -> bytearray:
+    buf = bytearray(size)
+    view, got = memoryview(buf), 0
+    while got < size:
+        count = os.preadv(fd, [view[got:]], offset + got)
+        if count == 0:
+            raise MessageError("a queue item kept in a memfd is shorter than announced")
+        got += count
+    return buf
+
+
+class _Writer:
+    """One process's writing end of a queue: writes what fits without blocking."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.sock = _socket_of(conn)
+        self.limit = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        self._outq = bytearray(4)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def fits(self, nbytes: int) -> bool:
+        """Can *nbytes* more be written now, keeping the reserve free? (Write lock held.)"""
+        fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, self._outq, True)  # SIOCOUTQ: unread bytes, as charged
+        return int.from_bytes(self._outq, "little") + nbytes + FRAME_COST + RESERVE_BYTES < self.limit
+
+    def wait_for_room(self, timeout: float) -> None:
+        _, writable, _ = select.select([], [self.sock], [], timeout)
+        if writable:  # writable, yet short of what the next write needs: let a reader go on
+            time.sleep(0.001)
+
+    def write(self, data: bytes) -> None:
+        _write_all(self.sock.fileno(), data)
+
+    def send_descriptor(self, frame: bytes, fd: int) -> None:
+        socket.send_fds(self.sock, [frame], [fd])
+
+
+def _frames(items: list[bytes]) -> bytes:
+    """Small items as the Connection's frames, ready for one write."""
+    return b"".join(part for data in items for part in (_HEADER.pack(len(data)), data))
+
+
+class _Held:
+    """A big item, already written to a memfd by put() (a snapshot: later changes to the
+    object do not reach the queue). Layout: u32 k, (k+1) x u64 sizes, the pickle, then
+    its k out-of-band buffers (numpy arrays, big bytes), so that none is pickled in-band."""
+
+    __slots__ = ("fd", "size")
+
+    def __init__(self, data: bytes, buffers: list[memoryview]) -> None:
+        sizes = [len(data)] + [view.nbytes for view in buffers]
+        header = _COUNT.pack(len(buffers)) + b"".join(_SIZE.pack(n) for n in sizes)
+        self.fd = os.memfd_create("procly-queue-item", os.MFD_CLOEXEC)
+        try:
+            for part in (header, data, *buffers):
+                _write_all(self.fd, part)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.size = len(header) + sum(sizes)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _close_held(items: Any) -> None:
+    for item in items:
+        if type(item) is _Held:
+            item.close()
+
+
+def _read_held(fd: int, offset: int) -> tuple[bytearray, list[memoryview], int]:
+    """The pickle and buffers of the item at *offset* in a memfd, and the offset after it."""
+    (count,) = _COUNT.unpack(_pread_exact(fd, _COUNT.size, offset))
+    sizes = struct.unpack(f"!{count + 1}Q", _pread_exact(fd, 8 * (count + 1), offset + _COUNT.size))
+    start = offset + _COUNT.size + 8 * (count + 1)
+    data = _pread_exact(fd, sizes[0], start)
+    blob = memoryview(_pread_exact(fd, sum(sizes[1:]), start + sizes[0]))
+    buffers, at = [], 0
+    for n in sizes[1:]:
+        buffers.append(blob[at : at + n])
+        at += n
+    return data, buffers, start + sum(sizes)
+
+
+def _spill_batch(writer: _Writer, items: list[Any]) -> None:
+    """Write *items* (pickles and held ones) into one memfd and send it alone."""
+    fd = os.memfd_create("procly-queue-batch", os.MFD_CLOEXEC)
+    try:
+        for item in items:
+            if type(item) is _Held:
+                _write_all(fd, _SIZE.pack(item.size))
+                copied = 0
+                while copied < item.size:  # a kernel-side copy, at this memfd's offset
+                    count = os.copy_file_range(item.fd, fd, item.size - copied, copied)
+                    if count == 0:
+                        raise MessageError("a queue item kept in a memfd is shorter than announced")
+                    copied += count
+            else:
+                _write_all(fd, _SIZE.pack(len(item) + _COUNT.size + _SIZE.size))
+                _write_all(fd, _COUNT.pack(0) + _SIZE.pack(len(item)))
+                _write_all(fd, item)
+        writer.send_descriptor(_HEADER.pack(_BATCH) + _SIZE.pack(0), fd)
     finally:
         os.close(fd)
-    return sock
 
 
-def _read_item(conn: Connection, sock: socket.socket) -> bytes | bytearray:
-    """Receive one item written by :func:`_write_item` (the caller holds the read lock)."""
+def _read_item(conn: Connection, sock: socket.socket, requeue: Any) -> tuple[bytes | bytearray, list[memoryview]]:
+    """Receive one item written by a feeder: its pickle and out-of-band buffers (read lock held).
+
+    *requeue(frame, fd)* sends the rest of a batch back to the end of the queue.
+    """
     header, ancillary, _, _ = sock.recvmsg(_HEADER.size, _ANCILLARY_SPACE, socket.MSG_WAITALL)
     fds = _descriptors(ancillary) if ancillary else []
     if len(header) < _HEADER.size:
@@ -91,24 +226,25 @@ def _read_item(conn: Connection, sock: socket.socket) -> bytes | bytearray:
         raise EOFError("the queue's other end is closed")
     (n,) = _HEADER.unpack(header)
     handle = conn.fileno()
-    if n != _SPILLED:
+    if n not in (_SPILLED, _BATCH):
         for fd in fds:
             os.close(fd)
         if n == -1:
             (n,) = _SIZE.unpack(conn._read_exact(handle, _SIZE.size))  # type: ignore[arg-type]
-        return conn._read_payload(handle, n)
-    (size,) = _SIZE.unpack(conn._read_exact(handle, _SIZE.size))  # type: ignore[arg-type]
+        return conn._read_payload(handle, n), []
+    (offset,) = _SIZE.unpack(conn._read_exact(handle, _SIZE.size))  # type: ignore[arg-type]
     if len(fds) != 1:
-        raise MessageError("a spilled queue item arrived without its descriptor")
+        for fd in fds:
+            os.close(fd)
+        raise MessageError("a queue item kept in a memfd arrived without its descriptor")
     try:
-        buf = bytearray(size)
-        view, got = memoryview(buf), 0
-        while got < size:
-            count = os.preadv(fds[0], [view[got:]], got)
-            if count == 0:
-                raise MessageError("a spilled queue item is shorter than announced")
-            got += count
-        return buf
+        if n == _SPILLED:
+            data, buffers, _ = _read_held(fds[0], 0)
+            return data, buffers
+        data, buffers, following = _read_held(fds[0], offset + _SIZE.size)
+        if following < os.fstat(fds[0]).st_size:
+            requeue(_HEADER.pack(_BATCH) + _SIZE.pack(following), fds[0])
+        return data, buffers
     finally:
         os.close(fds[0])
 
@@ -139,6 +275,8 @@ class Queue:
 
     def _after_fork(self) -> None:
         self._rsock: socket.socket | None = None
+        self._requeuer: _Writer | None = None
+        self._spill = threading.Event()  # set at exit: write what cannot wait to a memfd
         self._notempty = threading.Condition(threading.Lock())
         self._buffer: collections.deque[bytes] = collections.deque()
         self._thread: threading.Thread | None = None
@@ -160,8 +298,13 @@ class Queue:
             procly.PicklingError: *obj* cannot be pickled (nothing is queued).
         """
         self._check_closed()
-        data = _serialization.dumps(obj)
+        buffers: list[memoryview] = []
+        data: Any = _serialization.dumps(obj, buffers)
+        if buffers or len(data) >= SPILL_BYTES:
+            data = _Held(data, buffers)  # straight from the object's memory into a memfd
         if not self._sem.acquire(block, timeout):
+            if type(data) is _Held:
+                data.close()
             raise queue.Full
         self._enqueue(data)
 
@@ -182,9 +325,9 @@ class Queue:
         self._check_closed()
         if block and timeout is None:
             with self._rlock:
-                data = self._read()
+                data, buffers = self._read()
             self._sem.release()
-            return _serialization.loads(data)
+            return _serialization.loads(data, buffers)
         deadline = time.monotonic() + (timeout or 0.0)
         if not self._rlock.acquire(block, timeout):
             raise queue.Empty
@@ -195,17 +338,25 @@ class Queue:
                     raise queue.Empty
             elif not self._reader.poll():
                 raise queue.Empty
-            data = self._read()
+            data, buffers = self._read()
             self._sem.release()
         finally:
             self._rlock.release()
-        return _serialization.loads(data)
+        return _serialization.loads(data, buffers)
 
-    def _read(self) -> bytes | bytearray:
+    def _read(self) -> tuple[bytes | bytearray, list[memoryview]]:
         if self._rsock is None:
             self._rsock = _socket_of(self._reader)
             weakref.finalize(self, self._rsock.close)
-        return _read_item(self._reader, self._rsock)
+        return _read_item(self._reader, self._rsock, self._requeue)
+
+    def _requeue(self, frame: bytes, fd: int) -> None:
+        """Send the rest of a batch to the end of the queue (read lock held)."""
+        if self._requeuer is None:
+            self._requeuer = _Writer(self._writer)
+            weakref.finalize(self, self._requeuer.close)
+        with self._wlock:  # the batch frame just read freed the room this one takes
+            self._requeuer.send_descriptor(frame, fd)
 
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
@@ -239,6 +390,7 @@ class Queue:
         if not self._closed:
             raise AssertionError(f"Queue {self!r} not closed")
         if self._jointhread is not None:
+            self._spill.set()
             self._jointhread()
 
     def cancel_join_thread(self) -> None:
@@ -251,13 +403,14 @@ class Queue:
         self._buffer.clear()
         self._thread = threading.Thread(
             target=_feed,
-            args=(self._buffer, self._notempty, self._writer, self._wlock, self._sem),
+            args=(self._buffer, self._notempty, self._writer, self._wlock, self._sem, self._spill),
             name="QueueFeederThread",
             daemon=True,
         )
         self._thread.start()
         if not self._joincancelled:
-            self._jointhread = Finalize(self._thread, _join_feeder, [weakref.ref(self._thread)], exitpriority=-5)
+            self._jointhread = Finalize(self._thread, _join_feeder, [weakref.ref(self._thread), self._spill],
+                                        exitpriority=-5)  # fmt: skip
         self._close_finalizer = Finalize(
             self, _stop_feeder, [self._buffer, self._notempty, self._reader], exitpriority=10
         )
@@ -269,9 +422,10 @@ class Queue:
 _STOP = object()
 
 
-def _join_feeder(ref: Any) -> None:
+def _join_feeder(ref: Any, spill: threading.Event) -> None:
     thread = ref()
     if thread is not None:
+        spill.set()  # what the socket cannot take now goes to a memfd, so this join returns
         thread.join()
 
 
@@ -282,26 +436,74 @@ def _stop_feeder(buffer: collections.deque, notempty: threading.Condition, reade
         notempty.notify()
 
 
-def _feed(buffer: collections.deque, notempty: threading.Condition, writer: Any, wlock: Lock, sem: Any) -> None:
-    sock: socket.socket | None = None
+def _next_chunk(buffer: collections.deque) -> tuple[list[Any], bool]:
+    """Take buffered items for one write: one held item, or small ones up to WRITE_BYTES."""
+    items: list[Any] = []
+    total = 0
+    while buffer:
+        data = buffer[0]
+        if data is _STOP:
+            if not items:
+                buffer.popleft()
+                return items, True
+            break
+        if type(data) is _Held:
+            if not items:
+                items.append(buffer.popleft())
+            break
+        if items and total + len(data) > WRITE_BYTES:
+            break
+        items.append(buffer.popleft())
+        total += len(data) + _HEADER.size
+    return items, False
+
+
+def _feed(buffer: collections.deque, notempty: threading.Condition, conn: Any, wlock: Lock, sem: Any,
+          spill: threading.Event) -> None:  # fmt: skip
+    writer = _Writer(conn)
+    try:
+        while True:
+            with notempty:
+                while not buffer:
+                    notempty.wait()
+            while buffer:
+                items, stop = _next_chunk(buffer)
+                if stop:
+                    conn.close()
+                    return
+                try:
+                    _write_chunk(writer, wlock, items, buffer, spill)
+                except BrokenPipeError:
+                    for _ in items:
+                        sem.release()  # nobody will read them: give the slots back
+                except OSError:
+                    return
+                finally:
+                    _close_held(items)  # sent (the kernel holds the memfds in flight) or lost
+    finally:
+        writer.close()
+        _close_held(list(buffer))
+
+
+def _write_chunk(writer: _Writer, wlock: Lock, items: list[Any], buffer: collections.deque,
+                 spill: threading.Event) -> None:  # fmt: skip
+    """Write *items* when the socket has room; at exit, put them and the rest in a memfd."""
+    big = type(items[0]) is _Held
+    data = b"" if big else _frames(items)
     while True:
-        with notempty:
-            while not buffer:
-                notempty.wait()
-        while buffer:
-            data = buffer.popleft()
-            if data is _STOP:
-                if sock is not None:
-                    sock.close()
-                writer.close()
+        with wlock:
+            if writer.fits(0 if big else len(data)):
+                if big:
+                    writer.send_descriptor(_HEADER.pack(_SPILLED) + _SIZE.pack(0), items[0].fd)
+                else:
+                    writer.write(data)
                 return
-            try:
-                with wlock:
-                    sock = _write_item(writer, sock, data)
-            except BrokenPipeError:
-                sem.release()  # nobody will read it: give the slot back
-            except OSError:
+            if spill.is_set():  # exiting and no reader drains the socket: don't wait for one
+                while buffer and buffer[0] is not _STOP:
+                    items.append(buffer.popleft())
+                _spill_batch(writer, items)
                 return
+        writer.wait_for_room(0.05)  # wakes when a reader has emptied most of the socket
 
 
 class JoinableQueue(Queue):
