@@ -9,6 +9,7 @@ import signal
 import socket
 import struct
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -345,3 +346,41 @@ def test_memfd_frames_are_checked():
     with pytest.raises(procly.MessageError, match="did not arrive"):
         conn.recv()
     a.close()
+
+
+def test_buffered_connection_reads_ahead_across_every_frame_kind():
+    np = pytest.importorskip("numpy")
+    from procly._connection import BufferedConnection
+
+    left, right = procly.Pipe()
+    reader = BufferedConnection.adopt(right)
+    assert right.closed
+    big = np.arange(300_000, dtype=np.float64)  # 2.4 MB: travels in a memfd
+    mid = np.arange(20_000, dtype=np.int64)  # 160 KB: out of band, streamed
+    sent = [1, "two", big, b"x" * 100_000, mid, {"k": big[:10]}, None]
+
+    def send_all():
+        for obj in sent:
+            left.send(obj)
+        left.send_bytes(b"raw")
+
+    sender = threading.Thread(target=send_all)
+    sender.start()
+    assert reader.poll(10)
+    time.sleep(0.2)  # let the first messages pile up
+    assert reader.recv() == 1
+    assert reader.buffered() and reader.poll(0)  # the rest came with the first read
+    assert reader.recv() == "two"
+    got = reader.recv()
+    assert np.array_equal(got, big) and got.flags.writeable
+    assert reader.recv() == b"x" * 100_000
+    assert np.array_equal(reader.recv(), mid)
+    assert np.array_equal(reader.recv()["k"], big[:10])
+    assert reader.recv() is None
+    assert reader.recv_bytes() == b"raw"
+    sender.join(10)
+    assert not reader.poll(0)
+    left.close()
+    with pytest.raises(EOFError):
+        reader.recv()
+    reader.close()

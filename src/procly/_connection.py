@@ -21,6 +21,7 @@ buffer. Everything else is a plain message, so ``send`` and ``recv_bytes`` (or
 
 from __future__ import annotations
 
+import collections
 import mmap
 import os
 import select
@@ -376,12 +377,11 @@ class Connection:
         if sock is None:
             self.close()
             raise MessageError("malformed frame: a memfd announced on a connection that cannot carry one")
-        _, fds, _, _ = socket.recv_fds(sock, 1, 1)
-        if len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
+        fd = self._take_fd(sock)
+        if fd is None:
             self.close()
             raise MessageError("malformed frame: the memfd announced did not arrive")
+        fds = [fd]
         try:
             total = sum(sizes)
             if os.fstat(fds[0]).st_size < total:
@@ -400,6 +400,15 @@ class Connection:
             offset += size
         return views
 
+    def _take_fd(self, sock: socket.socket) -> int | None:
+        """Read the one-byte marker that carries a descriptor; return it (None: it did not come)."""
+        _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            return None
+        return fds[0]
+
     def poll(self, timeout: float | None = 0.0) -> bool:
         """Whether there is anything to read (or the peer is gone) within *timeout* seconds.
 
@@ -413,6 +422,102 @@ class Connection:
         else:
             ms = max(0, int(timeout * 1000 + 0.999))
         return bool(poller.poll(ms))
+
+
+class BufferedConnection(Connection):
+    """A Connection over a Unix socket that reads ahead: one system call takes every
+    message waiting (a pool's worker channel, where replies and tasks come in bursts).
+
+    Bytes read ahead belong to this object, so a channel read through one must have no
+    other reader. Descriptors that arrive with them (memfd frames) wait in order for
+    their frame. ``poll()`` counts what is buffered; ``buffered()`` says whether a
+    whole message may be waiting without the descriptor being readable.
+    """
+
+    READ_AHEAD = 256 * 1024
+
+    def __init__(self, handle: int, readable: bool = True, writable: bool = True) -> None:
+        super().__init__(handle, readable, writable)
+        self._rbuf = bytearray()
+        self._rpos = 0
+        self._rfds: collections.deque[int] = collections.deque()
+
+    @classmethod
+    def adopt(cls, conn: Connection) -> BufferedConnection:
+        """A buffered connection taking over *conn*'s descriptor (*conn* is left closed)."""
+        handle = conn._check_closed()
+        fd_socket, conn._fd_socket = conn._fd_socket, None
+        conn._handle = None
+        new = cls(handle, conn._readable, conn._writable)
+        new._fd_socket = fd_socket
+        return new
+
+    def _close(self) -> None:
+        while getattr(self, "_rfds", None):
+            os.close(self._rfds.popleft())
+        super()._close()
+
+    def buffered(self) -> bool:
+        """Whether bytes read ahead wait here."""
+        return self._rpos < len(self._rbuf)
+
+    def _fill(self, handle: int, want: int) -> bool:
+        """Read what is waiting (at least one byte, blocking); False at end of stream."""
+        sock = self._socket_for_fds(handle)
+        if sock is None:
+            data, fds = os.read(handle, max(want, self.READ_AHEAD)), []
+        else:
+            data, fds, _, _ = socket.recv_fds(sock, max(want, self.READ_AHEAD), 4)
+        self._rfds.extend(fds)
+        if not data:
+            return False
+        if self._rpos and self._rpos == len(self._rbuf):
+            self._rbuf.clear()
+            self._rpos = 0
+        self._rbuf += data
+        return True
+
+    def _read_exact(self, handle: int, n: int, *, eof_ok: bool = False) -> bytes | None:
+        while len(self._rbuf) - self._rpos < n:
+            if not self._fill(handle, n - (len(self._rbuf) - self._rpos)):
+                if eof_ok and not self.buffered():
+                    return None
+                raise EOFError("peer closed the connection in the middle of a message")
+        data = bytes(self._rbuf[self._rpos : self._rpos + n])
+        self._rpos += n
+        return data
+
+    def _read_into(self, handle: int, view: memoryview) -> None:
+        have = min(len(self._rbuf) - self._rpos, len(view))
+        view[:have] = self._rbuf[self._rpos : self._rpos + have]
+        self._rpos += have
+        if have < len(view):
+            # The rest of this message is plain bytes: read it in place, exactly (never
+            # past the message, so no descriptor can be read along with it).
+            super()._read_into(handle, view[have:])
+
+    def recv(self) -> Any:
+        """Receive an object sent with :meth:`send` (see :meth:`Connection.recv`)."""
+        # Fast path: a whole plain message waits in the buffer; unpickle it in place.
+        pos, buf = self._rpos, self._rbuf
+        if len(buf) - pos >= 4 and self._readable and self._handle is not None:
+            (n,) = _HEADER.unpack_from(buf, pos)
+            if 0 <= n <= len(buf) - pos - 4 and (self.max_message_size is None or n <= self.max_message_size):
+                self._rpos = pos + 4 + n
+                # A copy, not a view: a view kept alive (by a traceback) would pin the buffer.
+                return _serialization.loads(buf[pos + 4 : pos + 4 + n])
+        return super().recv()
+
+    def _take_fd(self, sock: socket.socket) -> int | None:
+        marker = self._read_exact(self._check_closed(), 1)
+        if marker != b"F" or not self._rfds:
+            return None
+        return self._rfds.popleft()
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        """Whether there is anything to read (buffered, or on the descriptor) within *timeout* seconds."""
+        self._check_readable()
+        return self.buffered() or super().poll(timeout)
 
 
 def _buffers_in_memfd(buffers: list[memoryview]) -> int:

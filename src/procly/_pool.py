@@ -32,13 +32,14 @@ from concurrent.futures import CancelledError
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _serialization
-from ._connection import Pipe
+from ._connection import BufferedConnection, Pipe
 from ._errors import PoolTerminatedError, TaskTimeoutError, WorkerLostError
 from ._finalize import Finalize
 from ._pool_api import PoolAPI, PoolState
 from ._pool_results import ApplyResult, IMapIterator, MapResult, feed_lazily
 from ._pool_worker import APPLY, MAP, STARMAP, rebuild_exception, worker_main
 from ._progress import Progress, wanted
+from ._spin import Spinner
 
 __all__ = ["Pool"]
 
@@ -56,7 +57,7 @@ _READY = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 
 class _Task:
     __slots__ = ("id", "func_key", "func_bytes", "mode", "payload", "sink", "count", "timeout", "retries", "label",
-                 "deadline", "buffers", "size")  # fmt: skip
+                 "deadline", "buffers", "size", "send_function")  # fmt: skip
 
     def __init__(self, task_id, func_key, func_bytes, mode, payload, sink, count, timeout, retries, label) -> None:
         self.id = task_id
@@ -74,6 +75,7 @@ class _Task:
         # they travel from their own memory (in a memfd), never copied into the payload.
         self.buffers: list[memoryview] = []
         self.size = len(payload)
+        self.send_function = False  # set when dispatched: the worker has not seen the function yet
 
 
 class _Worker:
@@ -170,6 +172,7 @@ class Pool(PoolAPI):
         # One poll set for the supervisor's whole life: worker connections and sentinels
         # are added and removed as workers come and go.
         self._poller = select.poll()
+        self._spinner = Spinner(poller=self._poller)
         self._poller.register(self._wake_r, _READY)
         self._fds: dict[int, tuple[str, _Worker]] = {}
         self._feeders: list[threading.Thread] = []
@@ -456,6 +459,7 @@ class Pool(PoolAPI):
         )
         process.start()
         child_end.close()
+        parent_end = BufferedConnection.adopt(parent_end)  # one read takes every reply waiting
         worker = self._workers[parent_end] = _Worker(process, parent_end)
         for fd, kind in ((parent_end.fileno(), "conn"), (worker.sentinel, "sentinel")):
             self._fds[fd] = (kind, worker)
@@ -488,7 +492,8 @@ class Pool(PoolAPI):
         deadlines = [w.inflight[0].deadline for w in self._workers.values() if w.inflight and w.inflight[0].deadline]
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
         ms = -1 if timeout is None else int(timeout * 1000 + 0.999)
-        for fd, _ in self._poller.poll(ms):
+        # Spin first: a reply, or a caller's next task, often comes within µs of the last event.
+        for fd, _ in self._spinner.wait() or self._poller.poll(ms):
             kind, worker = self._fds.get(fd, (None, None))
             if fd == self._wake_r:
                 try:
@@ -515,13 +520,15 @@ class Pool(PoolAPI):
                 return
             for worker in list(self._workers.values()):
                 depth = self._depth()
+                bundle: list[_Task] = []
+                size = 0
                 while self._pending and len(worker.inflight) < depth:
                     if self._maxtasks is not None and worker.sent >= self._maxtasks:
                         break
                     task = self._pending[0]
-                    func_bytes = None if task.func_key in worker.funcs else task.func_bytes
-                    size = task.size + (len(func_bytes) if func_bytes else 0)
-                    if worker.inflight and size > PIPELINE_MAX_BYTES:
+                    first_use = task.func_key not in worker.funcs
+                    task_size = task.size + (len(task.func_bytes) if first_use else 0)
+                    if (worker.inflight or bundle) and size + task_size > PIPELINE_MAX_BYTES:
                         break
                     self._pending.popleft()
                     # In flight *before* it is sent: the supervisor may read the reply before
@@ -529,20 +536,35 @@ class Pool(PoolAPI):
                     if not worker.inflight:
                         self._start_clock(task)
                     worker.inflight.append(task)
-                    try:
-                        # PickleBuffer: a large payload is written from its own memory.
-                        message = (task.id, task.func_key, func_bytes, task.mode, pickle.PickleBuffer(task.payload),
-                                   [pickle.PickleBuffer(b) for b in task.buffers])
-                        worker.conn.send(message)
-                    except OSError:
-                        try:
-                            worker.inflight.remove(task)
-                        except ValueError:
-                            pass
-                        self._pending.appendleft(task)
-                        break  # the worker is dying; its sentinel will tell
                     worker.funcs.add(task.func_key)
                     worker.sent += 1
+                    bundle.append(task)
+                    size += task_size
+                    task.send_function = first_use
+                if bundle:
+                    self._send_bundle(worker, bundle)
+
+    def _send_bundle(self, worker: _Worker, bundle: list[_Task]) -> None:
+        """Send tasks to *worker* in one message (lock held); it replies to each in turn."""
+        # PickleBuffer: a large payload is written from its own memory.
+        message = [
+            (task.id, task.func_key, task.func_bytes if task.send_function else None, task.mode,
+             pickle.PickleBuffer(task.payload), [pickle.PickleBuffer(b) for b in task.buffers])
+            for task in bundle
+        ]  # fmt: skip
+        try:
+            worker.conn.send(message)
+        except OSError:
+            # The worker is dying (its sentinel will tell): the tasks go back, first in line.
+            for task in reversed(bundle):
+                try:
+                    worker.inflight.remove(task)
+                except ValueError:
+                    pass
+                if task.send_function:
+                    worker.funcs.discard(task.func_key)
+                worker.sent -= 1
+                self._pending.appendleft(task)
 
     def _stop_cancelled(self) -> None:
         with self._lock:
@@ -611,10 +633,11 @@ class Pool(PoolAPI):
         self._finish(task, success, values)
 
     def _drain(self, worker: _Worker) -> None:
-        """Collect results a dead worker sent before dying."""
-        while worker.conn in self._workers:
+        """Collect every reply waiting from *worker* (also those a dead worker sent before dying)."""
+        conn = worker.conn
+        while conn in self._workers:
             try:
-                if not worker.conn.poll(0):
+                if not (conn.buffered() or conn.poll(0)):
                     return
             except OSError:
                 return

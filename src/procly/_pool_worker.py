@@ -21,6 +21,8 @@ import traceback
 from typing import Any, Callable
 
 from . import _serialization
+from ._connection import BufferedConnection
+from ._spin import Spinner
 
 # The call shapes a task can have.
 MAP, STARMAP, APPLY = 0, 1, 2
@@ -110,19 +112,26 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
     if initializer is not None:
         initializer(*initargs)
     funcs: collections.OrderedDict[int, Callable[..., Any]] = collections.OrderedDict()
+    conn = BufferedConnection.adopt(conn)  # one read takes every task waiting
+    spinner = Spinner(conn.fileno())
     done = 0
     previous_send = 0.0
     clock = time.perf_counter
+    bundle: list[tuple] = []
     while maxtasks is None or done < maxtasks:
         waiting_since = clock()
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
+        if not bundle:
+            try:
+                if not conn.buffered():
+                    spinner.wait()  # the next task often comes within µs of the last reply
+                bundle = conn.recv()
+            except (EOFError, OSError):
+                return
+            if bundle is None:
+                return
+            bundle.reverse()  # popped from the end, in the order sent
         received = clock()
-        if message is None:
-            return
-        task_id, key, func_bytes, mode, payload, buffers = message
+        task_id, key, func_bytes, mode, payload, buffers = bundle.pop()
         started = received
         try:
             if func_bytes is not None:
@@ -139,6 +148,9 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
             reply = ("done", task_id, False, _error_payload(exc), clock() - started)
         reply += ((started - received, previous_send, received - waiting_since),)
         sending = clock()
+        # Each reply goes out as soon as its task ends, never batched: the first task
+        # without a reply is the one running, which is how the pool names the task a
+        # dead worker took with it.
         try:
             conn.send(reply)
         except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result

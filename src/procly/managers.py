@@ -27,7 +27,6 @@ import signal
 import socket
 import struct
 import threading
-import time
 import traceback
 import weakref
 from typing import Any, Callable
@@ -38,6 +37,7 @@ from ._errors import AuthenticationError, ProcessError
 from ._finalize import Finalize
 from ._listener import Client, Listener, _handshake
 from ._pool_worker import rebuild_exception
+from ._spin import Spinner
 
 __all__ = [
     "AcquirerProxy", "ArrayProxy", "AutoProxy", "BarrierProxy", "BaseManager", "BaseProxy", "ConditionProxy",
@@ -127,33 +127,7 @@ def _wrap(conn: Any, serializer: str) -> Any:
 
 #: How long a proxy waiting for its reply, and a server thread waiting for its client's
 #: next request, watch the socket before going to sleep on it.
-SPIN_SECONDS = 0.0001
 LEASE_KEEPALIVE_SECONDS = 60  # idle time before the server probes a TCP client's lease
-
-
-class _Spinner:
-    """Spin briefly before a blocking read.
-
-    A proxy call is a round trip, and each hop that finds its reader asleep costs a
-    scheduler wake-up (tens of µs on a VM) on top of the work. The answer to a dict get,
-    or a client's next call in a loop, usually comes within a few tens of µs: watching
-    the socket that long keeps both ends awake, and only a slower peer lets them sleep.
-    """
-
-    __slots__ = ("_poller",)
-
-    def __init__(self, fd: int) -> None:
-        self._poller = select.poll()
-        self._poller.register(fd, select.POLLIN)
-
-    def wait(self) -> None:
-        poll = self._poller.poll
-        if poll(0):
-            return
-        deadline = time.perf_counter() + SPIN_SECONDS
-        while time.perf_counter() < deadline:
-            if poll(0):
-                return
 
 
 def _peer_pid(fd: int) -> int | None:
@@ -347,7 +321,7 @@ class Server:
                         del self.objects[ident]
 
     def _serve_client(self, conn: Any) -> None:
-        spinner = _Spinner(conn.fileno())
+        spinner = Spinner(conn.fileno())
         peer: int | str | None = _peer_pid(conn.fileno())
         with conn:
             while not self.stop_event.is_set():
@@ -725,10 +699,10 @@ class BaseProxy:
     # One connection per thread and manager, shared by every proxy of that manager (as the
     # standard library does: a connection per proxy would run the server out of
     # descriptors). They are closed when the manager shuts down.
-    _connections: dict[Any, dict[int, tuple[int, Any, _Spinner, str | None]]] = {}
+    _connections: dict[Any, dict[int, tuple[int, Any, Spinner, str | None]]] = {}
     _connections_lock = threading.RLock()  # re-entered when a proxy is collected inside
 
-    def _channel(self) -> tuple[Any, _Spinner, str | None]:
+    def _channel(self) -> tuple[Any, Spinner, str | None]:
         """This thread's connection to the manager, its spinner and the lease it names."""
         thread = threading.get_ident()
         with BaseProxy._connections_lock:
@@ -737,7 +711,7 @@ class BaseProxy:
             return entry[1], entry[2], entry[3]
         holder = _lease_token(self._token.address, self._authkey, self._serializer)
         conn = _connect(self._token.address, self._authkey, self._serializer, holder)
-        spinner = _Spinner(conn.fileno())
+        spinner = Spinner(conn.fileno())
         with BaseProxy._connections_lock:
             BaseProxy._connections.setdefault(self._key, {})[thread] = (os.getpid(), conn, spinner, holder)
         return conn, spinner, holder
