@@ -44,6 +44,7 @@ _IN_MEMFD = -3
 MEMFD_THRESHOLD = 1024 * 1024  # out-of-band bytes in one message from which a memfd carries them
 _SMALL_WRITE = 64 * 1024  # header and payload go out in one write below this size
 _POLLIN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
+_FD_SPACE = socket.CMSG_SPACE(16 * struct.calcsize("i"))  # room for the descriptors one read may bring
 
 
 class Connection:
@@ -441,6 +442,7 @@ class BufferedConnection(Connection):
         self._rbuf = bytearray()
         self._rpos = 0
         self._rfds: collections.deque[int] = collections.deque()
+        self._scratch = memoryview(bytearray(self.READ_AHEAD))  # read into, then appended: no allocation per read
 
     @classmethod
     def adopt(cls, conn: Connection) -> BufferedConnection:
@@ -463,18 +465,26 @@ class BufferedConnection(Connection):
 
     def _fill(self, handle: int, want: int) -> bool:
         """Read what is waiting (at least one byte, blocking); False at end of stream."""
+        if want > len(self._scratch):
+            self._scratch = memoryview(bytearray(want))
         sock = self._socket_for_fds(handle)
         if sock is None:
-            data, fds = os.read(handle, max(want, self.READ_AHEAD)), []
+            count = os.readv(handle, [self._scratch])
         else:
-            data, fds, _, _ = socket.recv_fds(sock, max(want, self.READ_AHEAD), 4)
-        self._rfds.extend(fds)
-        if not data:
+            count, ancillary, _, _ = sock.recvmsg_into([self._scratch], _FD_SPACE)
+            for level, kind, data in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    usable = len(data) - len(data) % 4
+                    self._rfds.extend(struct.unpack(f"{usable // 4}i", data[:usable]))
+        if not count:
             return False
-        if self._rpos and self._rpos == len(self._rbuf):
+        if self._rpos == len(self._rbuf):
             self._rbuf.clear()
             self._rpos = 0
-        self._rbuf += data
+        elif self._rpos > self.READ_AHEAD:  # a partial message keeps the buffer: drop what was read
+            del self._rbuf[: self._rpos]
+            self._rpos = 0
+        self._rbuf += self._scratch[:count]
         return True
 
     def _read_exact(self, handle: int, n: int, *, eof_ok: bool = False) -> bytes | None:

@@ -154,7 +154,7 @@ class Pool(PoolAPI):
         self._task_timeout = task_timeout
         self._retries = retries
         self._state = PoolState.RUNNING
-        self._task_seconds = 0.0  # moving average of task durations
+        self._task_seconds: float | None = None  # moving average of task durations (None: none seen yet)
         self._item_seconds = 0.0  # moving average of the time per item (for imap's chunks)
         self._done: dict[str, list] = {}  # worker name -> [tasks, computing, (un)pickling, waiting seconds]
         self._lock = threading.Lock()
@@ -293,7 +293,13 @@ class Pool(PoolAPI):
         starts = list(range(0, len(items), chunksize))
         result = MapResult(len(items), starts, callback, error_callback)
         name = getattr(func, "__qualname__", str(func))
-        tasks = []
+        tasks: list[_Task] = []
+        result._on_cancel = lambda: self._cancel(tasks)
+        # Submitted in growing batches (1, 2, 4, ... 256 tasks) while the rest is still
+        # being pickled: the workers start on the first chunk at once.
+        submitted, batch = 0, 1
+        # An argument that does not pickle raises here; chunks submitted before it run to
+        # completion into a result nobody holds (as in the standard library).
         for index, start in enumerate(starts):
             chunk = items[start : start + chunksize]
 
@@ -307,8 +313,9 @@ class Pool(PoolAPI):
 
             label = f"{name} on items {start}..{start + len(chunk) - 1}"
             tasks.append(self._make_task(func, mode, chunk, len(chunk), sink, task_timeout, retries, label))
-        result._on_cancel = lambda: self._cancel(tasks)
-        self._submit(tasks)
+            if len(tasks) - submitted >= batch or index == len(starts) - 1:
+                self._submit(tasks[submitted:])
+                submitted, batch = len(tasks), min(2 * batch, 256)
         return result
 
     def _imap(self, iterator_cls, func, iterable, chunksize, task_timeout, retries, progress=False,
@@ -594,10 +601,14 @@ class Pool(PoolAPI):
     def _depth(self) -> int:
         """Tasks to keep in flight per worker: deep for short tasks (hides round trips),
         one for long ones (a task queued behind a long one would wait while another
-        worker idles)."""
-        if self._task_seconds >= 0.005:
+        worker idles). Two until a task has been timed: a long first batch must not sit
+        eight deep in one worker while others run dry (short tasks are timed within µs)."""
+        seconds = self._task_seconds
+        if seconds is None:
+            return 2
+        if seconds >= 0.005:
             return 1
-        return 2 if self._task_seconds >= 0.0005 else PIPELINE
+        return 2 if seconds >= 0.0005 else PIPELINE
 
     def _receive(self, worker: _Worker) -> None:
         try:
@@ -616,7 +627,8 @@ class Pool(PoolAPI):
             return
         task = worker.inflight.popleft()
         # Moving average of the time workers spend computing a task (for the depth).
-        self._task_seconds += 0.2 * (seconds - self._task_seconds)
+        self._task_seconds = seconds if self._task_seconds is None else (
+            self._task_seconds + 0.2 * (seconds - self._task_seconds))
         per_item = seconds / max(task.count, 1)
         self._item_seconds = per_item if not self._item_seconds else self._item_seconds + 0.2 * (
             per_item - self._item_seconds)
