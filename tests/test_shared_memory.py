@@ -89,6 +89,7 @@ if __name__ == "__main__":
     shm = SharedMemory(create=True, size=4096)
     print(shm.name, flush=True)
     if sys.argv[1] == "exit":
+        sys.stdin.readline()  # the test has seen the segment
         sys.exit(0)        # forgot to unlink
     time.sleep(60)         # will be SIGKILLed
 """
@@ -98,12 +99,16 @@ if __name__ == "__main__":
 def test_forgotten_segments_are_unlinked(tmp_path, how):
     script = tmp_path / "leaker.py"
     script.write_text(LEAKER)
-    proc = subprocess.Popen([sys.executable, str(script), how], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(script), how], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
     try:
         name = proc.stdout.readline().strip()
         assert os.path.exists(f"/dev/shm/{name}")
         if how == "sigkill":
             proc.send_signal(signal.SIGKILL)
+        else:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
         proc.wait(10)
         assert wait_until(lambda: not os.path.exists(f"/dev/shm/{name}"), timeout=10)
     finally:
@@ -111,6 +116,7 @@ def test_forgotten_segments_are_unlinked(tmp_path, how):
             proc.kill()
             proc.wait()
         proc.stdout.close()
+        proc.stdin.close()
 
 
 def test_shared_ndarray_written_in_place_by_children_and_pool_tasks(ctx):

@@ -216,9 +216,13 @@ class Connection:
             procly.PicklingError: *obj* cannot be pickled (nothing is sent).
             ConnectionClosedError / OSError: as :meth:`send_bytes`.
         """
+        self._send_object(obj, plain=False)
+
+    def _send_object(self, obj: Any, plain: bool) -> None:
+        """send(); *plain*: *obj* is an envelope of built-in data (see ``_serialization.dumps``)."""
         handle = self._check_writable()
         buffers: list[memoryview] = []
-        payload = _serialization.dumps(obj, buffers)
+        payload = _serialization.dumps(obj, buffers, plain=plain)
         if not buffers:
             self._send_frame(handle, payload)
             return

@@ -560,7 +560,7 @@ class Pool(PoolAPI):
             for task in bundle
         ]  # fmt: skip
         try:
-            worker.conn.send(message)
+            worker.conn._send_object(message, plain=True)  # ints, bytes, PickleBuffers: no inspection
         except OSError:
             # The worker is dying (its sentinel will tell): the tasks go back, first in line.
             for task in reversed(bundle):

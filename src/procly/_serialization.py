@@ -159,13 +159,16 @@ def _module_attr(module_name: str, name: str) -> Any:
     return getattr(importlib.import_module(module_name), name)
 
 
-def dumps(obj: Any, out_of_band: list[memoryview] | None = None, *, main_by_reference: bool = True) -> bytes:
+def dumps(obj: Any, out_of_band: list[memoryview] | None = None, *, main_by_reference: bool = True,
+          plain: bool = False) -> bytes:  # fmt: skip
     """Serialize *obj*.
 
     With *out_of_band* (a list), buffers of at least :data:`OUT_OF_BAND_THRESHOLD` bytes
     are not copied into the result: their raw memoryviews are appended to the list, in
     order, and must be handed to :func:`loads` along with the payload. With
     *main_by_reference* false, ``__main__`` functions and classes are copied by value.
+    *plain* says that *obj* holds only built-in containers, scalars and PickleBuffers
+    (an envelope procly builds itself): it goes straight to the C pickler.
 
     Raises:
         procly.PicklingError: *obj* (or something inside it) cannot be serialized; the
@@ -188,7 +191,7 @@ def dumps(obj: Any, out_of_band: list[memoryview] | None = None, *, main_by_refe
             out_of_band.append(view)
             return False
 
-    if _is_plain(obj):
+    if plain or _is_plain(obj):
         # Only plain data (a pool's task envelope, small results): the C pickler alone
         # gives the same bytes, without building a cloudpickle Pickler (a few µs).
         return pickle.dumps(obj, PROTOCOL, buffer_callback=callback)
@@ -208,13 +211,15 @@ _PLAIN = frozenset({int, float, str, bytes, bool, type(None), pickle.PickleBuffe
 
 
 def _is_plain(obj: Any, depth: int = 0) -> bool:
-    """Whether *obj* is a scalar, or a short tuple/list (two levels at most) of them."""
+    """Whether *obj* is a scalar, or a short tuple/list/str-keyed dict (two levels at most) of them."""
     kind = type(obj)
     if kind in _PLAIN:
         return kind not in _extra_reducers
-    if (kind is tuple or kind is list) and depth < 2 and len(obj) <= 16:
-        return all(_is_plain(item, depth + 1) for item in obj)
-    return False
+    if kind not in (tuple, list, dict) or depth >= 2 or len(obj) > 16:
+        return False
+    if kind is dict:  # keyword arguments: apply_async(f, args, {"k": v})
+        return all(type(key) is str and _is_plain(value, depth + 1) for key, value in obj.items())
+    return all(_is_plain(item, depth + 1) for item in obj)
 
 
 def loads(data: bytes | bytearray | memoryview, buffers: Sequence[Any] = ()) -> Any:
