@@ -64,6 +64,7 @@ _SPILLED = -3  # frame type: the item is in the memfd sent with this header
 _BATCH = -4  # frame type: u64 offset; items left at a producer's exit, in the memfd sent with it
 # A batch holds (u64 length, held item) records, each laid out as _Held says.
 _COUNT = struct.Struct("!I")
+_READ_ONLY = 1 << 63  # flag in a held buffer's size
 
 
 _ANCILLARY_SPACE = socket.CMSG_SPACE(struct.calcsize("i"))
@@ -146,13 +147,16 @@ def _frames(items: list[bytes]) -> bytes:
 class _Held:
     """A big item, already written to a memfd by put() (a snapshot: later changes to the
     object do not reach the queue). Layout: u32 k, (k+1) x u64 sizes, the pickle, then
-    its k out-of-band buffers (numpy arrays, big bytes), so that none is pickled in-band."""
+    its k out-of-band buffers (numpy arrays, big bytes), so that none is pickled in-band.
+    A buffer's size has its top bit set when the buffer was read-only (bytes): the
+    reader then reads it into a bytes object, which the unpickler keeps as it is."""
 
     __slots__ = ("fd", "size")
 
     def __init__(self, data: bytes, buffers: list[memoryview]) -> None:
         sizes = [len(data)] + [view.nbytes for view in buffers]
-        header = _COUNT.pack(len(buffers)) + b"".join(_SIZE.pack(n) for n in sizes)
+        flagged = [sizes[0]] + [view.nbytes | (_READ_ONLY if view.readonly else 0) for view in buffers]
+        header = _COUNT.pack(len(buffers)) + b"".join(_SIZE.pack(n) for n in flagged)
         self.fd = os.memfd_create("procly-queue-item", os.MFD_CLOEXEC)
         try:
             for part in (header, data, *buffers):
@@ -177,18 +181,26 @@ def _close_held(items: Any) -> None:
             item.close()
 
 
-def _read_held(fd: int, offset: int) -> tuple[bytearray, list[memoryview], int]:
+def _read_held(fd: int, offset: int) -> tuple[bytearray, list[Any], int]:
     """The pickle and buffers of the item at *offset* in a memfd, and the offset after it."""
     (count,) = _COUNT.unpack(_pread_exact(fd, _COUNT.size, offset))
     sizes = struct.unpack(f"!{count + 1}Q", _pread_exact(fd, 8 * (count + 1), offset + _COUNT.size))
     start = offset + _COUNT.size + 8 * (count + 1)
     data = _pread_exact(fd, sizes[0], start)
-    blob = memoryview(_pread_exact(fd, sum(sizes[1:]), start + sizes[0]))
-    buffers, at = [], 0
-    for n in sizes[1:]:
-        buffers.append(blob[at : at + n])
+    buffers: list[Any] = []
+    at = start + sizes[0]
+    for raw in sizes[1:]:
+        n = raw & ~_READ_ONLY
+        if raw & _READ_ONLY and n < 2**31:
+            # bytes: read once, and rebuilt without another copy (bytes(b) is b).
+            buf: Any = os.pread(fd, n, at)
+            if len(buf) != n:
+                raise MessageError("a queue item kept in a memfd is shorter than announced")
+        else:
+            buf = _pread_exact(fd, n, at)  # writable, as numpy arrays rebuilt over it must be
+        buffers.append(buf)
         at += n
-    return data, buffers, start + sum(sizes)
+    return data, buffers, at
 
 
 def _spill_batch(writer: _Writer, items: list[Any]) -> None:
@@ -213,7 +225,7 @@ def _spill_batch(writer: _Writer, items: list[Any]) -> None:
         os.close(fd)
 
 
-def _read_item(conn: Connection, sock: socket.socket, requeue: Any) -> tuple[bytes | bytearray, list[memoryview]]:
+def _read_item(conn: Connection, sock: socket.socket, requeue: Any) -> tuple[bytes | bytearray, list[Any]]:
     """Receive one item written by a feeder: its pickle and out-of-band buffers (read lock held).
 
     *requeue(frame, fd)* sends the rest of a batch back to the end of the queue.
@@ -344,7 +356,7 @@ class Queue:
             self._rlock.release()
         return _serialization.loads(data, buffers)
 
-    def _read(self) -> tuple[bytes | bytearray, list[memoryview]]:
+    def _read(self) -> tuple[bytes | bytearray, list[Any]]:
         if self._rsock is None:
             self._rsock = _socket_of(self._reader)
             weakref.finalize(self, self._rsock.close)
