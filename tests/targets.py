@@ -384,3 +384,13 @@ def hold_proxy_then_die(proxy, conn) -> None:
     assert len(proxy) == 0
     conn.send("holding")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def use_lent_connection(queue) -> None:
+    """Take a Connection and a socket out of *queue* (pickled outside process start-up) and use them."""
+    conn = queue.get(timeout=10)
+    sock = queue.get(timeout=10)
+    conn.send(("via the connection", os.getpid()))
+    sock.sendall(b"via the socket")
+    conn.close()
+    sock.close()

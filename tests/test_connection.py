@@ -141,8 +141,8 @@ def test_unpicklable_object_sends_nothing():
     a, b = Pipe()
     with pytest.raises(procly.PicklingError, match="lock"):
         a.send(threading.Lock())
-    with socket.socket() as sock, pytest.raises(TypeError):  # PicklingError is a TypeError too
-        a.send(sock)
+    with pytest.raises(TypeError):  # PicklingError is a TypeError too
+        a.send(i for i in range(3))
     a.send("still in step")
     assert b.recv() == "still in step"
     a.close()
@@ -236,12 +236,16 @@ def test_one_way_pipe_passed_to_child(ctx):
     r.close()
 
 
-def test_connection_pickled_outside_start_is_refused():
+def test_connection_sent_through_a_connection_works(lending):
+    """Outside process start-up a Connection is lent (the standard library's resource sharer)."""
     a, b = Pipe()
-    with pytest.raises(RuntimeError, match="Process arguments"):
-        a.send(b)
-    a.close()
-    b.close()
+    c, d = Pipe()
+    a.send(d)
+    d2 = b.recv()
+    c.send("through the copy")
+    assert d2.recv() == "through the copy"
+    for end in (a, b, c, d, d2):
+        end.close()
 
 
 def test_wait_on_connections_and_sentinels(ctx):
@@ -384,3 +388,56 @@ def test_buffered_connection_reads_ahead_across_every_frame_kind():
     with pytest.raises(EOFError):
         reader.recv()
     reader.close()
+
+
+@pytest.fixture
+def lending():
+    """Stop this process's descriptor lending desk after the test (its socket is ours)."""
+    from procly import resource_sharer
+
+    yield
+    resource_sharer.stop()
+
+
+def test_connections_and_sockets_cross_queues(ctx, lending):
+    """Pickled outside process start-up, a Connection or a socket is lent and fetched by the receiver."""
+    here, there = ctx.Pipe()
+    left, right = socket.socketpair()
+    q = ctx.Queue()
+    p = ctx.Process(target=targets.use_lent_connection, args=(q,))
+    p.start()
+    q.put(there)
+    q.put(right)
+    assert here.recv() == ("via the connection", p.pid)
+    assert left.recv(100) == b"via the socket"
+    p.join(10)
+    assert p.exitcode == 0
+    for end in (here, there, left, right):
+        end.close()
+    q.close()
+    q.join_thread()
+
+
+def test_a_lent_descriptor_is_fetched_once_and_only_with_its_key(lending):
+    from procly import _fd_sharer
+    from procly._connection import _rebuild_connection
+
+    a, b = procly.Pipe()
+    rebuild, args = b.__reduce__()
+    assert rebuild is _rebuild_connection
+    token = args[0]
+    address, key = token
+    with socket.socket(socket.AF_UNIX) as intruder:  # a wrong key: refused, nothing lent is lost
+        intruder.connect(address)
+        intruder.sendall(os.urandom(len(key)))
+        assert intruder.recv(1) == b"\x00"
+    with socket.socket(socket.AF_UNIX) as garbage:  # a peer that sends half a key and leaves
+        garbage.connect(address)
+        garbage.sendall(b"xx")
+    c = rebuild(*args)
+    a.send("hello")
+    assert c.recv() == "hello"
+    with pytest.raises(procly.ProcessError, match="unpickled already"):
+        _fd_sharer.borrow(address, key)
+    for end in (a, b, c):
+        end.close()

@@ -30,7 +30,7 @@ import stat
 import struct
 from typing import Any
 
-from . import _handoff, _serialization
+from . import _fd_sharer, _serialization
 from ._errors import BufferTooShort, ConnectionClosedError, MessageError
 
 __all__ = ["Connection", "Pipe"]
@@ -152,12 +152,10 @@ class Connection:
         return f"<{type(self).__name__} {state}>"
 
     def __reduce__(self) -> Any:
-        fd = self._check_closed()
-        return _rebuild_connection, (
-            _handoff.share_fd(fd, type(self).__name__),
-            self._readable,
-            self._writable,
-        )
+        # With a child's start data the descriptor goes along; anywhere else (a Pipe, a
+        # Queue, a Manager) it is lent and fetched by whoever unpickles it.
+        token = _fd_sharer.reduce_fd(self._check_closed(), type(self).__name__)
+        return _rebuild_connection, (token, self._readable, self._writable)
 
     # -- writing -------------------------------------------------------------
 
@@ -550,8 +548,21 @@ def _buffers_in_memfd(buffers: list[memoryview]) -> int:
     return fd
 
 
-def _rebuild_connection(fd: int, readable: bool, writable: bool) -> Connection:
-    return Connection(fd, readable, writable)
+def _rebuild_connection(token: tuple, readable: bool, writable: bool) -> Connection:
+    return Connection(_fd_sharer.rebuild_fd(*token), readable, writable)
+
+
+def _reduce_socket(sock: socket.socket) -> Any:
+    token = _fd_sharer.reduce_fd(sock.fileno(), "socket")
+    return _rebuild_socket, (token, sock.family, sock.type, sock.proto)
+
+
+def _rebuild_socket(token: tuple, family: int, kind: int, proto: int) -> socket.socket:
+    return socket.socket(family, kind, proto, fileno=_fd_sharer.rebuild_fd(*token))
+
+
+# Sockets cross like Connections (the standard library's reduction does the same).
+_serialization.register(socket.socket, _reduce_socket)
 
 
 def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802 - stdlib name

@@ -45,6 +45,7 @@ class ProcessState:
         self.lifeline_read: int | None = None
         self.lifeline_write: int | None = None
         self.forkserver: Any = None  # _start.forkserver.ForkServer, started on demand
+        self._fd_sharer: Any = None  # _fd_sharer.FdSharer, started on demand
         self.exiting = False
         self._exit_hook = False
         self.lock = threading.RLock()
@@ -57,6 +58,15 @@ class ProcessState:
                 self.lifeline_read, self.lifeline_write = os.pipe()
                 os.register_at_fork(after_in_child=_close_inherited_lifeline_write)
             return self.lifeline_read
+
+    def fd_sharer(self) -> Any:
+        """This process's FdSharer (lends descriptors of pickled Connections), started on first use."""
+        from ._fd_sharer import FdSharer
+
+        with self.lock:
+            if self._fd_sharer is None or self._fd_sharer.pid != os.getpid():
+                self._fd_sharer = FdSharer()
+            return self._fd_sharer
 
     def ensure_exit_hook(self) -> None:
         """Join/terminate children at interpreter exit (registered on first start)."""
