@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 
@@ -164,3 +165,48 @@ def test_simple_queue(ctx):
     assert [q.get(), q.get()] == ["a", "b"]
     p.join(10)
     q.close()
+
+
+def test_spent_memfds_are_recycled_and_bounded():
+    from procly.queues import _Recycler
+
+    recycler = _Recycler()
+    fd = os.memfd_create("spent")
+    os.ftruncate(fd, 2 << 20)
+    recycler.give(fd)
+    again = recycler.take(1 << 20)
+    assert again is not None and os.fstat(again).st_ino == os.fstat(fd).st_ino  # the same pages, reused
+    assert recycler.take(1 << 20) is None  # nothing parked any more
+    recycler.give(fd)
+    assert recycler.take(1000) is None  # 2 MiB is too big to park for a 1000-byte item: closed
+    parked = 0
+    for _ in range(200):  # the tiny send buffer bounds how many wait: the rest are let go, silently
+        recycler.give(fd)
+    while (taken := recycler.take(1 << 20)) is not None:
+        os.close(taken)
+        parked += 1
+    assert 1 <= parked < 50
+    os.close(fd)
+    os.close(again)
+    recycler.close()
+
+
+def test_big_items_reuse_their_memfds():
+    q = procly.Queue()
+    inodes = set()
+    original = procly.queues._Held.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        inodes.add(os.fstat(self.fd).st_ino)
+
+    procly.queues._Held.__init__ = spy
+    try:
+        for i in range(20):
+            q.put(bytes([i]) * (1 << 20))
+            assert q.get(timeout=10)[:1] == bytes([i])
+    finally:
+        procly.queues._Held.__init__ = original
+    assert len(inodes) <= 3  # not one fresh memfd per item
+    q.close()
+    q.join_thread()

@@ -216,11 +216,12 @@ class Connection:
         """
         self._send_object(obj, plain=False)
 
-    def _send_object(self, obj: Any, plain: bool) -> None:
-        """send(); *plain*: *obj* is an envelope of built-in data (see ``_serialization.dumps``)."""
+    def _send_object(self, obj: Any, plain: bool, out_of_band_from: int = _serialization.OUT_OF_BAND_THRESHOLD) -> None:
+        """send(); *plain*: *obj* is an envelope of built-in data; buffers from *out_of_band_from*
+        bytes are written from their own memory (see ``_serialization.dumps``)."""
         handle = self._check_writable()
         buffers: list[memoryview] = []
-        payload = _serialization.dumps(obj, buffers, plain=plain)
+        payload = _serialization.dumps(obj, buffers, plain=plain, out_of_band_from=out_of_band_from)
         if not buffers:
             self._send_frame(handle, payload)
             return
@@ -516,8 +517,10 @@ class BufferedConnection(Connection):
             (n,) = _HEADER.unpack_from(buf, pos)
             if 0 <= n <= len(buf) - pos - 4 and (self.max_message_size is None or n <= self.max_message_size):
                 self._rpos = pos + 4 + n
-                # A copy, not a view: a view kept alive (by a traceback) would pin the buffer.
-                return _serialization.loads(buf[pos + 4 : pos + 4 + n])
+                # Unpickled in place; the views are released even if loads() raises (a
+                # view kept alive by a traceback would pin the buffer).
+                with memoryview(buf) as whole, whole[pos + 4 : pos + 4 + n] as message:
+                    return _serialization.loads(message)
         return super().recv()
 
     def _take_fd(self, sock: socket.socket) -> int | None:

@@ -48,6 +48,7 @@ PIPELINE = 8  # tasks in flight per worker: the next one is already there when o
 # could block writing it while the worker blocks writing its result: bigger tasks wait
 # until the worker is idle (and reading).
 PIPELINE_MAX_BYTES = 64 * 1024
+ENVELOPE_OUT_OF_BAND = 4096  # task payloads from this size travel beside the envelope
 #: imap's adaptive chunks aim at this much work each, and hold this many items of look-ahead per slot.
 ADAPTIVE_CHUNK_SECONDS = 0.002
 IMAP_ADAPTIVE_ITEMS = 4
@@ -560,7 +561,9 @@ class Pool(PoolAPI):
             for task in bundle
         ]  # fmt: skip
         try:
-            worker.conn._send_object(message, plain=True)  # ints, bytes, PickleBuffers: no inspection
+            # Ints, bytes and PickleBuffers: no inspection; payloads of 4 KiB and more are
+            # written from their own memory instead of being copied into the envelope.
+            worker.conn._send_object(message, plain=True, out_of_band_from=ENVELOPE_OUT_OF_BAND)
         except OSError:
             # The worker is dying (its sentinel will tell): the tasks go back, first in line.
             for task in reversed(bundle):

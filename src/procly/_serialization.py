@@ -160,7 +160,7 @@ def _module_attr(module_name: str, name: str) -> Any:
 
 
 def dumps(obj: Any, out_of_band: list[memoryview] | None = None, *, main_by_reference: bool = True,
-          plain: bool = False) -> bytes:  # fmt: skip
+          plain: bool = False, out_of_band_from: int = OUT_OF_BAND_THRESHOLD) -> bytes:  # fmt: skip
     """Serialize *obj*.
 
     With *out_of_band* (a list), buffers of at least :data:`OUT_OF_BAND_THRESHOLD` bytes
@@ -169,6 +169,7 @@ def dumps(obj: Any, out_of_band: list[memoryview] | None = None, *, main_by_refe
     *main_by_reference* false, ``__main__`` functions and classes are copied by value.
     *plain* says that *obj* holds only built-in containers, scalars and PickleBuffers
     (an envelope procly builds itself): it goes straight to the C pickler.
+    *out_of_band_from* is the size from which a buffer leaves the stream.
 
     Raises:
         procly.PicklingError: *obj* (or something inside it) cannot be serialized; the
@@ -186,7 +187,7 @@ def dumps(obj: Any, out_of_band: list[memoryview] | None = None, *, main_by_refe
 
         def callback(buf: pickle.PickleBuffer) -> bool:
             view = buf.raw()
-            if view.nbytes < OUT_OF_BAND_THRESHOLD:
+            if view.nbytes < out_of_band_from:
                 return True  # small: keep it in the stream
             out_of_band.append(view)
             return False

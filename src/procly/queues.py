@@ -144,6 +144,60 @@ def _frames(items: list[bytes]) -> bytes:
     return b"".join(part for data in items for part in (_HEADER.pack(len(data)), data))
 
 
+class _Recycler:
+    """Memfds of big items already read, handed back for the next big put.
+
+    Their pages stay allocated, so writing the next item into one costs a copy instead
+    of a fresh page (a page fault, or worse on a VM) for every 4 KiB. A datagram socket
+    pair with the smallest send buffer parks a few of them at most; when it is full, or
+    when nobody takes them, they are simply closed (the queue going away frees them).
+    """
+
+    def __init__(self) -> None:
+        take, give = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        give.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # the kernel's minimum
+        self.__setstate__((take, give))
+
+    def __getstate__(self) -> Any:
+        return (self._take, self._give)
+
+    def __setstate__(self, state: Any) -> None:
+        self._take, self._give = state
+        self._take.setblocking(False)
+        self._give.setblocking(False)
+        self._closer = weakref.finalize(self, _close_sockets, self._take, self._give)
+
+    def give(self, fd: int) -> None:
+        """Hand back *fd* (its contents read already); the caller still closes its copy."""
+        try:
+            socket.send_fds(self._give, [b"m"], [fd])
+        except OSError:
+            pass  # full, or the queue is closing: let it go
+
+    def take(self, size: int) -> int | None:
+        """A spent memfd for an item of *size* bytes, or None."""
+        try:
+            _, fds, _, _ = socket.recv_fds(self._take, 1, 1)
+        except OSError:
+            return None
+        for extra in fds[1:]:
+            os.close(extra)
+        if not fds:
+            return None
+        if os.fstat(fds[0]).st_size > 4 * size + (1 << 20):  # too big to fill a small item with
+            os.close(fds[0])
+            return None
+        return fds[0]
+
+    def close(self) -> None:
+        self._closer()
+
+
+def _close_sockets(*socks: socket.socket) -> None:
+    for sock in socks:
+        sock.close()
+
+
 class _Held:
     """A big item, already written to a memfd by put() (a snapshot: later changes to the
     object do not reach the queue). Layout: u32 k, (k+1) x u64 sizes, the pickle, then
@@ -153,18 +207,20 @@ class _Held:
 
     __slots__ = ("fd", "size")
 
-    def __init__(self, data: bytes, buffers: list[memoryview]) -> None:
+    def __init__(self, data: bytes, buffers: list[memoryview], recycler: _Recycler | None = None) -> None:
         sizes = [len(data)] + [view.nbytes for view in buffers]
         flagged = [sizes[0]] + [view.nbytes | (_READ_ONLY if view.readonly else 0) for view in buffers]
         header = _COUNT.pack(len(buffers)) + b"".join(_SIZE.pack(n) for n in flagged)
-        self.fd = os.memfd_create("procly-queue-item", os.MFD_CLOEXEC)
+        self.size = len(header) + sum(sizes)
+        fd = recycler.take(self.size) if recycler is not None else None
+        self.fd = os.memfd_create("procly-queue-item", os.MFD_CLOEXEC) if fd is None else fd
         try:
+            os.lseek(self.fd, 0, os.SEEK_SET)
             for part in (header, data, *buffers):
                 _write_all(self.fd, part)
         except BaseException:
             os.close(self.fd)
             raise
-        self.size = len(header) + sum(sizes)
 
     def __len__(self) -> int:
         return self.size
@@ -225,10 +281,12 @@ def _spill_batch(writer: _Writer, items: list[Any]) -> None:
         os.close(fd)
 
 
-def _read_item(conn: Connection, sock: socket.socket, requeue: Any) -> tuple[bytes | bytearray, list[Any]]:
+def _read_item(conn: Connection, sock: socket.socket, requeue: Any,
+               recycler: _Recycler | None = None) -> tuple[bytes | bytearray, list[Any]]:  # fmt: skip
     """Receive one item written by a feeder: its pickle and out-of-band buffers (read lock held).
 
-    *requeue(frame, fd)* sends the rest of a batch back to the end of the queue.
+    *requeue(frame, fd)* sends the rest of a batch back to the end of the queue; a spent
+    single-item memfd goes to *recycler*.
     """
     header, ancillary, _, _ = sock.recvmsg(_HEADER.size, _ANCILLARY_SPACE, socket.MSG_WAITALL)
     fds = _descriptors(ancillary) if ancillary else []
@@ -251,7 +309,9 @@ def _read_item(conn: Connection, sock: socket.socket, requeue: Any) -> tuple[byt
         raise MessageError("a queue item kept in a memfd arrived without its descriptor")
     try:
         if n == _SPILLED:
-            data, buffers, _ = _read_held(fds[0], 0)
+            data, buffers, _ = _read_held(fds[0], 0)  # copied out: the memfd is free again
+            if recycler is not None:
+                recycler.give(fds[0])
             return data, buffers
         data, buffers, following = _read_held(fds[0], offset + _SIZE.size)
         if following < os.fstat(fds[0]).st_size:
@@ -273,15 +333,18 @@ class Queue:
         self._rlock = Lock()
         self._wlock = Lock()
         self._sem = BoundedSemaphore(maxsize)
+        self._recycler = _Recycler()
         self._opid = os.getpid()
         self._after_fork()
         register_after_fork(self, Queue._after_fork)
 
     def __getstate__(self) -> Any:
-        return (self._maxsize, self._reader, self._writer, self._rlock, self._wlock, self._sem, self._opid)
+        return (self._maxsize, self._reader, self._writer, self._rlock, self._wlock, self._sem, self._recycler,
+                self._opid)  # fmt: skip
 
     def __setstate__(self, state: Any) -> None:
-        (self._maxsize, self._reader, self._writer, self._rlock, self._wlock, self._sem, self._opid) = state
+        (self._maxsize, self._reader, self._writer, self._rlock, self._wlock, self._sem, self._recycler,
+         self._opid) = state  # fmt: skip
         self._after_fork()
         register_after_fork(self, Queue._after_fork)
 
@@ -313,7 +376,7 @@ class Queue:
         buffers: list[memoryview] = []
         data: Any = _serialization.dumps(obj, buffers)
         if buffers or len(data) >= SPILL_BYTES:
-            data = _Held(data, buffers)  # straight from the object's memory into a memfd
+            data = _Held(data, buffers, self._recycler)  # straight from the object's memory into a memfd
         if not self._sem.acquire(block, timeout):
             if type(data) is _Held:
                 data.close()
@@ -360,7 +423,7 @@ class Queue:
         if self._rsock is None:
             self._rsock = _socket_of(self._reader)
             weakref.finalize(self, self._rsock.close)
-        return _read_item(self._reader, self._rsock, self._requeue)
+        return _read_item(self._reader, self._rsock, self._requeue, self._recycler)
 
     def _requeue(self, frame: bytes, fd: int) -> None:
         """Send the rest of a batch to the end of the queue (read lock held)."""
@@ -389,6 +452,7 @@ class Queue:
     def close(self) -> None:
         """No more puts from this process; the feeder flushes what is buffered, then stops."""
         self._closed = True
+        self._recycler.close()
         if self._rsock is not None:
             self._rsock.close()
         close, self._close_finalizer = self._close_finalizer, None
