@@ -441,3 +441,27 @@ def test_a_lent_descriptor_is_fetched_once_and_only_with_its_key(lending):
         _fd_sharer.borrow(address, key)
     for end in (a, b, c):
         end.close()
+
+
+def test_buffered_connection_keeps_its_buffer_bounded_under_partial_reads():
+    """Messages that never end on a read boundary: the consumed prefix is dropped, nothing is lost."""
+    from procly._connection import BufferedConnection
+
+    left, right = procly.Pipe()
+    reader = BufferedConnection.adopt(right)
+    messages = [bytes([i % 256]) * (30_000 + 97 * i) for i in range(300)]  # ~13 MB, odd sizes under 64 KiB
+
+    def send_all():
+        for message in messages:
+            left.send_bytes(message)
+
+    sender = threading.Thread(target=send_all)
+    sender.start()
+    for i, expected in enumerate(messages):
+        if i % 20 == 0:
+            time.sleep(0.02)  # a slow reader: the sender's writes land in pieces, reads end mid-message
+        assert reader.recv_bytes() == expected, f"message {i} differs"
+        assert len(reader._rbuf) <= 2 * BufferedConnection.READ_AHEAD + 70_000 * 2
+    sender.join(10)
+    left.close()
+    reader.close()
