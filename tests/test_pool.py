@@ -181,11 +181,22 @@ def test_worker_death_fails_only_that_task(ctx, how):
         assert len(pool.statistics()) and pool.statistics()["workers"] == 2
 
 
+def test_a_death_inside_a_bundle_fails_only_the_running_task(ctx):
+    """Short tasks go to a worker eight to a message: a death there still names one task."""
+    with ctx.Pool(2) as pool:
+        results = [pool.apply_async(targets.die_on, (i, 150, "sigkill")) for i in range(300)]
+        outcomes = []
+        for r in results:
+            try:
+                outcomes.append(r.get(timeout=30))
+            except procly.WorkerLostError:
+                outcomes.append("lost")
+        assert outcomes == [("lost" if i == 150 else i) for i in range(300)]
+
+
 def test_map_with_a_dying_worker_raises_instead_of_hanging(pool):
     with pytest.raises(procly.WorkerLostError):
-        pool.map(targets.die_on, range(20), chunksize=1) if False else pool.starmap(
-            targets.die_on, [(i, 7) for i in range(20)], chunksize=2
-        )
+        pool.starmap(targets.die_on, [(i, 7) for i in range(20)], chunksize=2)
     assert pool.map(targets.square, range(4)) == [0, 1, 4, 9]
 
 
