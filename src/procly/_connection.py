@@ -160,14 +160,7 @@ class Connection:
     # -- writing -------------------------------------------------------------
 
     def _write_all(self, handle: int, data: Any) -> None:
-        view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
-        total = len(view)
-        written = os.write(handle, view)
-        if written == total:
-            return
-        view = memoryview(view)
-        while written < total:
-            written += os.write(handle, view[written:])
+        write_all(handle, data)
 
     def send_bytes(self, buf: Any, offset: int = 0, size: int | None = None) -> None:
         """Send the bytes of a bytes-like object *buf* (from *offset*, *size* bytes).
@@ -385,18 +378,17 @@ class Connection:
         if fd is None:
             self.close()
             raise MessageError("malformed frame: the memfd announced did not arrive")
-        fds = [fd]
         try:
             total = sum(sizes)
-            if os.fstat(fds[0]).st_size < total:
+            if os.fstat(fd).st_size < total:
                 self.close()
                 raise MessageError("malformed frame: the memfd is smaller than announced")
             # Private and writable: arrays rebuilt over it can be changed, copy-on-write,
             # without a byte being copied until then.
-            mapped = mmap.mmap(fds[0], total, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE) \
+            mapped = mmap.mmap(fd, total, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE) \
                 if total else None
         finally:
-            os.close(fds[0])
+            os.close(fd)
         views, offset = [], 0
         whole = memoryview(mapped) if mapped is not None else memoryview(b"")
         for size in sizes:
@@ -475,10 +467,7 @@ class BufferedConnection(Connection):
             count = os.readv(handle, [self._scratch])
         else:
             count, ancillary, _, _ = sock.recvmsg_into([self._scratch], _FD_SPACE)
-            for level, kind, data in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    usable = len(data) - len(data) % 4
-                    self._rfds.extend(struct.unpack(f"{usable // 4}i", data[:usable]))
+            self._rfds.extend(descriptors_in(ancillary))
         if not count:
             return False
         if self._rpos == len(self._rbuf):
@@ -535,16 +524,41 @@ class BufferedConnection(Connection):
         return self.buffered() or super().poll(timeout)
 
 
+def write_all(fd: int, data: Any) -> None:
+    """Write every byte of the bytes-like *data* to *fd* (a blocking descriptor)."""
+    view = data if isinstance(data, bytes) else memoryview(data).cast("B")
+    total = len(view)
+    written = os.write(fd, view)
+    if written == total:
+        return
+    view = memoryview(view)
+    while written < total:
+        written += os.write(fd, view[written:])
+
+
+def descriptors_in(ancillary: list) -> list[int]:
+    """The descriptors carried (``SCM_RIGHTS``) in the ancillary data of a ``recvmsg``."""
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds.extend(struct.unpack(f"{usable // 4}i", data[:usable]))
+    return fds
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of the Unix socket *sock* (``SO_PEERCRED``)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", raw)
+
+
 def _buffers_in_memfd(buffers: list[memoryview]) -> int:
     """A new memfd holding *buffers* one after another (one copy); the caller closes it."""
     fd = os.memfd_create("procly-message", os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, sum(b.nbytes for b in buffers))
         for buf in buffers:
-            view = buf.cast("B") if buf.format != "B" or buf.ndim != 1 else buf
-            written = 0
-            while written < len(view):
-                written += os.write(fd, view[written:])
+            write_all(fd, buf)
     except BaseException:
         os.close(fd)
         raise

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import threading
 
 from ._errors import ProcessError
@@ -52,6 +51,11 @@ class FdSharer:
             self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
         except OSError:
             pass
+        self._drop()
+
+    def _drop(self) -> None:
+        """Close this process's listening socket and the duplicates it holds (no shutdown:
+        in a forked child the socket is still the parent's)."""
         self._listener.close()
         with self._lock:
             lent, self._lent = list(self._lent.values()), {}
@@ -71,7 +75,9 @@ class FdSharer:
                     pass  # a peer that went away or sent garbage costs its connection only
 
     def _answer(self, peer: socket.socket) -> None:
-        _, uid, _ = struct.unpack("3i", peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        from ._connection import peer_credentials
+
+        _, uid, _ = peer_credentials(peer)
         if uid != os.getuid():
             return
         peer.settimeout(HANDSHAKE_SECONDS)
@@ -140,9 +146,7 @@ def _forget_in_child() -> None:
     sharer = state._fd_sharer if state is not None else None
     if sharer is not None and sharer.pid != os.getpid():
         state._fd_sharer = None
-        sharer._listener.close()
-        for fd in sharer._lent.values():
-            os.close(fd)
+        sharer._drop()
 
 
 os.register_at_fork(after_in_child=_forget_in_child)

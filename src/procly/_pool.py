@@ -306,10 +306,7 @@ class Pool(PoolAPI):
 
             def sink(success: bool, values: Any, index: int = index) -> None:
                 if meter is not None:
-                    if success:
-                        meter.add(values)
-                    if not success or meter.done == len(items):
-                        meter.close()
+                    meter.settle(success, values)
                 result._set_chunk(index, success, values)
 
             label = f"{name} on items {start}..{start + len(chunk) - 1}"

@@ -23,6 +23,7 @@ class Progress:
             self._bar = tqdm(total=total, desc=progress if isinstance(progress, str) else None, unit="task")
         self._on_result = on_result
         self._lock = threading.Lock()
+        self.total = total
         self.done = 0
 
     def add(self, values: list[Any]) -> None:
@@ -40,7 +41,16 @@ class Progress:
             if self._bar is not None:
                 self._bar.update(len(values))
 
+    def settle(self, success: bool, values: list[Any]) -> None:
+        """A map chunk ended: count its items, and close the bar once all are in or one
+        failed (called before the result is set, so the bar is complete when map returns)."""
+        if success:
+            self.add(values)
+        if not success or self.done == self.total:
+            self.close()
+
     def set_total(self, total: int) -> None:
+        self.total = total
         if self._bar is not None:
             self._bar.total = total
             self._bar.refresh()

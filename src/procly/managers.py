@@ -25,14 +25,13 @@ import os
 import select
 import signal
 import socket
-import struct
 import threading
 import traceback
 import weakref
 from typing import Any, Callable
 
 from . import _process
-from ._connection import Pipe
+from ._connection import Pipe, peer_credentials
 from ._errors import AuthenticationError, ProcessError
 from ._finalize import Finalize
 from ._listener import Client, Listener, _handshake
@@ -123,10 +122,8 @@ def _wrap(conn: Any, serializer: str) -> Any:
     return conn if serializer == "pickle" else _XmlRpcConnection(conn)
 
 
-# --------------------------------------------------------------------------- latency
+# --------------------------------------------------------------------------- clients
 
-#: How long a proxy waiting for its reply, and a server thread waiting for its client's
-#: next request, watch the socket before going to sleep on it.
 LEASE_KEEPALIVE_SECONDS = 60  # idle time before the server probes a TCP client's lease
 
 
@@ -136,7 +133,7 @@ def _peer_pid(fd: int) -> int | None:
     try:
         if sock.family != socket.AF_UNIX:
             return None
-        pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        pid, _, _ = peer_credentials(sock)
         return pid or None
     except OSError:
         return None
@@ -200,7 +197,7 @@ class Server:
         """
         raise RemoteError(f"unknown request {kind!r}")
 
-    def _create(self, typeid: str, args: tuple, kwargs: dict, peer: int | None = None) -> tuple[str, list[str]]:
+    def _create(self, typeid: str, args: tuple, kwargs: dict, peer: int | str | None = None) -> tuple[str, list[str]]:
         try:
             callable_, exposed, _, _ = self.registry[typeid]
         except KeyError:
@@ -212,7 +209,7 @@ class Server:
             raise RemoteError(f"creating a {typeid!r} failed:\n{traceback.format_exc()}") from exc
         return self._adopt(typeid, obj, peer)
 
-    def _call(self, ident: str, method: str, args: tuple, kwargs: dict, peer: int | None = None) -> tuple:
+    def _call(self, ident: str, method: str, args: tuple, kwargs: dict, peer: int | str | None = None) -> tuple:
         with self.lock:
             try:
                 obj, exposed, _, own_typeid = self.objects[ident]
@@ -230,7 +227,7 @@ class Server:
             return ("proxy", (typeid, ident2, exposed2))
         return ("ok", result)
 
-    def _adopt(self, typeid: str, obj: Any, peer: int | None = None) -> tuple[str, list[str]]:
+    def _adopt(self, typeid: str, obj: Any, peer: int | str | None = None) -> tuple[str, list[str]]:
         exposed = self.registry[typeid][1] if typeid in self.registry else None
         exposed = public_methods(obj) if exposed is None else exposed
         ident = f"{id(obj):x}"
@@ -240,7 +237,7 @@ class Server:
             self._note(peer, ident, 1)
         return ident, list(exposed)
 
-    def _incref(self, ident: str, peer: int | None = None) -> None:
+    def _incref(self, ident: str, peer: int | str | None = None) -> None:
         with self.lock:
             if ident not in self.objects:
                 raise RemoteError(f"object {ident} is not held by this manager")

@@ -46,7 +46,7 @@ import weakref
 from typing import Any
 
 from . import _serialization
-from ._connection import Connection, Pipe
+from ._connection import Connection, Pipe, descriptors_in, write_all
 from ._errors import MessageError
 from ._finalize import Finalize, register_after_fork
 from .synchronize import BoundedSemaphore, Condition, Lock, Semaphore
@@ -70,33 +70,8 @@ _READ_ONLY = 1 << 63  # flag in a held buffer's size
 _ANCILLARY_SPACE = socket.CMSG_SPACE(struct.calcsize("i"))
 
 
-def _descriptors(ancillary: list) -> list[int]:
-    fds: list[int] = []
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(data) - len(data) % 4
-            fds.extend(struct.unpack(f"{usable // 4}i", data[:usable]))
-    return fds
-
-
 def _socket_of(conn: Connection) -> socket.socket:
     return socket.socket(fileno=os.dup(conn.fileno()))
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view, written = memoryview(data), 0
-    while written < len(view):
-        written += os.write(fd, view[written:])
-
-
-def _memfd_with(data: bytes | memoryview, name: str) -> int:
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    try:
-        _write_all(fd, data)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _pread_exact(fd: int, size: int, offset: int) -> bytearray:
@@ -114,7 +89,6 @@ class _Writer:
     """One process's writing end of a queue: writes what fits without blocking."""
 
     def __init__(self, conn: Connection) -> None:
-        self.conn = conn
         self.sock = _socket_of(conn)
         self.limit = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         self._outq = bytearray(4)
@@ -133,7 +107,7 @@ class _Writer:
             time.sleep(0.001)
 
     def write(self, data: bytes) -> None:
-        _write_all(self.sock.fileno(), data)
+        write_all(self.sock.fileno(), data)
 
     def send_descriptor(self, frame: bytes, fd: int) -> None:
         socket.send_fds(self.sock, [frame], [fd])
@@ -217,7 +191,7 @@ class _Held:
         try:
             os.lseek(self.fd, 0, os.SEEK_SET)
             for part in (header, data, *buffers):
-                _write_all(self.fd, part)
+                write_all(self.fd, part)
         except BaseException:
             os.close(self.fd)
             raise
@@ -265,7 +239,7 @@ def _spill_batch(writer: _Writer, items: list[Any]) -> None:
     try:
         for item in items:
             if type(item) is _Held:
-                _write_all(fd, _SIZE.pack(item.size))
+                write_all(fd, _SIZE.pack(item.size))
                 copied = 0
                 while copied < item.size:  # a kernel-side copy, at this memfd's offset
                     count = os.copy_file_range(item.fd, fd, item.size - copied, copied)
@@ -273,9 +247,9 @@ def _spill_batch(writer: _Writer, items: list[Any]) -> None:
                         raise MessageError("a queue item kept in a memfd is shorter than announced")
                     copied += count
             else:
-                _write_all(fd, _SIZE.pack(len(item) + _COUNT.size + _SIZE.size))
-                _write_all(fd, _COUNT.pack(0) + _SIZE.pack(len(item)))
-                _write_all(fd, item)
+                write_all(fd, _SIZE.pack(len(item) + _COUNT.size + _SIZE.size))
+                write_all(fd, _COUNT.pack(0) + _SIZE.pack(len(item)))
+                write_all(fd, item)
         writer.send_descriptor(_HEADER.pack(_BATCH) + _SIZE.pack(0), fd)
     finally:
         os.close(fd)
@@ -289,7 +263,7 @@ def _read_item(conn: Connection, sock: socket.socket, requeue: Any,
     single-item memfd goes to *recycler*.
     """
     header, ancillary, _, _ = sock.recvmsg(_HEADER.size, _ANCILLARY_SPACE, socket.MSG_WAITALL)
-    fds = _descriptors(ancillary) if ancillary else []
+    fds = descriptors_in(ancillary) if ancillary else []
     if len(header) < _HEADER.size:
         for fd in fds:
             os.close(fd)
@@ -466,8 +440,7 @@ class Queue:
         if not self._closed:
             raise AssertionError(f"Queue {self!r} not closed")
         if self._jointhread is not None:
-            self._spill.set()
-            self._jointhread()
+            self._jointhread()  # _join_feeder: what the socket cannot take goes to a memfd
 
     def cancel_join_thread(self) -> None:
         """Do not wait for the feeder at exit (buffered items may then be lost)."""

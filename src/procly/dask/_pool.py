@@ -327,10 +327,7 @@ class Pool(PoolAPI):
 
             def sink(success: bool, values: Any, index: int = index) -> None:
                 if meter is not None:
-                    if success:
-                        meter.add(values)
-                    if not success or meter.done == len(items):
-                        meter.close()  # before the result is set: the bar is complete when map returns
+                    meter.settle(success, values)
                 result._set_chunk(index, success, values)
 
             label = f"{_name(func)}-chunk{index}"
