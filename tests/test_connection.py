@@ -337,7 +337,7 @@ def test_memfd_frames_are_checked():
 
     # A memfd announced on an OS pipe (which cannot carry descriptors) is refused.
     r, w = os.pipe()
-    os.write(w, struct.pack("!iIQQ", _connection._IN_MEMFD, 1, 1, 10))
+    os.write(w, struct.pack("!iIQQQ", _connection._IN_MEMFD, 1, 1, 10, 0))
     conn = Connection(r, writable=False)
     with pytest.raises(procly.MessageError, match="cannot carry"):
         conn.recv()
@@ -345,7 +345,7 @@ def test_memfd_frames_are_checked():
     os.close(w)
     # ... and one announced on a socket but sent without its descriptor too.
     a, b = socket.socketpair()
-    a.sendall(struct.pack("!iIQQ", _connection._IN_MEMFD, 1, 1, 10) + b"F")
+    a.sendall(struct.pack("!iIQQQ", _connection._IN_MEMFD, 1, 1, 10, 0) + b"F")
     conn = Connection(b.detach())
     with pytest.raises(procly.MessageError, match="did not arrive"):
         conn.recv()

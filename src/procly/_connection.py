@@ -5,8 +5,10 @@ Wire format (all integers big-endian)::
     plain message      i32 n (0 <= n < 2**31-1)        then n bytes
     large message      i32 -1, u64 n                   then n bytes (over 2 GiB)
     out-of-band object i32 -2, u32 k, (k+1) x u64 size then the pickle, then k buffers
-    buffers in a memfd  i32 -3, u32 k, (k+1) x u64 size, one byte carrying the memfd
-                        (SCM_RIGHTS), then the pickle; the k buffers lie in the memfd
+    buffers in a memfd  i32 -3, u32 k, (k+1) x u64 size, u64 token, one byte carrying
+                        the memfd (SCM_RIGHTS), then the pickle; the k buffers lie in
+                        the memfd
+    memfds named back  i32 -4, u32 k, k x u64 token; always followed by another frame
 
 ``send()`` of an object with large buffers (numpy arrays, big bytes) uses the third
 form: the buffers are written straight from their own memory instead of being copied
@@ -15,7 +17,9 @@ another copy. On a socket (a duplex Pipe, a Pool's worker channel) buffers of 1 
 and more in all go into an anonymous memfd instead, whose descriptor travels with the
 frame: the sender copies them once, the receiver maps them (copy-on-write) and copies
 nothing, and the socket carries a few bytes instead of streaming megabytes through its
-buffer. Everything else is a plain message, so ``send`` and ``recv_bytes`` (or
+buffer. On a duplex connection the receiver names the memfd's token back once its
+mapping is gone, and the sender writes a later message into the same pages (see
+``_memfd_reuse``). Everything else is a plain message, so ``send`` and ``recv_bytes`` (or
 ``send_bytes`` and ``recv``) interoperate as in the standard library.
 """
 
@@ -32,6 +36,7 @@ from typing import Any
 
 from . import _fd_sharer, _serialization
 from ._errors import BufferTooShort, ConnectionClosedError, MessageError
+from ._memfd_reuse import MAX_NAMED, MemfdReuse
 
 __all__ = ["Connection", "Pipe"]
 
@@ -41,6 +46,7 @@ _U64 = struct.Struct("!Q")
 _LARGE = -1
 _OUT_OF_BAND = -2
 _IN_MEMFD = -3
+_NAMED_BACK = -4
 MEMFD_THRESHOLD = 1024 * 1024  # out-of-band bytes in one message from which a memfd carries them
 _SMALL_WRITE = 64 * 1024  # header and payload go out in one write below this size
 _POLLIN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
@@ -66,6 +72,7 @@ class Connection:
         self._readable = readable
         self._writable = writable
         self._fd_socket: socket.socket | None | bool = None  # for SCM_RIGHTS; False: not a Unix socket
+        self._reuse: MemfdReuse | None = None  # memfds of big messages, made on first use
         # Largest message accepted by recv(); None means no limit (pipes between our own
         # processes). Servers facing a network set one.
         self.max_message_size: int | None = None
@@ -118,6 +125,9 @@ class Connection:
 
     def _close(self) -> None:
         handle, self._handle = self._handle, None
+        reuse, self._reuse = getattr(self, "_reuse", None), None
+        if reuse is not None:
+            reuse.close()
         fd_socket, self._fd_socket = getattr(self, "_fd_socket", None), None
         if isinstance(fd_socket, socket.socket):
             fd_socket.close()  # a duplicate of the handle: closing it leaves the handle alone
@@ -188,12 +198,24 @@ class Connection:
             raise ValueError("buffer length < offset + size")
         self._send_frame(handle, view[offset : offset + size])
 
+    def _named_back(self) -> bytes:
+        """A frame naming back the memfds whose mapping here is gone, to go before the
+        next frame (b"" when there are none)."""
+        if self._reuse is None or not self._reuse._spent:
+            return b""
+        tokens = self._reuse.spent()
+        if not tokens:
+            return b""
+        return _HEADER.pack(_NAMED_BACK) + _U32.pack(len(tokens)) + b"".join(_U64.pack(t) for t in tokens)
+
     def _send_frame(self, handle: int, payload: Any) -> None:
         n = len(payload)
         if n < 0x7FFFFFFF:
             header = _HEADER.pack(n)
         else:
             header = _HEADER.pack(_LARGE) + _U64.pack(n)
+        if self._reuse is not None:
+            header = self._named_back() + header
         if n <= _SMALL_WRITE:
             self._write_all(handle, header + bytes(payload))
         else:
@@ -221,20 +243,36 @@ class Connection:
         sizes = [len(payload)] + [b.nbytes for b in buffers]
         sock = self._socket_for_fds(handle) if sum(sizes) - sizes[0] >= MEMFD_THRESHOLD else None
         kind = _OUT_OF_BAND if sock is None else _IN_MEMFD
-        header = _HEADER.pack(kind) + _U32.pack(len(buffers))
+        header = self._named_back() if self._reuse is not None else b""
+        header += _HEADER.pack(kind) + _U32.pack(len(buffers))
         header += b"".join(_U64.pack(s) for s in sizes)
         if sock is None:
             self._write_all(handle, header + payload)
             for buf in buffers:
                 self._write_all(handle, buf)
             return
-        memfd = _buffers_in_memfd(buffers)
+        # Reused memfds are named back over this connection, so only an end that reads
+        # can get them back.
+        reuse = self._memfd_reuse() if self._readable else None
+        memfd, size = reuse.memfd_for(sum(sizes) - sizes[0]) if reuse is not None else _new_memfd(sum(sizes[1:]))
         try:
-            self._write_all(handle, header)
+            _write_buffers(memfd, buffers)
+            token = reuse.lend(memfd, size) if reuse is not None else 0
+        except BaseException:
+            os.close(memfd)
+            raise
+        try:
+            self._write_all(handle, header + _U64.pack(token))
             socket.send_fds(sock, [b"F"], [memfd])
         finally:
-            os.close(memfd)
+            if not token:
+                os.close(memfd)
         self._write_all(handle, payload)
+
+    def _memfd_reuse(self) -> MemfdReuse:
+        if self._reuse is None:
+            self._reuse = MemfdReuse()
+        return self._reuse
 
     # -- reading -------------------------------------------------------------
 
@@ -270,6 +308,18 @@ class Connection:
         if header is None:
             raise EOFError("peer closed the connection")
         (n,) = _HEADER.unpack(header)
+        while n == _NAMED_BACK:
+            (count,) = _U32.unpack(self._read_exact(handle, 4))  # type: ignore[arg-type]
+            if count > MAX_NAMED:
+                self.close()
+                raise MessageError(f"malformed frame: {count} memfds named back")
+            raw = self._read_exact(handle, 8 * count)
+            if self._reuse is not None:
+                self._reuse.named_back([_U64.unpack_from(raw, 8 * i)[0] for i in range(count)])  # type: ignore[arg-type]
+            header = self._read_exact(handle, 4, eof_ok=True)
+            if header is None:
+                raise EOFError("peer closed the connection")
+            (n,) = _HEADER.unpack(header)
         if n == _LARGE:
             (n,) = _U64.unpack(self._read_exact(handle, 8))  # type: ignore[arg-type]
         return n
@@ -359,7 +409,8 @@ class Connection:
         sizes = [_U64.unpack_from(raw, 8 * i)[0] for i in range(count + 1)]  # type: ignore[arg-type]
         self._check_size(sum(sizes), None)
         if n == _IN_MEMFD:
-            views = self._receive_memfd(handle, sizes[1:])
+            (token,) = _U64.unpack(self._read_exact(handle, 8))  # type: ignore[arg-type]
+            views = self._receive_memfd(handle, sizes[1:], token)
             return _serialization.loads(self._read_payload(handle, sizes[0]), views)
         payload = self._read_payload(handle, sizes[0])
         buffers = []
@@ -369,7 +420,7 @@ class Connection:
             buffers.append(buf)
         return _serialization.loads(payload, buffers)
 
-    def _receive_memfd(self, handle: int, sizes: list[int]) -> list[memoryview]:
+    def _receive_memfd(self, handle: int, sizes: list[int], token: int) -> list[memoryview]:
         sock = self._socket_for_fds(handle)
         if sock is None:
             self.close()
@@ -389,6 +440,8 @@ class Connection:
                 if total else None
         finally:
             os.close(fd)
+        if mapped is not None and token and self._writable:
+            self._memfd_reuse().watch(mapped, token)  # named back once no buffer uses it
         views, offset = [], 0
         whole = memoryview(mapped) if mapped is not None else memoryview(b"")
         for size in sizes:
@@ -552,17 +605,26 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     return struct.unpack("3i", raw)
 
 
-def _buffers_in_memfd(buffers: list[memoryview]) -> int:
-    """A new memfd holding *buffers* one after another (one copy); the caller closes it."""
+def _new_memfd(size: int) -> tuple[int, int]:
+    """A new memfd of *size* bytes, and its size; the caller closes it."""
     fd = os.memfd_create("procly-message", os.MFD_CLOEXEC)
     try:
-        os.ftruncate(fd, sum(b.nbytes for b in buffers))
-        for buf in buffers:
-            write_all(fd, buf)
+        os.ftruncate(fd, size)
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, size
+
+
+def _write_buffers(fd: int, buffers: list[memoryview]) -> None:
+    """Write *buffers* one after another from the start of the memfd *fd* (one copy)."""
+    offset = 0
+    for buf in buffers:
+        view = buf.cast("B") if buf.ndim != 1 or buf.itemsize != 1 else buf
+        done = 0
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], offset + done)
+        offset += done
 
 
 def _rebuild_connection(token: tuple, readable: bool, writable: bool) -> Connection:

@@ -147,6 +147,9 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
         except Exception as exc:  # noqa: BLE001 - reported to the caller
             reply = ("done", task_id, False, _error_payload(exc), clock() - started)
         reply += ((started - received, previous_send, received - waiting_since),)
+        # Let go of the arguments first: a memfd they were mapped from is then named back
+        # to the parent with this very reply, for its next big arguments.
+        items = payload = buffers = None
         sending = clock()
         # Each reply goes out as soon as its task ends, never batched: the first task
         # without a reply is the one running, which is how the pool names the task a
