@@ -17,12 +17,12 @@ BIG = 300_000  # float64 items: 2.4 MB, past the memfd threshold
 
 def _lent_inodes(conn) -> set[int]:
     reuse = conn._reuse
-    return {os.fstat(fd).st_ino for fd, _ in reuse._lent.values()} if reuse else set()
+    return {os.fstat(memfd.fd).st_ino for memfd in reuse._lent.values()} if reuse else set()
 
 
 def _spare_inodes(conn) -> set[int]:
     reuse = conn._reuse
-    return {os.fstat(fd).st_ino for _, fd in reuse._spare} if reuse else set()
+    return {os.fstat(memfd.fd).st_ino for memfd in reuse._spare} if reuse else set()
 
 
 def test_a_memfd_is_reused_only_after_its_mapping_is_gone():

@@ -36,7 +36,7 @@ from typing import Any
 
 from . import _fd_sharer, _serialization
 from ._errors import BufferTooShort, ConnectionClosedError, MessageError
-from ._memfd_reuse import MAX_NAMED, MemfdReuse
+from ._memfd_reuse import MAX_NAMED, Memfd, MemfdReuse
 
 __all__ = ["Connection", "Pipe"]
 
@@ -254,19 +254,20 @@ class Connection:
         # Reused memfds are named back over this connection, so only an end that reads
         # can get them back.
         reuse = self._memfd_reuse() if self._readable else None
-        memfd, size = reuse.memfd_for(sum(sizes) - sizes[0]) if reuse is not None else _new_memfd(sum(sizes[1:]))
+        total = sum(sizes) - sizes[0]
+        memfd = reuse.memfd_for(total) if reuse is not None else Memfd(total)
         try:
-            _write_buffers(memfd, buffers)
-            token = reuse.lend(memfd, size) if reuse is not None else 0
+            memfd.write(buffers)
+            token = reuse.lend(memfd) if reuse is not None else 0
         except BaseException:
-            os.close(memfd)
+            memfd.close()
             raise
         try:
             self._write_all(handle, header + _U64.pack(token))
-            socket.send_fds(sock, [b"F"], [memfd])
+            socket.send_fds(sock, [b"F"], [memfd.fd])
         finally:
             if not token:
-                os.close(memfd)
+                memfd.close()
         self._write_all(handle, payload)
 
     def _memfd_reuse(self) -> MemfdReuse:
@@ -603,28 +604,6 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process at the other end of the Unix socket *sock* (``SO_PEERCRED``)."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", raw)
-
-
-def _new_memfd(size: int) -> tuple[int, int]:
-    """A new memfd of *size* bytes, and its size; the caller closes it."""
-    fd = os.memfd_create("procly-message", os.MFD_CLOEXEC)
-    try:
-        os.ftruncate(fd, size)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, size
-
-
-def _write_buffers(fd: int, buffers: list[memoryview]) -> None:
-    """Write *buffers* one after another from the start of the memfd *fd* (one copy)."""
-    offset = 0
-    for buf in buffers:
-        view = buf.cast("B") if buf.ndim != 1 or buf.itemsize != 1 else buf
-        done = 0
-        while done < len(view):
-            done += os.pwrite(fd, view[done:], offset + done)
-        offset += done
 
 
 def _rebuild_connection(token: tuple, readable: bool, writable: bool) -> Connection:

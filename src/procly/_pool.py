@@ -32,7 +32,7 @@ from concurrent.futures import CancelledError
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _serialization
-from ._connection import BufferedConnection, Pipe
+from ._connection import MEMFD_THRESHOLD, BufferedConnection, Pipe
 from ._errors import PoolTerminatedError, TaskTimeoutError, WorkerLostError
 from ._finalize import Finalize
 from ._pool_api import PoolAPI, PoolState
@@ -46,7 +46,8 @@ __all__ = ["Pool"]
 PIPELINE = 8  # tasks in flight per worker: the next one is already there when one ends
 # A task queued behind a running one must fit in the socket buffer, or the supervisor
 # could block writing it while the worker blocks writing its result: bigger tasks wait
-# until the worker is idle (and reading).
+# until the worker is idle (and reading). Tasks of MEMFD_THRESHOLD bytes and more cross
+# in a memfd, so only their envelope counts.
 PIPELINE_MAX_BYTES = 64 * 1024
 ENVELOPE_OUT_OF_BAND = 4096  # task payloads from this size travel beside the envelope
 #: imap's adaptive chunks aim at this much work each, and hold this many items of look-ahead per slot.
@@ -533,6 +534,8 @@ class Pool(PoolAPI):
                     task = self._pending[0]
                     first_use = task.func_key not in worker.funcs
                     task_size = task.size + (len(task.func_bytes) if first_use else 0)
+                    if task_size >= MEMFD_THRESHOLD:
+                        task_size = ENVELOPE_OUT_OF_BAND  # on the socket: what stays in the envelope
                     if (worker.inflight or bundle) and size + task_size > PIPELINE_MAX_BYTES:
                         break
                     self._pending.popleft()
