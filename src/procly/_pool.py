@@ -58,7 +58,7 @@ _READY = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 
 
 class _Task:
-    __slots__ = ("id", "func_key", "func_bytes", "mode", "payload", "sink", "count", "timeout", "retries", "label",
+    __slots__ = ("id", "func_key", "func_bytes", "mode", "payload", "sink", "count", "timeout", "retries", "_label",
                  "deadline", "buffers", "size", "send_function")  # fmt: skip
 
     def __init__(self, task_id, func_key, func_bytes, mode, payload, sink, count, timeout, retries, label) -> None:
@@ -71,7 +71,7 @@ class _Task:
         self.count = count  # items in the task
         self.timeout = timeout
         self.retries = retries
-        self.label = label
+        self._label = label  # text, or (function name, first item, last item): formatted when needed
         self.deadline: float | None = None
         # Large buffers of the arguments (numpy arrays, big bytes), kept out of the pickle:
         # they travel from their own memory (in a memfd), never copied into the payload.
@@ -79,17 +79,26 @@ class _Task:
         self.size = len(payload)
         self.send_function = False  # set when dispatched: the worker has not seen the function yet
 
+    @property
+    def label(self) -> str:
+        """What the task is, for error messages: ``f(...)`` or ``f on items 10..19``."""
+        if isinstance(self._label, str):
+            return self._label
+        name, first, last = self._label
+        return f"{name} on items {first}..{last}"
+
 
 class _Worker:
-    __slots__ = ("process", "conn", "inflight", "funcs", "sent", "sentinel")
+    __slots__ = ("process", "conn", "inflight", "funcs", "sent", "sentinel", "done")
 
-    def __init__(self, process: Any, conn: Any) -> None:
+    def __init__(self, process: Any, conn: Any, done: list) -> None:
         self.process = process
         self.conn = conn
         self.sentinel = process.sentinel
         self.inflight: collections.deque[_Task] = collections.deque()
         self.funcs: set[int] = set()
         self.sent = 0
+        self.done = done  # [tasks, computing, (un)pickling, waiting seconds], shared with Pool._done
 
 
 def _signal_text(exitcode: int | None) -> str:
@@ -203,17 +212,20 @@ class Pool(PoolAPI):
                 pass
         return cached
 
-    def _make_task(self, func, mode, items, count, sink, task_timeout, retries, label) -> _Task:
-        key, func_bytes = self._function(func)
+    def _make_task(self, func, mode, items, count, sink, task_timeout, retries, label, function=None) -> _Task:
+        """A task of *items*, pickled here (unpicklable arguments raise in the caller);
+        *function*: ``self._function(func)``, when the caller has it already."""
+        key, func_bytes = self._function(func) if function is None else function
         buffers: list[memoryview] = []
-        payload = _serialization.dumps(items, buffers)  # unpicklable arguments raise here, in the caller
+        payload = _serialization.dumps(items, buffers)
         timeout = self._task_timeout if task_timeout is None else task_timeout
         task = _Task(
             next(self._ids), key, func_bytes, mode, payload, sink, count, timeout,
             self._retries if retries is None else retries, label,
         )  # fmt: skip
-        task.buffers = buffers
-        task.size += sum(b.nbytes for b in buffers)
+        if buffers:
+            task.buffers = buffers
+            task.size += sum(b.nbytes for b in buffers)
         return task
 
     def _submit(self, tasks: list[_Task]) -> None:
@@ -295,6 +307,7 @@ class Pool(PoolAPI):
         starts = list(range(0, len(items), chunksize))
         result = MapResult(len(items), starts, callback, error_callback)
         name = getattr(func, "__qualname__", str(func))
+        function = self._function(func)
         tasks: list[_Task] = []
         result._on_cancel = lambda: self._cancel(tasks)
         # Submitted in growing batches (1, 2, 4, ... 256 tasks) while the rest is still
@@ -310,8 +323,8 @@ class Pool(PoolAPI):
                     meter.settle(success, values)
                 result._set_chunk(index, success, values)
 
-            label = f"{name} on items {start}..{start + len(chunk) - 1}"
-            tasks.append(self._make_task(func, mode, chunk, len(chunk), sink, task_timeout, retries, label))
+            label = (name, start, start + len(chunk) - 1)
+            tasks.append(self._make_task(func, mode, chunk, len(chunk), sink, task_timeout, retries, label, function))
             if len(tasks) - submitted >= batch or index == len(starts) - 1:
                 self._submit(tasks[submitted:])
                 submitted, batch = len(tasks), min(2 * batch, 256)
@@ -359,7 +372,7 @@ class Pool(PoolAPI):
                         meter.add(values)
                     inner(success, values)
 
-            label = f"{name} on items {start}..{start + len(chunk) - 1}"
+            label = (name, start, start + len(chunk) - 1)
             self._submit([self._make_task(func, MAP, chunk, len(chunk), sink, task_timeout, retries, label)])
 
         try:
@@ -466,7 +479,8 @@ class Pool(PoolAPI):
         process.start()
         child_end.close()
         parent_end = BufferedConnection.adopt(parent_end)  # one read takes every reply waiting
-        worker = self._workers[parent_end] = _Worker(process, parent_end)
+        done = self._done.setdefault(process.name, [0, 0.0, 0.0, 0.0])
+        worker = self._workers[parent_end] = _Worker(process, parent_end, done)
         for fd, kind in ((parent_end.fileno(), "conn"), (worker.sentinel, "sentinel")):
             self._fds[fd] = (kind, worker)
             self._poller.register(fd, _READY)
@@ -541,7 +555,7 @@ class Pool(PoolAPI):
                     self._pending.popleft()
                     # In flight *before* it is sent: the supervisor may read the reply before
                     # a caller's thread that dispatches it gets here again.
-                    if not worker.inflight:
+                    if not worker.inflight and task.timeout:
                         self._start_clock(task)
                     worker.inflight.append(task)
                     worker.funcs.add(task.func_key)
@@ -635,12 +649,12 @@ class Pool(PoolAPI):
         per_item = seconds / max(task.count, 1)
         self._item_seconds = per_item if not self._item_seconds else self._item_seconds + 0.2 * (
             per_item - self._item_seconds)
-        done = self._done.setdefault(worker.process.name, [0, 0.0, 0.0, 0.0])
+        done = worker.done
         done[0] += 1
         done[1] += seconds
         done[2] += unpickling + sending
         done[3] += waiting
-        if worker.inflight:
+        if worker.inflight and worker.inflight[0].timeout:
             self._start_clock(worker.inflight[0])
         if not success:
             exc, tb = values

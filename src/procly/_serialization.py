@@ -38,6 +38,7 @@ OUT_OF_BAND_THRESHOLD = 64 * 1024
 
 # Types that plain C pickle always handles correctly and by value: a fast path.
 _SCALARS = frozenset({bytes, str, int, float, bool, type(None), complex})
+_SMALL_SCALARS = _SCALARS - {bytes}  # never out of band
 
 _extra_reducers: dict[type, Callable[[Any], Any]] = {}
 
@@ -179,6 +180,9 @@ def dumps(obj: Any, out_of_band: list[memoryview] | None = None, *, main_by_refe
     cls = type(obj)
     if cls in _SCALARS and (out_of_band is None or cls is not bytes or len(obj) < OUT_OF_BAND_THRESHOLD):
         return pickle.dumps(obj, PROTOCOL)
+    if (cls is list or cls is tuple) and len(obj) <= 16 and not _extra_reducers \
+            and all(type(item) in _SMALL_SCALARS for item in obj):
+        return pickle.dumps(obj, PROTOCOL)  # a map chunk of numbers or text: nothing to inspect
     if out_of_band is None:
         callback = None
     else:
