@@ -416,8 +416,16 @@ class Pool(PoolAPI):
         with self._lock:
             already = self._state is PoolState.TERMINATED
             self._state = PoolState.TERMINATED
+            workers = list(self._workers.values())
         if already:
             return
+        # Signal the workers from here: they exit while the supervisor wakes up to reap
+        # them (it signals them again, and kills any that ignore SIGTERM).
+        for worker in workers:
+            try:
+                worker.process.terminate()
+            except (OSError, ValueError):
+                pass  # already reaped and closed by the supervisor
         self._wake()
         if threading.current_thread() is not self._supervisor:  # e.g. called from a callback
             self._supervisor.join()
@@ -725,7 +733,9 @@ class Pool(PoolAPI):
         exitcode = process.exitcode
         process.close()
         requeue = list(worker.inflight)
-        if why is not None and requeue:
+        # After terminate() (which signals the workers itself), a worker's death is not a
+        # loss: its tasks stay outstanding and _shutdown fails them as terminated.
+        if why is not None and requeue and self._state is not PoolState.TERMINATED:
             task = requeue.pop(0)
             if why == "lost" and task.retries > 0:
                 task.retries -= 1
