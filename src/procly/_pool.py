@@ -556,10 +556,16 @@ class Pool(PoolAPI):
                     task = self._pending[0]
                     first_use = task.func_key not in worker.funcs
                     task_size = task.size + (len(task.func_bytes) if first_use else 0)
-                    if task_size >= MEMFD_THRESHOLD:
+                    big = task_size >= MEMFD_THRESHOLD
+                    if big:
                         task_size = ENVELOPE_OUT_OF_BAND  # on the socket: what stays in the envelope
                     if (worker.inflight or bundle) and size + task_size > PIPELINE_MAX_BYTES:
                         break
+                    if big and bundle:
+                        # A big task travels alone, in a memfd sized for it: the next task
+                        # like it is written into the same pages once they are named back.
+                        self._send_bundle(worker, bundle)
+                        bundle = []
                     self._pending.popleft()
                     # In flight *before* it is sent: the supervisor may read the reply before
                     # a caller's thread that dispatches it gets here again.
@@ -571,6 +577,9 @@ class Pool(PoolAPI):
                     bundle.append(task)
                     size += task_size
                     task.send_function = first_use
+                    if big:
+                        self._send_bundle(worker, bundle)
+                        bundle = []
                 if bundle:
                     self._send_bundle(worker, bundle)
 
