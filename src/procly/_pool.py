@@ -59,7 +59,7 @@ _READY = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 
 class _Task:
     __slots__ = ("id", "func_key", "func_bytes", "mode", "payload", "sink", "count", "timeout", "retries", "_label",
-                 "deadline", "buffers", "size", "send_function")  # fmt: skip
+                 "deadline", "buffers", "size", "send_function", "index")  # fmt: skip
 
     def __init__(self, task_id, func_key, func_bytes, mode, payload, sink, count, timeout, retries, label) -> None:
         self.id = task_id
@@ -67,7 +67,8 @@ class _Task:
         self.func_bytes = func_bytes
         self.mode = mode
         self.payload = payload
-        self.sink = sink  # callable(success, values_or_exception)
+        self.sink = sink  # callable(success, values_or_exception), or (index, success, ...) with an index
+        self.index: int | None = None  # a map's chunk number: one sink serves every chunk
         self.count = count  # items in the task
         self.timeout = timeout
         self.retries = retries
@@ -78,6 +79,13 @@ class _Task:
         self.buffers: list[memoryview] = []
         self.size = len(payload)
         self.send_function = False  # set when dispatched: the worker has not seen the function yet
+
+    def settle(self, success: bool, values: Any) -> None:
+        """Hand the outcome to whoever waits for it."""
+        if self.index is None:
+            self.sink(success, values)
+        else:
+            self.sink(self.index, success, values)
 
     @property
     def label(self) -> str:
@@ -232,7 +240,7 @@ class Pool(PoolAPI):
         with self._lock:
             if self._state is PoolState.TERMINATED:
                 for task in tasks:
-                    task.sink(False, PoolTerminatedError("the pool was terminated"))
+                    task.settle(False, PoolTerminatedError("the pool was terminated"))
                 return
             for task in tasks:
                 self._outstanding[task.id] = task
@@ -308,23 +316,35 @@ class Pool(PoolAPI):
         result = MapResult(len(items), starts, callback, error_callback)
         name = getattr(func, "__qualname__", str(func))
         function = self._function(func)
+        key, func_bytes = function
+        timeout = self._task_timeout if task_timeout is None else task_timeout
+        retries = self._retries if retries is None else retries
+        # Small chunks of numbers and text only (the usual map input): each goes straight
+        # to the C pickler. The caller shares the GIL with the supervisor, which reads
+        # replies meanwhile, so every µs spent per task here delays the workers too.
+        scalars = mode == MAP and chunksize <= 16 and _serialization.only_small_scalars(items)
         tasks: list[_Task] = []
         result._on_cancel = lambda: self._cancel(tasks)
         # Submitted in growing batches (1, 2, 4, ... 256 tasks) while the rest is still
         # being pickled: the workers start on the first chunk at once.
         submitted, batch = 0, 1
+        def sink(index: int, success: bool, values: Any) -> None:
+            if meter is not None:
+                meter.settle(success, values)
+            result._set_chunk(index, success, values)
+
         # An argument that does not pickle raises here; chunks submitted before it run to
         # completion into a result nobody holds (as in the standard library).
         for index, start in enumerate(starts):
             chunk = items[start : start + chunksize]
-
-            def sink(success: bool, values: Any, index: int = index) -> None:
-                if meter is not None:
-                    meter.settle(success, values)
-                result._set_chunk(index, success, values)
-
             label = (name, start, start + len(chunk) - 1)
-            tasks.append(self._make_task(func, mode, chunk, len(chunk), sink, task_timeout, retries, label, function))
+            if scalars:
+                payload = pickle.dumps(chunk, _serialization.PROTOCOL)
+                task = _Task(next(self._ids), key, func_bytes, mode, payload, sink, len(chunk), timeout, retries, label)
+            else:
+                task = self._make_task(func, mode, chunk, len(chunk), sink, timeout, retries, label, function)
+            task.index = index
+            tasks.append(task)
             if len(tasks) - submitted >= batch or index == len(starts) - 1:
                 self._submit(tasks[submitted:])
                 submitted, batch = len(tasks), min(2 * batch, 256)
@@ -692,7 +712,7 @@ class Pool(PoolAPI):
     def _finish(self, task: _Task, success: bool, values: Any) -> None:
         with self._lock:
             self._outstanding.pop(task.id, None)
-        task.sink(success, values)
+        task.settle(success, values)
 
     def _lost(self, worker: _Worker) -> None:
         self._retire(worker, "lost")
@@ -783,7 +803,7 @@ class Pool(PoolAPI):
             self._outstanding.clear()
             self._pending.clear()
         for task in leftovers:
-            task.sink(False, PoolTerminatedError(f"the pool was terminated before task {task.label} finished"))
+            task.settle(False, PoolTerminatedError(f"the pool was terminated before task {task.label} finished"))
         with self._lock:
             wake_w, self._wake_w = self._wake_w, None
         os.close(self._wake_r)
