@@ -160,3 +160,22 @@ def test_pool_arguments_changed_in_place_come_back_right(ctx):
 def _double_in_place(a):
     a *= 2
     return a
+
+
+def test_spare_memfds_stay_within_one_budget_for_the_whole_process(monkeypatch):
+    monkeypatch.setattr(_memfd_reuse._budget, "limit", _memfd_reuse._budget.used + 3_000_000)  # one 2.4 MB memfd
+    pipes = [procly.Pipe(), procly.Pipe()]
+    for left, right in pipes:
+        left.send(np.full(BIG, 1.0))
+        right.recv()  # dropped at once
+    gc.collect()
+    for left, right in pipes:
+        right.send("ack")
+        assert left.recv() == "ack"
+    assert [len(_spare_inodes(left)) for left, _ in pipes] == [1, 0]
+    used = _memfd_reuse._budget.used
+    pipes[0][0].close()  # its spare goes, and its bytes back to the budget
+    assert _memfd_reuse._budget.used < used
+    for left, right in pipes:
+        left.close()
+        right.close()

@@ -30,9 +30,37 @@ import weakref
 from typing import Any
 
 MAX_LENT = 16  # memfds a sender keeps while their receiver may still map them
-MAX_SPARE = 4  # memfds named back and kept for reuse
-MAX_SPARE_BYTES = 256 * 1024 * 1024
+MAX_SPARE = 4  # memfds named back and kept for reuse, per connection
+SPARE_BUDGET_BYTES = 256 * 1024 * 1024  # ... and their bytes, over all of this process's connections
 MAX_NAMED = 64  # tokens named back in one frame
+
+
+class _SpareBudget:
+    """The bytes of spare memfds this process keeps, over all its connections: an idle
+    pool of many workers must not sit on gigabytes after one burst of big messages."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.lock = threading.Lock()
+
+    def take(self, nbytes: int) -> bool:
+        with self.lock:
+            if self.used + nbytes > self.limit:
+                return False
+            self.used += nbytes
+            return True
+
+    def give(self, nbytes: int) -> None:
+        with self.lock:
+            self.used = max(0, self.used - nbytes)
+
+    def reset_in_child(self) -> None:
+        self.used = 0  # the child drops what its parent's connections kept
+        self.lock = threading.Lock()
+
+
+_budget = _SpareBudget(SPARE_BUDGET_BYTES)
 
 # Bumped before every fork: a mapping made before a fork is never named back.
 _fork_generation = [0]
@@ -42,7 +70,7 @@ def _count_fork() -> None:
     _fork_generation[0] += 1
 
 
-os.register_at_fork(before=_count_fork)
+os.register_at_fork(before=_count_fork, after_in_child=_budget.reset_in_child)
 
 
 class Memfd:
@@ -141,6 +169,7 @@ class MemfdReuse:
             memfd = fits[0] if fits else (self._spare[-1] if self._spare else None)
             if memfd is not None:
                 self._spare.remove(memfd)
+                _budget.give(memfd.size)
         if memfd is None:
             return Memfd(size)
         try:
@@ -170,11 +199,13 @@ class MemfdReuse:
         with self._lock:
             for token in tokens:
                 memfd = self._lent.pop(token, None)
-                if memfd is not None:  # else unknown, or already dropped: nothing to do
+                if memfd is None:
+                    continue  # unknown, or already dropped: nothing to do
+                if len(self._spare) < MAX_SPARE and _budget.take(memfd.size):
                     self._spare.append(memfd)
+                else:
+                    closing.append(memfd)
             self._spare.sort(key=lambda memfd: memfd.size)
-            while len(self._spare) > MAX_SPARE or sum(m.size for m in self._spare) > MAX_SPARE_BYTES:
-                closing.append(self._spare.pop())  # the biggest go first
         for memfd in closing:
             memfd.close()
 
@@ -202,6 +233,7 @@ class MemfdReuse:
             return
         with self._lock:
             kept = list(self._lent.values()) + self._spare
+            _budget.give(sum(memfd.size for memfd in self._spare))
             self._lent.clear()
             self._spare = []
             self._watched.clear()
