@@ -608,7 +608,8 @@ class Pool(PoolAPI):
         # PickleBuffer: a large payload is written from its own memory.
         message = [
             (task.id, task.func_key, task.func_bytes if task.send_function else None, task.mode,
-             pickle.PickleBuffer(task.payload), [pickle.PickleBuffer(b) for b in task.buffers])
+             pickle.PickleBuffer(task.payload) if len(task.payload) >= ENVELOPE_OUT_OF_BAND else task.payload,
+             [pickle.PickleBuffer(b) for b in task.buffers] if task.buffers else [])
             for task in bundle
         ]  # fmt: skip
         try:
@@ -683,7 +684,7 @@ class Pool(PoolAPI):
         # Moving average of the time workers spend computing a task (for the depth).
         self._task_seconds = seconds if self._task_seconds is None else (
             self._task_seconds + 0.2 * (seconds - self._task_seconds))
-        per_item = seconds / max(task.count, 1)
+        per_item = seconds / (task.count or 1)
         self._item_seconds = per_item if not self._item_seconds else self._item_seconds + 0.2 * (
             per_item - self._item_seconds)
         done = worker.done

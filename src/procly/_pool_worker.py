@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import os
+import pickle
 import signal
 import time
 import traceback
@@ -140,7 +141,7 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
                     funcs.popitem(last=False)
             func = funcs[key]
             funcs.move_to_end(key)
-            items = _serialization.loads(payload, buffers)
+            items = pickle.loads(payload, buffers=buffers)
             started = clock()
             values = _run(func, mode, items)
             reply: tuple = ("done", task_id, True, values, clock() - started)
@@ -155,7 +156,11 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
         # without a reply is the one running, which is how the pool names the task a
         # dead worker took with it.
         try:
-            conn.send(reply)
+            if reply[2] and _serialization.only_small_scalars(reply[3]):
+                # Numbers or text: the C pickler alone, and nothing can go out of band.
+                conn._send_frame(conn.fileno(), pickle.dumps(reply, _serialization.PROTOCOL))
+            else:
+                conn.send(reply)
         except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
             wrapped = MaybeEncodingError(exc, reply[3])
             conn.send(("done", task_id, False, (wrapped, ""), reply[4], reply[5]))
