@@ -74,6 +74,7 @@ class Connection:
         self._writable = writable
         self._fd_socket: socket.socket | None | bool = None  # for SCM_RIGHTS; False: not a Unix socket
         self._reuse: MemfdReuse | None = None  # memfds of big messages, made on first use
+        self._poller: select.poll | None = None
         # Largest message accepted by recv(); None means no limit (pipes between our own
         # processes). Servers facing a network set one.
         self.max_message_size: int | None = None
@@ -126,6 +127,7 @@ class Connection:
 
     def _close(self) -> None:
         handle, self._handle = self._handle, None
+        self._poller = None
         reuse, self._reuse = getattr(self, "_reuse", None), None
         if reuse is not None:
             reuse.close()
@@ -466,13 +468,20 @@ class Connection:
         ``None`` waits without limit; 0 (the default) does not wait.
         """
         handle = self._check_readable()
-        poller = select.poll()
-        poller.register(handle, _POLLIN)
         if timeout is None:
             ms = -1
         else:
             ms = max(0, int(timeout * 1000 + 0.999))
-        return bool(poller.poll(ms))
+        poller = self._poller
+        if poller is None:  # kept: a pool's supervisor polls each worker channel per burst of replies
+            poller = self._poller = select.poll()
+            poller.register(handle, _POLLIN)
+        try:
+            return bool(poller.poll(ms))
+        except RuntimeError:  # another thread is polling this connection right now
+            poller = select.poll()
+            poller.register(handle, _POLLIN)
+            return bool(poller.poll(ms))
 
 
 class BufferedConnection(Connection):

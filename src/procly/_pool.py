@@ -711,8 +711,10 @@ class Pool(PoolAPI):
             self._receive(worker)
 
     def _finish(self, task: _Task, success: bool, values: Any) -> None:
-        with self._lock:
-            self._outstanding.pop(task.id, None)
+        # Supervisor thread only. No lock: the callers' threads only add entries, and a
+        # dict's pop and insert are atomic; taking the lock here made every reply wait
+        # for a caller submitting a batch of tasks.
+        self._outstanding.pop(task.id, None)
         task.settle(success, values)
 
     def _lost(self, worker: _Worker) -> None:
