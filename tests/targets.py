@@ -394,3 +394,10 @@ def use_lent_connection(queue) -> None:
     sock.sendall(b"via the socket")
     conn.close()
     sock.close()
+
+
+def sum_or_die(a, bad):
+    """The sum of array *a*, except when its first element is *bad*: the worker dies."""
+    if a[0] == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return float(a.sum())

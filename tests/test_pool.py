@@ -194,6 +194,24 @@ def test_a_death_inside_a_bundle_fails_only_the_running_task(ctx):
         assert outcomes == [("lost" if i == 150 else i) for i in range(300)]
 
 
+def test_a_death_with_big_tasks_queued_fails_only_the_running_task(ctx):
+    """Tasks carrying 2.4 MB arrays cross in memfds, two queued per worker; a worker killed
+    among them loses one task, and the memfds it held are not reused by mistake."""
+    np = pytest.importorskip("numpy")
+    arrays = [np.full(300_000, float(i)) for i in range(16)]
+    with ctx.Pool(2) as pool:
+        results = [pool.apply_async(targets.sum_or_die, (a, 9.0)) for a in arrays]
+        outcomes = []
+        for r in results:
+            try:
+                outcomes.append(r.get(timeout=30))
+            except procly.WorkerLostError:
+                outcomes.append("lost")
+        after = [pool.apply_async(targets.sum_or_die, (a, -1.0)).get(timeout=30) for a in arrays]
+    assert outcomes == [("lost" if i == 9 else 300_000.0 * i) for i in range(16)]
+    assert after == [300_000.0 * i for i in range(16)]
+
+
 def test_map_with_a_dying_worker_raises_instead_of_hanging(pool):
     with pytest.raises(procly.WorkerLostError):
         pool.starmap(targets.die_on, [(i, 7) for i in range(20)], chunksize=2)

@@ -325,14 +325,15 @@ class Pool(PoolAPI):
         scalars = mode == MAP and chunksize <= 16 and _serialization.only_small_scalars(items)
         tasks: list[_Task] = []
         result._on_cancel = lambda: self._cancel(tasks)
-        # Submitted in growing batches (1, 2, 4, ... 256 tasks) while the rest is still
-        # being pickled: the workers start on the first chunk at once.
-        submitted, batch = 0, 1
+
         def sink(index: int, success: bool, values: Any) -> None:
             if meter is not None:
                 meter.settle(success, values)
             result._set_chunk(index, success, values)
 
+        # Submitted in growing batches (1, 2, 4, ... 256 tasks) while the rest is still
+        # being pickled: the workers start on the first chunk at once.
+        submitted, batch = 0, 1
         # An argument that does not pickle raises here; chunks submitted before it run to
         # completion into a result nobody holds (as in the standard library).
         for index, start in enumerate(starts):
@@ -584,8 +585,10 @@ class Pool(PoolAPI):
                     if big and bundle:
                         # A big task travels alone, in a memfd sized for it: the next task
                         # like it is written into the same pages once they are named back.
-                        self._send_bundle(worker, bundle)
+                        sent = self._send_bundle(worker, bundle)
                         bundle = []
+                        if not sent:
+                            break  # the worker is dying: its tasks went back to the queue
                     self._pending.popleft()
                     # In flight *before* it is sent: the supervisor may read the reply before
                     # a caller's thread that dispatches it gets here again.
@@ -598,13 +601,16 @@ class Pool(PoolAPI):
                     size += task_size
                     task.send_function = first_use
                     if big:
-                        self._send_bundle(worker, bundle)
+                        sent = self._send_bundle(worker, bundle)
                         bundle = []
+                        if not sent:
+                            break
                 if bundle:
                     self._send_bundle(worker, bundle)
 
-    def _send_bundle(self, worker: _Worker, bundle: list[_Task]) -> None:
-        """Send tasks to *worker* in one message (lock held); it replies to each in turn."""
+    def _send_bundle(self, worker: _Worker, bundle: list[_Task]) -> bool:
+        """Send tasks to *worker* in one message (lock held); it replies to each in turn.
+        False if the worker is dying: the tasks are back at the head of the queue."""
         # PickleBuffer: a large payload is written from its own memory.
         message = [
             (task.id, task.func_key, task.func_bytes if task.send_function else None, task.mode,
@@ -627,6 +633,8 @@ class Pool(PoolAPI):
                     worker.funcs.discard(task.func_key)
                 worker.sent -= 1
                 self._pending.appendleft(task)
+            return False
+        return True
 
     def _stop_cancelled(self) -> None:
         with self._lock:
