@@ -352,3 +352,16 @@ def test_imap_chunks_adapt_to_fast_items_and_slow_input(pool):
     # the first result does not wait for a chunk to fill from a slow input
     assert time.monotonic() - started < 0.45
     assert list(results) == [1, 4, 9, 16, 25]
+
+
+def test_map_takes_ranges_tuples_and_lists_as_they_are_at_the_call(pool):
+    # Long chunks of a range travel as ranges, short ones as lists: same results.
+    assert pool.map(targets.square, range(5, 2005), chunksize=500) == [i * i for i in range(5, 2005)]
+    assert pool.map(targets.square, range(0, 90, 3), chunksize=4) == [i * i for i in range(0, 90, 3)]
+    assert pool.map(targets.square, range(3000)) == [i * i for i in range(3000)]
+    assert pool.starmap(targets.add, ((i, 1) for i in range(50))) == list(range(1, 51))
+    assert pool.map(targets.square, (1.5, 2, True)) == [2.25, 4, 1]
+    items = list(range(1000))
+    result = pool.map_async(targets.square, items, chunksize=10)
+    items[:] = [-1] * 1000  # changed after the call: the tasks were pickled in it
+    assert result.get(timeout=30) == [i * i for i in range(1000)]

@@ -306,12 +306,18 @@ class Pool(PoolAPI):
                    progress=False, on_result=None) -> MapResult:  # fmt: skip
         self._check_running()
         mode = STARMAP if star else MAP
-        items = list(iterable)
+        # Every chunk is pickled before this returns, so a list or tuple need not be
+        # copied first.
+        items = iterable if type(iterable) in (list, tuple, range) else list(iterable)
         meter = Progress(len(items), progress, on_result) if wanted(progress, on_result) else None
         if chunksize is None:
             chunksize = self._default_chunksize(len(items))
         elif chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize}")
+        if type(items) is range and chunksize <= 256:
+            # Long chunks of a range stay ranges, a few bytes to pickle; short ones pickle
+            # faster as lists (a range is rebuilt through a global lookup).
+            items = list(items)
         starts = list(range(0, len(items), chunksize))
         result = MapResult(len(items), starts, callback, error_callback)
         name = getattr(func, "__qualname__", str(func))
@@ -319,10 +325,10 @@ class Pool(PoolAPI):
         key, func_bytes = function
         timeout = self._task_timeout if task_timeout is None else task_timeout
         retries = self._retries if retries is None else retries
-        # Small chunks of numbers and text only (the usual map input): each goes straight
-        # to the C pickler. The caller shares the GIL with the supervisor, which reads
-        # replies meanwhile, so every µs spent per task here delays the workers too.
-        scalars = mode == MAP and chunksize <= 16 and _serialization.only_small_scalars(items)
+        # Numbers and text only (the usual map input): each chunk goes straight to the C
+        # pickler. The caller shares the GIL with the supervisor, which reads replies
+        # meanwhile, so every µs spent here delays the workers too.
+        scalars = mode == MAP and (type(items) is range or _serialization.only_small_scalars(items))
         tasks: list[_Task] = []
         result._on_cancel = lambda: self._cancel(tasks)
 

@@ -180,8 +180,10 @@ def dumps(obj: Any, out_of_band: list[memoryview] | None = None, *, main_by_refe
     cls = type(obj)
     if cls in _SCALARS and (out_of_band is None or cls is not bytes or len(obj) < OUT_OF_BAND_THRESHOLD):
         return pickle.dumps(obj, PROTOCOL)
-    if (cls is list or cls is tuple) and len(obj) <= 16 and only_small_scalars(obj):
-        return pickle.dumps(obj, PROTOCOL)  # a map chunk of numbers or text: nothing to inspect
+    if (cls is list or cls is tuple) and only_small_scalars(obj):
+        # A map chunk of numbers or text: nothing to inspect (the full pickler would call
+        # back into Python for every item).
+        return pickle.dumps(obj, PROTOCOL)
     if out_of_band is None:
         callback = None
     else:
@@ -218,7 +220,7 @@ def only_small_scalars(items: list[Any]) -> bool:
     """Whether every item is a number, text, bool or None (no custom reducer registered):
     chunks of them pickle with the C pickler alone, nothing out of band."""
     small = _SMALL_SCALARS.difference(_extra_reducers) if _extra_reducers else _SMALL_SCALARS
-    return all(type(item) in small for item in items)
+    return set(map(type, items)) <= small  # loops in C: ~20 ns an item
 
 
 def _is_plain(obj: Any, depth: int = 0) -> bool:
