@@ -215,7 +215,10 @@ class MemfdReuse:
         """Name *token* back once *mapping* (the mmap of a received memfd) is gone."""
         if not self._ours():
             return
-        ref = weakref.ref(mapping, functools.partial(_mapping_gone, weakref.ref(self)))
+        try:
+            ref = weakref.ref(mapping, functools.partial(_mapping_gone, weakref.ref(self)))
+        except TypeError:  # an mmap without weak references: the memfd is simply not reused
+            return
         self._watched[ref] = (token, _fork_generation[0])
 
     def spent(self) -> list[int]:
