@@ -181,17 +181,22 @@ def test_worker_death_fails_only_that_task(ctx, how):
         assert len(pool.statistics()) and pool.statistics()["workers"] == 2
 
 
+def _outcomes(results) -> list:
+    """Each result's value, or "lost" where its worker died."""
+    outcomes = []
+    for r in results:
+        try:
+            outcomes.append(r.get(timeout=30))
+        except procly.WorkerLostError:
+            outcomes.append("lost")
+    return outcomes
+
+
 def test_a_death_inside_a_bundle_fails_only_the_running_task(ctx):
     """Short tasks go to a worker eight to a message: a death there still names one task."""
     with ctx.Pool(2) as pool:
         results = [pool.apply_async(targets.die_on, (i, 150, "sigkill")) for i in range(300)]
-        outcomes = []
-        for r in results:
-            try:
-                outcomes.append(r.get(timeout=30))
-            except procly.WorkerLostError:
-                outcomes.append("lost")
-        assert outcomes == [("lost" if i == 150 else i) for i in range(300)]
+        assert _outcomes(results) == [("lost" if i == 150 else i) for i in range(300)]
 
 
 def test_a_death_with_big_tasks_queued_fails_only_the_running_task(ctx):
@@ -201,12 +206,7 @@ def test_a_death_with_big_tasks_queued_fails_only_the_running_task(ctx):
     arrays = [np.full(300_000, float(i)) for i in range(16)]
     with ctx.Pool(2) as pool:
         results = [pool.apply_async(targets.sum_or_die, (a, 9.0)) for a in arrays]
-        outcomes = []
-        for r in results:
-            try:
-                outcomes.append(r.get(timeout=30))
-            except procly.WorkerLostError:
-                outcomes.append("lost")
+        outcomes = _outcomes(results)
         after = [pool.apply_async(targets.sum_or_die, (a, -1.0)).get(timeout=30) for a in arrays]
     assert outcomes == [("lost" if i == 9 else 300_000.0 * i) for i in range(16)]
     assert after == [300_000.0 * i for i in range(16)]

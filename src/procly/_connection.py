@@ -244,7 +244,8 @@ class Connection:
             self._send_frame(handle, payload)
             return
         sizes = [len(payload)] + [b.nbytes for b in buffers]
-        sock = self._socket_for_fds(handle) if sum(sizes) - sizes[0] >= MEMFD_THRESHOLD else None
+        total = sum(sizes) - sizes[0]
+        sock = self._socket_for_fds(handle) if total >= MEMFD_THRESHOLD else None
         kind = _OUT_OF_BAND if sock is None else _IN_MEMFD
         header = self._named_back() if self._reuse is not None else b""
         header += _HEADER.pack(kind) + _U32.pack(len(buffers))
@@ -257,7 +258,6 @@ class Connection:
         # Reused memfds are named back over this connection, so only an end that reads
         # can get them back.
         reuse = self._memfd_reuse() if self._readable else None
-        total = sum(sizes) - sizes[0]
         memfd = reuse.memfd_for(total) if reuse is not None else Memfd(total)
         try:
             memfd.write(buffers)

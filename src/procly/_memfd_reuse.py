@@ -108,16 +108,15 @@ class Memfd:
 
     def write(self, buffers: list[memoryview]) -> None:
         """Write *buffers* one after another from the start (one copy)."""
+        views = [buf.cast("B") if buf.ndim != 1 or buf.format != "B" else buf for buf in buffers]
         offset = 0
         if self.mapping is not None:
             with memoryview(self.mapping) as whole:
-                for buf in buffers:
-                    n = buf.nbytes
-                    whole[offset : offset + n] = buf.cast("B") if buf.ndim != 1 or buf.format != "B" else buf
-                    offset += n
+                for view in views:
+                    whole[offset : offset + len(view)] = view
+                    offset += len(view)
             return
-        for buf in buffers:
-            view = buf.cast("B") if buf.ndim != 1 or buf.format != "B" else buf
+        for view in views:
             done = 0
             while done < len(view):
                 done += os.pwrite(self.fd, view[done:], offset + done)

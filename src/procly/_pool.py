@@ -220,12 +220,15 @@ class Pool(PoolAPI):
                 pass
         return cached
 
-    def _make_task(self, func, mode, items, count, sink, task_timeout, retries, label, function=None) -> _Task:
+    def _make_task(self, func, mode, items, count, sink, task_timeout, retries, label, function=None,
+                   payload=None) -> _Task:  # fmt: skip
         """A task of *items*, pickled here (unpicklable arguments raise in the caller);
-        *function*: ``self._function(func)``, when the caller has it already."""
+        *function*: ``self._function(func)``, and *payload*: the pickled *items* without
+        out-of-band buffers, when the caller has them already."""
         key, func_bytes = self._function(func) if function is None else function
         buffers: list[memoryview] = []
-        payload = _serialization.dumps(items, buffers)
+        if payload is None:
+            payload = _serialization.dumps(items, buffers)
         timeout = self._task_timeout if task_timeout is None else task_timeout
         task = _Task(
             next(self._ids), key, func_bytes, mode, payload, sink, count, timeout,
@@ -322,9 +325,6 @@ class Pool(PoolAPI):
         result = MapResult(len(items), starts, callback, error_callback)
         name = getattr(func, "__qualname__", str(func))
         function = self._function(func)
-        key, func_bytes = function
-        timeout = self._task_timeout if task_timeout is None else task_timeout
-        retries = self._retries if retries is None else retries
         # Numbers and text only (the usual map input): each chunk goes straight to the C
         # pickler. The caller shares the GIL with the supervisor, which reads replies
         # meanwhile, so every µs spent here delays the workers too.
@@ -345,11 +345,8 @@ class Pool(PoolAPI):
         for index, start in enumerate(starts):
             chunk = items[start : start + chunksize]
             label = (name, start, start + len(chunk) - 1)
-            if scalars:
-                payload = pickle.dumps(chunk, _serialization.PROTOCOL)
-                task = _Task(next(self._ids), key, func_bytes, mode, payload, sink, len(chunk), timeout, retries, label)
-            else:
-                task = self._make_task(func, mode, chunk, len(chunk), sink, timeout, retries, label, function)
+            payload = pickle.dumps(chunk, _serialization.PROTOCOL) if scalars else None
+            task = self._make_task(func, mode, chunk, len(chunk), sink, task_timeout, retries, label, function, payload)
             task.index = index
             tasks.append(task)
             if len(tasks) - submitted >= batch or index == len(starts) - 1:
