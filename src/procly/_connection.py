@@ -579,6 +579,30 @@ class BufferedConnection(Connection):
                         raise pickle.UnpicklingError(f"received data is not a valid pickle: {exc}") from exc
         return super().recv()
 
+    def recv_ready(self) -> list[Any]:
+        """Receive one message as :meth:`recv` does (blocking for it), plus every further
+        message already read ahead whole: one call per batch for a busy reader.
+
+        Raises what :meth:`recv` raises, for the first message; a later message that does
+        not unpickle stays unread, so the next call raises for it.
+        """
+        messages = [self.recv()]
+        buf, pos = self._rbuf, self._rpos
+        end, limit = len(buf), self.max_message_size
+        with memoryview(buf) as whole:
+            while end - pos >= 4:
+                (n,) = _HEADER.unpack_from(buf, pos)
+                if n < 0 or n > end - pos - 4 or (limit is not None and n > limit):
+                    break  # a special frame or a partial one: for recv()
+                with whole[pos + 4 : pos + 4 + n] as message:
+                    try:
+                        messages.append(pickle.loads(message))
+                    except Exception:  # noqa: BLE001 - left for the next recv() to report
+                        break
+                pos += 4 + n
+        self._rpos = pos
+        return messages
+
     def _take_fd(self, sock: socket.socket) -> int | None:
         marker = self._read_exact(self._check_closed(), 1)
         if marker != b"F" or not self._rfds:

@@ -43,12 +43,19 @@ from ._spin import Spinner
 
 __all__ = ["Pool"]
 
-PIPELINE = 8  # tasks in flight per worker: the next one is already there when one ends
-# A task queued behind a running one must fit in the socket buffer, or the supervisor
-# could block writing it while the worker blocks writing its result: bigger tasks wait
-# until the worker is idle (and reading). Tasks of MEMFD_THRESHOLD bytes and more cross
-# in a memfd, so only their envelope counts.
+# Tasks in flight per worker: the next one is already there when one ends, and for short
+# tasks one message carries many of them (each send and each wake-up of a worker costs
+# more than a trivial task). Deep only for short tasks: see Pool._depth.
+PIPELINE = 64
+QUEUED_SECONDS = 0.002  # the work to keep queued per worker, from the measured task time
+# Tasks queued behind a running one must fit in the socket buffer, or the supervisor
+# could block writing them while the worker blocks writing its result: a worker's
+# queued tasks stay under this many bytes, and a bigger task waits until the worker is
+# idle (and reading). Tasks of MEMFD_THRESHOLD bytes and more cross in a memfd, so only
+# their envelope counts.
 PIPELINE_MAX_BYTES = 64 * 1024
+BIG_TASK_BYTES = PIPELINE_MAX_BYTES // 8
+IMAP_TASKS_AHEAD = 16  # imap's look-ahead per worker, in tasks
 ENVELOPE_OUT_OF_BAND = 4096  # task payloads from this size travel beside the envelope
 #: imap's adaptive chunks aim at this much work each, and hold this many items of look-ahead per slot.
 ADAPTIVE_CHUNK_SECONDS = 0.002
@@ -59,7 +66,7 @@ _READY = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 
 class _Task:
     __slots__ = ("id", "func_key", "func_bytes", "mode", "payload", "sink", "count", "timeout", "retries", "_label",
-                 "deadline", "buffers", "size", "send_function", "index")  # fmt: skip
+                 "deadline", "buffers", "size", "send_function", "index", "wire")  # fmt: skip
 
     def __init__(self, task_id, func_key, func_bytes, mode, payload, sink, count, timeout, retries, label) -> None:
         self.id = task_id
@@ -79,6 +86,7 @@ class _Task:
         self.buffers: list[memoryview] = []
         self.size = len(payload)
         self.send_function = False  # set when dispatched: the worker has not seen the function yet
+        self.wire = 0  # set when dispatched: its bytes on the socket
 
     def settle(self, success: bool, values: Any) -> None:
         """Hand the outcome to whoever waits for it."""
@@ -97,7 +105,7 @@ class _Task:
 
 
 class _Worker:
-    __slots__ = ("process", "conn", "inflight", "funcs", "sent", "sentinel", "done")
+    __slots__ = ("process", "conn", "inflight", "funcs", "sent", "sentinel", "done", "queued")
 
     def __init__(self, process: Any, conn: Any, done: list) -> None:
         self.process = process
@@ -106,6 +114,7 @@ class _Worker:
         self.inflight: collections.deque[_Task] = collections.deque()
         self.funcs: set[int] = set()
         self.sent = 0
+        self.queued = 0  # bytes of the tasks in flight, as they went on the socket
         self.done = done  # [tasks, computing, (un)pickling, waiting seconds], shared with Pool._done
 
 
@@ -332,10 +341,11 @@ class Pool(PoolAPI):
         tasks: list[_Task] = []
         result._on_cancel = lambda: self._cancel(tasks)
 
-        def sink(index: int, success: bool, values: Any) -> None:
-            if meter is not None:
-                meter.settle(success, values)
+        def metered(index: int, success: bool, values: Any) -> None:
+            meter.settle(success, values)
             result._set_chunk(index, success, values)
+
+        sink = result._set_chunk if meter is None else metered
 
         # Submitted in growing batches (1, 2, 4, ... 256 tasks) while the rest is still
         # being pickled: the workers start on the first chunk at once.
@@ -363,7 +373,7 @@ class Pool(PoolAPI):
         # Bounded look-ahead, counted in items and given back as the caller consumes
         # results: the input is read lazily and an endless generator runs in bounded
         # memory even when the caller is slower than the workers.
-        lookahead = self._processes * PIPELINE * 2 * (IMAP_ADAPTIVE_ITEMS if chunksize is None else chunksize)
+        lookahead = self._processes * IMAP_TASKS_AHEAD * (IMAP_ADAPTIVE_ITEMS if chunksize is None else chunksize)
         slots = threading.Semaphore(lookahead)
         if chunksize is None:
             chunksize = self._adaptive_chunksize(lookahead)
@@ -570,10 +580,9 @@ class Pool(PoolAPI):
         with self._lock:
             if not self._pending:
                 return
+            depth = self._depth()
             for worker in list(self._workers.values()):
-                depth = self._depth()
                 bundle: list[_Task] = []
-                size = 0
                 while self._pending and len(worker.inflight) < depth:
                     if self._maxtasks is not None and worker.sent >= self._maxtasks:
                         break
@@ -582,8 +591,11 @@ class Pool(PoolAPI):
                     task_size = task.size + (len(task.func_bytes) if first_use else 0)
                     big = task_size >= MEMFD_THRESHOLD
                     if big:
-                        task_size = ENVELOPE_OUT_OF_BAND  # on the socket: what stays in the envelope
-                    if (worker.inflight or bundle) and size + task_size > PIPELINE_MAX_BYTES:
+                        # On the socket only its envelope (under ENVELOPE_OUT_OF_BAND); it
+                        # counts as an eighth of the budget, so that at most eight such
+                        # tasks, each holding a memfd, wait at a worker.
+                        task_size = BIG_TASK_BYTES
+                    if worker.inflight and worker.queued + task_size > PIPELINE_MAX_BYTES:
                         break
                     if big and bundle:
                         # A big task travels alone, in a memfd sized for it: the next task
@@ -600,8 +612,9 @@ class Pool(PoolAPI):
                     worker.inflight.append(task)
                     worker.funcs.add(task.func_key)
                     worker.sent += 1
+                    worker.queued += task_size
+                    task.wire = task_size
                     bundle.append(task)
-                    size += task_size
                     task.send_function = first_use
                     if big:
                         sent = self._send_bundle(worker, bundle)
@@ -635,6 +648,7 @@ class Pool(PoolAPI):
                 if task.send_function:
                     worker.funcs.discard(task.func_key)
                 worker.sent -= 1
+                worker.queued -= task.wire
                 self._pending.appendleft(task)
             return False
         return True
@@ -652,6 +666,7 @@ class Pool(PoolAPI):
                 if task.id in ids:
                     # Sent, not started: its reply will find no task waiting for it.
                     worker.inflight.remove(task)
+                    worker.queued -= task.wire
                     dropped.append(task)
             if worker.inflight and worker.inflight[0].id in ids:
                 running.append(worker)
@@ -665,66 +680,84 @@ class Pool(PoolAPI):
         task.deadline = time.monotonic() + task.timeout * task.count if task.timeout else None
 
     def _depth(self) -> int:
-        """Tasks to keep in flight per worker: deep for short tasks (hides round trips),
-        one for long ones (a task queued behind a long one would wait while another
-        worker idles). Two until a task has been timed: a long first batch must not sit
-        eight deep in one worker while others run dry (short tasks are timed within µs)."""
+        """Tasks to keep in flight per worker: about QUEUED_SECONDS of work, up to
+        PIPELINE, for short tasks (hides round trips and batches messages); one for long
+        ones (a task queued behind a long one would wait while another worker idles).
+        Two until a task has been timed: a long first batch must not sit deep in one
+        worker while others run dry (short tasks are timed within µs)."""
         seconds = self._task_seconds
         if seconds is None:
             return 2
         if seconds >= 0.005:
             return 1
-        return 2 if seconds >= 0.0005 else PIPELINE
-
-    def _receive(self, worker: _Worker) -> None:
-        try:
-            message = worker.conn.recv()
-        except (EOFError, OSError):
-            self._lost(worker)
-            return
-        except Exception as exc:  # noqa: BLE001 - a result that does not unpickle in the parent
-            message = ("done", worker.inflight[0].id if worker.inflight else -1, False, (exc, ""), 0.0,
-                       (0.0, 0.0, 0.0))
-        if message[0] == "bye":
-            self._retire(worker, None)
-            return
-        _, task_id, success, values, seconds, (unpickling, sending, waiting) = message
-        if not worker.inflight or worker.inflight[0].id != task_id:
-            return
-        task = worker.inflight.popleft()
-        # Moving average of the time workers spend computing a task (for the depth).
-        self._task_seconds = seconds if self._task_seconds is None else (
-            self._task_seconds + 0.2 * (seconds - self._task_seconds))
-        per_item = seconds / (task.count or 1)
-        self._item_seconds = per_item if not self._item_seconds else self._item_seconds + 0.2 * (
-            per_item - self._item_seconds)
-        done = worker.done
-        done[0] += 1
-        done[1] += seconds
-        done[2] += unpickling + sending
-        done[3] += waiting
-        if worker.inflight and worker.inflight[0].timeout:
-            self._start_clock(worker.inflight[0])
-        if not success:
-            exc, tb = values
-            values = rebuild_exception(exc, tb) if tb else exc
-        self._finish(task, success, values)
+        return max(2, min(PIPELINE, int(QUEUED_SECONDS / max(seconds, 1e-9))))
 
     def _drain(self, worker: _Worker) -> None:
-        """Collect every reply waiting from *worker* (also those a dead worker sent before dying)."""
+        """Collect every reply waiting from *worker* (also those a dead worker sent before
+        dying). The supervisor's hot path: one pass over every reply read ahead."""
         conn = worker.conn
+        inflight = worker.inflight
         while conn in self._workers:
             try:
                 if not (conn.buffered() or conn.poll(0)):
                     return
-            except OSError:
+                replies = conn.recv_ready()
+            except (EOFError, OSError):
+                self._lost(worker)
                 return
-            self._receive(worker)
+            except Exception as exc:  # noqa: BLE001 - a result that does not unpickle in the parent
+                replies = [(inflight[0].id if inflight else -1, False, (exc, ""), 0.0, 0.0, 0.0)]
+            self._settle_replies(worker, replies)
+
+    def _settle_replies(self, worker: _Worker, replies: list[tuple]) -> None:
+        inflight = worker.inflight
+        outstanding = self._outstanding
+        task_seconds, item_seconds = self._task_seconds, self._item_seconds
+        tasks = wire = 0
+        computing = serializing = waiting = 0.0
+        try:
+            for reply in replies:
+                if len(reply) == 1:  # ("bye",): it left after maxtasksperchild or max_memory_per_child
+                    self._retire(worker, None)
+                    return
+                task_id, success, values, seconds, serializing_one, waiting_one = reply
+                if not inflight or inflight[0].id != task_id:
+                    continue  # a cancelled task's
+                task = inflight.popleft()
+                wire += task.wire
+                # Moving averages of the time a task (for the depth) and an item (for
+                # imap's chunks) take to compute.
+                task_seconds = seconds if task_seconds is None else task_seconds + 0.2 * (seconds - task_seconds)
+                per_item = seconds / (task.count or 1)
+                item_seconds = per_item if not item_seconds else item_seconds + 0.2 * (per_item - item_seconds)
+                tasks += 1
+                computing += seconds
+                serializing += serializing_one
+                waiting += waiting_one
+                if inflight and inflight[0].timeout:
+                    self._start_clock(inflight[0])
+                if not success:
+                    exc, tb = values
+                    values = rebuild_exception(exc, tb) if tb else exc
+                # No lock: the callers' threads only add entries, and a dict's pop is
+                # atomic; taking the lock here made every reply wait for a caller
+                # submitting a batch of tasks.
+                outstanding.pop(task.id, None)
+                if task.index is None:
+                    task.sink(success, values)
+                else:
+                    task.sink(task.index, success, values)
+        finally:
+            self._task_seconds, self._item_seconds = task_seconds, item_seconds
+            worker.queued -= wire
+            done = worker.done
+            done[0] += tasks
+            done[1] += computing
+            done[2] += serializing
+            done[3] += waiting
 
     def _finish(self, task: _Task, success: bool, values: Any) -> None:
-        # Supervisor thread only. No lock: the callers' threads only add entries, and a
-        # dict's pop and insert are atomic; taking the lock here made every reply wait
-        # for a caller submitting a batch of tasks.
+        # Supervisor thread only (no lock: see _settle_replies).
         self._outstanding.pop(task.id, None)
         task.settle(success, values)
 

@@ -127,22 +127,18 @@ class MapResult(ApplyResult):
 
     def _set_chunk(self, index: int, success: bool, values: Any) -> None:
         with self._lock:
-            if self._event.is_set():
-                return
-            if not success:
-                self._remaining = -1
-                failed = True
-            else:
+            if self._remaining <= 0:
+                return  # complete, or failed already
+            if success:
                 start = self._starts[index]
                 self._values[start : start + len(values)] = values
                 self._remaining -= 1
-                failed = False
                 if self._remaining:
                     return
-        if failed:
-            self._set(False, values)
-        else:
-            self._set(True, self._values)
+                values = self._values
+            else:
+                self._remaining = -1
+        self._set(success, values)
 
 
 class IMapIterator:

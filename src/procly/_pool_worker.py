@@ -2,9 +2,13 @@
 
 Messages from the pool, in order, over the worker's own connection::
 
-    (task_id, func_key, func_bytes | None, mode, items)   run it, answer with
-    ("done", task_id, ok, values | (exception, traceback text), seconds computing)
+    [(task_id, func_key, func_bytes | None, mode, payload, buffers), ...]
+        a bundle of tasks: run each, and answer each on its own with
+        (task_id, ok, values | (exception, traceback text), seconds computing,
+         seconds (un)pickling, seconds waiting)
     None                                                    exit
+
+and ``("bye",)`` from a worker that leaves by itself (maxtasksperchild, max_memory_per_child).
 
 The function travels once per worker (``func_bytes`` only the first time a key is
 seen); tasks run strictly one after another, so the first task the pool has not heard
@@ -105,7 +109,7 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
     or (checked between tasks) the resident memory exceeds *max_memory* bytes.
 
     Each reply carries the task's timings: seconds computing, seconds unpickling its
-    function and arguments, seconds pickling and sending the previous reply, and seconds
+    function and arguments plus pickling and sending the previous reply, and seconds
     spent waiting for this task.
     """
     # Ctrl-C is the parent's business: it terminates the pool.
@@ -144,10 +148,10 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
             items = pickle.loads(payload, buffers=buffers)
             started = clock()
             values = _run(func, mode, items)
-            reply: tuple = ("done", task_id, True, values, clock() - started)
+            reply: tuple = (task_id, True, values, clock() - started)
         except Exception as exc:  # noqa: BLE001 - reported to the caller
-            reply = ("done", task_id, False, _error_payload(exc), clock() - started)
-        reply += ((started - received, previous_send, received - waiting_since),)
+            reply = (task_id, False, _error_payload(exc), clock() - started)
+        reply += (started - received + previous_send, received - waiting_since)
         # Let go of the arguments first: a memfd they were mapped from is then named back
         # to the parent with this very reply, for its next big arguments.
         items = payload = buffers = None
@@ -156,14 +160,14 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
         # without a reply is the one running, which is how the pool names the task a
         # dead worker took with it.
         try:
-            if reply[2] and _serialization.only_small_scalars(reply[3]):
+            if reply[1] and _serialization.only_small_scalars(reply[2]):
                 # Numbers or text: the C pickler alone, and nothing can go out of band.
                 conn._send_frame(conn.fileno(), pickle.dumps(reply, _serialization.PROTOCOL))
             else:
                 conn.send(reply)
         except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
-            wrapped = MaybeEncodingError(exc, reply[3])
-            conn.send(("done", task_id, False, (wrapped, ""), reply[4], reply[5]))
+            wrapped = MaybeEncodingError(exc, reply[2])
+            conn.send((task_id, False, (wrapped, ""), *reply[3:]))
         previous_send = clock() - sending
         done += 1
         if max_memory is not None and resident_bytes() > max_memory:

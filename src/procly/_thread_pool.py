@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterable
 
 from ._errors import PoolTerminatedError
-from ._pool import PIPELINE, PoolState
+from ._pool import IMAP_TASKS_AHEAD, PoolState
 from ._pool_results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult, feed_lazily
 
 __all__ = ["ThreadPool"]
@@ -108,7 +108,7 @@ class ThreadPool:
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize}")
-        slots = threading.Semaphore(self._processes * PIPELINE * 2 * chunksize)
+        slots = threading.Semaphore(self._processes * IMAP_TASKS_AHEAD * chunksize)
         result = cls(on_consumed=slots.release)
 
         def submit(start: int, chunk: list, sink: Callable[[bool, Any], None]) -> None:
