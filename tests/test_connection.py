@@ -465,3 +465,36 @@ def test_buffered_connection_keeps_its_buffer_bounded_under_partial_reads():
     sender.join(10)
     left.close()
     reader.close()
+
+
+def test_recv_ready_takes_every_whole_message_read_ahead_and_leaves_the_rest():
+    """One call returns the whole plain messages waiting; a garbage frame among them, a
+    special frame and a partial frame stay for the next recv(), which handles or reports them."""
+    from procly._connection import _HEADER, BufferedConnection
+
+    left, right = procly.Pipe()
+    reader = BufferedConnection.adopt(right)
+    for i in range(5):
+        left.send((i, "reply"))
+    garbage = b"\x80\x05not a pickle"
+    os.write(left.fileno(), _HEADER.pack(len(garbage)) + garbage)
+    left.send("after the garbage")
+    left.send(np.arange(300_000, dtype=np.float64))  # a memfd frame
+    left.send("after the array")
+    frame = pickle.dumps("split in two", 5)
+    os.write(left.fileno(), _HEADER.pack(len(frame)) + frame[:3])  # half a frame so far
+    assert reader.poll(10)
+    time.sleep(0.1)  # everything above is in the socket: the first read takes it all
+    assert reader.recv_ready() == [(i, "reply") for i in range(5)]
+    with pytest.raises(pickle.UnpicklingError, match="not a valid pickle"):
+        reader.recv_ready()
+    assert reader.recv_ready() == ["after the garbage"]  # stops before the memfd frame
+    got = reader.recv_ready()
+    assert np.array_equal(got[0], np.arange(300_000, dtype=np.float64))
+    assert got[1:] == ["after the array"]  # the half frame stays
+    os.write(left.fileno(), frame[3:])
+    assert reader.recv_ready() == ["split in two"]
+    left.close()
+    with pytest.raises(EOFError):
+        reader.recv_ready()
+    reader.close()

@@ -193,7 +193,7 @@ def _outcomes(results) -> list:
 
 
 def test_a_death_inside_a_bundle_fails_only_the_running_task(ctx):
-    """Short tasks go to a worker eight to a message: a death there still names one task."""
+    """Short tasks go to a worker up to 64 to a message: a death there still names one task."""
     with ctx.Pool(2) as pool:
         results = [pool.apply_async(targets.die_on, (i, 150, "sigkill")) for i in range(300)]
         assert _outcomes(results) == [("lost" if i == 150 else i) for i in range(300)]
@@ -310,6 +310,15 @@ def test_big_tasks_and_big_results_do_not_deadlock(pool):
     arrays = [np.full(1 << 20, i, dtype=np.float64) for i in range(6)]  # 8 MiB each
     results = pool.map(targets.double, arrays, chunksize=1)
     assert [r[0] for r in results] == [2.0 * i for i in range(6)]
+
+
+def test_mid_size_tasks_and_results_stream_without_deadlock(pool):
+    """Hundreds of short tasks whose arguments and results (tens of KB, below the memfd
+    threshold) go through the sockets themselves: the bytes queued at a worker stay
+    within what its socket holds, so neither side blocks on a full socket for ever."""
+    blobs = [bytes([i % 256]) * (20_000 + 97 * i) for i in range(400)]
+    doubled = pool.map(targets.double, blobs, chunksize=1)
+    assert doubled == [b * 2 for b in blobs]
 
 
 def test_asyncio_integration(pool):
