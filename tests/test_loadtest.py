@@ -204,7 +204,8 @@ def test_target_killed_mid_run_is_counted_and_the_run_finishes():
     report = json.loads(out)
     assert report["requests"] > 0
     kinds = set(report["error_kinds"])
-    assert "connect refused" in kinds and kinds <= {"connect refused", "reset", "closed by server"}
+    # A connection in the dead target's accept queue is reset rather than refused.
+    assert "connect refused" in kinds and kinds <= {"connect refused", "connect reset", "reset", "closed by server"}
 
 
 # --- Python callables --------------------------------------------------------------------
@@ -371,3 +372,17 @@ def test_https_with_and_without_verification(certificate):
         report = run_load_test(LoadTestConfig(url=tls_target.url, processes=1, connections=4, requests=200,
                                               insecure=True))
     assert report.requests == 200 and report.errors == 0 and tls_target.served == 200
+
+
+@pytest.mark.parametrize(("exc", "kind"), [
+    (ConnectionRefusedError(111, "refused"), "connect refused"),
+    (ConnectionResetError(104, "reset"), "connect reset"),
+    (TimeoutError(), "connect timeout"),
+    (socket.gaierror(-2, "unknown"), "name resolution"),
+    (OSError(113, "no route"), "connect EHOSTUNREACH"),
+    (RuntimeError("odd"), "connect RuntimeError"),
+])  # fmt: skip
+def test_connect_errors_get_short_names(exc, kind):
+    from procly.loadtest._http import connect_error_kind
+
+    assert connect_error_kind(exc) == kind

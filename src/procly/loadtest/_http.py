@@ -35,6 +35,8 @@ def connect_error_kind(exc: BaseException) -> str:
         return "tls handshake"
     if isinstance(exc, ConnectionRefusedError):
         return "connect refused"
+    if isinstance(exc, ConnectionResetError):  # e.g. the target died with it in its accept queue
+        return "connect reset"
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return "connect timeout"
     if isinstance(exc, socket.gaierror):
