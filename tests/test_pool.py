@@ -312,6 +312,16 @@ def test_big_tasks_and_big_results_do_not_deadlock(pool):
     assert [r[0] for r in results] == [2.0 * i for i in range(6)]
 
 
+def test_a_batch_of_chunks_is_spread_over_the_workers(ctx):
+    """After short tasks (which queue deep), a map's few long chunks still go to every
+    worker instead of queueing at the first one."""
+    with ctx.Pool(2) as pool:
+        pool.map(abs, range(100))  # short tasks measured: the depth is at its deepest
+        pids = pool.map(lambda x: (time.sleep(0.05) if x % 400 == 0 else None, os.getpid())[1],
+                        range(8 * 400), chunksize=400)
+        assert len(set(pids)) == 2
+
+
 def test_mid_size_tasks_and_results_stream_without_deadlock(pool):
     """Hundreds of short tasks whose arguments and results (tens of KB, below the memfd
     threshold) go through the sockets themselves: the bytes queued at a worker stay

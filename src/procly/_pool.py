@@ -580,10 +580,15 @@ class Pool(PoolAPI):
         with self._lock:
             if not self._pending:
                 return
-            depth = self._depth()
-            for worker in list(self._workers.values()):
+            depth = self._depth(self._pending[0])
+            # The least busy first, each taking its share: a batch is spread over the
+            # workers instead of filling the first one up to the depth.
+            workers = sorted(self._workers.values(), key=_busy)
+            for n, worker in enumerate(workers):
+                share = -(-len(self._pending) // (len(workers) - n))  # ceiling
+                limit = min(depth, len(worker.inflight) + share)
                 bundle: list[_Task] = []
-                while self._pending and len(worker.inflight) < depth:
+                while self._pending and len(worker.inflight) < limit:
                     if self._maxtasks is not None and worker.sent >= self._maxtasks:
                         break
                     task = self._pending[0]
@@ -679,15 +684,17 @@ class Pool(PoolAPI):
     def _start_clock(self, task: _Task) -> None:
         task.deadline = time.monotonic() + task.timeout * task.count if task.timeout else None
 
-    def _depth(self) -> int:
-        """Tasks to keep in flight per worker: about QUEUED_SECONDS of work, up to
-        PIPELINE, for short tasks (hides round trips and batches messages); one for long
-        ones (a task queued behind a long one would wait while another worker idles).
-        Two until a task has been timed: a long first batch must not sit deep in one
-        worker while others run dry (short tasks are timed within µs)."""
-        seconds = self._task_seconds
-        if seconds is None:
+    def _depth(self, task: _Task) -> int:
+        """Tasks like *task* to keep in flight per worker: about QUEUED_SECONDS of work,
+        up to PIPELINE, for short ones (hides round trips and batches messages); one for
+        long ones (a task queued behind a long one would wait while another worker
+        idles). A task's time is guessed from the measured time per item and its number
+        of items, so a map's long chunks do not queue as deep as the short tasks before
+        them. Two until a task has been timed: a long first batch must not sit deep in
+        one worker while others run dry (short tasks are timed within µs)."""
+        if self._task_seconds is None:
             return 2
+        seconds = self._item_seconds * task.count
         if seconds >= 0.005:
             return 1
         return max(2, min(PIPELINE, int(QUEUED_SECONDS / max(seconds, 1e-9))))
@@ -859,6 +866,10 @@ class Pool(PoolAPI):
 
 
 _worker_numbers = itertools.count(1)
+
+
+def _busy(worker: _Worker) -> int:
+    return len(worker.inflight)
 
 
 def _close_when_consumed(result: IMapIterator, meter: Progress) -> None:
