@@ -182,8 +182,9 @@ class Pool(PoolAPI):
         self._task_timeout = task_timeout
         self._retries = retries
         self._state = PoolState.RUNNING
-        self._task_seconds: float | None = None  # moving average of task durations (None: none seen yet)
-        self._item_seconds = 0.0  # moving average of the time per item (for imap's chunks)
+        # Moving average of the time an item takes to compute (None: none timed yet): how
+        # deep tasks queue at a worker, and how long imap's adaptive chunks are.
+        self._item_seconds: float | None = None
         self._done: dict[str, list] = {}  # worker name -> [tasks, computing, (un)pickling, waiting seconds]
         self._lock = threading.Lock()
         self._pending: collections.deque[_Task] = collections.deque()
@@ -427,7 +428,7 @@ class Pool(PoolAPI):
 
         def next_size() -> int:
             per_item = self._item_seconds
-            if per_item <= 0:
+            if not per_item:
                 return 1
             return max(1, min(largest, int(ADAPTIVE_CHUNK_SECONDS / per_item)))
 
@@ -692,7 +693,7 @@ class Pool(PoolAPI):
         of items, so a map's long chunks do not queue as deep as the short tasks before
         them. Two until a task has been timed: a long first batch must not sit deep in
         one worker while others run dry (short tasks are timed within µs)."""
-        if self._task_seconds is None:
+        if self._item_seconds is None:
             return 2
         seconds = self._item_seconds * task.count
         if seconds >= 0.005:
@@ -719,7 +720,7 @@ class Pool(PoolAPI):
     def _settle_replies(self, worker: _Worker, replies: list[tuple]) -> None:
         inflight = worker.inflight
         outstanding = self._outstanding
-        task_seconds, item_seconds = self._task_seconds, self._item_seconds
+        item_seconds = self._item_seconds
         tasks = wire = 0
         computing = serializing = waiting = 0.0
         try:
@@ -732,11 +733,8 @@ class Pool(PoolAPI):
                     continue  # a cancelled task's
                 task = inflight.popleft()
                 wire += task.wire
-                # Moving averages of the time a task (for the depth) and an item (for
-                # imap's chunks) take to compute.
-                task_seconds = seconds if task_seconds is None else task_seconds + 0.2 * (seconds - task_seconds)
                 per_item = seconds / (task.count or 1)
-                item_seconds = per_item if not item_seconds else item_seconds + 0.2 * (per_item - item_seconds)
+                item_seconds = per_item if item_seconds is None else item_seconds + 0.2 * (per_item - item_seconds)
                 tasks += 1
                 computing += seconds
                 serializing += serializing_one
@@ -750,12 +748,9 @@ class Pool(PoolAPI):
                 # atomic; taking the lock here made every reply wait for a caller
                 # submitting a batch of tasks.
                 outstanding.pop(task.id, None)
-                if task.index is None:
-                    task.sink(success, values)
-                else:
-                    task.sink(task.index, success, values)
+                task.settle(success, values)
         finally:
-            self._task_seconds, self._item_seconds = task_seconds, item_seconds
+            self._item_seconds = item_seconds
             worker.queued -= wire
             done = worker.done
             done[0] += tasks
