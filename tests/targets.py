@@ -401,3 +401,19 @@ def sum_or_die(a, bad):
     if a[0] == bad:
         os.kill(os.getpid(), signal.SIGKILL)
     return float(a.sum())
+
+
+_runs = None  # a shared array of run counts, one per task, set by keep_run_counts
+
+
+def keep_run_counts(runs) -> None:
+    """Pool initializer: where counted_nap records that a task started."""
+    global _runs
+    _runs = runs
+
+
+def counted_nap(i: int, seconds: float) -> int:
+    """Count a run of task *i*, sleep, return i * i."""
+    _runs[i] += 1
+    time.sleep(seconds)
+    return i * i

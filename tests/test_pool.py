@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import random
 import signal
 import threading
 import time
@@ -210,6 +211,61 @@ def test_a_death_with_big_tasks_queued_fails_only_the_running_task(ctx):
         after = [pool.apply_async(targets.sum_or_die, (a, -1.0)).get(timeout=30) for a in arrays]
     assert outcomes == [("lost" if i == 9 else 300_000.0 * i) for i in range(16)]
     assert after == [300_000.0 * i for i in range(16)]
+
+
+def _kill_workers_at_random(ctx, tasks: int, nap: float, chunksize: int, seed: int) -> None:
+    """Run *tasks* short tasks while a thread SIGKILLs a worker at random moments (every
+    5-50 ms under fork; spawn and forkserver take longer to replace one); check that each
+    task either returned its value, having run exactly once, or (only the tasks dying
+    workers were running) failed with WorkerLostError, having run at most once."""
+    rng = random.Random(seed)
+    pause = 0.005 if ctx.get_start_method() == "fork" else 0.1
+    runs = ctx.Array("i", tasks, lock=False)
+    kills = 0
+    with ctx.Pool(2, initializer=targets.keep_run_counts, initargs=(runs,)) as pool:
+        stop = threading.Event()
+
+        def killer() -> None:
+            nonlocal kills
+            while not stop.wait(rng.uniform(pause, 10 * pause)):
+                workers = pool._pool
+                if workers:
+                    try:
+                        rng.choice(workers).kill()
+                        kills += 1
+                    except (ValueError, OSError):
+                        pass  # reaped and closed by the supervisor meanwhile
+
+        thread = threading.Thread(target=killer)
+        thread.start()
+        try:
+            results = [pool.starmap_async(targets.counted_nap, [(i, nap) for i in range(start, start + chunksize)],
+                                          chunksize=chunksize) for start in range(0, tasks, chunksize)]
+            outcomes = []
+            for r in results:
+                outcome = _outcomes([r])[0]
+                outcomes.extend(outcome if outcome != "lost" else ["lost"] * chunksize)
+        finally:
+            stop.set()
+            thread.join()
+        assert pool.map(abs, range(-5, 0)) == [5, 4, 3, 2, 1]  # and the pool still works
+    lost = [i for i, o in enumerate(outcomes) if o == "lost"]
+    assert [o for o in outcomes if o != "lost"] == [i * i for i in range(tasks) if i not in set(lost)]
+    assert all(runs[i] == 1 for i in range(tasks) if i not in set(lost)), "a finished task ran twice"
+    assert all(runs[i] <= 1 for i in lost), "a lost task was run again"
+    assert 0 < len(lost) <= kills * chunksize
+
+
+def test_workers_killed_at_random_lose_only_their_running_tasks(ctx):
+    _kill_workers_at_random(ctx, tasks=1500, nap=0.001, chunksize=1, seed=7)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("chunksize", [1, 5])
+def test_soak_random_worker_kills(ctx, chunksize):
+    for seed in range(3):
+        _kill_workers_at_random(ctx, tasks=6000, nap=0.0005 * seed, chunksize=chunksize, seed=seed)
 
 
 def test_map_with_a_dying_worker_raises_instead_of_hanging(pool):

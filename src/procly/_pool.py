@@ -556,8 +556,11 @@ class Pool(PoolAPI):
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
         ms = -1 if timeout is None else int(timeout * 1000 + 0.999)
         # Spin first: a reply, or a caller's next task, often comes within µs of the last event.
-        for fd, _ in self._spinner.wait() or self._poller.poll(ms):
-            kind, worker = self._fds.get(fd, (None, None))
+        events = self._spinner.wait() or self._poller.poll(ms)
+        # Each descriptor is looked up before any event is handled: a worker retired by an
+        # earlier event closes its descriptors, and its replacement may get the same
+        # numbers, so a later event of the old worker must not be taken as the new one's.
+        for fd, (kind, worker) in [(fd, self._fds.get(fd, (None, None))) for fd, _ in events]:
             if fd == self._wake_r:
                 try:
                     os.read(self._wake_r, 4096)
