@@ -215,11 +215,11 @@ def test_a_death_with_big_tasks_queued_fails_only_the_running_task(ctx):
 
 def _kill_workers_at_random(ctx, tasks: int, nap: float, chunksize: int, seed: int) -> None:
     """Run *tasks* short tasks while a thread SIGKILLs a worker at random moments (every
-    5-50 ms under fork; spawn and forkserver take longer to replace one); check that each
+    5-20 ms under fork; spawn and forkserver take longer to replace one); check that each
     task either returned its value, having run exactly once, or (only the tasks dying
     workers were running) failed with WorkerLostError, having run at most once."""
     rng = random.Random(seed)
-    pause = 0.005 if ctx.get_start_method() == "fork" else 0.1
+    pause = 0.005 if ctx.get_start_method() == "fork" else 0.05
     runs = ctx.Array("i", tasks, lock=False)
     kills = 0
     with ctx.Pool(2, initializer=targets.keep_run_counts, initargs=(runs,)) as pool:
@@ -227,7 +227,7 @@ def _kill_workers_at_random(ctx, tasks: int, nap: float, chunksize: int, seed: i
 
         def killer() -> None:
             nonlocal kills
-            while not stop.wait(rng.uniform(pause, 10 * pause)):
+            while not stop.wait(rng.uniform(pause, 4 * pause)):
                 workers = pool._pool
                 if workers:
                     try:
@@ -248,7 +248,9 @@ def _kill_workers_at_random(ctx, tasks: int, nap: float, chunksize: int, seed: i
         finally:
             stop.set()
             thread.join()
-        assert pool.map(abs, range(-5, 0)) == [5, 4, 3, 2, 1]  # and the pool still works
+        # The pool still works (a retry covers a task sent to the last victim just before
+        # the supervisor saw it die).
+        assert pool.map(abs, range(-5, 0), retries=2) == [5, 4, 3, 2, 1]
     lost = [i for i, o in enumerate(outcomes) if o == "lost"]
     assert [o for o in outcomes if o != "lost"] == [i * i for i in range(tasks) if i not in set(lost)]
     assert all(runs[i] == 1 for i in range(tasks) if i not in set(lost)), "a finished task ran twice"
@@ -265,7 +267,7 @@ def test_workers_killed_at_random_lose_only_their_running_tasks(ctx):
 @pytest.mark.parametrize("chunksize", [1, 5])
 def test_soak_random_worker_kills(ctx, chunksize):
     for seed in range(3):
-        _kill_workers_at_random(ctx, tasks=6000, nap=0.0005 * seed, chunksize=chunksize, seed=seed)
+        _kill_workers_at_random(ctx, tasks=6000, nap=0.0005 * (seed + 1), chunksize=chunksize, seed=seed)
 
 
 def test_map_with_a_dying_worker_raises_instead_of_hanging(pool):

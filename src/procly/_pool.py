@@ -589,6 +589,10 @@ class Pool(PoolAPI):
             # workers instead of filling the first one up to the depth.
             workers = sorted(self._workers.values(), key=_busy)
             for n, worker in enumerate(workers):
+                if not worker.inflight and _has_ended(worker.sentinel):
+                    # Died while idle, and the supervisor has not seen it yet: a task sent
+                    # now would be failed as the one it was running.
+                    continue
                 share = -(-len(self._pending) // (len(workers) - n))  # ceiling
                 limit = min(depth, len(worker.inflight) + share)
                 bundle: list[_Task] = []
@@ -868,6 +872,10 @@ _worker_numbers = itertools.count(1)
 
 def _busy(worker: _Worker) -> int:
     return len(worker.inflight)
+
+
+def _has_ended(sentinel: int) -> bool:
+    return bool(select.select([sentinel], [], [], 0)[0])
 
 
 def _close_when_consumed(result: IMapIterator, meter: Progress) -> None:
