@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import os
 import random
 import signal
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -336,6 +338,30 @@ def test_close_join_and_terminate_semantics(ctx):
     assert time.monotonic() - started < 5
     with pytest.raises(procly.PoolTerminatedError):
         stuck.get(timeout=5)
+
+
+@pytest.mark.parametrize("end", ["close", "terminate"])
+def test_a_pool_that_has_ended_is_freed(end):
+    """Nothing keeps a closed and joined (or terminated) pool alive: a program that makes
+    pools over and over does not pile them up until exit."""
+    pool = procly.get_context("fork").Pool(1)
+    assert pool.apply(abs, (-3,)) == 3
+    getattr(pool, end)()
+    pool.join()
+    ref = weakref.ref(pool)
+    del pool
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_pool_freed_in_the_running_state_warns():
+    pool = procly.get_context("fork").Pool(1)
+    pool.terminate()
+    pool.join()
+    pool._state = procly.pool.RUN  # as if it had been dropped without close() or terminate()
+    with pytest.warns(ResourceWarning, match="unclosed running multiprocessing pool"):
+        del pool
+        gc.collect()
 
 
 def test_close_waits_for_imap_input_then_ends(ctx):

@@ -27,6 +27,7 @@ import select
 import signal
 import threading
 import time
+import warnings
 import weakref
 from concurrent.futures import CancelledError
 from typing import Any, Callable, Iterable, Iterator
@@ -208,10 +209,11 @@ class Pool(PoolAPI):
         self._active_feeds = 0  # imap feeders still reading input (guarded by _lock)
         for _ in range(processes):
             self._spawn_worker()
+        # At interpreter exit, end the pool before procly reaps children (cancelled once
+        # the pool is down, so that the pool can then be freed).
+        self._exit_finalizer = Finalize(self, self.terminate, exitpriority=15)
         self._supervisor = threading.Thread(target=self._supervise, name="procly-pool-supervisor", daemon=True)
         self._supervisor.start()
-        # At interpreter exit, end the pool before procly reaps children.
-        self._exit_finalizer = Finalize(self, self.terminate, exitpriority=15)
 
     # -- submission ----------------------------------------------------------------
 
@@ -477,8 +479,10 @@ class Pool(PoolAPI):
         for feeder in self._feeders:
             feeder.join()
 
-    def __del__(self) -> None:
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if getattr(self, "_state", PoolState.TERMINATED) is PoolState.RUNNING:
+            # The standard library's warning (and words), for code that checks for it.
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
             self._state = PoolState.TERMINATED
             self._wake()
 
@@ -865,6 +869,7 @@ class Pool(PoolAPI):
         os.close(self._wake_r)
         if wake_w is not None:
             os.close(wake_w)
+        self._exit_finalizer.cancel()
 
 
 _worker_numbers = itertools.count(1)

@@ -19,7 +19,15 @@ from ._pool_worker import RemoteTraceback as RemoteTraceback
 from ._pool_worker import worker_state as worker_state
 from ._thread_pool import ThreadPool as ThreadPool
 
+# The standard library's names for the states in ``Pool._state``.
+RUN = PoolState.RUNNING
+CLOSE = PoolState.CLOSED
+TERMINATE = PoolState.TERMINATED
+
 __all__ = [
+    "CLOSE",
+    "RUN",
+    "TERMINATE",
     "ApplyResult",
     "AsyncResult",
     "IMapIterator",
