@@ -72,6 +72,8 @@ if __name__ == "__main__":
     lock.acquire()
     pool = ctx.Pool(2)
     pool.apply(abs, (-1,))
+    if sys.argv[2] == "busy":  # the workers are in the middle of long tasks
+        pool.map_async(time.sleep, [30] * 4, chunksize=1)
     manager = ctx.Manager()
     shared = manager.dict()
     helpers = [p.pid for p in procly.active_children()]
@@ -81,12 +83,15 @@ if __name__ == "__main__":
 
 
 @pytest.mark.timeout(60)
-def test_sigkilled_parent_leaves_nothing_behind(ctx, tmp_path):
-    """Locks, arrays, queues, a pool and a manager: after SIGKILL, no process, nothing in /dev/shm."""
+@pytest.mark.parametrize("pool_state", ["idle", "busy"])
+def test_sigkilled_parent_leaves_nothing_behind(ctx, tmp_path, pool_state):
+    """Locks, arrays, queues, a pool (idle, or its workers in long tasks) and a manager:
+    after SIGKILL, no process, nothing in /dev/shm."""
     script = tmp_path / "holder.py"
     script.write_text(HOLDER)
     before = set(os.listdir("/dev/shm"))
-    parent = subprocess.Popen([sys.executable, str(script), ctx.get_start_method()], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, str(script), ctx.get_start_method(), pool_state],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         helpers = list(map(int, parent.stdout.readline().split()))
         assert len(helpers) >= 3  # two pool workers and the manager
