@@ -59,3 +59,23 @@ def test_max_tasks_per_child_and_initializer():
         pids = {ex.submit(targets.worker_pid).result(timeout=30) for _ in range(3)}
         assert len(pids) == 3
         assert ex.submit(targets.read_state, 0).result(timeout=30) == "x"
+
+
+def test_cancelled_futures_never_run(ctx):
+    """A future cancelled before its call went to a worker (by cancel() or by
+    shutdown(cancel_futures=True)) never runs; one that went to a worker is running and
+    cannot be cancelled."""
+    runs = ctx.Array("i", 40, lock=False)
+    executor = ProcessPoolExecutor(1, mp_context=ctx, initializer=targets.keep_run_counts, initargs=(runs,))
+    first = executor.submit(targets.counted_nap, 0, 0.5)
+    rest = [executor.submit(targets.counted_nap, i, 0.0) for i in range(1, 40)]
+    assert first.running() and not first.cancel()
+    assert rest[-1].cancel() and rest[-1].cancelled()
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert first.result(timeout=30) == 0 and runs[0] == 1
+    assert sum(f.cancelled() for f in rest) >= 30
+    for i, future in enumerate(rest, 1):
+        if future.cancelled():
+            assert runs[i] == 0, f"call {i} ran although its future was cancelled"
+        else:
+            assert future.result(timeout=30) == i * i and runs[i] == 1

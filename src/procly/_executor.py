@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, InvalidStateError
 from typing import Any, Callable, Iterable, Iterator
 
 from ._errors import TimeoutError
@@ -67,26 +67,38 @@ class ProcessPoolExecutor(Executor):
             future: Future = Future()
             self._futures.add(future)
 
+        def claim() -> bool:
+            # Running from the moment it goes to a worker (again, after a lost worker):
+            # a future cancelled before then never runs.
+            if future.running() or future.set_running_or_notify_cancel():
+                return True
+            with self._lock:
+                self._futures.discard(future)
+            return False
+
         def settle(success: bool, value: Any) -> None:
             with self._lock:
                 self._futures.discard(future)
-            if future.set_running_or_notify_cancel():  # False: cancelled meanwhile
+            try:
                 if success:
                     future.set_result(value)
                 else:
                     future.set_exception(value)
+            except InvalidStateError:
+                pass  # cancelled while it waited, and the pool ended before dropping it
 
         try:
-            self._pool.apply_async(
-                fn, args, kwargs,
-                callback=lambda value: settle(True, value),
-                error_callback=lambda exc: settle(False, exc),
-            )  # fmt: skip
+            self._schedule(fn, args, kwargs, claim, settle)
         except BaseException:
             with self._lock:
                 self._futures.discard(future)
             raise
         return future
+
+    def _schedule(self, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any], claim: Callable[[], bool],
+                  settle: Callable[[bool, Any], None]) -> None:  # fmt: skip
+        """Hand a call to the pool: *claim()* as it goes to a worker, *settle* with its outcome."""
+        self._pool._call(fn, args, kwargs, settle, claim=claim)
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1) -> Iterator[Any]:  # fmt: skip
@@ -115,9 +127,9 @@ class ProcessPoolExecutor(Executor):
         return generate()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """No new work; with *cancel_futures*, futures not finished are cancelled
-        (their tasks may still run, their results are dropped); with *wait*, wait for
-        the workers to exit."""
+        """No new work; with *cancel_futures*, the futures whose calls have not gone to a
+        worker yet are cancelled (those calls never run); with *wait*, wait for the
+        workers to exit."""
         with self._lock:
             self._shutdown = True
             pending = list(self._futures) if cancel_futures else []

@@ -67,7 +67,7 @@ _READY = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 
 class _Task:
     __slots__ = ("id", "func_key", "func_bytes", "mode", "payload", "sink", "count", "timeout", "retries", "_label",
-                 "deadline", "buffers", "size", "send_function", "index", "wire")  # fmt: skip
+                 "deadline", "buffers", "size", "send_function", "index", "wire", "claim")  # fmt: skip
 
     def __init__(self, task_id, func_key, func_bytes, mode, payload, sink, count, timeout, retries, label) -> None:
         self.id = task_id
@@ -88,6 +88,9 @@ class _Task:
         self.size = len(payload)
         self.send_function = False  # set when dispatched: the worker has not seen the function yet
         self.wire = 0  # set when dispatched: its bytes on the socket
+        # Called (pool lock held) just before the task goes to a worker; False drops it
+        # (an executor's future cancelled while it waited).
+        self.claim: Callable[[], bool] | None = None
 
     def settle(self, success: bool, values: Any) -> None:
         """Hand the outcome to whoever waits for it."""
@@ -303,15 +306,24 @@ class Pool(PoolAPI):
         """
         self._check_running()
         result = ApplyResult(callback, error_callback)
+        task = self._call(func, args, kwds, result._set, task_timeout, retries)
+        result._on_cancel = lambda: self._cancel([task])
+        return result
 
+    def _call(self, func: Callable[..., Any], args: Iterable[Any], kwds: dict[str, Any] | None,
+              settle: Callable[[bool, Any], None], task_timeout: float | None = None, retries: int | None = None,
+              claim: Callable[[], bool] | None = None) -> _Task:  # fmt: skip
+        """Submit ``func(*args, **kwds)``; *settle(success, value or exception)* gets the
+        outcome. *claim()*, if given, is called just before the task goes to a worker:
+        False drops the task, unsettled."""
         def sink(success: bool, values: Any) -> None:
-            result._set(success, values[0] if success else values)
+            settle(success, values[0] if success else values)
 
         label = f"{getattr(func, '__qualname__', func)!s}(...)"
         task = self._make_task(func, APPLY, (tuple(args), dict(kwds or {})), 1, sink, task_timeout, retries, label)
-        result._on_cancel = lambda: self._cancel([task])
+        task.claim = claim
         self._submit([task])
-        return result
+        return task
 
     def _default_chunksize(self, length: int) -> int:
         chunksize, extra = divmod(length, self._processes * 4)
@@ -604,6 +616,10 @@ class Pool(PoolAPI):
                     if self._maxtasks is not None and worker.sent >= self._maxtasks:
                         break
                     task = self._pending[0]
+                    if task.claim is not None and not task.claim():
+                        self._pending.popleft()
+                        self._outstanding.pop(task.id, None)
+                        continue
                     first_use = task.func_key not in worker.funcs
                     task_size = task.size + (len(task.func_bytes) if first_use else 0)
                     big = task_size >= MEMFD_THRESHOLD

@@ -32,6 +32,14 @@ class Executor(ProcessPoolExecutor):
         self._adopt(Pool(max_workers, initializer, initargs, client=client, address=address,
                          task_timeout=task_timeout, retries=retries, cluster_options=cluster_options))
 
+    def _schedule(self, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any], claim: Callable[[], bool],
+                  settle: Callable[[bool, Any], None]) -> None:  # fmt: skip
+        # The cluster does not say when a call starts: it counts as running once
+        # submitted, so that cancel() never claims to stop a call that will run.
+        claim()
+        self._pool.apply_async(fn, args, kwargs, callback=lambda value: settle(True, value),
+                               error_callback=lambda exc: settle(False, exc))  # fmt: skip
+
     @property
     def client(self) -> Any:
         """The ``distributed.Client`` the executor submits through."""
