@@ -468,3 +468,11 @@ def test_map_takes_ranges_tuples_and_lists_as_they_are_at_the_call(pool):
     result = pool.map_async(targets.square, items, chunksize=10)
     items[:] = [-1] * 1000  # changed after the call: the tasks were pickled in it
     assert result.get(timeout=30) == [i * i for i in range(1000)]
+
+
+
+def test_pools_work_with_descriptors_past_1023(ctx, descriptors_past_1023):
+    with ctx.Pool(1) as pool:
+        assert pool._pool[0].sentinel > 1023
+        assert pool.apply(abs, (-4,)) == 4  # dispatch to an idle worker checks its sentinel
+        assert pool.map(abs, range(-300, 0), chunksize=1) == list(range(300, 0, -1))

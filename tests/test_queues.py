@@ -210,3 +210,14 @@ def test_big_items_reuse_their_memfds():
     assert len(inodes) <= 3  # not one fresh memfd per item
     q.close()
     q.join_thread()
+
+
+def test_queues_work_with_descriptors_past_1023(ctx, descriptors_past_1023):
+    q = ctx.Queue()
+    assert q._reader.fileno() > 1023
+    items = [bytes([i % 256]) * 2000 for i in range(3000)]  # 6 MB: the feeder waits for room
+    for item in items:
+        q.put(item)
+    assert [q.get(timeout=30) for _ in items] == items
+    q.close()
+    q.join_thread()

@@ -41,6 +41,7 @@ from ._pool_results import ApplyResult, IMapIterator, MapResult, feed_lazily
 from ._pool_worker import APPLY, MAP, STARMAP, rebuild_exception, worker_main
 from ._progress import Progress, wanted
 from ._spin import Spinner
+from ._wait import wait
 
 __all__ = ["Pool"]
 
@@ -896,7 +897,7 @@ def _busy(worker: _Worker) -> int:
 
 
 def _has_ended(sentinel: int) -> bool:
-    return bool(select.select([sentinel], [], [], 0)[0])
+    return bool(wait([sentinel], 0))
 
 
 def _close_when_consumed(result: IMapIterator, meter: Progress) -> None:

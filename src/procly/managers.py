@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import signal
 import socket
 import threading
@@ -37,6 +36,7 @@ from ._finalize import Finalize
 from ._listener import Client, Listener, _handshake
 from ._pool_worker import rebuild_exception
 from ._spin import Spinner
+from ._wait import wait
 
 __all__ = [
     "AcquirerProxy", "ArrayProxy", "AutoProxy", "BarrierProxy", "BaseManager", "BaseProxy", "ConditionProxy",
@@ -286,7 +286,7 @@ class Server:
 
     def _release_when_gone(self, peer: int, pidfd: int) -> None:
         try:
-            select.select([pidfd], [], [])
+            wait([pidfd])  # poll-based: a busy server's descriptors go past select()'s 1023
         finally:
             os.close(pidfd)
         self._release(peer)

@@ -102,9 +102,10 @@ class _Writer:
         return int.from_bytes(self._outq, "little") + nbytes + FRAME_COST + RESERVE_BYTES < self.limit
 
     def wait_for_room(self, timeout: float) -> None:
-        _, writable, _ = select.select([], [self.sock], [], timeout)
-        if writable:  # writable, yet short of what the next write needs: let a reader go on
-            time.sleep(0.001)
+        poller = select.poll()  # not select(): descriptors past 1023 are common in servers
+        poller.register(self.sock, select.POLLOUT)
+        if poller.poll(max(0, int(timeout * 1000 + 0.999))):
+            time.sleep(0.001)  # writable, yet short of what the next write needs: let a reader go on
 
     def write(self, data: bytes) -> None:
         write_all(self.sock.fileno(), data)
