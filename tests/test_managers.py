@@ -145,6 +145,25 @@ def test_nested_proxies_are_shared_everywhere(ctx, manager):
     assert list(d["inner"]) == [1, 2, "from child"]
 
 
+def test_proxies_inside_their_own_server_count_references_in_place(ctx, manager):
+    """A proxy that lives in its manager's server (an item of a shared list, a callback of
+    the manager's pool) keeps its referent alive and gives it back when it goes, without
+    connecting to its own server: such a connection, made from a finalizer, once waited
+    20 s for a server thread that was itself waiting for that finalizer."""
+    inner = manager.list([1])
+    outer = manager.list([inner])
+    del inner
+    outer[0].append(2)  # the referent lives on through the proxy held in the server
+    assert list(outer[0]) == [1, 2]
+    collected = manager.list()
+    pool = manager.Pool(1)
+    pool.map_async(abs, [-1, -2], callback=collected.append).get(timeout=30)  # a proxy rebuilt in the server
+    assert list(collected) == [[1, 2]]
+    pool.terminate()
+    del outer, collected, pool
+    assert wait_until(lambda: manager._number_of_objects() == 0, timeout=10)
+
+
 # --- the rest of SyncManager's types ------------------------------------------------------
 
 def test_barrier_event_and_condition_across_processes(ctx, manager):

@@ -99,6 +99,9 @@ class ApplyResult:
 
     def _set(self, success: bool, value: Any) -> None:
         self._success, self._value = success, value
+        # Nothing left to cancel: let go of the tasks (they refer back to this result, a
+        # cycle that would keep both, and whatever the callbacks hold, until a collection).
+        self._on_cancel = None
         callback = self._callback if success else self._error_callback
         if callback is not None:
             try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import signal
 import socket
 import threading
@@ -143,6 +144,12 @@ def _peer_pid(fd: int) -> int | None:
 
 # --------------------------------------------------------------------------- server
 
+# The servers this process runs, by address (emptied in a forked child, which runs none):
+# a proxy rebuilt inside its own manager's server counts its reference in place instead
+# of connecting to itself (see BaseProxy).
+_servers_here: dict[Any, Server] = {}
+os.register_at_fork(after_in_child=_servers_here.clear)
+
 
 class Server:
     """Holds the shared objects and answers proxies (``manager.get_server()``)."""
@@ -159,13 +166,40 @@ class Server:
         self.holders: dict[int | str, dict[str, int]] = {}
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
+        # References given back by proxies that live in this process, applied by a
+        # thread of their own: a proxy is collected wherever the garbage collector runs,
+        # maybe in a thread holding self.lock, and SimpleQueue.put is safe there.
+        self._local_releases: queue.SimpleQueue[str | None] = queue.SimpleQueue()
 
     def serve_forever(self) -> None:
         """Accept connections until shut down; a bad peer costs only its connection."""
+        _servers_here[self.address] = self
+        releaser = threading.Thread(target=self._release_local, name="procly-manager-releases", daemon=True)
+        releaser.start()
         acceptor = threading.Thread(target=self._accept_loop, daemon=True)
         acceptor.start()
-        self.stop_event.wait()
-        self.listener.close()
+        try:
+            self.stop_event.wait()
+        finally:
+            _servers_here.pop(self.address, None)
+            self._local_releases.put(None)
+            self.listener.close()
+
+    def incref_local(self, ident: str) -> None:
+        """A reference taken by a proxy in this process (no client to account it to).
+
+        Raises:
+            RemoteError: no object *ident* is held.
+        """
+        self._incref(ident, None)
+
+    def decref_local(self, ident: str) -> None:
+        """Give back a reference a proxy in this process took; safe in a finalizer."""
+        self._local_releases.put(ident)
+
+    def _release_local(self) -> None:
+        while (ident := self._local_releases.get()) is not None:
+            self._decref(ident, None)
 
     def _accept_loop(self) -> None:
         while not self.stop_event.is_set():
@@ -687,7 +721,16 @@ class BaseProxy:
         BaseProxy._proxy_born(self._key)
         weakref.finalize(self, BaseProxy._proxy_gone, self._key)
         self._owned = manager_owned
-        if not manager_owned:
+        server = _servers_here.get(token.address)
+        if server is not None and not manager_owned:
+            # Inside its own manager's server (an argument of a request, an item of a
+            # shared list): connecting to itself to count the reference would need a free
+            # server thread, and a finalizer that did so could wait on the very thread
+            # that is starting up to serve it.
+            if incref:
+                server.incref_local(token.id)
+            Finalize(self, server.decref_local, args=(token.id,), exitpriority=10)
+        elif not manager_owned:
             holder = _lease_token(token.address, self._authkey, serializer)
             if incref:
                 _request(token.address, self._authkey, "incref", token.id, serializer=serializer, holder=holder)
