@@ -61,11 +61,11 @@ def test_api_shapes(pool):
 def test_callbacks(pool):
     got, errors = [], []
     done = threading.Event()
-    pool.apply_async(targets.square, (3,), callback=got.append)
+    first = pool.apply_async(targets.square, (3,), callback=got.append)
     pool.apply_async(targets.raise_value_error, (1,), error_callback=lambda e: (errors.append(e), done.set()))
     assert done.wait(10)
     pool.map_async(targets.square, [2], callback=got.append).wait(10)
-    time.sleep(0.05)
+    first.wait(10)  # the two tasks may run in different workers: in either order
     assert 9 in got and [4] in got
     assert isinstance(errors[0], ValueError)
 

@@ -307,24 +307,37 @@ class Pool(PoolAPI):
         """
         self._check_running()
         result = ApplyResult(callback, error_callback)
-        task = self._call(func, args, kwds, result._set, task_timeout, retries)
+        task = self._call_task(func, args, kwds, result._set, task_timeout, retries)
+        # Before submitting: a result that is set at once lets go of it (see ApplyResult._set).
         result._on_cancel = lambda: self._cancel([task])
+        self._submit([task])
         return result
 
-    def _call(self, func: Callable[..., Any], args: Iterable[Any], kwds: dict[str, Any] | None,
-              settle: Callable[[bool, Any], None], task_timeout: float | None = None, retries: int | None = None,
-              claim: Callable[[], bool] | None = None) -> _Task:  # fmt: skip
-        """Submit ``func(*args, **kwds)``; *settle(success, value or exception)* gets the
-        outcome. *claim()*, if given, is called just before the task goes to a worker:
-        False drops the task, unsettled."""
+    def _call_task(self, func: Callable[..., Any], args: Iterable[Any], kwds: dict[str, Any] | None,
+                   settle: Callable[[bool, Any], None], task_timeout: float | None = None,
+                   retries: int | None = None) -> _Task:  # fmt: skip
+        """The task of ``func(*args, **kwds)``, not submitted; *settle(success, value or
+        exception)* gets its outcome."""
         def sink(success: bool, values: Any) -> None:
             settle(success, values[0] if success else values)
 
         label = f"{getattr(func, '__qualname__', func)!s}(...)"
-        task = self._make_task(func, APPLY, (tuple(args), dict(kwds or {})), 1, sink, task_timeout, retries, label)
+        return self._make_task(func, APPLY, (tuple(args), dict(kwds or {})), 1, sink, task_timeout, retries, label)
+
+    def _call(self, func: Callable[..., Any], args: Iterable[Any], kwds: dict[str, Any] | None,
+              settle: Callable[[bool, Any], None], claim: Callable[[], bool] | None = None) -> None:
+        """Submit ``func(*args, **kwds)`` (for the executor); *settle* gets the outcome.
+        *claim()*, if given, is called just before the task goes to a worker: False drops
+        the task, unsettled.
+
+        Raises:
+            ValueError: the pool is closed or terminated.
+            procly.PicklingError: *func* or the arguments cannot be pickled.
+        """
+        self._check_running()
+        task = self._call_task(func, args, kwds, settle)
         task.claim = claim
         self._submit([task])
-        return task
 
     def _default_chunksize(self, length: int) -> int:
         chunksize, extra = divmod(length, self._processes * 4)
