@@ -565,19 +565,29 @@ class BufferedConnection(Connection):
     def recv(self) -> Any:
         """Receive an object sent with :meth:`send` (see :meth:`Connection.recv`)."""
         # Fast path: a whole plain message waits in the buffer; unpickle it in place.
-        pos, buf = self._rpos, self._rbuf
-        if len(buf) - pos >= 4 and self._readable and self._handle is not None:
-            (n,) = _HEADER.unpack_from(buf, pos)
-            if 0 <= n <= len(buf) - pos - 4 and (self.max_message_size is None or n <= self.max_message_size):
-                self._rpos = pos + 4 + n
-                # Unpickled in place; the views are released even if loads() raises (a
-                # view kept alive by a traceback would pin the buffer).
-                with memoryview(buf) as whole, whole[pos + 4 : pos + 4 + n] as message:
-                    try:
-                        return pickle.loads(message)  # _serialization.loads, one call less per message
-                    except (pickle.UnpicklingError, EOFError) as exc:
-                        raise pickle.UnpicklingError(f"received data is not a valid pickle: {exc}") from exc
+        pos = self._rpos
+        if self._readable and self._handle is not None and (n := self._whole_frame(pos)) >= 0:
+            self._rpos = pos + 4 + n
+            # Unpickled in place; the views are released even if loads() raises (a view
+            # kept alive by a traceback would pin the buffer).
+            with memoryview(self._rbuf) as whole, whole[pos + 4 : pos + 4 + n] as message:
+                try:
+                    return pickle.loads(message)  # _serialization.loads, one call less per message
+                except (pickle.UnpicklingError, EOFError) as exc:
+                    raise pickle.UnpicklingError(f"received data is not a valid pickle: {exc}") from exc
         return super().recv()
+
+    def _whole_frame(self, pos: int) -> int:
+        """The length of the plain message whose frame lies whole in the read-ahead buffer
+        from *pos*; -1 for anything else (too few bytes, a partial, special or oversized
+        frame: for the general path of recv())."""
+        buf = self._rbuf
+        if len(buf) - pos < 4:
+            return -1
+        (n,) = _HEADER.unpack_from(buf, pos)
+        if n < 0 or n > len(buf) - pos - 4 or (self.max_message_size is not None and n > self.max_message_size):
+            return -1
+        return n
 
     def recv_ready(self) -> list[Any]:
         """Receive one message as :meth:`recv` does (blocking for it), plus every further
@@ -587,13 +597,9 @@ class BufferedConnection(Connection):
         not unpickle stays unread, so the next call raises for it.
         """
         messages = [self.recv()]
-        buf, pos = self._rbuf, self._rpos
-        end, limit = len(buf), self.max_message_size
-        with memoryview(buf) as whole:
-            while end - pos >= 4:
-                (n,) = _HEADER.unpack_from(buf, pos)
-                if n < 0 or n > end - pos - 4 or (limit is not None and n > limit):
-                    break  # a special frame or a partial one: for recv()
+        pos = self._rpos
+        with memoryview(self._rbuf) as whole:
+            while (n := self._whole_frame(pos)) >= 0:
                 with whole[pos + 4 : pos + 4 + n] as message:
                     try:
                         messages.append(pickle.loads(message))

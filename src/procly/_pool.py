@@ -760,7 +760,6 @@ class Pool(PoolAPI):
 
     def _settle_replies(self, worker: _Worker, replies: list[tuple]) -> None:
         inflight = worker.inflight
-        outstanding = self._outstanding
         item_seconds = self._item_seconds
         tasks = wire = 0
         computing = serializing = waiting = 0.0
@@ -785,11 +784,7 @@ class Pool(PoolAPI):
                 if not success:
                     exc, tb = values
                     values = rebuild_exception(exc, tb) if tb else exc
-                # No lock: the callers' threads only add entries, and a dict's pop is
-                # atomic; taking the lock here made every reply wait for a caller
-                # submitting a batch of tasks.
-                outstanding.pop(task.id, None)
-                task.settle(success, values)
+                self._finish(task, success, values)
         finally:
             self._item_seconds = item_seconds
             worker.queued -= wire
@@ -800,7 +795,9 @@ class Pool(PoolAPI):
             done[3] += waiting
 
     def _finish(self, task: _Task, success: bool, values: Any) -> None:
-        # Supervisor thread only (no lock: see _settle_replies).
+        # Supervisor thread only. No lock: the callers' threads only add entries, and a
+        # dict's pop is atomic; taking the lock here made every reply wait for a caller
+        # submitting a batch of tasks.
         self._outstanding.pop(task.id, None)
         task.settle(success, values)
 
