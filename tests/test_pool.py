@@ -476,3 +476,38 @@ def test_pools_work_with_descriptors_past_1023(ctx, descriptors_past_1023):
         assert pool._pool[0].sentinel > 1023
         assert pool.apply(abs, (-4,)) == 4  # dispatch to an idle worker checks its sentinel
         assert pool.map(abs, range(-300, 0), chunksize=1) == list(range(300, 0, -1))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("chunksize", [1, 3, None])
+def test_imap_results_readable_after_close_and_join(ctx, chunksize):
+    # The look-ahead window fills long before 500 items: join() must read the rest of
+    # the input itself instead of waiting for a caller who reads only after it returns.
+    with ctx.Pool(2) as p:
+        ordered = p.imap(targets.square, range(500), chunksize=chunksize)
+        unordered = p.imap_unordered(targets.square, iter(range(500)), chunksize=chunksize)
+        p.close()
+        p.join()
+        assert list(ordered) == [x * x for x in range(500)]
+        assert sorted(unordered) == [x * x for x in range(500)]
+
+
+@pytest.mark.timeout(60)
+def test_imap_endless_input_stops_at_terminate(ctx):
+    with ctx.Pool(2) as p:
+        results = p.imap(targets.square, itertools.count())
+        assert [next(results) for _ in range(5)] == [0, 1, 4, 9, 16]
+        p.terminate()
+        p.join()
+        with pytest.raises((procly.PoolTerminatedError, StopIteration)):
+            for _ in range(100_000):
+                next(results)
+
+
+@pytest.mark.timeout(30)
+def test_thread_pool_imap_results_readable_after_join():
+    with procly.pool.ThreadPool(2) as p:
+        results = p.imap(targets.square, range(2000))
+        p.close()
+        p.join()
+        assert list(results) == [x * x for x in range(2000)]

@@ -37,7 +37,7 @@ from ._connection import MEMFD_THRESHOLD, BufferedConnection, Pipe
 from ._errors import PoolTerminatedError, TaskTimeoutError, WorkerLostError
 from ._finalize import Finalize
 from ._pool_api import PoolAPI, PoolState
-from ._pool_results import ApplyResult, IMapIterator, MapResult, feed_lazily
+from ._pool_results import ApplyResult, IMapIterator, LookAhead, MapResult, feed_lazily
 from ._pool_worker import APPLY, MAP, STARMAP, rebuild_exception, worker_main
 from ._progress import Progress, wanted
 from ._spin import Spinner
@@ -211,6 +211,7 @@ class Pool(PoolAPI):
         self._fds: dict[int, tuple[str, _Worker]] = {}
         self._feeders: list[threading.Thread] = []
         self._active_feeds = 0  # imap feeders still reading input (guarded by _lock)
+        self._windows: set[LookAhead] = set()  # their look-ahead bounds (guarded by _lock)
         for _ in range(processes):
             self._spawn_worker()
         # At interpreter exit, end the pool before procly reaps children (cancelled once
@@ -403,13 +404,13 @@ class Pool(PoolAPI):
         # results: the input is read lazily and an endless generator runs in bounded
         # memory even when the caller is slower than the workers.
         lookahead = self._processes * IMAP_TASKS_AHEAD * (IMAP_ADAPTIVE_ITEMS if chunksize is None else chunksize)
-        slots = threading.Semaphore(lookahead)
+        window = LookAhead(lookahead)
         if chunksize is None:
             chunksize = self._adaptive_chunksize(lookahead)
-        result = iterator_cls(on_consumed=slots.release)
+        result = iterator_cls(on_consumed=window.give)
         feeder = threading.Thread(
             target=self._feed_imap,
-            args=(result, func, iter(iterable), chunksize, slots, task_timeout, retries, progress, on_result),
+            args=(result, func, iter(iterable), chunksize, window, task_timeout, retries, progress, on_result),
             name="procly-pool-imap-feeder",
             daemon=True,
         )
@@ -417,10 +418,13 @@ class Pool(PoolAPI):
             self._active_feeds += 1
             self._feeders = [f for f in self._feeders if f.is_alive()]
             self._feeders.append(feeder)
+            self._windows.add(window)
+            if self._state is PoolState.TERMINATED:
+                window.stop()
         feeder.start()
         return result
 
-    def _feed_imap(self, result, func, iterator: Iterator[Any], chunksize, slots, task_timeout, retries,
+    def _feed_imap(self, result, func, iterator: Iterator[Any], chunksize, window, task_timeout, retries,
                    progress, on_result) -> None:  # fmt: skip
         name = getattr(func, "__qualname__", str(func))
         total = operator.length_hint(iterator, 0) or None  # a generator's length is unknown
@@ -439,10 +443,11 @@ class Pool(PoolAPI):
             self._submit([self._make_task(func, MAP, chunk, len(chunk), sink, task_timeout, retries, label)])
 
         try:
-            feed_lazily(result, iterator, chunksize, slots, lambda: self._state is PoolState.TERMINATED, submit)
+            feed_lazily(result, iterator, chunksize, window, submit)
         finally:
             with self._lock:
                 self._active_feeds -= 1
+                self._windows.discard(window)
             self._wake()  # a closed pool may be waiting for its last feeder
         if meter is not None:
             meter.set_total(result._length or 0)
@@ -480,6 +485,8 @@ class Pool(PoolAPI):
             already = self._state is PoolState.TERMINATED
             self._state = PoolState.TERMINATED
             workers = list(self._workers.values())
+            for window in self._windows:
+                window.stop()
         if already:
             return
         # Signal the workers from here: they exit while the supervisor wakes up to reap
@@ -501,6 +508,11 @@ class Pool(PoolAPI):
         """
         if self._state is PoolState.RUNNING:
             raise ValueError("Pool is still running")
+        # imap inputs are read to their end now, whether or not their results have been
+        # read: the pool finishes, and the results stay readable afterwards.
+        with self._lock:
+            for window in self._windows:
+                window.open()
         self._supervisor.join()
         for feeder in self._feeders:
             feeder.join()

@@ -215,38 +215,79 @@ class IMapUnorderedIterator(IMapIterator):
 PARTIAL_CHUNK_SECONDS = 0.005
 
 
+class LookAhead:
+    """How far an imap feeder may read its input ahead of the caller: *size* items that
+    were read but not yet returned to the caller.
+
+    ``open()`` lifts the bound for good: the pool is being joined, so the input must be
+    read to its end for the pool to finish (results stay readable afterwards, as in the
+    standard library). ``stop()`` ends the feeder: the pool was terminated.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._free = size
+        self._opened = False
+        self.stopped = False
+
+    def take(self) -> bool:
+        """Wait for room for one more item; False if the feeder must stop."""
+        with self._cond:
+            if not (self._free > 0 or self._opened or self.stopped):
+                self._cond.wait_for(lambda: self._free > 0 or self._opened or self.stopped)
+            if self.stopped:
+                return False
+            self._free -= 1
+            return True
+
+    def give(self) -> None:
+        """The caller consumed one item."""
+        with self._cond:
+            self._free += 1
+            if self._free == 1:
+                self._cond.notify()
+
+    def open(self) -> None:
+        with self._cond:
+            self._opened = True
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self.stopped = True
+            self._cond.notify_all()
+
+
 def feed_lazily(
     result: IMapIterator,
     iterator: Any,
     chunksize: int | Callable[[], int],
-    slots: threading.Semaphore,
-    stopped: Callable[[], bool],
+    window: LookAhead,
     submit: Callable[[int, list, Callable[[bool, Any], None]], None],
 ) -> None:
-    """Read *iterator* in chunks as *slots* allow and hand each chunk to *submit*.
+    """Read *iterator* in chunks as *window* allows and hand each chunk to *submit*.
 
     *chunksize* is a number, or a callable asked before each chunk (adaptive chunks:
     such a chunk also goes out as soon as reading it has taken PARTIAL_CHUNK_SECONDS,
     so a slow input never holds back results).
 
-    *slots* counts items the caller has not consumed yet (``result`` releases one per
+    *window* counts items the caller has not consumed yet (``result`` gives one back per
     item it returns), so the input is read only as fast as results are used: an
     endless generator runs in bounded memory. *submit(start, chunk, sink)* starts the
     work; *sink(success, values)* fills the chunk's places in *result*. An exception
     raised by the input itself takes its place in the results and ends the input.
-    Runs in a thread of its own; returns when the input ends or *stopped()* is true.
+    Runs in a thread of its own; returns when the input ends or the window is stopped.
     """
     position = 0
     adaptive = callable(chunksize)
-    while not stopped():
+    while not window.stopped:
         chunk: list = []
         size = chunksize() if adaptive else chunksize
         began = time.monotonic()
         try:
             for _ in range(size):
-                while not slots.acquire(timeout=0.2):
-                    if stopped():
-                        raise StopIteration
+                if not window.take():
+                    raise StopIteration
                 chunk.append(next(iterator))
                 if adaptive and time.monotonic() - began > PARTIAL_CHUNK_SECONDS:
                     break

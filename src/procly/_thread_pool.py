@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 
 from ._errors import PoolTerminatedError
 from ._pool import IMAP_TASKS_AHEAD, PoolState
-from ._pool_results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult, feed_lazily
+from ._pool_results import ApplyResult, IMapIterator, IMapUnorderedIterator, LookAhead, MapResult, feed_lazily
 
 __all__ = ["ThreadPool"]
 
@@ -40,6 +40,7 @@ class ThreadPool:
         self._lock = threading.Lock()
         self._futures: set[Future] = set()
         self._feeders: list[threading.Thread] = []
+        self._windows: list[LookAhead] = []  # imap look-ahead bounds: opened by join, stopped by terminate
 
     def _check_running(self) -> None:
         if self._state is not PoolState.RUNNING:
@@ -108,17 +109,20 @@ class ThreadPool:
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize}")
-        slots = threading.Semaphore(self._processes * IMAP_TASKS_AHEAD * chunksize)
-        result = cls(on_consumed=slots.release)
+        window = LookAhead(self._processes * IMAP_TASKS_AHEAD * chunksize)
+        result = cls(on_consumed=window.give)
 
         def submit(start: int, chunk: list, sink: Callable[[bool, Any], None]) -> None:
             self._run(lambda: [func(x) for x in chunk], sink)
 
         def feed() -> None:
-            feed_lazily(result, iter(iterable), chunksize, slots, lambda: self._state is PoolState.TERMINATED, submit)
+            feed_lazily(result, iter(iterable), chunksize, window, submit)
 
         feeder = threading.Thread(target=feed, name="procly-threadpool-feeder", daemon=True)
         self._feeders.append(feeder)
+        self._windows.append(window)
+        if self._state is PoolState.TERMINATED:
+            window.stop()
         feeder.start()
         return result
 
@@ -135,11 +139,15 @@ class ThreadPool:
     def terminate(self) -> None:
         """Cancel what has not started and fail it; running tasks finish (threads cannot be killed)."""
         self._state = PoolState.TERMINATED
+        for window in self._windows:
+            window.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def join(self) -> None:
         if self._state is PoolState.RUNNING:
             raise ValueError("Pool is still running")
+        for window in self._windows:
+            window.open()  # imap inputs are read to their end: results stay readable
         for feeder in self._feeders:
             feeder.join()
         self._executor.shutdown(wait=True)

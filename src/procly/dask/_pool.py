@@ -37,7 +37,7 @@ from distributed.scheduler import KilledWorker
 from .. import _serialization
 from .._errors import PicklingError, PoolTerminatedError, TaskTimeoutError, WorkerLostError
 from .._pool_api import PoolAPI, PoolState
-from .._pool_results import ApplyResult, IMapIterator, MapResult, feed_lazily
+from .._pool_results import ApplyResult, IMapIterator, LookAhead, MapResult, feed_lazily
 from .._progress import Progress, wanted
 from . import _tasks
 
@@ -111,6 +111,7 @@ class Pool(PoolAPI):
         self._idle = threading.Condition(self._lock)
         self._pending: dict[str, Any] = {}
         self._active_feeds = 0
+        self._windows: set[LookAhead] = set()  # imap look-ahead bounds: opened by join, stopped by terminate
         self._cluster: LocalCluster | None = None
         self._owns_client = client is None
         if client is None:
@@ -181,6 +182,8 @@ class Pool(PoolAPI):
                 return
             self._state = PoolState.TERMINATED
             pending = list(self._pending.values())
+            for window in self._windows:
+                window.stop()
         if pending and self._client is not None:
             try:
                 self._client.cancel(pending, force=True)
@@ -199,6 +202,8 @@ class Pool(PoolAPI):
         if self._state is PoolState.RUNNING:
             raise ValueError("Pool is still running")
         with self._lock:
+            for window in self._windows:
+                window.open()  # imap inputs are read to their end: results stay readable
             self._idle.wait_for(lambda: not self._pending and not self._active_feeds)
         self._release()
 
@@ -343,8 +348,8 @@ class Pool(PoolAPI):
             raise ValueError(f"Chunksize must be 1+, not {chunksize}")
         cache: dict[int, Any] = {}
         shipped = self._ship_function(func, cache)
-        slots = threading.Semaphore(self._workers() * IMAP_CHUNKS_PER_WORKER * chunksize)
-        result = iterator_cls(on_consumed=slots.release)
+        window = LookAhead(self._workers() * IMAP_CHUNKS_PER_WORKER * chunksize)
+        result = iterator_cls(on_consumed=window.give)
         iterator: Iterator[Any] = iter(iterable)
         meter = Progress(operator.length_hint(iterator, 0) or None, progress, on_result) \
             if wanted(progress, on_result) else None
@@ -364,16 +369,20 @@ class Pool(PoolAPI):
 
         def feed() -> None:
             try:
-                feed_lazily(result, iterator, chunksize, slots, lambda: self._state is PoolState.TERMINATED, submit)
+                feed_lazily(result, iterator, chunksize, window, submit)
             finally:
                 with self._lock:
                     self._active_feeds -= 1
+                    self._windows.discard(window)
                     self._idle.notify_all()
                 if meter is not None:
                     meter.close()
 
         with self._lock:
             self._active_feeds += 1
+            self._windows.add(window)
+            if self._state is PoolState.TERMINATED:
+                window.stop()
         threading.Thread(target=feed, name="procly-dask-imap-feeder", daemon=True).start()
         return result
 
