@@ -511,3 +511,67 @@ def test_thread_pool_imap_results_readable_after_join():
         p.close()
         p.join()
         assert list(results) == [x * x for x in range(2000)]
+
+
+@pytest.mark.timeout(60)
+def test_fork_server_killed_or_unreachable_is_replaced():
+    from procly import _state
+
+    ctx = procly.get_context("forkserver")
+    with ctx.Pool(2, maxtasksperchild=1) as p:  # a new worker for every task
+        assert p.map(targets.square, range(4)) == [0, 1, 4, 9]
+        os.kill(_state.get().forkserver._process.pid, signal.SIGKILL)
+        assert p.map(targets.square, range(10)) == [x * x for x in range(10)]
+        os.unlink(_state.get().forkserver.address)  # its socket can no longer be reached
+        assert p.map(targets.square, range(10)) == [x * x for x in range(10)]
+
+
+@pytest.mark.timeout(60)
+def test_worker_start_failures_do_not_end_the_supervisor(ctx, monkeypatch):
+    with ctx.Pool(1) as p:
+        real_spawn = p._spawn_worker
+        failures = iter([True, True, False])
+
+        def flaky_spawn():
+            if next(failures, False):
+                raise OSError("no memory for a fork (simulated)")
+            real_spawn()
+
+        monkeypatch.setattr(p, "_spawn_worker", flaky_spawn)
+        with pytest.raises(procly.WorkerLostError):
+            p.apply(targets.die_on, (1, 1))
+        # The replacement failed twice before it started: the pool still works.
+        assert p.map(targets.square, range(20)) == [x * x for x in range(20)]
+
+
+@pytest.mark.timeout(60)
+def test_pool_that_cannot_start_workers_fails_tasks(ctx, monkeypatch):
+    with ctx.Pool(1) as p:
+
+        def broken_spawn():
+            raise OSError("cannot start anything (simulated)")
+
+        monkeypatch.setattr(p, "_spawn_worker", broken_spawn)
+        with pytest.raises(procly.WorkerLostError):
+            p.apply(targets.die_on, (1, 1))
+        with pytest.raises(procly.StartError, match="could not start a worker"):
+            p.apply(targets.square, (3,))
+        monkeypatch.undo()  # starts work again: the pool recovers
+        assert p.apply_async(targets.square, (4,)).get(timeout=30) == 16
+
+
+@pytest.mark.timeout(60)
+def test_unexpected_supervisor_error_is_survived(ctx, monkeypatch, capsys):
+    with ctx.Pool(2) as p:
+        real_restart = p._restart_missing
+        calls = itertools.count()
+
+        def buggy():
+            if next(calls) == 0:
+                raise RuntimeError("a bug in one supervisor step (simulated)")
+            real_restart()
+
+        monkeypatch.setattr(p, "_restart_missing", buggy)
+        p._wake()
+        assert p.map(targets.square, range(50)) == [x * x for x in range(50)]
+        assert "a bug in one supervisor step" in capsys.readouterr().err

@@ -25,6 +25,7 @@ import os
 import pickle
 import select
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -34,7 +35,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import _serialization
 from ._connection import MEMFD_THRESHOLD, BufferedConnection, Pipe
-from ._errors import PoolTerminatedError, TaskTimeoutError, WorkerLostError
+from ._errors import PoolTerminatedError, StartError, TaskTimeoutError, WorkerLostError
 from ._finalize import Finalize
 from ._pool_api import PoolAPI, PoolState
 from ._pool_results import ApplyResult, IMapIterator, LookAhead, MapResult, feed_lazily
@@ -63,6 +64,13 @@ ENVELOPE_OUT_OF_BAND = 4096  # task payloads from this size travel beside the en
 ADAPTIVE_CHUNK_SECONDS = 0.002
 IMAP_ADAPTIVE_ITEMS = 4
 TERMINATE_GRACE = 1.0
+# A worker that cannot be started is tried again after RESTART_PAUSE * 2**failures seconds
+# (at most RESTART_PAUSE_MAX); with no worker left, START_ATTEMPTS failures in a row fail
+# the queued tasks. SUPERVISOR_ERRORS unexpected errors in a row end the pool.
+RESTART_PAUSE = 0.025
+RESTART_PAUSE_MAX = 2.0
+START_ATTEMPTS = 3
+SUPERVISOR_ERRORS = 100
 _READY = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 
 
@@ -210,6 +218,9 @@ class Pool(PoolAPI):
         self._poller.register(self._wake_r, _READY)
         self._fds: dict[int, tuple[str, _Worker]] = {}
         self._feeders: list[threading.Thread] = []
+        self._missing = 0  # workers to start again after a failed start, at _restart_at
+        self._start_failures = 0  # failed starts in a row
+        self._restart_at = 0.0
         self._active_feeds = 0  # imap feeders still reading input (guarded by _lock)
         self._windows: set[LookAhead] = set()  # their look-ahead bounds (guarded by _lock)
         for _ in range(processes):
@@ -561,8 +572,13 @@ class Pool(PoolAPI):
             name=f"PoolWorker-{next(_worker_numbers)}",
             daemon=True,
         )
-        process.start()
-        child_end.close()
+        try:
+            process.start()
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
         parent_end = BufferedConnection.adopt(parent_end)  # one read takes every reply waiting
         done = self._done.setdefault(process.name, [0, 0.0, 0.0, 0.0])
         worker = self._workers[parent_end] = _Worker(process, parent_end, done)
@@ -570,14 +586,50 @@ class Pool(PoolAPI):
             self._fds[fd] = (kind, worker)
             self._poller.register(fd, _READY)
 
-    def _supervise(self) -> None:
+    def _replace_worker(self) -> None:
+        """Start a worker in place of one that left. A start that fails (the fork server
+        died, no memory for a fork) is tried again later with a growing pause; while the
+        pool has no worker at all, repeated failures fail the queued tasks with the error
+        instead of leaving them waiting."""
         try:
-            while self._step():
-                pass
-        except BaseException:  # a bug here must not leave callers waiting for ever
-            import traceback
+            self._spawn_worker()
+        except Exception as exc:  # noqa: BLE001 - the supervisor must outlive any start failure
+            self._missing += 1
+            self._start_failures += 1
+            self._restart_at = time.monotonic() + min(RESTART_PAUSE_MAX, RESTART_PAUSE * 2**self._start_failures)
+            if not self._workers and self._start_failures >= START_ATTEMPTS:
+                error = StartError(f"the pool could not start a worker ({self._start_failures} attempts): {exc}")
+                with self._lock:
+                    failed = list(self._pending)
+                    self._pending.clear()
+                for task in failed:
+                    self._finish(task, False, error)
+        else:
+            self._start_failures = 0
 
-            traceback.print_exc()
+    def _restart_missing(self) -> None:
+        if self._missing and time.monotonic() >= self._restart_at:
+            missing, self._missing = self._missing, 0
+            for _ in range(missing):
+                self._replace_worker()
+
+    def _supervise(self) -> None:
+        failures = 0
+        try:
+            while True:
+                try:
+                    if not self._step():
+                        break
+                    failures = 0
+                except Exception:  # noqa: BLE001 - a bug in one step must not end the supervisor
+                    failures += 1
+                    import traceback
+
+                    print("procly: the pool's supervisor survived an unexpected error:", file=sys.stderr)
+                    traceback.print_exc()
+                    if failures >= SUPERVISOR_ERRORS:
+                        raise
+        except BaseException:  # nothing works any more: callers must not wait for ever
             with self._lock:
                 self._state = PoolState.TERMINATED
             raise
@@ -590,11 +642,14 @@ class Pool(PoolAPI):
             return False
         if self._cancelled:
             self._stop_cancelled()
+        self._restart_missing()
         self._dispatch()
         if self._state is PoolState.CLOSED and not self._outstanding and not self._active_feeds:
             return False
         now = time.monotonic()
         deadlines = [w.inflight[0].deadline for w in self._workers.values() if w.inflight and w.inflight[0].deadline]
+        if self._missing:
+            deadlines.append(self._restart_at)
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
         ms = -1 if timeout is None else int(timeout * 1000 + 0.999)
         # Spin first: a reply, or a caller's next task, often comes within µs of the last event.
@@ -875,7 +930,7 @@ class Pool(PoolAPI):
                 task.deadline = None
                 self._pending.appendleft(task)
         if self._state is not PoolState.TERMINATED and (self._state is PoolState.RUNNING or self._outstanding):
-            self._spawn_worker()
+            self._replace_worker()
 
     def _shutdown(self) -> None:
         """Stop every worker; fail what is left if the pool was terminated."""

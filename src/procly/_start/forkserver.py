@@ -43,8 +43,14 @@ _SERVER_CODE = "from procly._start.forkserver import serve; serve()"
 _MAX_FDS = 256
 
 
+class _NotSent(StartError):
+    """The request never reached the fork server: asking a new one cannot start the child twice."""
+
+
 class ForkServerChild(PidfdSignals):
-    """A child forked by the fork server: status arrives on a socket, signals via pidfd.
+    """A child forked by the fork server: its pidfd is the sentinel and the target of
+    signals, its exit code arrives on a socket from the server (255 if the server died
+    before it could tell: the child itself lives on when its server dies).
 
     The socket is kept as a bare descriptor: a socket object caught in a reference cycle
     could be finalized before this handle and warn about a socket left open.
@@ -55,7 +61,7 @@ class ForkServerChild(PidfdSignals):
         self.returncode: int | None = None
         self._pidfd: int | None = pidfd
         self._fd: int | None = sock.detach()
-        self.sentinel = self._fd
+        self.sentinel = pidfd
         self._lock = threading.Lock()
 
     def _read_status(self) -> int | None:
@@ -69,23 +75,17 @@ class ForkServerChild(PidfdSignals):
                     data += chunk
                 # EOF without a status: the server died before reporting.
                 self.returncode = _STATUS.unpack(data)[0] if len(data) == _STATUS.size else 255
-                # Keep the sentinel ready from now on, even before the server closes its end.
-                view = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=self._fd)
-                try:
-                    view.shutdown(socket.SHUT_RD)
-                except OSError:
-                    pass
-                finally:
-                    view.detach()
             return self.returncode
 
     def poll(self) -> int | None:
-        if self.returncode is None and self._fd is not None and not wait([self._fd], 0):
+        if self.returncode is None and self._pidfd is not None and not wait([self._pidfd], 0):
             return None
         return self._read_status()
 
     def wait(self, timeout: float | None) -> int | None:
-        if self.returncode is None and self._fd is not None and not wait([self._fd], timeout):
+        # The pidfd is ready once the child has ended; the server reports its exit code
+        # right after reaping it (or closes the socket if it died first).
+        if self.returncode is None and self._pidfd is not None and not wait([self._pidfd], timeout):
             return None
         return self._read_status()
 
@@ -158,13 +158,16 @@ class ForkServer:
         try:
             sock.connect(self.address)
         except OSError as exc:
-            raise StartError(f"cannot reach the fork server: {exc}") from exc
+            raise _NotSent(f"cannot reach the fork server: {exc}") from exc
         read_fd, write_fd = os.pipe()
         # The child writes to *our* stdout/stderr as they are now, not to the ones the
         # server inherited when it started.
         stdio = [_stdio_fd(1), _stdio_fd(2)]
         try:
             socket.send_fds(sock, [b"D" if process.daemon else b"N"], [read_fd, *stdio, *handoff.fds])
+        except OSError as exc:
+            os.close(write_fd)
+            raise _NotSent(f"the fork server did not take the request: {exc}") from exc
         finally:
             for fd in (read_fd, *stdio):
                 os.close(fd)
@@ -173,7 +176,10 @@ class ForkServer:
                 write_start_data(conn, data, payload)
             except BrokenPipeError:
                 pass
-        msg, fds, _, _ = socket.recv_fds(sock, _PID.size, 1, socket.MSG_WAITALL)
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, _PID.size, 1, socket.MSG_WAITALL)
+        except OSError as exc:
+            raise StartError(f"the fork server failed while starting the child: {exc}") from exc
         if len(msg) != _PID.size or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
@@ -213,19 +219,32 @@ class ForkServerStarter:
         self.preload: list[str] = ["__main__"]
         self.executable: str | None = None
 
-    def ensure_running(self) -> ForkServer:
-        """This process's fork server, (re)started if it is not running."""
+    def ensure_running(self, replace: ForkServer | None = None) -> ForkServer:
+        """This process's fork server, (re)started if it is not running or is *replace*."""
         state = _state.get()
         with state.lock:
             server = state.forkserver
-            if server is None or not server.alive():
+            if server is None or server is replace or not server.alive():
+                # A live server being replaced cannot be reached any more (its socket was
+                # removed): children it forked run on, but their exit codes are lost (255).
                 if server is not None:
                     server.stop()
                 server = state.forkserver = ForkServer(self.preload, self.executable)
         return server
 
     def start(self, process: Any) -> ForkServerChild:
-        return self.ensure_running().start(process)
+        """Start *process* through the fork server; a server that died or stopped
+        answering (killed, its socket gone) is replaced once and asked again.
+
+        Raises:
+            StartError: the child could not be started, even by a fresh fork server.
+        """
+        server = self.ensure_running()
+        try:
+            return server.start(process)
+        except _NotSent:
+            # Asked again only if the old server cannot have forked the child already.
+            return self.ensure_running(replace=server).start(process)
 
 
 # --------------------------------------------------------------------------- server
