@@ -160,3 +160,67 @@ def test_bound_methods_pickle_by_reference():
     assert b"<dynamic-code>" not in data and b"co_code" not in data
     assert _serialization.loads(data)() == "_WithClassmethod"
     assert _serialization.loads(_serialization.dumps(_WithClassmethod().method))() == "bound"
+
+
+GUARDED_SCRIPT = """import sys
+import procly
+
+class Top:
+    def __init__(self, v): self.v = v
+
+def top(x):
+    return x + 1
+
+def child_put(q, item):
+    q.put(item)
+
+if __name__ == "__main__":
+    procly.set_start_method(sys.argv[1])
+    pool = procly.Pool(2)
+
+    def inner(x):
+        return x * 3
+
+    factor = 5
+    closure = lambda x: x * factor
+
+    class Guarded:
+        def __init__(self, v): self.v = v
+        def get(self): return self.v
+
+    def target(q, obj):
+        q.put((obj.get(), isinstance(obj, Guarded)))
+
+    print(pool.map(inner, range(3)), pool.map(closure, range(3)), pool.map(top, range(3)))
+    print(pool.apply(Guarded, (7,)).get())
+    q = procly.Queue()
+    p = procly.Process(target=target, args=(q, Guarded(4)))
+    p.start(); print(q.get(timeout=10)); p.join()
+    p = procly.Process(target=child_put, args=(q, Top(9)))
+    p.start(); r = q.get(timeout=10); print(r.v, type(r) is Top); p.join()
+    pool.close(); pool.join()
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_main_functions_defined_after_the_pool_started(tmp_path, method):
+    """Functions, closures and classes defined under the main guard, after the workers
+    started: the reference carries a copy the children fall back on; top-level names keep
+    their identity."""
+    script = tmp_path / "script.py"
+    script.write_text(GUARDED_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=100)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[0, 3, 6] [0, 5, 10] [1, 2, 3]", "7", "(4, True)", "9 True"]
+
+
+def test_top_level_names_of_the_main_script(tmp_path):
+    script = tmp_path / "m.py"
+    script.write_text(
+        "import os\nA = 1\ndef f(): pass\nclass C: pass\ntry:\n    g = 2\nexcept ImportError:\n    h = 3\n"
+        "if __name__ == '__main__':\n    def inner(): pass\n    B = 2\nelse:\n    other = 1\n"
+        "if '__main__' == __name__:\n    skipped = 1\n"
+    )
+    assert _serialization._top_level_names(str(script)) == {"A", "f", "C", "g", "h", "other"}
+    assert _serialization._top_level_names(str(tmp_path / "missing.py")) is None

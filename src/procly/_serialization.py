@@ -76,6 +76,71 @@ def _main_attr(qualname: str) -> Any:
     return obj
 
 
+def _main_attr_or_copy(qualname: str, copy: bytes) -> Any:
+    """``__main__``'s *qualname* where this process has it (identity kept), else the copy
+    made when it was pickled: a function or class defined inside the main script's
+    ``if __name__ == "__main__":`` block, or after a pool's workers started."""
+    try:
+        return _main_attr(qualname)
+    except AttributeError:
+        return pickle.loads(copy)
+
+
+_children_define: dict[str, frozenset[str] | None] = {}
+
+
+def _names_children_define() -> frozenset[str] | None:
+    """Top-level names that re-importing the main script defines: those bound outside
+    its ``if __name__ == "__main__":`` blocks. None when the source cannot be read."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path:
+        return None
+    if path not in _children_define:
+        _children_define[path] = _top_level_names(path)
+    return _children_define[path]
+
+
+def _top_level_names(path: str) -> frozenset[str] | None:
+    import ast
+
+    try:
+        with open(path, "rb") as source:
+            tree = ast.parse(source.read(), path)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    names: set[str] = set()
+
+    def visit(statements: list[ast.stmt]) -> None:
+        for node in statements:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.If) and _is_main_guard(node.test):
+                visit(node.orelse)  # the body runs only in the parent
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+            elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
+                for field in ("body", "orelse", "finalbody", "handlers"):
+                    visit(getattr(node, field, []))
+            elif isinstance(node, ast.ExceptHandler):
+                visit(node.body)
+
+    visit(tree.body)
+    return frozenset(names)
+
+
+def _is_main_guard(test: ast.expr) -> bool:
+    import ast
+
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides) and any(
+        isinstance(s, ast.Constant) and s.value == "__main__" for s in sides
+    )
+
+
 def _lookup_main(obj: Any) -> str | None:
     qualname = getattr(obj, "__qualname__", None)
     if not qualname or "<" in qualname:
@@ -119,7 +184,12 @@ class Pickler(cloudpickle.Pickler):
             if self.main_by_reference and _main_module_importable():
                 qualname = _lookup_main(obj)
                 if qualname is not None:
-                    return _main_attr, (qualname,)
+                    defined = _names_children_define()
+                    if defined is not None and qualname.partition(".")[0] in defined:
+                        return _main_attr, (qualname,)
+                    # A child may lack it (defined under the main guard, or after the
+                    # child started): the reference carries a copy to fall back on.
+                    return _main_attr_or_copy, (qualname, _copy_of(obj))
         elif cls is memoryview and obj.contiguous:
             return memoryview, (pickle.PickleBuffer(obj),)
         elif cls is types.MethodType or cls is types.BuiltinMethodType:
@@ -133,6 +203,15 @@ class Pickler(cloudpickle.Pickler):
                 if getattr(obj.__self__, name, None) == obj:
                     return getattr, (obj.__self__, name)
         return super().reducer_override(obj)
+
+
+def _copy_of(obj: Any) -> bytes:
+    """*obj* (a ``__main__`` function or class) pickled by value."""
+    stream = io.BytesIO()
+    pickler = Pickler(stream, PROTOCOL)
+    pickler.main_by_reference = False
+    pickler.dump(obj)
+    return stream.getvalue()
 
 
 def _module_singleton_method(method: Any) -> tuple[str, str] | None:
