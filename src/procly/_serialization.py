@@ -25,11 +25,14 @@ import io
 import pickle
 import sys
 import types
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import cloudpickle
 
 from ._errors import PicklingError
+
+if TYPE_CHECKING:
+    import ast
 
 PROTOCOL = 5
 
