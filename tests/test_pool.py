@@ -575,3 +575,32 @@ def test_unexpected_supervisor_error_is_survived(ctx, monkeypatch, capsys):
         p._wake()
         assert p.map(targets.square, range(50)) == [x * x for x in range(50)]
         assert "a bug in one supervisor step" in capsys.readouterr().err
+
+
+DROPPED_POOL = """
+import sys, procly
+def f(x):
+    return x
+if __name__ == "__main__":
+    p = procly.get_context(sys.argv[1]).Pool(2)
+    print(p.map(f, range(3)))
+    if sys.argv[2] == "close":
+        p.close()
+        p.join()
+    del p
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["drop", "close"])
+def test_pool_left_running_warns_like_the_standard_library(tmp_path, ctx, how):
+    import subprocess
+    import sys
+
+    script = tmp_path / "dropped.py"
+    script.write_text(DROPPED_POOL)
+    argv = [sys.executable, "-W", "always::ResourceWarning", str(script), ctx.get_start_method(), how]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=50)
+    assert out.returncode == 0 and out.stdout == "[0, 1, 2]\n", out.stderr
+    assert ("unclosed running multiprocessing pool" in out.stderr) == (how == "drop"), out.stderr
+    assert "Exception ignored" not in out.stderr

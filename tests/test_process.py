@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -299,3 +300,63 @@ if __name__ == "__main__":
     stubborn_pid, worker_pid = map(int, out.stdout.split())
     assert elapsed < 15
     assert pid_state(stubborn_pid) is None and pid_state(worker_pid) is None
+
+
+NO_GUARD = """
+import sys, procly
+procly.set_start_method(sys.argv[1])
+def f(x):
+    return x
+{body}
+print("done")
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "p = procly.Process(target=f, args=(1,))\np.start()\np.join()",
+        "with procly.Pool(2) as pool:\n    pool.map(f, [1])",
+    ],
+)
+def test_missing_main_guard_is_a_clear_error_once(tmp_path, method, body):
+    script = tmp_path / "noguard.py"
+    script.write_text(NO_GUARD.format(body=body))
+    out = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=50)
+    assert out.returncode == 1 and "done" not in out.stdout
+    assert out.stderr.count("RuntimeError: ") == 1, out.stderr
+    assert 'if __name__ == "__main__":' in out.stderr and "noguard.py, outside" in out.stderr
+
+
+@pytest.mark.timeout(60)
+def test_missing_main_guard_is_fine_under_fork(tmp_path):
+    script = tmp_path / "noguard.py"
+    script.write_text(NO_GUARD.format(body="p = procly.Process(target=f, args=(1,))\np.start()\np.join()"))
+    out = subprocess.run([sys.executable, str(script), "fork"], capture_output=True, text=True, timeout=50)
+    assert out.returncode == 0 and out.stdout == "done\n", out.stderr
+
+
+CHILD_STARTS_ON_IMPORT = """
+import sys, procly
+def f():
+    pass
+if __name__ != "__main__":  # runs only when a child imports this module
+    procly.Process(target=f).start()
+if __name__ == "__main__":
+    p = procly.get_context(sys.argv[1]).Process(target=f)
+    p.start()
+    p.join()
+    print("exit", p.exitcode)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_child_starting_processes_while_importing_main_is_refused(tmp_path, method):
+    script = tmp_path / "child_starts.py"
+    script.write_text(CHILD_STARTS_ON_IMPORT)
+    out = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=50)
+    assert "still importing its parent's main module" in out.stderr
+    assert out.stdout == "exit 1\n"

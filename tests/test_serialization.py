@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import subprocess
@@ -224,3 +225,22 @@ def test_top_level_names_of_the_main_script(tmp_path):
     )
     assert _serialization._top_level_names(str(script)) == {"A", "f", "C", "g", "h", "other"}
     assert _serialization._top_level_names(str(tmp_path / "missing.py")) is None
+
+
+@pytest.mark.parametrize("mode", ["r", "rb", "w", "r+b"])
+def test_open_files_are_refused_not_copied(tmp_path, mode):
+    path = tmp_path / "data.txt"
+    path.write_text("content that must not be copied into a pickle")
+    with open(path, mode) as f, pytest.raises(procly.PicklingError, match="open file"):
+        _serialization.dumps((lambda: None, f))
+    # In-memory streams are plain data and still travel.
+    assert _serialization.loads(_serialization.dumps(io.BytesIO(b"x"))).getvalue() == b"x"
+
+
+def test_pool_refuses_an_open_file_argument(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("x")
+    with procly.get_context("fork").Pool(1) as pool, open(path) as f:
+        with pytest.raises(procly.PicklingError, match="open file"):
+            pool.apply_async(len, (f,))
+        assert pool.apply(len, ("ok",)) == 2

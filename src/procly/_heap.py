@@ -46,12 +46,13 @@ class Arena:
     def __reduce__(self) -> Any:
         return _rebuild_arena, (self.size, _handoff.share_fd(self.fd, "shared memory"), self.key)
 
-    def __del__(self) -> None:
+    def __del__(self, _close: Any = os.close) -> None:
+        # os.close is bound now: at interpreter exit the os module may be cleared first.
         fd = getattr(self, "fd", None)
         if fd is not None:
             self.fd = None
             try:
-                os.close(fd)
+                _close(fd)
             except OSError:
                 pass
 

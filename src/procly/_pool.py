@@ -223,11 +223,21 @@ class Pool(PoolAPI):
         self._restart_at = 0.0
         self._active_feeds = 0  # imap feeders still reading input (guarded by _lock)
         self._windows: set[LookAhead] = set()  # their look-ahead bounds (guarded by _lock)
-        for _ in range(processes):
-            self._spawn_worker()
+        try:
+            for _ in range(processes):
+                self._spawn_worker()
+        except BaseException:
+            for worker in self._workers.values():
+                worker.process.kill()
+                worker.process.join()
+                worker.conn.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._state = PoolState.TERMINATED
+            raise
         # At interpreter exit, end the pool before procly reaps children (cancelled once
         # the pool is down, so that the pool can then be freed).
-        self._exit_finalizer = Finalize(self, self.terminate, exitpriority=15)
+        self._exit_finalizer = Finalize(self, self._end_at_exit, exitpriority=15)
         self._supervisor = threading.Thread(target=self._supervise, name="procly-pool-supervisor", daemon=True)
         self._supervisor.start()
 
@@ -510,6 +520,13 @@ class Pool(PoolAPI):
         self._wake()
         if threading.current_thread() is not self._supervisor:  # e.g. called from a callback
             self._supervisor.join()
+
+    def _end_at_exit(self) -> None:
+        if self._state is PoolState.RUNNING:
+            # Its supervisor kept it alive, so this is where the standard library's warning
+            # for a pool dropped while running would have come.
+            warnings.warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, stacklevel=1, source=self)
+        self.terminate()
 
     def join(self) -> None:
         """Wait for the workers to exit (after close() or terminate()).

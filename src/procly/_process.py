@@ -16,6 +16,7 @@ import weakref
 from typing import Any, Callable, Iterable, Mapping
 
 from . import _finalize, _handoff, _state
+from ._start.prepare import check_main_guard
 from ._wait import wait
 
 __all__ = [
@@ -112,7 +113,9 @@ class BaseProcess:
         if state.current._config.get("daemon"):
             raise AssertionError("daemonic processes are not allowed to have children")
         state.reap()
-        self._handle = self._starter().start(self)
+        starter = self._starter()
+        check_main_guard(starter.method)
+        self._handle = starter.start(self)
         self._sentinel = self._handle.sentinel
         # The target may hold a reference back to this object: break the cycle.
         del self._target, self._args, self._kwargs

@@ -45,6 +45,8 @@ _SMALL_SCALARS = _SCALARS - {bytes}  # never out of band
 
 _extra_reducers: dict[type, Callable[[Any], Any]] = {}
 
+_OPEN_FILES = frozenset({io.TextIOWrapper, io.BufferedReader, io.BufferedWriter, io.BufferedRandom, io.FileIO})
+
 
 def register(type_: type, reduce: Callable[[Any], Any]) -> None:
     """Use ``reduce(obj)`` to pickle instances of *type_* in every procly message.
@@ -193,6 +195,12 @@ class Pickler(cloudpickle.Pickler):
                     # A child may lack it (defined under the main guard, or after the
                     # child started): the reference carries a copy to fall back on.
                     return _main_attr_or_copy, (qualname, _copy_of(obj))
+        elif cls in _OPEN_FILES:
+            # cloudpickle would copy a readable file's whole content into the pickle.
+            raise PicklingError(
+                f"cannot pickle {_describe(obj)}: an open file cannot be sent to another process; "
+                "send its path (and open it there) or its content instead"
+            )
         elif cls is memoryview and obj.contiguous:
             return memoryview, (pickle.PickleBuffer(obj),)
         elif cls is types.MethodType or cls is types.BuiltinMethodType:

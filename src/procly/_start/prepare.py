@@ -77,6 +77,8 @@ def _import_main(module_name: str | None, path: str | None) -> None:
             return
     main_module = types.ModuleType(MAIN_ALIAS)
     sys.modules["__main__"] = sys.modules[MAIN_ALIAS] = main_module
+    global _importing_main
+    _importing_main = True
     try:
         if module_name is not None:
             namespace = runpy.run_module(module_name, run_name=MAIN_ALIAS, alter_sys=True)
@@ -86,5 +88,80 @@ def _import_main(module_name: str | None, path: str | None) -> None:
         if current is not None:
             sys.modules["__main__"] = current
         raise
+    finally:
+        _importing_main = False
     main_module.__dict__.update(namespace)
     sys.modules["__main__"] = sys.modules[MAIN_ALIAS] = main_module
+
+
+_importing_main = False  # this child is importing its parent's main module right now
+
+_GUARD_ADVICE = (
+    "Under the 'spawn' and 'forkserver' start methods every child imports the main module "
+    "again, so code there that starts processes would run in each child too. Put it under "
+    "`if __name__ == \"__main__\":` (after freeze_support() in a frozen program), or use the "
+    "'fork' start method."
+)
+
+_guarded_lines: dict[str, list[tuple[int, int]] | None] = {}
+
+
+def check_main_guard(method: str) -> None:
+    """Refuse to start a child from code that children would run again: (in a child)
+    while the parent's main module is being imported, or, under spawn and forkserver,
+    from the main module's top level outside ``if __name__ == "__main__":``.
+
+    Raises:
+        RuntimeError: naming the line and the fix.
+    """
+    if _importing_main:
+        raise RuntimeError(
+            "a new process was started while this child was still importing its parent's main "
+            "module (the parent started processes outside `if __name__ == \"__main__\":`). " + _GUARD_ADVICE
+        )
+    if method == "fork":
+        return
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or str(path).startswith("<") or getattr(main, "__name__", None) != "__main__":
+        return  # python -c, a REPL, a notebook: children do not import it again
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None) or ""
+    if spec_name.endswith(".__main__") or os.path.basename(path) in ("ipython", "ipython3"):
+        return  # python -m package, or a console-script wrapper: not imported again either
+    frame = sys._getframe(1)
+    namespace = main.__dict__
+    while frame is not None:
+        if frame.f_globals is namespace and frame.f_code.co_name == "<module>":
+            break
+        frame = frame.f_back
+    if frame is None:
+        return  # not started from the main module's top level
+    guarded = _guarded_lines.get(path, ())
+    if guarded == ():
+        guarded = _guarded_lines[path] = _main_guard_lines(path)
+    if guarded is None:
+        return
+    line = frame.f_lineno
+    if not any(first <= line <= last for first, last in guarded):
+        raise RuntimeError(
+            f"a new process was started at line {line} of {path}, outside `if __name__ == "
+            f"\"__main__\":`. " + _GUARD_ADVICE
+        )
+
+
+def _main_guard_lines(path: str) -> list[tuple[int, int]] | None:
+    """Line ranges of the bodies of the main script's ``if __name__ == "__main__":`` blocks."""
+    import ast
+
+    from .._serialization import _is_main_guard
+
+    try:
+        with open(path, "rb") as source:
+            tree = ast.parse(source.read(), path)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    ranges = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _is_main_guard(node.test) and node.body:
+            ranges.append((node.body[0].lineno, node.body[-1].end_lineno or node.body[-1].lineno))
+    return ranges
