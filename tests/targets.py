@@ -417,3 +417,13 @@ def counted_nap(i: int, seconds: float) -> int:
     _runs[i] += 1
     time.sleep(seconds)
     return i * i
+
+
+def wait_for_interrupt(conn):
+    """Tell the parent it is ready, then wait until SIGINT arrives as KeyboardInterrupt."""
+    try:
+        conn.send("ready")
+        while True:
+            time.sleep(60)
+    except KeyboardInterrupt:
+        conn.send("interrupted")

@@ -358,3 +358,27 @@ def test_a_forked_child_does_not_keep_its_parents_lease_alive():
             assert pid_state(child) not in (None, "Z")  # the child still runs
         finally:
             os.kill(child, signal.SIGKILL)
+
+
+def test_python_314_proxy_additions(manager):
+    """SyncManager.set(), list clear()/copy(), dict |, |=, reversed() and fromkeys()."""
+    s = manager.set([1, 2])
+    s |= {3}
+    s -= {1}
+    s ^= {4, 2}
+    s.add(9)
+    assert isinstance(s, procly.managers.SetProxy)
+    assert sorted(s) == [3, 4, 9] and 3 in s and len(s) == 3
+    assert s | {100} == {3, 4, 9, 100} and s & {4, 5} == {4}
+    items = manager.list([1, 2])
+    copy = items.copy()
+    items.clear()
+    assert list(items) == [] and copy == [1, 2]
+    d = manager.dict(a=1, b=2)
+    d |= {"c": 3}
+    assert isinstance(d, procly.managers.DictProxy)
+    assert dict(d) == {"a": 1, "b": 2, "c": 3}
+    assert d | {"z": 0} == {"a": 1, "b": 2, "c": 3, "z": 0}
+    assert {"q": 1} | d == {"q": 1, "a": 1, "b": 2, "c": 3}
+    assert list(reversed(d)) == ["c", "b", "a"]
+    assert d.fromkeys("xy", 0) == {"x": 0, "y": 0}

@@ -360,3 +360,27 @@ def test_child_starting_processes_while_importing_main_is_refused(tmp_path, meth
     out = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=50)
     assert "still importing its parent's main module" in out.stderr
     assert out.stdout == "exit 1\n"
+
+
+@pytest.mark.timeout(30)
+def test_interrupt_raises_keyboard_interrupt_in_the_child(ctx):
+    r, w = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=targets.wait_for_interrupt, args=(w,))
+    p.start()
+    w.close()
+    assert r.recv() == "ready"
+    p.interrupt()
+    assert r.recv() == "interrupted"
+    p.join(20)
+    assert p.exitcode == 0
+    p.interrupt()  # ended: no effect
+
+
+def test_default_pool_size_follows_process_cpu_count(monkeypatch):
+    from procly import _state
+
+    if hasattr(os, "process_cpu_count"):
+        monkeypatch.setattr(os, "process_cpu_count", lambda: 3)
+        assert _state.usable_cpus() == 3
+    else:
+        assert _state.usable_cpus() == len(os.sched_getaffinity(0))

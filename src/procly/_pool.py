@@ -42,6 +42,7 @@ from ._pool_results import ApplyResult, IMapIterator, LookAhead, MapResult, feed
 from ._pool_worker import APPLY, MAP, STARMAP, rebuild_exception, worker_main
 from ._progress import Progress, wanted
 from ._spin import Spinner
+from ._state import usable_cpus
 from ._wait import wait
 
 __all__ = ["Pool"]
@@ -176,7 +177,7 @@ class Pool(PoolAPI):
         self._max_memory = max_memory_per_child
         self._cancelled: list[_Task] = []
         if processes is None:
-            processes = len(os.sched_getaffinity(0)) or 1
+            processes = usable_cpus()
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):

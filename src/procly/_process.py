@@ -134,6 +134,13 @@ class BaseProcess:
         if handle is not None:
             handle.terminate()
 
+    def interrupt(self) -> None:
+        """Send SIGINT to the child: KeyboardInterrupt in its Python code (no effect once
+        it has ended). Python 3.14's ``Process.interrupt()``, on every version."""
+        handle = self._child_handle("interrupt")
+        if handle is not None:
+            handle.interrupt()
+
     def kill(self) -> None:
         """Send SIGKILL to the child (no effect once it has ended)."""
         handle = self._child_handle("kill")

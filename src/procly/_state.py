@@ -177,3 +177,18 @@ def run_exit_hook() -> None:
     if state.forkserver is not None:
         state.forkserver.stop()
         state.forkserver = None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: the default size of pools and executors.
+
+    ``os.process_cpu_count()`` where it exists (Python 3.13+: it honours
+    ``PYTHON_CPU_COUNT`` and ``-X cpu_count``), else the CPU affinity mask.
+    """
+    count = getattr(os, "process_cpu_count", None)
+    if count is not None:
+        return count() or 1
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -14,7 +14,7 @@ from .managers import BaseProxy, MakeProxyType
 
 __all__ = [
     "AcquirerProxy", "ArrayProxy", "AsyncResultProxy", "BarrierProxy", "ConditionProxy", "DictProxy", "EventProxy",
-    "IteratorProxy", "ListProxy", "NamespaceProxy", "PoolProxy", "ValueProxy",
+    "IteratorProxy", "ListProxy", "NamespaceProxy", "PoolProxy", "SetProxy", "ValueProxy",
 ]  # fmt: skip
 
 
@@ -163,9 +163,15 @@ class ValueProxy(BaseProxy):
 
 _LIST_METHODS = ("__add__", "__contains__", "__delitem__", "__getitem__", "__len__", "__mul__", "__reversed__",
                  "__rmul__", "__setitem__", "append", "count", "extend", "index", "insert", "pop", "remove",
-                 "reverse", "sort", "__imul__")  # fmt: skip
+                 "reverse", "sort", "__imul__", "clear", "copy")  # fmt: skip
 _DICT_METHODS = ("__contains__", "__delitem__", "__getitem__", "__iter__", "__len__", "__setitem__", "clear",
-                 "copy", "get", "items", "keys", "pop", "popitem", "setdefault", "update", "values")  # fmt: skip
+                 "copy", "get", "items", "keys", "pop", "popitem", "setdefault", "update", "values",
+                 "__or__", "__ror__", "__ior__", "__reversed__", "fromkeys")  # fmt: skip
+_SET_METHODS = ("__and__", "__contains__", "__iand__", "__ior__", "__isub__", "__iter__", "__ixor__", "__len__",
+                "__or__", "__rand__", "__ror__", "__rsub__", "__rxor__", "__sub__", "__xor__", "add", "clear", "copy",
+                "difference", "difference_update", "discard", "intersection", "intersection_update", "isdisjoint",
+                "issubset", "issuperset", "pop", "remove", "symmetric_difference", "symmetric_difference_update",
+                "union", "update")  # fmt: skip
 
 
 class ListProxy(MakeProxyType("BaseListProxy", _LIST_METHODS)):  # type: ignore[misc]
@@ -180,7 +186,33 @@ class ListProxy(MakeProxyType("BaseListProxy", _LIST_METHODS)):  # type: ignore[
 
 class DictProxy(MakeProxyType("BaseDictProxy", _DICT_METHODS)):  # type: ignore[misc]
     # Iterating runs over the server's dict: changing it meanwhile raises RuntimeError, as locally.
+    _method_to_typeid_ = {"__iter__": "Iterator", "__reversed__": "Iterator"}
+
+    def __ior__(self, value: Any) -> DictProxy:
+        self._callmethod("__ior__", (value,))
+        return self
+
+
+class SetProxy(MakeProxyType("BaseSetProxy", _SET_METHODS)):  # type: ignore[misc]
+    """A set in the server (``SyncManager.set()``); in-place operators change it there."""
+
     _method_to_typeid_ = {"__iter__": "Iterator"}
+
+    def __ior__(self, value: Any) -> SetProxy:
+        self._callmethod("__ior__", (value,))
+        return self
+
+    def __iand__(self, value: Any) -> SetProxy:
+        self._callmethod("__iand__", (value,))
+        return self
+
+    def __isub__(self, value: Any) -> SetProxy:
+        self._callmethod("__isub__", (value,))
+        return self
+
+    def __ixor__(self, value: Any) -> SetProxy:
+        self._callmethod("__ixor__", (value,))
+        return self
 
 
 ArrayProxy = MakeProxyType("ArrayProxy", ("__len__", "__getitem__", "__setitem__"))

@@ -8,7 +8,6 @@ objects are fine, and tasks share the process's memory. It runs on
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterable
@@ -16,6 +15,7 @@ from typing import Any, Callable, Iterable
 from ._errors import PoolTerminatedError
 from ._pool import IMAP_TASKS_AHEAD, PoolState
 from ._pool_results import ApplyResult, IMapIterator, IMapUnorderedIterator, LookAhead, MapResult, feed_lazily
+from ._state import usable_cpus
 
 __all__ = ["ThreadPool"]
 
@@ -31,7 +31,7 @@ class ThreadPool:
         self, processes: int | None = None, initializer: Callable[..., Any] | None = None, initargs: Iterable = ()
     ) -> None:
         if processes is None:
-            processes = os.cpu_count() or 1
+            processes = usable_cpus()
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")
         self._processes = processes

@@ -42,7 +42,7 @@ from ._wait import wait
 __all__ = [
     "AcquirerProxy", "ArrayProxy", "AutoProxy", "BarrierProxy", "BaseManager", "BaseProxy", "ConditionProxy",
     "DictProxy", "EventProxy", "IteratorProxy", "ListProxy", "MakeProxyType", "Namespace", "NamespaceProxy",
-    "PoolProxy", "RebuildProxy", "RemoteError", "Server", "SharedMemoryManager", "SyncManager", "Token",
+    "PoolProxy", "RebuildProxy", "RemoteError", "Server", "SetProxy", "SharedMemoryManager", "SyncManager", "Token",
     "ValueProxy",
 ]  # fmt: skip
 
@@ -939,6 +939,7 @@ def _register_sync_types() -> None:
         ListProxy,
         NamespaceProxy,
         PoolProxy,
+        SetProxy,
         ValueProxy,
     )
 
@@ -946,6 +947,7 @@ def _register_sync_types() -> None:
     register = SyncManager.register
     register("dict", dict, DictProxy)
     register("list", list, ListProxy)
+    register("set", set, SetProxy)
     register("Namespace", Namespace, NamespaceProxy)
     register("Value", _Value, ValueProxy)
     register("Array", _Array, ArrayProxy)
@@ -979,4 +981,5 @@ from ._sync_proxies import IteratorProxy as IteratorProxy  # noqa: E402
 from ._sync_proxies import ListProxy as ListProxy  # noqa: E402
 from ._sync_proxies import NamespaceProxy as NamespaceProxy  # noqa: E402
 from ._sync_proxies import PoolProxy as PoolProxy  # noqa: E402
+from ._sync_proxies import SetProxy as SetProxy  # noqa: E402
 from ._sync_proxies import ValueProxy as ValueProxy  # noqa: E402

@@ -63,6 +63,9 @@ class PidfdSignals:
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
 
+    def interrupt(self) -> None:
+        self._signal(signal.SIGINT)
+
 
 class DirectChild(PidfdSignals):
     """A child created by this process (fork, spawn): a pidfd plus waitpid.
