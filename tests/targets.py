@@ -427,3 +427,34 @@ def wait_for_interrupt(conn):
             time.sleep(60)
     except KeyboardInterrupt:
         conn.send("interrupted")
+
+
+def run_inner_pool(method, n):
+    """A pool started inside a pool worker."""
+    import procly
+
+    with procly.get_context(method).Pool(2) as inner:
+        return inner.map(square, range(n))
+
+
+def run_inner_process(method):
+    import procly
+
+    p = procly.get_context(method).Process(target=square, args=(2,))
+    p.start()
+    p.join()
+    return p.exitcode
+
+
+def start_grandchildren_and_sleep(method, pids_path):
+    """Start a procly child and a subprocess that both sleep, record their pids, then sleep."""
+    import subprocess
+
+    import procly
+
+    child = procly.get_context(method).Process(target=sleep, args=(60,))
+    child.start()
+    proc = subprocess.Popen(["sleep", "60"])
+    with open(pids_path, "w") as f:
+        f.write(f"{child.pid} {proc.pid}\n")
+    time.sleep(60)

@@ -106,3 +106,39 @@ def test_sigkilled_parent_leaves_nothing_behind(ctx, tmp_path, pool_state):
             parent.kill()
             parent.wait()
         parent.stdout.close()
+
+
+NESTED_PARENT = """
+import sys, time, procly
+from tests import targets
+
+if __name__ == "__main__":
+    ctx = procly.get_context(sys.argv[1])
+    pool = ctx.Pool(1)
+    result = pool.apply_async(targets.start_grandchildren_and_sleep, (sys.argv[1], sys.argv[2]))
+    while True:
+        time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_parent_sigkill_ends_what_pool_tasks_started(ctx, tmp_path):
+    script = tmp_path / "nested.py"
+    script.write_text(NESTED_PARENT)
+    pids_file = tmp_path / "pids"
+    parent = subprocess.Popen(
+        [sys.executable, str(script), ctx.get_start_method(), str(pids_file)],
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    try:
+        assert wait_until(lambda: pids_file.exists() and pids_file.read_text().endswith("\n"), timeout=30)
+        pids = [int(x) for x in pids_file.read_text().split()]
+        assert not any(_gone(pid) for pid in pids)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        # The worker (a daemon) ends with its owner, and takes its task's children with it:
+        # a procly child and a plain subprocess.
+        assert wait_until(lambda: all(_gone(pid) for pid in pids), timeout=15), [pid_state(p) for p in pids]
+    finally:
+        if parent.poll() is None:
+            parent.kill()

@@ -19,6 +19,7 @@ import procly
 from procly.pool import RemoteTraceback
 
 from . import targets
+from .conftest import pid_state, wait_until
 
 
 @pytest.fixture
@@ -604,3 +605,24 @@ def test_pool_left_running_warns_like_the_standard_library(tmp_path, ctx, how):
     assert out.returncode == 0 and out.stdout == "[0, 1, 2]\n", out.stderr
     assert ("unclosed running multiprocessing pool" in out.stderr) == (how == "drop"), out.stderr
     assert "Exception ignored" not in out.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_may_start_processes_and_pools(ctx):
+    with ctx.Pool(2) as p:
+        assert p.apply(targets.run_inner_pool, (ctx.get_start_method(), 5)) == [x * x for x in range(5)]
+        assert p.apply(targets.run_inner_process, (ctx.get_start_method(),)) == 0
+
+
+@pytest.mark.timeout(60)
+def test_task_timeout_ends_what_the_task_started(ctx, tmp_path):
+    pids_file = tmp_path / "pids"
+    with ctx.Pool(1, task_timeout=2) as p:
+        with pytest.raises(procly.TaskTimeoutError):
+            p.apply(targets.start_grandchildren_and_sleep, (ctx.get_start_method(), str(pids_file)))
+        pids = [int(x) for x in pids_file.read_text().split()]
+        assert len(pids) == 2
+        assert wait_until(lambda: all(pid_state(pid) in (None, "Z") for pid in pids), timeout=10), [
+            pid_state(pid) for pid in pids
+        ]
+        assert p.apply(targets.square, (3,)) == 9

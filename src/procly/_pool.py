@@ -42,7 +42,7 @@ from ._pool_results import ApplyResult, IMapIterator, LookAhead, MapResult, feed
 from ._pool_worker import APPLY, MAP, STARMAP, rebuild_exception, worker_main
 from ._progress import Progress, wanted
 from ._spin import Spinner
-from ._state import usable_cpus
+from ._state import end_process_group, usable_cpus
 from ._wait import wait
 
 __all__ = ["Pool"]
@@ -927,6 +927,12 @@ class Pool(PoolAPI):
         worker.conn.close()
         process = worker.process
         name, pid = process.name, process.pid
+        if why is not None:
+            # Dead or being killed, not yet reaped: what its task started goes too.
+            if not wait([worker.sentinel], 5):
+                process.kill()
+                wait([worker.sentinel])
+            end_process_group(pid)
         process.join(5)
         if process.exitcode is None:  # "bye" came before the exit: make sure
             process.kill()
@@ -963,10 +969,12 @@ class Pool(PoolAPI):
                 pass
         deadline = time.monotonic() + TERMINATE_GRACE
         for worker in self._workers.values():
-            worker.process.join(max(0.0, deadline - time.monotonic()) if terminated else None)
-            if worker.process.exitcode is None:
-                worker.process.kill()
-                worker.process.join()
+            if terminated:
+                if not wait([worker.sentinel], max(0.0, deadline - time.monotonic())):
+                    worker.process.kill()
+                    wait([worker.sentinel])
+                end_process_group(worker.process.pid)  # before it is reaped: see _retire
+            worker.process.join()
             worker.conn.close()
             worker.process.close()
         self._workers.clear()

@@ -25,7 +25,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from . import _serialization
+from . import _serialization, _state
 from ._connection import BufferedConnection
 from ._spin import Spinner
 
@@ -119,6 +119,7 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
     """
     # Ctrl-C is the parent's business: it terminates the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _state.become_pool_worker()
     if initializer is not None:
         initializer(*initargs)
     funcs: collections.OrderedDict[int, Callable[..., Any]] = collections.OrderedDict()

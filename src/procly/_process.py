@@ -110,8 +110,10 @@ class BaseProcess:
         if self._parent_pid != os.getpid():
             raise AssertionError("can only start a process object created by current process")
         state = _state.get()
-        if state.current._config.get("daemon"):
+        if state.current._config.get("daemon") and not state.pool_worker:
             raise AssertionError("daemonic processes are not allowed to have children")
+        if state.pool_worker:
+            self._config["watch_lifeline"] = True  # ends with the worker, however it ends
         state.reap()
         starter = self._starter()
         check_main_guard(starter.method)
@@ -216,6 +218,11 @@ class BaseProcess:
     def daemon(self) -> bool:
         """Whether the process is daemonic (ended with its parent, may not have children)."""
         return bool(self._config.get("daemon", False))
+
+    @property
+    def _watches_lifeline(self) -> bool:
+        """Whether the child ends when this process dies: daemonic, or a pool worker's."""
+        return bool(self._config.get("daemon") or self._config.get("watch_lifeline"))
 
     @daemon.setter
     def daemon(self, daemonic: bool) -> None:

@@ -48,6 +48,10 @@ class ProcessState:
         self._fd_sharer: Any = None  # _fd_sharer.FdSharer, started on demand
         self.exiting = False
         self._exit_hook = False
+        # A pool worker: it may start children although it is daemonic, every child it
+        # starts watches its lifeline, and it leads a process group of its own, so that
+        # whatever its tasks started (subprocesses too) ends with it.
+        self.pool_worker = False
         self.lock = threading.RLock()
         self.pid = os.getpid()
 
@@ -126,9 +130,30 @@ def _watch(fd: int) -> None:
             pass
     except OSError:
         pass
-    os.kill(os.getpid(), signal.SIGTERM)
+    # A pool worker ends its whole group: what its tasks started goes with it.
+    group = _state is not None and _state.pool_worker and os.getpgid(0) == os.getpid()
+    end = (lambda signum: os.killpg(0, signum)) if group else (lambda signum: os.kill(os.getpid(), signum))
+    end(signal.SIGTERM)
     time.sleep(ORPHAN_TERMINATE_GRACE)
-    os.kill(os.getpid(), signal.SIGKILL)
+    end(signal.SIGKILL)
+
+
+def become_pool_worker() -> None:
+    """Make this process a pool worker (see ProcessState.pool_worker)."""
+    get().pool_worker = True
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass  # e.g. a session leader: its children are still ended through the lifeline
+
+
+def end_process_group(pid: int) -> None:
+    """SIGKILL what is left of the process group a pool worker led (call it while the
+    worker is dead but not yet reaped, so the group id cannot have been reused)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass  # no such group: the worker had not made one, or nothing is left
 
 
 def _close_quietly(fd: int) -> None:

@@ -15,7 +15,7 @@ from .prepare import prepare
 def become(process: Any, parent_name: str, parent_pid: int, lifeline: int | None) -> None:
     """Make this fresh child the running *process*: new state, parent handle, lifeline."""
     parent = _process.open_parent(parent_name, parent_pid)
-    _state.reset_for_child(process, parent, lifeline, watch=process.daemon)
+    _state.reset_for_child(process, parent, lifeline, watch=process._watches_lifeline)
     if process._start_method is not None:
         # A child started with a given method uses it by default too (as CPython does).
         from ..context import _default_context

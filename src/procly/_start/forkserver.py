@@ -164,7 +164,7 @@ class ForkServer:
         # server inherited when it started.
         stdio = [_stdio_fd(1), _stdio_fd(2)]
         try:
-            socket.send_fds(sock, [b"D" if process.daemon else b"N"], [read_fd, *stdio, *handoff.fds])
+            socket.send_fds(sock, [b"D" if process._watches_lifeline else b"N"], [read_fd, *stdio, *handoff.fds])
         except OSError as exc:
             os.close(write_fd)
             raise _NotSent(f"the fork server did not take the request: {exc}") from exc

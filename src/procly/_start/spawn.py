@@ -53,7 +53,7 @@ class SpawnStarter:
 
     def start(self, process: Any) -> DirectChild:
         state = _state.get()
-        lifeline = state.lifeline() if process.daemon else None
+        lifeline = state.lifeline() if process._watches_lifeline else None
         data = preparation_data(process.name, self.method)
         with _handoff.collecting() as handoff:
             payload = _serialization.dumps(process)
