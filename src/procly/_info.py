@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import sys
 from typing import Any
 
@@ -19,6 +18,8 @@ def info() -> dict[str, Any]:
 
     Raises nothing.
     """
+    import platform  # here, not at import: importing procly stays cheap
+
     import procly
 
     from ._semlock_backend import BACKEND, REASON, semlock

@@ -42,34 +42,42 @@ class _Timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
 
-def _load_libc() -> ctypes.CDLL:
+def _libc_name() -> str | None:
     # The process's own symbols first (libc, and libpthread on glibc < 2.34, are loaded).
-    libc = ctypes.CDLL(None, use_errno=True)
-    if not hasattr(libc, "sem_init"):  # pragma: no cover - a libc built without them in the main scope
-        name = ctypes.util.find_library("pthread") or ctypes.util.find_library("c")
-        libc = ctypes.CDLL(name, use_errno=True)
-    return libc
+    if hasattr(ctypes.CDLL(None), "sem_init"):
+        return None
+    return ctypes.util.find_library("pthread") or ctypes.util.find_library("c")  # pragma: no cover
 
 
-_libc = _load_libc()
+_name = _libc_name()
+# Calls that may block go through CDLL, which releases the GIL around them; the others
+# (trywait, post, getvalue, init: a few atomic instructions) through PyDLL, which keeps
+# it: releasing and retaking the GIL would cost more than the call.
+_libc = ctypes.CDLL(_name, use_errno=True)
+_libc_quick = ctypes.PyDLL(_name, use_errno=True)
 _sem_p = ctypes.c_void_p
 _ts_p = ctypes.POINTER(_Timespec)
 
 
-def _fn(name: str, *argtypes: Any) -> Any:
-    f = getattr(_libc, name)
+def _fn(name: str, *argtypes: Any, blocking: bool = False) -> Any:
+    f = getattr(_libc if blocking else _libc_quick, name)
     f.argtypes = argtypes
     f.restype = ctypes.c_int
     return f
 
 
 _sem_init = _fn("sem_init", _sem_p, ctypes.c_int, ctypes.c_uint)
-_sem_wait = _fn("sem_wait", _sem_p)
+_sem_wait = _fn("sem_wait", _sem_p, blocking=True)
 _sem_trywait = _fn("sem_trywait", _sem_p)
-_sem_timedwait = _fn("sem_timedwait", _sem_p, _ts_p)
+_sem_timedwait = _fn("sem_timedwait", _sem_p, _ts_p, blocking=True)
 _sem_post = _fn("sem_post", _sem_p)
 _sem_getvalue = _fn("sem_getvalue", _sem_p, ctypes.POINTER(ctypes.c_int))
-_sem_clockwait = _fn("sem_clockwait", _sem_p, ctypes.c_int, _ts_p) if hasattr(_libc, "sem_clockwait") else None
+# PROCLY_NO_SEM_CLOCKWAIT=1 takes the older-libc path here too (for its tests).
+_sem_clockwait = (
+    _fn("sem_clockwait", _sem_p, ctypes.c_int, _ts_p, blocking=True)
+    if hasattr(_libc, "sem_clockwait") and os.environ.get("PROCLY_NO_SEM_CLOCKWAIT", "") in ("", "0")
+    else None
+)
 
 HAVE_SEM_CLOCKWAIT = _sem_clockwait is not None
 _get_ident = threading.get_ident
@@ -98,7 +106,7 @@ class SemLock:
 
     # Slots, so that a subclass's __dict__ (which procly.synchronize pickles for a child)
     # holds only the subclass's own state, as with the extension's type.
-    __slots__ = ("_anchor", "_sem", "_kind", "_maxvalue", "_owned", "_last_tid", "__weakref__")
+    __slots__ = ("_anchor", "_sem", "_kind", "_maxvalue", "_owned", "_last_tid", "_out", "_out_ref", "__weakref__")
 
     def __init__(self, buffer: Any, offset: int, kind: int, maxvalue: int, value: int = -1) -> None:
         if kind not in (SEMAPHORE, RECURSIVE_MUTEX):
@@ -117,6 +125,8 @@ class SemLock:
             raise _oserror(ctypes.get_errno())
         self._anchor = anchor
         self._sem = sem
+        self._out = ctypes.c_int()          # sem_getvalue's result, made once (hot path)
+        self._out_ref = ctypes.byref(self._out)
         self._kind = kind
         self._maxvalue = maxvalue
         self._owned = 0          # acquisitions held by this process
@@ -151,13 +161,16 @@ class SemLock:
         if self._kind == RECURSIVE_MUTEX and self._owned > 0 and self._last_tid == _get_ident():
             self._owned += 1
             return True
+        if _sem_trywait(sem) == 0:  # the fast path: no blocking call
+            self._owned += 1
+            self._last_tid = _get_ident()
+            return True
         blocking = bool(block)
         wait = -1.0
         if blocking and timeout is not None:
             wait = float(timeout)
             if not wait > 0.0:  # negative or NaN: do not wait
                 wait = 0.0
-        # Fast path: no blocking system call.
         while _sem_trywait(sem) < 0:
             err = ctypes.get_errno()
             if err == errno.EINTR:
@@ -219,7 +232,9 @@ class SemLock:
                 self._owned -= 1
                 return
         else:
-            if self._value(sem) >= self._maxvalue:
+            if _sem_getvalue(sem, self._out_ref) < 0:
+                raise _oserror(ctypes.get_errno())
+            if self._out.value >= self._maxvalue:
                 raise ValueError("semaphore or lock released too many times")
         if _sem_post(sem) < 0:
             raise _oserror(ctypes.get_errno())
