@@ -224,7 +224,8 @@ def test_wheel_every_other_python(version: tuple[int, int], release: tuple[Path,
 def test_older_python_refuses_the_wheel(version: tuple[int, int], release: tuple[Path, Path],
                                         tmp_path: Path) -> None:
     """3.10 is past its end of life: pip says no rather than installing something broken."""
-    proc = run([UNSUPPORTED[version], "-m", "pip", "install", "--disable-pip-version-check", "--no-deps", "--no-index", "--target", tmp_path / "t", release[1]], check=False)
+    proc = run([UNSUPPORTED[version], "-m", "pip", "install", "--disable-pip-version-check", "--no-deps",
+                "--no-index", "--target", tmp_path / "t", release[1]], check=False)
     assert proc.returncode != 0
     assert "not a supported wheel" in proc.stderr, proc.stderr
 
