@@ -29,7 +29,9 @@ def _select() -> tuple[ModuleType, str, str]:
 #: the module providing SemLock, SEMAPHORE, RECURSIVE_MUTEX and SEM_SIZE;
 #: BACKEND: "c-extension" or "ctypes"; REASON: why the fallback is used ("" otherwise)
 if TYPE_CHECKING:  # both backends have the fallback's (typed) API
-    from . import _semlock_ctypes as semlock
+    from . import _semlock_ctypes
+
+    semlock = _semlock_ctypes
 
     BACKEND: str
     REASON: str
