@@ -23,6 +23,7 @@ from ._errors import StartError as StartError
 from ._errors import TaskTimeoutError as TaskTimeoutError
 from ._errors import TimeoutError as TimeoutError
 from ._errors import WorkerLostError as WorkerLostError
+from ._info import info as info
 from .context import Process as Process
 from .context import _default_context
 
@@ -90,6 +91,7 @@ __all__ = [
     "get_context",
     "get_logger",
     "get_start_method",
+    "info",
     "log_to_stderr",
     "parent_process",
     "reducer",

@@ -9,14 +9,55 @@
  * acquire/release are C methods so that an uncontended Lock costs what the standard
  * library's costs. Owner tracking (count, owning thread) is per process, as in
  * CPython; _after_fork() clears it in a forked child.
+ *
+ * Portability (one wheel for every CPython >= 3.11, every glibc >= 2.17, musl):
+ *
+ * - Only the limited C API of 3.11 is used (Py_LIMITED_API, set by setup.py), so the
+ *   module is built once as an abi3 extension. The type is a heap type made with
+ *   PyType_FromSpec; Py_buffer is part of the limited API since 3.11 and
+ *   METH_FASTCALL | METH_KEYWORDS since 3.10.
+ * - glibc 2.34 moved the semaphore functions from libpthread into libc under a new
+ *   symbol version (GLIBC_2.34), so an extension linked on a recent system would not
+ *   load on an older one. On glibc we bind each of them to its original version
+ *   (still exported by every newer glibc) with .symver, see GLIBC_COMPAT below.
+ * - sem_clockwait (glibc 2.30, absent from musl) is looked up at run time instead of
+ *   being linked: see timed_wait().
  */
 #define PY_SSIZE_T_CLEAN
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1
+#endif
 #include <Python.h>
 #include <pythread.h>
 #include <semaphore.h>
 #include <errno.h>
 #include <time.h>
 #include <math.h>
+#include <dlfcn.h>
+#include <stdlib.h>
+
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+/* The first version of each symbol, per architecture (what glibc 2.17 exports). */
+#  if defined(__x86_64__) && !defined(__ILP32__)
+#    define GLIBC_BASE "GLIBC_2.2.5"
+#  elif defined(__aarch64__)
+#    define GLIBC_BASE "GLIBC_2.17"
+#  elif defined(__powerpc64__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#    define GLIBC_BASE "GLIBC_2.17"
+#  elif defined(__s390x__)
+#    define GLIBC_BASE "GLIBC_2.2"
+#  endif
+#  ifdef GLIBC_BASE
+#    define GLIBC_COMPAT(name) __asm__(".symver " #name "," #name "@" GLIBC_BASE);
+GLIBC_COMPAT(sem_init)
+GLIBC_COMPAT(sem_wait)
+GLIBC_COMPAT(sem_trywait)
+GLIBC_COMPAT(sem_timedwait)
+GLIBC_COMPAT(sem_post)
+GLIBC_COMPAT(sem_getvalue)
+GLIBC_COMPAT(dlsym)
+#  endif
+#endif
 
 enum { KIND_SEMAPHORE = 0, KIND_RECURSIVE = 1 };
 
@@ -31,6 +72,63 @@ typedef struct {
 } SemLockObject;
 
 #define ISMINE(o) ((o)->count > 0 && PyThread_get_thread_ident() == (o)->last_tid)
+
+typedef int (*clockwait_fn)(sem_t *, clockid_t, const struct timespec *);
+static clockwait_fn sem_clockwait_ptr;   /* NULL: glibc < 2.30 or musl */
+
+/* Longest single sem_timedwait() when sem_clockwait() is missing. */
+#define SLICE_NS 50000000L  /* 50 ms */
+
+static void
+timespec_add_ns(struct timespec *t, long long ns)
+{
+    t->tv_sec += (time_t)(ns / 1000000000LL);
+    t->tv_nsec += (long)(ns % 1000000000LL);
+    if (t->tv_nsec >= 1000000000L) {
+        t->tv_sec += 1;
+        t->tv_nsec -= 1000000000L;
+    }
+}
+
+/*
+ * Wait for the semaphore until *deadline* on CLOCK_MONOTONIC. Returns 0 or -1 with
+ * errno set (ETIMEDOUT, EINTR, ...). Called without the GIL.
+ *
+ * With sem_clockwait() (glibc >= 2.30, found at run time) the kernel waits against
+ * CLOCK_MONOTONIC itself. Without it (older glibc, musl) only sem_timedwait() exists,
+ * whose deadline is on CLOCK_REALTIME, which an administrator or NTP may step. We
+ * therefore wait in slices of at most SLICE_NS: each slice's realtime deadline is
+ * "now + min(remaining, slice)", and after each slice the remaining time is computed
+ * again from CLOCK_MONOTONIC. A forward step of the wall clock thus ends a slice
+ * early (and we wait again); a backward step can lengthen only the slice in progress.
+ * The overall timeout is measured on the monotonic clock either way. A poll loop over
+ * sem_trywait() would avoid even that, at the cost of latency or CPU; a raw futex wait
+ * would depend on each libc's private sem_t layout.
+ */
+static int
+timed_wait(sem_t *sem, const struct timespec *deadline)
+{
+    struct timespec now, until;
+    long long remaining;
+
+    if (sem_clockwait_ptr != NULL)
+        return sem_clockwait_ptr(sem, CLOCK_MONOTONIC, deadline);
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        remaining = (long long)(deadline->tv_sec - now.tv_sec) * 1000000000LL
+                    + (deadline->tv_nsec - now.tv_nsec);
+        if (remaining <= 0) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
+        clock_gettime(CLOCK_REALTIME, &until);
+        timespec_add_ns(&until, remaining < SLICE_NS ? remaining : SLICE_NS);
+        if (sem_timedwait(sem, &until) == 0)
+            return 0;
+        if (errno != ETIMEDOUT)
+            return -1;
+    }
+}
 
 static int
 semlock_init(SemLockObject *self, PyObject *args, PyObject *kwds)
@@ -74,9 +172,12 @@ semlock_init(SemLockObject *self, PyObject *args, PyObject *kwds)
 static void
 semlock_dealloc(SemLockObject *self)
 {
+    PyTypeObject *tp = Py_TYPE((PyObject *)self);
+    freefunc tp_free = (freefunc)PyType_GetSlot(tp, Py_tp_free);
     if (self->view.obj != NULL)
         PyBuffer_Release(&self->view);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    tp_free((PyObject *)self);
+    Py_DECREF(tp);              /* instances of heap types own a reference to it */
 }
 
 static int
@@ -125,16 +226,12 @@ acquire_impl(SemLockObject *self, int blocking, PyObject *timeout_obj)
         double frac = modf(timeout, &whole);
         clock_gettime(CLOCK_MONOTONIC, &deadline);
         deadline.tv_sec += (time_t)whole;
-        deadline.tv_nsec += (long)(frac * 1e9);
-        if (deadline.tv_nsec >= 1000000000L) {
-            deadline.tv_sec += 1;
-            deadline.tv_nsec -= 1000000000L;
-        }
+        timespec_add_ns(&deadline, (long long)(frac * 1e9));
     }
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
         if (timeout > 0.0)
-            res = sem_clockwait(self->sem, CLOCK_MONOTONIC, &deadline);
+            res = timed_wait(self->sem, &deadline);
         else
             res = sem_wait(self->sem);
         err = errno;
@@ -163,7 +260,7 @@ semlock_acquire(SemLockObject *self, PyObject *const *args, Py_ssize_t nargs, Py
 {
     int blocking = 1;
     PyObject *block_obj = NULL, *timeout_obj = Py_None;
-    Py_ssize_t i, nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    Py_ssize_t i, nkw = kwnames ? PyTuple_Size(kwnames) : 0;
 
     if (nargs > 2) {
         PyErr_Format(PyExc_TypeError, "acquire() takes at most 2 arguments (%zd given)", nargs);
@@ -174,7 +271,7 @@ semlock_acquire(SemLockObject *self, PyObject *const *args, Py_ssize_t nargs, Py
     if (nargs == 2)
         timeout_obj = args[1];
     for (i = 0; i < nkw; i++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        PyObject *name = PyTuple_GetItem(kwnames, i);  /* borrowed */
         if (PyUnicode_CompareWithASCIIString(name, "block") == 0 && nargs < 1)
             block_obj = args[nargs + i];
         else if (PyUnicode_CompareWithASCIIString(name, "timeout") == 0 && nargs < 2)
@@ -302,41 +399,55 @@ static PyGetSetDef semlock_getset[] = {
     {NULL}
 };
 
-static PyTypeObject SemLockType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "procly._semlock.SemLock",
-    .tp_basicsize = sizeof(SemLockObject),
-    .tp_dealloc = (destructor)semlock_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "SemLock(buffer, offset, kind, maxvalue, value=-1): a semaphore in shared memory.",
-    .tp_methods = semlock_methods,
-    .tp_getset = semlock_getset,
-    .tp_init = (initproc)semlock_init,
-    .tp_new = PyType_GenericNew,
+static PyType_Slot semlock_slots[] = {
+    {Py_tp_dealloc, semlock_dealloc},
+    {Py_tp_doc, "SemLock(buffer, offset, kind, maxvalue, value=-1): a semaphore in shared memory."},
+    {Py_tp_methods, semlock_methods},
+    {Py_tp_getset, semlock_getset},
+    {Py_tp_init, semlock_init},
+    {Py_tp_new, PyType_GenericNew},
+    {0, NULL}
+};
+
+static PyType_Spec semlock_spec = {
+    .name = "procly._semlock.SemLock",
+    .basicsize = sizeof(SemLockObject),
+    .itemsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = semlock_slots,
 };
 
 static struct PyModuleDef semlock_module = {
     PyModuleDef_HEAD_INIT, "procly._semlock",
-    "Unnamed POSIX semaphores in shared memory (see procly.synchronize).", -1, NULL
+    "Unnamed POSIX semaphores in shared memory (see procly.synchronize).", -1, NULL, NULL, NULL, NULL, NULL
 };
 
 PyMODINIT_FUNC
 PyInit__semlock(void)
 {
-    PyObject *m;
-    if (PyType_Ready(&SemLockType) < 0)
-        return NULL;
+    PyObject *m, *type;
+
+    /* PROCLY_NO_SEM_CLOCKWAIT=1 takes the older-libc path here too (for its tests). */
+    {
+        const char *off = getenv("PROCLY_NO_SEM_CLOCKWAIT");
+        if (off == NULL || off[0] == '\0' || (off[0] == '0' && off[1] == '\0'))
+            sem_clockwait_ptr = (clockwait_fn)dlsym(RTLD_DEFAULT, "sem_clockwait");
+    }
     m = PyModule_Create(&semlock_module);
     if (m == NULL)
         return NULL;
-    Py_INCREF(&SemLockType);
-    if (PyModule_AddObject(m, "SemLock", (PyObject *)&SemLockType) < 0) {
-        Py_DECREF(&SemLockType);
+    type = PyType_FromSpec(&semlock_spec);
+    if (type == NULL || PyModule_AddObject(m, "SemLock", type) < 0) {
+        Py_XDECREF(type);
         Py_DECREF(m);
         return NULL;
     }
-    PyModule_AddIntConstant(m, "SEMAPHORE", KIND_SEMAPHORE);
-    PyModule_AddIntConstant(m, "RECURSIVE_MUTEX", KIND_RECURSIVE);
-    PyModule_AddIntConstant(m, "SEM_SIZE", (long)sizeof(sem_t));
+    if (PyModule_AddIntConstant(m, "SEMAPHORE", KIND_SEMAPHORE) < 0
+        || PyModule_AddIntConstant(m, "RECURSIVE_MUTEX", KIND_RECURSIVE) < 0
+        || PyModule_AddIntConstant(m, "SEM_SIZE", (long)sizeof(sem_t)) < 0
+        || PyModule_AddIntConstant(m, "HAVE_SEM_CLOCKWAIT", sem_clockwait_ptr != NULL) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

@@ -16,6 +16,9 @@ def _info() -> int:
     print(f"cpus: {os.cpu_count()} (usable: {len(os.sched_getaffinity(0))})")
     print(f"start methods: {', '.join(procly.get_all_start_methods())} (default first)")
     print(f"pidfd: {'yes' if hasattr(os, 'pidfd_open') else 'no'}")
+    facts = procly.info()
+    why = f" ({facts['semlock_reason']})" if facts["semlock_reason"] else ""
+    print(f"semlock: {facts['semlock']}{why}")
     return 0
 
 
@@ -53,9 +56,23 @@ def _manager(args: argparse.Namespace) -> int:
     return 0
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: one unwrapped line (version, SemLock backend, Python), then exit 0."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=kwargs.get("help"))
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from ._info import version_line
+
+        print(version_line())
+        parser.exit()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``procly`` console script."""
     parser = argparse.ArgumentParser(prog="procly", description="Process-based parallelism for Python.")
+    parser.add_argument("--version", action=_VersionAction, help="show procly's version, SemLock backend and exit")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run the tutorial's examples under every start method")
     demo.add_argument("--method", action="append", choices=["fork", "spawn", "forkserver"], help="only this method")

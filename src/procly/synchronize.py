@@ -1,7 +1,8 @@
 """Locks and friends shared between processes (``multiprocessing.synchronize``).
 
 Every primitive rests on :class:`SemLock`: an *unnamed* POSIX semaphore placed in a
-shared memfd arena (``procly._heap``) by the C extension ``procly._semlock``. Compared
+shared memfd arena (``procly._heap``) by the C extension ``procly._semlock`` (or, without
+it, by its ctypes fallback ``procly._semlock_ctypes``; see ``procly._semlock_backend``). Compared
 with the standard library's named semaphores:
 
 * nothing is ever created in /dev/shm, so nothing can leak there, even on SIGKILL;
@@ -22,9 +23,10 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import _handoff, _heap, _semlock
+from . import _handoff, _heap
 from ._finalize import register_after_fork
 from ._process import current_process
+from ._semlock_backend import semlock as _semlock
 
 __all__ = ["Barrier", "BoundedSemaphore", "Condition", "Event", "Lock", "RLock", "SemLock", "Semaphore"]
 

@@ -16,17 +16,49 @@ Needs the ``loadtest`` extra (uvloop, httptools, hdrhistogram).
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._config import LoadTestConfig as LoadTestConfig
 from ._config import parse_count as parse_count
 from ._config import parse_duration as parse_duration
-from ._report import Report as Report
-from ._runner import LoadTestError as LoadTestError
-from ._runner import Progress as Progress
-from ._runner import run_load_test as run_load_test
-from ._target import EmbeddedTarget as EmbeddedTarget
-from ._target import serve_target as serve_target
 from ._thresholds import Threshold as Threshold
 from ._thresholds import check_thresholds as check_thresholds
+
+if TYPE_CHECKING:
+    from ._report import Report as Report
+    from ._runner import LoadTestError as LoadTestError
+    from ._runner import Progress as Progress
+    from ._runner import run_load_test as run_load_test
+    from ._target import EmbeddedTarget as EmbeddedTarget
+    from ._target import serve_target as serve_target
+
+# These need the ``loadtest`` extra, so they are imported on first use: a plain
+# ``pip install procly`` can still import procly.loadtest (and run the ``procly`` command).
+_LAZY = {
+    "Report": "_report",
+    "LoadTestError": "_runner",
+    "Progress": "_runner",
+    "run_load_test": "_runner",
+    "EmbeddedTarget": "_target",
+    "serve_target": "_target",
+}
+EXTRA_HINT = "procly's load tester needs the loadtest extra: pip install 'procly[loadtest]'"
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    except ModuleNotFoundError as exc:
+        if exc.name in ("hdrh", "httptools", "uvloop"):
+            raise ModuleNotFoundError(f"{EXTRA_HINT} (missing: {exc.name})", name=exc.name) from exc
+        raise
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "EmbeddedTarget",

@@ -15,8 +15,10 @@ import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ._report import Report
+if TYPE_CHECKING:  # only annotations: _report needs the loadtest extra (hdrh)
+    from ._report import Report
 
 _CONDITION = re.compile(
     r"^\s*(?P<metric>[a-z_]+|p\d+(?:\.\d+)?)\s*(?P<op><=|>=|==|!=|<|>)\s*"
