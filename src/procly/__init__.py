@@ -86,6 +86,7 @@ __all__ = [
     "cpu_count",
     "current_process",
     "freeze_support",
+    "install",
     "get_all_start_methods",
     "get_context",
     "get_logger",
@@ -110,6 +111,10 @@ def __getattr__(name: str) -> Any:
     # ``import procly`` stays cheap for every child that pays for it.
     if name == "reducer":
         return _ctx.reducer
+    if name == "install":
+        from ._install import install
+
+        return install
     if name == "ProcessPoolExecutor":
         from .futures import ProcessPoolExecutor
 

@@ -32,6 +32,9 @@ def preparation_data(name: str, start_method: str) -> dict[str, Any]:
         "parent_name": _state.get().current.name,
         "parent_pid": os.getpid(),
     }
+    installer = sys.modules.get("procly._install")
+    if installer is not None and installer.active():
+        data["install_multiprocessing"] = True  # procly.install() is in force: the child installs it too
     import logging
 
     if "procly" in logging.Logger.manager.loggerDict:  # configured: children log alike
@@ -58,6 +61,11 @@ def prepare(data: dict[str, Any]) -> None:
         os.chdir(data["dir"])
     except OSError:
         pass
+    if data.get("install_multiprocessing"):
+        # Before the main module is imported: its ``import multiprocessing`` must find procly.
+        from .._install import install
+
+        install()
     if "main_module_name" in data:
         _import_main(data["main_module_name"], None)
     elif "main_path" in data:
