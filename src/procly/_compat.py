@@ -13,17 +13,17 @@ from typing import Any, Callable
 
 
 def lazy_submodules(
-    module_name: str, names: dict[str, str], fallback: Callable[[str], Any] | None = None
+    module_name: str, *names: str, fallback: Callable[[str], Any] | None = None
 ) -> Callable[[str], Any]:
-    """A module ``__getattr__`` giving ``procly.<names[attr]>`` for each attribute in *names*.
+    """A module ``__getattr__`` giving submodule ``procly.<name>`` for each of *names*.
 
     Other attributes go to *fallback* (another ``__getattr__``) or raise AttributeError.
     """
+    wanted = frozenset(names)
 
     def __getattr__(name: str) -> Any:  # noqa: N807 - module __getattr__
-        target = names.get(name)
-        if target is not None:
-            return importlib.import_module(f"procly.{target}")
+        if name in wanted:
+            return importlib.import_module(f"procly.{name}")
         if fallback is not None:
             return fallback(name)
         raise AttributeError(f"module {module_name!r} has no attribute {name!r}")

@@ -393,5 +393,5 @@ def assert_spawning(obj: Any) -> None:
         )
 
 
-__getattr__ = _lazy_submodules(__name__, {"process": "process", "reduction": "reduction"})
+__getattr__ = _lazy_submodules(__name__, "process", "reduction")
 __all__ += ["assert_spawning", "get_spawning_popen", "set_spawning_popen"]

@@ -640,7 +640,7 @@ from .util import debug as debug  # noqa: E402
 from .util import info as info  # noqa: E402
 from .util import is_exiting as is_exiting  # noqa: E402
 
-__getattr__ = _lazy_submodules(__name__, {"connection": "connection", "context": "context"})
+__getattr__ = _lazy_submodules(__name__, "connection", "context")
 
 # The standard library's feeder-stop marker. Queue subclasses written against the
 # standard library's internals (joblib's bundled loky) import it; procly's feeder has

@@ -163,7 +163,7 @@ class AbstractReducer:
         pass
 
 
-__getattr__ = _lazy_submodules(__name__, {"context": "context"})
+__getattr__ = _lazy_submodules(__name__, "context")
 
 
 __all__ += ["ACKNOWLEDGE", "AbstractReducer", "DupFd", "recvfds", "sendfds"]

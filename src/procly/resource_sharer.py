@@ -47,7 +47,7 @@ class DupFd:
         return borrow(*self._token)
 
 
-__getattr__ = _lazy_submodules(__name__, {"process": "process", "reduction": "reduction", "util": "util"})
+__getattr__ = _lazy_submodules(__name__, "process", "reduction", "util")
 
 
 __all__ += ["DupFd"]

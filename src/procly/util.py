@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 from . import _finalize, _state
+from ._compat import lazy_submodules as _lazy_submodules
 from ._finalize import Finalize as Finalize
 from ._finalize import register_after_fork as register_after_fork
 from ._finalize import run_finalizers as _run_finalizers
@@ -202,9 +203,4 @@ def _args_from_interpreter_flags() -> list[str]:
     return subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "process":
-        from . import process
-
-        return process
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = _lazy_submodules(__name__, "process")
