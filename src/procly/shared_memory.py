@@ -436,3 +436,18 @@ def _shared_array_type() -> Any:
     if _SharedArray is None:
         _SharedArray = _make_shared_array_type()
     return _SharedArray
+
+
+def _resource_tracker_module() -> Any:
+    from . import resource_tracker
+
+    return resource_tracker
+
+
+_module_getattr = __getattr__
+
+
+def __getattr__(name: str) -> Any:  # noqa: F811 - adds the standard library's submodule name
+    if name == "resource_tracker":
+        return _resource_tracker_module()
+    return _module_getattr(name)
