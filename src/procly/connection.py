@@ -94,6 +94,12 @@ class ConnectionWrapper:
         """Receive one message and decode it with *loads*."""
         return self._loads(self._conn.recv_bytes())
 
+    def __enter__(self) -> "ConnectionWrapper":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._conn.close()
+
 
 def _xml_dumps(obj: _Any) -> bytes:
     import xmlrpc.client

@@ -178,6 +178,9 @@ def _track(reader: Any) -> None:
         pass
 
     def stop(*_: object) -> None:
+        # Once: a second SIGTERM (the lifeline watcher's, after the owner's) must not
+        # interrupt the clean-up below.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise _Stop
 
     def apply(line: str) -> None:
