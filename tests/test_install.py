@@ -610,3 +610,33 @@ def test_install_imports_nothing_of_the_standard_library():
     out = run_python(["-c", code], cwd=os.getcwd())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+FUTURES_OFF = """
+import sys
+import procly
+procly.install(futures=False)
+import concurrent.futures
+import multiprocessing
+
+def where(_):
+    import concurrent.futures, sys
+    return [concurrent.futures.ProcessPoolExecutor.__module__, sys.modules["multiprocessing"].__name__]
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    with ctx.Pool(1) as pool:
+        child = pool.apply(where, (0,))
+    print(concurrent.futures.ProcessPoolExecutor.__module__, child)
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_install_without_futures_is_passed_to_children(tmp_path, method):
+    script = tmp_path / "off.py"
+    script.write_text(FUTURES_OFF)
+    out = run_python([str(script), method])
+    assert out.returncode == 0, out.stderr
+    # The name stays the standard library's (running on procly's modules), in the children too.
+    assert out.stdout.strip() == "concurrent.futures.process ['concurrent.futures.process', 'procly']"

@@ -43,6 +43,11 @@ def active() -> bool:
     return installed() and _finder in sys.meta_path
 
 
+def options() -> dict[str, bool]:
+    """The options :func:`install` is in force with (sent to children, which install alike)."""
+    return dict(_options)
+
+
 class _AliasLoader(importlib.abc.Loader):
     """Load ``multiprocessing.X`` as the already imported ``procly.X`` module."""
 
@@ -78,7 +83,7 @@ class _AliasFinder(importlib.abc.MetaPathFinder):
                     f"which has no module {rest!r})",
                     name=fullname,
                 ) from None
-        elif fullname == "concurrent.futures" and not _futures_patched():
+        elif fullname == "concurrent.futures" and _options["futures"] and not _futures_patched():
             # Let the real package import first, then point its ProcessPoolExecutor at procly's.
             return _wrap_futures_spec(self, fullname, path, target)
         else:
@@ -91,6 +96,7 @@ class _AliasFinder(importlib.abc.MetaPathFinder):
 
 
 _finder = _AliasFinder()
+_options = {"futures": True}
 
 
 def _futures_patched() -> bool:
@@ -166,6 +172,8 @@ def install(futures: bool = True) -> None:
     """
     import procly
 
+    if futures:
+        _options["futures"] = True
     if installed():
         if futures:
             _install_futures()
@@ -177,6 +185,7 @@ def install(futures: bool = True) -> None:
             "call install() before anything imports multiprocessing, or run the program with "
             "'python -m procly run script.py'"
         )
+    _options["futures"] = futures
     if _finder not in sys.meta_path:
         sys.meta_path.insert(0, _finder)
     sys.modules[ALIAS] = procly
