@@ -177,11 +177,14 @@ def _track(reader: Any) -> None:
     class _Stop(Exception):
         pass
 
+    reading = [True]
+
     def stop(*_: object) -> None:
-        # Once: a second SIGTERM (the lifeline watcher's, after the owner's) must not
-        # interrupt the clean-up below.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise _Stop
+        # Only interrupts the read loop: a SIGTERM during the clean-up below (the lifeline
+        # watcher's, after the owner's exit or the end of the pipe) must not abort it.
+        if reading[0]:
+            reading[0] = False
+            raise _Stop
 
     def apply(line: str) -> None:
         if line[0] == "R":
@@ -194,10 +197,14 @@ def _track(reader: Any) -> None:
     # after reading the registrations still in the pipe.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    reader.send("ready")
     try:
-        while True:
-            apply(reader.recv())
+        try:
+            # The owner may exit (and SIGTERM us) as soon as it has read this.
+            reader.send("ready")
+            while True:
+                apply(reader.recv())
+        finally:
+            reading[0] = False  # a _Stop raised before this line is caught below too
     except (_Stop, EOFError, OSError):
         pass
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
