@@ -9,9 +9,10 @@ is never imported. ``concurrent.futures.ProcessPoolExecutor`` is re-pointed at
 imported; ``concurrent.futures.process`` itself is never imported.
 
 Children inherit the alias: a forked child has the parent's ``sys.modules``; spawned
-children and the fork server read a flag in the preparation data and call
-:func:`install` before they import the parent's main module (see
-:mod:`procly._start.prepare`).
+children and the fork server find :func:`options` in their preparation data and call
+:func:`install` with them before they import the parent's main module (see
+:mod:`procly._start.prepare`). :func:`run_path` and :func:`run_module` are what
+``python -m procly run`` executes the program with.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import sys
 import types
 from typing import Any
 
-__all__ = ["install", "installed", "uninstall"]
+__all__ = ["active", "install", "installed", "options", "run_module", "run_path", "uninstall"]
 
 ALIAS = "multiprocessing"
 
@@ -91,8 +92,6 @@ class _AliasFinder(importlib.abc.MetaPathFinder):
         is_package = hasattr(module, "__path__")
         spec = importlib.machinery.ModuleSpec(fullname, _AliasLoader(module), is_package=is_package)
         return spec
-
-
 
 
 _finder = _AliasFinder()
