@@ -203,11 +203,14 @@ import json, sys
 import multiprocessing
 import multiprocessing.pool
 
+def not_procly():
+    forbidden = {"_multiprocessing", "concurrent.futures.process"}
+    return sorted(n for n, m in sys.modules.items() if n in forbidden or (
+        n.startswith("multiprocessing") and not getattr(m, "__name__", "").startswith("procly")))
+
 def report(q):
     import multiprocessing, sys
-    real = sorted(n for n, m in sys.modules.items()
-                  if n.startswith("multiprocessing") and not getattr(m, "__name__", "").startswith("procly"))
-    q.put([multiprocessing.__name__, sys.modules["__main__"].__name__, real, "_multiprocessing" in sys.modules])
+    q.put([multiprocessing.__name__, sys.modules["__main__"].__name__, not_procly()])
 
 def square(x):
     return x * x
@@ -223,7 +226,7 @@ if __name__ == "__main__":
     with ctx.Pool(2) as pool:
         squares = pool.map(square, range(8))
     print(json.dumps({"child": child, "exitcode": p.exitcode, "squares": squares, "argv": sys.argv[1:],
-                      "pool": multiprocessing.pool.Pool.__module__, "main": __name__}))
+                      "pool": multiprocessing.pool.Pool.__module__, "main": __name__, "parent": not_procly()}))
 """
 
 
@@ -233,12 +236,13 @@ def test_run_script_aliases_in_children(tmp_path, method):
     result = last_json(run_script(tmp_path, CHILDREN, method, "extra"))
     main = "__main__" if method == "fork" else "__mp_main__"
     assert result == {
-        "child": ["procly", main, [], False],
+        "child": ["procly", main, []],
         "exitcode": 0,
         "squares": [x * x for x in range(8)],
         "argv": [method, "extra"],
         "pool": "procly.pool",
         "main": "__main__",
+        "parent": [],
     }
 
 
@@ -250,7 +254,8 @@ def test_run_module_aliases_in_children(tmp_path, method):
     (package / "__init__.py").write_text("")
     (package / "job.py").write_text(textwrap.dedent(CHILDREN))
     result = last_json(run_python(["-m", "procly", "run", "-m", "mypkg.job", method], cwd=str(tmp_path)))
-    assert result["child"] == ["procly", "__mp_main__", [], False]
+    assert result["child"] == ["procly", "__mp_main__", []]
+    assert result["parent"] == []
     assert result["squares"] == [x * x for x in range(8)]
     assert result["argv"] == [method]
 
