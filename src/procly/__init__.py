@@ -29,6 +29,10 @@ from .context import _default_context
 
 __version__ = "0.1.0"
 
+# The standard library's extra logging levels (also in procly.util).
+SUBDEBUG = 5
+SUBWARNING = 25
+
 _ctx = _default_context
 
 active_children = _ctx.active_children
@@ -92,6 +96,7 @@ __all__ = [
     "get_logger",
     "get_start_method",
     "info",
+    "install",
     "log_to_stderr",
     "parent_process",
     "reducer",
@@ -112,6 +117,15 @@ def __getattr__(name: str) -> Any:
     # ``import procly`` stays cheap for every child that pays for it.
     if name == "reducer":
         return _ctx.reducer
+    if name in ("process", "reduction"):
+        # Submodules the standard library's package has imported by the time it is.
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    if name == "install":
+        from ._install import install
+
+        return install
     if name == "ProcessPoolExecutor":
         from .futures import ProcessPoolExecutor
 

@@ -52,7 +52,10 @@ class BaseProcess:
 
     @staticmethod
     def _starter() -> Any:
-        raise NotImplementedError
+        raise NotImplementedError(
+            "this Process class has no procly start method: derive from a context's Process (or procly.Process); "
+            "procly does not start processes through the standard library's _Popen hook"
+        )
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""The ``procly`` command line: ``demo``, ``info``, ``manager``, ``loadtest``, ``serve-target``."""
+"""The ``procly`` command line: ``run``, ``demo``, ``info``, ``manager``, ``loadtest``, ``serve-target``."""
 
 from __future__ import annotations
 
@@ -69,8 +69,56 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+RUN_USAGE = "procly run [--start-method METHOD] (SCRIPT | -m MODULE) [ARGS...]"
+
+
+def _run(argv: list[str]) -> int:
+    """``procly run``: run a script or module with ``multiprocessing`` resolving to procly.
+
+    Exceptions of the program propagate (the interpreter prints them and exits 1), as
+    ``python script.py`` would; ``SystemExit`` keeps its code.
+    """
+    method = None
+    args = list(argv)
+    while args and args[0].startswith("-") and args[0] != "-m":
+        option = args.pop(0)
+        if option in ("-h", "--help"):
+            print(f"usage: {RUN_USAGE}")
+            print("Run SCRIPT (or MODULE, as python -m does) with procly.install() in force: 'import multiprocessing'")
+            print("and its submodules give procly, in this process and in every child it starts.")
+            return 0
+        if option == "--start-method" and args:
+            method = args.pop(0)
+        elif option.startswith("--start-method="):
+            method = option.partition("=")[2]
+        else:
+            print(f"usage: {RUN_USAGE}\nprocly run: unknown option {option!r}", file=sys.stderr)
+            return 2
+    if not args or (args[0] == "-m" and len(args) < 2):
+        print(f"usage: {RUN_USAGE}\nprocly run: nothing to run", file=sys.stderr)
+        return 2
+    from ._install import install, run_module, run_path
+
+    install()
+    if method is not None:
+        import procly
+
+        if method not in procly.get_all_start_methods():
+            print(f"procly run: unknown start method {method!r}", file=sys.stderr)
+            return 2
+        procly.set_start_method(method, force=True)
+    if args[0] == "-m":
+        run_module(args[1], args[2:])
+    else:
+        run_path(args[0], args[1:])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``procly`` console script."""
+    """Entry point of the ``procly`` console script (and of ``python -m procly``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "run":
+        return _run(argv[1:])
     parser = argparse.ArgumentParser(prog="procly", description="Process-based parallelism for Python.")
     parser.add_argument("--version", action=_VersionAction, help="show procly's version, SemLock backend and exit")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--method", action="append", choices=["fork", "spawn", "forkserver"], help="only this method")
     demo.add_argument("--only", action="append", help="only this example (script name)")
     commands.add_parser("info", help="what procly sees on this machine")
+    commands.add_parser("run", help="run a script with multiprocessing resolving to procly", usage=RUN_USAGE)
     manager = commands.add_parser("manager", help="serve a manager (dict, list, Queue, ... and your types) over TCP")
     manager.add_argument("--address", default="127.0.0.1:50000", help="HOST:PORT (default: loopback)")
     manager.add_argument("--authkey-env", default="PROCLY_AUTHKEY", help="environment variable holding the authkey")

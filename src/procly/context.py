@@ -327,3 +327,71 @@ class DefaultContext(BaseContext):
 
 
 _default_context = DefaultContext(_concrete_contexts[_default_method()])
+
+
+# --------------------------------------------------------------------------- standard library names
+# The helpers ``multiprocessing.context`` exports to the reducers of other modules.
+
+import threading as _threading  # noqa: E402
+
+from . import _handoff  # noqa: E402
+from ._compat import lazy_submodules as _lazy_submodules  # noqa: E402
+
+_spawning = _threading.local()
+
+
+class _ChildBeingStarted:
+    """What :func:`get_spawning_popen` returns while a child's start data is pickled.
+
+    It hands descriptors to that child the way the standard library's Popen objects do:
+    ``popen.DupFd(popen.duplicate_for_child(fd))`` pickles to an object whose
+    ``detach()``, in the child, returns the child's own copy of *fd*.
+    """
+
+    def duplicate_for_child(self, fd: int) -> int:
+        """*fd* itself: :meth:`DupFd` records it for the child."""
+        return fd
+
+    def DupFd(self, fd: int) -> Any:  # noqa: N802 - the standard library's name
+        """A picklable handle on *fd* for the child being started (see :func:`procly.reduction.DupFd`).
+
+        Raises:
+            RuntimeError: no child is being started in this thread.
+        """
+        from .reduction import _HandedFd
+
+        return _HandedFd(_handoff.share_fd(fd, "file descriptor"))
+
+
+def get_spawning_popen() -> Any:
+    """The child being started by this thread, while its start data is pickled; else None.
+
+    A value set with :func:`set_spawning_popen` wins; otherwise procly's own start-up
+    (spawn, forkserver) counts, as the standard library's Popen objects do.
+    """
+    popen = getattr(_spawning, "popen", None)
+    if popen is not None:
+        return popen
+    return _ChildBeingStarted() if _handoff.is_collecting() else None
+
+
+def set_spawning_popen(popen: Any) -> None:
+    """Mark *popen* (None: nothing) as the child this thread is starting (see :func:`get_spawning_popen`)."""
+    _spawning.popen = popen
+
+
+def assert_spawning(obj: Any) -> None:
+    """Check that *obj* is being pickled to start a child process.
+
+    Raises:
+        RuntimeError: it is not (objects such as locks and queues reach other processes
+            only by inheritance), with the standard library's message.
+    """
+    if get_spawning_popen() is None:
+        raise RuntimeError(
+            f"{type(obj).__name__} objects should only be shared between processes through inheritance"
+        )
+
+
+__getattr__ = _lazy_submodules(__name__, "process", "reduction")
+__all__ += ["assert_spawning", "get_spawning_popen", "set_spawning_popen"]

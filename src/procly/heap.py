@@ -33,3 +33,20 @@ def _rebuild_wrapper(block: Block, size: int) -> BufferWrapper:
     wrapper._block = block
     wrapper._size = size
     return wrapper
+
+
+# --------------------------------------------------------------------------- standard library names
+
+from ._compat import lazy_submodules as _lazy_submodules  # noqa: E402
+from ._heap import Heap as Heap  # noqa: E402 - procly's: allocate(size) -> Block (no malloc/free)
+from .context import assert_spawning as assert_spawning  # noqa: E402
+
+rebuild_arena = _heap._rebuild_arena
+
+
+def reduce_arena(a: Arena) -> Any:
+    """How *a* pickles: its descriptor travels (to a child being started, or lent)."""
+    return a.__reduce__()
+
+
+__getattr__ = _lazy_submodules(__name__, "reduction", "util")

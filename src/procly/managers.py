@@ -983,3 +983,122 @@ from ._sync_proxies import NamespaceProxy as NamespaceProxy  # noqa: E402
 from ._sync_proxies import PoolProxy as PoolProxy  # noqa: E402
 from ._sync_proxies import SetProxy as SetProxy  # noqa: E402
 from ._sync_proxies import ValueProxy as ValueProxy  # noqa: E402
+
+# --------------------------------------------------------------------------- standard library names
+# (the standard library's helper names; procly's server and proxies do not need them)
+
+HAS_SHMEM = True
+
+import array as _array  # noqa: E402
+
+from . import _finalize as _finalize_mod  # noqa: E402
+from ._compat import lazy_submodules as _lazy_submodules  # noqa: E402
+from .context import _default_context  # noqa: E402
+from .context import get_spawning_popen as get_spawning_popen  # noqa: E402
+
+get_context = _default_context.get_context
+BaseListProxy = ListProxy.__bases__[0]
+BasePoolProxy = PoolProxy.__bases__[0]
+view_types = [type(getattr({}, name)()) for name in ("items", "keys", "values")]
+
+
+def _listener_client() -> dict[str, tuple[Any, Any]]:
+    from . import connection
+
+    return {
+        "pickle": (connection.Listener, connection.Client),
+        "xmlrpclib": (connection.XmlListener, connection.XmlClient),
+    }
+
+
+def Array(typecode: str, sequence: Any, lock: bool = True) -> _array.array:  # noqa: N802 - stdlib name
+    """What a manager's ``Array(typecode, sequence)`` holds in the server: an ``array.array``."""
+    return _array.array(typecode, sequence)
+
+
+class Value(_Value):
+    """What a manager's ``Value(typecode, value)`` holds in the server: ``get()``, ``set()`` and ``value``."""
+
+    value = property(_Value.get, _Value.set)
+
+
+class State:
+    """A manager's state, with the standard library's constants."""
+
+    __slots__ = ["value"]
+    INITIAL = 0
+    STARTED = 1
+    SHUTDOWN = 2
+
+    def __init__(self) -> None:
+        self.value = State.INITIAL
+
+
+class ProcessLocalSet(set):
+    """A set that a forked child gets back empty."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        _finalize_mod.register_after_fork(self, lambda obj: obj.clear())
+
+    def __reduce__(self) -> Any:
+        return type(self), ()
+
+
+def all_methods(obj: Any) -> list[str]:
+    """The names of *obj*'s callable attributes."""
+    return [name for name in dir(obj) if callable(getattr(obj, name, None))]
+
+
+def reduce_array(a: _array.array) -> Any:
+    """How an ``array.array`` pickles: its typecode and bytes."""
+    return _array.array, (a.typecode, a.tobytes())
+
+
+def rebuild_as_list(obj: Any) -> Any:
+    """How a dict view pickles: as a list of its items (a reducer)."""
+    return list, (list(obj),)
+
+
+def convert_to_error(kind: str, result: Any) -> Exception:
+    """The exception for a failed reply in the standard library's message kinds.
+
+    ``"#ERROR"``: *result* itself; ``"#TRACEBACK"``: a RemoteError with the text;
+    ``"#UNSERIALIZABLE"``: a RemoteError saying so.
+
+    Raises:
+        TypeError: *result* is not the kind's type.
+    """
+    if kind == "#ERROR":
+        return result
+    if kind in ("#TRACEBACK", "#UNSERIALIZABLE"):
+        if not isinstance(result, str):
+            raise TypeError(f"Result {result!r} (kind '{kind}') type is {type(result)}, not str")
+        if kind == "#UNSERIALIZABLE":
+            return RemoteError(f"Unserializable message: {result}\n")
+        return RemoteError(result)
+    return ValueError(f"Unrecognized message type {kind!r}")
+
+
+def dispatch(c: Any, id: Any, methodname: str, args: tuple = (), kwds: dict | None = None) -> Any:  # noqa: A002
+    """Call *methodname* on object *id* of the manager at the other end of connection *c*.
+
+    *c* is a connection to a procly manager server (procly's message format).
+
+    Raises:
+        Exception: what the method raised in the server.
+        procly.managers.RemoteError: the server could not answer.
+    """
+    c.send(("call", id, methodname, tuple(args), dict(kwds or {})))
+    return _unwrap(c.recv())
+
+
+def _module_getattr(name: str) -> Any:
+    if name == "listener_client":
+        return _listener_client()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__getattr__ = _lazy_submodules(
+    __name__, "connection", "pool", "process", "reduction", "shared_memory", "util", fallback=_module_getattr
+)

@@ -45,3 +45,98 @@ _PUBLIC = (Pool, ThreadPool, ApplyResult, MapResult, IMapIterator, IMapUnordered
 for _obj in (*_PUBLIC, MaybeEncodingError):
     _obj.__module__ = __name__
 del _obj
+
+
+# --------------------------------------------------------------------------- standard library names
+# The helpers of the standard library's pool module, for code that builds its own worker
+# loop or wraps exceptions the same way. procly's Pool itself does not use them.
+
+import itertools as _itertools  # noqa: E402
+import traceback as _traceback  # noqa: E402
+from typing import Any as _Any  # noqa: E402
+
+from ._compat import lazy_submodules as _lazy_submodules  # noqa: E402
+from ._errors import TimeoutError as TimeoutError  # noqa: E402
+from ._pool_worker import rebuild_exception as _rebuild_exception  # noqa: E402
+from ._wait import wait as wait  # noqa: E402
+from .context import _default_context  # noqa: E402
+
+INIT = "INIT"  # the standard library's state of a pool being built (procly's are PoolState)
+job_counter = _itertools.count()
+get_context = _default_context.get_context
+
+
+def mapstar(args: tuple[_Any, _Any]) -> list[_Any]:
+    """``list(map(func, items))`` for ``args == (func, items)``."""
+    return list(map(*args))
+
+
+def starmapstar(args: tuple[_Any, _Any]) -> list[_Any]:
+    """``list(itertools.starmap(func, items))`` for ``args == (func, items)``."""
+    return list(_itertools.starmap(args[0], args[1]))
+
+
+def rebuild_exc(exc: BaseException, tb: str) -> BaseException:
+    """*exc* with the worker's traceback text attached as its ``__cause__`` (a RemoteTraceback)."""
+    return _rebuild_exception(exc, tb)
+
+
+class ExceptionWithTraceback:
+    """An exception and its traceback, pickled so that the receiver gets the exception
+    with the traceback text as ``__cause__`` (see :func:`rebuild_exc`)."""
+
+    def __init__(self, exc: BaseException, tb: _Any) -> None:
+        text = "".join(_traceback.format_exception(type(exc), exc, tb))
+        self.exc = exc
+        self.tb = text
+
+    def __reduce__(self) -> _Any:
+        return rebuild_exc, (self.exc, self.tb)
+
+
+def worker(
+    inqueue: _Any,
+    outqueue: _Any,
+    initializer: _Any = None,
+    initargs: tuple = (),
+    maxtasks: int | None = None,
+    wrap_exception: bool = False,
+) -> None:
+    """The standard library's pool worker loop over two queues.
+
+    Runs ``initializer(*initargs)``, then gets ``(job, i, func, args, kwds)`` tasks from
+    *inqueue* until ``None`` (or *maxtasks* tasks, or the queue is closed) and puts
+    ``(job, i, (True, result))`` or ``(job, i, (False, exception))`` on *outqueue*. A
+    result that cannot be put is replaced by a :class:`MaybeEncodingError`.
+
+    Raises:
+        AssertionError: *maxtasks* is not None or a positive int.
+    """
+    if maxtasks is not None and not (isinstance(maxtasks, int) and maxtasks >= 1):
+        raise AssertionError(f"Maxtasks {maxtasks!r} is not valid")
+    if initializer is not None:
+        initializer(*initargs)
+    completed = 0
+    while maxtasks is None or completed < maxtasks:
+        try:
+            task = inqueue.get()
+        except (EOFError, OSError):
+            break
+        if task is None:
+            break
+        job, i, func, args, kwds = task
+        try:
+            result = (True, func(*args, **kwds))
+        except Exception as exc:  # noqa: BLE001 - the task's error is its result
+            if wrap_exception:
+                exc = ExceptionWithTraceback(exc, exc.__traceback__)  # type: ignore[assignment]
+            result = (False, exc)
+        try:
+            outqueue.put((job, i, result))
+        except Exception as exc:  # noqa: BLE001 - the result could not be sent
+            outqueue.put((job, i, (False, MaybeEncodingError(exc, result[1]))))
+        task = job = result = func = args = kwds = None  # type: ignore[assignment]
+        completed += 1
+
+
+__getattr__ = _lazy_submodules(__name__, "util")

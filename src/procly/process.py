@@ -1,5 +1,7 @@
 """Process objects and the process tree (``multiprocessing.process``)."""
 
+from __future__ import annotations
+
 from ._process import AuthenticationString as AuthenticationString
 from ._process import BaseProcess as BaseProcess
 from ._process import _dangling as _dangling
@@ -15,3 +17,16 @@ def _cleanup() -> None:
     from . import _state
 
     _state.get().reap()
+
+
+def _original_dir() -> str | None:
+    import os
+
+    try:
+        return os.path.abspath(os.getcwd())
+    except OSError:
+        return None
+
+
+#: The working directory when procly was first imported (the standard library's name).
+ORIGINAL_DIR = _original_dir()

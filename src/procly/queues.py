@@ -628,3 +628,21 @@ class SimpleQueue:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} at {id(self):#x}>"
+
+
+# --------------------------------------------------------------------------- standard library names
+# (``multiprocessing.queues`` re-exports these; code catches ``multiprocessing.queues.Full``.)
+from queue import Empty as Empty  # noqa: E402
+from queue import Full as Full  # noqa: E402
+
+from ._compat import lazy_submodules as _lazy_submodules  # noqa: E402
+from .util import debug as debug  # noqa: E402
+from .util import info as info  # noqa: E402
+from .util import is_exiting as is_exiting  # noqa: E402
+
+__getattr__ = _lazy_submodules(__name__, "connection", "context")
+
+# The standard library's feeder-stop marker. Queue subclasses written against the
+# standard library's internals (joblib's bundled loky) import it; procly's feeder has
+# its own, so such a subclass's overridden internals are not used by procly's Queue.
+_sentinel = object()

@@ -11,6 +11,7 @@ import os
 import socket
 from typing import Any
 
+from ._compat import lazy_submodules as _lazy_submodules
 from ._serialization import OUT_OF_BAND_THRESHOLD as OUT_OF_BAND_THRESHOLD
 from ._serialization import PROTOCOL as PROTOCOL
 from ._serialization import BufferTransport as BufferTransport
@@ -75,3 +76,94 @@ def recv_handle(conn: Any) -> int:
             os.close(fd)
         raise RuntimeError("received data without a file descriptor")
     return fds[0]
+
+
+# --------------------------------------------------------------------------- standard library names
+
+ACKNOWLEDGE = False  # Linux passes descriptors without an acknowledgement round trip
+
+
+def sendfds(sock: socket.socket, fds: list[int]) -> None:
+    """Send the descriptors *fds* over the Unix socket *sock* (``SCM_RIGHTS``).
+
+    Raises:
+        OSError: the socket cannot pass them.
+    """
+    socket.send_fds(sock, [bytes([len(fds) % 256])], list(fds))
+
+
+def recvfds(sock: socket.socket, size: int) -> list[int]:
+    """Receive *size* descriptors sent with :func:`sendfds`; the caller owns them.
+
+    Raises:
+        EOFError: the peer closed the socket.
+        RuntimeError: a different number of descriptors arrived.
+    """
+    msg, fds, _, _ = socket.recv_fds(sock, 1, size)
+    if not msg and not fds:
+        raise EOFError("peer closed the socket")
+    if len(fds) != size:
+        for fd in fds:
+            os.close(fd)
+        raise RuntimeError(f"received {len(fds)} descriptors, expected {size}")
+    return list(fds)
+
+
+class _HandedFd:
+    """A descriptor handed to the child being started; ``detach()`` in the child gives its copy."""
+
+    def __init__(self, shared: Any) -> None:
+        self._fd = shared  # a _handoff.SharedFd here; an int once unpickled in the child
+
+    def detach(self) -> int:
+        """The child's descriptor (the caller owns it).
+
+        Raises:
+            RuntimeError: called in the parent, before the object reached the child.
+        """
+        if not isinstance(self._fd, int):
+            raise RuntimeError("this descriptor handle can only be detached in the child it was pickled for")
+        fd, self._fd = self._fd, None
+        return fd  # type: ignore[return-value]
+
+
+def DupFd(fd: int) -> Any:  # noqa: N802 - the standard library's name
+    """A picklable handle on a duplicate of *fd*; ``handle.detach()`` in the receiving process gives it.
+
+    While a child is being started (the object is one of its arguments) the descriptor
+    travels with its start data; anywhere else it is lent through this process's
+    descriptor lending desk (:class:`procly.resource_sharer.DupFd`).
+    """
+    from .context import get_spawning_popen
+
+    popen = get_spawning_popen()
+    if popen is not None:
+        return popen.DupFd(popen.duplicate_for_child(fd))
+    from .resource_sharer import DupFd as SharedDupFd
+
+    return SharedDupFd(fd)
+
+
+class AbstractReducer:
+    """Base of a replacement reduction module, as in the standard library.
+
+    procly serializes everything with one Pickler (cloudpickle-capable, buffers out of
+    band): a context's ``reducer`` cannot be replaced, so a subclass of this only
+    carries the functions for code that reads them from it.
+    """
+
+    ForkingPickler = ForkingPickler
+    register = staticmethod(register)
+    dump = staticmethod(dump)
+    send_handle = staticmethod(send_handle)
+    recv_handle = staticmethod(recv_handle)
+    DupFd = staticmethod(DupFd)
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+
+__getattr__ = _lazy_submodules(__name__, "context")
+
+
+__all__ += ["ACKNOWLEDGE", "AbstractReducer", "DupFd", "recvfds", "sendfds"]

@@ -7,6 +7,7 @@ Connections and sockets pickled outside process start-up are lent through it; se
 from __future__ import annotations
 
 from . import _state
+from ._compat import lazy_submodules as _lazy_submodules
 
 __all__ = ["stop"]
 
@@ -22,3 +23,31 @@ def stop(timeout: float | None = None) -> None:
         sharer, state._fd_sharer = state._fd_sharer, None
     if sharer is not None:
         sharer.stop()
+
+
+class DupFd:
+    """A duplicate of a descriptor, lent to whichever process unpickles this object.
+
+    ``detach()`` (in this process or any other of the same user that received the
+    pickle) fetches the descriptor from this process's lending desk, once.
+    """
+
+    def __init__(self, fd: int) -> None:
+        sharer = _state.get().fd_sharer()
+        self._token = (sharer.address, sharer.lend(fd))
+
+    def detach(self) -> int:
+        """The descriptor (the caller owns it).
+
+        Raises:
+            procly.ProcessError: the lending process is gone, or it was fetched already.
+        """
+        from ._fd_sharer import borrow
+
+        return borrow(*self._token)
+
+
+__getattr__ = _lazy_submodules(__name__, "process", "reduction", "util")
+
+
+__all__ += ["DupFd"]

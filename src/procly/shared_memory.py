@@ -177,8 +177,14 @@ def _track(reader: Any) -> None:
     class _Stop(Exception):
         pass
 
+    reading = [True]
+
     def stop(*_: object) -> None:
-        raise _Stop
+        # Only interrupts the read loop: a SIGTERM during the clean-up below (the lifeline
+        # watcher's, after the owner's exit or the end of the pipe) must not abort it.
+        if reading[0]:
+            reading[0] = False
+            raise _Stop
 
     def apply(line: str) -> None:
         if line[0] == "R":
@@ -191,10 +197,14 @@ def _track(reader: Any) -> None:
     # after reading the registrations still in the pipe.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    reader.send("ready")
     try:
-        while True:
-            apply(reader.recv())
+        try:
+            # The owner may exit (and SIGTERM us) as soon as it has read this.
+            reader.send("ready")
+            while True:
+                apply(reader.recv())
+        finally:
+            reading[0] = False  # a _Stop raised before this line is caught below too
     except (_Stop, EOFError, OSError):
         pass
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -436,3 +446,18 @@ def _shared_array_type() -> Any:
     if _SharedArray is None:
         _SharedArray = _make_shared_array_type()
     return _SharedArray
+
+
+def _resource_tracker_module() -> Any:
+    from . import resource_tracker
+
+    return resource_tracker
+
+
+_module_getattr = __getattr__
+
+
+def __getattr__(name: str) -> Any:  # noqa: F811 - adds the standard library's submodule name
+    if name == "resource_tracker":
+        return _resource_tracker_module()
+    return _module_getattr(name)

@@ -245,3 +245,36 @@ def _synchronized_structure(obj: Any, lock: Any) -> Any:
         # Defined at run time: tell pickle how to find it again.
         wrapper.__reduce__ = lambda self: (synchronized, (self._obj, self._lock))  # type: ignore[method-assign]
     return wrapper(obj, lock)
+
+
+# --------------------------------------------------------------------------- standard library names
+
+from ._compat import lazy_submodules as _lazy_submodules  # noqa: E402
+from .context import _default_context  # noqa: E402
+from .context import assert_spawning as assert_spawning  # noqa: E402
+
+get_context = _default_context.get_context
+reduce_ctype = _reduce_ctype
+rebuild_ctype = _rebuild_ctype
+class_cache = _structure_wrappers  # ctypes Structure type -> its synchronized wrapper class
+prop_cache: dict[str, property] = {}
+
+
+def make_property(name: str) -> property:
+    """A property reading and writing field *name* of ``self._obj`` under ``self._lock``."""
+    prop = prop_cache.get(name)
+    if prop is None:
+
+        def getter(self: Any) -> Any:
+            with self._lock:
+                return getattr(self._obj, name)
+
+        def setter(self: Any, value: Any) -> None:
+            with self._lock:
+                setattr(self._obj, name, value)
+
+        prop = prop_cache[name] = property(getter, setter)
+    return prop
+
+
+__getattr__ = _lazy_submodules(__name__, "heap", "reduction")

@@ -18,6 +18,7 @@ RuntimeError.
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 import threading
 import time
@@ -303,3 +304,27 @@ class Barrier(threading.Barrier):
     @_count.setter
     def _count(self, value: int) -> None:
         self._shared[1] = value
+
+
+# --------------------------------------------------------------------------- standard library names
+
+from ._compat import lazy_submodules as _lazy_submodules  # noqa: E402
+
+
+def sem_unlink(name: str) -> None:
+    """Remove the POSIX named semaphore *name* (``/dev/shm/sem.NAME`` on Linux).
+
+    procly's own locks are unnamed and never need this; it is for named semaphores
+    other code created.
+
+    Raises:
+        FileNotFoundError: no semaphore has that name.
+        ValueError: *name* is not a valid semaphore name.
+    """
+    bare = name[1:] if name.startswith("/") else name
+    if not bare or "/" in bare:
+        raise ValueError(f"invalid semaphore name {name!r}")
+    os.unlink(f"/dev/shm/sem.{bare}")
+
+
+__getattr__ = _lazy_submodules(__name__, "context", "process", "util")

@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 from . import _finalize, _state
+from ._compat import lazy_submodules as _lazy_submodules
 from ._finalize import Finalize as Finalize
 from ._finalize import register_after_fork as register_after_fork
 from ._finalize import run_finalizers as _run_finalizers
@@ -132,3 +133,74 @@ class ForkAwareThreadLock:
 
     def __exit__(self, *args: object) -> None:
         self._lock.__exit__(*args)
+
+
+# --------------------------------------------------------------------------- standard library names
+
+NOTSET = 0
+DEBUG = 10
+INFO = 20
+try:
+    MAXFD = os.sysconf("SC_OPEN_MAX")
+except (AttributeError, ValueError, OSError):  # pragma: no cover - Linux has it
+    MAXFD = 256
+
+
+class ForkAwareLocal(threading.local):
+    """A ``threading.local`` that a forked child gets back empty."""
+
+    def __init__(self) -> None:
+        register_after_fork(self, lambda obj: obj.__dict__.clear())
+
+    def __reduce__(self) -> Any:
+        return type(self), ()
+
+
+def is_abstract_socket_namespace(address: Any) -> bool:
+    """Whether *address* names a Linux abstract Unix socket (starts with a NUL byte)."""
+    if not address:
+        return False
+    if isinstance(address, bytes):
+        return address[0] == 0
+    if isinstance(address, str):
+        return address[0] == "\0"
+    raise TypeError(f"address type of {address!r} unrecognized")
+
+
+def close_all_fds_except(fds: Any) -> None:
+    """Close every descriptor of this process but those in *fds*."""
+    keep = sorted({-1, *fds, MAXFD})
+    for low, high in zip(keep, keep[1:], strict=False):
+        os.closerange(low + 1, high)
+
+
+def close_fds(*fds: int) -> None:
+    """Close each descriptor in *fds*."""
+    for fd in fds:
+        os.close(fd)
+
+
+def spawnv_passfds(path: str, args: Any, passfds: Any) -> int:
+    """Start program *path* with argument list *args*, inheriting only *passfds*; return its pid.
+
+    The caller reaps the child (``os.waitpid``).
+
+    Raises:
+        OSError: the program cannot be started.
+    """
+    import subprocess
+
+    popen = subprocess.Popen([os.fsdecode(a) for a in args], executable=path, pass_fds=sorted(passfds),
+                             close_fds=True)
+    popen.returncode = 0  # the caller owns and reaps the pid: keep subprocess from doing it
+    return popen.pid
+
+
+def _args_from_interpreter_flags() -> list[str]:
+    """The interpreter's flags (-X, -W, -O...) as this one was started (for a child interpreter)."""
+    import subprocess
+
+    return subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+
+
+__getattr__ = _lazy_submodules(__name__, "process")

@@ -32,6 +32,10 @@ def preparation_data(name: str, start_method: str) -> dict[str, Any]:
         "parent_name": _state.get().current.name,
         "parent_pid": os.getpid(),
     }
+    installer = sys.modules.get("procly._install")
+    if installer is not None and installer.active():
+        # procly.install() is in force: the child installs it too, with the same options.
+        data["install_multiprocessing"] = installer.options()
     import logging
 
     if "procly" in logging.Logger.manager.loggerDict:  # configured: children log alike
@@ -58,6 +62,12 @@ def prepare(data: dict[str, Any]) -> None:
         os.chdir(data["dir"])
     except OSError:
         pass
+    install_options = data.get("install_multiprocessing")
+    if install_options is not None:
+        # Before the main module is imported: its ``import multiprocessing`` must find procly.
+        from .._install import install
+
+        install(**install_options)
     if "main_module_name" in data:
         _import_main(data["main_module_name"], None)
     elif "main_path" in data:
