@@ -112,13 +112,21 @@ for _name in ("AuthenticationError", "BufferTooShort", "ConnectionClosedError", 
 del _name
 
 
+_SUBMODULES = frozenset({
+    "connection", "context", "dummy", "forkserver", "heap", "managers", "pool", "popen_fork", "popen_forkserver",
+    "popen_spawn_posix", "process", "queues", "reduction", "resource_sharer", "resource_tracker", "shared_memory",
+    "sharedctypes", "spawn", "synchronize", "util",
+})  # fmt: skip
+
+
 def __getattr__(name: str) -> Any:
     # reducer and the factories of later layers are resolved on first use, so that
     # ``import procly`` stays cheap for every child that pays for it.
     if name == "reducer":
         return _ctx.reducer
-    if name in ("process", "reduction"):
-        # Submodules the standard library's package has imported by the time it is.
+    if name in _SUBMODULES:
+        # Submodules resolve on first use (the standard library's package has only those
+        # imported that something imported).
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
