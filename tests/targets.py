@@ -458,3 +458,16 @@ def start_grandchildren_and_sleep(method, pids_path):
     with open(pids_path, "w") as f:
         f.write(f"{child.pid} {proc.pid}\n")
     time.sleep(60)
+
+
+def thread_environment():
+    """What a pool worker's numeric libraries would read."""
+    return {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+def blas_threads():
+    """Threads of the BLAS library numpy loaded here (threadpoolctl's view)."""
+    import numpy  # noqa: F401 - loads the BLAS library
+    from threadpoolctl import threadpool_info
+
+    return sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"})

@@ -626,3 +626,31 @@ def test_task_timeout_ends_what_the_task_started(ctx, tmp_path):
             pid_state(pid) for pid in pids
         ]
         assert p.apply(targets.square, (3,)) == 9
+
+
+@pytest.mark.timeout(60)
+def test_inner_threads_limit_numeric_libraries_in_workers(ctx, monkeypatch):
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    with ctx.Pool(2, inner_threads=1) as p:
+        assert p.apply(targets.thread_environment) == dict.fromkeys(
+            ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1"
+        )
+        assert p.apply(targets.blas_threads) == [1]
+    if ctx.get_start_method() != "forkserver":  # its children have the fork server's environment
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own setting wins
+        with ctx.Pool(2, inner_threads=1) as p:
+            env = p.apply(targets.thread_environment)
+            assert env["OMP_NUM_THREADS"] == "3" and env["MKL_NUM_THREADS"] == "1"
+    with ctx.Pool(1, inner_threads=0) as p:
+        assert p.apply(targets.thread_environment)["MKL_NUM_THREADS"] is None
+    with pytest.raises(ValueError, match="inner_threads"):
+        ctx.Pool(1, inner_threads=-1)
+
+
+def test_default_inner_threads_share_the_cpus():
+    from procly import _inner_threads
+
+    assert _inner_threads.resolve(None, 2, 8) == 4
+    assert _inner_threads.resolve(None, 16, 8) == 1
+    assert _inner_threads.resolve(3, 2, 8) == 3

@@ -33,7 +33,7 @@ import weakref
 from concurrent.futures import CancelledError
 from typing import Any, Callable, Iterable, Iterator
 
-from . import _serialization
+from . import _inner_threads, _serialization
 from ._connection import MEMFD_THRESHOLD, BufferedConnection, Pipe
 from ._errors import PoolTerminatedError, StartError, TaskTimeoutError, WorkerLostError
 from ._finalize import Finalize
@@ -152,9 +152,11 @@ class Pool(PoolAPI):
     fails outstanding results instead of leaving them pending for ever.
 
     Raises:
-        ValueError: *processes* < 1, *maxtasksperchild* not a positive int, or
+        ValueError: *processes* < 1, *maxtasksperchild* not a positive int,
             *max_memory_per_child* (bytes of resident memory; a worker that grew past it is
-            replaced between tasks) not a positive int.
+            replaced between tasks) not a positive int, or *inner_threads* (threads each
+            worker's BLAS/OpenMP libraries may use; default: an equal share of the CPUs,
+            0: no limit) negative.
         TypeError: *initializer* is not callable.
     """
 
@@ -169,6 +171,7 @@ class Pool(PoolAPI):
         task_timeout: float | None = None,
         retries: int = 0,
         max_memory_per_child: int | None = None,
+        inner_threads: int | None = None,
     ) -> None:
         if max_memory_per_child is not None and (
             not isinstance(max_memory_per_child, int) or max_memory_per_child <= 0
@@ -190,6 +193,8 @@ class Pool(PoolAPI):
             context = _default_context.get_context()
         self._ctx = context
         self._processes = processes
+        self._inner_threads = _inner_threads.resolve(inner_threads, processes, usable_cpus())
+        self._worker_env = _inner_threads.environment(self._inner_threads)
         self._initializer = initializer
         self._initargs = tuple(initargs)
         self._maxtasks = maxtasksperchild
@@ -587,9 +592,12 @@ class Pool(PoolAPI):
         process = self._ctx.Process(
             target=worker_main,
             args=(child_end, self._initializer, self._initargs, self._maxtasks, self._max_memory),
+            kwargs={"inner_threads": self._inner_threads, "env": self._worker_env},
             name=f"PoolWorker-{next(_worker_numbers)}",
             daemon=True,
         )
+        if self._worker_env:
+            process._config["env"] = self._worker_env  # set before a spawned worker imports anything
         try:
             process.start()
         except BaseException:

@@ -25,7 +25,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from . import _serialization, _state
+from . import _inner_threads, _serialization, _state
 from ._connection import BufferedConnection
 from ._spin import Spinner
 
@@ -109,7 +109,7 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tuple, maxtasks: int | None,
-                max_memory: int | None = None) -> None:
+                max_memory: int | None = None, *, inner_threads: int = 0, env: dict[str, str] | None = None) -> None:
     """Run tasks from *conn* until told to stop, the pool goes away, *maxtasks* are done,
     or (checked between tasks) the resident memory exceeds *max_memory* bytes.
 
@@ -120,6 +120,9 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
     # Ctrl-C is the parent's business: it terminates the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _state.become_pool_worker()
+    if env:
+        os.environ.update(env)  # for libraries loaded from now on
+    _inner_threads.limit_loaded_libraries(inner_threads)  # and those loaded already (fork)
     if initializer is not None:
         initializer(*initargs)
     funcs: collections.OrderedDict[int, Callable[..., Any]] = collections.OrderedDict()

@@ -152,6 +152,8 @@ class ForkServer:
 
     def _start(self, sock: socket.socket, process: Any) -> ForkServerChild:
         data = preparation_data(process.name, "forkserver")
+        if process._config.get("env"):
+            data["env"] = process._config["env"]
         with _handoff.collecting() as handoff:
             payload = _serialization.dumps(process)
         data["fds"] = handoff.fds  # renumbered by the server

@@ -56,6 +56,7 @@ def preparation_data(name: str, start_method: str) -> dict[str, Any]:
 
 def prepare(data: dict[str, Any]) -> None:
     """Apply :func:`preparation_data` in the child (idempotent for the main module)."""
+    os.environ.update(data.get("env", {}))  # before the main module imports anything
     sys.path[:] = data["sys_path"]
     sys.argv[:] = data["sys_argv"]
     try:

@@ -31,10 +31,11 @@ def interpreter_command(executable: str | None = None) -> list[str]:
     return [executable or sys.executable, *flags]
 
 
-def launch(argv: list[str], pass_fds: list[int]) -> int:
-    """Start *argv* with exactly *pass_fds* inherited; return its pid (we reap it ourselves)."""
+def launch(argv: list[str], pass_fds: list[int], env: dict[str, str] | None = None) -> int:
+    """Start *argv* with exactly *pass_fds* inherited, and *env* added to this process's
+    environment; return its pid (we reap it ourselves)."""
     try:
-        popen = subprocess.Popen(argv, pass_fds=pass_fds, close_fds=True)
+        popen = subprocess.Popen(argv, pass_fds=pass_fds, close_fds=True, env={**os.environ, **env} if env else None)
     except OSError as exc:
         raise StartError(f"cannot start {argv[0]}: {exc}") from exc
     # The Popen object only launched the child: the caller owns and reaps the pid.
@@ -67,7 +68,7 @@ class SpawnStarter:
                 str(lifeline) if lifeline is not None else "-",
             ]
             pass_fds = [read_fd, *handoff.fds] + ([lifeline] if lifeline is not None else [])
-            pid = launch(argv, pass_fds)
+            pid = launch(argv, pass_fds, process._config.get("env"))
         except BaseException:
             os.close(write_fd)
             raise
