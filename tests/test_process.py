@@ -384,3 +384,39 @@ def test_default_pool_size_follows_process_cpu_count(monkeypatch):
         assert _state.usable_cpus() == 3
     else:
         assert _state.usable_cpus() == len(os.sched_getaffinity(0))
+
+
+FORK_WHILE_POOL_RUNS = """import os, sys, procly, warnings
+warnings.simplefilter("ignore", DeprecationWarning)
+def sq(x): return x * x
+if __name__ == "__main__":
+    method = sys.argv[1]
+    with procly.get_context(method).Pool(2) as pool:
+        r = pool.map_async(sq, range(100000), chunksize=10)
+        for i in range(5):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    with procly.get_context(method).Pool(2) as inner:
+                        ok = inner.map(sq, range(50)) == [x*x for x in range(50)]
+                    q = procly.Queue(); q.put(1); ok = ok and q.get(timeout=5) == 1
+                    os._exit(0 if ok else 3)
+                except BaseException:
+                    import traceback; traceback.print_exc()
+                    os._exit(4)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, status
+        assert r.get(timeout=60)[:3] == [0, 1, 4]
+    print("ok")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_os_fork_while_a_pool_runs_leaves_a_usable_child(ctx, tmp_path):
+    """procly's own threads (the pool's supervisor, queue feeders) hold nothing a child
+    forked with os.fork() needs: it can start its own pools and queues."""
+    script = tmp_path / "fork_while_pool_runs.py"
+    script.write_text(FORK_WHILE_POOL_RUNS)
+    out = subprocess.run([sys.executable, str(script), ctx.get_start_method()], capture_output=True, text=True,
+                         timeout=100)  # fmt: skip
+    assert out.returncode == 0 and out.stdout == "ok\n", out.stderr
