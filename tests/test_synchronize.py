@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import sys
 import threading
 import time
 
@@ -161,3 +162,20 @@ def test_acquire_is_interrupted_by_signals():
         signal.signal(signal.SIGALRM, old)
         lock.release()
     assert os.getpid()
+
+
+def test_acquire_and_release_keep_the_reference_counts_of_their_results():
+    # An extension built with the headers of Python 3.12+ must still give new references
+    # to True/False/None (a 3.11 interpreter would otherwise free True).
+    lock = procly.RLock()
+    before = (sys.getrefcount(True), sys.getrefcount(None))
+    for _ in range(10_000):
+        lock.acquire()
+        lock.acquire(False)
+        lock.release()
+        lock.release()
+    import gc
+
+    gc.collect()
+    after = (sys.getrefcount(True), sys.getrefcount(None))
+    assert abs(after[0] - before[0]) < 100 and abs(after[1] - before[1]) < 100, (before, after)

@@ -29,6 +29,9 @@
 #endif
 #include <Python.h>
 #include <pythread.h>
+/* Never Py_RETURN_TRUE/FALSE/NONE here: headers of Python 3.12+ define them without a new
+ * reference (their singletons are immortal), so a build with newer headers would steal
+ * references from a 3.11 interpreter and free True. Py_NewRef is right everywhere. */
 #include <semaphore.h>
 #include <errno.h>
 #include <time.h>
@@ -201,7 +204,7 @@ acquire_impl(SemLockObject *self, int blocking, PyObject *timeout_obj)
         return NULL;
     if (self->kind == KIND_RECURSIVE && ISMINE(self)) {
         ++self->count;
-        Py_RETURN_TRUE;
+        return Py_NewRef(Py_True);
     }
     if (blocking && timeout_obj != Py_None) {
         timeout = PyFloat_AsDouble(timeout_obj);
@@ -219,7 +222,7 @@ acquire_impl(SemLockObject *self, int blocking, PyObject *timeout_obj)
     if (errno != EAGAIN)
         return PyErr_SetFromErrno(PyExc_OSError);
     if (!blocking || timeout == 0.0)
-        Py_RETURN_FALSE;
+        return Py_NewRef(Py_False);
 
     if (timeout > 0.0) {
         double whole;
@@ -244,14 +247,14 @@ acquire_impl(SemLockObject *self, int blocking, PyObject *timeout_obj)
             continue;
         }
         if (err == ETIMEDOUT)
-            Py_RETURN_FALSE;
+            return Py_NewRef(Py_False);
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
 acquired:
     ++self->count;
     self->last_tid = PyThread_get_thread_ident();
-    Py_RETURN_TRUE;
+    return Py_NewRef(Py_True);
 }
 
 /* acquire(block=True, timeout=None), parsed by hand: this is the hot path. */
@@ -299,7 +302,7 @@ semlock_release(SemLockObject *self, PyObject *Py_UNUSED(ignored))
         }
         if (self->count > 1) {
             --self->count;
-            Py_RETURN_NONE;
+            return Py_NewRef(Py_None);
         }
     }
     else {
@@ -315,7 +318,7 @@ semlock_release(SemLockObject *self, PyObject *Py_UNUSED(ignored))
         return PyErr_SetFromErrno(PyExc_OSError);
     if (self->count > 0)
         --self->count;
-    Py_RETURN_NONE;
+    return Py_NewRef(Py_None);
 }
 
 static PyObject *
@@ -370,7 +373,7 @@ static PyObject *
 semlock_after_fork(SemLockObject *self, PyObject *Py_UNUSED(ignored))
 {
     self->count = 0;
-    Py_RETURN_NONE;
+    return Py_NewRef(Py_None);
 }
 
 static PyObject *
