@@ -175,6 +175,11 @@ class ProcessPoolExecutor(Executor):
         """The live worker processes by pid (the standard library's attribute)."""
         return {process.pid: process for process in getattr(self._pool, "_pool", [])}
 
+    @property
+    def _executor_manager_thread(self) -> threading.Thread | None:
+        """The pool's supervisor thread (the standard library's attribute: ends after shutdown)."""
+        return getattr(self._pool, "_supervisor", None)
+
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)``; return its Future.
 
@@ -258,7 +263,7 @@ class ProcessPoolExecutor(Executor):
         if buffersize is not None and buffersize < 1:
             raise ValueError("buffersize must be None or > 0")
         end_time = None if timeout is None else time.monotonic() + timeout
-        arguments: Iterator[tuple] = zip(*iterables)
+        arguments: Iterator[tuple] = zip(*iterables, strict=False)  # the shortest wins, as in map()
         if chunksize > 1:
             arguments = ((chunk,) for chunk in _batched(arguments, chunksize))
             fn = functools.partial(_process_chunk, fn)  # one function for every chunk: pickled once

@@ -791,6 +791,9 @@ class Pool(PoolAPI):
                     self._retire(worker, None)
                     return
                 if len(reply) == 2:  # ("init-failed", text): an executor's initializer raised
+                    # It exits by itself: let it finish (flush what its initializer queued,
+                    # a log record for instance) before the pool breaks and ends the others.
+                    worker.process.join(5)
                     self._broken = f"the initializer failed in a worker ({reply[1]}); the executor is broken"
                     self._terminate(kill=False)
                     return
