@@ -253,7 +253,7 @@ def test_map_goes_through_submit_with_buffersize():
 
 def test_map_timeout_counts_from_the_call():
     with ProcessPoolExecutor(3) as executor:
-        results = executor.map(time.sleep, [0, 0, 30], timeout=2)
+        results = executor.map(time.sleep, [0, 0, 30], timeout=5)
         assert next(results) is None and next(results) is None
         with pytest.raises(concurrent.futures.TimeoutError):
             next(results)
