@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 import time
@@ -45,7 +46,8 @@ def make_exits_on_pickle(_=None) -> ExitsOnPickle:
 def print_later(seconds: float, text: str) -> str:
     """Work still running when the interpreter starts to exit."""
     time.sleep(seconds)
-    print(text, flush=True)
+    sys.stdout.flush()
+    os.write(1, f"{text}\n".encode())  # one write: lines of two workers do not interleave
     return text
 
 

@@ -13,3 +13,4 @@ from ._executor import ProcessPoolExecutor as ProcessPoolExecutor
 __all__ = ["BrokenProcessPool", "ProcessPoolExecutor"]
 
 ProcessPoolExecutor.__module__ = __name__
+BrokenProcessPool.__module__ = __name__
