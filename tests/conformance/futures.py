@@ -175,13 +175,18 @@ class Result(unittest.TestResult):
             area_name(type(test).__name__, self.method), {"passed": 0, "failed": 0, "skipped": 0, "private": 0}
         )
 
+    durations = False
+
     def startTest(self, test):  # noqa: N802 - unittest API
         super().startTest(test)
+        self._started = time.monotonic()
         signal.signal(signal.SIGALRM, _alarm)
         signal.setitimer(signal.ITIMER_REAL, self.timeout)
 
     def stopTest(self, test):  # noqa: N802
         signal.setitimer(signal.ITIMER_REAL, 0)
+        if self.durations:
+            print(f"{time.monotonic() - self._started:7.2f}s {test.id()}", file=sys.stderr, flush=True)
         super().stopTest(test)
 
     def addSuccess(self, test):  # noqa: N802
@@ -222,12 +227,14 @@ def main() -> None:
     parser.add_argument("--area", action="append", default=[], help="class without its ProcessPool<Method> prefix")
     parser.add_argument("--test", action="append", default=[], help="only test methods of these names")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--durations", action="store_true", help="print each test's duration (stderr)")
     args = parser.parse_args()
     from test import support
 
     support.verbose = 0  # the suite prints each test's duration otherwise
     started = time.monotonic()
     result = Result(args.timeout, args.method)
+    result.durations = args.durations
     try:
         classes = classes_for(args.method)
     except ImportError as exc:
