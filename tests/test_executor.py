@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
+import os
+import pickle
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
 
 import procly
-from procly.futures import ProcessPoolExecutor
+from procly.futures import BrokenProcessPool, ProcessPoolExecutor
 
-from . import targets
+from . import executor_targets, targets
 
 
 def test_submit_map_and_exceptions(ctx):
@@ -79,3 +85,220 @@ def test_cancelled_futures_never_run(ctx):
             assert runs[i] == 0, f"call {i} ran although its future was cancelled"
         else:
             assert future.result(timeout=30) == i * i and runs[i] == 1
+
+
+# -- the concurrent.futures contract (issue 14) ------------------------------------
+
+
+def test_broken_process_pool_types_pickle():
+    """WorkerLostError is procly's BrokenProcessPool, a concurrent.futures.BrokenExecutor;
+    both survive a pickle round trip."""
+    lost = procly.WorkerLostError("worker died", -9)
+    assert isinstance(lost, BrokenProcessPool)
+    assert isinstance(lost, concurrent.futures.BrokenExecutor)
+    assert isinstance(lost, procly.ProcessError)
+    copy = pickle.loads(pickle.dumps(lost))
+    assert type(copy) is procly.WorkerLostError and copy.exitcode == -9 and str(copy) == "worker died"
+    broken = pickle.loads(pickle.dumps(BrokenProcessPool("initializer failed")))
+    assert type(broken) is BrokenProcessPool and str(broken) == "initializer failed"
+    from procly.pool import MaybeEncodingError
+
+    assert issubclass(MaybeEncodingError, pickle.PicklingError)
+
+
+def test_worker_death_fails_its_future_with_broken_executor(ctx):
+    with ProcessPoolExecutor(2, mp_context=ctx) as executor:
+        lost = executor.submit(targets.die_on, 1, 1)
+        with pytest.raises(concurrent.futures.BrokenExecutor, match="died"):
+            lost.result(timeout=30)
+        assert isinstance(lost.exception(), procly.WorkerLostError)
+        # procly replaces the worker and goes on (the standard library breaks the executor).
+        assert executor.submit(targets.square, 4).result(timeout=30) == 16
+        assert not executor._broken
+
+
+def test_failing_initializer_breaks_the_executor(ctx):
+    executor = ProcessPoolExecutor(2, mp_context=ctx, initializer=executor_targets.fail_init)
+    try:
+        futures = []
+        try:
+            for i in range(4):
+                futures.append(executor.submit(targets.square, i))
+        except concurrent.futures.BrokenExecutor:
+            pass  # broken already: submit() refuses, as it must from now on
+        for future in futures:
+            error = future.exception(timeout=30)
+            assert isinstance(error, concurrent.futures.BrokenExecutor), error
+            assert isinstance(error, BrokenProcessPool) and "initializer" in str(error)
+        assert executor._broken
+        with pytest.raises(concurrent.futures.BrokenExecutor, match="initializer"):
+            executor.submit(targets.square, 1)
+    finally:
+        executor.shutdown(wait=True)
+    # No worker left behind, none respawned (the leak check of conftest also checks).
+    assert executor._processes == {}
+
+
+def test_unpicklable_calls_fail_their_future(ctx):
+    """submit() does not raise for a call that cannot be sent or received: its future fails."""
+    with ProcessPoolExecutor(2, mp_context=ctx) as executor:
+        argument = executor.submit(targets.square, threading.Lock())
+        assert isinstance(argument.exception(timeout=30), pickle.PicklingError)
+        task = executor.submit(targets.square, executor_targets.BreaksOnUnpickle())
+        error = task.exception(timeout=30)
+        assert isinstance(error, BrokenProcessPool) and "unpickled in the worker" in str(error)
+        result = executor.submit(executor_targets.make_breaks_on_unpickle)
+        error = result.exception(timeout=30)
+        assert isinstance(error, concurrent.futures.BrokenExecutor) and "result could not be unpickled" in str(error)
+        unpicklable = executor.submit(targets.return_unpicklable, 1)
+        with pytest.raises(pickle.PicklingError):
+            unpicklable.result(timeout=30)
+        exits = executor.submit(executor_targets.exit_now)
+        assert isinstance(exits.exception(timeout=30), SystemExit)
+        exits_pickling = executor.submit(executor_targets.make_exits_on_pickle)
+        assert isinstance(exits_pickling.exception(timeout=30), SystemExit)
+        # None of it broke the executor.
+        assert executor.submit(targets.square, 5).result(timeout=30) == 25
+
+
+_EXIT_SCRIPT = """
+import atexit
+import procly
+from procly.futures import ProcessPoolExecutor
+from tests import executor_targets
+
+
+def submit_last():
+    try:
+        executor.submit(executor_targets.print_later, 0, "too late")
+    except RuntimeError as exc:
+        print("refused:", exc, flush=True)
+
+
+atexit.register(submit_last)
+
+if __name__ == "__main__":
+    executor = ProcessPoolExecutor(2, mp_context=procly.get_context({method!r}))
+    for i in range(4):
+        executor.submit(executor_targets.print_later, 0.3, f"finished {{i}}")
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_pending_work_is_finished_at_exit(method, tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(_EXIT_SCRIPT.format(method=method))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(procly.__file__)), root]))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env,
+                          cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert sorted(line for line in lines if line.startswith("finished")) == [f"finished {i}" for i in range(4)]
+    assert "refused: cannot schedule new futures after interpreter shutdown" in lines
+    assert "too late" not in lines
+
+
+def test_submit_after_shutdown_raises(ctx):
+    executor = ProcessPoolExecutor(1, mp_context=ctx)
+    executor.shutdown(wait=False)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(targets.square, 1)
+    executor.shutdown(wait=True)
+
+
+@pytest.mark.timeout(90)
+def test_map_results_readable_after_shutdown(ctx):
+    """Leaving the with block (shutdown(wait=True)) returns while map results are unread,
+    and they are all readable afterwards."""
+    with ProcessPoolExecutor(2, mp_context=ctx) as executor:
+        results = executor.map(targets.square, range(100))
+        chunked = executor.map(targets.add, range(100), range(100), chunksize=7)
+    assert list(results) == [x * x for x in range(100)]
+    assert list(chunked) == [2 * x for x in range(100)]
+
+
+class _CountingExecutor(ProcessPoolExecutor):
+    submitted = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_map_goes_through_submit_with_buffersize():
+    with _CountingExecutor(2) as executor:
+        assert list(executor.map(targets.square, range(10))) == [x * x for x in range(10)]
+        assert executor.submitted == 10  # eager: one future per item
+        executor.submitted = 0
+        assert list(executor.map(targets.add, range(10), range(10), chunksize=4)) == [2 * x for x in range(10)]
+        assert executor.submitted == 3  # one future per chunk
+        executor.submitted = 0
+        results = executor.map(targets.square, range(10), buffersize=3)
+        assert executor.submitted == 3
+        assert next(results) == 0
+        assert executor.submitted == 4  # one more for each result read
+        assert list(results) == [x * x for x in range(1, 10)]
+        assert executor.submitted == 10
+        endless = executor.map(targets.square, itertools.count(), buffersize=2)
+        assert [next(endless) for _ in range(5)] == [0, 1, 4, 9, 16]
+        endless.close()
+        with pytest.raises(ValueError, match="buffersize"):
+            executor.map(targets.square, range(3), buffersize=0)
+        with pytest.raises(TypeError, match="buffersize"):
+            executor.map(targets.square, range(3), buffersize="2")
+        with pytest.raises(ValueError, match="chunksize"):
+            executor.map(targets.square, range(3), chunksize=0)
+
+
+def test_map_timeout_counts_from_the_call():
+    with ProcessPoolExecutor(3) as executor:
+        results = executor.map(time.sleep, [0, 0, 30], timeout=5)
+        assert next(results) is None and next(results) is None
+        with pytest.raises(concurrent.futures.TimeoutError):
+            next(results)
+        executor.terminate_workers()  # the 30 s call need not finish
+
+
+def test_closing_map_early_cancels_the_rest(ctx):
+    runs = ctx.Array("i", 20, lock=False)
+    executor = ProcessPoolExecutor(1, mp_context=ctx, initializer=targets.keep_run_counts, initargs=(runs,))
+    try:
+        results = executor.map(targets.counted_nap, range(20), [0.2] * 20)
+        assert next(results) == 0
+        results.close()
+    finally:
+        executor.shutdown(wait=True)
+    assert runs[0] == 1 and sum(runs) < 20
+
+
+@pytest.mark.parametrize("how", ["terminate_workers", "kill_workers"])
+def test_terminate_and_kill_workers(ctx, how):
+    started, release = ctx.Event(), ctx.Event()
+    executor = ProcessPoolExecutor(1, mp_context=ctx, initializer=executor_targets.keep_events,
+                                   initargs=(started, release))  # fmt: skip
+    running = executor.submit(executor_targets.signal_and_block)
+    assert started.wait(30)
+    pending = [executor.submit(targets.square, i) for i in range(5)]
+    getattr(executor, how)()
+    assert isinstance(running.exception(timeout=30), concurrent.futures.BrokenExecutor)
+    # Those not sent to the worker yet are cancelled; one queued at the worker (as in
+    # the standard library's call queue) was running: it fails like the running one.
+    assert sum(f.cancelled() for f in pending) >= 3
+    for future in pending:
+        assert future.cancelled() or isinstance(future.exception(timeout=30), concurrent.futures.BrokenExecutor)
+    with pytest.raises(RuntimeError):  # BrokenProcessPool, a RuntimeError as in the stdlib
+        executor.submit(targets.square, 1)
+    executor.shutdown(wait=True)
+    assert executor._processes == {}
+
+
+def test_constructor_follows_the_standard_library():
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        ProcessPoolExecutor(0)
+    with pytest.raises(ValueError, match="incompatible with the 'fork' start method"):
+        ProcessPoolExecutor(1, mp_context=procly.get_context("fork"), max_tasks_per_child=2)
+    with pytest.raises(TypeError, match="max_tasks_per_child"):
+        ProcessPoolExecutor(1, max_tasks_per_child="2")
+    with ProcessPoolExecutor(1, max_tasks_per_child=2) as executor:
+        assert executor._mp_context.get_start_method() == "spawn"

@@ -14,7 +14,10 @@ The roots are the names ``multiprocessing`` users already catch, so existing
         ├── StartError                    a child could not be started (also OSError)
         ├── PicklingError                 an object cannot be serialized
         │                                 (also pickle.PicklingError and TypeError)
-        ├── WorkerLostError               a pool worker died while running a task
+        ├── BrokenProcessPool             an executor's task could not run: its worker died,
+        │   │                             the initializer failed, the task did not unpickle
+        │   │                             (also concurrent.futures.BrokenExecutor, a RuntimeError)
+        │   └── WorkerLostError           a pool worker died while running a task
         ├── TaskTimeoutError              a task ran past its task_timeout and was stopped
         └── PoolTerminatedError           the pool was terminated before the task finished
 
@@ -29,9 +32,11 @@ from __future__ import annotations
 
 import builtins
 import pickle
+from concurrent.futures import BrokenExecutor
 
 __all__ = [
     "AuthenticationError",
+    "BrokenProcessPool",
     "BufferTooShort",
     "ConnectionClosedError",
     "MessageError",
@@ -86,7 +91,17 @@ class PicklingError(ProcessError, pickle.PicklingError, TypeError):
     """An object could not be serialized; the message names it and the reason."""
 
 
-class WorkerLostError(ProcessError):
+class BrokenProcessPool(ProcessError, BrokenExecutor):
+    """A task could not run to its end in the pool: its worker died, the executor's
+    initializer failed, or the task did not unpickle in the worker.
+
+    Also ``concurrent.futures.BrokenExecutor`` (the base of the standard library's
+    ``concurrent.futures.process.BrokenProcessPool``), so ``except BrokenExecutor``
+    written for the standard library's executor catches it.
+    """
+
+
+class WorkerLostError(BrokenProcessPool):
     """A pool worker died (signal, ``os._exit``, crash) while it was running the task.
 
     The message names the worker, its pid, how it ended and the task; ``exitcode`` is

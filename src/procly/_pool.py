@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import _inner_threads, _serialization
 from ._connection import MEMFD_THRESHOLD, BufferedConnection, Pipe
-from ._errors import PoolTerminatedError, StartError, TaskTimeoutError, WorkerLostError
+from ._errors import BrokenProcessPool, PoolTerminatedError, StartError, TaskTimeoutError, WorkerLostError
 from ._finalize import Finalize
 from ._pool_api import PoolAPI, PoolState
 from ._pool_results import ApplyResult, IMapIterator, LookAhead, MapResult, feed_lazily
@@ -172,7 +172,13 @@ class Pool(PoolAPI):
         retries: int = 0,
         max_memory_per_child: int | None = None,
         inner_threads: int | None = None,
+        _executor: bool = False,
     ) -> None:
+        # -- for ProcessPoolExecutor (_executor=True): concurrent.futures semantics in the
+        # workers (see worker_main), and an initializer that fails breaks the pool: it is
+        # terminated and what is outstanding fails with BrokenProcessPool (_broken says why).
+        self._executor_mode = _executor
+        self._broken: str | None = None
         if max_memory_per_child is not None and (
             not isinstance(max_memory_per_child, int) or max_memory_per_child <= 0
         ):
@@ -287,7 +293,9 @@ class Pool(PoolAPI):
         with self._lock:
             if self._state is PoolState.TERMINATED:
                 for task in tasks:
-                    task.settle(False, PoolTerminatedError("the pool was terminated"))
+                    broken = self._broken is not None
+                    task.settle(False, BrokenProcessPool(self._broken) if broken else PoolTerminatedError(
+                        "the pool was terminated"))
                 return
             for task in tasks:
                 self._outstanding[task.id] = task
@@ -508,6 +516,10 @@ class Pool(PoolAPI):
 
         Idempotent; returns within about a second even if workers ignore SIGTERM.
         """
+        self._terminate(kill=False)
+
+    def _terminate(self, kill: bool) -> None:
+        """terminate(); with *kill*, SIGKILL at once (the executor's kill_workers())."""
         with self._lock:
             already = self._state is PoolState.TERMINATED
             self._state = PoolState.TERMINATED
@@ -520,7 +532,10 @@ class Pool(PoolAPI):
         # them (it signals them again, and kills any that ignore SIGTERM).
         for worker in workers:
             try:
-                worker.process.terminate()
+                if kill:
+                    worker.process.kill()
+                else:
+                    worker.process.terminate()
             except (OSError, ValueError):
                 pass  # already reaped and closed by the supervisor
         self._wake()
@@ -591,7 +606,8 @@ class Pool(PoolAPI):
         parent_end, child_end = Pipe()
         process = self._ctx.Process(
             target=worker_main,
-            args=(child_end, self._initializer, self._initargs, self._maxtasks, self._max_memory),
+            args=(child_end, self._initializer, self._initargs, self._maxtasks, self._max_memory,
+                  self._executor_mode),
             kwargs={"inner_threads": self._inner_threads, "env": self._worker_env},
             name=f"PoolWorker-{next(_worker_numbers)}",
             daemon=True,
@@ -847,7 +863,13 @@ class Pool(PoolAPI):
             except (EOFError, OSError):
                 self._lost(worker)
                 return
-            except Exception as exc:  # noqa: BLE001 - a result that does not unpickle in the parent
+            except BaseException as exc:  # noqa: BLE001 - a result that does not unpickle in the parent
+                if self._executor_mode:
+                    error = BrokenProcessPool(f"a result could not be unpickled: {type(exc).__name__}: {exc}")
+                    error.__cause__ = exc
+                    exc = error
+                elif not isinstance(exc, Exception):
+                    raise
                 replies = [(inflight[0].id if inflight else -1, False, (exc, ""), 0.0, 0.0, 0.0)]
             self._settle_replies(worker, replies)
 
@@ -860,6 +882,13 @@ class Pool(PoolAPI):
             for reply in replies:
                 if len(reply) == 1:  # ("bye",): it left after maxtasksperchild or max_memory_per_child
                     self._retire(worker, None)
+                    return
+                if len(reply) == 2:  # ("init-failed", text): an executor's initializer raised
+                    # It exits by itself: let it finish (flush what its initializer queued,
+                    # a log record for instance) before the pool breaks and ends the others.
+                    worker.process.join(5)
+                    self._broken = f"the initializer failed in a worker ({reply[1]}); the executor is broken"
+                    self._terminate(kill=False)
                     return
                 task_id, success, values, seconds, serializing_one, waiting_one = reply
                 if not inflight or inflight[0].id != task_id:
@@ -991,7 +1020,10 @@ class Pool(PoolAPI):
             self._outstanding.clear()
             self._pending.clear()
         for task in leftovers:
-            task.settle(False, PoolTerminatedError(f"the pool was terminated before task {task.label} finished"))
+            if self._broken is not None:
+                task.settle(False, BrokenProcessPool(self._broken))
+            else:
+                task.settle(False, PoolTerminatedError(f"the pool was terminated before task {task.label} finished"))
         with self._lock:
             wake_w, self._wake_w = self._wake_w, None
         os.close(self._wake_r)

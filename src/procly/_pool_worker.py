@@ -8,7 +8,9 @@ Messages from the pool, in order, over the worker's own connection::
          seconds (un)pickling, seconds waiting)
     None                                                    exit
 
-and ``("bye",)`` from a worker that leaves by itself (maxtasksperchild, max_memory_per_child).
+and ``("bye",)`` from a worker that leaves by itself (maxtasksperchild, max_memory_per_child);
+for an executor's pool (*executor* mode) also ``("init-failed", text)`` from a worker whose
+initializer raised, before it exits.
 
 The function travels once per worker (``func_bytes`` only the first time a key is
 seen); tasks run strictly one after another, so the first task the pool has not heard
@@ -18,6 +20,7 @@ back about is the one running — that is how a death is pinned to its task.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import pickle
 import signal
@@ -58,8 +61,10 @@ class _Unpicklable(Exception):
     """Stands in for an exception that could not be sent back as itself."""
 
 
-class MaybeEncodingError(Exception):
+class MaybeEncodingError(pickle.PicklingError):
     """A task's result could not be pickled to send it back (the standard library's name).
+
+    Also a ``pickle.PicklingError``, so ``except pickle.PicklingError`` catches it.
 
     ``exc`` is the repr of the pickling error, ``value`` the repr of the result.
     """
@@ -99,6 +104,15 @@ def _error_payload(exc: BaseException) -> tuple[BaseException, str]:
     return exc, tb
 
 
+def _unpickling_failed(exc: BaseException) -> BaseException:
+    """The error an executor's future gets for a task that did not unpickle in the worker."""
+    from ._errors import BrokenProcessPool
+
+    error = BrokenProcessPool(f"the task could not be unpickled in the worker: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
 def resident_bytes() -> int:
     """This process's resident memory (RSS), from /proc."""
     with open("/proc/self/statm", "rb") as f:
@@ -109,13 +123,19 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tuple, maxtasks: int | None,
-                max_memory: int | None = None, *, inner_threads: int = 0, env: dict[str, str] | None = None) -> None:
+                max_memory: int | None = None, executor: bool = False, *, inner_threads: int = 0,
+                env: dict[str, str] | None = None) -> None:
     """Run tasks from *conn* until told to stop, the pool goes away, *maxtasks* are done,
     or (checked between tasks) the resident memory exceeds *max_memory* bytes.
 
     Each reply carries the task's timings: seconds computing, seconds unpickling its
     function and arguments plus pickling and sending the previous reply, and seconds
     spent waiting for this task.
+
+    *executor* (a ``ProcessPoolExecutor``'s pool) follows ``concurrent.futures``: an
+    initializer that raises is logged to the ``concurrent.futures`` logger and reported
+    to the pool (which breaks), any exception of a task (``SystemExit`` too) is its
+    result, and a task that does not unpickle fails with ``BrokenProcessPool``.
     """
     # Ctrl-C is the parent's business: it terminates the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -124,7 +144,19 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
         os.environ.update(env)  # for libraries loaded from now on
     _inner_threads.limit_loaded_libraries(inner_threads)  # and those loaded already (fork)
     if initializer is not None:
-        initializer(*initargs)
+        if not executor:
+            initializer(*initargs)
+        else:
+            try:
+                initializer(*initargs)
+            except BaseException as exc:  # noqa: BLE001 - reported, the executor breaks
+                logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
+                try:
+                    conn.send(("init-failed", f"{type(exc).__name__}: {exc}"))
+                except Exception:  # noqa: BLE001 - the pool sees the exit anyway
+                    pass
+                return
+    catch = BaseException if executor else Exception
     funcs: collections.OrderedDict[int, Callable[..., Any]] = collections.OrderedDict()
     conn = BufferedConnection.adopt(conn)  # one read takes every task waiting
     spinner = Spinner(conn.fileno())
@@ -147,6 +179,7 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
         received = clock()
         task_id, key, func_bytes, mode, payload, buffers = bundle.pop()
         started = received
+        unpickled = False
         try:
             if func_bytes is not None:
                 funcs[key] = _serialization.loads(func_bytes)
@@ -155,10 +188,13 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
             func = funcs[key]
             funcs.move_to_end(key)
             items = pickle.loads(payload, buffers=buffers)
+            unpickled = True
             started = clock()
             values = _run(func, mode, items)
             reply: tuple = (task_id, True, values, clock() - started)
-        except Exception as exc:  # noqa: BLE001 - reported to the caller
+        except catch as exc:  # noqa: BLE001 - reported to the caller
+            if executor and not unpickled:
+                exc = _unpickling_failed(exc)
             reply = (task_id, False, _error_payload(exc), clock() - started)
         reply += (started - received + previous_send, received - waiting_since)
         # Let go of the arguments first: a memfd they were mapped from is then named back
@@ -174,9 +210,10 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
                 conn._send_frame(conn.fileno(), pickle.dumps(reply, _serialization.PROTOCOL))
             else:
                 conn.send(reply)
-        except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
-            wrapped = MaybeEncodingError(exc, reply[2])
-            conn.send((task_id, False, (wrapped, ""), *reply[3:]))
+        except catch as exc:  # noqa: BLE001 - e.g. an unpicklable result
+            # (An executor's task gets a SystemExit raised while pickling as itself.)
+            wrapped = MaybeEncodingError(exc, reply[2]) if isinstance(exc, Exception) else exc
+            conn.send((task_id, False, _error_payload(wrapped) if wrapped is exc else (wrapped, ""), *reply[3:]))
         previous_send = clock() - sending
         done += 1
         if max_memory is not None and resident_bytes() > max_memory:

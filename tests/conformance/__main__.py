@@ -1,4 +1,5 @@
-"""Drive tests.conformance.run per start method and print a table per area."""
+"""Drive tests.conformance.run (or, with --futures, tests.conformance.futures) per start
+method and print a table per area."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ DEFAULT_AREAS = [
 ]
 
 
-def run(method: str, stdlib: bool, areas: list[str], timeout: float) -> dict:
-    argv = [sys.executable, "-m", "tests.conformance.run", method, "--timeout", str(timeout)]
+def run(method: str, stdlib: bool, areas: list[str], timeout: float, module: str = "tests.conformance.run",
+        python: str = sys.executable) -> dict:  # fmt: skip
+    argv = [python, "-m", module, method, "--timeout", str(timeout)]
     argv += [a for area in areas for a in ("--area", area)]
     if stdlib:
         argv.append("--stdlib")
@@ -47,24 +49,41 @@ def main() -> int:
     parser.add_argument("--stdlib", action="store_true", help="also run the standard library, to compare")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-test limit in seconds")
     parser.add_argument("--verbose", "-v", action="store_true", help="list every failure")
+    parser.add_argument("--futures", action="store_true",
+                        help="run test_concurrent_futures (process-pool classes) against procly.futures instead")
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter for the runs (its own test package is used; default: this one)")
     args = parser.parse_args()
     methods = args.method or ["fork", "spawn", "forkserver"]
-    areas = args.area or DEFAULT_AREAS
+    if args.futures:
+        module = "tests.conformance.futures"
+        areas = args.area or []
+    else:
+        module = "tests.conformance.run"
+        areas = args.area or DEFAULT_AREAS
     rows: dict[str, dict[str, str]] = {}
     totals: dict[str, list[int]] = {}
     for method in methods:
         for stdlib in ([False, True] if args.stdlib else [False]):
             label = f"{'stdlib' if stdlib else 'procly'}/{method}"
-            summary = run(method, stdlib, areas, args.timeout)
+            summary = run(method, stdlib, areas, args.timeout, module, args.python)
             total = totals.setdefault(label, [0, 0])
+            skipped = private = 0
             for area, counts in summary["areas"].items():
                 ran = counts["passed"] + counts["failed"]
                 rows.setdefault(area, {})[label] = f"{counts['passed']}/{ran}"
                 total[0] += counts["passed"]
                 total[1] += ran
-            print(f"{label}: {total[0]}/{total[1]} passed in {summary['seconds']}s", flush=True)
+                skipped += counts.get("skipped", 0)
+                private += counts.get("private", 0)
+            extra = f", {skipped} skipped" if args.futures else ""
+            if args.futures and not stdlib:
+                extra += f"; {private} of the failures read CPython's private attributes"
+            print(f"{label}: {total[0]}/{total[1]} passed{extra} in {summary['seconds']}s", flush=True)
             for failure in summary["failures"] if args.verbose or not stdlib else []:
                 print(f"    {failure}")
+            for failure in summary.get("private_failures", []) if args.verbose and not stdlib else []:
+                print(f"    (private) {failure}")
     labels = list(totals)
     width = max(len(a) for a in rows) if rows else 10
     print("\n" + "area".ljust(width) + "".join(label.rjust(20) for label in labels))
