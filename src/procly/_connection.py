@@ -50,6 +50,7 @@ _IN_MEMFD = -3
 _NAMED_BACK = -4
 MEMFD_THRESHOLD = 1024 * 1024  # out-of-band bytes in one message from which a memfd carries them
 _SMALL_WRITE = 64 * 1024  # header and payload go out in one write below this size
+_FIRST_READ = 1024 * 1024  # a large payload's buffer starts at this size and doubles as bytes arrive
 _POLLIN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 _FD_SPACE = socket.CMSG_SPACE(16 * struct.calcsize("i"))  # room for the descriptors one read may bring
 
@@ -335,13 +336,36 @@ class Connection:
         if limit is not None and n > limit:
             self.close()
             raise MessageError(f"bad message length: {n} bytes announced, at most {limit} accepted")
+        if n > _memory_size():
+            self.close()
+            raise MessageError(f"bad message length: {n} bytes announced, more than this machine's memory "
+                               f"({_memory_size()} bytes)")
 
     def _read_payload(self, handle: int, n: int) -> bytes | bytearray:
+        """Read an *n*-byte payload. Memory follows the bytes that arrive, not the header:
+        the buffer starts at 1 MiB at most and doubles each time it is full, so a header
+        announcing gigabytes costs nothing until the gigabytes come.
+
+        Raises:
+            MessageError: memory ran out (it names the size announced; the connection is closed).
+            EOFError: the peer closed the connection before the payload was whole.
+        """
         if n <= _SMALL_WRITE:
             return self._read_exact(handle, n) if n else b""  # type: ignore[return-value]
-        buf = bytearray(n)
-        self._read_into(handle, memoryview(buf))
-        return buf
+        try:
+            buf = bytearray(min(n, _FIRST_READ))
+            got = 0
+            while True:
+                with memoryview(buf) as view:
+                    self._read_into(handle, view[got:])
+                got = len(buf)
+                if got == n:
+                    return buf
+                buf += bytes(min(n - got, got))  # calloc'd zeros: untouched until copied over
+        except MemoryError:
+            self.close()
+            raise MessageError(f"out of memory receiving a message of {n} bytes announced "
+                               f"(the connection is closed)") from None
 
     def recv_bytes(self, maxlength: int | None = None) -> bytes:
         """Receive one message sent with :meth:`send_bytes` (or :meth:`send`) as bytes.
@@ -417,11 +441,8 @@ class Connection:
             views = self._receive_memfd(handle, sizes[1:], token)
             return _serialization.loads(self._read_payload(handle, sizes[0]), views)
         payload = self._read_payload(handle, sizes[0])
-        buffers = []
-        for size in sizes[1:]:
-            buf = bytearray(size)
-            self._read_into(handle, memoryview(buf))
-            buffers.append(buf)
+        buffers = [bytearray(self._read_payload(handle, size)) if size <= _SMALL_WRITE
+                   else self._read_payload(handle, size) for size in sizes[1:]]
         return _serialization.loads(payload, buffers)
 
     def _receive_memfd(self, handle: int, sizes: list[int], token: int) -> list[memoryview]:
@@ -619,6 +640,20 @@ class BufferedConnection(Connection):
         """Whether there is anything to read (buffered, or on the descriptor) within *timeout* seconds."""
         self._check_readable()
         return self.buffered() or super().poll(timeout)
+
+
+_memory_bytes: int | None = None
+
+
+def _memory_size() -> int:
+    """This machine's physical memory in bytes: no message announcing more can be received."""
+    global _memory_bytes
+    if _memory_bytes is None:
+        try:
+            _memory_bytes = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):  # pragma: no cover - not Linux
+            _memory_bytes = 2**63
+    return _memory_bytes
 
 
 def write_all(fd: int, data: Any) -> None:

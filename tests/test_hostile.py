@@ -1,0 +1,280 @@
+"""Hostile peers and bad input (issue 17): peers without the key, oversized headers.
+
+Loopback and Unix sockets only; every test is bounded. A slow-drip peer sleeps between
+its own bytes (that is the attack); the tests wait on results, never on time.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import procly
+from procly import _listener
+from procly.connection import Client, Listener
+
+from .conftest import wait_until
+
+KEY = b"hostile-test-key"
+SRC = str(Path(procly.__file__).resolve().parent.parent)
+
+
+def _accept_until_connection(listener, results: list, stop: threading.Event) -> threading.Thread:
+    """accept() in a thread until it returns a Connection; errors are kept in *results*."""
+
+    def run():
+        while not stop.is_set():
+            try:
+                conn = listener.accept()
+            except procly.AuthenticationError as exc:
+                results.append(exc)
+                continue
+            except OSError:
+                return
+            results.append(conn)
+            return
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _dripper(address, family, payload: bytes, pause: float, stop: threading.Event) -> threading.Thread:
+    """A peer that sends *payload* one byte per *pause* seconds until cut off or stopped."""
+    sock = socket.socket(family)
+    sock.connect(address)
+
+    def run():
+        with sock:
+            for i in range(len(payload)):
+                if stop.wait(pause):
+                    return
+                try:
+                    sock.send(payload[i : i + 1])
+                except OSError:
+                    return  # cut off by the server: the point of the test
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+# -- 1. the handshake: one deadline, handshake frames only, a cap -----------------
+
+
+def test_slow_drip_is_cut_off_at_the_handshake_deadline():
+    """One byte every 0.2 s used to restart a per-read timeout for ever."""
+    stop = threading.Event()
+    with Listener(authkey=KEY) as listener:
+        listener.handshake_timeout = 1.0
+        # a plausible frame: a 200-byte answer, dripped
+        drip = _dripper(listener.address, socket.AF_UNIX, struct.pack("!i", 200) + b"a" * 200, 0.2, stop)
+        with pytest.raises(procly.AuthenticationError, match="in time"):
+            listener.accept()
+        stop.set()
+        drip.join(10)
+        # the listener goes on
+        results: list = []
+        thread = _accept_until_connection(listener, results, stop := threading.Event())
+        with Client(listener.address, authkey=KEY) as client:
+            thread.join(10)
+            client.send("after the drip")
+            assert results[-1].recv() == "after the drip"
+            results[-1].close()
+
+
+@pytest.mark.parametrize("frame", [
+    struct.pack("!iIQ", -4, 1, 12345),  # "memfds named back": used to be read in a loop before auth
+    struct.pack("!iI", -2, 1) + struct.pack("!QQ", 10, 2**33),  # out-of-band object
+    struct.pack("!iQ", -1, 6 * 2**30),  # large frame, 6 GiB announced
+], ids=["named-back", "out-of-band", "large"])
+def test_only_handshake_frames_before_authentication(frame):
+    with Listener(authkey=KEY) as listener:
+        peer = socket.socket(socket.AF_UNIX)
+        peer.connect(listener.address)
+        peer.sendall(frame)
+        with pytest.raises(procly.AuthenticationError, match="invalid handshake frame") as info:
+            listener.accept()
+        assert str(struct.unpack("!i", frame[:4])[0]) in str(info.value)
+        peer.close()
+
+
+def test_flood_of_silent_peers_does_not_starve_authenticated_clients():
+    """200 silent connections: the listener holds at most its cap in handshake and
+    the authenticating client gets through while they are all still open."""
+    cap = _listener.MAX_IN_HANDSHAKE_PER_PEER  # they all come from this process
+    stop = threading.Event()
+    silent = []
+    with Listener(authkey=KEY, backlog=256) as listener:
+        listener.handshake_timeout = 60.0  # longer than the test: only the cap can free room
+        results: list = []
+        thread = _accept_until_connection(listener, results, stop)
+        try:
+            for _ in range(200):
+                sock = socket.socket(socket.AF_UNIX)
+                sock.connect(listener.address)
+                silent.append(sock)
+            assert wait_until(lambda: listener.handshake_gate.evicted >= 200 - cap)
+            assert len(listener.handshake_gate) <= cap
+            with Client(listener.address, authkey=KEY) as client:
+                thread.join(20)
+                conn = results[-1]
+                assert isinstance(conn, procly.connection.Connection), results[-1]
+                client.send("served")
+                assert conn.recv() == "served"
+                conn.close()
+            assert all(isinstance(r, procly.AuthenticationError) for r in results[:-1])
+            assert "too many connections in handshake" in str(results[0])
+        finally:
+            stop.set()
+            for sock in silent:
+                sock.close()
+        assert len(listener._pending) <= cap
+
+
+def test_gate_caps_in_total_and_per_peer():
+    gate = _listener.HandshakeGate(max_total=4, max_per_peer=2)
+    pairs = [socket.socketpair() for _ in range(6)]
+    try:
+        shakes = [_listener._Handshake(a, KEY, True, 0.0, peer=("host", i % 3)) for i, (a, _) in enumerate(pairs)]
+        for h in shakes[:4]:
+            assert gate.admit(h) == []
+        assert gate.admit(shakes[4]) == [shakes[0]]  # full: the oldest goes
+        assert shakes[0].evicted and pairs[0][1].recv(1) == b""  # shut down: its reader sees the end
+        gate.release(shakes[1])
+        assert gate.admit(shakes[5]) == []  # room again
+        assert len(gate) == 4 and gate.evicted == 1
+        # held: 2 (host 2), 3 (host 0), 4 (host 1), 5 (host 2). A third from host 2 pushes out
+        # host 2's oldest, not the oldest of all; a newcomer from host 1 then the oldest of all.
+        assert gate.admit(_listener._Handshake(pairs[0][0], KEY, True, 0.0, peer=("host", 2))) == [shakes[2]]
+        assert gate.admit(_listener._Handshake(pairs[1][0], KEY, True, 0.0, peer=("host", 1))) == [shakes[3]]
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def _threads_and_fds(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/status") as f:
+        threads = next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+    return threads, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_manager_server_survives_a_flood_of_silent_and_dripping_peers():
+    """The manager server authenticates each connection in a thread: the gate bounds them."""
+    from procly.managers import SyncManager
+
+    stop = threading.Event()
+    held = []
+    drips = []
+    with SyncManager(authkey=KEY) as manager:
+        shared = manager.dict()
+        pid = manager._process.pid
+        base_threads, base_fds = _threads_and_fds(pid)
+        try:
+            for _ in range(100):
+                sock = socket.socket(socket.AF_UNIX)
+                sock.connect(manager.address)
+                held.append(sock)
+            for _ in range(20):
+                drips.append(_dripper(manager.address, socket.AF_UNIX, struct.pack("!i", 64) + b"d" * 64, 0.2, stop))
+            cap = _listener.MAX_IN_HANDSHAKE_PER_PEER
+            # The server drops all but the newest 16 of this process's connections in
+            # handshake; its threads and descriptors come back near where they were.
+            assert wait_until(lambda: _threads_and_fds(pid)[0] <= base_threads + cap + 4, timeout=20)
+            threads, fds = _threads_and_fds(pid)
+            assert fds <= base_fds + cap + 4
+            shared["still"] = "served"  # a new authenticated connection gets through
+            assert manager.dict({"x": 1}).copy() == {"x": 1}
+            assert shared["still"] == "served"
+        finally:
+            stop.set()
+            for sock in held:
+                sock.close()
+            for drip in drips:
+                drip.join(10)
+
+
+# -- 2. memory follows the data, not the header ------------------------------------
+
+_PROBE = r"""
+import socket, struct, sys, threading
+sys.path.insert(0, sys.argv[1])
+from procly.connection import Connection
+
+def hwm_mib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmHWM"))
+
+header = bytes.fromhex(sys.argv[2])
+sent = int(sys.argv[3])
+a, b = socket.socketpair()
+conn = Connection(a.detach())
+
+def peer():
+    try:
+        b.sendall(header)
+        b.sendall(b"x" * sent)
+    except OSError:
+        pass
+    b.close()
+
+threading.Thread(target=peer).start()
+before = hwm_mib()
+try:
+    conn.recv()
+    outcome = "no error"
+except Exception as exc:
+    outcome = f"{type(exc).__name__}: {exc}"
+print(hwm_mib() - before)
+print(outcome)
+"""
+
+
+def _receive_in_a_fresh_process(header: bytes, sent: int) -> tuple[int, str]:
+    """(peak RSS growth in MiB, the error) of a process that receives *header* and *sent* bytes."""
+    done = subprocess.run([sys.executable, "-c", _PROBE, SRC, header.hex(), str(sent)],
+                          capture_output=True, text=True, timeout=60, check=True)
+    growth, outcome = done.stdout.strip().splitlines()
+    return int(growth), outcome
+
+
+@pytest.mark.parametrize("header", [
+    struct.pack("!iQ", -1, 6 * 2**30),  # a plain frame of 6 GiB
+    struct.pack("!iI", -2, 1) + struct.pack("!QQ", 100, 6 * 2**30),  # an out-of-band buffer of 6 GiB
+], ids=["plain", "out-of-band"])
+def test_a_6_gib_header_costs_what_arrives(header):
+    if os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") < 7 * 2**30:
+        pytest.skip("needs a machine with more than 6 GiB of memory, or the header is refused at once")
+    # 32 MiB arrive, then the peer hangs up: the receiver may hold about twice that.
+    growth, outcome = _receive_in_a_fresh_process(header, 32 * 2**20 + 100)
+    assert outcome.startswith("EOFError"), outcome
+    assert growth < 200, f"peak RSS grew by {growth} MiB for 32 MiB received"
+
+
+@pytest.mark.parametrize("header", [
+    struct.pack("!iQ", -1, 2**40),
+    struct.pack("!iI", -2, 2) + struct.pack("!QQQ", 100, 2**39, 2**39),
+], ids=["plain", "out-of-band"])
+def test_an_impossible_size_is_a_message_error_naming_it(header):
+    growth, outcome = _receive_in_a_fresh_process(header, 1000)
+    assert outcome.startswith("MessageError"), outcome
+    assert str(2**40 if struct.unpack("!i", header[:4])[0] == -1 else 2**40 + 100) in outcome
+    assert growth < 50
+
+
+def test_max_message_size_names_the_announced_size():
+    a, b = procly.Pipe()
+    b.max_message_size = 1000
+    a.send_bytes(b"x" * 2000)
+    with pytest.raises(procly.MessageError, match="2000 bytes announced, at most 1000"):
+        b.recv_bytes()
+    a.close()
+    b.close()
