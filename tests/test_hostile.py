@@ -278,3 +278,58 @@ def test_max_message_size_names_the_announced_size():
         b.recv_bytes()
     a.close()
     b.close()
+
+
+# -- 3. the descriptor-lending desk ------------------------------------------------
+
+
+def test_silent_peers_do_not_hold_up_a_borrower():
+    """Three silent same-user connections used to make the next borrower fail after 5 s."""
+    from procly import _fd_sharer, _state
+
+    sharer = _state.get().fd_sharer()
+    r, w = os.pipe()
+    silent = []
+    try:
+        key = sharer.lend(w)
+        for _ in range(_fd_sharer.MAX_PEERS + 8):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(sharer.address)
+            silent.append(sock)
+        fd = _fd_sharer.borrow(sharer.address, key)
+        os.write(fd, b"x")
+        os.close(fd)
+        assert os.read(r, 1) == b"x"
+        assert wait_until(lambda: len(sharer._gate) <= _fd_sharer.MAX_PEERS)
+    finally:
+        for sock in silent:
+            sock.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_a_failed_borrow_keeps_the_loan():
+    """A borrower that takes the descriptor but never says so: it is lent again, and a
+    retry gets it (it used to be gone: 'unpickled already')."""
+    from procly import _fd_sharer, _state
+
+    sharer = _state.get().fd_sharer()
+    r, w = os.pipe()
+    try:
+        key = sharer.lend(w)
+        with socket.socket(socket.AF_UNIX) as rogue:
+            rogue.connect(sharer.address)
+            rogue.sendall(key)
+            _, fds, _, _ = socket.recv_fds(rogue, 1, 1)
+            for fd in fds:
+                os.close(fd)
+        assert wait_until(lambda: key in sharer._lent)
+        fd = _fd_sharer.borrow(sharer.address, key)
+        os.write(fd, b"y")
+        os.close(fd)
+        assert os.read(r, 1) == b"y"
+        with pytest.raises(procly.ProcessError, match="unpickled already"):
+            _fd_sharer.borrow(sharer.address, key)
+    finally:
+        os.close(r)
+        os.close(w)
