@@ -33,6 +33,7 @@ import select
 import socket
 import stat
 import struct
+import threading
 from typing import Any
 
 from . import _fd_sharer, _serialization
@@ -505,6 +506,9 @@ class Connection:
             return bool(poller.poll(ms))
 
 
+_scratch = threading.local()  # each reading thread's read-ahead buffer (see BufferedConnection._fill)
+
+
 class BufferedConnection(Connection):
     """A Connection over a Unix socket that reads ahead: one system call takes every
     message waiting (a pool's worker channel, where replies and tasks come in bursts).
@@ -522,7 +526,6 @@ class BufferedConnection(Connection):
         self._rbuf = bytearray()
         self._rpos = 0
         self._rfds: collections.deque[int] = collections.deque()
-        self._scratch = memoryview(bytearray(self.READ_AHEAD))  # read into, then appended: no allocation per read
 
     @classmethod
     def adopt(cls, conn: Connection) -> BufferedConnection:
@@ -545,13 +548,17 @@ class BufferedConnection(Connection):
 
     def _fill(self, handle: int, want: int) -> bool:
         """Read what is waiting (at least one byte, blocking); False at end of stream."""
-        if want > len(self._scratch):
-            self._scratch = memoryview(bytearray(want))
+        # Read into a buffer of this thread's, then appended: no allocation per read, and
+        # none per connection (a pool of 1000 workers would hold 1000 of them, and every
+        # fork of a new worker would copy their page tables).
+        scratch = getattr(_scratch, "view", None)
+        if scratch is None or want > len(scratch):
+            scratch = _scratch.view = memoryview(bytearray(max(want, self.READ_AHEAD)))
         sock = self._socket_for_fds(handle)
         if sock is None:
-            count = os.readv(handle, [self._scratch])
+            count = os.readv(handle, [scratch])
         else:
-            count, ancillary, _, _ = sock.recvmsg_into([self._scratch], _FD_SPACE)
+            count, ancillary, _, _ = sock.recvmsg_into([scratch], _FD_SPACE)
             self._rfds.extend(descriptors_in(ancillary))
         if not count:
             return False
@@ -561,7 +568,7 @@ class BufferedConnection(Connection):
         elif self._rpos > self.READ_AHEAD:  # a partial message keeps the buffer: drop what was read
             del self._rbuf[: self._rpos]
             self._rpos = 0
-        self._rbuf += self._scratch[:count]
+        self._rbuf += scratch[:count]
         return True
 
     def _read_exact(self, handle: int, n: int, *, eof_ok: bool = False) -> bytes | None:
