@@ -333,3 +333,97 @@ def test_a_failed_borrow_keeps_the_loan():
     finally:
         os.close(r)
         os.close(w)
+
+
+# -- 4. the fork server ---------------------------------------------------------------
+
+
+def _fork_server():
+    from procly import _state
+
+    ctx = procly.get_context("forkserver")
+    p = ctx.Process(target=abs, args=(1,))  # makes sure the server runs
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0
+    return ctx, _state.get().forkserver
+
+
+def test_a_silent_peer_of_the_fork_server_delays_no_start():
+    """A same-user process that connects and says nothing used to block every start."""
+    ctx, server = _fork_server()
+    silent = []
+    try:
+        for _ in range(3):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(server.address)
+            silent.append(sock)
+        p = ctx.Process(target=abs, args=(-1,))
+        p.start()
+        p.join(30)
+        assert p.exitcode == 0
+        assert server.alive()
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_the_fork_server_forks_nothing_without_the_key():
+    from procly._start import forkserver
+
+    ctx, server = _fork_server()
+    r, w = os.pipe()
+    try:
+        with socket.socket(socket.AF_UNIX) as peer:
+            peer.settimeout(30)
+            peer.connect(server.address)
+            nonce = peer.recv(forkserver._NONCE_SIZE, socket.MSG_WAITALL)
+            assert len(nonce) == forkserver._NONCE_SIZE
+            forged = forkserver._digest(b"a guess", nonce) + b"N"
+            socket.send_fds(peer, [forged], [r, w, w])
+            assert peer.recv(8) == b""  # closed: no pid, no child
+        p = ctx.Process(target=abs, args=(-1,))  # and the server goes on
+        p.start()
+        p.join(30)
+        assert p.exitcode == 0
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+_OWNER = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import procly
+from procly import _state
+ctx = procly.get_context("forkserver")
+p = ctx.Process(target=abs, args=(1,))
+p.start()
+p.join(30)
+server = _state.get().forkserver
+print(server._process.pid, server.address, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.allow_leaks  # the owner's fork server is not our child; the test checks it ends
+def test_the_fork_server_ends_with_its_owner_even_while_a_peer_holds_it():
+    from .conftest import pid_state
+
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER, SRC], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    peer = socket.socket(socket.AF_UNIX)
+    try:
+        pid_text, address = owner.stdout.readline().split()
+        server_pid = int(pid_text)
+        peer.connect(address)  # and says nothing
+        owner.kill()
+        owner.wait(30)
+        assert wait_until(lambda: pid_state(server_pid) in (None, "Z"), timeout=30), "the server outlived its owner"
+    finally:
+        peer.close()
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(30)
+        owner.stdin.close()
+        owner.stdout.close()
