@@ -106,6 +106,23 @@ def test_only_handshake_frames_before_authentication(frame):
         peer.close()
 
 
+def test_public_challenge_functions_over_a_pipe():
+    from procly.connection import answer_challenge, deliver_challenge
+
+    a, b = procly.Pipe()
+    errors: list = []
+    thread = threading.Thread(target=lambda: errors.append(answer_challenge(b, KEY)))
+    thread.start()
+    deliver_challenge(a, KEY)
+    thread.join(10)
+    assert errors == [None]
+    os.write(b.fileno(), struct.pack("!iIQ", -4, 1, 99))  # "memfds named back" instead of an answer
+    with pytest.raises(procly.AuthenticationError, match="invalid handshake frame"):
+        answer_challenge(a, KEY)
+    a.close()
+    b.close()
+
+
 def test_flood_of_silent_peers_does_not_starve_authenticated_clients():
     """200 silent connections: the listener holds at most its cap in handshake and
     the authenticating client gets through while they are all still open."""

@@ -47,7 +47,7 @@ from collections.abc import Generator
 from typing import Any
 
 from ._connection import Connection, peer_credentials
-from ._errors import AuthenticationError
+from ._errors import AuthenticationError, MessageError
 
 __all__ = ["Client", "Listener", "answer_challenge", "deliver_challenge", "families"]
 
@@ -150,9 +150,13 @@ def _frame_length(header: bytes) -> int:
     return n
 
 
-def _run_over_connection(conn: Connection, steps: Steps) -> None:
-    """Drive *steps* over a blocking Connection (the public challenge functions)."""
-    handle = conn._check_readable()
+def _run_over_connection(conn: Any, steps: Steps) -> None:
+    """Drive *steps* over a blocking Connection (the public challenge functions).
+
+    A procly Connection is read frame by frame here (plain frames only, nothing else is
+    accepted before authentication); any other object needs ``send_bytes`` and
+    ``recv_bytes(maxlength)``.
+    """
     frame: bytes | None = None
     try:
         while True:
@@ -163,13 +167,18 @@ def _run_over_connection(conn: Connection, steps: Steps) -> None:
             frame = None
             if op == _SEND:
                 conn.send_bytes(data)
-            else:
+            elif isinstance(conn, Connection):
+                handle = conn._check_readable()
                 n = _frame_length(conn._read_exact(handle, 4) or b"")
                 frame = conn._read_exact(handle, n) if n else b""
+            else:
+                frame = conn.recv_bytes(_MAX_HANDSHAKE_FRAME)
     except BlockingIOError:
         raise AuthenticationError("peer did not complete the handshake in time") from None
     except EOFError:
         raise AuthenticationError("peer closed the connection during the handshake") from None
+    except MessageError as exc:
+        raise AuthenticationError(f"peer sent an invalid handshake frame: {exc}") from None
 
 
 def deliver_challenge(connection: Connection, authkey: bytes) -> None:
