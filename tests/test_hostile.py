@@ -126,7 +126,8 @@ def test_public_challenge_functions_over_a_pipe():
 def test_flood_of_silent_peers_does_not_starve_authenticated_clients():
     """200 silent connections: the listener holds at most its cap in handshake and
     the authenticating client gets through while they are all still open."""
-    cap = _listener.MAX_IN_HANDSHAKE_PER_PEER  # they all come from this process
+    gate = _listener.HandshakeGate()
+    cap = gate.max_per_peer * gate.hard  # they all come from this process, within a second or so
     stop = threading.Event()
     silent = []
     with Listener(authkey=KEY, backlog=256) as listener:
@@ -157,7 +158,7 @@ def test_flood_of_silent_peers_does_not_starve_authenticated_clients():
 
 
 def test_gate_caps_in_total_and_per_peer():
-    gate = _listener.HandshakeGate(max_total=4, max_per_peer=2)
+    gate = _listener.HandshakeGate(max_total=4, max_per_peer=2, grace=0.0)
     pairs = [socket.socketpair() for _ in range(6)]
     try:
         shakes = [_listener._Handshake(a, KEY, True, 0.0, peer=("host", i % 3)) for i, (a, _) in enumerate(pairs)]
@@ -172,6 +173,21 @@ def test_gate_caps_in_total_and_per_peer():
         # host 2's oldest, not the oldest of all; a newcomer from host 1 then the oldest of all.
         assert gate.admit(_listener._Handshake(pairs[0][0], KEY, True, 0.0, peer=("host", 2))) == [shakes[2]]
         assert gate.admit(_listener._Handshake(pairs[1][0], KEY, True, 0.0, peer=("host", 1))) == [shakes[3]]
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_gate_lets_a_burst_through_up_to_its_hard_cap():
+    """Connections younger than the grace period are pushed out only past hard x cap."""
+    gate = _listener.HandshakeGate(max_total=100, max_per_peer=2, grace=3600.0, hard=3)
+    pairs = [socket.socketpair() for _ in range(7)]
+    try:
+        shakes = [_listener._Handshake(a, KEY, True, 0.0, peer="one") for a, _ in pairs]
+        assert [gate.admit(h) for h in shakes[:6]] == [[]] * 6  # 6 = 3 x 2: a burst, all kept
+        assert gate.admit(shakes[6]) == [shakes[0]]
+        assert len(gate) == 6
     finally:
         for a, b in pairs:
             a.close()
@@ -202,9 +218,9 @@ def test_manager_server_survives_a_flood_of_silent_and_dripping_peers():
                 held.append(sock)
             for _ in range(20):
                 drips.append(_dripper(manager.address, socket.AF_UNIX, struct.pack("!i", 64) + b"d" * 64, 0.2, stop))
-            cap = _listener.MAX_IN_HANDSHAKE_PER_PEER
-            # The server drops all but the newest 16 of this process's connections in
-            # handshake; its threads and descriptors come back near where they were.
+            cap = _listener.MAX_IN_HANDSHAKE_PER_PEER * _listener.HandshakeGate().hard
+            # The server drops all but the newest 64 of this process's connections in
+            # handshake (16 once they are a second old and more come).
             assert wait_until(lambda: _threads_and_fds(pid)[0] <= base_threads + cap + 4, timeout=20)
             threads, fds = _threads_and_fds(pid)
             assert fds <= base_fds + cap + 4
@@ -317,12 +333,14 @@ def test_silent_peers_do_not_hold_up_a_borrower():
         os.write(fd, b"x")
         os.close(fd)
         assert os.read(r, 1) == b"x"
-        assert wait_until(lambda: len(sharer._gate) <= _fd_sharer.MAX_PEERS)
+        assert wait_until(lambda: len(sharer._gate) <= _fd_sharer.MAX_PEERS * sharer._gate.hard)
     finally:
         for sock in silent:
             sock.close()
         os.close(r)
         os.close(w)
+    # the desk's threads close their ends of those connections as they see them go
+    assert wait_until(lambda: len(sharer._gate) == 0)
 
 
 def test_a_failed_borrow_keeps_the_loan():
@@ -350,6 +368,7 @@ def test_a_failed_borrow_keeps_the_loan():
     finally:
         os.close(r)
         os.close(w)
+    assert wait_until(lambda: len(sharer._gate) == 0)
 
 
 # -- 4. the fork server ---------------------------------------------------------------

@@ -60,8 +60,8 @@ _FAILURE = b"#FAILURE#"
 _NONCE_SIZE = 32
 _MAX_HANDSHAKE_FRAME = 256
 HANDSHAKE_TIMEOUT = 20.0
-MAX_IN_HANDSHAKE = 64  # connections a server authenticates at once
-MAX_IN_HANDSHAKE_PER_PEER = 16  # of which from one peer (process or host)
+MAX_IN_HANDSHAKE = 64  # connections a server authenticates at once (4 times that in a burst)
+MAX_IN_HANDSHAKE_PER_PEER = 16  # of which from one peer, process or host (4 times that in a burst)
 
 _HEADER = struct.Struct("!i")
 _SEND, _RECV = 0, 1
@@ -277,37 +277,52 @@ def _peer_key(sock: socket.socket, address: Any) -> Any:
 class HandshakeGate:
     """Caps the connections a server holds in handshake, in all and per peer.
 
-    A connection admitted when the cap is reached pushes out the oldest one in
-    handshake (of its own peer first): its socket is shut down, so the thread or loop
+    A connection admitted when a cap is reached pushes out the oldest one in handshake
+    (of its own peer first) if that one has been at it for ``grace`` seconds: an
+    authenticating client needs milliseconds, so a burst of honest connections from one
+    process is not cut short. Past ``hard`` times a cap the oldest goes whatever its
+    age. A connection pushed out has its socket shut down, so the thread or loop
     authenticating it sees the end of the stream at once.
     """
 
-    def __init__(self, max_total: int = MAX_IN_HANDSHAKE, max_per_peer: int = MAX_IN_HANDSHAKE_PER_PEER) -> None:
+    def __init__(self, max_total: int = MAX_IN_HANDSHAKE, max_per_peer: int = MAX_IN_HANDSHAKE_PER_PEER,
+                 grace: float = 1.0, hard: int = 4) -> None:
         self.max_total = max_total
         self.max_per_peer = max_per_peer
+        self.grace = grace
+        self.hard = hard
         self.evicted = 0  # connections pushed out so far
         self._lock = threading.Lock()
-        self._held: collections.OrderedDict[int, _Handshake] = collections.OrderedDict()
+        # id -> (handshake, when admitted), oldest first
+        self._held: collections.OrderedDict[int, tuple[Any, float]] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._held)
 
-    def admit(self, handshake: _Handshake) -> list[_Handshake]:
-        """Hold *handshake*; return those pushed out to make room (already shut down)."""
-        out: list[_Handshake] = []
+    def _over(self, entries: list[tuple[Any, float]], cap: int, now: float) -> Any:
+        """The entry to push out of *entries* (oldest first) under *cap*, or None."""
+        if len(entries) < cap:
+            return None
+        oldest, since = entries[0]
+        return oldest if len(entries) >= cap * self.hard or now - since >= self.grace else None
+
+    def admit(self, handshake: Any) -> list[Any]:
+        """Hold *handshake* (anything with ``sock``, ``peer`` and ``evicted``); return those
+        pushed out to make room (already shut down)."""
+        out: list[Any] = []
         with self._lock:
-            same = [h for h in self._held.values() if h.peer == handshake.peer]
-            if len(same) >= self.max_per_peer:
-                out.append(same[0])
-            for h in self._held.values():
-                if len(self._held) - len(out) < self.max_total:
-                    break
-                if h not in out:
-                    out.append(h)
+            now = time.monotonic()
+            held = list(self._held.values())
+            victim = self._over([e for e in held if e[0].peer == handshake.peer], self.max_per_peer, now)
+            if victim is not None:
+                out.append(victim)
+            victim = self._over([e for e in held if e[0] is not victim], self.max_total, now)
+            if victim is not None:
+                out.append(victim)
             for h in out:
                 del self._held[id(h)]
                 h.evicted = True
-            self._held[id(handshake)] = handshake
+            self._held[id(handshake)] = (handshake, now)
             self.evicted += len(out)
         for h in out:
             try:
@@ -316,7 +331,7 @@ class HandshakeGate:
                 pass
         return out
 
-    def release(self, handshake: _Handshake) -> None:
+    def release(self, handshake: Any) -> None:
         """The handshake is over (either way)."""
         with self._lock:
             self._held.pop(id(handshake), None)
