@@ -144,11 +144,12 @@ def borrow(address: str, key: bytes) -> int:
             unpickled once).
     """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(HANDSHAKE_SECONDS)
+        sock.setblocking(True)
         try:
-            sock.connect(address)
+            sock.connect(address)  # blocking: with a timeout a full backlog is EAGAIN at once
         except OSError as exc:
             raise ProcessError(f"the process that pickled this connection is gone ({exc})") from None
+        sock.settimeout(HANDSHAKE_SECONDS)
         try:
             sock.sendall(key)
             _, fds, _, _ = socket.recv_fds(sock, 1, 1)

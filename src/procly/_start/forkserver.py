@@ -179,9 +179,9 @@ class ForkServer:
         with _handoff.collecting() as handoff:
             payload = _serialization.dumps(process)
         data["fds"] = handoff.fds  # renumbered by the server
-        sock.settimeout(CLIENT_SECONDS)
         try:
-            sock.connect(self.address)
+            sock.connect(self.address)  # blocking: with a timeout a full backlog is EAGAIN at once
+            sock.settimeout(CLIENT_SECONDS)
             nonce = sock.recv(_NONCE_SIZE, socket.MSG_WAITALL)
         except TimeoutError:
             raise StartError(f"the fork server did not answer within {CLIENT_SECONDS} s") from None
