@@ -21,6 +21,10 @@ buffer. On a duplex connection the receiver names the memfd's token back once it
 mapping is gone, and the sender writes a later message into the same pages (see
 ``_memfd_reuse``). Everything else is a plain message, so ``send`` and ``recv_bytes`` (or
 ``send_bytes`` and ``recv``) interoperate as in the standard library.
+
+Memory follows the bytes that arrive, not the sizes a header announces: a large payload
+or out-of-band buffer is read into a buffer that starts at 1 MiB and doubles as it
+fills, and a size over the machine's physical memory is a :class:`MessageError` at once.
 """
 
 from __future__ import annotations
