@@ -302,6 +302,43 @@ def test_bad_options_exit_2():
         assert out.returncode == 2 and out.stderr.startswith("procly loadtest:"), (args, out.stderr)
 
 
+def test_unresolvable_host_fails_at_once_with_exit_2():
+    """Resolved once at the start: no run of its whole duration against a name that does not resolve."""
+    out = procly_cli("loadtest", "-q", "-d", "30", "http://nonexistent.invalid/")
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("procly loadtest: cannot resolve host 'nonexistent.invalid'"), out.stderr
+    assert "Traceback" not in out.stderr
+    with pytest.raises(LoadTestError, match="cannot resolve host 'nonexistent.invalid'"):
+        run_load_test(LoadTestConfig(url="http://nonexistent.invalid/", processes=1, connections=1, requests=1))
+
+
+def test_connections_go_to_the_resolved_address_only(target):
+    """The workers connect to the address resolved at the start, never to the name: here
+    a name that does not resolve at all, given with the target's address."""
+    port = HttpTarget.from_url(target.url).port
+    config = LoadTestConfig(url=f"http://nonexistent.invalid:{port}/", processes=2, connections=4, requests=40,
+                            address="127.0.0.1")
+    assert config.resolved() is config
+    report = run_load_test(config)
+    assert report.requests == 40 and report.errors == 0
+    assert LoadTestConfig(url=target.url, processes=1).resolved().address == "127.0.0.1"
+
+
+def test_serve_target_rejects_bad_ports_and_hosts_in_one_line():
+    out = procly_cli("serve-target", "--port", "99999")
+    assert out.returncode == 2 and "port 99999 out of range (0 to 65535)" in out.stderr, out.stderr
+    out = procly_cli("serve-target", "--host", "nonexistent.invalid", "--port", "0")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().startswith("procly serve-target: --host: cannot resolve host 'nonexistent.invalid'")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = procly_cli("serve-target", "--port", str(port))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == f"procly serve-target: cannot listen on 127.0.0.1 port {port}: the address is in use"
+
+
 @pytest.mark.parametrize("whole_group", [False, True], ids=["coordinator", "terminal"])
 def test_ctrl_c_stops_within_a_second_and_still_reports(whole_group):
     proc = subprocess.Popen([sys.executable, "-m", "procly.cli", "loadtest", "-q", "-d", "60", "-p", "2", "-c", "8",

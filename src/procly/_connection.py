@@ -21,6 +21,10 @@ buffer. On a duplex connection the receiver names the memfd's token back once it
 mapping is gone, and the sender writes a later message into the same pages (see
 ``_memfd_reuse``). Everything else is a plain message, so ``send`` and ``recv_bytes`` (or
 ``send_bytes`` and ``recv``) interoperate as in the standard library.
+
+Memory follows the bytes that arrive, not the sizes a header announces: a large payload
+or out-of-band buffer is read into a buffer that starts at 1 MiB and doubles as it
+fills, and a size over the machine's physical memory is a :class:`MessageError` at once.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import select
 import socket
 import stat
 import struct
+import threading
 from typing import Any
 
 from . import _fd_sharer, _serialization
@@ -50,6 +55,7 @@ _IN_MEMFD = -3
 _NAMED_BACK = -4
 MEMFD_THRESHOLD = 1024 * 1024  # out-of-band bytes in one message from which a memfd carries them
 _SMALL_WRITE = 64 * 1024  # header and payload go out in one write below this size
+_FIRST_READ = 1024 * 1024  # a large payload's buffer starts at this size and doubles as bytes arrive
 _POLLIN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 _FD_SPACE = socket.CMSG_SPACE(16 * struct.calcsize("i"))  # room for the descriptors one read may bring
 
@@ -335,13 +341,36 @@ class Connection:
         if limit is not None and n > limit:
             self.close()
             raise MessageError(f"bad message length: {n} bytes announced, at most {limit} accepted")
+        if n > _memory_size():
+            self.close()
+            raise MessageError(f"bad message length: {n} bytes announced, more than this machine's memory "
+                               f"({_memory_size()} bytes)")
 
     def _read_payload(self, handle: int, n: int) -> bytes | bytearray:
+        """Read an *n*-byte payload. Memory follows the bytes that arrive, not the header:
+        the buffer starts at 1 MiB at most and doubles each time it is full, so a header
+        announcing gigabytes costs nothing until the gigabytes come.
+
+        Raises:
+            MessageError: memory ran out (it names the size announced; the connection is closed).
+            EOFError: the peer closed the connection before the payload was whole.
+        """
         if n <= _SMALL_WRITE:
             return self._read_exact(handle, n) if n else b""  # type: ignore[return-value]
-        buf = bytearray(n)
-        self._read_into(handle, memoryview(buf))
-        return buf
+        try:
+            buf = bytearray(min(n, _FIRST_READ))
+            got = 0
+            while True:
+                with memoryview(buf) as view:
+                    self._read_into(handle, view[got:])
+                got = len(buf)
+                if got == n:
+                    return buf
+                buf += bytes(min(n - got, got))  # calloc'd zeros: untouched until copied over
+        except MemoryError:
+            self.close()
+            raise MessageError(f"out of memory receiving a message of {n} bytes announced "
+                               f"(the connection is closed)") from None
 
     def recv_bytes(self, maxlength: int | None = None) -> bytes:
         """Receive one message sent with :meth:`send_bytes` (or :meth:`send`) as bytes.
@@ -417,11 +446,8 @@ class Connection:
             views = self._receive_memfd(handle, sizes[1:], token)
             return _serialization.loads(self._read_payload(handle, sizes[0]), views)
         payload = self._read_payload(handle, sizes[0])
-        buffers = []
-        for size in sizes[1:]:
-            buf = bytearray(size)
-            self._read_into(handle, memoryview(buf))
-            buffers.append(buf)
+        buffers = [bytearray(self._read_payload(handle, size)) if size <= _SMALL_WRITE
+                   else self._read_payload(handle, size) for size in sizes[1:]]
         return _serialization.loads(payload, buffers)
 
     def _receive_memfd(self, handle: int, sizes: list[int], token: int) -> list[memoryview]:
@@ -484,6 +510,9 @@ class Connection:
             return bool(poller.poll(ms))
 
 
+_scratch = threading.local()  # each reading thread's read-ahead buffer (see BufferedConnection._fill)
+
+
 class BufferedConnection(Connection):
     """A Connection over a Unix socket that reads ahead: one system call takes every
     message waiting (a pool's worker channel, where replies and tasks come in bursts).
@@ -501,7 +530,6 @@ class BufferedConnection(Connection):
         self._rbuf = bytearray()
         self._rpos = 0
         self._rfds: collections.deque[int] = collections.deque()
-        self._scratch = memoryview(bytearray(self.READ_AHEAD))  # read into, then appended: no allocation per read
 
     @classmethod
     def adopt(cls, conn: Connection) -> BufferedConnection:
@@ -524,13 +552,17 @@ class BufferedConnection(Connection):
 
     def _fill(self, handle: int, want: int) -> bool:
         """Read what is waiting (at least one byte, blocking); False at end of stream."""
-        if want > len(self._scratch):
-            self._scratch = memoryview(bytearray(want))
+        # Read into a buffer of this thread's, then appended: no allocation per read, and
+        # none per connection (a pool of 1000 workers would hold 1000 of them, and every
+        # fork of a new worker would copy their page tables).
+        scratch = getattr(_scratch, "view", None)
+        if scratch is None or want > len(scratch):
+            scratch = _scratch.view = memoryview(bytearray(max(want, self.READ_AHEAD)))
         sock = self._socket_for_fds(handle)
         if sock is None:
-            count = os.readv(handle, [self._scratch])
+            count = os.readv(handle, [scratch])
         else:
-            count, ancillary, _, _ = sock.recvmsg_into([self._scratch], _FD_SPACE)
+            count, ancillary, _, _ = sock.recvmsg_into([scratch], _FD_SPACE)
             self._rfds.extend(descriptors_in(ancillary))
         if not count:
             return False
@@ -540,7 +572,7 @@ class BufferedConnection(Connection):
         elif self._rpos > self.READ_AHEAD:  # a partial message keeps the buffer: drop what was read
             del self._rbuf[: self._rpos]
             self._rpos = 0
-        self._rbuf += self._scratch[:count]
+        self._rbuf += scratch[:count]
         return True
 
     def _read_exact(self, handle: int, n: int, *, eof_ok: bool = False) -> bytes | None:
@@ -619,6 +651,20 @@ class BufferedConnection(Connection):
         """Whether there is anything to read (buffered, or on the descriptor) within *timeout* seconds."""
         self._check_readable()
         return self.buffered() or super().poll(timeout)
+
+
+_memory_bytes: int | None = None
+
+
+def _memory_size() -> int:
+    """This machine's physical memory in bytes: no message announcing more can be received."""
+    global _memory_bytes
+    if _memory_bytes is None:
+        try:
+            _memory_bytes = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):  # pragma: no cover - not Linux
+            _memory_bytes = 2**63
+    return _memory_bytes
 
 
 def write_all(fd: int, data: Any) -> None:

@@ -7,10 +7,14 @@ process that is not its parent: the standard library's resource sharer.
 
 Here the owner keeps a duplicate under a random 128-bit key and serves it once, on a
 Unix socket in the abstract namespace that a daemon thread listens on (started on
-first use). The receiver connects, sends the key and receives the descriptor with
-``SCM_RIGHTS``. Only a process of the same user (``SO_PEERCRED``) that knows the key -
-which travels only inside the pickle - gets the descriptor; anything else costs one
-connection. A descriptor nobody fetches stays lent until the owner exits.
+first use). The receiver connects, sends the key, receives the descriptor with
+``SCM_RIGHTS`` and says it got it. Only a process of the same user (``SO_PEERCRED``)
+that knows the key - which travels only inside the pickle - gets the descriptor;
+anything else costs one connection. Each peer is served in a thread of its own, within
+``HANDSHAKE_SECONDS`` in all, and at most ``MAX_PEERS`` at once (a newcomer pushes out
+the oldest): silent peers cannot hold up a borrower. A borrow that fails half way (no
+acknowledgement) puts the descriptor back, so the borrower can try again. A descriptor
+nobody fetches stays lent until the owner exits.
 """
 
 from __future__ import annotations
@@ -18,11 +22,25 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 
 from ._errors import ProcessError
 
 KEY_BYTES = 16
 HANDSHAKE_SECONDS = 5.0
+MAX_PEERS = 32  # peers served at once; a newcomer pushes out the oldest
+_GOT_IT = b"\x01"
+
+
+class _Peer:
+    """A connection being served, as the handshake gate counts it."""
+
+    __slots__ = ("sock", "peer", "evicted")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.peer = None  # all peers are of this user: one cap for all
+        self.evicted = False
 
 
 class FdSharer:
@@ -36,6 +54,9 @@ class FdSharer:
         self._listener.bind(self.address)
         self._listener.listen(64)
         self.pid = os.getpid()
+        from ._listener import HandshakeGate
+
+        self._gate = HandshakeGate(MAX_PEERS, MAX_PEERS)
         threading.Thread(target=self._serve, name="procly-fd-sharer", daemon=True).start()
 
     def lend(self, fd: int) -> bytes:
@@ -68,11 +89,19 @@ class FdSharer:
                 peer, _ = self._listener.accept()
             except OSError:
                 return
-            with peer:
-                try:
-                    self._answer(peer)
-                except OSError:
-                    pass  # a peer that went away or sent garbage costs its connection only
+            served = _Peer(peer)
+            self._gate.admit(served)
+            threading.Thread(target=self._serve_one, args=(served,), name="procly-fd-sharer-peer",
+                             daemon=True).start()
+
+    def _serve_one(self, served: _Peer) -> None:
+        try:
+            with served.sock:
+                self._answer(served.sock)
+        except OSError:
+            pass  # a peer that went away, sent garbage or was too slow costs its connection only
+        finally:
+            self._gate.release(served)
 
     def _answer(self, peer: socket.socket) -> None:
         from ._connection import peer_credentials
@@ -80,6 +109,7 @@ class FdSharer:
         _, uid, _ = peer_credentials(peer)
         if uid != os.getuid():
             return
+        deadline = time.monotonic() + HANDSHAKE_SECONDS
         peer.settimeout(HANDSHAKE_SECONDS)
         key = peer.recv(KEY_BYTES, socket.MSG_WAITALL)
         with self._lock:
@@ -87,27 +117,54 @@ class FdSharer:
         if fd is None:
             peer.sendall(b"\x00")  # unknown key: refused
             return
+        taken = False
         try:
             socket.send_fds(peer, [b"\x01"], [fd])
+            peer.settimeout(max(deadline - time.monotonic(), 0.001))
+            taken = peer.recv(1) == _GOT_IT
         finally:
-            os.close(fd)
+            if taken:
+                os.close(fd)
+            else:  # the borrower did not get it (or did not say so): lent again, for a retry
+                with self._lock:
+                    if self._listener.fileno() >= 0:
+                        self._lent[key] = fd
+                        fd = -1
+                if fd >= 0:
+                    os.close(fd)
 
 
 def borrow(address: str, key: bytes) -> int:
     """Fetch the descriptor lent under *key* by the process listening at *address*.
 
     Raises:
-        procly.ProcessError: the owner is gone, or it has no such descriptor (fetched
-            already: a lent descriptor can be unpickled once).
+        procly.ProcessError: the owner is gone, did not answer within
+            ``HANDSHAKE_SECONDS`` (the descriptor stays lent: unpickling again retries),
+            or has no such descriptor (fetched already: a lent descriptor can be
+            unpickled once).
     """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(HANDSHAKE_SECONDS)
+        sock.setblocking(True)
         try:
-            sock.connect(address)
-            sock.sendall(key)
-            _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+            sock.connect(address)  # blocking: with a timeout a full backlog is EAGAIN at once
         except OSError as exc:
             raise ProcessError(f"the process that pickled this connection is gone ({exc})") from None
+        sock.settimeout(HANDSHAKE_SECONDS)
+        try:
+            sock.sendall(key)
+            _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+            if len(fds) == 1:
+                try:
+                    sock.sendall(_GOT_IT)
+                except OSError:
+                    pass  # it has lent it again: the descriptor is ours all the same
+        except TimeoutError:
+            raise ProcessError(
+                f"the process that pickled this connection did not hand it over within {HANDSHAKE_SECONDS} s "
+                "(it stays lent: unpickling again retries)") from None
+        except OSError as exc:
+            raise ProcessError(f"the process that pickled this connection dropped the request ({exc}); "
+                               "it stays lent: unpickling again retries") from None
     if len(fds) != 1:
         for fd in fds:
             os.close(fd)

@@ -207,18 +207,21 @@ class Server:
             if sock is None:
                 return
             try:
-                raw, _ = sock.accept()
+                raw, peer_address = sock.accept()
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     self.stop_event.wait(0.05)  # out of descriptors: let connections close first
                 continue
             # Authenticate in the client's own thread: a silent or slow peer must not
             # hold up everyone else's accept.
-            threading.Thread(target=self._authenticate_and_serve, args=(raw,), daemon=True).start()
+            # At most MAX_IN_HANDSHAKE such threads wait on peers: the listener's gate
+            # pushes out the oldest handshake when a new connection finds it full.
+            threading.Thread(target=self._authenticate_and_serve, args=(raw, peer_address), daemon=True).start()
 
-    def _authenticate_and_serve(self, raw: Any) -> None:
+    def _authenticate_and_serve(self, raw: Any, peer_address: Any = None) -> None:
         try:
-            conn = _handshake(raw, self.authkey, True, self.listener.handshake_timeout)
+            conn = _handshake(raw, self.authkey, True, self.listener.handshake_timeout,
+                              self.listener.handshake_gate, peer_address)
         except (AuthenticationError, OSError):
             return  # that peer is dropped; the server goes on
         self._serve_client(_wrap(conn, self.serializer))

@@ -4,7 +4,9 @@ Data flow for one child::
 
     parent                           fork server                    child
     connect(unix socket) ───────────> accept
-    send_fds([pipe_r, *arg fds]) ──> fork() ─────────────────────> reads pipe_r:
+    <──────────────────── 32-byte nonce
+    send_fds(HMAC + kind,
+             [pipe_r, *arg fds]) ──> fork() ─────────────────────> reads pipe_r:
     write prep + pickle to pipe_w                                   prepare, unpickle, run
     <────────── pid + pidfd (SCM_RIGHTS)
     ...                               SIGCHLD -> waitpid
@@ -13,10 +15,19 @@ Data flow for one child::
 The server is started on first use by spawn, preloads the main module and
 ``set_forkserver_preload()`` modules, and watches its owner's lifeline: when the owner
 dies, the server ends (its daemonic children watch the same lifeline and end too).
+
+Every request is authenticated: the owner gives the server a random key at start (in
+the start data, through a pipe only the server reads), and a request must carry
+HMAC-SHA256(key, nonce) for the nonce the server sent on that connection. The server
+never blocks on a peer: connections wait in its event loop (at most ``MAX_PENDING``,
+the oldest pushed out first) and one that has not sent its request within
+``REQUEST_SECONDS`` is closed; so a silent peer delays no ``Process.start()``, and the
+server still sees its owner's death at once.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import pickle
 import selectors
@@ -26,6 +37,7 @@ import struct
 import sys
 import tempfile
 import threading
+import time
 from typing import Any
 
 from .. import _handoff, _serialization, _state
@@ -41,6 +53,16 @@ _STATUS = struct.Struct("!i")
 _PID = struct.Struct("!q")
 _SERVER_CODE = "from procly._start.forkserver import serve; serve()"
 _MAX_FDS = 256
+_NONCE_SIZE = 32
+_TAG = b"procly-forkserver/1 "
+_DIGEST_SIZE = 32
+REQUEST_SECONDS = 20.0  # the server closes a connection whose request has not come by then
+CLIENT_SECONDS = 60.0  # the owner gives up on a server that does not answer by then
+MAX_PENDING = 64  # connections waiting for their request; a newcomer pushes out the oldest
+
+
+def _digest(key: bytes, nonce: bytes) -> bytes:
+    return hmac.new(key, _TAG + nonce, "sha256").digest()
 
 
 class _NotSent(StartError):
@@ -131,8 +153,10 @@ class ForkServer:
         finally:
             listener.close()
             os.close(read_fd)
+        self._key = os.urandom(32)
         data = preparation_data("ForkServer", "forkserver")
         data["preload"] = list(preload)
+        data["forkserver_key"] = self._key
         with Connection(write_fd, readable=False) as conn:
             try:
                 conn.send_bytes(pickle.dumps(data, _serialization.PROTOCOL))
@@ -158,18 +182,25 @@ class ForkServer:
             payload = _serialization.dumps(process)
         data["fds"] = handoff.fds  # renumbered by the server
         try:
-            sock.connect(self.address)
+            sock.connect(self.address)  # blocking: with a timeout a full backlog is EAGAIN at once
+            sock.settimeout(CLIENT_SECONDS)
+            nonce = sock.recv(_NONCE_SIZE, socket.MSG_WAITALL)
+        except TimeoutError:
+            raise _NotSent(f"the fork server did not answer within {CLIENT_SECONDS} s") from None
         except OSError as exc:
             raise _NotSent(f"cannot reach the fork server: {exc}") from exc
+        if len(nonce) != _NONCE_SIZE:
+            raise _NotSent("the fork server closed the connection before the request")
         read_fd, write_fd = os.pipe()
         # The child writes to *our* stdout/stderr as they are now, not to the ones the
         # server inherited when it started.
         stdio = [_stdio_fd(1), _stdio_fd(2)]
+        request = _digest(self._key, nonce) + (b"D" if process._watches_lifeline else b"N")
         try:
-            socket.send_fds(sock, [b"D" if process._watches_lifeline else b"N"], [read_fd, *stdio, *handoff.fds])
+            socket.send_fds(sock, [request], [read_fd, *stdio, *handoff.fds])
         except OSError as exc:
             os.close(write_fd)
-            raise _NotSent(f"the fork server did not take the request: {exc}") from exc
+            raise _NotSent(f"the fork server dropped the request: {exc}") from exc
         finally:
             for fd in (read_fd, *stdio):
                 os.close(fd)
@@ -180,8 +211,11 @@ class ForkServer:
                 pass
         try:
             msg, fds, _, _ = socket.recv_fds(sock, _PID.size, 1, socket.MSG_WAITALL)
+        except TimeoutError:
+            raise StartError(f"the fork server did not start the child within {CLIENT_SECONDS} s") from None
         except OSError as exc:
             raise StartError(f"the fork server failed while starting the child: {exc}") from exc
+        sock.setblocking(True)  # the handle reads the exit status from it with plain os.read
         if len(msg) != _PID.size or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
@@ -258,6 +292,7 @@ def serve() -> None:
     lifeline = int(sys.argv[2])
     with Connection(int(sys.argv[3]), writable=False) as conn:
         data = pickle.loads(conn.recv_bytes())
+    key = data.pop("forkserver_key")
     preload = data.pop("preload", [])
     if "__main__" not in preload:
         data.pop("main_path", None)
@@ -279,28 +314,52 @@ def serve() -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *args: None)
     clients: dict[int, socket.socket] = {}
+    # Connections waiting for their request: descriptor -> (socket, deadline, nonce), oldest first.
+    pending: dict[int, tuple[socket.socket, float, bytes]] = {}
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, "listener")
     selector.register(lifeline, selectors.EVENT_READ, "lifeline")
     selector.register(wake_r, selectors.EVENT_READ, "sigchld")
+
+    def drop(fd: int) -> None:
+        client = pending.pop(fd)[0]
+        selector.unregister(client)
+        client.close()
+
     while True:
-        for key, _ in selector.select():
-            if key.data == "lifeline":
+        timeout = None
+        if pending:
+            timeout = max(0.0, min(deadline for _, deadline, _ in pending.values()) - time.monotonic())
+        for event, _ in selector.select(timeout):
+            if event.data == "lifeline":
                 if not os.read(lifeline, 1):
                     os._exit(0)  # the owner died
-            elif key.data == "sigchld":
+            elif event.data == "sigchld":
                 try:
                     while os.read(wake_r, 4096):
                         pass
                 except BlockingIOError:
                     pass
                 _report_exits(clients)
-            else:
+            elif event.data == "listener":
                 try:
                     client, _ = listener.accept()
+                    client.setblocking(False)
+                    client.send(nonce := os.urandom(_NONCE_SIZE))
                 except OSError:
                     continue
-                _serve_one(client, clients, [listener.fileno(), lifeline, wake_r, wake_w])
+                if len(pending) >= MAX_PENDING:
+                    drop(next(iter(pending)))
+                pending[client.fileno()] = (client, time.monotonic() + REQUEST_SECONDS, nonce)
+                selector.register(client, selectors.EVENT_READ, "request")
+            elif event.fd in pending:
+                client, _, nonce = pending.pop(event.fd)
+                selector.unregister(client)
+                others = [listener.fileno(), lifeline, wake_r, wake_w] + list(pending)
+                _serve_one(client, _digest(key, nonce), clients, others)
+        now = time.monotonic()
+        for fd in [fd for fd, (_, deadline, _) in pending.items() if deadline <= now]:
+            drop(fd)
 
 
 def _report_exits(clients: dict[int, socket.socket]) -> None:
@@ -320,17 +379,22 @@ def _report_exits(clients: dict[int, socket.socket]) -> None:
             client.close()
 
 
-def _serve_one(client: socket.socket, clients: dict[int, socket.socket], server_fds: list[int]) -> None:
+def _serve_one(client: socket.socket, digest: bytes, clients: dict[int, socket.socket],
+               server_fds: list[int]) -> None:
+    """Fork the child a request asks for; the request must come whole, with *digest*."""
     try:
-        msg, fds, _, _ = socket.recv_fds(client, 1, _MAX_FDS)
+        msg, fds, _, _ = socket.recv_fds(client, _DIGEST_SIZE + 1, _MAX_FDS, socket.MSG_DONTWAIT)
     except OSError:
         client.close()
         return
-    if msg not in (b"D", b"N") or len(fds) < 3:
+    if (len(msg) != _DIGEST_SIZE + 1 or not hmac.compare_digest(msg[:_DIGEST_SIZE], digest)
+            or msg[_DIGEST_SIZE:] not in (b"D", b"N") or len(fds) < 3):
         for fd in fds:
             os.close(fd)
         client.close()
         return
+    client.setblocking(True)
+    msg = msg[_DIGEST_SIZE:]
     daemonic = msg == b"D"
     lifeline = server_fds[1]
     pid = os.fork()

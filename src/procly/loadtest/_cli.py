@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -53,19 +54,42 @@ def add_commands(commands: Any) -> None:
 
     s = commands.add_parser("serve-target", help="run the built-in HTTP target server (for load tests)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    s.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    s.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 picks a free one)")
     s.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
     s.add_argument("--tls-key", help="the certificate's private key (PEM)")
 
 
+def _port(text: str) -> int:
+    """A TCP port number from the command line (0 to 65535)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} out of range (0 to 65535)")
+    return port
+
+
 def serve_target_command(args: argparse.Namespace) -> int:
+    from ._config import resolve_host
     from ._target import serve_target
 
     if (args.tls_cert is None) != (args.tls_key is None):
         print("procly serve-target: give both --tls-cert and --tls-key", file=sys.stderr)
         return EXIT_USAGE
     tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
-    serve_target(args.host, args.port, announce=True, tls=tls)
+    try:
+        resolve_host(args.host, args.port)
+        serve_target(args.host, args.port, announce=True, tls=tls)
+    except ValueError as exc:
+        print(f"procly serve-target: --host: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            reason = "the address is in use"
+        print(f"procly serve-target: cannot listen on {args.host} port {args.port}: {reason}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -150,6 +174,9 @@ def loadtest_command(args: argparse.Namespace) -> int:
         embedded = args.url is None and args.call is None
         # The embedded target's URL is known once it runs: check the other options now.
         config = _config_from(args, "http://127.0.0.1/" if embedded else args.url)
+        if not embedded and config.url is not None:
+            # Resolved once, here: every worker connects to this address and nothing else.
+            config = config.resolved()
         if config.call is not None:
             from ._calls import resolve_callable
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import socket
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -51,6 +53,22 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def resolve_host(host: str, port: int) -> str:
+    """The first address *host* resolves to for a TCP connection to *port*.
+
+    Raises:
+        ValueError: it does not resolve.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise ValueError(f"cannot resolve host {host!r}: {reason}") from None
+    if not infos:  # pragma: no cover - getaddrinfo raises instead
+        raise ValueError(f"cannot resolve host {host!r}: no address")
+    return str(infos[0][4][0])
+
+
 @dataclass(frozen=True)
 class HttpTarget:
     """Where HTTP load goes, parsed once in the coordinator."""
@@ -60,24 +78,33 @@ class HttpTarget:
     path: str
     host_header: str
     tls: bool = False
+    address: str | None = None  # the host resolved once, by the coordinator: connections go there only
+
+    @property
+    def connect_host(self) -> str:
+        """Where connections go: the resolved address (the host name only if none was resolved)."""
+        return self.address or self.host
 
     @classmethod
-    def from_url(cls, url: str) -> HttpTarget:
-        """Parse an ``http://`` or ``https://`` URL.
+    def from_url(cls, url: str, address: str | None = None) -> HttpTarget:
+        """Parse an ``http://`` or ``https://`` URL (*address*: its host, resolved already).
 
         Raises:
-            ValueError: not an http(s) URL, or no host.
+            ValueError: not an http(s) URL, no host, or a port outside 0-65535.
         """
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http URL: {url!r} (example: http://127.0.0.1:8080/)")
         tls = parts.scheme == "https"
-        port = parts.port or (443 if tls else 80)
+        try:
+            port = parts.port or (443 if tls else 80)
+        except ValueError:
+            raise ValueError(f"bad port in {url!r} (ports are 0 to 65535)") from None
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
         host_header = parts.netloc.rpartition("@")[2]
-        return cls(host=parts.hostname, port=port, path=path, host_header=host_header, tls=tls)
+        return cls(host=parts.hostname, port=port, path=path, host_header=host_header, tls=tls, address=address)
 
     def request_bytes(self, method: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
         """The request that every connection sends, built once."""
@@ -115,6 +142,7 @@ class LoadTestConfig:
     warmup: float = 0.0
     start_method: str | None = None
     insecure: bool = False  # https: do not verify the server's certificate
+    address: str | None = None  # the URL's host, resolved once at the start (see resolved())
 
     def __post_init__(self) -> None:
         if (self.url is None) == (self.call is None):
@@ -135,6 +163,17 @@ class LoadTestConfig:
             raise ValueError(f"warm-up must not be negative, got {self.warmup}")
         if self.url is not None:
             HttpTarget.from_url(self.url)
+
+    def resolved(self) -> LoadTestConfig:
+        """This config with the URL's host resolved, once, to the address every worker connects to.
+
+        Raises:
+            ValueError: the host name does not resolve (the message says which and why).
+        """
+        if self.url is None or self.address is not None:
+            return self
+        target = HttpTarget.from_url(self.url)
+        return dataclasses.replace(self, address=resolve_host(target.host, target.port))
 
     @property
     def effective_duration(self) -> float | None:

@@ -116,8 +116,8 @@ class _Slot:
         load = self.load
         try:
             _, protocol = await asyncio.wait_for(
-                load.loop.create_connection(lambda: load.protocol_type(self), load.target.host, load.target.port,
-                                            **load.tls_options),
+                load.loop.create_connection(lambda: load.protocol_type(self), load.target.connect_host,
+                                            load.target.port, **load.tls_options),
                 load.timeout,
             )
         except (OSError, asyncio.TimeoutError) as exc:

@@ -105,8 +105,14 @@ def run_load_test(config: LoadTestConfig, on_progress: Callable[[Progress], None
     ran, with ``interrupted`` set.
 
     Raises:
-        LoadTestError: the workers could not start the load (e.g. the callable does not import).
+        LoadTestError: the workers could not start the load (e.g. the callable does not
+            import, or the URL's host does not resolve: it is resolved once, here, and
+            every connection goes to that address).
     """
+    try:
+        config = config.resolved()
+    except ValueError as exc:
+        raise LoadTestError(str(exc)) from None
     ctx = get_context(config.start_method)
     workers: list[_WorkerState] = []
     try:

@@ -134,7 +134,7 @@ class _Worker:
         if config.url is not None:
             from ._http import HttpLoad
 
-            target = HttpTarget.from_url(config.url)
+            target = HttpTarget.from_url(config.url, config.address)
             request = target.request_bytes(config.method, list(config.headers), config.body)
             return _LoadFactory(
                 lambda schedule, recorder: HttpLoad(target, request, share.connections, schedule, recorder,
