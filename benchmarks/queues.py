@@ -42,8 +42,9 @@ def machine() -> str:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         usable = os.cpu_count() or 0
-    return (f"{model}, {usable} cores usable ({os.cpu_count()} online), "
-            f"Python {platform.python_version()} ({sys.implementation.name}), {platform.system()} {platform.release()}")  # fmt: skip
+    python = f"Python {platform.python_version()} ({sys.implementation.name})"
+    system = f"{platform.system()} {platform.release()}"
+    return f"{model}, {usable} cores usable ({os.cpu_count()} online), {python}, {system}"
 
 
 def _item(i: int, mix: bool) -> Any:

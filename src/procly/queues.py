@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import fcntl
+import mmap
 import os
 import queue
 import select
@@ -47,7 +48,7 @@ from typing import Any
 
 from . import _serialization
 from ._connection import Connection, Pipe, descriptors_in, write_all
-from ._errors import MessageError
+from ._errors import ConnectionClosedError, MessageError
 from ._finalize import Finalize, register_after_fork
 from .synchronize import BoundedSemaphore, Condition, Lock, Semaphore
 
@@ -88,10 +89,12 @@ def _pread_exact(fd: int, size: int, offset: int) -> bytearray:
 class _Writer:
     """One process's writing end of a queue: writes what fits without blocking."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, wakeup: _Wakeup | None = None) -> None:
         self.sock = _socket_of(conn)
         self.limit = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         self._outq = bytearray(4)
+        self._poller: Any = None
+        self._wakeup = wakeup
 
     def close(self) -> None:
         self.sock.close()
@@ -101,17 +104,39 @@ class _Writer:
         fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, self._outq, True)  # SIOCOUTQ: unread bytes, as charged
         return int.from_bytes(self._outq, "little") + nbytes + FRAME_COST + RESERVE_BYTES < self.limit
 
-    def wait_for_room(self, timeout: float) -> None:
-        poller = select.poll()  # not select(): descriptors past 1023 are common in servers
-        poller.register(self.sock, select.POLLOUT)
-        if poller.poll(max(0, int(timeout * 1000 + 0.999))):
-            time.sleep(0.001)  # writable, yet short of what the next write needs: let a reader go on
+    def wait_for_room(self) -> bool:
+        """Block until the socket is writable (the kernel says so once readers have taken
+        three quarters of what it holds) or the wake-up is rung; True if writable."""
+        if self._poller is None:
+            self._poller = select.poll()  # not select(): descriptors past 1023 are common in servers
+            self._poller.register(self.sock, select.POLLOUT)
+            if self._wakeup is not None:
+                self._poller.register(self._wakeup.fd, select.POLLIN)
+        writable = False
+        for fd, _ in self._poller.poll():
+            if fd == self.sock.fileno():
+                writable = True
+        return writable
 
     def write(self, data: bytes) -> None:
         write_all(self.sock.fileno(), data)
 
     def send_descriptor(self, frame: bytes, fd: int) -> None:
         socket.send_fds(self.sock, [frame], [fd])
+
+
+class _Wakeup:
+    """An eventfd the feeder waits on beside its socket: rung when it must stop waiting
+    for room (at exit, to spill). Closed once neither the feeder nor its joiner holds it."""
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._closer = weakref.finalize(self, os.close, self.fd)
+        self.spill = False
+
+    def ring(self) -> None:
+        self.spill = True
+        os.eventfd_write(self.fd, 1)
 
 
 def _frames(items: list[bytes]) -> bytes:
@@ -256,44 +281,218 @@ def _spill_batch(writer: _Writer, items: list[Any]) -> None:
         os.close(fd)
 
 
-def _read_item(conn: Connection, sock: socket.socket, requeue: Any,
+def _read_item(shelf: _Shelf, sock: socket.socket, requeue: Any,
                recycler: _Recycler | None = None) -> tuple[bytes | bytearray, list[Any]]:  # fmt: skip
     """Receive one item written by a feeder: its pickle and out-of-band buffers (read lock held).
 
     *requeue(frame, fd)* sends the rest of a batch back to the end of the queue; a spent
     single-item memfd goes to *recycler*.
     """
-    header, ancillary, _, _ = sock.recvmsg(_HEADER.size, _ANCILLARY_SPACE, socket.MSG_WAITALL)
-    fds = descriptors_in(ancillary) if ancillary else []
-    if len(header) < _HEADER.size:
-        for fd in fds:
-            os.close(fd)
-        raise EOFError("the queue's other end is closed")
-    (n,) = _HEADER.unpack(header)
-    handle = conn.fileno()
-    if n not in (_SPILLED, _BATCH):
-        for fd in fds:
-            os.close(fd)
-        if n == -1:
-            (n,) = _SIZE.unpack(conn._read_exact(handle, _SIZE.size))  # type: ignore[arg-type]
-        return conn._read_payload(handle, n), []
-    (offset,) = _SIZE.unpack(conn._read_exact(handle, _SIZE.size))  # type: ignore[arg-type]
-    if len(fds) != 1:
-        for fd in fds:
-            os.close(fd)
-        raise MessageError("a queue item kept in a memfd arrived without its descriptor")
+    n, value, fd = shelf.take(sock)
+    if fd is None:
+        return value, []
     try:
         if n == _SPILLED:
-            data, buffers, _ = _read_held(fds[0], 0)  # copied out: the memfd is free again
+            data, buffers, _ = _read_held(fd, 0)  # copied out: the memfd is free again
             if recycler is not None:
-                recycler.give(fds[0])
+                recycler.give(fd)
             return data, buffers
-        data, buffers, following = _read_held(fds[0], offset + _SIZE.size)
-        if following < os.fstat(fds[0]).st_size:
-            requeue(_HEADER.pack(_BATCH) + _SIZE.pack(following), fds[0])
-        return data, buffers
+        return _take_from_batch(fd, value, shelf, requeue)
     finally:
-        os.close(fds[0])
+        os.close(fd)
+
+
+def _take_from_batch(fd: int, offset: int, shelf: _Shelf, requeue: Any) -> tuple[bytes | bytearray, list[Any]]:
+    """The item at *offset* in a batch left at a producer's exit. The small items after it
+    go to the front of the shelf (where the batch's frame was), as many as fit in one
+    read; the rest of the batch goes back to the end of the queue."""
+    size = os.fstat(fd).st_size
+    data, buffers, following = _read_held(fd, offset + _SIZE.size)
+    room = shelf.free()
+    if following < size and room > 4096:
+        chunk = os.pread(fd, min(room, size - following), following)
+        parts: list[bytes] = []
+        pos = total = 0
+        record = _SIZE.size + _COUNT.size + _SIZE.size  # u64 length, u32 0 buffers, u64 pickle size
+        while pos + record <= len(chunk):
+            (length,) = _SIZE.unpack_from(chunk, pos)
+            (count,) = _COUNT.unpack_from(chunk, pos + _SIZE.size)
+            (m,) = _SIZE.unpack_from(chunk, pos + _SIZE.size + _COUNT.size)
+            if count or length != m + _COUNT.size + _SIZE.size or m >= 2**31 - 1 or pos + record + m > len(chunk):
+                break  # an item with buffers (or one cut off here): it stays in the batch
+            if total + 4 + m > room:
+                break
+            parts.append(_HEADER.pack(m))
+            parts.append(chunk[pos + record : pos + record + m])
+            total += 4 + m
+            pos += record + m
+        if parts and shelf.put_front(b"".join(parts)):
+            following += pos
+    if following < size:
+        requeue(_HEADER.pack(_BATCH) + _SIZE.pack(following), fd)
+    return data, buffers
+
+
+SHELF_BYTES = 256 * 1024  # bytes a consumer reads from the socket in one call, for every consumer
+_SHELF_HEAD = struct.Struct("=QQ")  # start and end of the unread bytes in the shelf's data
+_FD_MARK = b"F"
+
+
+class _Shelf:
+    """Bytes read ahead from a queue's socket, in shared memory, so that any consumer
+    takes any item: one system call reads everything waiting (up to ``SHELF_BYTES``)
+    for whichever consumer comes next, not only for the one that read it. Everything
+    here runs under the queue's read lock.
+
+    A descriptor cannot wait in shared memory: one that arrives with the bytes read (a
+    big item's or a batch's memfd, always the last frame of a read) is parked, in
+    order, in a socket pair of the shelf's own until a consumer reaches its frame.
+    """
+
+    def __init__(self) -> None:
+        fd = os.memfd_create("procly-queue-shelf", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, _SHELF_HEAD.size + SHELF_BYTES)
+            take, give = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._setup(fd, take, give)
+
+    def __reduce__(self) -> Any:
+        from ._fd_sharer import reduce_fd
+
+        return _rebuild_shelf, (reduce_fd(self._fd, "Queue"), self._take, self._give)
+
+    def _setup(self, fd: int, take: socket.socket, give: socket.socket) -> None:
+        self._fd, self._take, self._give = fd, take, give
+        self._take.setblocking(False)  # a parked descriptor is there, or the shelf is corrupt
+        self._mm = mmap.mmap(fd, _SHELF_HEAD.size + SHELF_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._closer = weakref.finalize(self, _close_shelf, self._mm, fd, take, give)
+
+    def close(self) -> None:
+        self._closer()
+
+    def holds(self) -> bool:
+        """Whether bytes read ahead wait here (a whole item, or the start of one)."""
+        start, end = _SHELF_HEAD.unpack_from(self._mm, 0)
+        return start != end
+
+    def take(self, sock: socket.socket) -> tuple[int, Any, int | None]:
+        """The next frame: (length, payload, None) for a plain item, (kind, u64 offset,
+        descriptor) for a memfd frame; reads the socket (blocking) when no whole frame is here.
+
+        Raises:
+            EOFError: the socket is closed and nothing is left.
+            MessageError: a malformed frame, or a descriptor missing.
+        """
+        mm, base = self._mm, _SHELF_HEAD.size
+        start, end = _SHELF_HEAD.unpack_from(mm, 0)
+        while True:
+            avail = end - start
+            need = 4
+            if avail >= 4:
+                (n,) = _HEADER.unpack_from(mm, base + start)
+                if n >= 0:
+                    need = 4 + n
+                    if avail >= need:
+                        data = mm[base + start + 4 : base + start + need]
+                        _SHELF_HEAD.pack_into(mm, 0, start + need, end)
+                        return n, data, None
+                    if need > SHELF_BYTES:
+                        return n, self._take_big(sock, start + 4, end, n), None
+                elif n in (_SPILLED, _BATCH, -1):
+                    need = 4 + _SIZE.size
+                    if avail >= need:
+                        (value,) = _SIZE.unpack_from(mm, base + start + 4)
+                        _SHELF_HEAD.pack_into(mm, 0, start + need, end)
+                        if n == -1:  # over 2 GiB: never a queue's own frame, read it directly
+                            return value, self._take_big(sock, start + need, end, value), None
+                        return n, value, self._parked()
+                else:
+                    raise MessageError(f"malformed frame header ({n}) in a queue")
+            if start == end:
+                start = end = 0
+            elif start + need > SHELF_BYTES:  # make room for the rest of this frame
+                mm.move(base, base + start, avail)
+                start, end = 0, avail
+            _SHELF_HEAD.pack_into(mm, 0, start, end)
+            end += self._fill(sock, end)
+            _SHELF_HEAD.pack_into(mm, 0, start, end)
+
+    def _fill(self, sock: socket.socket, end: int) -> int:
+        """Read what waits in the socket into the shelf from *end* (at least one byte)."""
+        with memoryview(self._mm) as whole, whole[_SHELF_HEAD.size + end :] as room:
+            count, ancillary, _, _ = sock.recvmsg_into([room], _ANCILLARY_SPACE)
+        for fd in descriptors_in(ancillary) if ancillary else ():
+            try:
+                socket.send_fds(self._give, [_FD_MARK], [fd])
+            finally:
+                os.close(fd)
+        if not count:
+            raise EOFError("the queue's other end is closed")
+        return count
+
+    def _parked(self) -> int:
+        try:
+            mark, fds, _, _ = socket.recv_fds(self._take, 1, 1)
+        except BlockingIOError:
+            mark, fds = b"", []
+        if mark != _FD_MARK or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise MessageError("a queue item kept in a memfd arrived without its descriptor")
+        return fds[0]
+
+    def _take_big(self, sock: socket.socket, start: int, end: int, n: int) -> bytearray:
+        """A plain item larger than the shelf, its payload here from *start*: what is
+        here, then the rest read in place (nothing can follow it in the shelf)."""
+        buf = bytearray(n)
+        have = max(0, min(end - start, n))
+        base = _SHELF_HEAD.size
+        buf[:have] = self._mm[base + start : base + start + have]
+        _SHELF_HEAD.pack_into(self._mm, 0, 0, 0)
+        view, got = memoryview(buf), have
+        while got < n:
+            count = sock.recv_into(view[got:])
+            if count == 0:
+                raise EOFError("the queue's other end closed in the middle of an item")
+            got += count
+        return buf
+
+    def free(self) -> int:
+        """Bytes that put_front() can place now."""
+        start, end = _SHELF_HEAD.unpack_from(self._mm, 0)
+        return SHELF_BYTES - (end - start)
+
+    def put_front(self, frames: bytes) -> bool:
+        """Place *frames* (plain ones) before everything waiting here, if they fit."""
+        mm, base = self._mm, _SHELF_HEAD.size
+        start, end = _SHELF_HEAD.unpack_from(mm, 0)
+        if start == end:
+            start = end = 0
+        if len(frames) > start and end - start + len(frames) <= SHELF_BYTES:
+            mm.move(base + len(frames), base + start, end - start)
+            end, start = end - start + len(frames), len(frames)
+        if len(frames) > start:
+            return False
+        mm[base + start - len(frames) : base + start] = frames
+        _SHELF_HEAD.pack_into(mm, 0, start - len(frames), end)
+        return True
+
+
+def _rebuild_shelf(token: tuple, take: socket.socket, give: socket.socket) -> _Shelf:
+    from ._fd_sharer import rebuild_fd
+
+    shelf = _Shelf.__new__(_Shelf)
+    shelf._setup(rebuild_fd(*token), take, give)
+    return shelf
+
+
+def _close_shelf(mm: mmap.mmap, fd: int, *socks: socket.socket) -> None:
+    mm.close()
+    os.close(fd)
+    _close_sockets(*socks)
 
 
 class Queue:
@@ -309,26 +508,27 @@ class Queue:
         self._wlock = Lock()
         self._sem = BoundedSemaphore(maxsize)
         self._recycler = _Recycler()
+        self._shelf = _Shelf()
         self._opid = os.getpid()
         self._after_fork()
         register_after_fork(self, Queue._after_fork)
 
     def __getstate__(self) -> Any:
         return (self._maxsize, self._reader, self._writer, self._rlock, self._wlock, self._sem, self._recycler,
-                self._opid)  # fmt: skip
+                self._shelf, self._opid)  # fmt: skip
 
     def __setstate__(self, state: Any) -> None:
         (self._maxsize, self._reader, self._writer, self._rlock, self._wlock, self._sem, self._recycler,
-         self._opid) = state  # fmt: skip
+         self._shelf, self._opid) = state  # fmt: skip
         self._after_fork()
         register_after_fork(self, Queue._after_fork)
 
     def _after_fork(self) -> None:
         self._rsock: socket.socket | None = None
         self._requeuer: _Writer | None = None
-        self._spill = threading.Event()  # set at exit: write what cannot wait to a memfd
         self._notempty = threading.Condition(threading.Lock())
         self._buffer: collections.deque[bytes] = collections.deque()
+        self._feeding = _FeedState(self._buffer, self._notempty)
         self._thread: threading.Thread | None = None
         self._jointhread: Finalize | None = None
         self._joincancelled = False
@@ -359,11 +559,15 @@ class Queue:
         self._enqueue(data)
 
     def _enqueue(self, data: bytes) -> None:
-        with self._notempty:
-            if self._thread is None:
-                self._start_thread()
-            self._buffer.append(data)
-            self._notempty.notify()
+        if self._thread is None:
+            with self._notempty:
+                if self._thread is None:
+                    self._start_thread()
+        feeding = self._feeding
+        feeding.buffer.append(data)
+        if feeding.idle:  # woken only when it waits: a busy feeder finds the item by itself
+            with self._notempty:
+                self._notempty.notify()
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return the oldest item, waiting for one if the queue is empty.
@@ -382,12 +586,13 @@ class Queue:
         if not self._rlock.acquire(block, timeout):
             raise queue.Empty
         try:
-            if block:
-                remaining = max(0.0, deadline - time.monotonic())
-                if not self._reader.poll(remaining):
+            if not self._shelf.holds():
+                if block:
+                    remaining = max(0.0, deadline - time.monotonic())
+                    if not self._reader.poll(remaining):
+                        raise queue.Empty
+                elif not self._reader.poll():
                     raise queue.Empty
-            elif not self._reader.poll():
-                raise queue.Empty
             data, buffers = self._read()
             self._sem.release()
         finally:
@@ -398,7 +603,7 @@ class Queue:
         if self._rsock is None:
             self._rsock = _socket_of(self._reader)
             weakref.finalize(self, self._rsock.close)
-        return _read_item(self._reader, self._rsock, self._requeue, self._recycler)
+        return _read_item(self._shelf, self._rsock, self._requeue, self._recycler)
 
     def _requeue(self, frame: bytes, fd: int) -> None:
         """Send the rest of a batch to the end of the queue (read lock held)."""
@@ -419,7 +624,14 @@ class Queue:
         return self._maxsize - self._sem._get_value()
 
     def empty(self) -> bool:
-        return not self._reader.poll()
+        """Whether nothing waits to be read (approximate while others put and get); True
+        once this process closed the queue and read nothing ahead."""
+        if self._shelf.holds():
+            return False
+        try:
+            return not self._reader.poll()
+        except ConnectionClosedError:  # closed here: nothing more can be read through it
+            return True
 
     def full(self) -> bool:
         return self._sem._is_zero()
@@ -451,15 +663,16 @@ class Queue:
 
     def _start_thread(self) -> None:
         self._buffer.clear()
+        self._feeding.wakeup = _Wakeup()
         self._thread = threading.Thread(
             target=_feed,
-            args=(self._buffer, self._notempty, self._writer, self._wlock, self._sem, self._spill),
+            args=(self._feeding, self._writer, self._wlock, self._sem),
             name="QueueFeederThread",
             daemon=True,
         )
         self._thread.start()
         if not self._joincancelled:
-            self._jointhread = Finalize(self._thread, _join_feeder, [weakref.ref(self._thread), self._spill],
+            self._jointhread = Finalize(self._thread, _join_feeder, [weakref.ref(self._thread), self._feeding.wakeup],
                                         exitpriority=-5)  # fmt: skip
         self._close_finalizer = Finalize(
             self, _stop_feeder, [self._buffer, self._notempty, self._reader], exitpriority=10
@@ -472,10 +685,23 @@ class Queue:
 _STOP = object()
 
 
-def _join_feeder(ref: Any, spill: threading.Event) -> None:
+class _FeedState:
+    """What a process's put() shares with its feeder thread: the items not yet written,
+    whether the feeder waits for one (only then does put() wake it), and its wake-up."""
+
+    __slots__ = ("buffer", "notempty", "idle", "wakeup")
+
+    def __init__(self, buffer: collections.deque, notempty: threading.Condition) -> None:
+        self.buffer = buffer
+        self.notempty = notempty
+        self.idle = False
+        self.wakeup: _Wakeup | None = None  # made with the feeder thread
+
+
+def _join_feeder(ref: Any, wakeup: _Wakeup) -> None:
     thread = ref()
     if thread is not None:
-        spill.set()  # what the socket cannot take now goes to a memfd, so this join returns
+        wakeup.ring()  # what the socket cannot take now goes to a memfd, so this join returns
         thread.join()
 
 
@@ -508,21 +734,25 @@ def _next_chunk(buffer: collections.deque) -> tuple[list[Any], bool]:
     return items, False
 
 
-def _feed(buffer: collections.deque, notempty: threading.Condition, conn: Any, wlock: Lock, sem: Any,
-          spill: threading.Event) -> None:  # fmt: skip
-    writer = _Writer(conn)
+def _feed(state: _FeedState, conn: Any, wlock: Lock, sem: Any) -> None:
+    buffer, notempty = state.buffer, state.notempty
+    assert state.wakeup is not None
+    writer = _Writer(conn, state.wakeup)
     try:
         while True:
-            with notempty:
-                while not buffer:
-                    notempty.wait()
+            if not buffer:
+                with notempty:
+                    state.idle = True  # put() wakes it from now on (checked again below, under the lock)
+                    while not buffer:
+                        notempty.wait()
+                    state.idle = False
             while buffer:
                 items, stop = _next_chunk(buffer)
                 if stop:
                     conn.close()
                     return
                 try:
-                    _write_chunk(writer, wlock, items, buffer, spill)
+                    _write_chunk(writer, wlock, items, buffer, state.wakeup)
                 except BrokenPipeError:
                     for _ in items:
                         sem.release()  # nobody will read them: give the slots back
@@ -536,24 +766,33 @@ def _feed(buffer: collections.deque, notempty: threading.Condition, conn: Any, w
 
 
 def _write_chunk(writer: _Writer, wlock: Lock, items: list[Any], buffer: collections.deque,
-                 spill: threading.Event) -> None:  # fmt: skip
-    """Write *items* when the socket has room; at exit, put them and the rest in a memfd."""
+                 wakeup: _Wakeup) -> None:  # fmt: skip
+    """Write *items* when the socket has room; at exit, put them and the rest in a memfd.
+
+    While the socket is full the feeder blocks in poll() until the kernel reports room
+    (readers took most of what it held) or the exit rings its wake-up: no timed naps.
+    """
     big = type(items[0]) is _Held
     data = b"" if big else _frames(items)
+    room = False  # the kernel said writable, and the reserve rule can never say yes: write anyway
     while True:
         with wlock:
-            if writer.fits(0 if big else len(data)):
+            if room or writer.fits(0 if big else len(data)):
                 if big:
                     writer.send_descriptor(_HEADER.pack(_SPILLED) + _SIZE.pack(0), items[0].fd)
                 else:
                     writer.write(data)
                 return
-            if spill.is_set():  # exiting and no reader drains the socket: don't wait for one
+            if wakeup.spill:  # exiting and no reader drains the socket: don't wait for one
                 while buffer and buffer[0] is not _STOP:
                     items.append(buffer.popleft())
                 _spill_batch(writer, items)
                 return
-        writer.wait_for_room(0.05)  # wakes when a reader has emptied most of the socket
+        # Writable means that at most a quarter of the send buffer is in use: then this
+        # write fits, unless the buffer was made so small that it never would (waiting
+        # again would then spin).
+        writable = writer.wait_for_room()
+        room = writable and writer.limit // 4 + len(data) + FRAME_COST + RESERVE_BYTES >= writer.limit
 
 
 class JoinableQueue(Queue):
