@@ -65,6 +65,7 @@ _SPILLED = -3  # frame type: the item is in the memfd sent with this header
 _BATCH = -4  # frame type: u64 offset; items left at a producer's exit, in the memfd sent with it
 # A batch holds (u64 length, held item) records, each laid out as _Held says.
 _COUNT = struct.Struct("!I")
+_RECORD = struct.Struct("!QIQ")  # a small item's record in a batch: u64 length, u32 0 buffers, u64 pickle size
 _READ_ONLY = 1 << 63  # flag in a held buffer's size
 
 
@@ -262,9 +263,12 @@ def _read_held(fd: int, offset: int) -> tuple[bytearray, list[Any], int]:
 def _spill_batch(writer: _Writer, items: list[Any]) -> None:
     """Write *items* (pickles and held ones) into one memfd and send it alone."""
     fd = os.memfd_create("procly-queue-batch", os.MFD_CLOEXEC)
+    pending = bytearray()  # small items' records, written a megabyte at a time
     try:
         for item in items:
             if type(item) is _Held:
+                write_all(fd, pending)
+                del pending[:]
                 write_all(fd, _SIZE.pack(item.size))
                 copied = 0
                 while copied < item.size:  # a kernel-side copy, at this memfd's offset
@@ -273,9 +277,13 @@ def _spill_batch(writer: _Writer, items: list[Any]) -> None:
                         raise MessageError("a queue item kept in a memfd is shorter than announced")
                     copied += count
             else:
-                write_all(fd, _SIZE.pack(len(item) + _COUNT.size + _SIZE.size))
-                write_all(fd, _COUNT.pack(0) + _SIZE.pack(len(item)))
-                write_all(fd, item)
+                pending += _RECORD.pack(len(item) + _COUNT.size + _SIZE.size, 0, len(item))
+                pending += item
+                if len(pending) >= 1 << 20:
+                    write_all(fd, pending)
+                    del pending[:]
+        if pending:
+            write_all(fd, pending)
         writer.send_descriptor(_HEADER.pack(_BATCH) + _SIZE.pack(0), fd)
     finally:
         os.close(fd)
@@ -313,11 +321,9 @@ def _take_from_batch(fd: int, offset: int, shelf: _Shelf, requeue: Any) -> tuple
         chunk = os.pread(fd, min(room, size - following), following)
         parts: list[bytes] = []
         pos = total = 0
-        record = _SIZE.size + _COUNT.size + _SIZE.size  # u64 length, u32 0 buffers, u64 pickle size
+        record = _RECORD.size
         while pos + record <= len(chunk):
-            (length,) = _SIZE.unpack_from(chunk, pos)
-            (count,) = _COUNT.unpack_from(chunk, pos + _SIZE.size)
-            (m,) = _SIZE.unpack_from(chunk, pos + _SIZE.size + _COUNT.size)
+            length, count, m = _RECORD.unpack_from(chunk, pos)
             if count or length != m + _COUNT.size + _SIZE.size or m >= 2**31 - 1 or pos + record + m > len(chunk):
                 break  # an item with buffers (or one cut off here): it stays in the batch
             if total + 4 + m > room:
