@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import collections
 import fcntl
-import mmap
 import os
 import queue
 import select
@@ -46,7 +45,7 @@ import time
 import weakref
 from typing import Any
 
-from . import _serialization
+from . import _heap, _serialization
 from ._connection import Connection, Pipe, descriptors_in, write_all
 from ._errors import ConnectionClosedError, MessageError
 from ._finalize import Finalize, register_after_fork
@@ -289,14 +288,15 @@ def _spill_batch(writer: _Writer, items: list[Any]) -> None:
         os.close(fd)
 
 
-def _read_item(shelf: _Shelf, sock: socket.socket, requeue: Any,
+def _read_item(shelf: _Shelf, sock: socket.socket, parked: Any, requeue: Any,
                recycler: _Recycler | None = None) -> tuple[bytes | bytearray, list[Any]]:  # fmt: skip
     """Receive one item written by a feeder: its pickle and out-of-band buffers (read lock held).
 
-    *requeue(frame, fd)* sends the rest of a batch back to the end of the queue; a spent
-    single-item memfd goes to *recycler*.
+    *parked()* takes the next descriptor parked by the shelf; *requeue(frame, fd)* sends
+    the rest of a batch back to the end of the queue; a spent single-item memfd goes to
+    *recycler*.
     """
-    n, value, fd = shelf.take(sock)
+    n, value, fd = shelf.take(sock, parked)
     if fd is None:
         return value, []
     try:
@@ -345,55 +345,46 @@ _FD_MARK = b"F"
 
 
 class _Shelf:
-    """Bytes read ahead from a queue's socket, in shared memory, so that any consumer
-    takes any item: one system call reads everything waiting (up to ``SHELF_BYTES``)
-    for whichever consumer comes next, not only for the one that read it. Everything
-    here runs under the queue's read lock.
+    """Bytes read ahead from a queue's socket, in shared memory (a block of procly's
+    heap), so that any consumer takes any item: one system call reads everything
+    waiting (up to ``SHELF_BYTES``) for whichever consumer comes next, not only for the
+    one that read it. Everything here runs under the queue's read lock.
 
     A descriptor cannot wait in shared memory: one that arrives with the bytes read (a
-    big item's or a batch's memfd, always the last frame of a read) is parked, in
-    order, in a socket pair of the shelf's own until a consumer reaches its frame.
+    big item's or a batch's memfd; it always comes with the last frame of a read) is
+    parked, in order, in the socket pair's other direction, which nothing else uses:
+    sent back from the reading end, taken from the writing end when a consumer reaches
+    its frame.
     """
 
     def __init__(self) -> None:
-        fd = os.memfd_create("procly-queue-shelf", os.MFD_CLOEXEC)
-        try:
-            os.ftruncate(fd, _SHELF_HEAD.size + SHELF_BYTES)
-            take, give = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._setup(fd, take, give)
+        self.__setstate__(_heap.allocate(_SHELF_HEAD.size + SHELF_BYTES))
 
-    def __reduce__(self) -> Any:
-        from ._fd_sharer import reduce_fd
+    def __getstate__(self) -> Any:
+        return self._block
 
-        return _rebuild_shelf, (reduce_fd(self._fd, "Queue"), self._take, self._give)
-
-    def _setup(self, fd: int, take: socket.socket, give: socket.socket) -> None:
-        self._fd, self._take, self._give = fd, take, give
-        self._take.setblocking(False)  # a parked descriptor is there, or the shelf is corrupt
-        self._mm = mmap.mmap(fd, _SHELF_HEAD.size + SHELF_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self._closer = weakref.finalize(self, _close_shelf, self._mm, fd, take, give)
-
-    def close(self) -> None:
-        self._closer()
+    def __setstate__(self, block: _heap.Block) -> None:
+        self._block = block
+        self._mm = block.arena.buffer
+        self._head = block.offset
+        self._base = block.offset + _SHELF_HEAD.size
 
     def holds(self) -> bool:
         """Whether bytes read ahead wait here (a whole item, or the start of one)."""
-        start, end = _SHELF_HEAD.unpack_from(self._mm, 0)
+        start, end = _SHELF_HEAD.unpack_from(self._mm, self._head)
         return start != end
 
-    def take(self, sock: socket.socket) -> tuple[int, Any, int | None]:
+    def take(self, sock: socket.socket, parked: Any) -> tuple[int, Any, int | None]:
         """The next frame: (length, payload, None) for a plain item, (kind, u64 offset,
-        descriptor) for a memfd frame; reads the socket (blocking) when no whole frame is here.
+        descriptor) for a memfd frame; reads *sock* (blocking) when no whole frame is
+        here. *parked()* takes the next parked descriptor.
 
         Raises:
             EOFError: the socket is closed and nothing is left.
             MessageError: a malformed frame, or a descriptor missing.
         """
-        mm, base = self._mm, _SHELF_HEAD.size
-        start, end = _SHELF_HEAD.unpack_from(mm, 0)
+        mm, head, base = self._mm, self._head, self._base
+        start, end = _SHELF_HEAD.unpack_from(mm, head)
         while True:
             avail = end - start
             need = 4
@@ -403,7 +394,7 @@ class _Shelf:
                     need = 4 + n
                     if avail >= need:
                         data = mm[base + start + 4 : base + start + need]
-                        _SHELF_HEAD.pack_into(mm, 0, start + need, end)
+                        _SHELF_HEAD.pack_into(mm, head, start + need, end)
                         return n, data, None
                     if need > SHELF_BYTES:
                         return n, self._take_big(sock, start + 4, end, n), None
@@ -411,10 +402,10 @@ class _Shelf:
                     need = 4 + _SIZE.size
                     if avail >= need:
                         (value,) = _SIZE.unpack_from(mm, base + start + 4)
-                        _SHELF_HEAD.pack_into(mm, 0, start + need, end)
+                        _SHELF_HEAD.pack_into(mm, head, start + need, end)
                         if n == -1:  # over 2 GiB: never a queue's own frame, read it directly
                             return value, self._take_big(sock, start + need, end, value), None
-                        return n, value, self._parked()
+                        return n, value, parked()
                 else:
                     raise MessageError(f"malformed frame header ({n}) in a queue")
             if start == end:
@@ -422,42 +413,30 @@ class _Shelf:
             elif start + need > SHELF_BYTES:  # make room for the rest of this frame
                 mm.move(base, base + start, avail)
                 start, end = 0, avail
-            _SHELF_HEAD.pack_into(mm, 0, start, end)
+            _SHELF_HEAD.pack_into(mm, head, start, end)
             end += self._fill(sock, end)
-            _SHELF_HEAD.pack_into(mm, 0, start, end)
+            _SHELF_HEAD.pack_into(mm, head, start, end)
 
     def _fill(self, sock: socket.socket, end: int) -> int:
         """Read what waits in the socket into the shelf from *end* (at least one byte)."""
-        with memoryview(self._mm) as whole, whole[_SHELF_HEAD.size + end :] as room:
+        with memoryview(self._mm) as whole, whole[self._base + end : self._base + SHELF_BYTES] as room:
             count, ancillary, _, _ = sock.recvmsg_into([room], _ANCILLARY_SPACE)
         for fd in descriptors_in(ancillary) if ancillary else ():
             try:
-                socket.send_fds(self._give, [_FD_MARK], [fd])
+                socket.send_fds(sock, [_FD_MARK], [fd])  # parked, in the direction nobody writes
             finally:
                 os.close(fd)
         if not count:
             raise EOFError("the queue's other end is closed")
         return count
 
-    def _parked(self) -> int:
-        try:
-            mark, fds, _, _ = socket.recv_fds(self._take, 1, 1)
-        except BlockingIOError:
-            mark, fds = b"", []
-        if mark != _FD_MARK or len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            raise MessageError("a queue item kept in a memfd arrived without its descriptor")
-        return fds[0]
-
     def _take_big(self, sock: socket.socket, start: int, end: int, n: int) -> bytearray:
         """A plain item larger than the shelf, its payload here from *start*: what is
         here, then the rest read in place (nothing can follow it in the shelf)."""
         buf = bytearray(n)
         have = max(0, min(end - start, n))
-        base = _SHELF_HEAD.size
-        buf[:have] = self._mm[base + start : base + start + have]
-        _SHELF_HEAD.pack_into(self._mm, 0, 0, 0)
+        buf[:have] = self._mm[self._base + start : self._base + start + have]
+        _SHELF_HEAD.pack_into(self._mm, self._head, 0, 0)
         view, got = memoryview(buf), have
         while got < n:
             count = sock.recv_into(view[got:])
@@ -468,37 +447,37 @@ class _Shelf:
 
     def free(self) -> int:
         """Bytes that put_front() can place now."""
-        start, end = _SHELF_HEAD.unpack_from(self._mm, 0)
+        start, end = _SHELF_HEAD.unpack_from(self._mm, self._head)
         return SHELF_BYTES - (end - start)
 
     def put_front(self, frames: bytes) -> bool:
         """Place *frames* (plain ones) before everything waiting here, if they fit."""
-        mm, base = self._mm, _SHELF_HEAD.size
-        start, end = _SHELF_HEAD.unpack_from(mm, 0)
+        mm, base, size = self._mm, self._base, len(frames)
+        start, end = _SHELF_HEAD.unpack_from(mm, self._head)
         if start == end:
             start = end = 0
-        if len(frames) > start and end - start + len(frames) <= SHELF_BYTES:
-            mm.move(base + len(frames), base + start, end - start)
-            end, start = end - start + len(frames), len(frames)
-        if len(frames) > start:
+        if size > start and end - start + size <= SHELF_BYTES:
+            mm.move(base + size, base + start, end - start)
+            start, end = size, end - start + size
+        if size > start:
             return False
-        mm[base + start - len(frames) : base + start] = frames
-        _SHELF_HEAD.pack_into(mm, 0, start - len(frames), end)
+        mm[base + start - size : base + start] = frames
+        _SHELF_HEAD.pack_into(mm, self._head, start - size, end)
         return True
 
 
-def _rebuild_shelf(token: tuple, take: socket.socket, give: socket.socket) -> _Shelf:
-    from ._fd_sharer import rebuild_fd
-
-    shelf = _Shelf.__new__(_Shelf)
-    shelf._setup(rebuild_fd(*token), take, give)
-    return shelf
-
-
-def _close_shelf(mm: mmap.mmap, fd: int, *socks: socket.socket) -> None:
-    mm.close()
-    os.close(fd)
-    _close_sockets(*socks)
+def _take_parked(sock: socket.socket) -> int:
+    """The next descriptor parked by _Shelf._fill, from the writing end of the queue's socket."""
+    try:
+        mark, ancillary, _, _ = sock.recvmsg(1, _ANCILLARY_SPACE, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        mark, ancillary = b"", []
+    fds = descriptors_in(ancillary) if ancillary else []
+    if mark != _FD_MARK or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise MessageError("a queue item kept in a memfd arrived without its descriptor")
+    return fds[0]
 
 
 class Queue:
@@ -609,7 +588,14 @@ class Queue:
         if self._rsock is None:
             self._rsock = _socket_of(self._reader)
             weakref.finalize(self, self._rsock.close)
-        return _read_item(self._shelf, self._rsock, self._requeue, self._recycler)
+        return _read_item(self._shelf, self._rsock, self._parked, self._requeue, self._recycler)
+
+    def _parked(self) -> int:
+        """The next descriptor parked by the shelf (read lock held)."""
+        if self._requeuer is None:
+            self._requeuer = _Writer(self._writer)
+            weakref.finalize(self, self._requeuer.close)
+        return _take_parked(self._requeuer.sock)
 
     def _requeue(self, frame: bytes, fd: int) -> None:
         """Send the rest of a batch to the end of the queue (read lock held)."""
