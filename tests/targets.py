@@ -417,3 +417,38 @@ def counted_nap(i: int, seconds: float) -> int:
     _runs[i] += 1
     time.sleep(seconds)
     return i * i
+
+
+def put_tagged(queue, k: int, n: int, big_every: int = 0, big_size: int = 0) -> None:
+    """Put (k, i, payload) for i in range(n): payload is *big_size* bytes every *big_every* items, else None."""
+    for i in range(n):
+        big = big_every and i % big_every == big_every - 1
+        queue.put((k, i, bytes([i % 256]) * big_size if big else None))
+
+
+def take_until_none(queue, results) -> None:
+    """Take items until None; report them."""
+    got = []
+    while (item := queue.get(timeout=30)) is not None:
+        got.append(item)
+    results.put(got)
+
+
+def take_one(queue, results) -> None:
+    """Take one item, report it, exit (whatever was read ahead stays for others)."""
+    results.put(queue.get(timeout=10))
+
+
+def report_rss_then_put(queue, n: int, size: int, rss) -> None:
+    """Report this process's resident memory, then put *n* items of *size* bytes."""
+    rss.put(_rss_kib(os.getpid()))
+    for i in range(n):
+        queue.put(bytes([i % 256]) * size)
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
