@@ -117,6 +117,50 @@ def queue_rate(lib: Any, direction: str, n: int, mix: bool, method: str = "fork"
     return rate
 
 
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _shmem_kib() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Shmem:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _put_and_report(q: Any, n: int, mix: bool, before: Any, after: Any, done: Any) -> None:
+    before.put(_rss_kib(os.getpid()))
+    for i in range(n):
+        q.put(_item(i, mix))
+    after.put(_rss_kib(os.getpid()))
+    done.wait()
+
+
+def stalled_memory(lib: Any, n: int, mix: bool) -> tuple[float, float]:
+    """MiB a producer process grows by (resident) after putting *n* items that nobody reads,
+    and MiB of shared memory (memfds, system-wide) that grew meanwhile."""
+    ctx = lib.get_context("fork")
+    q, before, after, done = ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Event()
+    p = ctx.Process(target=_put_and_report, args=(q, n, mix, before, after, done))
+    shmem = _shmem_kib()
+    p.start()
+    start = before.get()
+    end = after.get()
+    shared = _shmem_kib() - shmem
+    done.set()
+    for _ in range(n):
+        q.get()
+    p.join()
+    q.close()
+    q.join_thread()
+    return (end - start) / 1024, shared / 1024
+
+
 def pickle_rate(n: int = 200_000) -> float:
     """Items ``(i, "x")`` per second that one process can pickle and unpickle (the lower bound)."""
     dumps, loads, protocol = pickle.dumps, pickle.loads, pickle.HIGHEST_PROTOCOL
@@ -167,6 +211,15 @@ def run(only: list[str] | None, scale: float, rounds: int) -> None:
         print(f"{name:<40}{s / 1000:>9.1f}k/s{o / 1000:>9.1f}k/s{o / s:>7.2f}x{bound:>10}")
         sys.stdout.flush()
     print("ratio = procly items/s / stdlib items/s (above 1: procly is faster); timed by the consumer")
+    if only and not any(o.lower() in "queue memory" for o in only):
+        return
+    small, mixed = max(10_000, int(300_000 * scale)), max(500, int(5_000 * scale))
+    big = mixed // MIX_EVERY
+    print(f"producer memory growth, consumer stopped: {small} small items; {mixed} mixed ({big} MiB big)")
+    for label, n, mix in (("small", small, False), ("mix", mixed, True)):
+        (sr, ss), (pr, ps) = stalled_memory(multiprocessing, n, mix), stalled_memory(procly, n, mix)
+        std, ours = f"RSS +{sr:6.1f} MiB, shmem +{ss:6.1f} MiB", f"RSS +{pr:6.1f} MiB, shmem +{ps:6.1f} MiB"
+        print(f"  {label:<6} stdlib {std}   procly {ours}")
 
 
 def main() -> int:
