@@ -113,8 +113,26 @@ def queue_rate(lib: Any, direction: str, n: int, mix: bool, method: str = "fork"
     for p in procs:
         p.join()
     q.close()
-    q.join_thread()
+    getattr(q, "join_thread", lambda: None)()
     return rate
+
+
+class FasterFifo:
+    """faster-fifo's Queue (a ring buffer in shared memory) dressed as a library for
+    queue_rate(): its processes and events are the standard library's."""
+
+    def __init__(self) -> None:
+        import faster_fifo
+
+        self._queue = faster_fifo.Queue
+
+    def get_context(self, method: str) -> Any:
+        import multiprocessing
+        import types
+
+        ctx = multiprocessing.get_context(method)
+        return types.SimpleNamespace(Process=ctx.Process, Event=ctx.Event,
+                                     Queue=lambda: self._queue(max_size_bytes=64 * MiB))  # fmt: skip
 
 
 def _rss_kib(pid: int) -> int:
@@ -198,17 +216,25 @@ def run(only: list[str] | None, scale: float, rounds: int) -> None:
     print(f"machine: {machine()}")
     lower = pickle_rate(max(20_000, int(200_000 * scale)))
     print(f"lower bound, pickle+unpickle of (i, 'x') in one process: {lower / 1000:.0f}k items/s")
-    print(f"{'queue case':<40}{'stdlib':>12}{'procly':>12}{'ratio':>8}{'of bound':>10}")
+    try:
+        fifo: Any = FasterFifo()
+    except ImportError:
+        fifo = None  # pip install faster-fifo for its column
+    print(f"{'queue case':<40}{'stdlib':>12}{'procly':>12}{'ratio':>8}{'of bound':>10}"
+          + (f"{'faster-fifo':>14}" if fifo else ""))  # fmt: skip
     for name, fn in cases(scale):
         if only and not any(o.lower() in name.lower() for o in only):
             continue
-        std, ours = [], []
+        std, ours, peer = [], [], []
         for _ in range(rounds):
             std.append(fn(multiprocessing))
             ours.append(fn(procly))
+            if fifo is not None:
+                peer.append(fn(fifo))
         s, o = statistics.median(std), statistics.median(ours)
         bound = f"{o / lower:>9.0%}" if "mix" not in name else ""
-        print(f"{name:<40}{s / 1000:>9.1f}k/s{o / 1000:>9.1f}k/s{o / s:>7.2f}x{bound:>10}")
+        extra = f"{statistics.median(peer) / 1000:>11.1f}k/s" if peer else ""
+        print(f"{name:<40}{s / 1000:>9.1f}k/s{o / 1000:>9.1f}k/s{o / s:>7.2f}x{bound:>10}{extra}")
         sys.stdout.flush()
     print("ratio = procly items/s / stdlib items/s (above 1: procly is faster); timed by the consumer")
     if only and not any(o.lower() in "queue memory" for o in only):

@@ -452,3 +452,12 @@ def _rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def put_small_big_small(queue, small: int, big: int, big_size: int) -> None:
+    """(i, payload) items: *small* tiny ones, *big* of *big_size* bytes, *small* tiny ones again."""
+    i = 0
+    for count, size in ((small, 0), (big, big_size), (small, 0)):
+        for _ in range(count):
+            queue.put((i, bytes([i % 256]) * size))
+            i += 1

@@ -365,3 +365,18 @@ def test_feeder_waits_in_poll_when_nobody_reads(ctx):
     assert [q.get(timeout=10) for _ in range(30_000)] == list(range(30_000))
     q.close()
     q.join_thread()
+
+
+def test_big_items_left_at_exit_travel_by_descriptor_and_by_copy(ctx):
+    """A producer exits with 100 big items (memfds) behind a full socket: the batch carries the first
+    ones' memfds with it and copies the rest in; all arrive, in order."""
+    q = ctx.Queue()
+    small, big, size = 10_000, 100, 150_000
+    p = ctx.Process(target=targets.put_small_big_small, args=(q, small, big, size))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0, "the child must be able to exit before its items are read"
+    got = [q.get(timeout=30) for _ in range(2 * small + big)]
+    assert [i for i, _ in got] == list(range(2 * small + big))
+    assert all(payload == bytes([i % 256]) * (size if small <= i < small + big else 0) for i, payload in got)
+    assert q.empty()

@@ -61,14 +61,17 @@ RESERVE_BYTES = 16 * 1024  # socket room kept for batch frames at exit (about 16
 _HEADER = struct.Struct("!i")
 _SIZE = struct.Struct("!Q")
 _SPILLED = -3  # frame type: the item is in the memfd sent with this header
-_BATCH = -4  # frame type: u64 offset; items left at a producer's exit, in the memfd sent with it
+_BATCH = -4  # frame type: u64 offset, u32 k; items left at a producer's exit, in the memfd sent with it
+# (and k held items' own memfds after it, in the same message: see _spill_batch)
+_BY_DESCRIPTOR = 1 << 63  # a batch record's length: the item is in the batch frame's next own memfd
+BATCH_DESCRIPTORS = 64  # held items a batch carries by descriptor (the rest are copied into it)
 # A batch holds (u64 length, held item) records, each laid out as _Held says.
 _COUNT = struct.Struct("!I")
 _RECORD = struct.Struct("!QIQ")  # a small item's record in a batch: u64 length, u32 0 buffers, u64 pickle size
 _READ_ONLY = 1 << 63  # flag in a held buffer's size
 
 
-_ANCILLARY_SPACE = socket.CMSG_SPACE(struct.calcsize("i"))
+_ANCILLARY_SPACE = socket.CMSG_SPACE((1 + BATCH_DESCRIPTORS) * struct.calcsize("i"))
 
 
 def _socket_of(conn: Connection) -> socket.socket:
@@ -121,8 +124,8 @@ class _Writer:
     def write(self, data: bytes) -> None:
         write_all(self.sock.fileno(), data)
 
-    def send_descriptor(self, frame: bytes, fd: int) -> None:
-        socket.send_fds(self.sock, [frame], [fd])
+    def send_descriptor(self, frame: bytes, fd: int | list[int]) -> None:
+        socket.send_fds(self.sock, [frame], fd if isinstance(fd, list) else [fd])
 
 
 class _Wakeup:
@@ -260,12 +263,18 @@ def _read_held(fd: int, offset: int) -> tuple[bytearray, list[Any], int]:
 
 
 def _spill_batch(writer: _Writer, items: list[Any]) -> None:
-    """Write *items* (pickles and held ones) into one memfd and send it alone."""
+    """Write *items* (pickles and held ones) into one memfd and send it in one message,
+    with the memfds of the first BATCH_DESCRIPTORS held items (not copied: their records
+    only say so); later held items are copied in."""
     fd = os.memfd_create("procly-queue-batch", os.MFD_CLOEXEC)
     pending = bytearray()  # small items' records, written a megabyte at a time
+    extra: list[int] = []
     try:
         for item in items:
-            if type(item) is _Held:
+            if type(item) is _Held and len(extra) < BATCH_DESCRIPTORS:
+                pending += _SIZE.pack(_BY_DESCRIPTOR)
+                extra.append(item.fd)
+            elif type(item) is _Held:
                 write_all(fd, pending)
                 del pending[:]
                 write_all(fd, _SIZE.pack(item.size))
@@ -283,9 +292,9 @@ def _spill_batch(writer: _Writer, items: list[Any]) -> None:
                     del pending[:]
         if pending:
             write_all(fd, pending)
-        writer.send_descriptor(_HEADER.pack(_BATCH) + _SIZE.pack(0), fd)
+        writer.send_descriptor(_HEADER.pack(_BATCH) + _SIZE.pack(0) + _COUNT.pack(len(extra)), [fd, *extra])
     finally:
-        os.close(fd)
+        os.close(fd)  # the held items' memfds are closed by the feeder, once sent
 
 
 def _read_item(shelf: _Shelf, sock: socket.socket, parked: Any, requeue: Any,
@@ -296,29 +305,46 @@ def _read_item(shelf: _Shelf, sock: socket.socket, parked: Any, requeue: Any,
     the rest of a batch back to the end of the queue; a spent single-item memfd goes to
     *recycler*.
     """
-    n, value, fd = shelf.take(sock, parked)
-    if fd is None:
+    n, value, fds = shelf.take(sock, parked)
+    if fds is None:
         return value, []
     try:
         if n == _SPILLED:
-            data, buffers, _ = _read_held(fd, 0)  # copied out: the memfd is free again
-            if recycler is not None:
-                recycler.give(fd)
-            return data, buffers
-        return _take_from_batch(fd, value, shelf, requeue)
+            if len(fds) != 1:
+                raise MessageError("a queue item kept in a memfd arrived without its descriptor")
+            return _take_held(fds[0], recycler)
+        return _take_from_batch(fds, value, shelf, requeue, recycler)
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
 
 
-def _take_from_batch(fd: int, offset: int, shelf: _Shelf, requeue: Any) -> tuple[bytes | bytearray, list[Any]]:
-    """The item at *offset* in a batch left at a producer's exit. The small items after it
-    go to the front of the shelf (where the batch's frame was), as many as fit in one
-    read; the rest of the batch goes back to the end of the queue."""
+def _take_held(fd: int, recycler: _Recycler | None) -> tuple[bytes | bytearray, list[Any]]:
+    data, buffers, _ = _read_held(fd, 0)  # copied out: the memfd is free again
+    if recycler is not None:
+        recycler.give(fd)
+    return data, buffers
+
+
+def _take_from_batch(fds: list[int], offset: int, shelf: _Shelf, requeue: Any,
+                     recycler: _Recycler | None) -> tuple[bytes | bytearray, list[Any]]:  # fmt: skip
+    """The item at *offset* in a batch left at a producer's exit (*fds*: the batch's memfd,
+    then the memfds of its held items not taken yet). The small items after it go to the
+    front of the shelf (where the batch's frame was), as many as fit in one read; the
+    rest of the batch goes back to the end of the queue."""
+    fd, extra = fds[0], fds[1:]
     size = os.fstat(fd).st_size
-    data, buffers, following = _read_held(fd, offset + _SIZE.size)
+    (length,) = _SIZE.unpack(_pread_exact(fd, _SIZE.size, offset))
+    if length == _BY_DESCRIPTOR:
+        if not extra:
+            raise MessageError("a queue item kept in a memfd arrived without its descriptor")
+        data, buffers = _take_held(extra.pop(0), recycler)
+        following = offset + _SIZE.size
+    else:
+        data, buffers, following = _read_held(fd, offset + _SIZE.size)
     room = shelf.free()
     if following < size and room > 4096:
-        chunk = os.pread(fd, min(room, size - following), following)
+        chunk = os.pread(fd, min(room, WRITE_BYTES, size - following), following)
         parts: list[bytes] = []
         pos = total = 0
         record = _RECORD.size
@@ -335,7 +361,7 @@ def _take_from_batch(fd: int, offset: int, shelf: _Shelf, requeue: Any) -> tuple
         if parts and shelf.put_front(b"".join(parts)):
             following += pos
     if following < size:
-        requeue(_HEADER.pack(_BATCH) + _SIZE.pack(following), fd)
+        requeue(_HEADER.pack(_BATCH) + _SIZE.pack(following) + _COUNT.pack(len(extra)), [fd, *extra])
     return data, buffers
 
 
@@ -374,10 +400,10 @@ class _Shelf:
         start, end = _SHELF_HEAD.unpack_from(self._mm, self._head)
         return start != end
 
-    def take(self, sock: socket.socket, parked: Any) -> tuple[int, Any, int | None]:
+    def take(self, sock: socket.socket, parked: Any) -> tuple[int, Any, list[int] | None]:
         """The next frame: (length, payload, None) for a plain item, (kind, u64 offset,
-        descriptor) for a memfd frame; reads *sock* (blocking) when no whole frame is
-        here. *parked()* takes the next parked descriptor.
+        descriptors) for a memfd frame; reads *sock* (blocking) when no whole frame is
+        here. *parked()* takes the descriptors parked for the next memfd frame.
 
         Raises:
             EOFError: the socket is closed and nothing is left.
@@ -399,13 +425,19 @@ class _Shelf:
                     if need > SHELF_BYTES:
                         return n, self._take_big(sock, start + 4, end, n), None
                 elif n in (_SPILLED, _BATCH, -1):
-                    need = 4 + _SIZE.size
+                    need = 4 + _SIZE.size + (_COUNT.size if n == _BATCH else 0)
                     if avail >= need:
                         (value,) = _SIZE.unpack_from(mm, base + start + 4)
                         _SHELF_HEAD.pack_into(mm, head, start + need, end)
                         if n == -1:  # over 2 GiB: never a queue's own frame, read it directly
                             return value, self._take_big(sock, start + need, end, value), None
-                        return n, value, parked()
+                        fds = parked()
+                        expected = 1 + _COUNT.unpack_from(mm, base + start + 12)[0] if n == _BATCH else 1
+                        if len(fds) != expected:
+                            for fd in fds:
+                                os.close(fd)
+                            raise MessageError("a queue item kept in a memfd arrived without its descriptors")
+                        return n, value, fds
                 else:
                     raise MessageError(f"malformed frame header ({n}) in a queue")
             if start == end:
@@ -421,11 +453,13 @@ class _Shelf:
         """Read what waits in the socket into the shelf from *end* (at least one byte)."""
         with memoryview(self._mm) as whole, whole[self._base + end : self._base + SHELF_BYTES] as room:
             count, ancillary, _, _ = sock.recvmsg_into([room], _ANCILLARY_SPACE)
-        for fd in descriptors_in(ancillary) if ancillary else ():
+        fds = descriptors_in(ancillary) if ancillary else ()
+        if fds:  # one frame's (a read ends with the message that carries them)
             try:
-                socket.send_fds(sock, [_FD_MARK], [fd])  # parked, in the direction nobody writes
+                socket.send_fds(sock, [_FD_MARK], fds)  # parked, in the direction nobody writes
             finally:
-                os.close(fd)
+                for fd in fds:
+                    os.close(fd)
         if not count:
             raise EOFError("the queue's other end is closed")
         return count
@@ -466,18 +500,19 @@ class _Shelf:
         return True
 
 
-def _take_parked(sock: socket.socket) -> int:
-    """The next descriptor parked by _Shelf._fill, from the writing end of the queue's socket."""
+def _take_parked(sock: socket.socket) -> list[int]:
+    """The descriptors of the next memfd frame, parked by _Shelf._fill, from the writing
+    end of the queue's socket."""
     try:
         mark, ancillary, _, _ = sock.recvmsg(1, _ANCILLARY_SPACE, socket.MSG_DONTWAIT)
     except BlockingIOError:
         mark, ancillary = b"", []
     fds = descriptors_in(ancillary) if ancillary else []
-    if mark != _FD_MARK or len(fds) != 1:
+    if mark != _FD_MARK or not fds:
         for fd in fds:
             os.close(fd)
         raise MessageError("a queue item kept in a memfd arrived without its descriptor")
-    return fds[0]
+    return fds
 
 
 class Queue:
@@ -590,14 +625,14 @@ class Queue:
             weakref.finalize(self, self._rsock.close)
         return _read_item(self._shelf, self._rsock, self._parked, self._requeue, self._recycler)
 
-    def _parked(self) -> int:
-        """The next descriptor parked by the shelf (read lock held)."""
+    def _parked(self) -> list[int]:
+        """The descriptors parked by the shelf for its next memfd frame (read lock held)."""
         if self._requeuer is None:
             self._requeuer = _Writer(self._writer)
             weakref.finalize(self, self._requeuer.close)
         return _take_parked(self._requeuer.sock)
 
-    def _requeue(self, frame: bytes, fd: int) -> None:
+    def _requeue(self, frame: bytes, fd: list[int]) -> None:
         """Send the rest of a batch to the end of the queue (read lock held)."""
         if self._requeuer is None:
             self._requeuer = _Writer(self._writer)
