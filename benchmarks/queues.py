@@ -17,6 +17,7 @@ import argparse
 import os
 import pickle
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -74,6 +75,23 @@ def _consume_here(q: Any, n: int) -> float:
     for _ in range(n - 1):
         q.get()
     return (n - 1) / (time.perf_counter() - started)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of the children it has joined."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+def queue_cost(lib: Any, direction: str, n: int, mix: bool) -> tuple[float, float]:
+    """(items per second, CPU µs per item spent by every process involved) for queue_rate().
+
+    The CPU figure includes starting and joining the processes; it does not depend on
+    what else the machine runs, where the rate does."""
+    before = _cpu_seconds()
+    rate = queue_rate(lib, direction, n, mix)
+    items = n * 4 if direction == "4c2p" else n
+    return rate, (_cpu_seconds() - before) / items * 1e6
 
 
 def queue_rate(lib: Any, direction: str, n: int, mix: bool, method: str = "fork") -> float:
@@ -201,9 +219,9 @@ def cases(scale: float) -> list[tuple[str, Any]]:
     out = []
     for key, label in DIRECTIONS:
         per = small // 4 if key == "4c2p" else small
-        out.append((f"Queue {label}, (i, 'x')", lambda lib, k=key, m=per: queue_rate(lib, k, m, False)))
+        out.append((f"Queue {label}, (i, 'x')", lambda lib, k=key, m=per: queue_cost(lib, k, m, False)))
         per = mixed // 4 if key == "4c2p" else mixed
-        out.append((f"Queue {label}, mix 1 MiB", lambda lib, k=key, m=per: queue_rate(lib, k, m, True)))
+        out.append((f"Queue {label}, mix 1 MiB", lambda lib, k=key, m=per: queue_cost(lib, k, m, True)))
     return out
 
 
@@ -220,7 +238,7 @@ def run(only: list[str] | None, scale: float, rounds: int) -> None:
         fifo: Any = FasterFifo()
     except ImportError:
         fifo = None  # pip install faster-fifo for its column
-    print(f"{'queue case':<40}{'stdlib':>12}{'procly':>12}{'ratio':>8}{'of bound':>10}"
+    print(f"{'queue case':<40}{'stdlib':>12}{'procly':>12}{'ratio':>8}{'of bound':>10}{'CPU µs/item':>16}"
           + (f"{'faster-fifo':>14}" if fifo else ""))  # fmt: skip
     for name, fn in cases(scale):
         if only and not any(o.lower() in name.lower() for o in only):
@@ -231,12 +249,14 @@ def run(only: list[str] | None, scale: float, rounds: int) -> None:
             ours.append(fn(procly))
             if fifo is not None:
                 peer.append(fn(fifo))
-        s, o = statistics.median(std), statistics.median(ours)
+        s, o = statistics.median(r for r, _ in std), statistics.median(r for r, _ in ours)
+        cpu = f"{statistics.median(c for _, c in std):>8.1f} /{statistics.median(c for _, c in ours):>6.1f}"
         bound = f"{o / lower:>9.0%}" if "mix" not in name else ""
-        extra = f"{statistics.median(peer) / 1000:>11.1f}k/s" if peer else ""
-        print(f"{name:<40}{s / 1000:>9.1f}k/s{o / 1000:>9.1f}k/s{o / s:>7.2f}x{bound:>10}{extra}")
+        extra = f"{statistics.median(r for r, _ in peer) / 1000:>11.1f}k/s" if peer else ""
+        print(f"{name:<40}{s / 1000:>9.1f}k/s{o / 1000:>9.1f}k/s{o / s:>7.2f}x{bound:>10}{cpu:>16}{extra}")
         sys.stdout.flush()
-    print("ratio = procly items/s / stdlib items/s (above 1: procly is faster); timed by the consumer")
+    print("ratio = procly items/s / stdlib items/s (above 1: procly is faster); timed by the consumer;")
+    print("CPU µs/item = stdlib / procly, all processes, start and join included")
     if only and not any(o.lower() in "queue memory" for o in only):
         return
     small, mixed = max(10_000, int(300_000 * scale)), max(500, int(5_000 * scale))
