@@ -386,3 +386,20 @@ def test_big_items_left_at_exit_travel_by_descriptor_and_by_copy(ctx):
     assert [i for i, _ in got] == list(range(2 * small + big))
     assert all(payload == bytes([i % 256]) * (size if small <= i < small + big else 0) for i, payload in got)
     assert q.empty()
+
+
+def test_items_left_at_exit_come_before_items_put_later(ctx):
+    """What a producer left in a batch at exit is all taken before a sentinel put after its join
+    (the rest of a batch must not go behind later items while a consumer works through it)."""
+    q = ctx.Queue()
+    small, big, size = 10_000, 70, 150_000
+    p = ctx.Process(target=targets.put_small_big_small, args=(q, small, big, size))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    q.put("sentinel")
+    got = []
+    while (item := q.get(timeout=30)) != "sentinel":
+        got.append(item)
+    assert [i for i, _ in got] == list(range(2 * small + big))
+    assert q.empty()

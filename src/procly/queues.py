@@ -19,12 +19,20 @@ child waits for its feeder, the feeder for a reader). Items live in three places
   memfd's descriptor travels (``SCM_RIGHTS``).
 * The socket. A feeder writes only what fits without blocking (it asks the kernel how
   much is unread, ``SIOCOUTQ``) and always leaves room for a few small frames; while
-  the socket is full it waits for a reader, as the standard library's feeder does.
+  the socket is full it blocks in ``poll()`` until readers have made room (or its exit
+  rings an eventfd), as the standard library's feeder blocks in ``write()``.
 * At exit (and in ``join_thread()``) a feeder that finds no room writes everything it
-  still holds into one memfd and sends only that descriptor, in the room kept for it.
-  A reader takes the first item out of such a batch and sends the descriptor, with
-  the position of the next item, back to the end of the queue, so that every consumer
-  can take the rest. The producer's own items stay in order.
+  still holds into one memfd and sends only that descriptor (with the memfds of its
+  first big items: those are not copied), in the room kept for it.
+
+Consumers share one read-ahead buffer, the *shelf* (shared memory, under the read
+lock): a consumer that finds no whole item there reads everything waiting in the
+socket with one call, for whichever consumer comes next; one that exits leaves what it
+read for the others. A descriptor read along waits, in order, in the socket pair's
+other direction until its frame is reached. A reader that takes an item out of a batch
+moves the small items after it to the front of the shelf, followed by the batch's frame
+with the position of the rest, so that every consumer can take the rest, before
+anything put later. The producer's own items stay in order.
 
 The kernel keeps a descriptor in flight alive and frees a memfd once the last item in it
 is read, or when the queue itself is gone.
@@ -301,9 +309,9 @@ def _read_item(shelf: _Shelf, sock: socket.socket, parked: Any, requeue: Any,
                recycler: _Recycler | None = None) -> tuple[bytes | bytearray, list[Any]]:  # fmt: skip
     """Receive one item written by a feeder: its pickle and out-of-band buffers (read lock held).
 
-    *parked()* takes the next descriptor parked by the shelf; *requeue(frame, fd)* sends
-    the rest of a batch back to the end of the queue; a spent single-item memfd goes to
-    *recycler*.
+    *parked()* takes the next descriptor parked by the shelf; *requeue(fds)* parks the
+    descriptors of the rest of a batch, whose frame it put back first in the shelf,
+    ahead of the others; a spent single-item memfd goes to *recycler*.
     """
     n, value, fds = shelf.take(sock, parked)
     if fds is None:
@@ -330,10 +338,11 @@ def _take_from_batch(fds: list[int], offset: int, shelf: _Shelf, requeue: Any,
                      recycler: _Recycler | None) -> tuple[bytes | bytearray, list[Any]]:  # fmt: skip
     """The item at *offset* in a batch left at a producer's exit (*fds*: the batch's memfd,
     then the memfds of its held items not taken yet). The small items after it go to the
-    front of the shelf (where the batch's frame was), as many as fit in one read; the
-    rest of the batch goes back to the end of the queue."""
+    front of the shelf (where the batch's frame was), as many as fit in one read, and
+    the rest of the batch after them (never behind items put later)."""
     fd, extra = fds[0], fds[1:]
     size = os.fstat(fd).st_size
+    parts: list[bytes] = []
     (length,) = _SIZE.unpack(_pread_exact(fd, _SIZE.size, offset))
     if length == _BY_DESCRIPTOR:
         if not extra:
@@ -342,10 +351,9 @@ def _take_from_batch(fds: list[int], offset: int, shelf: _Shelf, requeue: Any,
         following = offset + _SIZE.size
     else:
         data, buffers, following = _read_held(fd, offset + _SIZE.size)
-    room = shelf.free()
+    room = shelf.free() - _BATCH_FRAME  # the rest of the batch, if any, needs a frame here too
     if following < size and room > 4096:
         chunk = os.pread(fd, min(room, WRITE_BYTES, size - following), following)
-        parts: list[bytes] = []
         pos = total = 0
         record = _RECORD.size
         while pos + record <= len(chunk):
@@ -358,15 +366,24 @@ def _take_from_batch(fds: list[int], offset: int, shelf: _Shelf, requeue: Any,
             parts.append(chunk[pos + record : pos + record + m])
             total += 4 + m
             pos += record + m
-        if parts and shelf.put_front(b"".join(parts)):
+        if parts:
             following += pos
     if following < size:
-        requeue(_HEADER.pack(_BATCH) + _SIZE.pack(following) + _COUNT.pack(len(extra)), [fd, *extra])
+        # The rest stays at the front, where the batch was: items put after it (a
+        # sentinel) still come after it. Its frame goes in the shelf, its descriptors
+        # back to the front of the parked ones.
+        parts.append(_HEADER.pack(_BATCH) + _SIZE.pack(following) + _COUNT.pack(len(extra)))
+        if not shelf.put_front(b"".join(parts)):
+            raise MessageError("no room in a queue's shelf for the rest of a batch")  # taken out just now
+        requeue([fd, *extra])
+    elif parts and not shelf.put_front(b"".join(parts)):
+        raise MessageError("no room in a queue's shelf for the rest of a batch")
     return data, buffers
 
 
 SHELF_BYTES = 256 * 1024  # bytes a consumer reads from the socket in one call, for every consumer
 _SHELF_HEAD = struct.Struct("=QQ")  # start and end of the unread bytes in the shelf's data
+_BATCH_FRAME = _HEADER.size + _SIZE.size + _COUNT.size
 _FD_MARK = b"F"
 
 
@@ -498,6 +515,23 @@ class _Shelf:
         mm[base + start - size : base + start] = frames
         _SHELF_HEAD.pack_into(mm, self._head, start - size, end)
         return True
+
+
+def _drain_parked(sock: socket.socket) -> list[list[int]]:
+    """Every group of descriptors parked now, in order."""
+    groups = []
+    while True:
+        try:
+            mark, ancillary, _, _ = sock.recvmsg(1, _ANCILLARY_SPACE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return groups
+        fds = descriptors_in(ancillary) if ancillary else []
+        if mark != _FD_MARK or not fds:
+            for group in [*groups, fds]:
+                for fd in group:
+                    os.close(fd)
+            raise MessageError("a queue's parked descriptors are out of step")
+        groups.append(fds)
 
 
 def _take_parked(sock: socket.socket) -> list[int]:
@@ -632,13 +666,21 @@ class Queue:
             weakref.finalize(self, self._requeuer.close)
         return _take_parked(self._requeuer.sock)
 
-    def _requeue(self, frame: bytes, fd: list[int]) -> None:
-        """Send the rest of a batch to the end of the queue (read lock held)."""
+    def _requeue(self, fds: list[int]) -> None:
+        """Park *fds* (the rest of a batch, whose frame is now first in the shelf) ahead
+        of the descriptors parked already, which belong to later frames (read lock held)."""
         if self._requeuer is None:
             self._requeuer = _Writer(self._writer)
             weakref.finalize(self, self._requeuer.close)
-        with self._wlock:  # the batch frame just read freed the room this one takes
-            self._requeuer.send_descriptor(frame, fd)
+        assert self._rsock is not None
+        later = _drain_parked(self._requeuer.sock)
+        try:
+            for group in [fds, *later]:
+                socket.send_fds(self._rsock, [_FD_MARK], group)
+        finally:
+            for group in later:
+                for fd in group:
+                    os.close(fd)
 
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
