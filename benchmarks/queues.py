@@ -225,13 +225,14 @@ def cases(scale: float) -> list[tuple[str, Any]]:
     return out
 
 
-def run(only: list[str] | None, scale: float, rounds: int) -> None:
+def run(only: list[str] | None, scale: float, rounds: int, show_machine: bool = True) -> None:
     """Print each case: stdlib and procly items/s (medians of alternating rounds) and the ratio."""
     import multiprocessing
 
     import procly
 
-    print(f"machine: {machine()}")
+    if show_machine:
+        print(f"machine: {machine()}")
     lower = pickle_rate(max(20_000, int(200_000 * scale)))
     print(f"lower bound, pickle+unpickle of (i, 'x') in one process: {lower / 1000:.0f}k items/s")
     try:

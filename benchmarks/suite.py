@@ -285,7 +285,7 @@ def main() -> int:
     print("ratio = stdlib time / procly time (above 1: procly is faster)")
     if not args.only or any(o.lower() in name.lower() for name, _ in queue_cases.cases(k) for o in args.only):
         print()
-        queue_cases.run(args.only, k, rounds)
+        queue_cases.run(args.only, k, rounds, show_machine=False)
     for t in threading.enumerate():
         if t is not threading.main_thread() and not t.daemon:
             t.join(5)
