@@ -1,6 +1,7 @@
 """procly against the standard library, side by side in one run.
 
     python3 tasks.py bench [--quick] [--only NAME]
+    python -m benchmarks --only queue        (the Queue cases alone, every direction)
 
 Each benchmark runs the same code with ``multiprocessing`` and with ``procly`` and
 prints both times and the ratio (stdlib time / procly time: above 1 means procly is
@@ -18,6 +19,7 @@ import time
 from typing import Callable
 
 import procly
+from benchmarks import queues as queue_cases
 
 MiB = 1024 * 1024
 
@@ -262,9 +264,10 @@ def main() -> int:
         ("Manager dict get/set from a child", lambda lib: bench_manager_dict(lib, scaled(5000)), "time"),
     ]
     print(f"procly {procly.__version__} vs multiprocessing (Python {sys.version.split()[0]})")
+    print(f"machine: {queue_cases.machine()}")
     print(f"{'benchmark':<36}{'stdlib':>14}{'procly':>14}{'ratio':>9}")
     for name, fn, kind in cases:
-        if args.only and not any(o in name for o in args.only):
+        if args.only and not any(o.lower() in name.lower() for o in args.only):
             continue
         # Alternate the two libraries round by round so that drift on a busy machine
         # hits both alike; keep the median of each.
@@ -280,6 +283,9 @@ def main() -> int:
             print(f"{name:<36}{_fmt(std):>14}{_fmt(ours):>14}{ratio:>8.2f}x")
         sys.stdout.flush()
     print("ratio = stdlib time / procly time (above 1: procly is faster)")
+    if not args.only or any(o.lower() in name.lower() for name, _ in queue_cases.cases(k) for o in args.only):
+        print()
+        queue_cases.run(args.only, k, rounds, show_machine=False)
     for t in threading.enumerate():
         if t is not threading.main_thread() and not t.daemon:
             t.join(5)

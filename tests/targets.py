@@ -471,3 +471,47 @@ def blas_threads():
     from threadpoolctl import threadpool_info
 
     return sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"})
+
+
+def put_tagged(queue, k: int, n: int, big_every: int = 0, big_size: int = 0) -> None:
+    """Put (k, i, payload) for i in range(n): payload is *big_size* bytes every *big_every* items, else None."""
+    for i in range(n):
+        big = big_every and i % big_every == big_every - 1
+        queue.put((k, i, bytes([i % 256]) * big_size if big else None))
+
+
+def take_until_none(queue, results) -> None:
+    """Take items until None; report them."""
+    got = []
+    while (item := queue.get(timeout=30)) is not None:
+        got.append(item)
+    results.put(got)
+
+
+def take_one(queue, results) -> None:
+    """Take one item, report it, exit (whatever was read ahead stays for others)."""
+    results.put(queue.get(timeout=10))
+
+
+def report_rss_then_put(queue, n: int, size: int, rss) -> None:
+    """Report this process's resident memory, then put *n* items of *size* bytes."""
+    rss.put(_rss_kib(os.getpid()))
+    for i in range(n):
+        queue.put(bytes([i % 256]) * size)
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def put_small_big_small(queue, small: int, big: int, big_size: int) -> None:
+    """(i, payload) items: *small* tiny ones, *big* of *big_size* bytes, *small* tiny ones again."""
+    i = 0
+    for count, size in ((small, 0), (big, big_size), (small, 0)):
+        for _ in range(count):
+            queue.put((i, bytes([i % 256]) * size))
+            i += 1

@@ -11,6 +11,7 @@ import pytest
 import procly
 
 from . import targets
+from .conftest import wait_until
 
 
 def test_put_get_across_processes(ctx):
@@ -221,3 +222,184 @@ def test_queues_work_with_descriptors_past_1023(ctx, descriptors_past_1023):
     assert [q.get(timeout=30) for _ in items] == items
     q.close()
     q.join_thread()
+
+
+def _check_per_producer_order(items, producers: int, per_producer: int, big_every: int = 0, big_size: int = 0,
+                              ordered: bool = True):  # fmt: skip
+    """Every item of every producer once, each producer's in the order it put them (if *ordered*)."""
+    assert sorted((k, i) for k, i, _ in items) == [(k, i) for k in range(producers) for i in range(per_producer)]
+    for k in range(producers):
+        if ordered:
+            assert [i for kk, i, _ in items if kk == k] == list(range(per_producer))
+    for _, i, payload in items:
+        if big_every and i % big_every == big_every - 1:
+            assert payload == bytes([i % 256]) * big_size
+        else:
+            assert payload is None
+
+
+@pytest.mark.parametrize("join_first", [False, True], ids=["read-while-putting", "join-then-read"])
+def test_four_producers_keep_their_order_with_big_and_small_items(ctx, join_first):
+    """4 producers, small items with a 300 KB one (a memfd) every 97: nothing lost, each producer's order
+    kept, whether the parent reads while they put or only after they exited (items left in batches)."""
+    q = ctx.Queue()
+    per, every, size = 3_000, 97, 300_000
+    producers = [ctx.Process(target=targets.put_tagged, args=(q, k, per, every, size)) for k in range(4)]
+    for p in producers:
+        p.start()
+    if join_first:
+        for p in producers:
+            p.join(60)
+            assert p.exitcode == 0, "a producer must be able to exit before its items are read"
+    got = [q.get(timeout=30) for _ in range(4 * per)]
+    for p in producers:
+        p.join(60)
+        assert p.exitcode == 0
+    _check_per_producer_order(got, 4, per, every, size)
+    assert q.empty()
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.05)
+
+
+def test_several_consumers_share_what_one_read_ahead(ctx):
+    """Workers stopped by sentinels: each gets one, none keeps another's (one read takes many items),
+    and every worker sees each producer's items in order."""
+    q, results = ctx.Queue(), ctx.Queue()
+    workers = [ctx.Process(target=targets.take_until_none, args=(q, results)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    producers = [ctx.Process(target=targets.put_tagged, args=(q, k, 5_000, 1_000, 200_000)) for k in range(2)]
+    for p in producers:
+        p.start()
+    for p in producers:
+        p.join(60)
+        assert p.exitcode == 0
+    for _ in workers:
+        q.put(None)
+    seen = [results.get(timeout=60) for _ in workers]
+    for w in workers:
+        w.join(30)
+        assert w.exitcode == 0
+    _check_per_producer_order([item for part in seen for item in part], 2, 5_000, 1_000, 200_000, ordered=False)
+    for part in seen:
+        for k in range(2):
+            mine = [i for kk, i, _ in part if kk == k]
+            assert mine == sorted(mine)
+
+
+def test_items_read_ahead_by_a_consumer_that_exits_stay_in_the_queue(ctx):
+    """A consumer reads everything waiting in one call, takes one item and exits: the rest is not lost."""
+    q, results = ctx.Queue(), ctx.Queue()
+    for i in range(2_000):
+        q.put((0, i, None))
+    q.put((0, 2_000, b"m" * 300_000))  # a memfd item read along: its descriptor must not be lost either
+    for i in range(2_001, 2_100):
+        q.put((0, i, None))
+    consumer = ctx.Process(target=targets.take_one, args=(q, results))
+    consumer.start()
+    first = results.get(timeout=30)
+    consumer.join(30)
+    rest = [q.get(timeout=10) for _ in range(2_099)]
+    assert [first[1]] + [i for _, i, _ in rest] == list(range(2_100))
+    assert rest[1_999][2] == b"m" * 300_000
+    assert q.empty() and q.qsize() == 0
+
+
+def test_producer_memory_stays_bounded_while_the_consumer_stalls(ctx):
+    """A bounded queue whose consumer does not read: the producer blocks in put(), its resident memory
+    stays near the queue's bound (the items it would put come to 200 MB)."""
+    q, rss = ctx.Queue(maxsize=40), ctx.Queue()
+    count, size = 2_000, 100_000  # small enough to travel through the socket, not in memfds
+    producer = ctx.Process(target=targets.report_rss_then_put, args=(q, count, size, rss))
+    producer.start()
+    baseline = rss.get(timeout=30)
+    assert wait_until(q.full, timeout=30), "the producer should fill the queue"
+    assert wait_until(lambda: _state(producer.pid) == "S", timeout=10)  # blocked in put(), not spinning
+    stalled = targets._rss_kib(producer.pid)
+    # At most maxsize items are queued (4 MB here), in the producer's buffer or in the socket.
+    assert stalled - baseline < 40 * 1024, f"producer grew by {stalled - baseline} KiB while the consumer stalled"
+    got = [q.get(timeout=30) for _ in range(count)]
+    producer.join(30)
+    assert producer.exitcode == 0
+    assert all(item == bytes([i % 256]) * size for i, item in enumerate(got))
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def test_empty_on_a_closed_queue():
+    """Issue 19: empty() on a closed queue answers (True: nothing more can be read here), never raises."""
+    q = procly.Queue()
+    q.close()
+    assert q.empty()
+    used = procly.Queue()
+    used.put(1)
+    assert used.get(timeout=10) == 1
+    used.close()
+    used.join_thread()
+    assert used.empty()
+
+
+def test_feeder_waits_in_poll_when_nobody_reads(ctx):
+    """A full socket and no reader: the feeder blocks in poll() (no timed naps), then delivers everything."""
+    q = ctx.Queue()
+    q.put(0)
+    feeder = q._thread
+    assert feeder is not None
+    if not os.path.exists(f"/proc/self/task/{feeder.native_id}/syscall"):
+        assert q.get(timeout=10) == 0
+        q.close()
+        q.join_thread()
+        pytest.skip("this kernel does not show a thread's system call")
+    for i in range(1, 30_000):  # ~1 MB of tiny items: far more than the socket holds
+        q.put(i)
+
+    def blocked_in_poll() -> bool:
+        try:
+            with open(f"/proc/self/task/{feeder.native_id}/syscall") as f:
+                number = f.read().split()[0]
+        except (OSError, IndexError):
+            return False
+        return number in ("7", "271", "73")  # poll / ppoll (x86-64), ppoll (arm64)
+
+    assert wait_until(blocked_in_poll, timeout=10)
+    assert [q.get(timeout=10) for _ in range(30_000)] == list(range(30_000))
+    q.close()
+    q.join_thread()
+
+
+def test_big_items_left_at_exit_travel_by_descriptor_and_by_copy(ctx):
+    """A producer exits with 100 big items (memfds) behind a full socket: the batch carries the first
+    ones' memfds with it and copies the rest in; all arrive, in order."""
+    q = ctx.Queue()
+    small, big, size = 10_000, 100, 150_000
+    p = ctx.Process(target=targets.put_small_big_small, args=(q, small, big, size))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0, "the child must be able to exit before its items are read"
+    got = [q.get(timeout=30) for _ in range(2 * small + big)]
+    assert [i for i, _ in got] == list(range(2 * small + big))
+    assert all(payload == bytes([i % 256]) * (size if small <= i < small + big else 0) for i, payload in got)
+    assert q.empty()
+
+
+def test_items_left_at_exit_come_before_items_put_later(ctx):
+    """What a producer left in a batch at exit is all taken before a sentinel put after its join
+    (the rest of a batch must not go behind later items while a consumer works through it)."""
+    q = ctx.Queue()
+    small, big, size = 10_000, 70, 150_000
+    p = ctx.Process(target=targets.put_small_big_small, args=(q, small, big, size))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    q.put("sentinel")
+    got = []
+    while (item := q.get(timeout=30)) != "sentinel":
+        got.append(item)
+    assert [i for i, _ in got] == list(range(2 * small + big))
+    assert q.empty()

@@ -19,12 +19,20 @@ child waits for its feeder, the feeder for a reader). Items live in three places
   memfd's descriptor travels (``SCM_RIGHTS``).
 * The socket. A feeder writes only what fits without blocking (it asks the kernel how
   much is unread, ``SIOCOUTQ``) and always leaves room for a few small frames; while
-  the socket is full it waits for a reader, as the standard library's feeder does.
+  the socket is full it blocks in ``poll()`` until readers have made room (or its exit
+  rings an eventfd), as the standard library's feeder blocks in ``write()``.
 * At exit (and in ``join_thread()``) a feeder that finds no room writes everything it
-  still holds into one memfd and sends only that descriptor, in the room kept for it.
-  A reader takes the first item out of such a batch and sends the descriptor, with
-  the position of the next item, back to the end of the queue, so that every consumer
-  can take the rest. The producer's own items stay in order.
+  still holds into one memfd and sends only that descriptor (with the memfds of its
+  first big items: those are not copied), in the room kept for it.
+
+Consumers share one read-ahead buffer, the *shelf* (shared memory, under the read
+lock): a consumer that finds no whole item there reads everything waiting in the
+socket with one call, for whichever consumer comes next; one that exits leaves what it
+read for the others. A descriptor read along waits, in order, in the socket pair's
+other direction until its frame is reached. A reader that takes an item out of a batch
+moves the small items after it to the front of the shelf, followed by the batch's frame
+with the position of the rest, so that every consumer can take the rest, before
+anything put later. The producer's own items stay in order.
 
 The kernel keeps a descriptor in flight alive and frees a memfd once the last item in it
 is read, or when the queue itself is gone.
@@ -45,9 +53,9 @@ import time
 import weakref
 from typing import Any
 
-from . import _serialization
+from . import _heap, _serialization
 from ._connection import Connection, Pipe, descriptors_in, write_all
-from ._errors import MessageError
+from ._errors import ConnectionClosedError, MessageError
 from ._finalize import Finalize, register_after_fork
 from .synchronize import BoundedSemaphore, Condition, Lock, Semaphore
 
@@ -61,13 +69,17 @@ RESERVE_BYTES = 16 * 1024  # socket room kept for batch frames at exit (about 16
 _HEADER = struct.Struct("!i")
 _SIZE = struct.Struct("!Q")
 _SPILLED = -3  # frame type: the item is in the memfd sent with this header
-_BATCH = -4  # frame type: u64 offset; items left at a producer's exit, in the memfd sent with it
+_BATCH = -4  # frame type: u64 offset, u32 k; items left at a producer's exit, in the memfd sent with it
+# (and k held items' own memfds after it, in the same message: see _spill_batch)
+_BY_DESCRIPTOR = 1 << 63  # a batch record's length: the item is in the batch frame's next own memfd
+BATCH_DESCRIPTORS = 64  # held items a batch carries by descriptor (the rest are copied into it)
 # A batch holds (u64 length, held item) records, each laid out as _Held says.
 _COUNT = struct.Struct("!I")
+_RECORD = struct.Struct("!QIQ")  # a small item's record in a batch: u64 length, u32 0 buffers, u64 pickle size
 _READ_ONLY = 1 << 63  # flag in a held buffer's size
 
 
-_ANCILLARY_SPACE = socket.CMSG_SPACE(struct.calcsize("i"))
+_ANCILLARY_SPACE = socket.CMSG_SPACE((1 + BATCH_DESCRIPTORS) * struct.calcsize("i"))
 
 
 def _socket_of(conn: Connection) -> socket.socket:
@@ -88,10 +100,12 @@ def _pread_exact(fd: int, size: int, offset: int) -> bytearray:
 class _Writer:
     """One process's writing end of a queue: writes what fits without blocking."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, wakeup: _Wakeup | None = None) -> None:
         self.sock = _socket_of(conn)
         self.limit = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         self._outq = bytearray(4)
+        self._poller: Any = None
+        self._wakeup = wakeup
 
     def close(self) -> None:
         self.sock.close()
@@ -101,17 +115,39 @@ class _Writer:
         fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, self._outq, True)  # SIOCOUTQ: unread bytes, as charged
         return int.from_bytes(self._outq, "little") + nbytes + FRAME_COST + RESERVE_BYTES < self.limit
 
-    def wait_for_room(self, timeout: float) -> None:
-        poller = select.poll()  # not select(): descriptors past 1023 are common in servers
-        poller.register(self.sock, select.POLLOUT)
-        if poller.poll(max(0, int(timeout * 1000 + 0.999))):
-            time.sleep(0.001)  # writable, yet short of what the next write needs: let a reader go on
+    def wait_for_room(self) -> bool:
+        """Block until the socket is writable (the kernel says so once readers have taken
+        three quarters of what it holds) or the wake-up is rung; True if writable."""
+        if self._poller is None:
+            self._poller = select.poll()  # not select(): descriptors past 1023 are common in servers
+            self._poller.register(self.sock, select.POLLOUT)
+            if self._wakeup is not None:
+                self._poller.register(self._wakeup.fd, select.POLLIN)
+        writable = False
+        for fd, _ in self._poller.poll():
+            if fd == self.sock.fileno():
+                writable = True
+        return writable
 
     def write(self, data: bytes) -> None:
         write_all(self.sock.fileno(), data)
 
-    def send_descriptor(self, frame: bytes, fd: int) -> None:
-        socket.send_fds(self.sock, [frame], [fd])
+    def send_descriptor(self, frame: bytes, fd: int | list[int]) -> None:
+        socket.send_fds(self.sock, [frame], fd if isinstance(fd, list) else [fd])
+
+
+class _Wakeup:
+    """An eventfd the feeder waits on beside its socket: rung when it must stop waiting
+    for room (at exit, to spill). Closed once neither the feeder nor its joiner holds it."""
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._closer = weakref.finalize(self, os.close, self.fd)
+        self.spill = False
+
+    def ring(self) -> None:
+        self.spill = True
+        os.eventfd_write(self.fd, 1)
 
 
 def _frames(items: list[bytes]) -> bytes:
@@ -235,11 +271,20 @@ def _read_held(fd: int, offset: int) -> tuple[bytearray, list[Any], int]:
 
 
 def _spill_batch(writer: _Writer, items: list[Any]) -> None:
-    """Write *items* (pickles and held ones) into one memfd and send it alone."""
+    """Write *items* (pickles and held ones) into one memfd and send it in one message,
+    with the memfds of the first BATCH_DESCRIPTORS held items (not copied: their records
+    only say so); later held items are copied in."""
     fd = os.memfd_create("procly-queue-batch", os.MFD_CLOEXEC)
+    pending = bytearray()  # small items' records, written a megabyte at a time
+    extra: list[int] = []
     try:
         for item in items:
-            if type(item) is _Held:
+            if type(item) is _Held and len(extra) < BATCH_DESCRIPTORS:
+                pending += _SIZE.pack(_BY_DESCRIPTOR)
+                extra.append(item.fd)
+            elif type(item) is _Held:
+                write_all(fd, pending)
+                del pending[:]
                 write_all(fd, _SIZE.pack(item.size))
                 copied = 0
                 while copied < item.size:  # a kernel-side copy, at this memfd's offset
@@ -248,52 +293,260 @@ def _spill_batch(writer: _Writer, items: list[Any]) -> None:
                         raise MessageError("a queue item kept in a memfd is shorter than announced")
                     copied += count
             else:
-                write_all(fd, _SIZE.pack(len(item) + _COUNT.size + _SIZE.size))
-                write_all(fd, _COUNT.pack(0) + _SIZE.pack(len(item)))
-                write_all(fd, item)
-        writer.send_descriptor(_HEADER.pack(_BATCH) + _SIZE.pack(0), fd)
+                pending += _RECORD.pack(len(item) + _COUNT.size + _SIZE.size, 0, len(item))
+                pending += item
+                if len(pending) >= 1 << 20:
+                    write_all(fd, pending)
+                    del pending[:]
+        if pending:
+            write_all(fd, pending)
+        writer.send_descriptor(_HEADER.pack(_BATCH) + _SIZE.pack(0) + _COUNT.pack(len(extra)), [fd, *extra])
     finally:
-        os.close(fd)
+        os.close(fd)  # the held items' memfds are closed by the feeder, once sent
 
 
-def _read_item(conn: Connection, sock: socket.socket, requeue: Any,
+def _read_item(shelf: _Shelf, sock: socket.socket, parked: Any, requeue: Any,
                recycler: _Recycler | None = None) -> tuple[bytes | bytearray, list[Any]]:  # fmt: skip
     """Receive one item written by a feeder: its pickle and out-of-band buffers (read lock held).
 
-    *requeue(frame, fd)* sends the rest of a batch back to the end of the queue; a spent
-    single-item memfd goes to *recycler*.
+    *parked()* takes the next descriptor parked by the shelf; *requeue(fds)* parks the
+    descriptors of the rest of a batch, whose frame it put back first in the shelf,
+    ahead of the others; a spent single-item memfd goes to *recycler*.
     """
-    header, ancillary, _, _ = sock.recvmsg(_HEADER.size, _ANCILLARY_SPACE, socket.MSG_WAITALL)
+    n, value, fds = shelf.take(sock, parked)
+    if fds is None:
+        return value, []
+    try:
+        if n == _SPILLED:
+            if len(fds) != 1:
+                raise MessageError("a queue item kept in a memfd arrived without its descriptor")
+            return _take_held(fds[0], recycler)
+        return _take_from_batch(fds, value, shelf, requeue, recycler)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _take_held(fd: int, recycler: _Recycler | None) -> tuple[bytes | bytearray, list[Any]]:
+    data, buffers, _ = _read_held(fd, 0)  # copied out: the memfd is free again
+    if recycler is not None:
+        recycler.give(fd)
+    return data, buffers
+
+
+def _take_from_batch(fds: list[int], offset: int, shelf: _Shelf, requeue: Any,
+                     recycler: _Recycler | None) -> tuple[bytes | bytearray, list[Any]]:  # fmt: skip
+    """The item at *offset* in a batch left at a producer's exit (*fds*: the batch's memfd,
+    then the memfds of its held items not taken yet). The small items after it go to the
+    front of the shelf (where the batch's frame was), as many as fit in one read, and
+    the rest of the batch after them (never behind items put later)."""
+    fd, extra = fds[0], fds[1:]
+    size = os.fstat(fd).st_size
+    parts: list[bytes] = []
+    (length,) = _SIZE.unpack(_pread_exact(fd, _SIZE.size, offset))
+    if length == _BY_DESCRIPTOR:
+        if not extra:
+            raise MessageError("a queue item kept in a memfd arrived without its descriptor")
+        data, buffers = _take_held(extra.pop(0), recycler)
+        following = offset + _SIZE.size
+    else:
+        data, buffers, following = _read_held(fd, offset + _SIZE.size)
+    room = shelf.free() - _BATCH_FRAME  # the rest of the batch, if any, needs a frame here too
+    if following < size and room > 4096:
+        chunk = os.pread(fd, min(room, WRITE_BYTES, size - following), following)
+        pos = total = 0
+        record = _RECORD.size
+        while pos + record <= len(chunk):
+            length, count, m = _RECORD.unpack_from(chunk, pos)
+            if count or length != m + _COUNT.size + _SIZE.size or m >= 2**31 - 1 or pos + record + m > len(chunk):
+                break  # an item with buffers (or one cut off here): it stays in the batch
+            if total + 4 + m > room:
+                break
+            parts.append(_HEADER.pack(m))
+            parts.append(chunk[pos + record : pos + record + m])
+            total += 4 + m
+            pos += record + m
+        if parts:
+            following += pos
+    if following < size:
+        # The rest stays at the front, where the batch was: items put after it (a
+        # sentinel) still come after it. Its frame goes in the shelf, its descriptors
+        # back to the front of the parked ones.
+        parts.append(_HEADER.pack(_BATCH) + _SIZE.pack(following) + _COUNT.pack(len(extra)))
+        if not shelf.put_front(b"".join(parts)):
+            raise MessageError("no room in a queue's shelf for the rest of a batch")  # taken out just now
+        requeue([fd, *extra])
+    elif parts and not shelf.put_front(b"".join(parts)):
+        raise MessageError("no room in a queue's shelf for the rest of a batch")
+    return data, buffers
+
+
+SHELF_BYTES = 256 * 1024  # bytes a consumer reads from the socket in one call, for every consumer
+_SHELF_HEAD = struct.Struct("=QQ")  # start and end of the unread bytes in the shelf's data
+_BATCH_FRAME = _HEADER.size + _SIZE.size + _COUNT.size
+_FD_MARK = b"F"
+
+
+class _Shelf:
+    """Bytes read ahead from a queue's socket, in shared memory (a block of procly's
+    heap), so that any consumer takes any item: one system call reads everything
+    waiting (up to ``SHELF_BYTES``) for whichever consumer comes next, not only for the
+    one that read it. Everything here runs under the queue's read lock.
+
+    A descriptor cannot wait in shared memory: one that arrives with the bytes read (a
+    big item's or a batch's memfd; it always comes with the last frame of a read) is
+    parked, in order, in the socket pair's other direction, which nothing else uses:
+    sent back from the reading end, taken from the writing end when a consumer reaches
+    its frame.
+    """
+
+    def __init__(self) -> None:
+        self.__setstate__(_heap.allocate(_SHELF_HEAD.size + SHELF_BYTES))
+
+    def __getstate__(self) -> Any:
+        return self._block
+
+    def __setstate__(self, block: _heap.Block) -> None:
+        self._block = block
+        self._mm = block.arena.buffer
+        self._head = block.offset
+        self._base = block.offset + _SHELF_HEAD.size
+
+    def holds(self) -> bool:
+        """Whether bytes read ahead wait here (a whole item, or the start of one)."""
+        start, end = _SHELF_HEAD.unpack_from(self._mm, self._head)
+        return start != end
+
+    def take(self, sock: socket.socket, parked: Any) -> tuple[int, Any, list[int] | None]:
+        """The next frame: (length, payload, None) for a plain item, (kind, u64 offset,
+        descriptors) for a memfd frame; reads *sock* (blocking) when no whole frame is
+        here. *parked()* takes the descriptors parked for the next memfd frame.
+
+        Raises:
+            EOFError: the socket is closed and nothing is left.
+            MessageError: a malformed frame, or a descriptor missing.
+        """
+        mm, head, base = self._mm, self._head, self._base
+        start, end = _SHELF_HEAD.unpack_from(mm, head)
+        while True:
+            avail = end - start
+            need = 4
+            if avail >= 4:
+                (n,) = _HEADER.unpack_from(mm, base + start)
+                if n >= 0:
+                    need = 4 + n
+                    if avail >= need:
+                        data = mm[base + start + 4 : base + start + need]
+                        _SHELF_HEAD.pack_into(mm, head, start + need, end)
+                        return n, data, None
+                    if need > SHELF_BYTES:
+                        return n, self._take_big(sock, start + 4, end, n), None
+                elif n in (_SPILLED, _BATCH, -1):
+                    need = 4 + _SIZE.size + (_COUNT.size if n == _BATCH else 0)
+                    if avail >= need:
+                        (value,) = _SIZE.unpack_from(mm, base + start + 4)
+                        _SHELF_HEAD.pack_into(mm, head, start + need, end)
+                        if n == -1:  # over 2 GiB: never a queue's own frame, read it directly
+                            return value, self._take_big(sock, start + need, end, value), None
+                        fds = parked()
+                        expected = 1 + _COUNT.unpack_from(mm, base + start + 12)[0] if n == _BATCH else 1
+                        if len(fds) != expected:
+                            for fd in fds:
+                                os.close(fd)
+                            raise MessageError("a queue item kept in a memfd arrived without its descriptors")
+                        return n, value, fds
+                else:
+                    raise MessageError(f"malformed frame header ({n}) in a queue")
+            if start == end:
+                start = end = 0
+            elif start + need > SHELF_BYTES:  # make room for the rest of this frame
+                mm.move(base, base + start, avail)
+                start, end = 0, avail
+            _SHELF_HEAD.pack_into(mm, head, start, end)
+            end += self._fill(sock, end)
+            _SHELF_HEAD.pack_into(mm, head, start, end)
+
+    def _fill(self, sock: socket.socket, end: int) -> int:
+        """Read what waits in the socket into the shelf from *end* (at least one byte)."""
+        with memoryview(self._mm) as whole, whole[self._base + end : self._base + SHELF_BYTES] as room:
+            count, ancillary, _, _ = sock.recvmsg_into([room], _ANCILLARY_SPACE)
+        fds = descriptors_in(ancillary) if ancillary else ()
+        if fds:  # one frame's (a read ends with the message that carries them)
+            try:
+                socket.send_fds(sock, [_FD_MARK], fds)  # parked, in the direction nobody writes
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        if not count:
+            raise EOFError("the queue's other end is closed")
+        return count
+
+    def _take_big(self, sock: socket.socket, start: int, end: int, n: int) -> bytearray:
+        """A plain item larger than the shelf, its payload here from *start*: what is
+        here, then the rest read in place (nothing can follow it in the shelf)."""
+        buf = bytearray(n)
+        have = max(0, min(end - start, n))
+        buf[:have] = self._mm[self._base + start : self._base + start + have]
+        _SHELF_HEAD.pack_into(self._mm, self._head, 0, 0)
+        view, got = memoryview(buf), have
+        while got < n:
+            count = sock.recv_into(view[got:])
+            if count == 0:
+                raise EOFError("the queue's other end closed in the middle of an item")
+            got += count
+        return buf
+
+    def free(self) -> int:
+        """Bytes that put_front() can place now."""
+        start, end = _SHELF_HEAD.unpack_from(self._mm, self._head)
+        return SHELF_BYTES - (end - start)
+
+    def put_front(self, frames: bytes) -> bool:
+        """Place *frames* (plain ones) before everything waiting here, if they fit."""
+        mm, base, size = self._mm, self._base, len(frames)
+        start, end = _SHELF_HEAD.unpack_from(mm, self._head)
+        if start == end:
+            start = end = 0
+        if size > start and end - start + size <= SHELF_BYTES:
+            mm.move(base + size, base + start, end - start)
+            start, end = size, end - start + size
+        if size > start:
+            return False
+        mm[base + start - size : base + start] = frames
+        _SHELF_HEAD.pack_into(mm, self._head, start - size, end)
+        return True
+
+
+def _drain_parked(sock: socket.socket) -> list[list[int]]:
+    """Every group of descriptors parked now, in order."""
+    groups = []
+    while True:
+        try:
+            mark, ancillary, _, _ = sock.recvmsg(1, _ANCILLARY_SPACE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return groups
+        fds = descriptors_in(ancillary) if ancillary else []
+        if mark != _FD_MARK or not fds:
+            for group in [*groups, fds]:
+                for fd in group:
+                    os.close(fd)
+            raise MessageError("a queue's parked descriptors are out of step")
+        groups.append(fds)
+
+
+def _take_parked(sock: socket.socket) -> list[int]:
+    """The descriptors of the next memfd frame, parked by _Shelf._fill, from the writing
+    end of the queue's socket."""
+    try:
+        mark, ancillary, _, _ = sock.recvmsg(1, _ANCILLARY_SPACE, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        mark, ancillary = b"", []
     fds = descriptors_in(ancillary) if ancillary else []
-    if len(header) < _HEADER.size:
-        for fd in fds:
-            os.close(fd)
-        raise EOFError("the queue's other end is closed")
-    (n,) = _HEADER.unpack(header)
-    handle = conn.fileno()
-    if n not in (_SPILLED, _BATCH):
-        for fd in fds:
-            os.close(fd)
-        if n == -1:
-            (n,) = _SIZE.unpack(conn._read_exact(handle, _SIZE.size))  # type: ignore[arg-type]
-        return conn._read_payload(handle, n), []
-    (offset,) = _SIZE.unpack(conn._read_exact(handle, _SIZE.size))  # type: ignore[arg-type]
-    if len(fds) != 1:
+    if mark != _FD_MARK or not fds:
         for fd in fds:
             os.close(fd)
         raise MessageError("a queue item kept in a memfd arrived without its descriptor")
-    try:
-        if n == _SPILLED:
-            data, buffers, _ = _read_held(fds[0], 0)  # copied out: the memfd is free again
-            if recycler is not None:
-                recycler.give(fds[0])
-            return data, buffers
-        data, buffers, following = _read_held(fds[0], offset + _SIZE.size)
-        if following < os.fstat(fds[0]).st_size:
-            requeue(_HEADER.pack(_BATCH) + _SIZE.pack(following), fds[0])
-        return data, buffers
-    finally:
-        os.close(fds[0])
+    return fds
 
 
 class Queue:
@@ -309,26 +562,27 @@ class Queue:
         self._wlock = Lock()
         self._sem = BoundedSemaphore(maxsize)
         self._recycler = _Recycler()
+        self._shelf = _Shelf()
         self._opid = os.getpid()
         self._after_fork()
         register_after_fork(self, Queue._after_fork)
 
     def __getstate__(self) -> Any:
         return (self._maxsize, self._reader, self._writer, self._rlock, self._wlock, self._sem, self._recycler,
-                self._opid)  # fmt: skip
+                self._shelf, self._opid)  # fmt: skip
 
     def __setstate__(self, state: Any) -> None:
         (self._maxsize, self._reader, self._writer, self._rlock, self._wlock, self._sem, self._recycler,
-         self._opid) = state  # fmt: skip
+         self._shelf, self._opid) = state  # fmt: skip
         self._after_fork()
         register_after_fork(self, Queue._after_fork)
 
     def _after_fork(self) -> None:
         self._rsock: socket.socket | None = None
         self._requeuer: _Writer | None = None
-        self._spill = threading.Event()  # set at exit: write what cannot wait to a memfd
         self._notempty = threading.Condition(threading.Lock())
         self._buffer: collections.deque[bytes] = collections.deque()
+        self._feeding = _FeedState(self._buffer, self._notempty)
         self._thread: threading.Thread | None = None
         self._jointhread: Finalize | None = None
         self._joincancelled = False
@@ -359,11 +613,15 @@ class Queue:
         self._enqueue(data)
 
     def _enqueue(self, data: bytes) -> None:
-        with self._notempty:
-            if self._thread is None:
-                self._start_thread()
-            self._buffer.append(data)
-            self._notempty.notify()
+        if self._thread is None:
+            with self._notempty:
+                if self._thread is None:
+                    self._start_thread()
+        feeding = self._feeding
+        feeding.buffer.append(data)
+        if feeding.idle:  # woken only when it waits: a busy feeder finds the item by itself
+            with self._notempty:
+                self._notempty.notify()
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return the oldest item, waiting for one if the queue is empty.
@@ -382,12 +640,13 @@ class Queue:
         if not self._rlock.acquire(block, timeout):
             raise queue.Empty
         try:
-            if block:
-                remaining = max(0.0, deadline - time.monotonic())
-                if not self._reader.poll(remaining):
+            if not self._shelf.holds():
+                if block:
+                    remaining = max(0.0, deadline - time.monotonic())
+                    if not self._reader.poll(remaining):
+                        raise queue.Empty
+                elif not self._reader.poll():
                     raise queue.Empty
-            elif not self._reader.poll():
-                raise queue.Empty
             data, buffers = self._read()
             self._sem.release()
         finally:
@@ -398,15 +657,30 @@ class Queue:
         if self._rsock is None:
             self._rsock = _socket_of(self._reader)
             weakref.finalize(self, self._rsock.close)
-        return _read_item(self._reader, self._rsock, self._requeue, self._recycler)
+        return _read_item(self._shelf, self._rsock, self._parked, self._requeue, self._recycler)
 
-    def _requeue(self, frame: bytes, fd: int) -> None:
-        """Send the rest of a batch to the end of the queue (read lock held)."""
+    def _parked(self) -> list[int]:
+        """The descriptors parked by the shelf for its next memfd frame (read lock held)."""
         if self._requeuer is None:
             self._requeuer = _Writer(self._writer)
             weakref.finalize(self, self._requeuer.close)
-        with self._wlock:  # the batch frame just read freed the room this one takes
-            self._requeuer.send_descriptor(frame, fd)
+        return _take_parked(self._requeuer.sock)
+
+    def _requeue(self, fds: list[int]) -> None:
+        """Park *fds* (the rest of a batch, whose frame is now first in the shelf) ahead
+        of the descriptors parked already, which belong to later frames (read lock held)."""
+        if self._requeuer is None:
+            self._requeuer = _Writer(self._writer)
+            weakref.finalize(self, self._requeuer.close)
+        assert self._rsock is not None
+        later = _drain_parked(self._requeuer.sock)
+        try:
+            for group in [fds, *later]:
+                socket.send_fds(self._rsock, [_FD_MARK], group)
+        finally:
+            for group in later:
+                for fd in group:
+                    os.close(fd)
 
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
@@ -419,7 +693,14 @@ class Queue:
         return self._maxsize - self._sem._get_value()
 
     def empty(self) -> bool:
-        return not self._reader.poll()
+        """Whether nothing waits to be read (approximate while others put and get); True
+        once this process closed the queue and read nothing ahead."""
+        if self._shelf.holds():
+            return False
+        try:
+            return not self._reader.poll()
+        except ConnectionClosedError:  # closed here: nothing more can be read through it
+            return True
 
     def full(self) -> bool:
         return self._sem._is_zero()
@@ -451,15 +732,16 @@ class Queue:
 
     def _start_thread(self) -> None:
         self._buffer.clear()
+        self._feeding.wakeup = _Wakeup()
         self._thread = threading.Thread(
             target=_feed,
-            args=(self._buffer, self._notempty, self._writer, self._wlock, self._sem, self._spill),
+            args=(self._feeding, self._writer, self._wlock, self._sem),
             name="QueueFeederThread",
             daemon=True,
         )
         self._thread.start()
         if not self._joincancelled:
-            self._jointhread = Finalize(self._thread, _join_feeder, [weakref.ref(self._thread), self._spill],
+            self._jointhread = Finalize(self._thread, _join_feeder, [weakref.ref(self._thread), self._feeding.wakeup],
                                         exitpriority=-5)  # fmt: skip
         self._close_finalizer = Finalize(
             self, _stop_feeder, [self._buffer, self._notempty, self._reader], exitpriority=10
@@ -472,10 +754,23 @@ class Queue:
 _STOP = object()
 
 
-def _join_feeder(ref: Any, spill: threading.Event) -> None:
+class _FeedState:
+    """What a process's put() shares with its feeder thread: the items not yet written,
+    whether the feeder waits for one (only then does put() wake it), and its wake-up."""
+
+    __slots__ = ("buffer", "notempty", "idle", "wakeup")
+
+    def __init__(self, buffer: collections.deque, notempty: threading.Condition) -> None:
+        self.buffer = buffer
+        self.notempty = notempty
+        self.idle = False
+        self.wakeup: _Wakeup | None = None  # made with the feeder thread
+
+
+def _join_feeder(ref: Any, wakeup: _Wakeup) -> None:
     thread = ref()
     if thread is not None:
-        spill.set()  # what the socket cannot take now goes to a memfd, so this join returns
+        wakeup.ring()  # what the socket cannot take now goes to a memfd, so this join returns
         thread.join()
 
 
@@ -508,21 +803,25 @@ def _next_chunk(buffer: collections.deque) -> tuple[list[Any], bool]:
     return items, False
 
 
-def _feed(buffer: collections.deque, notempty: threading.Condition, conn: Any, wlock: Lock, sem: Any,
-          spill: threading.Event) -> None:  # fmt: skip
-    writer = _Writer(conn)
+def _feed(state: _FeedState, conn: Any, wlock: Lock, sem: Any) -> None:
+    buffer, notempty = state.buffer, state.notempty
+    assert state.wakeup is not None
+    writer = _Writer(conn, state.wakeup)
     try:
         while True:
-            with notempty:
-                while not buffer:
-                    notempty.wait()
+            if not buffer:
+                with notempty:
+                    state.idle = True  # put() wakes it from now on (checked again below, under the lock)
+                    while not buffer:
+                        notempty.wait()
+                    state.idle = False
             while buffer:
                 items, stop = _next_chunk(buffer)
                 if stop:
                     conn.close()
                     return
                 try:
-                    _write_chunk(writer, wlock, items, buffer, spill)
+                    _write_chunk(writer, wlock, items, buffer, state.wakeup)
                 except BrokenPipeError:
                     for _ in items:
                         sem.release()  # nobody will read them: give the slots back
@@ -536,24 +835,33 @@ def _feed(buffer: collections.deque, notempty: threading.Condition, conn: Any, w
 
 
 def _write_chunk(writer: _Writer, wlock: Lock, items: list[Any], buffer: collections.deque,
-                 spill: threading.Event) -> None:  # fmt: skip
-    """Write *items* when the socket has room; at exit, put them and the rest in a memfd."""
+                 wakeup: _Wakeup) -> None:  # fmt: skip
+    """Write *items* when the socket has room; at exit, put them and the rest in a memfd.
+
+    While the socket is full the feeder blocks in poll() until the kernel reports room
+    (readers took most of what it held) or the exit rings its wake-up: no timed naps.
+    """
     big = type(items[0]) is _Held
     data = b"" if big else _frames(items)
+    room = False  # the kernel said writable, and the reserve rule can never say yes: write anyway
     while True:
         with wlock:
-            if writer.fits(0 if big else len(data)):
+            if room or writer.fits(0 if big else len(data)):
                 if big:
                     writer.send_descriptor(_HEADER.pack(_SPILLED) + _SIZE.pack(0), items[0].fd)
                 else:
                     writer.write(data)
                 return
-            if spill.is_set():  # exiting and no reader drains the socket: don't wait for one
+            if wakeup.spill:  # exiting and no reader drains the socket: don't wait for one
                 while buffer and buffer[0] is not _STOP:
                     items.append(buffer.popleft())
                 _spill_batch(writer, items)
                 return
-        writer.wait_for_room(0.05)  # wakes when a reader has emptied most of the socket
+        # Writable means that at most a quarter of the send buffer is in use: then this
+        # write fits, unless the buffer was made so small that it never would (waiting
+        # again would then spin).
+        writable = writer.wait_for_room()
+        room = writable and writer.limit // 4 + len(data) + FRAME_COST + RESERVE_BYTES >= writer.limit
 
 
 class JoinableQueue(Queue):
