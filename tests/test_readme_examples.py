@@ -62,8 +62,13 @@ class Block:
         wanted = []
         if re.search(r"^\s*(import|from)\s+numpy\b", self.code, re.M):
             wanted.append("numpy")
-        if re.search(r"^\s*(import|from)\s+(distributed|dask)\b", self.code, re.M) or 'backend="dask"' in self.code:
+        if re.search(r"^\s*(import|from)\s+(distributed|dask|procly\.dask)\b", self.code, re.M) or \
+                'backend="dask"' in self.code:
             wanted.append("distributed")
+        if re.search(r"\bprogress=(True|\"|')", self.code):
+            wanted.append("tqdm")
+        if re.search(r"^\s*(import|from)\s+procly\.loadtest\b", self.code, re.M):
+            wanted += ["uvloop", "httptools", "hdrh"]
         return wanted
 
 
