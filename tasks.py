@@ -2,13 +2,14 @@
 """Project tasks that need nothing but python3: each creates .venv on first use.
 
     python3 tasks.py demo          the main job: a 5-second load test of the built-in target server
-    python3 tasks.py examples      the tutorial's examples, live, under every start method
+    python3 tasks.py tutorial      the tutorial's examples, live, under every start method (alias: examples)
     python3 tasks.py test          lint + the default test run (what CI runs)
     python3 tasks.py test-slow     soak / stress tests
     python3 tasks.py conformance   CPython's own multiprocessing tests against procly
     python3 tasks.py bench         benchmarks against the standard library
     python3 tasks.py bench-load    procly loadtest against wrk and locust on a loopback nginx
     python3 tasks.py wheel         the release sdist + abi3 manylinux wheel, repaired by auditwheel, in dist/
+    python3 tasks.py docs          the documentation site (MkDocs, strict: a warning fails) in site/
 """
 
 from __future__ import annotations
@@ -144,8 +145,10 @@ def main(args: list[str]) -> int:
     py = str(PYTHON)
     if task == "demo":
         return run(str(BIN / "procly"), "loadtest", "--duration", "5s", *rest)
-    if task == "examples":
-        return run(str(BIN / "procly"), "demo", *rest)
+    if task in ("tutorial", "examples"):
+        return run(str(BIN / "procly"), "tutorial", *rest)
+    if task == "docs":
+        return run(py, "-m", "mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"), *rest)
     if task == "test":
         code = run(py, "-m", "ruff", "check", "src", "tests", "benchmarks", "tasks.py")
         if code:

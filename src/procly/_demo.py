@@ -1,4 +1,9 @@
-"""``procly demo``: the tutorial's examples, run live under every start method.
+"""``procly tutorial`` (formerly ``procly demo``, still accepted): the tutorial's examples, run live.
+
+The tutorial is Mars Loo's "使用multiprocessing进行多进程编程" ("Multi-process programming
+with multiprocessing", on his CSDN blog), the walk through ``multiprocessing`` this
+project started from. Its examples are rewritten for Python 3 with procly in place of
+``multiprocessing`` and run under every start method.
 
 Each example is a real script in :mod:`procly.examples`, run in its own interpreter
 (so ``if __name__ == "__main__":`` and spawn's re-import of the main module are
@@ -17,6 +22,12 @@ from importlib import resources
 from typing import Callable
 
 METHODS = ("fork", "spawn", "forkserver")
+
+# The tutorial the examples come from (its title, author and where to find it).
+TUTORIAL_TITLE = "使用multiprocessing进行多进程编程"
+TUTORIAL_TITLE_EN = "Multi-process programming with multiprocessing"
+TUTORIAL_AUTHOR = "Mars Loo"
+TUTORIAL_URL = "https://so.csdn.net/so/search?q=%E4%BD%BF%E7%94%A8multiprocessing%E8%BF%9B%E8%A1%8C%E5%A4%9A%E8%BF%9B%E7%A8%8B%E7%BC%96%E7%A8%8B"
 
 
 @dataclass(frozen=True)
@@ -148,7 +159,13 @@ def main(methods: list[str] | None = None, only: list[str] | None = None) -> int
     methods = methods or list(METHODS)
     examples = [e for e in EXAMPLES if not only or e.script in only]
     failures = 0
-    print(f"procly demo: {len(examples)} examples from the tutorial x {len(methods)} start methods\n")
+    print(f"procly tutorial: {len(examples)} examples from the tutorial x {len(methods)} start methods")
+    title = f'"{TUTORIAL_TITLE}" ({TUTORIAL_TITLE_EN})'
+    try:
+        title.encode(sys.stdout.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        title = f'"{TUTORIAL_TITLE_EN}"'  # a terminal that cannot show the original title
+    print(f"the tutorial: {title} by {TUTORIAL_AUTHOR}, on CSDN ({TUTORIAL_URL})\n")
     with ThreadPoolExecutor(len(methods)) as runner:
         for example in examples:
             print(f"== {example.section}  (procly/examples/{example.script}.py)")

@@ -1,4 +1,5 @@
-"""The ``procly`` command line: ``run``, ``demo``, ``info``, ``manager``, ``loadtest``, ``serve-target``."""
+"""The ``procly`` command line: ``run``, ``tutorial`` (alias ``demo``), ``info``, ``manager``, ``loadtest``,
+``serve-target``."""
 
 from __future__ import annotations
 
@@ -122,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="procly", description="Process-based parallelism for Python.")
     parser.add_argument("--version", action=_VersionAction, help="show procly's version, SemLock backend and exit")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the tutorial's examples under every start method")
+    # "demo" is the former name, kept as an alias for scripts ("python3 tasks.py demo" is the load test).
+    demo = commands.add_parser("tutorial", aliases=["demo"],
+                               help="run the tutorial's examples under every start method")
     demo.add_argument("--method", action="append", choices=["fork", "spawn", "forkserver"], help="only this method")
     demo.add_argument("--only", action="append", help="only this example (script name)")
     commands.add_parser("info", help="what procly sees on this machine")
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         from .loadtest._cli import serve_target_command
 
         return serve_target_command(args)
-    if args.command == "demo":
+    if args.command in ("tutorial", "demo"):
         from ._demo import main as demo_main
 
         return demo_main(args.method, args.only)
