@@ -3,7 +3,7 @@
 
     python3 tasks.py demo          the main job: a 5-second load test of the built-in target server
     python3 tasks.py tutorial      the tutorial's examples, live, under every start method (alias: examples)
-    python3 tasks.py test          lint + the default test run (what CI runs)
+    python3 tasks.py test          lint + the default test run on every supported CPython found (what CI runs)
     python3 tasks.py test-slow     soak / stress tests
     python3 tasks.py conformance   CPython's own multiprocessing tests against procly
     python3 tasks.py bench         benchmarks against the standard library
@@ -28,24 +28,61 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / "bin"
 PYTHON = BIN / "python"
-STAMP = VENV / ".procly-installed"
 
 
 def _fingerprint() -> str:
     return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
 
 
-def ensure_venv() -> None:
-    """Create .venv and install procly with its test extras when missing or outdated."""
-    if not PYTHON.exists():
-        print(f"creating virtual environment in {VENV}", flush=True)
-        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
-    if not STAMP.exists() or STAMP.read_text() != _fingerprint():
-        print("installing procly and its test dependencies", flush=True)
-        pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "-q"]
+def ensure_venv(venv_dir: Path = VENV, base_python: str | None = None, extras: str = "test,release") -> Path:
+    """Create *venv_dir* (with *base_python*, default the running one) and install procly
+    with *extras* when missing or outdated; return its python."""
+    python = venv_dir / "bin" / "python"
+    stamp = venv_dir / ".procly-installed"
+    if not python.exists():
+        print(f"creating virtual environment in {venv_dir}", flush=True)
+        if base_python is None:
+            venv.EnvBuilder(with_pip=True, clear=True).create(venv_dir)
+        else:
+            subprocess.run([base_python, "-m", "venv", "--clear", str(venv_dir)], check=True)
+    if not stamp.exists() or stamp.read_text() != _fingerprint():
+        print(f"installing procly and its {extras} dependencies in {venv_dir}", flush=True)
+        pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
         subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
-        subprocess.run([*pip, "install", "-e", f"{ROOT}[test,release]"], check=True)
-        STAMP.write_text(_fingerprint())
+        subprocess.run([*pip, "install", "-e", f"{ROOT}[{extras}]"], check=True)
+        stamp.write_text(_fingerprint())
+    return python
+
+
+def other_pythons() -> dict[str, str]:
+    """Every other supported CPython (3.11 and later) on this machine, one per minor version:
+    pyenv's interpreters and ``python3.X`` on PATH. ``PROCLY_CI_PYTHONS`` (a comma-separated
+    list of paths, or "none") overrides the search."""
+    chosen = os.environ.get("PROCLY_CI_PYTHONS")
+    if chosen is not None:
+        candidates = [] if chosen.strip() in ("", "none") else [c.strip() for c in chosen.split(",")]
+    else:
+        candidates = sorted(str(p) for p in Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")).glob(
+            "versions/3.*/bin/python3"))
+        candidates += [found for minor in range(11, 20) if (found := shutil.which(f"python3.{minor}"))]
+    primary = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    found: dict[str, str] = {}
+    for candidate in candidates:
+        try:
+            version = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                     capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        major, minor = map(int, version.split("."))
+        if (major, minor) >= (3, 11) and version != primary and version not in found:
+            found[version] = candidate
+    return dict(sorted(found.items()))
+
+
+# What the other Pythons run: the whole default suite but the tests that are about the
+# release itself (they install the wheel into every Python themselves) and the docs.
+SECONDARY_PYTEST = ["--ignore=tests/test_packaging.py", "--ignore=tests/test_docs.py",
+                    "--ignore=tests/test_readme_examples.py"]
 
 
 def ensure_locust() -> None:
@@ -136,6 +173,29 @@ def run(*argv: str) -> int:
     return subprocess.call(list(argv), cwd=ROOT)
 
 
+def test(py: str, rest: list[str]) -> int:
+    """Lint, then the default suite on this Python, then on every other supported CPython found."""
+    code = run(py, "-m", "ruff", "check", "src", "tests", "benchmarks", "tasks.py")
+    if code:
+        return code
+    pythons = other_pythons()
+    print(f"test run on Python {sys.version.split()[0]} (all tests), then "
+          f"{', '.join(pythons) or 'no other Python'} (all but the release and docs tests)", flush=True)
+    failed = []
+    if run(py, "-m", "pytest", "-m", "not slow and not conformance", *rest):
+        failed.append(f"{sys.version_info[0]}.{sys.version_info[1]}")
+    for version, base in pythons.items():
+        print(f"\n==== Python {version} ({base}) ====", flush=True)
+        other = ensure_venv(ROOT / f".venv-{version}", base, extras="test")
+        if run(str(other), "-m", "pytest", "-m", "not slow and not conformance", *SECONDARY_PYTEST, *rest):
+            failed.append(version)
+    # (Each editable install rebuilds the abi3 extension in place: any build serves them all.)
+    if failed:
+        print(f"tests failed on Python {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(__doc__)
@@ -150,10 +210,7 @@ def main(args: list[str]) -> int:
     if task == "docs":
         return run(py, "-m", "mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"), *rest)
     if task == "test":
-        code = run(py, "-m", "ruff", "check", "src", "tests", "benchmarks", "tasks.py")
-        if code:
-            return code
-        return run(py, "-m", "pytest", "-m", "not slow and not conformance", *rest)
+        return test(py, rest)
     if task == "test-slow":
         return run(py, "-m", "pytest", "-m", "slow", *rest)
     if task == "conformance":

@@ -105,7 +105,9 @@ class ProcessPoolExecutor(Executor):
         max_workers: worker processes (default: the usable CPUs).
         mp_context: a procly context (start method); ``None``: the default one, or spawn
             when *max_tasks_per_child* is given (as the standard library does).
-        initializer, initargs: run in each worker first; if it raises, the executor breaks.
+        initializer: called with *initargs* in each worker first; if it raises, the
+            executor breaks.
+        initargs: the arguments of *initializer*.
         max_tasks_per_child: a worker is replaced after this many calls (not with fork).
         task_timeout: seconds a call may run; then its worker is stopped and replaced
             and its future fails with ``TaskTimeoutError``.
