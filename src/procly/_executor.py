@@ -11,15 +11,18 @@ import functools
 import threading
 import time
 from concurrent.futures import Executor, Future, InvalidStateError
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, ParamSpec, TypeVar
 
 from ._errors import TimeoutError
 from ._pool import Pool
 
 __all__ = ["ProcessPoolExecutor"]
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
-def _star(fn: Callable[..., Any], args: tuple) -> Any:
+
+def _star(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     return fn(*args)
 
 
@@ -35,7 +38,7 @@ class ProcessPoolExecutor(Executor):
         max_workers: int | None = None,
         mp_context: Any = None,
         initializer: Callable[..., Any] | None = None,
-        initargs: tuple = (),
+        initargs: tuple[Any, ...] = (),
         *,
         max_tasks_per_child: int | None = None,
         task_timeout: float | None = None,
@@ -52,9 +55,9 @@ class ProcessPoolExecutor(Executor):
         self._pool = pool
         self._shutdown = False
         self._lock = threading.Lock()
-        self._futures: set[Future] = set()
+        self._futures: set[Future[Any]] = set()
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
         """Schedule ``fn(*args, **kwargs)``; return its Future.
 
         Raises:
@@ -64,7 +67,7 @@ class ProcessPoolExecutor(Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            future: Future = Future()
+            future: Future[_T] = Future()
             self._futures.add(future)
 
         def claim() -> bool:
@@ -95,13 +98,13 @@ class ProcessPoolExecutor(Executor):
             raise
         return future
 
-    def _schedule(self, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any], claim: Callable[[], bool],
-                  settle: Callable[[bool, Any], None]) -> None:  # fmt: skip
+    def _schedule(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                  claim: Callable[[], bool], settle: Callable[[bool, Any], None]) -> None:  # fmt: skip
         """Hand a call to the pool: *claim()* as it goes to a worker, *settle* with its outcome."""
         self._pool._call(fn, args, kwargs, settle, claim=claim)
 
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int = 1) -> Iterator[Any]:  # fmt: skip
+    def map(self, fn: Callable[..., _T], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1) -> Iterator[_T]:  # fmt: skip
         """Like the builtin ``map``, computed in workers, in order.
 
         Raises (while iterating):

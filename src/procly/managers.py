@@ -28,7 +28,7 @@ import socket
 import threading
 import traceback
 import weakref
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from . import _process
 from ._connection import Pipe, peer_credentials
@@ -38,6 +38,22 @@ from ._listener import Client, Listener, _handshake
 from ._pool_worker import rebuild_exception
 from ._spin import Spinner
 from ._wait import wait
+
+if TYPE_CHECKING:
+    from ._sync_proxies import (
+        AcquirerProxy,
+        BarrierProxy,
+        ConditionProxy,
+        DictProxy,
+        EventProxy,
+        ListProxy,
+        NamespaceProxy,
+        PoolProxy,
+        SetProxy,
+        ValueProxy,
+    )
+
+_ManagerT = TypeVar("_ManagerT", bound="BaseManager")
 
 __all__ = [
     "AcquirerProxy", "ArrayProxy", "AutoProxy", "BarrierProxy", "BaseManager", "BaseProxy", "ConditionProxy",
@@ -639,7 +655,7 @@ class BaseManager:
         if self._process is not None and not self._process._closed:
             self._process.join(timeout)
 
-    def __enter__(self) -> BaseManager:
+    def __enter__(self: _ManagerT) -> _ManagerT:
         if self._process is None and not self._connected:
             self.start()
         return self
@@ -907,6 +923,28 @@ class _Value:
 
 class SyncManager(BaseManager):
     """The manager behind ``procly.Manager()``: dict, list, Namespace, Queue, Lock, ..."""
+
+    if TYPE_CHECKING:
+        # Made by register() below at run time; each returns a proxy to an object in the server.
+        def dict(self, *args: Any, **kwargs: Any) -> DictProxy: ...
+        def list(self, sequence: Iterable[Any] = ()) -> ListProxy: ...
+        def set(self, iterable: Iterable[Any] = ()) -> SetProxy: ...
+        def Namespace(self, **kwds: Any) -> NamespaceProxy: ...  # noqa: N802
+        def Value(self, typecode: str, value: Any, lock: bool = True) -> ValueProxy: ...  # noqa: N802
+        def Array(self, typecode: str, sequence: Iterable[Any], lock: bool = True) -> Any: ...  # noqa: N802
+        def Queue(self, maxsize: int = 0) -> queue.Queue[Any]: ...  # noqa: N802
+        def JoinableQueue(self, maxsize: int = 0) -> queue.Queue[Any]: ...  # noqa: N802
+        def Lock(self) -> AcquirerProxy: ...  # noqa: N802
+        def RLock(self) -> AcquirerProxy: ...  # noqa: N802
+        def Semaphore(self, value: int = 1) -> AcquirerProxy: ...  # noqa: N802
+        def BoundedSemaphore(self, value: int = 1) -> AcquirerProxy: ...  # noqa: N802
+        def Condition(self, lock: Any = None) -> ConditionProxy: ...  # noqa: N802
+        def Event(self) -> EventProxy: ...  # noqa: N802
+        def Barrier(self, parties: int, action: Callable[[], object] | None = None,  # noqa: N802
+                    timeout: float | None = None) -> BarrierProxy: ...  # fmt: skip
+        def Pool(self, processes: int | None = None, initializer: Callable[..., object] | None = None,  # noqa: N802
+                 initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
+                 **options: Any) -> PoolProxy: ...  # fmt: skip
 
 
 class _Array:

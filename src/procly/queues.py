@@ -43,7 +43,7 @@ import termios
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from . import _serialization
 from ._connection import Connection, Pipe, descriptors_in, write_all
@@ -52,6 +52,8 @@ from ._finalize import Finalize, register_after_fork
 from .synchronize import BoundedSemaphore, Condition, Lock, Semaphore
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
+
+_T = TypeVar("_T")
 
 SEM_VALUE_MAX = 2**31 - 1
 SPILL_BYTES = 128 * 1024  # items from this size travel alone in a memfd
@@ -296,7 +298,7 @@ def _read_item(conn: Connection, sock: socket.socket, requeue: Any,
         os.close(fds[0])
 
 
-class Queue:
+class Queue(Generic[_T]):
     """A FIFO queue shared between processes (``multiprocessing.Queue``)."""
 
     def __init__(self, maxsize: int = 0, *, ctx: Any = None) -> None:
@@ -339,7 +341,7 @@ class Queue:
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
 
-    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+    def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None:
         """Put *obj* in the queue, waiting for a free slot if the queue is full.
 
         Raises:
@@ -365,7 +367,7 @@ class Queue:
             self._buffer.append(data)
             self._notempty.notify()
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+    def get(self, block: bool = True, timeout: float | None = None) -> _T:
         """Remove and return the oldest item, waiting for one if the queue is empty.
 
         Raises:
@@ -408,10 +410,10 @@ class Queue:
         with self._wlock:  # the batch frame just read freed the room this one takes
             self._requeuer.send_descriptor(frame, fd)
 
-    def put_nowait(self, obj: Any) -> None:
+    def put_nowait(self, obj: _T) -> None:
         self.put(obj, False)
 
-    def get_nowait(self) -> Any:
+    def get_nowait(self) -> _T:
         return self.get(False)
 
     def qsize(self) -> int:
@@ -556,7 +558,7 @@ def _write_chunk(writer: _Writer, wlock: Lock, items: list[Any], buffer: collect
         writer.wait_for_room(0.05)  # wakes when a reader has emptied most of the socket
 
 
-class JoinableQueue(Queue):
+class JoinableQueue(Queue[_T]):
     """A Queue whose consumers mark items done and whose producers can wait for that."""
 
     def __init__(self, maxsize: int = 0, *, ctx: Any = None) -> None:
@@ -595,7 +597,7 @@ class JoinableQueue(Queue):
                 self._cond.wait()
 
 
-class SimpleQueue:
+class SimpleQueue(Generic[_T]):
     """An unbounded queue without a feeder thread: put() writes to the pipe directly."""
 
     def __init__(self, *, ctx: Any = None) -> None:
@@ -616,12 +618,12 @@ class SimpleQueue:
     def empty(self) -> bool:
         return not self._reader.poll()
 
-    def get(self) -> Any:
+    def get(self) -> _T:
         with self._rlock:
             data = self._reader.recv_bytes()
         return _serialization.loads(data)
 
-    def put(self, obj: Any) -> None:
+    def put(self, obj: _T) -> None:
         data = _serialization.dumps(obj)
         with self._wlock:
             self._writer.send_bytes(data)
