@@ -108,7 +108,7 @@ def resident_bytes() -> int:
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
-def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tuple, maxtasks: int | None,
+def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...], maxtasks: int | None,
                 max_memory: int | None = None, *, inner_threads: int = 0, env: dict[str, str] | None = None) -> None:
     """Run tasks from *conn* until told to stop, the pool goes away, *maxtasks* are done,
     or (checked between tasks) the resident memory exceeds *max_memory* bytes.
@@ -131,7 +131,7 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
     done = 0
     previous_send = 0.0
     clock = time.perf_counter
-    bundle: list[tuple] = []
+    bundle: list[tuple[Any, ...]] = []
     while maxtasks is None or done < maxtasks:
         waiting_since = clock()
         if not bundle:
@@ -157,7 +157,7 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
             items = pickle.loads(payload, buffers=buffers)
             started = clock()
             values = _run(func, mode, items)
-            reply: tuple = (task_id, True, values, clock() - started)
+            reply: tuple[Any, ...] = (task_id, True, values, clock() - started)
         except Exception as exc:  # noqa: BLE001 - reported to the caller
             reply = (task_id, False, _error_payload(exc), clock() - started)
         reply += (started - received + previous_send, received - waiting_since)

@@ -42,17 +42,17 @@ class IteratorProxy(BaseProxy):
 class AcquirerProxy(BaseProxy):
     """Lock, RLock, Semaphore and BoundedSemaphore in the server."""
 
-    _exposed_ = ("acquire", "release")
+    _exposed_: tuple[str, ...] | None = ("acquire", "release")
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         args = (blocking,) if timeout is None else (blocking, timeout)
-        return self._callmethod("acquire", args)
+        return bool(self._callmethod("acquire", args))
 
     def release(self) -> None:
-        return self._callmethod("release")
+        self._callmethod("release")
 
     def __enter__(self) -> bool:
-        return self._callmethod("acquire")
+        return bool(self._callmethod("acquire"))
 
     def __exit__(self, *exc_info: object) -> None:
         self._callmethod("release")
@@ -62,13 +62,13 @@ class ConditionProxy(AcquirerProxy):
     _exposed_ = ("acquire", "release", "wait", "notify", "notify_all")
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._callmethod("wait", (timeout,))
+        return bool(self._callmethod("wait", (timeout,)))
 
     def notify(self, n: int = 1) -> None:
-        return self._callmethod("notify", (n,))
+        self._callmethod("notify", (n,))
 
     def notify_all(self) -> None:
-        return self._callmethod("notify_all")
+        self._callmethod("notify_all")
 
     def wait_for(self, predicate: Any, timeout: float | None = None) -> Any:
         """Wait until ``predicate()`` (evaluated here, not in the server) is true or ``timeout`` passes."""
@@ -91,41 +91,41 @@ class EventProxy(BaseProxy):
     _exposed_ = ("is_set", "set", "clear", "wait")
 
     def is_set(self) -> bool:
-        return self._callmethod("is_set")
+        return bool(self._callmethod("is_set"))
 
     def set(self) -> None:
-        return self._callmethod("set")
+        self._callmethod("set")
 
     def clear(self) -> None:
-        return self._callmethod("clear")
+        self._callmethod("clear")
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._callmethod("wait", (timeout,))
+        return bool(self._callmethod("wait", (timeout,)))
 
 
 class BarrierProxy(BaseProxy):
     _exposed_ = ("__getattribute__", "wait", "abort", "reset")
 
     def wait(self, timeout: float | None = None) -> int:
-        return self._callmethod("wait", (timeout,))
+        return int(self._callmethod("wait", (timeout,)))
 
     def abort(self) -> None:
-        return self._callmethod("abort")
+        self._callmethod("abort")
 
     def reset(self) -> None:
-        return self._callmethod("reset")
+        self._callmethod("reset")
 
     @property
     def parties(self) -> int:
-        return self._callmethod("__getattribute__", ("parties",))
+        return int(self._callmethod("__getattribute__", ("parties",)))
 
     @property
     def n_waiting(self) -> int:
-        return self._callmethod("__getattribute__", ("n_waiting",))
+        return int(self._callmethod("__getattribute__", ("n_waiting",)))
 
     @property
     def broken(self) -> bool:
-        return self._callmethod("__getattribute__", ("broken",))
+        return bool(self._callmethod("__getattribute__", ("broken",)))
 
 
 class NamespaceProxy(BaseProxy):
@@ -220,9 +220,9 @@ ArrayProxy = MakeProxyType("ArrayProxy", ("__len__", "__getitem__", "__setitem__
 AsyncResultProxy = MakeProxyType("AsyncResult", ("get", "wait", "ready", "successful"))
 
 
-class PoolProxy(MakeProxyType("BasePoolProxy", (
+class PoolProxy(MakeProxyType("BasePoolProxy", (  # type: ignore[misc]
         "apply", "apply_async", "close", "imap", "imap_unordered", "join", "map", "map_async", "starmap",
-        "starmap_async", "terminate"))):  # type: ignore[misc]  # fmt: skip
+        "starmap_async", "terminate"))):  # fmt: skip
     """A procly Pool running in the manager's server process."""
 
     _method_to_typeid_ = {

@@ -239,7 +239,7 @@ class Server:
             return  # that peer is dropped; the server goes on
         self._serve_client(_wrap(conn, self.serializer))
 
-    def handle_request(self, kind: str, args: tuple) -> Any:
+    def handle_request(self, kind: str, args: tuple[Any, ...]) -> Any:
         """Requests beyond the built-in ones (a subclass's); the base server knows none.
 
         Raises:
@@ -247,7 +247,8 @@ class Server:
         """
         raise RemoteError(f"unknown request {kind!r}")
 
-    def _create(self, typeid: str, args: tuple, kwargs: dict, peer: int | str | None = None) -> tuple[str, list[str]]:
+    def _create(self, typeid: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                peer: int | str | None = None) -> tuple[str, list[str]]:  # fmt: skip
         try:
             callable_, exposed, _, _ = self.registry[typeid]
         except KeyError:
@@ -259,7 +260,8 @@ class Server:
             raise RemoteError(f"creating a {typeid!r} failed:\n{traceback.format_exc()}") from exc
         return self._adopt(typeid, obj, peer)
 
-    def _call(self, ident: str, method: str, args: tuple, kwargs: dict, peer: int | str | None = None) -> tuple:
+    def _call(self, ident: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+              peer: int | str | None = None) -> tuple[Any, ...]:  # fmt: skip
         with self.lock:
             try:
                 obj, exposed, _, own_typeid = self.objects[ident]
@@ -389,9 +391,9 @@ class Server:
                         self._hold_lease(conn, str(request[1]))
                         return
                     if kind == "call":
-                        reply = self._call(*request[1:], peer=peer)
+                        reply = self._call(*request[1:], peer=peer)  # type: ignore[misc]
                     elif kind == "create":
-                        reply = ("ok", self._create(*request[1:], peer=peer))
+                        reply = ("ok", self._create(*request[1:], peer=peer))  # type: ignore[misc]
                     elif kind == "incref":
                         self._incref(request[1], peer)
                         reply = ("ok", None)
@@ -430,7 +432,7 @@ def _keep_alive(fd: int) -> None:
         sock.close()
 
 
-def _reply(conn: Any, reply: tuple) -> bool:
+def _reply(conn: Any, reply: tuple[Any, ...]) -> bool:
     try:
         conn.send(reply)
     except (OSError, EOFError):
@@ -443,8 +445,8 @@ def _reply(conn: Any, reply: tuple) -> bool:
     return True
 
 
-def _run_server(registry: dict, address: Any, authkey: bytes, writer: Any, initializer: Any, initargs: tuple,
-                serializer: str = "pickle", server_type: type[Server] = Server) -> None:
+def _run_server(registry: dict[str, Any], address: Any, authkey: bytes, writer: Any, initializer: Any,
+                initargs: tuple[Any, ...], serializer: str = "pickle", server_type: type[Server] = Server) -> None:
     # Ctrl-C in a terminal reaches the whole process group: the owner decides when the
     # manager stops (shutdown(), its exit or its death), not the keyboard.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -555,7 +557,7 @@ class _Leases:
 os.register_at_fork(after_in_child=_Leases.forget_inherited)
 
 
-def _unwrap(reply: tuple) -> Any:
+def _unwrap(reply: tuple[Any, ...]) -> Any:
     if reply[0] == "ok":
         return reply[1]
     if reply[0] == "err":
@@ -613,7 +615,7 @@ class BaseManager:
         _request(self._address, self._authkey, "ping", serializer=self._serializer)
         self._connected = True
 
-    def start(self, initializer: Callable[..., Any] | None = None, initargs: tuple = ()) -> None:
+    def start(self, initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = ()) -> None:
         """Start the server in a child process (it ends when this process ends, however it ends).
 
         Raises:
@@ -670,7 +672,7 @@ class BaseManager:
 
     def _number_of_objects(self) -> int:
         """How many objects the server holds (for tests and leak hunting)."""
-        return _request(self._address, self._authkey, "count", serializer=self._serializer)
+        return int(_request(self._address, self._authkey, "count", serializer=self._serializer))
 
     def _debug_info(self) -> str:
         return f"{self._number_of_objects()} objects held by the manager at {self._address!r}"
@@ -801,7 +803,7 @@ class BaseProxy:
         _close_own(entries)
         _Leases.close(address)
 
-    def _callmethod(self, methodname: str, args: tuple = (), kwds: dict | None = None) -> Any:
+    def _callmethod(self, methodname: str, args: tuple[Any, ...] = (), kwds: dict[str, Any] | None = None) -> Any:
         """Call *methodname* on the referent in the server; return the result.
 
         Raises:
@@ -836,7 +838,7 @@ class BaseProxy:
 
     def __str__(self) -> str:
         try:
-            return self._callmethod("__repr__")
+            return str(self._callmethod("__repr__"))
         except Exception:  # noqa: BLE001
             return repr(self)[:-1] + "; '__str__()' failed>"
 
@@ -860,7 +862,7 @@ def _decref(token: Token, authkey: bytes, serializer: str = "pickle", holder: st
 
 def RebuildProxy(proxytype: type, token: Token, exposed: Any, serializer: str = "pickle") -> BaseProxy:  # noqa: N802
     """Rebuild a proxy in another process (it takes its own reference)."""
-    return proxytype(token, serializer=serializer, authkey=_process.current_process().authkey, exposed=exposed)
+    return proxytype(token, serializer=serializer, authkey=_process.current_process().authkey, exposed=exposed)  # type: ignore[no-any-return]
 
 
 _proxy_types: dict[tuple[str, tuple[str, ...]], type] = {}
@@ -892,7 +894,7 @@ def AutoProxy(token: Token, serializer: str = "pickle", manager: Any = None, aut
         exposed = _request(token.address, authkey or bytes(_process.current_process().authkey), "call", token.id,
                            "__dir__", (), {})  # pragma: no cover - exposed is always sent here  # fmt: skip
     proxytype = MakeProxyType(f"AutoProxy[{token.typeid}]", exposed)
-    return proxytype(token, serializer=serializer, manager=manager, authkey=authkey, exposed=exposed, incref=incref)
+    return proxytype(token, serializer=serializer, manager=manager, authkey=authkey, exposed=exposed, incref=incref)  # type: ignore[no-any-return]
 
 
 class Namespace:
@@ -1049,7 +1051,7 @@ def _listener_client() -> dict[str, tuple[Any, Any]]:
     }
 
 
-def Array(typecode: str, sequence: Any, lock: bool = True) -> _array.array:  # noqa: N802 - stdlib name
+def Array(typecode: str, sequence: Any, lock: bool = True) -> _array.array[Any]:  # noqa: N802 - stdlib name
     """What a manager's ``Array(typecode, sequence)`` holds in the server: an ``array.array``."""
     return _array.array(typecode, sequence)
 
@@ -1072,7 +1074,7 @@ class State:
         self.value = State.INITIAL
 
 
-class ProcessLocalSet(set):
+class ProcessLocalSet(set[Any]):
     """A set that a forked child gets back empty."""
 
     def __init__(self) -> None:
@@ -1088,7 +1090,7 @@ def all_methods(obj: Any) -> list[str]:
     return [name for name in dir(obj) if callable(getattr(obj, name, None))]
 
 
-def reduce_array(a: _array.array) -> Any:
+def reduce_array(a: _array.array[Any]) -> Any:
     """How an ``array.array`` pickles: its typecode and bytes."""
     return _array.array, (a.typecode, a.tobytes())
 
@@ -1108,7 +1110,7 @@ def convert_to_error(kind: str, result: Any) -> Exception:
         TypeError: *result* is not the kind's type.
     """
     if kind == "#ERROR":
-        return result
+        return result  # type: ignore[no-any-return]
     if kind in ("#TRACEBACK", "#UNSERIALIZABLE"):
         if not isinstance(result, str):
             raise TypeError(f"Result {result!r} (kind '{kind}') type is {type(result)}, not str")
@@ -1118,7 +1120,7 @@ def convert_to_error(kind: str, result: Any) -> Exception:
     return ValueError(f"Unrecognized message type {kind!r}")
 
 
-def dispatch(c: Any, id: Any, methodname: str, args: tuple = (), kwds: dict | None = None) -> Any:  # noqa: A002
+def dispatch(c: Any, id: Any, methodname: str, args: tuple[Any, ...] = (), kwds: dict[str, Any] | None = None) -> Any:  # noqa: A002
     """Call *methodname* on object *id* of the manager at the other end of connection *c*.
 
     *c* is a connection to a procly manager server (procly's message format).
