@@ -16,6 +16,7 @@ import pytest
 
 import procly
 from procly import queues
+from procly.managers import DictProxy, ListProxy
 from procly.pool import ApplyResult, IMapIterator, MapResult
 
 pytest.importorskip("mypy", reason="mypy is in the test extra")
@@ -94,6 +95,7 @@ def test_generic_names_subscript_at_run_time() -> None:
     assert procly.get_context("spawn").SimpleQueue[str] is not None
     assert queues.Queue[int] is not None and ApplyResult[int] is not None
     assert MapResult[int] is not None and IMapIterator[str] is not None
+    assert typing.get_args(DictProxy[str, int]) == (str, int) and typing.get_args(ListProxy[int]) == (int,)
     with pytest.raises(TypeError):
         procly.Lock[int]  # noqa: B018
 

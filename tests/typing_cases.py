@@ -160,8 +160,21 @@ def process_cases() -> None:
 def manager_cases() -> None:
     with procly.Manager() as manager:
         assert_type(manager, SyncManager)
-        assert_type(manager.dict(), DictProxy)
-        assert_type(manager.list([1, 2]), ListProxy)
+        assert_type(manager.dict(), DictProxy[Any, Any])
+        shared = manager.dict({"a": 1})
+        assert_type(shared, DictProxy[str, int])
+        assert_type(shared["a"], int)
+        assert_type(shared.get("b"), int | None)
+        shared["b"] = "x"  # type: ignore[assignment]
+        numbers = manager.list([1, 2])
+        assert_type(numbers, ListProxy[int])
+        assert_type(numbers[0], int)
+        assert_type(numbers[:], list[int])
+        numbers.append(3)
+        numbers += [4]
+        assert_type(len(numbers), int)
+        annotated: ListProxy[str] = manager.list()
+        annotated.append("x")
         assert_type(manager.Namespace(x=1), NamespaceProxy)
         assert_type(manager.Lock(), AcquirerProxy)
     assert_type(procly.get_context("spawn").Manager(), SyncManager)

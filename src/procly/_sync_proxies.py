@@ -8,7 +8,9 @@ blocks, properties) is written out.
 from __future__ import annotations
 
 import time
-from typing import Any
+from types import GenericAlias
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, MutableMapping, MutableSequence, Self, TypeVar
+from typing import overload as _overload
 
 from .managers import BaseProxy, MakeProxyType
 
@@ -16,6 +18,10 @@ __all__ = [
     "AcquirerProxy", "ArrayProxy", "AsyncResultProxy", "BarrierProxy", "ConditionProxy", "DictProxy", "EventProxy",
     "IteratorProxy", "ListProxy", "NamespaceProxy", "PoolProxy", "SetProxy", "ValueProxy",
 ]  # fmt: skip
+
+_T = TypeVar("_T")
+_KT = TypeVar("_KT")
+_VT = TypeVar("_VT")
 
 
 class IteratorProxy(BaseProxy):
@@ -174,23 +180,65 @@ _SET_METHODS = ("__and__", "__contains__", "__iand__", "__ior__", "__isub__", "_
                 "union", "update")  # fmt: skip
 
 
-class ListProxy(MakeProxyType("BaseListProxy", _LIST_METHODS)):  # type: ignore[misc]
-    def __iadd__(self, value: Any) -> ListProxy:
-        self._callmethod("extend", (value,))
-        return self
+if TYPE_CHECKING:
+    # What a type checker sees: a list / dict of the server's (the classes below are made at
+    # run time from their method names, so their methods are unknown to it).
 
-    def __imul__(self, value: Any) -> ListProxy:
-        self._callmethod("__imul__", (value,))
-        return self
+    class ListProxy(BaseProxy, MutableSequence[_T]):
+        @_overload
+        def __getitem__(self, index: int) -> _T: ...
+        @_overload
+        def __getitem__(self, index: slice) -> list[_T]: ...
+        def __getitem__(self, index: int | slice) -> _T | list[_T]: ...
+        @_overload
+        def __setitem__(self, index: int, value: _T) -> None: ...
+        @_overload
+        def __setitem__(self, index: slice, value: Iterable[_T]) -> None: ...
+        def __setitem__(self, index: int | slice, value: Any) -> None: ...
+        def __delitem__(self, index: int | slice) -> None: ...
+        def __len__(self) -> int: ...
+        def insert(self, index: int, value: _T) -> None: ...
+        def sort(self, *, key: Callable[[_T], Any] | None = None, reverse: bool = False) -> None: ...
+        def copy(self) -> list[_T]: ...
+        def __add__(self, other: list[_T]) -> list[_T]: ...
+        def __mul__(self, n: int) -> list[_T]: ...
+        def __iadd__(self, value: Iterable[_T]) -> Self: ...
+        def __imul__(self, value: int) -> Self: ...
 
+    class DictProxy(BaseProxy, MutableMapping[_KT, _VT]):
+        def __getitem__(self, key: _KT) -> _VT: ...
+        def __setitem__(self, key: _KT, value: _VT) -> None: ...
+        def __delitem__(self, key: _KT) -> None: ...
+        def __iter__(self) -> Iterator[_KT]: ...
+        def __len__(self) -> int: ...
+        def copy(self) -> dict[_KT, _VT]: ...
+        def __ior__(self, value: Any) -> Self: ...
 
-class DictProxy(MakeProxyType("BaseDictProxy", _DICT_METHODS)):  # type: ignore[misc]
-    # Iterating runs over the server's dict: changing it meanwhile raises RuntimeError, as locally.
-    _method_to_typeid_ = {"__iter__": "Iterator", "__reversed__": "Iterator"}
+else:
 
-    def __ior__(self, value: Any) -> DictProxy:
-        self._callmethod("__ior__", (value,))
-        return self
+    class ListProxy(MakeProxyType("BaseListProxy", _LIST_METHODS)):
+        """A list in the server (``SyncManager.list()``); ``ListProxy[int]`` in annotations."""
+
+        __class_getitem__ = classmethod(GenericAlias)
+
+        def __iadd__(self, value: Any) -> ListProxy:
+            self._callmethod("extend", (value,))
+            return self
+
+        def __imul__(self, value: Any) -> ListProxy:
+            self._callmethod("__imul__", (value,))
+            return self
+
+    class DictProxy(MakeProxyType("BaseDictProxy", _DICT_METHODS)):
+        """A dict in the server (``SyncManager.dict()``); ``DictProxy[str, int]`` in annotations."""
+
+        __class_getitem__ = classmethod(GenericAlias)
+        # Iterating runs over the server's dict: changing it meanwhile raises RuntimeError, as locally.
+        _method_to_typeid_ = {"__iter__": "Iterator", "__reversed__": "Iterator"}
+
+        def __ior__(self, value: Any) -> DictProxy:
+            self._callmethod("__ior__", (value,))
+            return self
 
 
 class SetProxy(MakeProxyType("BaseSetProxy", _SET_METHODS)):  # type: ignore[misc]

@@ -28,7 +28,7 @@ import socket
 import threading
 import traceback
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar, overload
 
 from . import _process
 from ._connection import Pipe, peer_credentials
@@ -54,6 +54,9 @@ if TYPE_CHECKING:
     )
 
 _ManagerT = TypeVar("_ManagerT", bound="BaseManager")
+_T = TypeVar("_T")
+_KT = TypeVar("_KT")
+_VT = TypeVar("_VT")
 
 __all__ = [
     "AcquirerProxy", "ArrayProxy", "AutoProxy", "BarrierProxy", "BaseManager", "BaseProxy", "ConditionProxy",
@@ -928,8 +931,20 @@ class SyncManager(BaseManager):
 
     if TYPE_CHECKING:
         # Made by register() below at run time; each returns a proxy to an object in the server.
-        def dict(self, *args: Any, **kwargs: Any) -> DictProxy: ...
-        def list(self, sequence: Iterable[Any] = ()) -> ListProxy: ...
+        @overload
+        def dict(self) -> DictProxy[Any, Any]: ...
+        @overload
+        def dict(self, mapping: Mapping[_KT, _VT], /) -> DictProxy[_KT, _VT]: ...
+        @overload
+        def dict(self, iterable: Iterable[tuple[_KT, _VT]], /) -> DictProxy[_KT, _VT]: ...
+        @overload
+        def dict(self, *args: Any, **kwargs: Any) -> DictProxy[Any, Any]: ...
+        def dict(self, *args: Any, **kwargs: Any) -> DictProxy[Any, Any]: ...
+        @overload
+        def list(self) -> ListProxy[Any]: ...
+        @overload
+        def list(self, sequence: Iterable[_T], /) -> ListProxy[_T]: ...
+        def list(self, sequence: Iterable[Any] = ()) -> ListProxy[Any]: ...
         def set(self, iterable: Iterable[Any] = ()) -> SetProxy: ...
         def Namespace(self, **kwds: Any) -> NamespaceProxy: ...  # noqa: N802
         def Value(self, typecode: str, value: Any, lock: bool = True) -> ValueProxy: ...  # noqa: N802
