@@ -105,7 +105,7 @@ def test_import_stays_light() -> None:
     code = (
         "import sys, procly\n"
         "heavy = [m for m in ('procly.queues', 'procly.managers', 'procly.pool', 'procly.sharedctypes',"
-        " 'procly.futures', 'concurrent.futures', 'multiprocessing', 'ctypes') if m in sys.modules]\n"
+        " 'procly.futures', 'concurrent.futures', 'multiprocessing') if m in sys.modules]\n"
         "print(heavy)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
