@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import time
 from types import GenericAlias
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, MutableMapping, MutableSequence, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, MutableMapping, MutableSequence, TypeVar
 from typing import overload as _overload
+
+if TYPE_CHECKING:
+    from typing import Self
 
 from .managers import BaseProxy, MakeProxyType
 
