@@ -10,7 +10,7 @@ registered, until the first process is started.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import BufferTooShort as BufferTooShort
@@ -54,6 +54,49 @@ RawValue = _ctx.RawValue
 set_executable = _ctx.set_executable
 set_forkserver_preload = _ctx.set_forkserver_preload
 set_start_method = _ctx.set_start_method
+
+if TYPE_CHECKING:
+    # Resolved on first use at run time (module __getattr__ below); what a type checker sees.
+    # The queue names are the generic classes (``procly.Queue[int]()``); at run time they are
+    # the default context's factories, which accept the same subscript.
+    from types import ModuleType
+
+    from . import connection as connection
+    from . import context as context
+    from . import dummy as dummy
+    from . import forkserver as forkserver
+    from . import heap as heap
+    from . import managers as managers
+    from . import pool as pool
+    from . import popen_fork as popen_fork
+    from . import popen_forkserver as popen_forkserver
+    from . import popen_spawn_posix as popen_spawn_posix
+    from . import process as process
+    from . import queues as queues
+    from . import reduction as reduction
+    from . import resource_sharer as resource_sharer
+    from . import resource_tracker as resource_tracker
+    from . import shared_memory as shared_memory
+    from . import sharedctypes as sharedctypes
+    from . import spawn as spawn
+    from . import synchronize as synchronize
+    from . import util as util
+    from ._install import install as install
+    from .futures import ProcessPoolExecutor as ProcessPoolExecutor
+    from .queues import JoinableQueue as JoinableQueue
+    from .queues import Queue as Queue
+    from .queues import SimpleQueue as SimpleQueue
+
+    Array = _ctx.Array
+    Barrier = _ctx.Barrier
+    BoundedSemaphore = _ctx.BoundedSemaphore
+    Condition = _ctx.Condition
+    Event = _ctx.Event
+    Lock = _ctx.Lock
+    RLock = _ctx.RLock
+    Semaphore = _ctx.Semaphore
+    Value = _ctx.Value
+    reducer: ModuleType
 
 __all__ = [
     "Array",

@@ -29,12 +29,15 @@ import threading
 import time
 import weakref
 from concurrent.futures import Executor, Future, InvalidStateError
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, ParamSpec, TypeVar
 
 from ._errors import BrokenProcessPool
 from ._pool import Pool
 
 __all__ = ["BrokenProcessPool", "ProcessPoolExecutor"]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 # Executors' pools alive in this process, finished at interpreter exit before procly
 # ends its children (a closed pool stays here until its work is done: it is kept alive
@@ -78,17 +81,17 @@ def _register_exit_hook() -> None:
             pass  # the interpreter is already shutting down: submit() refuses anyway
 
 
-def _process_chunk(fn: Callable[..., Any], chunk: tuple) -> list[Any]:
+def _process_chunk(fn: Callable[..., Any], chunk: tuple[Any, ...]) -> list[Any]:
     """Run *fn* over a chunk of argument tuples in a worker (map with chunksize > 1)."""
     return [fn(*args) for args in chunk]
 
 
-def _batched(iterable: Iterator[tuple], n: int) -> Iterator[tuple]:
+def _batched(iterable: Iterator[tuple[Any, ...]], n: int) -> Iterator[tuple[Any, ...]]:
     while chunk := tuple(itertools.islice(iterable, n)):
         yield chunk
 
 
-def _result_or_cancel(future: Future, timeout: float | None = None) -> Any:
+def _result_or_cancel(future: Future[Any], timeout: float | None = None) -> Any:
     try:
         try:
             return future.result(timeout)
@@ -125,7 +128,7 @@ class ProcessPoolExecutor(Executor):
         max_workers: int | None = None,
         mp_context: Any = None,
         initializer: Callable[..., Any] | None = None,
-        initargs: tuple = (),
+        initargs: tuple[Any, ...] = (),
         *,
         max_tasks_per_child: int | None = None,
         task_timeout: float | None = None,
@@ -160,7 +163,7 @@ class ProcessPoolExecutor(Executor):
         self._max_workers = getattr(pool, "_processes", None)
         self._shutdown = False
         self._lock = threading.Lock()
-        self._futures: set[Future] = set()
+        self._futures: set[Future[Any]] = set()
         _register_exit_hook()
         _pools.add(pool)
         # Dropped without shutdown(): no new work, what was submitted still runs (its
@@ -182,7 +185,7 @@ class ProcessPoolExecutor(Executor):
         """The pool's supervisor thread (the standard library's attribute: ends after shutdown)."""
         return getattr(self._pool, "_supervisor", None)
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
         """Schedule ``fn(*args, **kwargs)``; return its Future.
 
         A call that cannot be sent (*fn* or an argument does not pickle) fails its future
@@ -200,7 +203,7 @@ class ProcessPoolExecutor(Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if _exiting:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-            future: Future = Future()
+            future: Future[_T] = Future()
             self._futures.add(future)
 
         def claim() -> bool:
@@ -237,7 +240,7 @@ class ProcessPoolExecutor(Executor):
                 settle(False, exc)
         return future
 
-    def _schedule(self, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any], claim: Callable[[], bool],
+    def _schedule(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], claim: Callable[[], bool],
                   settle: Callable[[bool, Any], None]) -> None:  # fmt: skip
         """Hand a call to the pool: *claim()* as it goes to a worker, *settle* with its outcome."""
         self._pool._call(fn, args, kwargs, settle, claim=claim)
@@ -265,7 +268,7 @@ class ProcessPoolExecutor(Executor):
         if buffersize is not None and buffersize < 1:
             raise ValueError("buffersize must be None or > 0")
         end_time = None if timeout is None else time.monotonic() + timeout
-        arguments: Iterator[tuple] = zip(*iterables, strict=False)  # the shortest wins, as in map()
+        arguments: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)  # the shortest wins, as in map()
         if chunksize > 1:
             arguments = ((chunk,) for chunk in _batched(arguments, chunksize))
             fn = functools.partial(_process_chunk, fn)  # one function for every chunk: pickled once
@@ -320,8 +323,8 @@ class ProcessPoolExecutor(Executor):
         pool._terminate(kill=kill)
 
 
-def _map_results(futures: collections.deque, arguments: Iterator[tuple] | None, fn: Callable[..., Any],
-                 executor_ref: weakref.ref, end_time: float | None) -> Iterator[Any]:  # fmt: skip
+def _map_results(futures: collections.deque[Future[Any]], arguments: Iterator[tuple[Any, ...]] | None, fn: Callable[..., Any],
+                 executor_ref: weakref.ref[Any], end_time: float | None) -> Iterator[Any]:  # fmt: skip
     """map()'s iterator: results in order; with *arguments* (buffersize), one more call
     submitted for each result read."""
     try:
@@ -350,4 +353,4 @@ def _chain(chunks: Iterator[list[Any]]) -> Iterator[Any]:
             while chunk:
                 yield chunk.pop()
     finally:
-        chunks.close()  # type: ignore[attr-defined] - cancels the calls not started
+        chunks.close()  # type: ignore[attr-defined]  # cancels the calls not started

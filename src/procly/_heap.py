@@ -50,7 +50,7 @@ class Arena:
         # os.close is bound now: at interpreter exit the os module may be cleared first.
         fd = getattr(self, "fd", None)
         if fd is not None:
-            self.fd = None
+            self.fd = None  # type: ignore[assignment]
             try:
                 _close(fd)
             except OSError:

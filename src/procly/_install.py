@@ -86,7 +86,7 @@ class _AliasFinder(importlib.abc.MetaPathFinder):
                 ) from None
         elif fullname == "concurrent.futures" and _options["futures"] and not _futures_patched():
             # Let the real package import first, then point its ProcessPoolExecutor at procly's.
-            return _wrap_futures_spec(self, fullname, path, target)
+            return _wrap_futures_spec(self, fullname, path, target)  # type: ignore[no-any-return]
         else:
             return None
         is_package = hasattr(module, "__path__")
@@ -113,7 +113,7 @@ def _wrap_futures_spec(finder: _AliasFinder, fullname: str, path: Any, target: A
             break
     else:
         return None
-    loader = spec.loader
+    loader: Any = spec.loader
     original_exec = loader.exec_module
 
     def exec_module(module: types.ModuleType) -> None:
@@ -122,7 +122,7 @@ def _wrap_futures_spec(finder: _AliasFinder, fullname: str, path: Any, target: A
 
     # Wrap this one loader instance only.
     try:
-        loader.exec_module = exec_module  # type: ignore[method-assign]
+        loader.exec_module = exec_module
     except AttributeError:  # pragma: no cover - frozen/builtin loaders are not used for this package
         return spec
     return spec
@@ -151,7 +151,7 @@ def _patch_futures(futures: types.ModuleType) -> None:
     if "ProcessPoolExecutor" in futures.__dict__:
         del futures.ProcessPoolExecutor  # the standard library's, already resolved: resolve again
     __getattr__._procly_original = original  # type: ignore[attr-defined]
-    futures.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    futures.__getattr__ = __getattr__  # type: ignore[method-assign]
     futures._procly_installed = True  # type: ignore[attr-defined]
 
 
@@ -219,7 +219,7 @@ def uninstall() -> None:
         futures.__dict__.pop("ProcessPoolExecutor", None)
         original = getattr(futures.__getattr__, "_procly_original", None)
         if original is not None:
-            futures.__getattr__ = original  # type: ignore[attr-defined]
+            futures.__getattr__ = original  # type: ignore[method-assign]
         else:
             del futures.__getattr__
         del futures._procly_installed

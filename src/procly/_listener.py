@@ -147,7 +147,7 @@ def _frame_length(header: bytes) -> int:
         raise AuthenticationError(
             f"peer sent an invalid handshake frame (header announces {n}; a handshake frame is "
             f"0 to {_MAX_HANDSHAKE_FRAME} bytes)")
-    return n
+    return int(n)
 
 
 def _run_over_connection(conn: Any, steps: Steps) -> None:

@@ -139,7 +139,7 @@ class MemfdReuse:
         self._lent: collections.OrderedDict[int, Memfd] = collections.OrderedDict()  # by token
         self._spare: list[Memfd] = []  # smallest first
         self._spent: collections.deque[int] = collections.deque()  # the peer's tokens, to name back
-        self._watched: dict[weakref.ref, tuple[int, int]] = {}  # mapping -> (token, fork generation)
+        self._watched: dict[weakref.ref[Any], tuple[int, int]] = {}  # mapping -> (token, fork generation)
         self._tokens = itertools.count(random.getrandbits(62) + 1)
 
     def _ours(self) -> bool:
@@ -244,7 +244,7 @@ class MemfdReuse:
             memfd.close()
 
 
-def _mapping_gone(owner: weakref.ref, ref: weakref.ref) -> None:
+def _mapping_gone(owner: weakref.ref[Any], ref: weakref.ref[Any]) -> None:
     reuse = owner()
     if reuse is None:
         return

@@ -31,7 +31,7 @@ import time
 import warnings
 import weakref
 from concurrent.futures import CancelledError
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import _inner_threads, _serialization
 from ._connection import MEMFD_THRESHOLD, BufferedConnection, Pipe
@@ -46,6 +46,8 @@ from ._state import end_process_group, usable_cpus
 from ._wait import wait
 
 __all__ = ["Pool"]
+
+_T = TypeVar("_T")
 
 # Tasks in flight per worker: the next one is already there when one ends, and for short
 # tasks one message carries many of them (each send and each wake-up of a worker costs
@@ -79,7 +81,8 @@ class _Task:
     __slots__ = ("id", "func_key", "func_bytes", "mode", "payload", "sink", "count", "timeout", "retries", "_label",
                  "deadline", "buffers", "size", "send_function", "index", "wire", "claim")  # fmt: skip
 
-    def __init__(self, task_id, func_key, func_bytes, mode, payload, sink, count, timeout, retries, label) -> None:
+    def __init__(self, task_id: int, func_key: int, func_bytes: bytes, mode: int, payload: Any, sink: Any, count: int,
+                 timeout: float | None, retries: int, label: Any) -> None:  # fmt: skip
         self.id = task_id
         self.func_key = func_key
         self.func_bytes = func_bytes
@@ -121,7 +124,7 @@ class _Task:
 class _Worker:
     __slots__ = ("process", "conn", "inflight", "funcs", "sent", "sentinel", "done", "queued")
 
-    def __init__(self, process: Any, conn: Any, done: list) -> None:
+    def __init__(self, process: Any, conn: Any, done: list[Any]) -> None:
         self.process = process
         self.conn = conn
         self.sentinel = process.sentinel
@@ -210,7 +213,7 @@ class Pool(PoolAPI):
         # Moving average of the time an item takes to compute (None: none timed yet): how
         # deep tasks queue at a worker, and how long imap's adaptive chunks are.
         self._item_seconds: float | None = None
-        self._done: dict[str, list] = {}  # worker name -> [tasks, computing, (un)pickling, waiting seconds]
+        self._done: dict[str, list[Any]] = {}  # worker name -> [tasks, computing, (un)pickling, waiting seconds]
         self._lock = threading.Lock()
         self._pending: collections.deque[_Task] = collections.deque()
         self._outstanding: dict[int, _Task] = {}
@@ -270,8 +273,9 @@ class Pool(PoolAPI):
                 pass
         return cached
 
-    def _make_task(self, func, mode, items, count, sink, task_timeout, retries, label, function=None,
-                   payload=None) -> _Task:  # fmt: skip
+    def _make_task(self, func: Callable[..., Any], mode: int, items: Any, count: int, sink: Any,
+                   task_timeout: float | None, retries: int | None, label: Any,
+                   function: tuple[int, bytes] | None = None, payload: Any = None) -> _Task:  # fmt: skip
         """A task of *items*, pickled here (unpicklable arguments raise in the caller);
         *function*: ``self._function(func)``, and *payload*: the pickled *items* without
         out-of-band buffers, when the caller has them already."""
@@ -326,15 +330,15 @@ class Pool(PoolAPI):
 
     def apply_async(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., _T],
         args: Iterable[Any] = (),
         kwds: dict[str, Any] | None = None,
-        callback: Callable[[Any], Any] | None = None,
+        callback: Callable[[_T], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
         *,
         task_timeout: float | None = None,
         retries: int | None = None,
-    ) -> ApplyResult:
+    ) -> ApplyResult[_T]:
         """Run ``func(*args, **kwds)`` in a worker; return an AsyncResult at once.
 
         Raises:
@@ -342,7 +346,7 @@ class Pool(PoolAPI):
             procly.PicklingError: *func* or the arguments cannot be pickled.
         """
         self._check_running()
-        result = ApplyResult(callback, error_callback)
+        result: ApplyResult[_T] = ApplyResult(callback, error_callback)
         task = self._call_task(func, args, kwds, result._set, task_timeout, retries)
         # Before submitting: a result that is set at once lets go of it (see ApplyResult._set).
         result._on_cancel = lambda: self._cancel([task])
@@ -379,13 +383,15 @@ class Pool(PoolAPI):
         chunksize, extra = divmod(length, self._processes * 4)
         return max(1, chunksize + bool(extra))
 
-    def _map_async(self, func, iterable, star, chunksize, callback, error_callback, task_timeout, retries,
-                   progress=False, on_result=None) -> MapResult:  # fmt: skip
+    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], star: bool, chunksize: int | None,
+                   callback: Callable[[Any], Any] | None, error_callback: Callable[[BaseException], Any] | None,
+                   task_timeout: float | None, retries: int | None, progress: bool | str = False,
+                   on_result: Callable[[Any], Any] | None = None) -> MapResult[Any]:  # fmt: skip
         self._check_running()
         mode = STARMAP if star else MAP
         # Every chunk is pickled before this returns, so a list or tuple need not be
         # copied first.
-        items = iterable if type(iterable) in (list, tuple, range) else list(iterable)
+        items: Any = iterable if type(iterable) in (list, tuple, range) else list(iterable)
         meter = Progress(len(items), progress, on_result) if wanted(progress, on_result) else None
         if chunksize is None:
             chunksize = self._default_chunksize(len(items))
@@ -407,7 +413,7 @@ class Pool(PoolAPI):
         result._on_cancel = lambda: self._cancel(tasks)
 
         def metered(index: int, success: bool, values: Any) -> None:
-            meter.settle(success, values)
+            meter.settle(success, values)  # type: ignore[union-attr]
             result._set_chunk(index, success, values)
 
         sink = result._set_chunk if meter is None else metered
@@ -429,8 +435,9 @@ class Pool(PoolAPI):
                 submitted, batch = len(tasks), min(2 * batch, 256)
         return result
 
-    def _imap(self, iterator_cls, func, iterable, chunksize, task_timeout, retries, progress=False,
-              on_result=None) -> IMapIterator:  # fmt: skip
+    def _imap(self, iterator_cls: type[IMapIterator[Any]], func: Callable[..., Any], iterable: Iterable[Any],
+              chunksize: int | None, task_timeout: float | None, retries: int | None, progress: bool | str = False,
+              on_result: Callable[[Any], Any] | None = None) -> IMapIterator[Any]:  # fmt: skip
         self._check_running()
         if chunksize is not None and chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize}")
@@ -440,12 +447,11 @@ class Pool(PoolAPI):
         # memory even when the caller is slower than the workers.
         lookahead = self._processes * IMAP_TASKS_AHEAD * (IMAP_ADAPTIVE_ITEMS if chunksize is None else chunksize)
         window = LookAhead(lookahead)
-        if chunksize is None:
-            chunksize = self._adaptive_chunksize(lookahead)
+        sizing = self._adaptive_chunksize(lookahead) if chunksize is None else chunksize
         result = iterator_cls(on_consumed=window.give)
         feeder = threading.Thread(
             target=self._feed_imap,
-            args=(result, func, iter(iterable), chunksize, window, task_timeout, retries, progress, on_result),
+            args=(result, func, iter(iterable), sizing, window, task_timeout, retries, progress, on_result),
             name="procly-pool-imap-feeder",
             daemon=True,
         )
@@ -459,13 +465,15 @@ class Pool(PoolAPI):
         feeder.start()
         return result
 
-    def _feed_imap(self, result, func, iterator: Iterator[Any], chunksize, window, task_timeout, retries,
-                   progress, on_result) -> None:  # fmt: skip
+    def _feed_imap(self, result: IMapIterator[Any], func: Callable[..., Any], iterator: Iterator[Any],
+                   chunksize: int | Callable[[], int], window: LookAhead, task_timeout: float | None,
+                   retries: int | None, progress: bool | str,
+                   on_result: Callable[[Any], Any] | None) -> None:  # fmt: skip
         name = getattr(func, "__qualname__", str(func))
         total = operator.length_hint(iterator, 0) or None  # a generator's length is unknown
         meter = Progress(total, progress, on_result) if wanted(progress, on_result) else None
 
-        def submit(start: int, chunk: list, sink: Callable[[bool, Any], None]) -> None:
+        def submit(start: int, chunk: list[Any], sink: Callable[[bool, Any], None]) -> None:
             if meter is not None:
                 inner = sink
 
@@ -873,7 +881,7 @@ class Pool(PoolAPI):
                 replies = [(inflight[0].id if inflight else -1, False, (exc, ""), 0.0, 0.0, 0.0)]
             self._settle_replies(worker, replies)
 
-    def _settle_replies(self, worker: _Worker, replies: list[tuple]) -> None:
+    def _settle_replies(self, worker: _Worker, replies: list[tuple[Any, ...]]) -> None:
         inflight = worker.inflight
         item_seconds = self._item_seconds
         tasks = wire = 0
@@ -1043,7 +1051,7 @@ def _has_ended(sentinel: int) -> bool:
     return bool(wait([sentinel], 0))
 
 
-def _close_when_consumed(result: IMapIterator, meter: Progress) -> None:
+def _close_when_consumed(result: IMapIterator[Any], meter: Progress) -> None:
     with result._cond:
         result._cond.wait_for(lambda: result._length is not None and meter.done >= result._length)
     meter.close()

@@ -10,19 +10,21 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Generator, Generic, TypeVar
 
 from ._errors import TimeoutError
 
 __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "IMapUnorderedIterator", "MapResult"]
 
+_T = TypeVar("_T")
 
-class ApplyResult:
+
+class ApplyResult(Generic[_T]):
     """The result of ``apply_async`` (``multiprocessing.pool.AsyncResult``)."""
 
     def __init__(
         self,
-        callback: Callable[[Any], Any] | None = None,
+        callback: Callable[[_T], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
     ) -> None:
         self._event = threading.Event()
@@ -51,7 +53,7 @@ class ApplyResult:
         """Wait until the result is ready or *timeout* seconds pass."""
         self._event.wait(timeout)
 
-    def get(self, timeout: float | None = None) -> Any:
+    def get(self, timeout: float | None = None) -> _T:
         """The call's return value, or its exception raised here.
 
         Raises:
@@ -65,10 +67,10 @@ class ApplyResult:
         if not self._event.wait(timeout):
             raise TimeoutError(f"no result within {timeout} seconds")
         if self._success:
-            return self._value
+            return self._value  # type: ignore[no-any-return]
         raise self._value
 
-    def __await__(self) -> Any:
+    def __await__(self) -> Generator[Any, None, _T]:
         """``await result`` in asyncio, without blocking the event loop."""
         import asyncio
 
@@ -116,10 +118,11 @@ class ApplyResult:
 AsyncResult = ApplyResult
 
 
-class MapResult(ApplyResult):
+class MapResult(ApplyResult[list[_T]]):
     """The result of ``map_async``: a list filled chunk by chunk; the first error wins."""
 
-    def __init__(self, length: int, chunk_starts: list[int], callback: Any = None, error_callback: Any = None) -> None:
+    def __init__(self, length: int, chunk_starts: list[int], callback: Callable[[list[_T]], Any] | None = None,
+                 error_callback: Callable[[BaseException], Any] | None = None) -> None:
         super().__init__(callback, error_callback)
         self._values: list[Any] = [None] * length
         self._starts = chunk_starts
@@ -144,7 +147,7 @@ class MapResult(ApplyResult):
         self._set(success, values)
 
 
-class IMapIterator:
+class IMapIterator(Generic[_T]):
     """Results of ``imap`` in input order; ``next(timeout)`` as in the standard library."""
 
     def __init__(self, on_consumed: Callable[[], Any] | None = None) -> None:
@@ -155,10 +158,10 @@ class IMapIterator:
         self._length: int | None = None  # known once the input is exhausted
         self._items: collections.deque[tuple[bool, Any]] = collections.deque()
 
-    def __iter__(self) -> IMapIterator:
+    def __iter__(self) -> IMapIterator[_T]:
         return self
 
-    def next(self, timeout: float | None = None) -> Any:
+    def next(self, timeout: float | None = None) -> _T:
         """The next result, waiting up to *timeout* seconds.
 
         Raises:
@@ -176,7 +179,7 @@ class IMapIterator:
         if self._on_consumed is not None:
             self._on_consumed()
         if success:
-            return value
+            return value  # type: ignore[no-any-return]
         raise value
 
     __next__ = next
@@ -197,11 +200,11 @@ class IMapIterator:
             self._length = length
             self._cond.notify_all()
 
-    def __aiter__(self) -> Any:
+    def __aiter__(self) -> _AsyncIterator[_T]:
         return _AsyncIterator(self)
 
 
-class IMapUnorderedIterator(IMapIterator):
+class IMapUnorderedIterator(IMapIterator[_T]):
     """Results of ``imap_unordered``, as they complete."""
 
     def _set_item(self, index: int, success: bool, value: Any) -> None:
@@ -259,11 +262,11 @@ class LookAhead:
 
 
 def feed_lazily(
-    result: IMapIterator,
+    result: IMapIterator[Any],
     iterator: Any,
     chunksize: int | Callable[[], int],
     window: LookAhead,
-    submit: Callable[[int, list, Callable[[bool, Any], None]], None],
+    submit: Callable[[int, list[Any], Callable[[bool, Any], None]], None],
 ) -> None:
     """Read *iterator* in chunks as *window* allows and hand each chunk to *submit*.
 
@@ -281,8 +284,8 @@ def feed_lazily(
     position = 0
     adaptive = callable(chunksize)
     while not window.stopped:
-        chunk: list = []
-        size = chunksize() if adaptive else chunksize
+        chunk: list[Any] = []
+        size = chunksize() if callable(chunksize) else chunksize
         began = time.monotonic()
         try:
             for _ in range(size):
@@ -312,22 +315,22 @@ def feed_lazily(
     result._set_length(position)
 
 
-class _AsyncIterator:
+class _AsyncIterator(Generic[_T]):
     """``async for`` over an imap iterator, waiting in a thread."""
 
-    def __init__(self, iterator: IMapIterator) -> None:
+    def __init__(self, iterator: IMapIterator[_T]) -> None:
         self._iterator = iterator
 
-    def __aiter__(self) -> _AsyncIterator:
+    def __aiter__(self) -> _AsyncIterator[_T]:
         return self
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> _T:
         import asyncio
 
         item = await asyncio.to_thread(self._next_or_end)
         if item is _END:
             raise StopAsyncIteration
-        return item
+        return item  # type: ignore[no-any-return]
 
     def _next_or_end(self) -> Any:
         # StopIteration cannot travel through a Future: turn it into a marker.

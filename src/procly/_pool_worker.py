@@ -122,7 +122,7 @@ def resident_bytes() -> int:
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
-def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tuple, maxtasks: int | None,
+def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...], maxtasks: int | None,
                 max_memory: int | None = None, executor: bool = False, *, inner_threads: int = 0,
                 env: dict[str, str] | None = None) -> None:
     """Run tasks from *conn* until told to stop, the pool goes away, *maxtasks* are done,
@@ -163,7 +163,7 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
     done = 0
     previous_send = 0.0
     clock = time.perf_counter
-    bundle: list[tuple] = []
+    bundle: list[tuple[Any, ...]] = []
     while maxtasks is None or done < maxtasks:
         waiting_since = clock()
         if not bundle:
@@ -191,7 +191,7 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
             unpickled = True
             started = clock()
             values = _run(func, mode, items)
-            reply: tuple = (task_id, True, values, clock() - started)
+            reply: tuple[Any, ...] = (task_id, True, values, clock() - started)
         except catch as exc:  # noqa: BLE001 - reported to the caller
             if executor and not unpickled:
                 exc = _unpickling_failed(exc)

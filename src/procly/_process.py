@@ -222,11 +222,6 @@ class BaseProcess:
         """Whether the process is daemonic (ended with its parent, may not have children)."""
         return bool(self._config.get("daemon", False))
 
-    @property
-    def _watches_lifeline(self) -> bool:
-        """Whether the child ends when this process dies: daemonic, or a pool worker's."""
-        return bool(self._config.get("daemon") or self._config.get("watch_lifeline"))
-
     @daemon.setter
     def daemon(self, daemonic: bool) -> None:
         if self._handle is not None:
@@ -234,8 +229,13 @@ class BaseProcess:
         self._config["daemon"] = bool(daemonic)
 
     @property
+    def _watches_lifeline(self) -> bool:
+        """Whether the child ends when this process dies: daemonic, or a pool worker's."""
+        return bool(self._config.get("daemon") or self._config.get("watch_lifeline"))
+
+    @property
     def authkey(self) -> bytes:
-        return self._config["authkey"]
+        return self._config["authkey"]  # type: ignore[no-any-return]
 
     @authkey.setter
     def authkey(self, authkey: bytes) -> None:
@@ -247,7 +247,7 @@ class BaseProcess:
         self._check_closed()
         if self._handle is None:
             return None
-        return self._handle.poll()
+        return self._handle.poll()  # type: ignore[no-any-return]
 
     @property
     def ident(self) -> int | None:
@@ -268,7 +268,7 @@ class BaseProcess:
         """
         self._check_closed()
         try:
-            return self._sentinel
+            return self._sentinel  # type: ignore[no-any-return]
         except AttributeError:
             raise ValueError("process not started") from None
 
@@ -309,7 +309,7 @@ class BaseProcess:
         """Run in the child: call run(), clean up like an interpreter exit, return the exit code."""
         try:
             if hasattr(threading.main_thread(), "_set_native_id"):
-                threading.main_thread()._set_native_id()  # after fork it still holds the parent's
+                threading.main_thread()._set_native_id()  # type: ignore[attr-defined]  # after fork it still holds the parent's
             _close_stdin()
             try:
                 self.run()
@@ -425,13 +425,13 @@ class _ParentProcess(BaseProcess):
         return not wait([self._sentinel_fd], timeout=0)
 
     @property
-    def ident(self) -> int:  # type: ignore[override]
+    def ident(self) -> int:
         return self._pid
 
-    pid = ident  # type: ignore[assignment]
+    pid = ident
 
     @property
-    def sentinel(self) -> int:  # type: ignore[override]
+    def sentinel(self) -> int:
         if self._sentinel_fd is None:
             raise ValueError("parent is gone")
         return self._sentinel_fd
@@ -448,12 +448,12 @@ def open_parent(name: str, pid: int) -> _ParentProcess:
 
 def current_process() -> BaseProcess:
     """The Process object of the calling process (a ``MainProcess`` in the main one)."""
-    return _state.get().current
+    return _state.get().current  # type: ignore[no-any-return]
 
 
 def parent_process() -> BaseProcess | None:
     """The parent of the calling process as a Process-like object, or None in the main one."""
-    return _state.get().parent
+    return _state.get().parent  # type: ignore[no-any-return]
 
 
 def active_children() -> list[BaseProcess]:

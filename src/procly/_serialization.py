@@ -25,7 +25,7 @@ import io
 import pickle
 import sys
 import types
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, SupportsIndex
 
 import cloudpickle
 
@@ -164,11 +164,11 @@ class _OutOfBandBytes:
     def __init__(self, data: bytes | bytearray) -> None:
         self.data = data
 
-    def __reduce_ex__(self, protocol: int) -> Any:
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
         return (type(self.data), (pickle.PickleBuffer(self.data),))
 
 
-class Pickler(cloudpickle.Pickler):
+class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     """cloudpickle's Pickler with procly's reducers and ``__main__`` rule (see module doc).
 
     ``main_by_reference=False`` copies ``__main__`` functions and classes by value even

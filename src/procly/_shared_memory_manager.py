@@ -24,7 +24,7 @@ class SharedMemoryServer(Server):
         self.segments: set[str] = set()
         self._segments_lock = threading.Lock()
 
-    def handle_request(self, kind: str, args: tuple) -> Any:
+    def handle_request(self, kind: str, args: tuple[Any, ...]) -> Any:
         if kind == "track_segment":
             (name,) = args
             with self._segments_lock:
@@ -84,4 +84,4 @@ class SharedMemoryManager(BaseManager):
             raise
 
     def _list_segments(self) -> list[str]:
-        return _request(self._address, self._authkey, "list_segments", serializer=self._serializer)
+        return list(_request(self._address, self._authkey, "list_segments", serializer=self._serializer))

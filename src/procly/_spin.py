@@ -25,7 +25,7 @@ class Spinner:
     def __init__(self, fd: int | None = None, poller: select.poll | None = None) -> None:
         if poller is None:
             poller = select.poll()
-            poller.register(fd, select.POLLIN)
+            poller.register(fd, select.POLLIN)  # type: ignore[arg-type]
         self._poll = poller.poll
 
     def wait(self, seconds: float = SPIN_SECONDS) -> list[tuple[int, int]]:

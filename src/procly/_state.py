@@ -132,7 +132,13 @@ def _watch(fd: int) -> None:
         pass
     # A pool worker ends its whole group: what its tasks started goes with it.
     group = _state is not None and _state.pool_worker and os.getpgid(0) == os.getpid()
-    end = (lambda signum: os.killpg(0, signum)) if group else (lambda signum: os.kill(os.getpid(), signum))
+
+    def end(signum: int) -> None:
+        if group:
+            os.killpg(0, signum)
+        else:
+            os.kill(os.getpid(), signum)
+
     end(signal.SIGTERM)
     time.sleep(ORPHAN_TERMINATE_GRACE)
     end(signal.SIGKILL)

@@ -8,7 +8,12 @@ blocks, properties) is written out.
 from __future__ import annotations
 
 import time
-from typing import Any
+from types import GenericAlias
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, MutableMapping, MutableSequence, TypeVar
+from typing import overload as _overload
+
+if TYPE_CHECKING:
+    from typing import Self
 
 from .managers import BaseProxy, MakeProxyType
 
@@ -16,6 +21,10 @@ __all__ = [
     "AcquirerProxy", "ArrayProxy", "AsyncResultProxy", "BarrierProxy", "ConditionProxy", "DictProxy", "EventProxy",
     "IteratorProxy", "ListProxy", "NamespaceProxy", "PoolProxy", "SetProxy", "ValueProxy",
 ]  # fmt: skip
+
+_T = TypeVar("_T")
+_KT = TypeVar("_KT")
+_VT = TypeVar("_VT")
 
 
 class IteratorProxy(BaseProxy):
@@ -42,17 +51,17 @@ class IteratorProxy(BaseProxy):
 class AcquirerProxy(BaseProxy):
     """Lock, RLock, Semaphore and BoundedSemaphore in the server."""
 
-    _exposed_ = ("acquire", "release")
+    _exposed_: tuple[str, ...] | None = ("acquire", "release")
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         args = (blocking,) if timeout is None else (blocking, timeout)
-        return self._callmethod("acquire", args)
+        return bool(self._callmethod("acquire", args))
 
     def release(self) -> None:
-        return self._callmethod("release")
+        self._callmethod("release")
 
     def __enter__(self) -> bool:
-        return self._callmethod("acquire")
+        return bool(self._callmethod("acquire"))
 
     def __exit__(self, *exc_info: object) -> None:
         self._callmethod("release")
@@ -62,13 +71,13 @@ class ConditionProxy(AcquirerProxy):
     _exposed_ = ("acquire", "release", "wait", "notify", "notify_all")
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._callmethod("wait", (timeout,))
+        return bool(self._callmethod("wait", (timeout,)))
 
     def notify(self, n: int = 1) -> None:
-        return self._callmethod("notify", (n,))
+        self._callmethod("notify", (n,))
 
     def notify_all(self) -> None:
-        return self._callmethod("notify_all")
+        self._callmethod("notify_all")
 
     def wait_for(self, predicate: Any, timeout: float | None = None) -> Any:
         """Wait until ``predicate()`` (evaluated here, not in the server) is true or ``timeout`` passes."""
@@ -91,41 +100,41 @@ class EventProxy(BaseProxy):
     _exposed_ = ("is_set", "set", "clear", "wait")
 
     def is_set(self) -> bool:
-        return self._callmethod("is_set")
+        return bool(self._callmethod("is_set"))
 
     def set(self) -> None:
-        return self._callmethod("set")
+        self._callmethod("set")
 
     def clear(self) -> None:
-        return self._callmethod("clear")
+        self._callmethod("clear")
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._callmethod("wait", (timeout,))
+        return bool(self._callmethod("wait", (timeout,)))
 
 
 class BarrierProxy(BaseProxy):
     _exposed_ = ("__getattribute__", "wait", "abort", "reset")
 
     def wait(self, timeout: float | None = None) -> int:
-        return self._callmethod("wait", (timeout,))
+        return int(self._callmethod("wait", (timeout,)))
 
     def abort(self) -> None:
-        return self._callmethod("abort")
+        self._callmethod("abort")
 
     def reset(self) -> None:
-        return self._callmethod("reset")
+        self._callmethod("reset")
 
     @property
     def parties(self) -> int:
-        return self._callmethod("__getattribute__", ("parties",))
+        return int(self._callmethod("__getattribute__", ("parties",)))
 
     @property
     def n_waiting(self) -> int:
-        return self._callmethod("__getattribute__", ("n_waiting",))
+        return int(self._callmethod("__getattribute__", ("n_waiting",)))
 
     @property
     def broken(self) -> bool:
-        return self._callmethod("__getattribute__", ("broken",))
+        return bool(self._callmethod("__getattribute__", ("broken",)))
 
 
 class NamespaceProxy(BaseProxy):
@@ -174,23 +183,65 @@ _SET_METHODS = ("__and__", "__contains__", "__iand__", "__ior__", "__isub__", "_
                 "union", "update")  # fmt: skip
 
 
-class ListProxy(MakeProxyType("BaseListProxy", _LIST_METHODS)):  # type: ignore[misc]
-    def __iadd__(self, value: Any) -> ListProxy:
-        self._callmethod("extend", (value,))
-        return self
+if TYPE_CHECKING:
+    # What a type checker sees: a list / dict of the server's (the classes below are made at
+    # run time from their method names, so their methods are unknown to it).
 
-    def __imul__(self, value: Any) -> ListProxy:
-        self._callmethod("__imul__", (value,))
-        return self
+    class ListProxy(BaseProxy, MutableSequence[_T]):
+        @_overload
+        def __getitem__(self, index: int) -> _T: ...
+        @_overload
+        def __getitem__(self, index: slice) -> list[_T]: ...
+        def __getitem__(self, index: int | slice) -> _T | list[_T]: ...
+        @_overload
+        def __setitem__(self, index: int, value: _T) -> None: ...
+        @_overload
+        def __setitem__(self, index: slice, value: Iterable[_T]) -> None: ...
+        def __setitem__(self, index: int | slice, value: Any) -> None: ...
+        def __delitem__(self, index: int | slice) -> None: ...
+        def __len__(self) -> int: ...
+        def insert(self, index: int, value: _T) -> None: ...
+        def sort(self, *, key: Callable[[_T], Any] | None = None, reverse: bool = False) -> None: ...
+        def copy(self) -> list[_T]: ...
+        def __add__(self, other: list[_T]) -> list[_T]: ...
+        def __mul__(self, n: int) -> list[_T]: ...
+        def __iadd__(self, value: Iterable[_T]) -> Self: ...
+        def __imul__(self, value: int) -> Self: ...
 
+    class DictProxy(BaseProxy, MutableMapping[_KT, _VT]):
+        def __getitem__(self, key: _KT) -> _VT: ...
+        def __setitem__(self, key: _KT, value: _VT) -> None: ...
+        def __delitem__(self, key: _KT) -> None: ...
+        def __iter__(self) -> Iterator[_KT]: ...
+        def __len__(self) -> int: ...
+        def copy(self) -> dict[_KT, _VT]: ...
+        def __ior__(self, value: Any) -> Self: ...
 
-class DictProxy(MakeProxyType("BaseDictProxy", _DICT_METHODS)):  # type: ignore[misc]
-    # Iterating runs over the server's dict: changing it meanwhile raises RuntimeError, as locally.
-    _method_to_typeid_ = {"__iter__": "Iterator", "__reversed__": "Iterator"}
+else:
 
-    def __ior__(self, value: Any) -> DictProxy:
-        self._callmethod("__ior__", (value,))
-        return self
+    class ListProxy(MakeProxyType("BaseListProxy", _LIST_METHODS)):
+        """A list in the server (``SyncManager.list()``); ``ListProxy[int]`` in annotations."""
+
+        __class_getitem__ = classmethod(GenericAlias)
+
+        def __iadd__(self, value: Any) -> ListProxy:
+            self._callmethod("extend", (value,))
+            return self
+
+        def __imul__(self, value: Any) -> ListProxy:
+            self._callmethod("__imul__", (value,))
+            return self
+
+    class DictProxy(MakeProxyType("BaseDictProxy", _DICT_METHODS)):
+        """A dict in the server (``SyncManager.dict()``); ``DictProxy[str, int]`` in annotations."""
+
+        __class_getitem__ = classmethod(GenericAlias)
+        # Iterating runs over the server's dict: changing it meanwhile raises RuntimeError, as locally.
+        _method_to_typeid_ = {"__iter__": "Iterator", "__reversed__": "Iterator"}
+
+        def __ior__(self, value: Any) -> DictProxy:
+            self._callmethod("__ior__", (value,))
+            return self
 
 
 class SetProxy(MakeProxyType("BaseSetProxy", _SET_METHODS)):  # type: ignore[misc]
@@ -220,9 +271,9 @@ ArrayProxy = MakeProxyType("ArrayProxy", ("__len__", "__getitem__", "__setitem__
 AsyncResultProxy = MakeProxyType("AsyncResult", ("get", "wait", "ready", "successful"))
 
 
-class PoolProxy(MakeProxyType("BasePoolProxy", (
+class PoolProxy(MakeProxyType("BasePoolProxy", (  # type: ignore[misc]
         "apply", "apply_async", "close", "imap", "imap_unordered", "join", "map", "map_async", "starmap",
-        "starmap_async", "terminate"))):  # type: ignore[misc]  # fmt: skip
+        "starmap_async", "terminate"))):  # fmt: skip
     """A procly Pool running in the manager's server process."""
 
     _method_to_typeid_ = {

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from ._errors import PoolTerminatedError
-from ._pool import IMAP_TASKS_AHEAD, PoolState
+from ._pool import IMAP_TASKS_AHEAD
+from ._pool_api import PoolState
 from ._pool_results import ApplyResult, IMapIterator, IMapUnorderedIterator, LookAhead, MapResult, feed_lazily
 from ._state import usable_cpus
 
 __all__ = ["ThreadPool"]
+
+_S = TypeVar("_S")
+_T = TypeVar("_T")
 
 
 class ThreadPool:
@@ -28,7 +32,7 @@ class ThreadPool:
     """
 
     def __init__(
-        self, processes: int | None = None, initializer: Callable[..., Any] | None = None, initargs: Iterable = ()
+        self, processes: int | None = None, initializer: Callable[..., Any] | None = None, initargs: Iterable[Any] = ()
     ) -> None:
         if processes is None:
             processes = usable_cpus()
@@ -38,7 +42,7 @@ class ThreadPool:
         self._executor = ThreadPoolExecutor(processes, "ThreadPoolWorker", initializer, tuple(initargs))
         self._state = PoolState.RUNNING
         self._lock = threading.Lock()
-        self._futures: set[Future] = set()
+        self._futures: set[Future[Any]] = set()
         self._feeders: list[threading.Thread] = []
         self._windows: list[LookAhead] = []  # imap look-ahead bounds: opened by join, stopped by terminate
 
@@ -51,7 +55,7 @@ class ThreadPool:
         with self._lock:
             self._futures.add(future)
 
-        def done(f: Future) -> None:
+        def done(f: Future[Any]) -> None:
             with self._lock:
                 self._futures.discard(f)
             if f.cancelled():
@@ -63,18 +67,23 @@ class ThreadPool:
 
         future.add_done_callback(done)
 
-    def apply_async(self, func, args=(), kwds=None, callback=None, error_callback=None) -> ApplyResult:  # fmt: skip
+    def apply_async(self, func: Callable[..., _T], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None,
+                    callback: Callable[[_T], Any] | None = None,
+                    error_callback: Callable[[BaseException], Any] | None = None) -> ApplyResult[_T]:  # fmt: skip
         """Run ``func(*args, **kwds)`` in a worker thread; return an AsyncResult."""
         self._check_running()
-        result = ApplyResult(callback, error_callback)
-        kwds = kwds or {}
-        self._run(lambda: func(*args, **kwds), result._set)
+        result: ApplyResult[_T] = ApplyResult(callback, error_callback)
+        keywords = kwds or {}
+        self._run(lambda: func(*args, **keywords), result._set)
         return result
 
-    def apply(self, func, args=(), kwds=None) -> Any:  # fmt: skip
+    def apply(self, func: Callable[..., _T], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None) -> _T:
+        """``apply_async(...).get()``."""
         return self.apply_async(func, args, kwds).get()
 
-    def _map_async(self, func, iterable, star, chunksize, callback, error_callback) -> MapResult:
+    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], star: bool, chunksize: int | None,
+                   callback: Callable[[Any], Any] | None,
+                   error_callback: Callable[[BaseException], Any] | None) -> MapResult[Any]:  # fmt: skip
         self._check_running()
         items = list(iterable)
         if chunksize is None:
@@ -83,36 +92,49 @@ class ThreadPool:
         elif chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize}")
         starts = list(range(0, len(items), chunksize))
-        result = MapResult(len(items), starts, callback, error_callback)
+        result: MapResult[Any] = MapResult(len(items), starts, callback, error_callback)
         for index, start in enumerate(starts):
             chunk = items[start : start + chunksize]
 
-            def call(chunk: list = chunk) -> list:
+            def call(chunk: list[Any] = chunk) -> list[Any]:
                 return [func(*item) for item in chunk] if star else [func(item) for item in chunk]
 
-            self._run(call, lambda ok, values, index=index: result._set_chunk(index, ok, values))
+            def settle(ok: bool, values: Any, index: int = index) -> None:
+                result._set_chunk(index, ok, values)
+
+            self._run(call, settle)
         return result
 
-    def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None) -> MapResult:  # fmt: skip
+    def map_async(self, func: Callable[[_S], _T], iterable: Iterable[_S], chunksize: int | None = None,
+                  callback: Callable[[list[_T]], Any] | None = None,
+                  error_callback: Callable[[BaseException], Any] | None = None) -> MapResult[_T]:  # fmt: skip
+        """Apply *func* to every item of *iterable*; return a MapResult at once."""
         return self._map_async(func, iterable, False, chunksize, callback, error_callback)
 
-    def map(self, func, iterable, chunksize=None) -> list:  # fmt: skip
+    def map(self, func: Callable[[_S], _T], iterable: Iterable[_S], chunksize: int | None = None) -> list[_T]:
+        """``[func(x) for x in iterable]``, in order."""
         return self.map_async(func, iterable, chunksize).get()
 
-    def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):  # fmt: skip
+    def starmap_async(self, func: Callable[..., _T], iterable: Iterable[Iterable[Any]], chunksize: int | None = None,
+                      callback: Callable[[list[_T]], Any] | None = None,
+                      error_callback: Callable[[BaseException], Any] | None = None) -> MapResult[_T]:  # fmt: skip
+        """Like map_async, calling ``func(*args)`` for each tuple of arguments."""
         return self._map_async(func, iterable, True, chunksize, callback, error_callback)
 
-    def starmap(self, func, iterable, chunksize=None) -> list:  # fmt: skip
+    def starmap(self, func: Callable[..., _T], iterable: Iterable[Iterable[Any]],
+                chunksize: int | None = None) -> list[_T]:  # fmt: skip
+        """``[func(*args) for args in iterable]``, in order."""
         return self.starmap_async(func, iterable, chunksize).get()
 
-    def _imap(self, cls, func, iterable, chunksize: int) -> IMapIterator:
+    def _imap(self, cls: type[IMapIterator[Any]], func: Callable[..., Any], iterable: Iterable[Any],
+              chunksize: int) -> IMapIterator[Any]:  # fmt: skip
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize}")
         window = LookAhead(self._processes * IMAP_TASKS_AHEAD * chunksize)
         result = cls(on_consumed=window.give)
 
-        def submit(start: int, chunk: list, sink: Callable[[bool, Any], None]) -> None:
+        def submit(start: int, chunk: list[Any], sink: Callable[[bool, Any], None]) -> None:
             self._run(lambda: [func(x) for x in chunk], sink)
 
         def feed() -> None:
@@ -126,10 +148,13 @@ class ThreadPool:
         feeder.start()
         return result
 
-    def imap(self, func, iterable, chunksize: int = 1) -> IMapIterator:  # fmt: skip
+    def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S], chunksize: int = 1) -> IMapIterator[_T]:
+        """Lazily map *func* over *iterable*; results in input order."""
         return self._imap(IMapIterator, func, iterable, chunksize)
 
-    def imap_unordered(self, func, iterable, chunksize: int = 1) -> IMapIterator:  # fmt: skip
+    def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
+                       chunksize: int = 1) -> IMapIterator[_T]:  # fmt: skip
+        """Lazily map *func* over *iterable*; results as they complete."""
         return self._imap(IMapUnorderedIterator, func, iterable, chunksize)
 
     def close(self) -> None:

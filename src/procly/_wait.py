@@ -17,7 +17,7 @@ def _fileno(obj: Any) -> int:
     if isinstance(obj, int):
         return obj
     try:
-        return obj.fileno()
+        return int(obj.fileno())
     except AttributeError:
         raise TypeError(f"wait() needs connections, sockets, sentinels or descriptors, got {obj!r}") from None
 

@@ -104,7 +104,7 @@ class ConnectionWrapper:
 def _xml_dumps(obj: _Any) -> bytes:
     import xmlrpc.client
 
-    return xmlrpc.client.dumps((obj,), None, None, None, 1).encode("utf-8")
+    return xmlrpc.client.dumps((obj,), None, None, None, True).encode("utf-8")
 
 
 def _xml_loads(s: bytes) -> _Any:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
-from types import ModuleType
-from typing import Any
+from types import GenericAlias, ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, TypeVar, overload
 
 from ._connection import Connection
 from ._connection import Pipe as _Pipe
@@ -20,6 +20,19 @@ from ._process import BaseProcess, active_children, current_process, parent_proc
 from ._start.fork import ForkStarter
 from ._start.forkserver import ForkServerStarter
 from ._start.spawn import SpawnStarter
+
+if TYPE_CHECKING:
+    from ctypes import _SimpleCData
+    from logging import Logger
+
+    from . import queues, sharedctypes, synchronize
+    from .managers import SyncManager
+    from .pool import Pool as _Pool
+
+_T = TypeVar("_T")
+_CT = TypeVar("_CT")
+_IntCode = Literal["b", "B", "h", "H", "i", "I", "l", "L", "q", "Q"]
+_FloatCode = Literal["f", "d"]
 
 __all__ = [
     "AuthenticationError",
@@ -43,6 +56,7 @@ class BaseContext:
 
     _name: str | None = None
     Process: type[BaseProcess]
+    starter: Any  # the concrete contexts' starter (procly._start)
 
     ProcessError = ProcessError
     BufferTooShort = BufferTooShort
@@ -67,11 +81,11 @@ class BaseContext:
     def Pool(  # noqa: N802
         self,
         processes: int | None = None,
-        initializer: Any = None,
-        initargs: Any = (),
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
         maxtasksperchild: int | None = None,
         **options: Any,
-    ) -> Any:
+    ) -> _Pool:
         """A process pool whose workers start with this context's method (see :mod:`procly.pool`).
 
         ``backend="dask"`` (with ``address=`` or ``client=``, or neither for a local cluster)
@@ -84,14 +98,14 @@ class BaseContext:
         if backend == "dask":
             from .dask import Pool as DaskPool
 
-            return DaskPool(processes, initializer, initargs, maxtasksperchild, **options)
+            return DaskPool(processes, initializer, initargs, maxtasksperchild, **options)  # type: ignore[return-value]
         if backend != "local":
             raise ValueError(f"unknown Pool backend {backend!r}: 'local' or 'dask'")
         from .pool import Pool
 
         return Pool(processes, initializer, initargs, maxtasksperchild, context=self.get_context(), **options)
 
-    def Manager(self) -> Any:  # noqa: N802
+    def Manager(self) -> SyncManager:  # noqa: N802
         """A started SyncManager: shared dict, list, Namespace, Queue, Lock... (see :mod:`procly.managers`)."""
         from .managers import SyncManager
 
@@ -99,6 +113,10 @@ class BaseContext:
         manager.start()
         return manager
 
+    @overload
+    def RawValue(self, typecode_or_type: type[_CT], *args: Any) -> _CT: ...  # noqa: N802
+    @overload
+    def RawValue(self, typecode_or_type: str, *args: Any) -> Any: ...  # noqa: N802
     def RawValue(self, typecode_or_type: Any, *args: Any) -> Any:  # noqa: N802
         """A ctypes object in shared memory, without a lock (see :mod:`procly.sharedctypes`)."""
         from .sharedctypes import RawValue
@@ -118,13 +136,13 @@ class BaseContext:
     def freeze_support(self) -> None:
         """No-op outside frozen Windows executables, as in the standard library."""
 
-    def get_logger(self) -> Any:
+    def get_logger(self) -> Logger:
         """procly's logger (see :mod:`procly.util`)."""
         from .util import get_logger
 
         return get_logger()
 
-    def log_to_stderr(self, level: int | str | None = None) -> Any:
+    def log_to_stderr(self, level: int | str | None = None) -> Logger:
         """Send procly's log to stderr (see :mod:`procly.util`)."""
         from .util import log_to_stderr
 
@@ -186,22 +204,109 @@ class BaseContext:
     def _check_available(self) -> None:
         pass
 
-    def __getattr__(self, name: str) -> Any:
-        # The factories of later layers (Lock, Queue, Value, Manager, Pool...) live in
-        # their own modules and are imported only when first used.
-        factory = _lazy_factories.get(name)
-        if factory is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        module_name, attr = factory
-        module = __import__(f"procly.{module_name}", fromlist=[attr])
-        target = getattr(module, attr)
+    if TYPE_CHECKING:
+        # What the factories below (resolved at run time by __getattr__) look like to a type
+        # checker: each calls the class or function of the same name with ctx=this context.
+        def Lock(self) -> synchronize.Lock: ...  # noqa: N802
+        def RLock(self) -> synchronize.RLock: ...  # noqa: N802
+        def Semaphore(self, value: int = 1) -> synchronize.Semaphore: ...  # noqa: N802
+        def BoundedSemaphore(self, value: int = 1) -> synchronize.BoundedSemaphore: ...  # noqa: N802
+        def Condition(self, lock: Any = None) -> synchronize.Condition: ...  # noqa: N802
+        def Event(self) -> synchronize.Event: ...  # noqa: N802
+        def Barrier(self, parties: int, action: Callable[[], object] | None = None,  # noqa: N802
+                    timeout: float | None = None) -> synchronize.Barrier: ...  # fmt: skip
+        def Queue(self, maxsize: int = 0) -> queues.Queue[Any]: ...  # noqa: N802
+        def JoinableQueue(self, maxsize: int = 0) -> queues.JoinableQueue[Any]: ...  # noqa: N802
+        def SimpleQueue(self) -> queues.SimpleQueue[Any]: ...  # noqa: N802
 
-        def bound(*args: Any, **kwargs: Any) -> Any:
-            return target(*args, ctx=self.get_context(), **kwargs)
+        @overload
+        def Value(self, typecode_or_type: Any, *args: Any, lock: Literal[False]) -> Any: ...  # noqa: N802
+        @overload
+        def Value(self, typecode_or_type: _IntCode, *args: Any,  # noqa: N802
+                  lock: Any = True) -> sharedctypes.Synchronized[int]: ...  # fmt: skip
+        @overload
+        def Value(self, typecode_or_type: _FloatCode, *args: Any,  # noqa: N802
+                  lock: Any = True) -> sharedctypes.Synchronized[float]: ...  # fmt: skip
+        @overload
+        def Value(self, typecode_or_type: Literal["c"], *args: Any,  # noqa: N802
+                  lock: Any = True) -> sharedctypes.Synchronized[bytes]: ...  # fmt: skip
+        @overload
+        def Value(self, typecode_or_type: Literal["u"], *args: Any,  # noqa: N802
+                  lock: Any = True) -> sharedctypes.Synchronized[str]: ...  # fmt: skip
+        @overload
+        def Value(self, typecode_or_type: type[_SimpleCData[_T]], *args: Any,  # noqa: N802
+                  lock: Any = True) -> sharedctypes.Synchronized[_T]: ...  # fmt: skip
+        @overload
+        def Value(self, typecode_or_type: Any, *args: Any, lock: Any = True) -> Any: ...  # noqa: N802
+        def Value(self, typecode_or_type: Any, *args: Any, lock: Any = True) -> Any: ...  # noqa: N802
 
-        bound.__name__ = name
-        bound.__doc__ = target.__doc__
-        return bound
+        @overload
+        def Array(self, typecode_or_type: Any, size_or_initializer: Any, *,  # noqa: N802
+                  lock: Literal[False]) -> Any: ...  # fmt: skip
+        @overload
+        def Array(self, typecode_or_type: Literal["c"], size_or_initializer: Any, *,  # noqa: N802
+                  lock: Any = True) -> sharedctypes.SynchronizedString: ...  # fmt: skip
+        @overload
+        def Array(self, typecode_or_type: _IntCode, size_or_initializer: Any, *,  # noqa: N802
+                  lock: Any = True) -> sharedctypes.SynchronizedArray[int]: ...  # fmt: skip
+        @overload
+        def Array(self, typecode_or_type: _FloatCode, size_or_initializer: Any, *,  # noqa: N802
+                  lock: Any = True) -> sharedctypes.SynchronizedArray[float]: ...  # fmt: skip
+        @overload
+        def Array(self, typecode_or_type: Literal["u"], size_or_initializer: Any, *,  # noqa: N802
+                  lock: Any = True) -> sharedctypes.SynchronizedArray[str]: ...  # fmt: skip
+        @overload
+        def Array(self, typecode_or_type: type[_SimpleCData[_T]], size_or_initializer: Any, *,  # noqa: N802
+                  lock: Any = True) -> sharedctypes.SynchronizedArray[_T]: ...  # fmt: skip
+        @overload
+        def Array(self, typecode_or_type: Any, size_or_initializer: Any, *,  # noqa: N802
+                  lock: Any = True) -> Any: ...  # fmt: skip
+        def Array(self, typecode_or_type: Any, size_or_initializer: Any, *,  # noqa: N802
+                  lock: Any = True) -> Any: ...  # fmt: skip
+
+    else:
+
+        def __getattr__(self, name: str) -> Any:
+            # The factories of later layers (Lock, Queue, Value, Manager, Pool...) live in
+            # their own modules and are imported only when first used.
+            factory = _lazy_factories.get(name)
+            if factory is None:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            module_name, attr = factory
+            module = __import__(f"procly.{module_name}", fromlist=[attr])
+            return _BoundFactory(self, name, getattr(module, attr))
+
+
+class _BoundFactory:
+    """A context's ``Lock``, ``Queue``, ``Value``...: calls its class or function with ctx=.
+
+    Subscripting it, as in ``procly.Queue[int]`` in an annotation, gives a generic alias
+    (calling that calls the factory), and ``isinstance(q, procly.Queue)`` checks against the
+    class, so that the names work the way a type checker sees them: as the classes.
+    """
+
+    def __init__(self, ctx: BaseContext, name: str, target: Any) -> None:
+        self._ctx = ctx
+        self._target = target
+        self.__name__ = self.__qualname__ = name
+        self.__doc__ = target.__doc__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._target(*args, ctx=self._ctx.get_context(), **kwargs)
+
+    def __getitem__(self, params: Any) -> GenericAlias:
+        if not hasattr(self._target, "__class_getitem__"):
+            raise TypeError(f"{self.__name__} is not a generic class")
+        return GenericAlias(self, params)  # type: ignore[arg-type]
+
+    def __instancecheck__(self, obj: object) -> bool:
+        return isinstance(self._target, type) and isinstance(obj, self._target)
+
+    def __subclasscheck__(self, cls: type) -> bool:
+        return isinstance(self._target, type) and issubclass(cls, self._target)
+
+    def __repr__(self) -> str:
+        return f"<bound factory {self.__name__} of {self._ctx!r}>"
 
 
 # name -> (module, factory taking ctx=); filled in as layers land.
@@ -244,7 +349,7 @@ class Process(BaseProcess):
 
     @staticmethod
     def _starter() -> Any:
-        return _default_context.get_context().starter  # type: ignore[attr-defined]
+        return _default_context.get_context().starter
 
 
 class ForkContext(BaseContext):

@@ -20,7 +20,7 @@ def set_forkserver_preload(modules_names: list[str]) -> None:
 
 def ensure_running() -> None:
     """Start this process's fork server now if it is not running (else on first use)."""
-    _concrete_contexts["forkserver"].starter.ensure_running()  # type: ignore[attr-defined]
+    _concrete_contexts["forkserver"].starter.ensure_running()
 
 
 def get_inherited_fds() -> None:
@@ -58,7 +58,7 @@ class ForkServer:
 
     @property
     def _forkserver_pid(self) -> int:
-        return _concrete_contexts["forkserver"].starter.ensure_running()._process.pid  # type: ignore[attr-defined]
+        return int(_concrete_contexts["forkserver"].starter.ensure_running()._process.pid)
 
 
 _forkserver = ForkServer()
@@ -108,7 +108,7 @@ def read_signed(fd: int) -> int:
         if not chunk:
             raise EOFError("unexpected EOF")
         data += chunk
-    return SIGNED_STRUCT.unpack(data)[0]
+    return int(SIGNED_STRUCT.unpack(data)[0])
 
 
 def write_signed(fd: int, n: int) -> None:

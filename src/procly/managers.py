@@ -28,7 +28,7 @@ import socket
 import threading
 import traceback
 import weakref
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar, overload
 
 from . import _process
 from ._connection import Pipe, peer_credentials
@@ -38,6 +38,25 @@ from ._listener import Client, Listener, _handshake
 from ._pool_worker import rebuild_exception
 from ._spin import Spinner
 from ._wait import wait
+
+if TYPE_CHECKING:
+    from ._sync_proxies import (
+        AcquirerProxy,
+        BarrierProxy,
+        ConditionProxy,
+        DictProxy,
+        EventProxy,
+        ListProxy,
+        NamespaceProxy,
+        PoolProxy,
+        SetProxy,
+        ValueProxy,
+    )
+
+_ManagerT = TypeVar("_ManagerT", bound="BaseManager")
+_T = TypeVar("_T")
+_KT = TypeVar("_KT")
+_VT = TypeVar("_VT")
 
 __all__ = [
     "AcquirerProxy", "ArrayProxy", "AutoProxy", "BarrierProxy", "BaseManager", "BaseProxy", "ConditionProxy",
@@ -226,7 +245,7 @@ class Server:
             return  # that peer is dropped; the server goes on
         self._serve_client(_wrap(conn, self.serializer))
 
-    def handle_request(self, kind: str, args: tuple) -> Any:
+    def handle_request(self, kind: str, args: tuple[Any, ...]) -> Any:
         """Requests beyond the built-in ones (a subclass's); the base server knows none.
 
         Raises:
@@ -234,7 +253,8 @@ class Server:
         """
         raise RemoteError(f"unknown request {kind!r}")
 
-    def _create(self, typeid: str, args: tuple, kwargs: dict, peer: int | str | None = None) -> tuple[str, list[str]]:
+    def _create(self, typeid: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                peer: int | str | None = None) -> tuple[str, list[str]]:  # fmt: skip
         try:
             callable_, exposed, _, _ = self.registry[typeid]
         except KeyError:
@@ -246,7 +266,8 @@ class Server:
             raise RemoteError(f"creating a {typeid!r} failed:\n{traceback.format_exc()}") from exc
         return self._adopt(typeid, obj, peer)
 
-    def _call(self, ident: str, method: str, args: tuple, kwargs: dict, peer: int | str | None = None) -> tuple:
+    def _call(self, ident: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+              peer: int | str | None = None) -> tuple[Any, ...]:  # fmt: skip
         with self.lock:
             try:
                 obj, exposed, _, own_typeid = self.objects[ident]
@@ -376,9 +397,9 @@ class Server:
                         self._hold_lease(conn, str(request[1]))
                         return
                     if kind == "call":
-                        reply = self._call(*request[1:], peer=peer)
+                        reply = self._call(*request[1:], peer=peer)  # type: ignore[misc]
                     elif kind == "create":
-                        reply = ("ok", self._create(*request[1:], peer=peer))
+                        reply = ("ok", self._create(*request[1:], peer=peer))  # type: ignore[misc]
                     elif kind == "incref":
                         self._incref(request[1], peer)
                         reply = ("ok", None)
@@ -417,7 +438,7 @@ def _keep_alive(fd: int) -> None:
         sock.close()
 
 
-def _reply(conn: Any, reply: tuple) -> bool:
+def _reply(conn: Any, reply: tuple[Any, ...]) -> bool:
     try:
         conn.send(reply)
     except (OSError, EOFError):
@@ -430,8 +451,8 @@ def _reply(conn: Any, reply: tuple) -> bool:
     return True
 
 
-def _run_server(registry: dict, address: Any, authkey: bytes, writer: Any, initializer: Any, initargs: tuple,
-                serializer: str = "pickle", server_type: type[Server] = Server) -> None:
+def _run_server(registry: dict[str, Any], address: Any, authkey: bytes, writer: Any, initializer: Any,
+                initargs: tuple[Any, ...], serializer: str = "pickle", server_type: type[Server] = Server) -> None:
     # Ctrl-C in a terminal reaches the whole process group: the owner decides when the
     # manager stops (shutdown(), its exit or its death), not the keyboard.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -542,7 +563,7 @@ class _Leases:
 os.register_at_fork(after_in_child=_Leases.forget_inherited)
 
 
-def _unwrap(reply: tuple) -> Any:
+def _unwrap(reply: tuple[Any, ...]) -> Any:
     if reply[0] == "ok":
         return reply[1]
     if reply[0] == "err":
@@ -600,7 +621,7 @@ class BaseManager:
         _request(self._address, self._authkey, "ping", serializer=self._serializer)
         self._connected = True
 
-    def start(self, initializer: Callable[..., Any] | None = None, initargs: tuple = ()) -> None:
+    def start(self, initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = ()) -> None:
         """Start the server in a child process (it ends when this process ends, however it ends).
 
         Raises:
@@ -642,7 +663,7 @@ class BaseManager:
         if self._process is not None and not self._process._closed:
             self._process.join(timeout)
 
-    def __enter__(self) -> BaseManager:
+    def __enter__(self: _ManagerT) -> _ManagerT:
         if self._process is None and not self._connected:
             self.start()
         return self
@@ -657,7 +678,7 @@ class BaseManager:
 
     def _number_of_objects(self) -> int:
         """How many objects the server holds (for tests and leak hunting)."""
-        return _request(self._address, self._authkey, "count", serializer=self._serializer)
+        return int(_request(self._address, self._authkey, "count", serializer=self._serializer))
 
     def _debug_info(self) -> str:
         return f"{self._number_of_objects()} objects held by the manager at {self._address!r}"
@@ -788,7 +809,7 @@ class BaseProxy:
         _close_own(entries)
         _Leases.close(address)
 
-    def _callmethod(self, methodname: str, args: tuple = (), kwds: dict | None = None) -> Any:
+    def _callmethod(self, methodname: str, args: tuple[Any, ...] = (), kwds: dict[str, Any] | None = None) -> Any:
         """Call *methodname* on the referent in the server; return the result.
 
         Raises:
@@ -823,7 +844,7 @@ class BaseProxy:
 
     def __str__(self) -> str:
         try:
-            return self._callmethod("__repr__")
+            return str(self._callmethod("__repr__"))
         except Exception:  # noqa: BLE001
             return repr(self)[:-1] + "; '__str__()' failed>"
 
@@ -847,7 +868,7 @@ def _decref(token: Token, authkey: bytes, serializer: str = "pickle", holder: st
 
 def RebuildProxy(proxytype: type, token: Token, exposed: Any, serializer: str = "pickle") -> BaseProxy:  # noqa: N802
     """Rebuild a proxy in another process (it takes its own reference)."""
-    return proxytype(token, serializer=serializer, authkey=_process.current_process().authkey, exposed=exposed)
+    return proxytype(token, serializer=serializer, authkey=_process.current_process().authkey, exposed=exposed)  # type: ignore[no-any-return]
 
 
 _proxy_types: dict[tuple[str, tuple[str, ...]], type] = {}
@@ -879,7 +900,7 @@ def AutoProxy(token: Token, serializer: str = "pickle", manager: Any = None, aut
         exposed = _request(token.address, authkey or bytes(_process.current_process().authkey), "call", token.id,
                            "__dir__", (), {})  # pragma: no cover - exposed is always sent here  # fmt: skip
     proxytype = MakeProxyType(f"AutoProxy[{token.typeid}]", exposed)
-    return proxytype(token, serializer=serializer, manager=manager, authkey=authkey, exposed=exposed, incref=incref)
+    return proxytype(token, serializer=serializer, manager=manager, authkey=authkey, exposed=exposed, incref=incref)  # type: ignore[no-any-return]
 
 
 class Namespace:
@@ -910,6 +931,40 @@ class _Value:
 
 class SyncManager(BaseManager):
     """The manager behind ``procly.Manager()``: dict, list, Namespace, Queue, Lock, ..."""
+
+    if TYPE_CHECKING:
+        # Made by register() below at run time; each returns a proxy to an object in the server.
+        @overload
+        def dict(self) -> DictProxy[Any, Any]: ...
+        @overload
+        def dict(self, mapping: Mapping[_KT, _VT], /) -> DictProxy[_KT, _VT]: ...
+        @overload
+        def dict(self, iterable: Iterable[tuple[_KT, _VT]], /) -> DictProxy[_KT, _VT]: ...
+        @overload
+        def dict(self, *args: Any, **kwargs: Any) -> DictProxy[Any, Any]: ...
+        def dict(self, *args: Any, **kwargs: Any) -> DictProxy[Any, Any]: ...
+        @overload
+        def list(self) -> ListProxy[Any]: ...
+        @overload
+        def list(self, sequence: Iterable[_T], /) -> ListProxy[_T]: ...
+        def list(self, sequence: Iterable[Any] = ()) -> ListProxy[Any]: ...
+        def set(self, iterable: Iterable[Any] = ()) -> SetProxy: ...
+        def Namespace(self, **kwds: Any) -> NamespaceProxy: ...  # noqa: N802
+        def Value(self, typecode: str, value: Any, lock: bool = True) -> ValueProxy: ...  # noqa: N802
+        def Array(self, typecode: str, sequence: Iterable[Any], lock: bool = True) -> Any: ...  # noqa: N802
+        def Queue(self, maxsize: int = 0) -> queue.Queue[Any]: ...  # noqa: N802
+        def JoinableQueue(self, maxsize: int = 0) -> queue.Queue[Any]: ...  # noqa: N802
+        def Lock(self) -> AcquirerProxy: ...  # noqa: N802
+        def RLock(self) -> AcquirerProxy: ...  # noqa: N802
+        def Semaphore(self, value: int = 1) -> AcquirerProxy: ...  # noqa: N802
+        def BoundedSemaphore(self, value: int = 1) -> AcquirerProxy: ...  # noqa: N802
+        def Condition(self, lock: Any = None) -> ConditionProxy: ...  # noqa: N802
+        def Event(self) -> EventProxy: ...  # noqa: N802
+        def Barrier(self, parties: int, action: Callable[[], object] | None = None,  # noqa: N802
+                    timeout: float | None = None) -> BarrierProxy: ...  # fmt: skip
+        def Pool(self, processes: int | None = None, initializer: Callable[..., object] | None = None,  # noqa: N802
+                 initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
+                 **options: Any) -> PoolProxy: ...  # fmt: skip
 
 
 class _Array:
@@ -1014,7 +1069,7 @@ def _listener_client() -> dict[str, tuple[Any, Any]]:
     }
 
 
-def Array(typecode: str, sequence: Any, lock: bool = True) -> _array.array:  # noqa: N802 - stdlib name
+def Array(typecode: str, sequence: Any, lock: bool = True) -> _array.array[Any]:  # noqa: N802 - stdlib name
     """What a manager's ``Array(typecode, sequence)`` holds in the server: an ``array.array``."""
     return _array.array(typecode, sequence)
 
@@ -1037,7 +1092,7 @@ class State:
         self.value = State.INITIAL
 
 
-class ProcessLocalSet(set):
+class ProcessLocalSet(set[Any]):
     """A set that a forked child gets back empty."""
 
     def __init__(self) -> None:
@@ -1053,7 +1108,7 @@ def all_methods(obj: Any) -> list[str]:
     return [name for name in dir(obj) if callable(getattr(obj, name, None))]
 
 
-def reduce_array(a: _array.array) -> Any:
+def reduce_array(a: _array.array[Any]) -> Any:
     """How an ``array.array`` pickles: its typecode and bytes."""
     return _array.array, (a.typecode, a.tobytes())
 
@@ -1073,7 +1128,7 @@ def convert_to_error(kind: str, result: Any) -> Exception:
         TypeError: *result* is not the kind's type.
     """
     if kind == "#ERROR":
-        return result
+        return result  # type: ignore[no-any-return]
     if kind in ("#TRACEBACK", "#UNSERIALIZABLE"):
         if not isinstance(result, str):
             raise TypeError(f"Result {result!r} (kind '{kind}') type is {type(result)}, not str")
@@ -1083,7 +1138,7 @@ def convert_to_error(kind: str, result: Any) -> Exception:
     return ValueError(f"Unrecognized message type {kind!r}")
 
 
-def dispatch(c: Any, id: Any, methodname: str, args: tuple = (), kwds: dict | None = None) -> Any:  # noqa: A002
+def dispatch(c: Any, id: Any, methodname: str, args: tuple[Any, ...] = (), kwds: dict[str, Any] | None = None) -> Any:  # noqa: A002
     """Call *methodname* on object *id* of the manager at the other end of connection *c*.
 
     *c* is a connection to a procly manager server (procly's message format).

@@ -8,7 +8,7 @@ share.
 """
 
 from ._pool import Pool as Pool
-from ._pool import PoolState as PoolState
+from ._pool_api import PoolState as PoolState
 from ._pool_results import ApplyResult as ApplyResult
 from ._pool_results import AsyncResult as AsyncResult
 from ._pool_results import IMapIterator as IMapIterator
@@ -98,7 +98,7 @@ def worker(
     inqueue: _Any,
     outqueue: _Any,
     initializer: _Any = None,
-    initargs: tuple = (),
+    initargs: tuple[_Any, ...] = (),
     maxtasks: int | None = None,
     wrap_exception: bool = False,
 ) -> None:

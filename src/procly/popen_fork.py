@@ -31,7 +31,7 @@ class Popen:
 
         self.returncode: int | None = None
         self.finalizer = None
-        self._handle = _concrete_contexts[self.method].starter.start(process_obj)  # type: ignore[attr-defined]
+        self._handle = _concrete_contexts[self.method].starter.start(process_obj)
         self.pid: int = self._handle.pid
         self.sentinel: int = self._handle.sentinel
 

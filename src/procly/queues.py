@@ -51,7 +51,7 @@ import termios
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from . import _heap, _serialization
 from ._connection import Connection, Pipe, descriptors_in, write_all
@@ -60,6 +60,8 @@ from ._finalize import Finalize, register_after_fork
 from .synchronize import BoundedSemaphore, Condition, Lock, Semaphore
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
+
+_T = TypeVar("_T")
 
 SEM_VALUE_MAX = 2**31 - 1
 SPILL_BYTES = 128 * 1024  # items from this size travel alone in a memfd
@@ -519,7 +521,7 @@ class _Shelf:
 
 def _drain_parked(sock: socket.socket) -> list[list[int]]:
     """Every group of descriptors parked now, in order."""
-    groups = []
+    groups: list[list[int]] = []
     while True:
         try:
             mark, ancillary, _, _ = sock.recvmsg(1, _ANCILLARY_SPACE, socket.MSG_DONTWAIT)
@@ -549,7 +551,7 @@ def _take_parked(sock: socket.socket) -> list[int]:
     return fds
 
 
-class Queue:
+class Queue(Generic[_T]):
     """A FIFO queue shared between processes (``multiprocessing.Queue``)."""
 
     def __init__(self, maxsize: int = 0, *, ctx: Any = None) -> None:
@@ -593,7 +595,7 @@ class Queue:
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
 
-    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+    def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None:
         """Put *obj* in the queue, waiting for a free slot if the queue is full.
 
         Raises:
@@ -623,7 +625,7 @@ class Queue:
             with self._notempty:
                 self._notempty.notify()
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+    def get(self, block: bool = True, timeout: float | None = None) -> _T:
         """Remove and return the oldest item, waiting for one if the queue is empty.
 
         Raises:
@@ -682,10 +684,10 @@ class Queue:
                 for fd in group:
                     os.close(fd)
 
-    def put_nowait(self, obj: Any) -> None:
+    def put_nowait(self, obj: _T) -> None:
         self.put(obj, False)
 
-    def get_nowait(self) -> Any:
+    def get_nowait(self) -> _T:
         return self.get(False)
 
     def qsize(self) -> int:
@@ -864,7 +866,7 @@ def _write_chunk(writer: _Writer, wlock: Lock, items: list[Any], buffer: collect
         room = writable and writer.limit // 4 + len(data) + FRAME_COST + RESERVE_BYTES >= writer.limit
 
 
-class JoinableQueue(Queue):
+class JoinableQueue(Queue[_T]):
     """A Queue whose consumers mark items done and whose producers can wait for that."""
 
     def __init__(self, maxsize: int = 0, *, ctx: Any = None) -> None:
@@ -903,7 +905,7 @@ class JoinableQueue(Queue):
                 self._cond.wait()
 
 
-class SimpleQueue:
+class SimpleQueue(Generic[_T]):
     """An unbounded queue without a feeder thread: put() writes to the pipe directly."""
 
     def __init__(self, *, ctx: Any = None) -> None:
@@ -924,12 +926,12 @@ class SimpleQueue:
     def empty(self) -> bool:
         return not self._reader.poll()
 
-    def get(self) -> Any:
+    def get(self) -> _T:
         with self._rlock:
             data = self._reader.recv_bytes()
         return _serialization.loads(data)
 
-    def put(self, obj: Any) -> None:
+    def put(self, obj: _T) -> None:
         data = _serialization.dumps(obj)
         with self._wlock:
             self._writer.send_bytes(data)

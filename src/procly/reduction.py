@@ -33,7 +33,7 @@ class ForkingPickler(Pickler):
         register(type_, reduce)
 
     @classmethod
-    def dumps(cls, obj: Any, protocol: int | None = None) -> memoryview:  # type: ignore[override]
+    def dumps(cls, obj: Any, protocol: int | None = None) -> memoryview:
         return memoryview(dumps(obj))
 
     loads = staticmethod(loads)
@@ -41,7 +41,7 @@ class ForkingPickler(Pickler):
 
 def dump(obj: Any, file: io.IOBase, protocol: int | None = None) -> None:
     """Pickle *obj* to *file* with procly's Pickler."""
-    file.write(dumps(obj))  # type: ignore[arg-type]
+    file.write(dumps(obj))
 
 
 def _socket_for(conn: Any) -> socket.socket:
@@ -124,7 +124,7 @@ class _HandedFd:
         if not isinstance(self._fd, int):
             raise RuntimeError("this descriptor handle can only be detached in the child it was pickled for")
         fd, self._fd = self._fd, None
-        return fd  # type: ignore[return-value]
+        return fd
 
 
 def DupFd(fd: int) -> Any:  # noqa: N802 - the standard library's name

@@ -16,7 +16,7 @@ import secrets
 import signal
 import struct
 import threading
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 __all__ = ["ShareableList", "SharedMemory", "ndarray"]
 
@@ -65,7 +65,7 @@ class SharedMemory:
             if create:
                 os.ftruncate(fd, size)
             size = os.fstat(fd).st_size
-            self._mmap = mmap.mmap(fd, size)
+            self._mmap: mmap.mmap | None = mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
             if create:
@@ -109,10 +109,10 @@ class SharedMemory:
     def close(self) -> None:
         """Stop using the block in this process (it lives on until unlinked)."""
         if getattr(self, "_buf", None) is not None:
-            self._buf.release()
+            self._buf.release()  # type: ignore[union-attr]
             self._buf = None
         if getattr(self, "_mmap", None) is not None:
-            self._mmap.close()
+            self._mmap.close()  # type: ignore[union-attr]
             self._mmap = None
         if getattr(self, "_fd", -1) >= 0:
             os.close(self._fd)
@@ -298,6 +298,10 @@ class ShareableList:
             raise IndexError("index out of range")
         return position
 
+    if TYPE_CHECKING:
+        # Iterable through __getitem__ (IndexError ends it), as the standard library's.
+        def __iter__(self) -> Iterator[Any]: ...
+
     def __getitem__(self, position: int) -> Any:
         i = self._index(position)
         buf = self.shm.buf
@@ -344,7 +348,7 @@ class ShareableList:
         raise ValueError(f"{value!r} not in this container")
 
 
-def _attach_list(cls: type, name: str) -> ShareableList:
+def _attach_list(cls: type[ShareableList], name: str) -> ShareableList:
     return cls(name=name)
 
 
@@ -396,7 +400,7 @@ def _release(name: str) -> None:
         _tracker_instance.unregister(name)
 
 
-def _attach_array(name: str, shape: tuple, dtype: str, offset: int, strides: tuple) -> Any:
+def _attach_array(name: str, shape: tuple[int, ...], dtype: str, offset: int, strides: tuple[int, ...]) -> Any:
     shm = SharedMemory(name)
     cls = _shared_array_type()
     array = cls.__new__(cls, shape, dtype=dtype, buffer=shm.buf, offset=offset, strides=strides)
@@ -457,7 +461,7 @@ def _resource_tracker_module() -> Any:
 _module_getattr = __getattr__
 
 
-def __getattr__(name: str) -> Any:  # noqa: F811 - adds the standard library's submodule name
+def __getattr__(name: str) -> Any:  # type: ignore[no-redef]  # noqa: F811 - adds the standard library's submodule name
     if name == "resource_tracker":
         return _resource_tracker_module()
     return _module_getattr(name)

@@ -8,12 +8,21 @@ default they come with a lock (``get_lock()``), as in the standard library.
 from __future__ import annotations
 
 import ctypes
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, Iterable, Literal, TypeVar, overload
+
+if TYPE_CHECKING:
+    from ctypes import _SimpleCData
 
 from . import _serialization
 from .heap import BufferWrapper
 
 __all__ = ["Array", "RawArray", "RawValue", "Value", "copy", "synchronized"]
+
+_T = TypeVar("_T")
+_CT = TypeVar("_CT")
+# The typecodes whose values are ints, floats (for the type checker's overloads).
+_IntCode = Literal["b", "B", "h", "H", "i", "I", "l", "L", "q", "Q"]
+_FloatCode = Literal["f", "d"]
 
 typecode_to_type: dict[str, Any] = {
     "c": ctypes.c_char, "u": ctypes.c_wchar,
@@ -45,7 +54,7 @@ def _new(type_: Any) -> Any:
 def _reduce_ctype(obj: Any) -> Any:
     # Array types are made on the fly (c_int * 10): send the item type and the length.
     if isinstance(obj, ctypes.Array):
-        return _rebuild_ctype, (obj._type_, obj._wrapper, obj._length_)
+        return _rebuild_ctype, (obj._type_, obj._wrapper, obj._length_)  # type: ignore[attr-defined]
     return _rebuild_ctype, (type(obj), obj._wrapper, None)
 
 
@@ -58,6 +67,10 @@ def _rebuild_ctype(type_: Any, wrapper: BufferWrapper, length: int | None) -> An
     return obj
 
 
+@overload
+def RawValue(typecode_or_type: type[_CT], *args: Any) -> _CT: ...  # noqa: N802
+@overload
+def RawValue(typecode_or_type: str, *args: Any) -> Any: ...  # noqa: N802
 def RawValue(typecode_or_type: Any, *args: Any) -> Any:  # noqa: N802 - stdlib name
     """A ctypes object of that type in shared memory, initialised with *args* (no lock)."""
     type_ = _ctype(typecode_or_type)
@@ -95,6 +108,24 @@ def _lock_for(lock: Any, ctx: Any) -> Any:
     return lock
 
 
+@overload
+def Value(typecode_or_type: Any, *args: Any, lock: Literal[False], ctx: Any = None) -> Any: ...  # noqa: N802
+@overload
+def Value(typecode_or_type: _IntCode, *args: Any, lock: Any = True, ctx: Any = None) -> Synchronized[int]: ...  # noqa: N802
+@overload
+def Value(typecode_or_type: _FloatCode, *args: Any, lock: Any = True,  # noqa: N802
+          ctx: Any = None) -> Synchronized[float]: ...  # fmt: skip
+@overload
+def Value(typecode_or_type: Literal["c"], *args: Any, lock: Any = True,  # noqa: N802
+          ctx: Any = None) -> Synchronized[bytes]: ...  # fmt: skip
+@overload
+def Value(typecode_or_type: Literal["u"], *args: Any, lock: Any = True,  # noqa: N802
+          ctx: Any = None) -> Synchronized[str]: ...  # fmt: skip
+@overload
+def Value(typecode_or_type: type[_SimpleCData[_T]], *args: Any, lock: Any = True,  # noqa: N802
+          ctx: Any = None) -> Synchronized[_T]: ...  # fmt: skip
+@overload
+def Value(typecode_or_type: Any, *args: Any, lock: Any = True, ctx: Any = None) -> Any: ...  # noqa: N802
 def Value(typecode_or_type: Any, *args: Any, lock: Any = True, ctx: Any = None) -> Any:  # noqa: N802
     """A shared ctypes value, wrapped with a lock unless *lock* is False.
 
@@ -107,6 +138,27 @@ def Value(typecode_or_type: Any, *args: Any, lock: Any = True, ctx: Any = None) 
     return synchronized(obj, _lock_for(lock, ctx), ctx=ctx)
 
 
+@overload
+def Array(typecode_or_type: Any, size_or_initializer: Any, *, lock: Literal[False],  # noqa: N802
+          ctx: Any = None) -> Any: ...  # fmt: skip
+@overload
+def Array(typecode_or_type: Literal["c"], size_or_initializer: Any, *, lock: Any = True,  # noqa: N802
+          ctx: Any = None) -> SynchronizedString: ...  # fmt: skip
+@overload
+def Array(typecode_or_type: _IntCode, size_or_initializer: Any, *, lock: Any = True,  # noqa: N802
+          ctx: Any = None) -> SynchronizedArray[int]: ...  # fmt: skip
+@overload
+def Array(typecode_or_type: _FloatCode, size_or_initializer: Any, *, lock: Any = True,  # noqa: N802
+          ctx: Any = None) -> SynchronizedArray[float]: ...  # fmt: skip
+@overload
+def Array(typecode_or_type: Literal["u"], size_or_initializer: Any, *, lock: Any = True,  # noqa: N802
+          ctx: Any = None) -> SynchronizedArray[str]: ...  # fmt: skip
+@overload
+def Array(typecode_or_type: type[_SimpleCData[_T]], size_or_initializer: Any, *, lock: Any = True,  # noqa: N802
+          ctx: Any = None) -> SynchronizedArray[_T]: ...  # fmt: skip
+@overload
+def Array(typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True,  # noqa: N802
+          ctx: Any = None) -> Any: ...  # fmt: skip
 def Array(typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True, ctx: Any = None) -> Any:  # noqa: N802
     """A shared ctypes array, wrapped with a lock unless *lock* is False."""
     obj = RawArray(typecode_or_type, size_or_initializer)
@@ -170,26 +222,38 @@ class SynchronizedBase:
         return f"<{type(self).__name__} wrapper for {self._obj}>"
 
 
-class Synchronized(SynchronizedBase):
+class Synchronized(SynchronizedBase, Generic[_T]):
+    """A shared ctypes value under its lock: ``.value`` reads and writes it."""
+
     @property
-    def value(self) -> Any:
+    def value(self) -> _T:
         with self._lock:
-            return self._obj.value
+            return self._obj.value  # type: ignore[no-any-return]
 
     @value.setter
-    def value(self, value: Any) -> None:
+    def value(self, value: _T) -> None:
         with self._lock:
             self._obj.value = value
 
 
-class SynchronizedArray(SynchronizedBase):
+class SynchronizedArray(SynchronizedBase, Generic[_T]):
+    """A shared ctypes array under its lock: items and slices read and write it."""
+
     def __len__(self) -> int:
         return len(self._obj)
 
+    @overload
+    def __getitem__(self, i: slice) -> list[_T]: ...
+    @overload
+    def __getitem__(self, i: int) -> _T: ...
     def __getitem__(self, i: Any) -> Any:
         with self._lock:
             return self._obj[i]
 
+    @overload
+    def __setitem__(self, i: slice, value: Iterable[_T]) -> None: ...
+    @overload
+    def __setitem__(self, i: int, value: _T) -> None: ...
     def __setitem__(self, i: Any, value: Any) -> None:
         with self._lock:
             self._obj[i] = value
@@ -198,11 +262,13 @@ class SynchronizedArray(SynchronizedBase):
         return self[start:stop]
 
 
-class SynchronizedString(SynchronizedArray):
+class SynchronizedString(SynchronizedArray[bytes]):
+    """A shared ctypes char array under its lock, with ``value`` and ``raw`` as bytes."""
+
     @property
     def value(self) -> bytes:
         with self._lock:
-            return self._obj.value
+            return self._obj.value  # type: ignore[no-any-return]
 
     @value.setter
     def value(self, value: bytes) -> None:
@@ -212,7 +278,7 @@ class SynchronizedString(SynchronizedArray):
     @property
     def raw(self) -> bytes:
         with self._lock:
-            return self._obj.raw
+            return self._obj.raw  # type: ignore[no-any-return]
 
     @raw.setter
     def raw(self, value: bytes) -> None:
@@ -243,7 +309,7 @@ def _synchronized_structure(obj: Any, lock: Any) -> Any:
             namespace[name] = property(getter, setter)
         wrapper = _structure_wrappers[cls] = type(f"Synchronized{cls.__name__}", (SynchronizedBase,), namespace)
         # Defined at run time: tell pickle how to find it again.
-        wrapper.__reduce__ = lambda self: (synchronized, (self._obj, self._lock))  # type: ignore[method-assign]
+        wrapper.__reduce__ = lambda self: (synchronized, (self._obj, self._lock))  # type: ignore[method-assign,misc,assignment]
     return wrapper(obj, lock)
 
 

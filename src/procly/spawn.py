@@ -20,7 +20,7 @@ def set_executable(executable: str) -> None:
 
 def get_executable() -> str:
     """Interpreter used to spawn children."""
-    return _concrete_contexts["spawn"].starter.executable or sys.executable  # type: ignore[attr-defined]
+    return _concrete_contexts["spawn"].starter.executable or sys.executable
 
 
 # --------------------------------------------------------------------------- standard library names

@@ -63,7 +63,8 @@ class SemLock(_semlock.SemLock):
         return self.__reduce__()
 
 
-def _rebuild_semlock(cls: type, block: _heap.Block, kind: int, maxvalue: int, state: dict) -> SemLock:
+def _rebuild_semlock(cls: type[SemLock], block: _heap.Block, kind: int, maxvalue: int,
+                     state: dict[str, Any]) -> SemLock:  # fmt: skip
     obj = cls.__new__(cls)
     _semlock.SemLock.__init__(obj, block.arena.buffer, block.offset, kind, maxvalue)
     obj.__dict__.update(state)
@@ -289,7 +290,7 @@ class Barrier(threading.Barrier):
     def __getstate__(self) -> Any:
         return (self._parties, self._action, self._timeout, self._cond, self._block)
 
-    @property  # type: ignore[override]
+    @property
     def _state(self) -> int:
         return self._shared[0]
 
@@ -297,7 +298,7 @@ class Barrier(threading.Barrier):
     def _state(self, value: int) -> None:
         self._shared[0] = value
 
-    @property  # type: ignore[override]
+    @property
     def _count(self) -> int:
         return self._shared[1]
 

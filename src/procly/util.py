@@ -132,7 +132,7 @@ class ForkAwareThreadLock:
         return self._lock.__enter__()
 
     def __exit__(self, *args: object) -> None:
-        self._lock.__exit__(*args)
+        self._lock.release()
 
 
 # --------------------------------------------------------------------------- standard library names
@@ -200,7 +200,7 @@ def _args_from_interpreter_flags() -> list[str]:
     """The interpreter's flags (-X, -W, -O...) as this one was started (for a child interpreter)."""
     import subprocess
 
-    return subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    return list(subprocess._args_from_interpreter_flags())  # type: ignore[attr-defined]
 
 
 __getattr__ = _lazy_submodules(__name__, "process")

@@ -46,7 +46,7 @@ def run_from_pipe(data_fd: int, lifeline: int | None, fds: list[int] | None = No
         with _handoff.install(fds if fds is not None else data["fds"]):
             process = _serialization.loads(conn.recv_bytes())
     become(process, data["parent_name"], data["parent_pid"], lifeline)
-    return process._bootstrap()
+    return int(process._bootstrap())
 
 
 def spawn_main() -> None:

@@ -139,7 +139,7 @@ def check_main_guard(method: str) -> None:
     spec_name = getattr(getattr(main, "__spec__", None), "name", None) or ""
     if spec_name.endswith(".__main__") or os.path.basename(path) in ("ipython", "ipython3"):
         return  # python -m package, or a console-script wrapper: not imported again either
-    frame = sys._getframe(1)
+    frame: types.FrameType | None = sys._getframe(1)
     namespace = main.__dict__
     while frame is not None:
         if frame.f_globals is namespace and frame.f_code.co_name == "<module>":

@@ -21,7 +21,7 @@ class Executor(ProcessPoolExecutor):
         self,
         max_workers: int | None = None,
         initializer: Callable[..., Any] | None = None,
-        initargs: tuple = (),
+        initargs: tuple[Any, ...] = (),
         *,
         client: Any = None,
         address: str | None = None,
@@ -32,8 +32,8 @@ class Executor(ProcessPoolExecutor):
         self._adopt(Pool(max_workers, initializer, initargs, client=client, address=address,
                          task_timeout=task_timeout, retries=retries, cluster_options=cluster_options))
 
-    def _schedule(self, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any], claim: Callable[[], bool],
-                  settle: Callable[[bool, Any], None]) -> None:  # fmt: skip
+    def _schedule(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                  claim: Callable[[], bool], settle: Callable[[bool, Any], None]) -> None:  # fmt: skip
         # The cluster does not say when a call starts: it counts as running once
         # submitted, so that cancel() never claims to stop a call that will run.
         claim()

@@ -28,7 +28,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import cloudpickle
 from distributed import Client, LocalCluster
@@ -40,6 +40,8 @@ from .._pool_api import PoolAPI, PoolState
 from .._pool_results import ApplyResult, IMapIterator, LookAhead, MapResult, feed_lazily
 from .._progress import Progress, wanted
 from . import _tasks
+
+_T = TypeVar("_T")
 
 __all__ = ["Pool"]
 
@@ -139,10 +141,10 @@ class Pool(PoolAPI):
         """The ``distributed.Client`` the pool submits through."""
         return self._client
 
-    def apply_async(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None,
-                    callback: Callable[[Any], Any] | None = None,
+    def apply_async(self, func: Callable[..., _T], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None,
+                    callback: Callable[[_T], Any] | None = None,
                     error_callback: Callable[[BaseException], Any] | None = None, *,
-                    task_timeout: float | None = None, retries: int | None = None) -> ApplyResult:
+                    task_timeout: float | None = None, retries: int | None = None) -> ApplyResult[_T]:
         """Submit ``func(*args, **kwds)``; return its AsyncResult.
 
         Raises:
@@ -150,7 +152,7 @@ class Pool(PoolAPI):
             procly.PicklingError: the function or an argument cannot be pickled.
         """
         self._check_running()
-        result = ApplyResult(callback, error_callback)
+        result: ApplyResult[_T] = ApplyResult(callback, error_callback)
         cache: dict[int, Any] = {}
         shipped = self._ship_function(func, cache)
         args = tuple(self._scatter(arg, cache) for arg in args)
@@ -246,8 +248,8 @@ class Pool(PoolAPI):
             cache[key] = (value, self._client.scatter(value, hash=False))
         return cache[key][1]
 
-    def _submit(self, wrapper: Callable[..., Any], args: tuple, sink: Callable[[bool, Any], None], retries: int,
-                label: str, timeout: float | None) -> None:
+    def _submit(self, wrapper: Callable[..., Any], args: tuple[Any, ...], sink: Callable[[bool, Any], None],
+                retries: int, label: str, timeout: float | None) -> None:
         key = f"{label}-{uuid.uuid4().hex}"  # a fresh key: the call is impure, never merged or cached
         try:
             future = self._client.submit(wrapper, *args, key=key, pure=False)
@@ -258,8 +260,8 @@ class Pool(PoolAPI):
             self._pending[key] = future
         future.add_done_callback(lambda done: self._settle(done, wrapper, args, sink, retries, label, timeout))
 
-    def _settle(self, future: Any, wrapper: Callable[..., Any], args: tuple, sink: Callable[[bool, Any], None],
-                retries: int, label: str, timeout: float | None) -> None:
+    def _settle(self, future: Any, wrapper: Callable[..., Any], args: tuple[Any, ...],
+                sink: Callable[[bool, Any], None], retries: int, label: str, timeout: float | None) -> None:
         """A future finished (in Dask's callback thread): turn its outcome into procly's."""
         resubmitted = False
         try:
@@ -279,7 +281,7 @@ class Pool(PoolAPI):
             else:
                 exc = future.exception()
                 if isinstance(exc, KilledWorker):
-                    if retries > 0 and self._state is not PoolState.TERMINATED:
+                    if retries > 0 and self._state is not PoolState.TERMINATED:  # type: ignore[comparison-overlap]
                         self._submit(wrapper, args, sink, retries - 1, label, timeout)
                         resubmitted = True
                     else:
@@ -317,8 +319,10 @@ class Pool(PoolAPI):
             return [tuple(self._scatter(arg, cache) for arg in item) for item in chunk]
         return [self._scatter(item, cache) for item in chunk]
 
-    def _map_async(self, func, iterable, star, chunksize, callback, error_callback, task_timeout, retries,
-                   progress, on_result) -> MapResult:  # fmt: skip
+    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], star: bool, chunksize: int | None,
+                   callback: Callable[[Any], Any] | None, error_callback: Callable[[BaseException], Any] | None,
+                   task_timeout: float | None, retries: int | None, progress: bool | str = False,
+                   on_result: Callable[[Any], Any] | None = None) -> MapResult[Any]:  # fmt: skip
         self._check_running()
         items = list(iterable)
         _, chunks = self._chunks(items, chunksize)
@@ -340,8 +344,9 @@ class Pool(PoolAPI):
                          self._retries_for(retries), label, timeout)
         return result
 
-    def _imap(self, iterator_cls, func, iterable, chunksize, task_timeout, retries, progress,
-              on_result) -> IMapIterator:  # fmt: skip
+    def _imap(self, iterator_cls: type[IMapIterator[Any]], func: Callable[..., Any], iterable: Iterable[Any],
+              chunksize: int | None, task_timeout: float | None, retries: int | None, progress: bool | str = False,
+              on_result: Callable[[Any], Any] | None = None) -> IMapIterator[Any]:  # fmt: skip
         self._check_running()
         chunksize = 1 if chunksize is None else chunksize
         if chunksize < 1:
@@ -355,7 +360,7 @@ class Pool(PoolAPI):
             if wanted(progress, on_result) else None
         timeout = self._task_timeout if task_timeout is None else task_timeout
 
-        def submit(start: int, chunk: list, sink: Callable[[bool, Any], None]) -> None:
+        def submit(start: int, chunk: list[Any], sink: Callable[[bool, Any], None]) -> None:
             if meter is not None:
                 inner = sink
 
@@ -389,7 +394,7 @@ class Pool(PoolAPI):
     def _release(self) -> None:
         """Give back what the pool took: its plugin, its own client, its own cluster."""
         with self._lock:
-            client, self._client = self._client, None
+            client, self._client = self._client, None  # type: ignore[assignment]
             cluster, self._cluster = self._cluster, None
         if client is None:
             return

@@ -12,6 +12,7 @@ Dask delivers it with its own type and traceback.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections.abc import Callable
@@ -57,7 +58,7 @@ def _run(calls: list[Callable[[], Any]], timeout: float | None) -> tuple[Any, ..
     return ("ok", values)
 
 
-def run_call(function: bytes, args: tuple, kwds: dict[str, Any], timeout: float | None) -> tuple[Any, ...]:
+def run_call(function: bytes, args: tuple[Any, ...], kwds: dict[str, Any], timeout: float | None) -> tuple[Any, ...]:
     """One ``apply`` call; ``function`` is pickled by procly's serializer."""
     func = _serialization.loads(function)
     return _run([lambda: func(*args, **kwds)], timeout)
@@ -67,14 +68,14 @@ def run_chunk(function: bytes, items: list[Any], star: bool, timeout: float | No
     """One chunk of a map-like call; ``timeout`` applies to each item."""
     func = _serialization.loads(function)
     if star:
-        return _run([lambda item=item: func(*item) for item in items], timeout)
-    return _run([lambda item=item: func(item) for item in items], timeout)
+        return _run([functools.partial(func, *item) for item in items], timeout)
+    return _run([functools.partial(func, item) for item in items], timeout)
 
 
 class InitializerPlugin(WorkerPlugin):
     """Runs the Pool's ``initializer(*initargs)`` once on every worker, present and future."""
 
-    def __init__(self, initializer: Callable[..., Any], initargs: tuple) -> None:
+    def __init__(self, initializer: Callable[..., Any], initargs: tuple[Any, ...]) -> None:
         self.initializer = initializer
         self.initargs = initargs
 

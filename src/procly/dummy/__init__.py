@@ -34,7 +34,7 @@ class DummyProcess(threading.Thread):
     ) -> None:
         threading.Thread.__init__(self, group, target, name, args, kwargs or {})
         self._pid = None
-        self._children: dict = {}
+        self._children: dict[Any, Any] = {}
         self._start_called = False
         self._parent = current_process()
 
@@ -72,7 +72,7 @@ dict = dict  # noqa: A001 - the Manager interface
 list = list  # noqa: A001
 
 
-def Array(typecode: str, sequence: Any, lock: bool = True) -> array.array:  # noqa: N802
+def Array(typecode: str, sequence: Any, lock: bool = True) -> array.array[Any]:  # noqa: N802
     return array.array(typecode, sequence)
 
 

@@ -13,7 +13,7 @@ families = ["AF_INET"]
 class Connection:
     """One end of an in-process channel."""
 
-    def __init__(self, inbox: Queue, outbox: Queue) -> None:
+    def __init__(self, inbox: Queue[Any], outbox: Queue[Any]) -> None:
         self._out = outbox
         self._in = inbox
         self.send = self.send_bytes = outbox.put
@@ -39,7 +39,8 @@ class Connection:
 
 
 def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802
-    a, b = Queue(), Queue()
+    a: Queue[Any] = Queue()
+    b: Queue[Any] = Queue()
     return Connection(a, b), Connection(b, a)
 
 
@@ -47,7 +48,7 @@ class Listener:
     """Accepts Connections made by :func:`Client` with this listener as the address."""
 
     def __init__(self, address: Any = None, family: Any = None, backlog: int = 1) -> None:
-        self._backlog_queue: Queue | None = Queue(backlog)
+        self._backlog_queue: Queue[Any] | None = Queue(backlog)
 
     def accept(self) -> Connection:
         if self._backlog_queue is None:
@@ -58,7 +59,7 @@ class Listener:
         self._backlog_queue = None
 
     @property
-    def address(self) -> Queue | None:
+    def address(self) -> Queue[Any] | None:
         return self._backlog_queue
 
     def __enter__(self) -> Listener:
@@ -68,7 +69,8 @@ class Listener:
         self.close()
 
 
-def Client(address: Queue) -> Connection:  # noqa: N802
-    a, b = Queue(), Queue()
+def Client(address: Queue[Any]) -> Connection:  # noqa: N802
+    a: Queue[Any] = Queue()
+    b: Queue[Any] = Queue()
     address.put((b, a))
     return Connection(a, b)
