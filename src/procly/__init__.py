@@ -10,8 +10,6 @@ registered, until the first process is started.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import BufferTooShort as BufferTooShort
 from ._errors import ConnectionClosedError as ConnectionClosedError
@@ -22,7 +20,6 @@ from ._errors import ProcessError as ProcessError
 from ._errors import StartError as StartError
 from ._errors import TaskTimeoutError as TaskTimeoutError
 from ._errors import TimeoutError as TimeoutError
-from ._errors import WorkerLostError as WorkerLostError
 from ._info import info as info
 from .context import Process as Process
 from .context import _default_context
@@ -55,11 +52,14 @@ set_executable = _ctx.set_executable
 set_forkserver_preload = _ctx.set_forkserver_preload
 set_start_method = _ctx.set_start_method
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+
 if TYPE_CHECKING:
     # Resolved on first use at run time (module __getattr__ below); what a type checker sees.
     # The queue names are the generic classes (``procly.Queue[int]()``); at run time they are
     # the default context's factories, which accept the same subscript.
     from types import ModuleType
+    from typing import Any
 
     from . import connection as connection
     from . import context as context
@@ -82,6 +82,7 @@ if TYPE_CHECKING:
     from . import synchronize as synchronize
     from . import util as util
     from ._install import install as install
+    from ._pool_errors import WorkerLostError as WorkerLostError
     from .futures import ProcessPoolExecutor as ProcessPoolExecutor
     from .queues import JoinableQueue as JoinableQueue
     from .queues import Queue as Queue
@@ -150,7 +151,7 @@ __all__ = [
 
 for _name in ("AuthenticationError", "BufferTooShort", "ConnectionClosedError", "MessageError",
               "PicklingError", "ProcessError", "StartError", "TimeoutError", "Process",
-              "WorkerLostError", "TaskTimeoutError", "PoolTerminatedError"):
+              "TaskTimeoutError", "PoolTerminatedError"):
     globals()[_name].__module__ = __name__
 del _name
 
@@ -167,6 +168,10 @@ def __getattr__(name: str) -> Any:
     # ``import procly`` stays cheap for every child that pays for it.
     if name == "reducer":
         return _ctx.reducer
+    if name == "WorkerLostError":  # a concurrent.futures.BrokenExecutor: see procly._errors
+        from ._pool_errors import WorkerLostError
+
+        return WorkerLostError
     if name in _SUBMODULES:
         # Submodules resolve on first use (the standard library's package has only those
         # imported that something imported).

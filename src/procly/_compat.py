@@ -9,7 +9,11 @@ that importing one facade does not import the others.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 
 def lazy_submodules(

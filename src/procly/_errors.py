@@ -32,7 +32,13 @@ from __future__ import annotations
 
 import builtins
 import pickle
-from concurrent.futures import BrokenExecutor
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ._pool_errors import BrokenProcessPool, WorkerLostError
 
 __all__ = [
     "AuthenticationError",
@@ -91,34 +97,20 @@ class PicklingError(ProcessError, pickle.PicklingError, TypeError):
     """An object could not be serialized; the message names it and the reason."""
 
 
-class BrokenProcessPool(ProcessError, BrokenExecutor):
-    """A task could not run to its end in the pool: its worker died, the executor's
-    initializer failed, or the task did not unpickle in the worker.
-
-    Also ``concurrent.futures.BrokenExecutor`` (the base of the standard library's
-    ``concurrent.futures.process.BrokenProcessPool``), so ``except BrokenExecutor``
-    written for the standard library's executor catches it.
-    """
-
-
-class WorkerLostError(BrokenProcessPool):
-    """A pool worker died (signal, ``os._exit``, crash) while it was running the task.
-
-    The message names the worker, its pid, how it ended and the task; ``exitcode`` is
-    the worker's exit code (negative: the signal number).
-    """
-
-    def __init__(self, message: str, exitcode: int | None = None) -> None:
-        super().__init__(message, exitcode)
-        self.exitcode = exitcode
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
 class TaskTimeoutError(ProcessError):
     """The task ran longer than its ``task_timeout``: its worker was ended and replaced."""
 
 
 class PoolTerminatedError(ProcessError):
     """The pool was terminated before this task produced a result."""
+
+
+def __getattr__(name: str) -> Any:
+    # BrokenProcessPool and WorkerLostError subclass concurrent.futures.BrokenExecutor:
+    # imported on first use, so that ``import procly`` does not import concurrent.futures
+    # (and logging with it).
+    if name in ("BrokenProcessPool", "WorkerLostError"):
+        from . import _pool_errors
+
+        return getattr(_pool_errors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -240,13 +240,13 @@ class ProcessPoolExecutor(Executor):
                 settle(False, exc)
         return future
 
-    def _schedule(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], claim: Callable[[], bool],
-                  settle: Callable[[bool, Any], None]) -> None:  # fmt: skip
+    def _schedule(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                  claim: Callable[[], bool], settle: Callable[[bool, Any], None]) -> None:  # fmt: skip
         """Hand a call to the pool: *claim()* as it goes to a worker, *settle* with its outcome."""
         self._pool._call(fn, args, kwargs, settle, claim=claim)
 
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int = 1, buffersize: int | None = None) -> Iterator[Any]:  # fmt: skip
+    def map(self, fn: Callable[..., _T], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1, buffersize: int | None = None) -> Iterator[_T]:  # fmt: skip
         """Like the builtin ``map``, each call (or chunk of *chunksize* calls) submitted
         as a future; results in order.
 
@@ -269,16 +269,17 @@ class ProcessPoolExecutor(Executor):
             raise ValueError("buffersize must be None or > 0")
         end_time = None if timeout is None else time.monotonic() + timeout
         arguments: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)  # the shortest wins, as in map()
+        call: Callable[..., Any] = fn
         if chunksize > 1:
             arguments = ((chunk,) for chunk in _batched(arguments, chunksize))
-            fn = functools.partial(_process_chunk, fn)  # one function for every chunk: pickled once
+            call = functools.partial(_process_chunk, fn)  # one function for every chunk: pickled once
         if buffersize:
-            futures = collections.deque(self.submit(fn, *args) for args in itertools.islice(arguments, buffersize))
+            futures = collections.deque(self.submit(call, *args) for args in itertools.islice(arguments, buffersize))
         else:
-            futures = collections.deque(self.submit(fn, *args) for args in arguments)
+            futures = collections.deque(self.submit(call, *args) for args in arguments)
         # Weak: the iterator must not keep the executor alive.
         executor_ref = weakref.ref(self)
-        results = _map_results(futures, arguments if buffersize else None, fn, executor_ref, end_time)
+        results = _map_results(futures, arguments if buffersize else None, call, executor_ref, end_time)
         return _chain(results) if chunksize > 1 else results
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -323,8 +324,9 @@ class ProcessPoolExecutor(Executor):
         pool._terminate(kill=kill)
 
 
-def _map_results(futures: collections.deque[Future[Any]], arguments: Iterator[tuple[Any, ...]] | None, fn: Callable[..., Any],
-                 executor_ref: weakref.ref[Any], end_time: float | None) -> Iterator[Any]:  # fmt: skip
+def _map_results(futures: collections.deque[Future[Any]], arguments: Iterator[tuple[Any, ...]] | None,
+                 fn: Callable[..., Any], executor_ref: weakref.ref[Any],
+                 end_time: float | None) -> Iterator[Any]:  # fmt: skip
     """map()'s iterator: results in order; with *arguments* (buffersize), one more call
     submitted for each result read."""
     try:

@@ -6,7 +6,11 @@ import itertools
 import os
 import threading
 import weakref
-from typing import Any, Callable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 __all__ = ["Finalize", "register_after_fork", "run_after_forkers", "run_finalizers"]
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def info() -> dict[str, Any]:

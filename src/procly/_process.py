@@ -11,13 +11,16 @@ import os
 import signal
 import sys
 import threading
-import traceback
 import weakref
-from typing import Any, Callable, Iterable, Mapping
 
 from . import _finalize, _handoff, _state
 from ._start.prepare import check_main_guard
 from ._wait import wait
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable, Mapping
 
 __all__ = [
     "AuthenticationString",
@@ -327,6 +330,8 @@ class BaseProcess:
         except BaseException:
             exitcode = 1
             sys.stderr.write(f"Process {self.name}:\n")
+            import traceback  # only now: importing it costs every process at start
+
             traceback.print_exc()
         finally:
             threading_shutdown = getattr(threading, "_shutdown", None)

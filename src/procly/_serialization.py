@@ -27,12 +27,12 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, SupportsIndex
 
-import cloudpickle
-
 from ._errors import PicklingError
 
 if TYPE_CHECKING:
     import ast
+
+    from ._pickler import Pickler
 
 PROTOCOL = 5
 
@@ -168,61 +168,26 @@ class _OutOfBandBytes:
         return (type(self.data), (pickle.PickleBuffer(self.data),))
 
 
-class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle's Pickler with procly's reducers and ``__main__`` rule (see module doc).
-
-    ``main_by_reference=False`` copies ``__main__`` functions and classes by value even
-    when the main module is importable: for receivers that do not run our main script
-    (a Dask worker).
-    """
-
-    main_by_reference = True
-
-    def reducer_override(self, obj: Any) -> Any:
-        cls = type(obj)
-        custom = _extra_reducers.get(cls)
-        if custom is not None:
-            return custom(obj)
-        if (cls is types.FunctionType or isinstance(obj, type)) and getattr(
-            obj, "__module__", None
-        ) in ("__main__", "__mp_main__"):
-            if self.main_by_reference and _main_module_importable():
-                qualname = _lookup_main(obj)
-                if qualname is not None:
-                    defined = _names_children_define()
-                    if defined is not None and qualname.partition(".")[0] in defined:
-                        return _main_attr, (qualname,)
-                    # A child may lack it (defined under the main guard, or after the
-                    # child started): the reference carries a copy to fall back on.
-                    return _main_attr_or_copy, (qualname, _copy_of(obj))
-        elif cls in _OPEN_FILES:
-            # cloudpickle would copy a readable file's whole content into the pickle.
-            raise PicklingError(
-                f"cannot pickle {_describe(obj)}: an open file cannot be sent to another process; "
-                "send its path (and open it there) or its content instead"
-            )
-        elif cls is memoryview and obj.contiguous:
-            return memoryview, (pickle.PickleBuffer(obj),)
-        elif cls is types.MethodType or cls is types.BuiltinMethodType:
-            reference = _module_singleton_method(obj)
-            if reference is not None:
-                return _module_attr, reference
-            if cls is types.MethodType:
-                # As plain pickle does: the object it is bound to, and the method's name.
-                # (cloudpickle would copy a classmethod's code by value, losing its module.)
-                name = obj.__func__.__name__
-                if getattr(obj.__self__, name, None) == obj:
-                    return getattr, (obj.__self__, name)
-        return super().reducer_override(obj)
-
-
 def _copy_of(obj: Any) -> bytes:
     """*obj* (a ``__main__`` function or class) pickled by value."""
     stream = io.BytesIO()
-    pickler = Pickler(stream, PROTOCOL)
+    pickler = _pickler_class()(stream, PROTOCOL)
     pickler.main_by_reference = False
     pickler.dump(obj)
     return stream.getvalue()
+
+
+def _pickler_class() -> type[Pickler]:
+    """procly's Pickler (its module imports cloudpickle: only once something needs it)."""
+    from ._pickler import Pickler
+
+    return Pickler
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Pickler":
+        return _pickler_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _module_singleton_method(method: Any) -> tuple[str, str] | None:
@@ -293,7 +258,7 @@ def dumps(obj: Any, out_of_band: list[memoryview] | None = None, *, main_by_refe
         return pickle.dumps(obj, PROTOCOL, buffer_callback=callback)
     stream = io.BytesIO()
     try:
-        pickler = Pickler(stream, PROTOCOL, buffer_callback=callback)
+        pickler = _pickler_class()(stream, PROTOCOL, buffer_callback=callback)
         pickler.main_by_reference = main_by_reference
         pickler.dump(obj)
     except PicklingError:

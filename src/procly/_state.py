@@ -23,9 +23,12 @@ import os
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._process import BaseProcess
 
 # Grace a daemonic child gets after SIGTERM at its parent's exit, before SIGKILL.

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import select
 from collections.abc import Iterable
-from typing import Any, TypeVar
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 __all__ = ["wait"]
 
-T = TypeVar("T")
 
 _READY = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 

@@ -11,28 +11,28 @@ from __future__ import annotations
 import os
 import sys
 from types import GenericAlias, ModuleType
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, TypeVar, overload
 
-from ._connection import Connection
-from ._connection import Pipe as _Pipe
 from ._errors import AuthenticationError, BufferTooShort, ProcessError, TimeoutError
 from ._process import BaseProcess, active_children, current_process, parent_process
-from ._start.fork import ForkStarter
-from ._start.forkserver import ForkServerStarter
-from ._start.spawn import SpawnStarter
+from ._typing import overload
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 
 if TYPE_CHECKING:
     from ctypes import _SimpleCData
     from logging import Logger
+    from typing import Any, Callable, Iterable, Literal, TypeVar
 
     from . import queues, sharedctypes, synchronize
+    from ._connection import Connection
     from .managers import SyncManager
     from .pool import Pool as _Pool
 
-_T = TypeVar("_T")
-_CT = TypeVar("_CT")
-_IntCode = Literal["b", "B", "h", "H", "i", "I", "l", "L", "q", "Q"]
-_FloatCode = Literal["f", "d"]
+    _T = TypeVar("_T")
+    _CT = TypeVar("_CT")
+    _IntCode = Literal["b", "B", "h", "H", "i", "I", "l", "L", "q", "Q"]
+    _FloatCode = Literal["f", "d"]
+
 
 __all__ = [
     "AuthenticationError",
@@ -131,7 +131,9 @@ class BaseContext:
 
     def Pipe(self, duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802
         """Two connected Connections (see :func:`procly.connection.Pipe`)."""
-        return _Pipe(duplex)
+        from ._connection import Pipe
+
+        return Pipe(duplex)
 
     def freeze_support(self) -> None:
         """No-op outside frozen Windows executables, as in the standard library."""
@@ -352,28 +354,41 @@ class Process(BaseProcess):
         return _default_context.get_context().starter
 
 
-class ForkContext(BaseContext):
+class _MethodContext(BaseContext):
+    """A context for one start method; its starter is imported on first use, so that
+    ``import procly`` does not load what the other methods need (subprocess, tempfile...)."""
+
+    _starter_class: tuple[str, str]
+
+    def __init__(self) -> None:
+        self._starter_object: Any = None
+
+    @property
+    def starter(self) -> Any:
+        if self._starter_object is None:
+            import importlib
+
+            module, name = self._starter_class
+            self._starter_object = getattr(importlib.import_module(module, __package__), name)()
+        return self._starter_object
+
+
+class ForkContext(_MethodContext):
     _name = "fork"
     Process = ForkProcess
-
-    def __init__(self) -> None:
-        self.starter = ForkStarter()
+    _starter_class = ("._start.fork", "ForkStarter")
 
 
-class SpawnContext(BaseContext):
+class SpawnContext(_MethodContext):
     _name = "spawn"
     Process = SpawnProcess
-
-    def __init__(self) -> None:
-        self.starter = SpawnStarter()
+    _starter_class = ("._start.spawn", "SpawnStarter")
 
 
-class ForkServerContext(BaseContext):
+class ForkServerContext(_MethodContext):
     _name = "forkserver"
     Process = ForkServerProcess
-
-    def __init__(self) -> None:
-        self.starter = ForkServerStarter()
+    _starter_class = ("._start.forkserver", "ForkServerStarter")
 
 
 _concrete_contexts: dict[str, BaseContext] = {

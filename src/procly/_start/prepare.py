@@ -10,10 +10,13 @@ run again, while references to ``__main__`` objects resolve.
 from __future__ import annotations
 
 import os
-import runpy
 import sys
 import types
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+
+if TYPE_CHECKING:
+    from typing import Any
 
 MAIN_ALIAS = "__mp_main__"
 
@@ -90,6 +93,8 @@ def _import_main(module_name: str | None, path: str | None) -> None:
     sys.modules["__main__"] = sys.modules[MAIN_ALIAS] = main_module
     global _importing_main
     _importing_main = True
+    import runpy
+
     try:
         if module_name is not None:
             namespace = runpy.run_module(module_name, run_name=MAIN_ALIAS, alter_sys=True)
