@@ -119,7 +119,7 @@ def run_procly(url: str, seconds: int, processes: int = 1, extra: tuple[str, ...
                           "-d", f"{seconds}s", "--json", "-", *extra, url], capture_output=True, text=True,
                          check=True).stdout
     report = json.loads(out)
-    return {"rps": report["throughput"], "p50_ms": report["latency"]["p50"], "requests": report["requests"]}
+    return {"rps": report["requests_per_s"], "p50_ms": report["latency_p50_ms"], "requests": report["requests"]}
 
 
 def locust_binary() -> str | None:

@@ -114,7 +114,8 @@ class _ProgressLine:
             text = "  warming up ..."
         else:
             text = (f"  {progress.elapsed:6.1f} s  {progress.requests:>10,} requests  {progress.rate:>9,.0f}/s  "
-                    f"errors {progress.errors:,}  p50 {progress.p50_ms:.2f} ms  p99 {progress.p99_ms:.2f} ms")
+                    f"errors {progress.errors:,}  p50 {progress.p50_ms:.2f} ms  p95 {progress.p95_ms:.2f} ms  "
+                    f"p99 {progress.p99_ms:.2f} ms")
         if self.tty:
             self.stream.write("\r" + text + "\x1b[K")
         else:
@@ -193,6 +194,9 @@ def loadtest_command(args: argparse.Namespace) -> int:
     for path, render in ((args.json, report.to_json), (args.csv, report.to_csv), (args.html, lambda: to_html(report))):
         if path:
             _write(path, render())
+    if args.json == "-":  # the text report (which has them) was not printed
+        for warning in report.warnings:
+            print(f"procly loadtest: warning: {warning}", file=sys.stderr)
     broken = check_thresholds(thresholds, report)
     for message in broken:
         print(f"procly loadtest: {message}", file=sys.stderr)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
+import time
 from collections import deque
 from http import HTTPStatus
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 import httptools
 
 from ..connection import Connection
+from ._clock import PreciseTimer
 from ._http import set_nodelay
 
 MAX_BYTES = 16 * 1024 * 1024
@@ -52,6 +54,7 @@ _GARBAGE = b"\x00\xffTHIS IS NOT HTTP\r\n\r\n\x17\x03"
 class _Counter:
     def __init__(self) -> None:
         self.served = 0
+        self.timer: Any = None  # the PreciseTimer of /delay answers
 
 
 class _ServerProtocol(asyncio.Protocol):
@@ -106,7 +109,8 @@ class _ServerProtocol(asyncio.Protocol):
             return _response(200, b"x" * int(arg))
         if name == b"delay" and arg.isdigit() and int(arg) <= MAX_DELAY_MS:
             future = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().call_later(int(arg) / 1000.0, self._resolve, future, _OK)
+            # Never early (loop timers are only precise to the millisecond): see _clock.
+            self.counter.timer.call_at(time.monotonic() + int(arg) / 1000.0, self._resolve, future, _OK)
             return future
         if name == b"status" and arg.isdigit() and 100 <= int(arg) <= 599:
             return _response(int(arg), f"status {int(arg)}".encode())
@@ -146,6 +150,7 @@ async def _serve(host: str, port: int, ready: Connection | None, announce: bool,
                  tls: tuple[str, str] | None) -> None:
     loop = asyncio.get_running_loop()
     counter = _Counter()
+    counter.timer = PreciseTimer(loop)
     context = None
     if tls is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -136,17 +136,18 @@ class _Worker:
 
             target = HttpTarget.from_url(config.url)
             request = target.request_bytes(config.method, list(config.headers), config.body)
+            name = f"{config.method} {target.path}"
             return _LoadFactory(
                 lambda schedule, recorder: HttpLoad(target, request, share.connections, schedule, recorder,
                                                     config.timeout, config.insecure),
-                Schedule, Recorder)
+                Schedule, lambda: Recorder(name))
         from ._calls import CallLoad, resolve_callable
 
         assert config.call is not None
         func = resolve_callable(config.call)
         return _LoadFactory(
             lambda schedule, recorder: CallLoad(func, share.connections, schedule, recorder, config.timeout),
-            CallLoad.schedule_type(func), CallLoad.recorder_type(func))
+            CallLoad.schedule_type(func), lambda: CallLoad.recorder_type(func)(config.call))
 
     def _read_control(self, conn: Connection, messages: asyncio.Queue[Any]) -> None:
         try:
@@ -187,7 +188,7 @@ class _Worker:
 class _LoadFactory:
     """How a worker builds its load once the schedule and recorder exist."""
 
-    def __init__(self, create: Any, schedule_type: type[Schedule], recorder_type: type[Recorder]) -> None:
+    def __init__(self, create: Any, schedule_type: type[Schedule], recorder_type: Callable[[], Recorder]) -> None:
         self.create = create
         self.schedule_type = schedule_type
         self.recorder_type = recorder_type
