@@ -343,9 +343,12 @@ def test_cli_default_run_writes_every_report(tmp_path):
 
 def test_thresholds_set_the_exit_status(target):
     broken = procly_cli("loadtest", "-q", "-n", "200", "-c", "4", "-p", "1", "--fail-if", "p50>0.001ms",
-                        "--fail-if", "errors>0", target.url)
+                        "--fail-if", "errors>0", "--fail-if", "p95{name=GET /}>0.001ms", "--fail-if",
+                        "p95{name=GET /other}>30s", target.url)
     assert broken.returncode == 1
     assert "threshold broken: p50>0.001ms" in broken.stderr and "errors>0" not in broken.stderr
+    assert "threshold broken: p95{name=GET /}>0.001ms" in broken.stderr
+    assert "no request is named 'GET /other'" in broken.stderr
     passed = procly_cli("loadtest", "-q", "-n", "200", "-c", "4", "-p", "1", "--fail-if", "errors>0.1%",
                         "--fail-if", "p99>30s", target.url)
     assert passed.returncode == 0, passed.stderr
@@ -354,14 +357,53 @@ def test_thresholds_set_the_exit_status(target):
     assert errors.returncode == 1 and "error rate = 100.000%" in errors.stderr
     bad = procly_cli("loadtest", "--fail-if", "latency>>3", target.url)
     assert bad.returncode == 2 and "fail-if" in bad.stderr
+    unitless = procly_cli("loadtest", "--fail-if", "p99>2", target.url)
+    assert unitless.returncode == 2 and "'p99>2'" in unitless.stderr and "unit" in unitless.stderr
 
 
 def test_threshold_parsing():
     assert Threshold.parse("p99.9 >= 1.5s").value == 1.5
+    named = Threshold.parse("p95{name=Login Page}>300ms")
+    assert (named.metric, named.name, named.value, named.unit) == ("p95", "Login Page", 300, "ms")
+    assert Threshold.parse("errors{name=/cart}>0").name == "/cart"
+    assert Threshold.parse("checks<99.9%").metric == "checks"
+    assert Threshold.parse("checks{name='status is 200'}<100%").name == "status is 200"
     for bad, message in [("p0>1ms", "percentile"), ("p99>5%", "latency"), ("rps<5ms", "plain number"),
-                         ("speed>1", "unknown metric"), ("errors>5ms", "count or a percentage")]:
+                         ("speed>1", "unknown metric"), ("errors>5ms", "count or a percentage"),
+                         ("p99>2", "needs its unit"), ("max>2", "needs its unit"), ("checks<99", "percentage"),
+                         ("error_rate>0.1", "percentage"), ("p95{name=}>3ms", "names nothing"),
+                         ("p95{nom=x}>3ms", "cannot read")]:
         with pytest.raises(ValueError, match=message):
             Threshold.parse(bad)
+
+
+def test_thresholds_per_name_and_on_checks():
+    from procly.loadtest._report import CheckStats
+
+    hist = _stats.histogram_from([1000] * 90 + [400_000] * 10)  # p95 = 400 ms
+    login = _stats.Interval(requests=100, statuses={200: 100}, histogram=hist)
+    cart = _stats.Interval(requests=10, statuses={200: 9, 500: 1}, errors={"http 500": 1},
+                           histogram=_stats.histogram_from([2000] * 10))
+    total = _stats.Interval()
+    for name, sub in (("login", login), ("/cart", cart)):
+        total.add(sub)
+        total.by_name[name] = sub
+    total.checks = {"status is 200": [999, 1], "has token": [100, 0]}
+    report = Report.build(LoadTestConfig(url="http://127.0.0.1/", duration=1), total, 1.0, [], [], False)
+    assert [c.name for c in report.checks] == ["has token", "status is 200"]
+    assert isinstance(report.checks[0], CheckStats) and report.checks_passed_percent == pytest.approx(1099 / 11)
+
+    def broken(text):
+        return Threshold.parse(text).broken_by(report)
+
+    assert broken("p95{name=login}>300ms") and not broken("p95{name=/cart}>300ms")
+    assert broken("errors{name=/cart}>0") and not broken("errors{name=login}>0")
+    assert "error rate of /cart = 10.000%" in broken("errors{name=/cart}>=10%")
+    assert broken("checks<99.95%") and not broken("checks<99.9%")
+    assert broken("checks{name=status is 200}<100%") and not broken("checks{name=has token}<100%")
+    assert "no request is named 'logni'" in broken("p95{name=logni}>300ms")
+    assert "no check is named" in broken("checks{name=nope}<1%")
+    assert not broken("rps{name=login}<100") and broken("rps{name=login}<100.5")
 
 
 def test_bad_options_exit_2():
