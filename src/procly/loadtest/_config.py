@@ -174,7 +174,7 @@ class LoadTestConfig:
 
     def describe(self) -> str:
         target = self.url if self.url is not None else f"call {self.call}"
-        if self.scenario is not None:
+        if self.scenario is not None and self.scenario.label is None:
             target = f"{self.scenario.describe()} on {self.url}"
         what = "user" if self.scenario is not None else "connection"
         parts = [f"{self.worker_count} process{'es' if self.worker_count > 1 else ''}",

@@ -131,6 +131,16 @@ class _Worker:
 
     def _prepare(self) -> _LoadFactory:
         config, share = self.config, self.share
+        if config.scenario is not None:
+            from ._flows import FlowLoad, FlowRecorder
+
+            scenario = config.scenario
+            scenario.flows()  # import it now: a failure is reported before the start
+            return _LoadFactory(
+                lambda schedule, recorder: FlowLoad(scenario, config.url, share.connections, schedule, recorder,
+                                                    config.timeout, config.insecure, config.stages, share.index,
+                                                    config.worker_count),
+                Schedule, FlowRecorder)
         if config.url is not None:
             from ._http import HttpLoad
 
