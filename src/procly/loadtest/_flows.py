@@ -363,10 +363,10 @@ class User:
             return
         expired = False
         for attribute in attributes.split(";"):
-            key, _, value = attribute.strip().partition("=")
+            key, _, setting = attribute.strip().partition("=")
             if key.lower() == "max-age":
                 try:
-                    expired = int(value.strip()) <= 0
+                    expired = int(setting.strip()) <= 0
                 except ValueError:
                     pass
         if expired:
@@ -646,9 +646,9 @@ class FlowLoad:
     async def _guarded(self, func: Callable[[User], Any], user: User) -> None:
         try:
             await func(user)
-        except (_StopUser, asyncio.CancelledError):
+        except (_StopUser, asyncio.CancelledError, KeyboardInterrupt):
             raise
-        except Exception as exc:  # noqa: BLE001 - counted, and the user goes on
+        except BaseException as exc:  # noqa: BLE001 - counted (SystemExit too), and the user goes on
             if time.monotonic() >= self.recorder.measure_from:
                 self.recorder.exceptions[type(exc).__name__] += 1
 
