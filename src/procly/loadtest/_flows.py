@@ -14,6 +14,7 @@ complete: think time (:meth:`User.think`) and connecting are never part of it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json as jsonlib
 import random
 import time
@@ -32,6 +33,10 @@ from ._stats import Interval, Recorder
 
 #: How often the number of running users follows ``--stages``.
 RAMP_PERIOD = 0.1
+#: Users started at once begin at most this many per second (a worker's 10,000 users over
+#: one second), so that thousands of connections do not open in the same instant and the
+#: users' requests do not all fall in the same beat of their think time.
+START_RATE = 10_000
 _PRESENT: Any = ...  # a JSON field or header that must merely exist
 
 
@@ -571,9 +576,15 @@ class FlowLoad:
             grace = min(self.timeout, 2.0)
             watchdog = self.loop.call_later(max(0.0, deadline - time.monotonic()) + grace, self._abandon)
         ramp = None
+        # Thousands of users are thousands of long-lived objects (tasks, connections, sessions):
+        # the cyclic collector would traverse all of them again and again, stalling the loop for
+        # hundreds of milliseconds. Objects alive at start (and users added by the ramp) are
+        # frozen out of its reach; what requests create is young and collected as usual.
+        gc.collect()
         try:
             if self.stages is None:
-                self._set_users(self.users_share)
+                self._set_users(self.users_share, spread=min(1.0, self.users_share / START_RATE))
+                gc.freeze()
                 if not self.users:
                     return
             else:
@@ -586,6 +597,7 @@ class FlowLoad:
                 watchdog.cancel()
             for user in self.users:
                 user._drop_connection()
+            gc.unfreeze()
 
     async def _ramp(self) -> None:
         start = self.schedule.start
@@ -594,18 +606,22 @@ class FlowLoad:
             if (self.schedule.deadline is not None and now >= self.schedule.deadline) or self.schedule.exhausted:
                 break
             total = round(self.stages.value_at(now - start))
+            before = self.started
             self._set_users(split_evenly(total, self.worker_count)[self.worker_index])
+            if self.started - before > 100:
+                gc.freeze()
             await asyncio.sleep(RAMP_PERIOD)
         self.stop(min(self.timeout, 2.0))
 
-    def _set_users(self, count: int) -> None:
+    def _set_users(self, count: int, spread: float = 0.0) -> None:
         active = [user for user in self.users if not user._retired]
         if count > len(active):
-            for _ in range(count - len(active)):
+            new = count - len(active)
+            for k in range(new):
                 user = User(self, self._global_id(self.started))
                 self.started += 1
                 self.users.append(user)
-                user._task = self.loop.create_task(self._run_user(user))
+                user._task = self.loop.create_task(self._run_user(user, spread * k / new))
                 # Not in the coroutine's ``finally``: a task cancelled before it starts never runs it.
                 user._task.add_done_callback(lambda _, user=user: self._user_ended(user))
         elif count < len(active):
@@ -617,10 +633,12 @@ class FlowLoad:
         if not user._in_request and user._task is not None:
             user._task.cancel()
 
-    async def _run_user(self, user: User) -> None:
+    async def _run_user(self, user: User, delay: float) -> None:
         recorder = self.recorder
         flows: list[FlowSpec] = self.flows
         try:
+            if delay:
+                await asyncio.sleep(delay)
             for start in self.starts:
                 await self._guarded(start, user)
             while not (self.stopping or user._retired):
