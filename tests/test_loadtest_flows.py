@@ -334,3 +334,27 @@ def test_checks_need_a_condition_and_responses_parse(tmp_path, target):
     checks = {c.name: (c.passed, c.failed) for c in report.checks}
     assert checks == {"predicate": (20, 0), "json headers.host": (20, 0), "json no.such.field": (0, 20)}
     assert report.exceptions == {"TypeError": 20} and report.errors == 0
+
+
+# --- flows under --dask ------------------------------------------------------------------------
+
+@pytest.mark.allow_leaks  # Dask's in-process cluster keeps its loop's pipes and sockets, as in test_dask.py
+def test_flows_run_as_dask_tasks(tmp_path, target):
+    distributed = pytest.importorskip("distributed")
+    from procly.loadtest._dask import run_on_dask
+
+    path = write(tmp_path, "dask_flow.py", """
+        from procly.loadtest import flow
+
+        @flow
+        async def visit(user):
+            r = await user.get("/bytes/10", name="page")
+            user.check(r, status=200)
+    """)
+    config = LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=2, connections=4, requests=200)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        report = run_on_dask(config, cluster.scheduler_address)
+    assert report.requests == 200 and report.errors == 0 and not report.workers_lost
+    assert [(c.name, c.passed, c.failed) for c in report.checks] == [("status is 200", 200, 0)]
+    assert report.name_stats("page").requests == 200
