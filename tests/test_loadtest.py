@@ -461,7 +461,7 @@ def test_every_json_number_carries_its_unit(target):
     report = run_load_test(LoadTestConfig(url=target.url, processes=1, connections=2, duration=1.0, rate=100))
     counts = {"requests", "errors", "attempts", "bytes_received", "late_sends", "iterations", "passed", "failed",
               "target_served"}
-    units = ("_ms", "_s", "_per_s", "_percent")
+    units = ("_ms", "_s", "_per_s", "_percent", "_mib")
 
     def walk(data, where):
         if isinstance(data, dict):
@@ -477,6 +477,7 @@ def test_every_json_number_carries_its_unit(target):
     data = report.to_dict()
     walk(data, "")
     assert data["latency_p95_ms"] > 0 and data["requests_per_s"] > 0 and data["duration_s"] > 0
+    assert data["worker_peak_rss_mib"] > 1  # the worker process's peak resident size
     assert data["send_lag_p50_ms"] >= 0 and data["send_lag_p99_ms"] >= data["send_lag_p50_ms"]
     assert data["timeline"][0]["latency_p95_ms"] >= 0 and data["by_name"][0]["latency_p95_ms"] > 0
 

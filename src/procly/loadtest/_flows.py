@@ -20,7 +20,7 @@ import random
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 import httptools
@@ -62,16 +62,24 @@ class Response:
     timeout, ...). Header names are lower case.
     """
 
-    __slots__ = ("status", "headers", "body", "error", "elapsed_ms", "name")
+    __slots__ = ("status", "_raw", "_headers", "body", "error", "elapsed_ms", "name")
 
-    def __init__(self, status: int, headers: dict[str, str], body: bytes, error: str | None, elapsed_ms: float,
-                 name: str) -> None:
+    def __init__(self, status: int, raw_headers: list[tuple[bytes, bytes]], body: bytes, error: str | None,
+                 elapsed_ms: float, name: str) -> None:
         self.status = status
-        self.headers = headers
+        self._raw = raw_headers
+        self._headers: dict[str, str] | None = None
         self.body = body
         self.error = error
         self.elapsed_ms = elapsed_ms
         self.name = name
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The response's headers, names in lower case (decoded when first asked for)."""
+        if self._headers is None:
+            self._headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self._raw}
+        return self._headers
 
     @property
     def ok(self) -> bool:
@@ -246,24 +254,29 @@ class User:
 
     # requests
 
-    async def get(self, path: str, **options: Any) -> Response:
-        """GET ``path`` (relative to the base URL). See :meth:`request` for the options."""
-        return await self.request("GET", path, **options)
+    def get(self, path: str, **options: Any) -> Coroutine[Any, Any, Response]:
+        """GET ``path`` (relative to the base URL); await it. See :meth:`request` for the options."""
+        return self.request("GET", path, **options)
 
-    async def post(self, path: str, **options: Any) -> Response:
-        return await self.request("POST", path, **options)
+    def post(self, path: str, **options: Any) -> Coroutine[Any, Any, Response]:
+        """POST ``path``; await it. See :meth:`request` for the options."""
+        return self.request("POST", path, **options)
 
-    async def put(self, path: str, **options: Any) -> Response:
-        return await self.request("PUT", path, **options)
+    def put(self, path: str, **options: Any) -> Coroutine[Any, Any, Response]:
+        """PUT ``path``; await it. See :meth:`request` for the options."""
+        return self.request("PUT", path, **options)
 
-    async def patch(self, path: str, **options: Any) -> Response:
-        return await self.request("PATCH", path, **options)
+    def patch(self, path: str, **options: Any) -> Coroutine[Any, Any, Response]:
+        """PATCH ``path``; await it. See :meth:`request` for the options."""
+        return self.request("PATCH", path, **options)
 
-    async def delete(self, path: str, **options: Any) -> Response:
-        return await self.request("DELETE", path, **options)
+    def delete(self, path: str, **options: Any) -> Coroutine[Any, Any, Response]:
+        """DELETE ``path``; await it. See :meth:`request` for the options."""
+        return self.request("DELETE", path, **options)
 
-    async def head(self, path: str, **options: Any) -> Response:
-        return await self.request("HEAD", path, **options)
+    def head(self, path: str, **options: Any) -> Coroutine[Any, Any, Response]:
+        """HEAD ``path``; await it. See :meth:`request` for the options."""
+        return self.request("HEAD", path, **options)
 
     async def request(self, method: str, path: str, *, name: str | None = None,
                       headers: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None,
@@ -302,23 +315,26 @@ class User:
         recorder = load.recorder.named(name)
         self._in_request = True
         try:
-            try:
-                connection = await self._connect()
-            except RequestFailed as exc:
-                recorder.error(exc.kind)
-                return Response(0, {}, b"", exc.kind, 0.0, name)
+            connection = self._connection
+            if connection is None or connection.closed:
+                try:
+                    connection = await self._connect()
+                except RequestFailed as exc:
+                    recorder.error(exc.kind)
+                    return Response(0, [], b"", exc.kind, 0.0, name)
             started = time.monotonic()
             waiter = connection.send(payload, method == "HEAD")
-            timer = load.loop.call_later(load.timeout, connection._fail, "timeout")
+            in_flight = load.in_flight
+            in_flight[connection] = started  # the sweep fails it after the timeout
             try:
                 status, raw_headers, content, keep_alive = await waiter
             except RequestFailed as exc:
                 self._drop_connection()
                 if started >= recorder.measure_from:
                     recorder.error(exc.kind)
-                return Response(0, {}, b"", exc.kind, (time.monotonic() - started) * 1000, name)
+                return Response(0, [], b"", exc.kind, (time.monotonic() - started) * 1000, name)
             finally:
-                timer.cancel()
+                in_flight.pop(connection, None)
             now = time.monotonic()
             if not keep_alive:
                 self._drop_connection()
@@ -327,23 +343,16 @@ class User:
                 recorder.statuses[status] += 1
                 if status >= 400:
                     recorder.errors[f"http {status}"] += 1
-            response_headers = {}
             for header, value in raw_headers:
-                key = header.decode("latin-1").lower()
-                text = value.decode("latin-1")
-                if key == "set-cookie":
-                    self._set_cookie(text)
-                response_headers[key] = text
-            return Response(status, response_headers, content, None, (now - started) * 1000, name)
+                if len(header) == 10 and header.lower() == b"set-cookie":
+                    self._set_cookie(value.decode("latin-1"))
+            return Response(status, raw_headers, content, None, (now - started) * 1000, name)
         finally:
             self._in_request = False
             if self._retired or load.stopping:
                 raise _StopUser
 
     async def _connect(self) -> _Connection:
-        connection = self._connection
-        if connection is not None and not connection.closed:
-            return connection
         load = self._load
         try:
             _, connection = await asyncio.wait_for(
@@ -503,6 +512,7 @@ class FlowLoad:
         self.worker_index = worker_index
         self.worker_count = worker_count
         self.stopping = False
+        self.in_flight: dict[_Connection, float] = {}  # connection -> when its request was written
         self.users: list[User] = []  # running, in order of start
         self.started = 0
         self.row_turn = 0
@@ -576,6 +586,7 @@ class FlowLoad:
             grace = min(self.timeout, 2.0)
             watchdog = self.loop.call_later(max(0.0, deadline - time.monotonic()) + grace, self._abandon)
         ramp = None
+        sweep = self.loop.create_task(self._sweep_timeouts())
         # Thousands of users are thousands of long-lived objects (tasks, connections, sessions):
         # the cyclic collector would traverse all of them again and again, stalling the loop for
         # hundreds of milliseconds. Objects alive at start (and users added by the ramp) are
@@ -591,6 +602,7 @@ class FlowLoad:
                 ramp = self.loop.create_task(self._ramp())
             await self._done
         finally:
+            sweep.cancel()
             if ramp is not None:
                 ramp.cancel()
             if watchdog is not None:
@@ -598,6 +610,16 @@ class FlowLoad:
             for user in self.users:
                 user._drop_connection()
             gc.unfreeze()
+
+    async def _sweep_timeouts(self) -> None:
+        # One sweep a few times a second instead of a timer per request.
+        period = min(max(self.timeout / 4, 0.01), 0.25)
+        while True:
+            await asyncio.sleep(period)
+            limit = time.monotonic() - self.timeout
+            late = [connection for connection, sent in self.in_flight.items() if sent < limit]
+            for connection in late:
+                connection._fail("timeout")
 
     async def _ramp(self) -> None:
         start = self.schedule.start

@@ -178,6 +178,8 @@ class Report:
     late_sends: int = 0
     rate_target: float | None = None
     warnings: list[str] = field(default_factory=list)
+    #: The largest peak resident memory of one worker process (MiB; 0 when unknown).
+    worker_peak_rss_mib: float = 0.0
 
     @classmethod
     def build(cls, config: LoadTestConfig, total: Interval, elapsed: float, timeline: list[TimelinePoint],
@@ -210,6 +212,7 @@ class Report:
             send_lag=Latency.from_histogram(total.send_lag) if total.send_lag is not None else None,
             late_sends=total.late,
             rate_target=config.rate,
+            worker_peak_rss_mib=total.peak_rss_kib / 1024,
         )
         report.warnings = report._warnings()
         return report
@@ -270,6 +273,7 @@ class Report:
             "iterations": self.iterations,
             "rate_target_requests_per_s": self.rate_target,
             "late_sends": self.late_sends,
+            "worker_peak_rss_mib": round(self.worker_peak_rss_mib, 1),
             "timeline": [point.to_dict() for point in self.timeline],
             "workers_lost": self.workers_lost,
             "interrupted": self.interrupted,
@@ -334,6 +338,9 @@ class Report:
             lag = self.send_lag
             lines.append(f"  send lag     p50 {_fmt_us(lag.p50)}  p99 {_fmt_us(lag.p99)}  max {_fmt_us(lag.max)}   "
                          "(how late requests went out after their due time)")
+        if self.worker_peak_rss_mib:
+            lines.append(f"  memory       {self.worker_peak_rss_mib:>8,.1f} MiB   (peak resident size of the largest "
+                         "worker process)")
         if self.late_sends:
             lines.append(f"  late sends   {self.late_sends:>12,}   (due while every connection was busy)")
         lines.append("")

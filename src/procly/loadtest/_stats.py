@@ -152,6 +152,7 @@ class Interval:
     checks: dict[str, list[int]] = field(default_factory=dict)
     exceptions: dict[str, int] = field(default_factory=dict)
     iterations: int = 0
+    peak_rss_kib: int = 0  # the largest peak resident size of the workers merged here
 
     @property
     def error_count(self) -> int:
@@ -171,6 +172,7 @@ class Interval:
         self.bytes_received += other.bytes_received
         self.late += other.late
         self.iterations += other.iterations
+        self.peak_rss_kib = max(self.peak_rss_kib, other.peak_rss_kib)
         for status, count in other.statuses.items():
             self.statuses[status] = self.statuses.get(status, 0) + count
         for kind, count in other.errors.items():
@@ -209,6 +211,7 @@ class Interval:
             "checks": self.checks,
             "exceptions": self.exceptions,
             "iterations": self.iterations,
+            "peak_rss_kib": self.peak_rss_kib,
         }
 
     @classmethod
@@ -228,6 +231,7 @@ class Interval:
             checks={name: list(tally) for name, tally in data.get("checks", {}).items()},
             exceptions=dict(data.get("exceptions", {})),
             iterations=data.get("iterations", 0),
+            peak_rss_kib=data.get("peak_rss_kib", 0),
         )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import time
 import traceback
@@ -127,7 +128,9 @@ class _Worker:
             await self.load.run()
         finally:
             ticker.cancel()
-        self.emit(("done", time.time(), recorder.take().to_wire()))
+        final = recorder.take()
+        final.peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.emit(("done", time.time(), final.to_wire()))
 
     def _prepare(self) -> _LoadFactory:
         config, share = self.config, self.share
