@@ -282,6 +282,7 @@ def test_malformed_data_says_what_and_where(tmp_path, content, message):
     (["-R", "fast"], "-R wants requests/s"),
     (["--stages", "1s:5", "-R", "100"], "give -R the stages itself"),
     (["--data", "x.csv"], "--data gives rows to the users of a scenario"),
+    (["--stages", "1s:5", "--warmup", "1s"], "the first stage is the warm-up"),
     (["--fail-if", "p99>2"], "a latency needs its unit"),
     (["--fail-if", "checks<99.9"], "checks take a percentage"),
     (["-f", "/no/such/scenario.py"], "cannot read the scenario file"),

@@ -6,6 +6,7 @@ import argparse
 import math
 from typing import Any
 
+from ._config import parse_duration
 from ._report import Report
 from ._scenario import Scenario
 from ._stages import Stages
@@ -38,6 +39,8 @@ def flow_options(args: argparse.Namespace, url: str | None, headers: list[tuple[
     if stages is not None and args.rate is not None:
         raise ValueError("--stages ramps virtual users (closed loop); to ramp a rate (open loop) give -R the "
                          "stages itself, e.g. -R 30s:1000,1m:1000,10s:0")
+    if (stages is not None or rate_stages is not None) and args.warmup and parse_duration(args.warmup) > 0:
+        raise ValueError("--warmup does not combine with stages: the first stage is the warm-up")
     if args.data is not None and args.scenario is None:
         raise ValueError("--data gives rows to the users of a scenario: add -f FILE.py")
     scenario = None
