@@ -249,6 +249,7 @@ class User:
         self.row: dict[str, str] | None = load.row_for(self)
         self._connection: _Connection | None = None
         self._in_request = False
+        self._steps = 0  # requests and think times so far: each of them lets the loop run
         self._retired = False
         self._task: asyncio.Task[None] | None = None
 
@@ -314,6 +315,7 @@ class User:
         payload = load.request_bytes(method, target_path, self, headers, extra, body)
         recorder = load.recorder.named(name)
         self._in_request = True
+        self._steps += 1
         try:
             connection = self._connection
             if connection is None or connection.closed:
@@ -450,12 +452,12 @@ class User:
     async def think(self, low: float, high: float | None = None) -> None:
         """Wait ``low`` seconds, or a random time between ``low`` and ``high`` (never counted as latency)."""
         seconds = low if high is None else self.rng.uniform(low, high)
+        self._steps += 1
         load = self._load
         deadline = load.schedule.deadline
         if deadline is not None:
             seconds = min(seconds, max(0.0, deadline - time.monotonic()))
-        if seconds > 0:
-            await asyncio.sleep(seconds)
+        await asyncio.sleep(max(seconds, 0.0))  # think(0) too lets the loop run
         if self._retired or load.stopping or (deadline is not None and time.monotonic() >= deadline):
             raise _StopUser
 
@@ -519,6 +521,7 @@ class FlowLoad:
         self.rng = random.Random(None if scenario.seed is None else scenario.seed * 7919 + worker_index)
         self._head = (f"Host: {self.target.host_header}\r\nUser-Agent: procly-loadtest\r\n").encode("latin-1")
         self._done: asyncio.Future[None] = self.loop.create_future()
+        self._bare: dict[tuple[str, str], bytes] = {}
 
     # what users share
 
@@ -536,6 +539,15 @@ class FlowLoad:
 
     def request_bytes(self, method: str, path: str, user: User, headers: Mapping[str, str] | None,
                       extra: list[tuple[str, str]], body: bytes) -> bytes:
+        if not (user.headers or headers or user.cookies or body or extra) and method in ("GET", "HEAD", "DELETE"):
+            # The common bare request: built once per method and path.
+            key = (method, path)
+            cached = self._bare.get(key)
+            if cached is None:
+                cached = f"{method} {path} HTTP/1.1\r\n".encode("latin-1") + self._head + b"\r\n"
+                if len(self._bare) < 10_000:
+                    self._bare[key] = cached
+            return cached
         lines = [f"{method} {path} HTTP/1.1\r\n".encode("latin-1"), self._head]
         merged = dict(user.headers)
         if headers:
@@ -663,14 +675,23 @@ class FlowLoad:
                 await asyncio.sleep(delay)
             for start in self.starts:
                 await self._guarded(start, user)
+            schedule = self.schedule
             while not (self.stopping or user._retired):
-                spec = flows[0] if len(flows) == 1 else user.rng.choices(flows, self.weights)[0]
-                await self._guarded(spec.func, user)
-                if time.monotonic() >= recorder.measure_from:
+                func = flows[0].func if len(flows) == 1 else user.rng.choices(flows, self.weights)[0].func
+                steps = user._steps
+                try:  # as _guarded, inline: this is the hot path
+                    await func(user)
+                except (_StopUser, asyncio.CancelledError, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - counted (SystemExit too), and the user goes on
+                    if time.monotonic() >= recorder.measure_from:
+                        recorder.exceptions[type(exc).__name__] += 1
+                now = time.monotonic()
+                if now >= recorder.measure_from:
                     recorder.iterations += 1
-                await asyncio.sleep(0)  # a flow that never awaits must not hold the loop
-                deadline = self.schedule.deadline
-                if (deadline is not None and time.monotonic() >= deadline) or self.schedule.exhausted:
+                if user._steps == steps:
+                    await asyncio.sleep(0)  # a flow that neither requested nor thought must not hold the loop
+                if (schedule.deadline is not None and now >= schedule.deadline) or schedule.exhausted:
                     break
         except (_StopUser, asyncio.CancelledError):
             pass
