@@ -359,3 +359,12 @@ def test_flows_run_as_dask_tasks(tmp_path, target):
     assert report.requests == 200 and report.errors == 0 and not report.workers_lost
     assert [(c.name, c.passed, c.failed) for c in report.checks] == [("status is 200", 200, 0)]
     assert report.name_stats("page").requests == 200
+
+
+def test_stages_from_python_ramp_the_single_url_load(target):
+    report = run_load_test(LoadTestConfig(url=target.url + "bytes/5", processes=1, connections=3,
+                                          stages=Stages.parse("0.3s:3,0.5s:3")))
+    assert report.requests > 0 and report.errors == 0
+    assert [s.name for s in report.by_name] == ["GET /bytes/5"]
+    with pytest.raises(ValueError, match="need a URL"):
+        LoadTestConfig(call="tests.loadtest_targets:quick", stages=Stages.parse("1s:3"))

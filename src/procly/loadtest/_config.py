@@ -142,6 +142,8 @@ class LoadTestConfig:
             raise ValueError(f"warm-up must not be negative, got {self.warmup}")
         if self.url is not None:
             HttpTarget.from_url(self.url)
+        if (self.stages is not None or self.scenario is not None) and self.url is None:
+            raise ValueError("stages of users and scenarios need a URL (they are HTTP users)")
 
     @property
     def effective_duration(self) -> float | None:

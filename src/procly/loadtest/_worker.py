@@ -134,10 +134,13 @@ class _Worker:
 
     def _prepare(self) -> _LoadFactory:
         config, share = self.config, self.share
-        if config.scenario is not None:
+        if config.scenario is not None or (config.stages is not None and config.url is not None):
             from ._flows import FlowLoad, FlowRecorder
+            from ._scenario import Scenario
 
-            scenario = config.scenario
+            # Ramped users of the single-URL load are users of a one-request flow.
+            scenario = config.scenario or Scenario.single_request(config.url, config.method, list(config.headers),
+                                                                  config.body)
             scenario.flows()  # import it now: a failure is reported before the start
             return _LoadFactory(
                 lambda schedule, recorder: FlowLoad(scenario, config.url, share.connections, schedule, recorder,
