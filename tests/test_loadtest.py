@@ -478,6 +478,7 @@ def test_every_json_number_carries_its_unit(target):
     walk(data, "")
     assert data["latency_p95_ms"] > 0 and data["requests_per_s"] > 0 and data["duration_s"] > 0
     assert data["worker_peak_rss_mib"] > 1  # the worker process's peak resident size
+    assert data["worker_cpu_s"] > 0
     assert data["send_lag_p50_ms"] >= 0 and data["send_lag_p99_ms"] >= data["send_lag_p50_ms"]
     assert data["timeline"][0]["latency_p95_ms"] >= 0 and data["by_name"][0]["latency_p95_ms"] > 0
 

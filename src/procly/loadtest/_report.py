@@ -180,6 +180,8 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     #: The largest peak resident memory of one worker process (MiB; 0 when unknown).
     worker_peak_rss_mib: float = 0.0
+    #: CPU time (user + system) of all the worker processes while they ran the load.
+    worker_cpu_s: float = 0.0
 
     @classmethod
     def build(cls, config: LoadTestConfig, total: Interval, elapsed: float, timeline: list[TimelinePoint],
@@ -213,6 +215,7 @@ class Report:
             late_sends=total.late,
             rate_target=config.rate,
             worker_peak_rss_mib=total.peak_rss_kib / 1024,
+            worker_cpu_s=total.cpu_s,
         )
         report.warnings = report._warnings()
         return report
@@ -274,6 +277,7 @@ class Report:
             "rate_target_requests_per_s": self.rate_target,
             "late_sends": self.late_sends,
             "worker_peak_rss_mib": round(self.worker_peak_rss_mib, 1),
+            "worker_cpu_s": round(self.worker_cpu_s, 3),
             "timeline": [point.to_dict() for point in self.timeline],
             "workers_lost": self.workers_lost,
             "interrupted": self.interrupted,
@@ -341,6 +345,9 @@ class Report:
         if self.worker_peak_rss_mib:
             lines.append(f"  memory       {self.worker_peak_rss_mib:>8,.1f} MiB   (peak resident size of the largest "
                          "worker process)")
+        if self.worker_cpu_s and self.requests:
+            lines.append(f"  cpu          {self.worker_cpu_s:>10,.2f} s   in the workers "
+                         f"({self.worker_cpu_s / self.requests * 1e6:.1f} µs per request)")
         if self.late_sends:
             lines.append(f"  late sends   {self.late_sends:>12,}   (due while every connection was busy)")
         lines.append("")

@@ -153,6 +153,7 @@ class Interval:
     exceptions: dict[str, int] = field(default_factory=dict)
     iterations: int = 0
     peak_rss_kib: int = 0  # the largest peak resident size of the workers merged here
+    cpu_s: float = 0.0  # CPU time (user + system) the workers merged here spent while measuring
 
     @property
     def error_count(self) -> int:
@@ -173,6 +174,7 @@ class Interval:
         self.late += other.late
         self.iterations += other.iterations
         self.peak_rss_kib = max(self.peak_rss_kib, other.peak_rss_kib)
+        self.cpu_s += other.cpu_s
         for status, count in other.statuses.items():
             self.statuses[status] = self.statuses.get(status, 0) + count
         for kind, count in other.errors.items():
@@ -212,6 +214,7 @@ class Interval:
             "exceptions": self.exceptions,
             "iterations": self.iterations,
             "peak_rss_kib": self.peak_rss_kib,
+            "cpu_s": self.cpu_s,
         }
 
     @classmethod
@@ -232,6 +235,7 @@ class Interval:
             exceptions=dict(data.get("exceptions", {})),
             iterations=data.get("iterations", 0),
             peak_rss_kib=data.get("peak_rss_kib", 0),
+            cpu_s=data.get("cpu_s", 0.0),
         )
 
 

@@ -124,12 +124,14 @@ class _Worker:
         recorder.measure_from = warmup_end
         self.load = make_load.create(schedule, recorder)
         ticker = loop.create_task(self._tick(recorder, warmup_end))
+        cpu_start = time.process_time()
         try:
             await self.load.run()
         finally:
             ticker.cancel()
         final = recorder.take()
         final.peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        final.cpu_s = time.process_time() - cpu_start
         self.emit(("done", time.time(), final.to_wire()))
 
     def _prepare(self) -> _LoadFactory:
