@@ -368,3 +368,14 @@ def test_stages_from_python_ramp_the_single_url_load(target):
     assert [s.name for s in report.by_name] == ["GET /bytes/5"]
     with pytest.raises(ValueError, match="need a URL"):
         LoadTestConfig(call="tests.loadtest_targets:quick", stages=Stages.parse("1s:3"))
+
+
+def test_too_many_names_are_grouped():
+    from procly.loadtest._flows import MAX_NAMES, OTHER_NAMES, FlowRecorder
+
+    recorder = FlowRecorder()
+    for i in range(MAX_NAMES + 5):
+        recorder.named(f"/item/{i}").latencies.append(1000)
+    interval = recorder.take()
+    assert len(interval.by_name) == MAX_NAMES + 1 and interval.by_name[OTHER_NAMES].requests == 5
+    assert interval.requests == MAX_NAMES + 5

@@ -31,6 +31,10 @@ from ._scenario import FlowSpec, Scenario
 from ._schedule import Schedule
 from ._stats import Interval, Recorder
 
+#: Distinct request names a worker keeps apart; beyond, requests go under OTHER_NAMES (a URL
+#: with an id in it and no ``name=`` would otherwise make one row per id).
+MAX_NAMES = 1000
+OTHER_NAMES = "(other names: too many distinct names, give requests a name=)"
 #: How often the number of running users follows ``--stages``.
 RAMP_PERIOD = 0.1
 #: Users started at once begin at most this many per second (a worker's 10,000 users over
@@ -115,6 +119,12 @@ class FlowRecorder(Recorder):
         self.iterations = 0
 
     def named(self, name: str) -> Recorder:
+        recorder = self.names.get(name)
+        if recorder is None:
+            recorder = self._new_name(OTHER_NAMES if len(self.names) >= MAX_NAMES else name)
+        return recorder
+
+    def _new_name(self, name: str) -> Recorder:
         recorder = self.names.get(name)
         if recorder is None:
             recorder = self.names[name] = Recorder(name)

@@ -211,6 +211,7 @@ async def _serve(host: str, port: int, ready: Connection | None, announce: bool,
         await stop
     finally:
         server.close()
+        counter.timer.close()
         if ready is not None:
             try:
                 ready.send(("served", counter.served))
