@@ -328,13 +328,16 @@ def test_checks_need_a_condition_and_responses_parse(tmp_path, target):
             user.check(r, "predicate", predicate=lambda response: response.json()["method"] == "GET")
             user.check(r, json={"headers.host": ...})
             user.check(r, json={"no.such.field": ...})
+            head = await user.head("/bytes/100", name="head")
+            assert head.status == 200 and head.body == b"" and head.headers["content-length"] == "100"
             user.check(r)  # no condition: TypeError, counted as the flow's exception
     """)
     report = run_load_test(LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=1,
-                                          connections=1, requests=20))
+                                          connections=1, requests=40))
     checks = {c.name: (c.passed, c.failed) for c in report.checks}
     assert checks == {"predicate": (20, 0), "json headers.host": (20, 0), "json no.such.field": (0, 20)}
     assert report.exceptions == {"TypeError": 20} and report.errors == 0
+    assert report.name_stats("head").requests == 20 and report.requests == 40
 
 
 # --- flows under --dask ------------------------------------------------------------------------

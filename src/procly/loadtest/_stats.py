@@ -209,7 +209,7 @@ class Interval:
             "send_lag": self.send_lag.encode() if self.send_lag is not None and self.send_lag.get_total_count()
             else b"",
             "late": self.late,
-            "by_name": {name: sub.to_wire() for name, sub in self.by_name.items()},
+            "by_name": self._names_to_wire(),
             "checks": self.checks,
             "exceptions": self.exceptions,
             "iterations": self.iterations,
@@ -217,12 +217,19 @@ class Interval:
             "cpu_s": self.cpu_s,
         }
 
+    def _names_to_wire(self) -> dict[str, Any]:
+        if len(self.by_name) == 1:
+            (name, sub), = self.by_name.items()
+            if sub.requests == self.requests and sub.errors == self.errors and sub.statuses == self.statuses:
+                return {name: None}  # one name: its tallies are the total's (one histogram less to encode)
+        return {name: sub.to_wire() for name, sub in self.by_name.items()}
+
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Interval:
         encoded = data["histogram"]
         histogram = HdrHistogram.decode(encoded) if encoded else new_histogram()
         lag = data.get("send_lag", b"")
-        return cls(
+        interval = cls(
             requests=data["requests"],
             statuses=dict(data["statuses"]),
             errors=dict(data["errors"]),
@@ -230,13 +237,17 @@ class Interval:
             bytes_received=data["bytes_received"],
             send_lag=HdrHistogram.decode(lag) if lag else None,
             late=data.get("late", 0),
-            by_name={name: cls.from_wire(sub) for name, sub in data.get("by_name", {}).items()},
+            by_name={name: cls.from_wire(sub) for name, sub in data.get("by_name", {}).items() if sub is not None},
             checks={name: list(tally) for name, tally in data.get("checks", {}).items()},
             exceptions=dict(data.get("exceptions", {})),
             iterations=data.get("iterations", 0),
             peak_rss_kib=data.get("peak_rss_kib", 0),
             cpu_s=data.get("cpu_s", 0.0),
         )
+        for name, sub in data.get("by_name", {}).items():
+            if sub is None:
+                interval.by_name[name] = interval.copy_counts()
+        return interval
 
 
 def percentile_ms(hist: HdrHistogram, percentile: float) -> float:
