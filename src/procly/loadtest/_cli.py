@@ -46,7 +46,8 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--csv", metavar="FILE", help="write the per-second timeline and totals as CSV")
     p.add_argument("--html", metavar="FILE", help="write an HTML report with latency plots")
     p.add_argument("--fail-if", action="append", default=[], metavar="CONDITION",
-                   help="exit 1 if true, e.g. 'p99>200ms', 'errors>0.1%%', 'rps<1000' (repeatable)")
+                   help="exit 1 if true, e.g. 'p99>200ms', 'errors>0.1%%', 'rps<1000', "
+                        "'p95{name=login}>300ms', 'checks<99.9%%' (repeatable; latencies need their unit)")
     p.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
     flows = p.add_argument_group("user flows (a scenario written in Python; see the README)")
     flows.add_argument("-f", "--scenario", metavar="FILE.py",
