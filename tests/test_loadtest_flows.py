@@ -382,3 +382,22 @@ def test_too_many_names_are_grouped():
     interval = recorder.take()
     assert len(interval.by_name) == MAX_NAMES + 1 and interval.by_name[OTHER_NAMES].requests == 5
     assert interval.requests == MAX_NAMES + 5
+
+
+def test_flow_requests_time_out_and_the_user_goes_on(tmp_path, target):
+    path = write(tmp_path, "slow.py", """
+        from procly.loadtest import flow
+
+        @flow
+        async def slow(user):
+            r = await user.get("/delay/3000", name="slow")
+            user.check(r, "timed out", predicate=lambda response: response.error == "timeout")
+            r = await user.get("/", name="fast")
+            user.check(r, status=200)
+    """)
+    report = run_load_test(LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=1,
+                                          connections=2, duration=1.2, timeout=0.3))
+    slow, fast = report.name_stats("slow"), report.name_stats("fast")
+    assert slow.requests == 0 and slow.error_kinds == {"timeout": slow.errors} and slow.errors >= 2
+    assert fast.requests >= 2 and fast.errors == 0  # on a new connection after the timeout
+    assert {c.name: c.failed for c in report.checks} == {"timed out": 0, "status is 200": 0}

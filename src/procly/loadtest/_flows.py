@@ -42,6 +42,7 @@ RAMP_PERIOD = 0.1
 #: users' requests do not all fall in the same beat of their think time.
 START_RATE = 10_000
 _PRESENT: Any = ...  # a JSON field or header that must merely exist
+_JSON = jsonlib.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps(separators=) builds one a call
 
 
 class _StopUser(BaseException):
@@ -167,10 +168,13 @@ class FlowRecorder(Recorder):
 class _Connection(asyncio.Protocol):
     """One user's keep-alive connection: one request at a time, parsed by httptools."""
 
-    __slots__ = ("transport", "parser", "waiter", "status", "headers", "body", "recorder", "head", "closed")
+    __slots__ = ("transport", "parser", "waiter", "status", "headers", "body", "recorder", "head", "closed", "loop",
+                 "sent")
 
-    def __init__(self, recorder: FlowRecorder) -> None:
+    def __init__(self, recorder: FlowRecorder, loop: asyncio.AbstractEventLoop) -> None:
         self.recorder = recorder
+        self.loop = loop
+        self.sent = 0.0  # when the request in flight was written; 0: none in flight
         self.transport: Any = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[Any] | None = None
@@ -231,9 +235,9 @@ class _Connection(asyncio.Protocol):
         self.head = head
         self.headers = []
         self.body = []
-        self.waiter = asyncio.get_running_loop().create_future()
+        waiter = self.waiter = self.loop.create_future()
         self.transport.write(data)
-        return self.waiter
+        return waiter
 
 
 class User:
@@ -311,7 +315,7 @@ class User:
         body = b""
         extra: list[tuple[str, str]] = []
         if json is not None:
-            body = jsonlib.dumps(json, separators=(",", ":")).encode()
+            body = _JSON.encode(json).encode()
             extra.append(("Content-Type", "application/json"))
         elif isinstance(data, Mapping):
             body = urllib.parse.urlencode(data).encode()
@@ -334,10 +338,8 @@ class User:
                 except RequestFailed as exc:
                     recorder.error(exc.kind)
                     return Response(0, [], b"", exc.kind, 0.0, name)
-            started = time.monotonic()
             waiter = connection.send(payload, method == "HEAD")
-            in_flight = load.in_flight
-            in_flight[connection] = started  # the sweep fails it after the timeout
+            started = connection.sent = time.monotonic()  # the sweep fails it after the timeout
             try:
                 status, raw_headers, content, keep_alive = await waiter
             except RequestFailed as exc:
@@ -346,7 +348,7 @@ class User:
                     recorder.error(exc.kind)
                 return Response(0, [], b"", exc.kind, (time.monotonic() - started) * 1000, name)
             finally:
-                in_flight.pop(connection, None)
+                connection.sent = 0.0
             now = time.monotonic()
             if not keep_alive:
                 self._drop_connection()
@@ -371,8 +373,8 @@ class User:
         load = self._load
         try:
             _, connection = await asyncio.wait_for(
-                load.loop.create_connection(lambda: _Connection(load.recorder), load.target.host, load.target.port,
-                                            **load.tls_options),
+                load.loop.create_connection(lambda: _Connection(load.recorder, load.loop), load.target.host,
+                                            load.target.port, **load.tls_options),
                 load.timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise RequestFailed(connect_error_kind(exc)) from None
@@ -527,7 +529,6 @@ class FlowLoad:
         self.worker_index = worker_index
         self.worker_count = worker_count
         self.stopping = False
-        self.in_flight: dict[_Connection, float] = {}  # connection -> when its request was written
         self.users: list[User] = []  # running, in order of start
         self.started = 0
         self.row_turn = 0
@@ -539,6 +540,8 @@ class FlowLoad:
     # what users share
 
     def path_for(self, path: str) -> str:
+        if path[:1] == "/" and not self.prefix:
+            return path
         if path.startswith(("http://", "https://")):
             parts = urllib.parse.urlsplit(path)
             if parts.hostname != self.target.host or (parts.port or (443 if parts.scheme == "https" else 80)) \
@@ -642,7 +645,8 @@ class FlowLoad:
         while True:
             await asyncio.sleep(period)
             limit = time.monotonic() - self.timeout
-            late = [connection for connection, sent in self.in_flight.items() if sent < limit]
+            late = [user._connection for user in self.users
+                    if user._connection is not None and 0.0 < user._connection.sent < limit]
             for connection in late:
                 connection._fail("timeout")
 
