@@ -10,6 +10,14 @@ the machine, so the load average is checked first and printed.
 
 A second nginx run with its access log on checks that procly's request count equals
 the number of requests nginx logged.
+
+Two user-flow cases follow (``--flows``, on by default; ``--only-flows`` runs them alone):
+
+- a three-step flow (GET, POST with a JSON body, GET with a name), 64 users, think time
+  0, one process: procly ``-f`` against locust's FastHttpUser doing the same steps;
+- 10,000 virtual users with a think time of 1 s from one process against procly's
+  built-in target: the rate they hold (10,000 users / (1 s + latency)) and the worker
+  process's peak resident memory.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import csv
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -55,6 +64,45 @@ class Hammer(FastHttpUser):
     @task
     def root(self):
         self.client.get("/")
+"""
+
+
+FLOW_SCENARIO = """
+from procly.loadtest import flow
+
+
+@flow
+async def three_steps(user):
+    await user.get("/")
+    await user.post("/api/cart", json={"item": 42, "quantity": 2})
+    await user.get(f"/item/{user.rng.randint(1, 1000)}", name="/item/[id]")
+"""
+
+FLOW_LOCUSTFILE = """
+import random
+
+from locust import constant, task
+from locust.contrib.fasthttp import FastHttpUser
+
+
+class ThreeSteps(FastHttpUser):
+    wait_time = constant(0)
+
+    @task
+    def three_steps(self):
+        self.client.get("/")
+        self.client.post("/api/cart", json={"item": 42, "quantity": 2})
+        self.client.get(f"/item/{random.randint(1, 1000)}", name="/item/[id]")
+"""
+
+THINKING_SCENARIO = """
+from procly.loadtest import flow
+
+
+@flow
+async def visit(user):
+    await user.get("/")
+    await user.think(1.0)
 """
 
 
@@ -119,7 +167,7 @@ def run_procly(url: str, seconds: int, processes: int = 1, extra: tuple[str, ...
                           "-d", f"{seconds}s", "--json", "-", *extra, url], capture_output=True, text=True,
                          check=True).stdout
     report = json.loads(out)
-    return {"rps": report["throughput"], "p50_ms": report["latency"]["p50"], "requests": report["requests"]}
+    return {"rps": report["requests_per_s"], "p50_ms": report["latency_p50_ms"], "requests": report["requests"]}
 
 
 def locust_binary() -> str | None:
@@ -129,21 +177,75 @@ def locust_binary() -> str | None:
     return shutil.which("locust")
 
 
-def run_locust(url: str, seconds: int, workdir: Path) -> dict[str, float] | None:
+def run_locust(url: str, seconds: int, workdir: Path, source: str = LOCUSTFILE) -> dict[str, float] | None:
     binary = locust_binary()
     if binary is None:
         print("  locust: not installed (python3 tasks.py bench-load installs it in .venv-locust), skipped")
         return None
     locustfile = workdir / "locustfile.py"
-    locustfile.write_text(LOCUSTFILE)
+    locustfile.write_text(source)
     prefix = workdir / "locust"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([binary, "-f", str(locustfile), "--headless", "-u", "64", "-r", "64", "-t", f"{seconds}s",
                     "--host", url.rstrip("/"), "--csv", str(prefix), "--only-summary", "--loglevel", "ERROR"],
                    capture_output=True, text=True, check=False, timeout=seconds + 60)
     with open(f"{prefix}_stats.csv", newline="") as f:
         rows = {row["Name"]: row for row in csv.DictReader(f)}
     total = rows["Aggregated"]
-    return {"rps": float(total["Requests/s"]), "p50_ms": float(total["50%"])}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    count = int(total["Request Count"])
+    return {"rps": float(total["Requests/s"]), "p50_ms": float(total["50%"]),
+            "cpu_us_per_request": cpu / count * 1e6 if count else float("nan")}
+
+
+def run_procly_flow(url: str, seconds: int, workdir: Path) -> dict[str, float]:
+    scenario = workdir / "three_steps.py"
+    scenario.write_text(FLOW_SCENARIO)
+    out = subprocess.run([sys.executable, "-m", "procly.cli", "loadtest", "-q", "-p", "1", "-u", "64", "-f",
+                          str(scenario), "-d", f"{seconds}s", "--json", "-", url], capture_output=True, text=True,
+                         check=True).stdout
+    report = json.loads(out)
+    return {"rps": report["requests_per_s"], "p50_ms": report["latency_p50_ms"], "requests": report["requests"],
+            "errors": report["errors"], "cpu_us_per_request": report["worker_cpu_s"] / max(report["requests"], 1) * 1e6}
+
+
+def run_ten_thousand_users(seconds: int, workdir: Path) -> dict[str, float]:
+    scenario = workdir / "thinking.py"
+    scenario.write_text(THINKING_SCENARIO)
+    out = subprocess.run([sys.executable, "-m", "procly.cli", "loadtest", "-q", "-p", "1", "-u", "10000", "-f",
+                          str(scenario), "-d", f"{seconds}s", "--warmup", "3s", "--json", "-"], capture_output=True,
+                         text=True, check=True).stdout
+    report = json.loads(out)
+    expected = 10_000 / (1.0 + report["latency_mean_ms"] / 1000)
+    return {"rps": report["requests_per_s"], "expected_rps": expected, "p50_ms": report["latency_p50_ms"],
+            "p99_ms": report["latency_p99_ms"], "errors": report["errors"],
+            "rss_mib": report["worker_peak_rss_mib"]}
+
+
+def flow_cases(seconds: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="procly-bench-flows-") as tmp:
+        workdir = Path(tmp)
+        with Nginx(workdir, access_log=False) as nginx:
+            print(f"three-step flow (GET, POST JSON, GET named), 64 users, think 0, one process, {seconds} s, "
+                  f"nginx on {nginx.url}")
+            mine = run_procly_flow(nginx.url, seconds, workdir)
+            time.sleep(1)
+            theirs = run_locust(nginx.url, seconds, workdir, FLOW_LOCUSTFILE)
+        # On a shared machine the CPU each request costs the client is the steadier figure.
+        print(f"{'tool':<28}{'requests/s':>12}{'p50 ms':>9}{'procly / tool':>15}{'client CPU/request':>20}")
+        print(f"{'procly loadtest -f':<28}{mine['rps']:>12,.0f}{mine['p50_ms']:>9.2f}{1.0:>14.2f}x"
+              f"{mine['cpu_us_per_request']:>17.1f} µs")
+        if theirs is not None:
+            ratio = mine["rps"] / theirs["rps"] if theirs["rps"] else float("inf")
+            print(f"{'locust FastHttpUser':<28}{theirs['rps']:>12,.0f}{theirs['p50_ms']:>9.2f}{ratio:>14.2f}x"
+                  f"{theirs['cpu_us_per_request']:>17.1f} µs")
+        print()
+        print(f"10,000 virtual users, think time 1 s, one process, built-in target, {seconds} s after 3 s warm-up")
+        big = run_ten_thousand_users(seconds, workdir)
+        print(f"  {big['rps']:,.0f} requests/s (10,000 users / (1 s + mean latency) = {big['expected_rps']:,.0f}), "
+              f"p50 {big['p50_ms']:.2f} ms, p99 {big['p99_ms']:.2f} ms, errors {big['errors']:,.0f}, "
+              f"worker peak RSS {big['rss_mib']:.1f} MiB")
 
 
 def load_average() -> float:
@@ -153,6 +255,8 @@ def load_average() -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10, help="length of each run (default 10)")
+    parser.add_argument("--no-flows", action="store_true", help="skip the user-flow cases")
+    parser.add_argument("--only-flows", action="store_true", help="run the user-flow cases alone")
     args = parser.parse_args(argv)
     if not shutil.which("nginx"):
         print("nginx is not installed (apt-get install nginx): nothing to measure against", file=sys.stderr)
@@ -162,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(2)
     print(f"load average before the runs: {load_average():.2f} (client and server share "
           f"{len(os.sched_getaffinity(0))} cores)")
+    if args.only_flows:
+        flow_cases(args.seconds)
+        return 0
     results: dict[str, dict[str, float] | None] = {}
     with tempfile.TemporaryDirectory(prefix="procly-bench-") as tmp:
         workdir = Path(tmp)
@@ -191,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"access-log check: procly counted {counted['requests']:,} requests with -n 20000 -p 2, "
           f"nginx logged {logged:,}: {'match' if counted['requests'] == logged else 'MISMATCH'}")
+    if not args.no_flows:
+        print()
+        flow_cases(args.seconds)
     return 0 if counted["requests"] == logged else 1
 
 

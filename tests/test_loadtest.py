@@ -127,8 +127,73 @@ def test_duration_run_reports_a_timeline(target):
 def test_rate_mode_holds_the_requested_rate(target):
     report = run_load_test(LoadTestConfig(url=target.url, processes=2, connections=8, duration=2.0, rate=300))
     assert report.errors == 0
-    assert abs(report.requests - 600) <= 600 * 0.05, report.requests
-    assert abs(report.throughput - 300) <= 300 * 0.05, report.throughput
+    assert abs(report.requests - 600) <= 600 * 0.01, report.requests
+    assert abs(report.throughput - 300) <= 300 * 0.01, report.throughput
+    # How late requests went out after their due time is measured and reported.
+    assert report.send_lag is not None and 0 <= report.send_lag.p50 <= report.send_lag.p99 <= report.send_lag.max
+
+
+def test_rate_mode_never_sends_early(target):
+    # Every answer takes at least 20 ms: measured from its due time, no request can take
+    # less, unless it went out before it was due (the event loop's timers fire up to a
+    # millisecond early).
+    report = run_load_test(LoadTestConfig(url=target.url + "delay/20", processes=1, connections=16,
+                                          duration=1.5, rate=200))
+    assert report.errors == 0 and report.requests == 300
+    assert report.latency.min >= 20.0, report.latency
+    assert report.name_stats("GET /delay/20").latency.min >= 20.0
+
+
+@pytest.mark.parametrize("timerfd", [True, False], ids=["timerfd", "loop-timer"])
+def test_precise_timer_never_fires_early(monkeypatch, timerfd):
+    import asyncio
+
+    from procly.loadtest import _clock
+
+    if not timerfd:
+        monkeypatch.setattr(_clock, "_timerfd", lambda: None)
+    rng = random.Random(3)
+    early = []
+    fired = []
+
+    async def main():
+        timer = _clock.PreciseTimer()
+        assert timer.uses_timerfd == timerfd
+        done = asyncio.get_running_loop().create_future()
+        start = time.monotonic()
+        dues = sorted(start + rng.uniform(0, 0.2) for _ in range(300))
+        rng.shuffle(dues)
+
+        def call(due):
+            now = time.monotonic()
+            fired.append(due)
+            if now < due:
+                early.append(due - now)
+            if len(fired) == len(dues):
+                done.set_result(None)
+
+        for due in dues:
+            timer.call_at(due, call, due)
+        await asyncio.wait_for(done, 10)
+        timer.close()
+
+    asyncio.run(main())
+    assert len(fired) == 300 and not early
+
+
+def test_live_rate_of_the_first_second_is_the_real_rate():
+    from procly.loadtest._runner import Tally
+
+    tally = Tally(LoadTestConfig(url="http://127.0.0.1/", processes=2))
+    start = time.time() - 1.0
+    tally.measure_start = start
+    for worker in range(2):
+        for tick in (0.5, 1.0):  # each worker: 250 requests per half second = 1000/s in all
+            interval = _stats.Interval(requests=250)
+            tally.add("tick", start + tick + worker * 0.001, interval.to_wire())
+    progress = tally.progress()
+    assert progress.requests == 1000 and 990 <= progress.rate <= 1000
+    assert tally.progress().rate == 0.0  # nothing new since
 
 
 def test_rate_mode_corrects_for_coordinated_omission(target):
@@ -263,8 +328,11 @@ def test_cli_default_run_writes_every_report(tmp_path):
     assert 0 <= report["target_served"] - report["requests"] <= 8
     assert f"{report['requests']:,}" in out.stdout
     rows = list(csv.DictReader(io.StringIO(files["csv"].read_text())))
-    assert rows[-1]["second"] == "total" and int(rows[-1]["requests"]) == report["requests"]
-    assert sum(int(row["requests"]) for row in rows[:-1]) == report["requests"]
+    assert rows[-1]["row"] == "total" and int(rows[-1]["requests"]) == report["requests"]
+    assert sum(int(row["requests"]) for row in rows if row["row"] == "second") == report["requests"]
+    named = [row for row in rows if row["row"] == "name"]
+    assert [row["name"] for row in named] == ["GET /"] and int(named[0]["requests"]) == report["requests"]
+    assert float(rows[-1]["latency_p95_ms"]) <= float(rows[-1]["latency_p99_ms"])
     page = files["html"].read_text()
     svgs = re.findall(r"<svg.*?</svg>", page, flags=re.S)
     assert len(svgs) == 2
@@ -275,9 +343,12 @@ def test_cli_default_run_writes_every_report(tmp_path):
 
 def test_thresholds_set_the_exit_status(target):
     broken = procly_cli("loadtest", "-q", "-n", "200", "-c", "4", "-p", "1", "--fail-if", "p50>0.001ms",
-                        "--fail-if", "errors>0", target.url)
+                        "--fail-if", "errors>0", "--fail-if", "p95{name=GET /}>0.001ms", "--fail-if",
+                        "p95{name=GET /other}>30s", target.url)
     assert broken.returncode == 1
     assert "threshold broken: p50>0.001ms" in broken.stderr and "errors>0" not in broken.stderr
+    assert "threshold broken: p95{name=GET /}>0.001ms" in broken.stderr
+    assert "no request is named 'GET /other'" in broken.stderr
     passed = procly_cli("loadtest", "-q", "-n", "200", "-c", "4", "-p", "1", "--fail-if", "errors>0.1%",
                         "--fail-if", "p99>30s", target.url)
     assert passed.returncode == 0, passed.stderr
@@ -286,14 +357,53 @@ def test_thresholds_set_the_exit_status(target):
     assert errors.returncode == 1 and "error rate = 100.000%" in errors.stderr
     bad = procly_cli("loadtest", "--fail-if", "latency>>3", target.url)
     assert bad.returncode == 2 and "fail-if" in bad.stderr
+    unitless = procly_cli("loadtest", "--fail-if", "p99>2", target.url)
+    assert unitless.returncode == 2 and "'p99>2'" in unitless.stderr and "unit" in unitless.stderr
 
 
 def test_threshold_parsing():
     assert Threshold.parse("p99.9 >= 1.5s").value == 1.5
+    named = Threshold.parse("p95{name=Login Page}>300ms")
+    assert (named.metric, named.name, named.value, named.unit) == ("p95", "Login Page", 300, "ms")
+    assert Threshold.parse("errors{name=/cart}>0").name == "/cart"
+    assert Threshold.parse("checks<99.9%").metric == "checks"
+    assert Threshold.parse("checks{name='status is 200'}<100%").name == "status is 200"
     for bad, message in [("p0>1ms", "percentile"), ("p99>5%", "latency"), ("rps<5ms", "plain number"),
-                         ("speed>1", "unknown metric"), ("errors>5ms", "count or a percentage")]:
+                         ("speed>1", "unknown metric"), ("errors>5ms", "count or a percentage"),
+                         ("p99>2", "needs its unit"), ("max>2", "needs its unit"), ("checks<99", "percentage"),
+                         ("error_rate>0.1", "percentage"), ("p95{name=}>3ms", "names nothing"),
+                         ("p95{nom=x}>3ms", "cannot read")]:
         with pytest.raises(ValueError, match=message):
             Threshold.parse(bad)
+
+
+def test_thresholds_per_name_and_on_checks():
+    from procly.loadtest._report import CheckStats
+
+    hist = _stats.histogram_from([1000] * 90 + [400_000] * 10)  # p95 = 400 ms
+    login = _stats.Interval(requests=100, statuses={200: 100}, histogram=hist)
+    cart = _stats.Interval(requests=10, statuses={200: 9, 500: 1}, errors={"http 500": 1},
+                           histogram=_stats.histogram_from([2000] * 10))
+    total = _stats.Interval()
+    for name, sub in (("login", login), ("/cart", cart)):
+        total.add(sub)
+        total.by_name[name] = sub
+    total.checks = {"status is 200": [999, 1], "has token": [100, 0]}
+    report = Report.build(LoadTestConfig(url="http://127.0.0.1/", duration=1), total, 1.0, [], [], False)
+    assert [c.name for c in report.checks] == ["has token", "status is 200"]
+    assert isinstance(report.checks[0], CheckStats) and report.checks_passed_percent == pytest.approx(1099 / 11)
+
+    def broken(text):
+        return Threshold.parse(text).broken_by(report)
+
+    assert broken("p95{name=login}>300ms") and not broken("p95{name=/cart}>300ms")
+    assert broken("errors{name=/cart}>0") and not broken("errors{name=login}>0")
+    assert "error rate of /cart = 10.000%" in broken("errors{name=/cart}>=10%")
+    assert broken("checks<99.95%") and not broken("checks<99.9%")
+    assert broken("checks{name=status is 200}<100%") and not broken("checks{name=has token}<100%")
+    assert "no request is named 'logni'" in broken("p95{name=logni}>300ms")
+    assert "no check is named" in broken("checks{name=nope}<1%")
+    assert not broken("rps{name=login}<100") and broken("rps{name=login}<100.5")
 
 
 def test_bad_options_exit_2():
@@ -380,8 +490,34 @@ def test_report_from_python_is_complete(target):
     assert isinstance(report, Report) and report.bytes_received >= 40 * 100
     data = report.to_dict()
     json.dumps(data)
-    assert data["latency"]["p99_9"] >= data["latency"]["p50"] and "histogram_hdr" in data
-    assert "latency ms" in report.to_text()
+    assert data["latency_p99_9_ms"] >= data["latency_p95_ms"] >= data["latency_p50_ms"] and "histogram_hdr" in data
+    assert "latency ms" in report.to_text() and "p95" in report.to_text()
+
+
+def test_every_json_number_carries_its_unit(target):
+    report = run_load_test(LoadTestConfig(url=target.url, processes=1, connections=2, duration=1.0, rate=100))
+    counts = {"requests", "errors", "attempts", "bytes_received", "late_sends", "iterations", "passed", "failed",
+              "target_served"}
+    units = ("_ms", "_s", "_per_s", "_percent", "_mib")
+
+    def walk(data, where):
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and not where.endswith("kinds") \
+                        and where not in ("status_codes", "exceptions"):
+                    assert key in counts or key.endswith(units), f"{where}.{key} has no unit"
+                walk(value, key)
+        elif isinstance(data, list):
+            for item in data:
+                walk(item, where)
+
+    data = report.to_dict()
+    walk(data, "")
+    assert data["latency_p95_ms"] > 0 and data["requests_per_s"] > 0 and data["duration_s"] > 0
+    assert data["worker_peak_rss_mib"] > 1  # the worker process's peak resident size
+    assert data["worker_cpu_s"] > 0
+    assert data["send_lag_p50_ms"] >= 0 and data["send_lag_p99_ms"] >= data["send_lag_p50_ms"]
+    assert data["timeline"][0]["latency_p95_ms"] >= 0 and data["by_name"][0]["latency_p95_ms"] > 0
 
 
 def test_head_requests_end_with_their_headers(target):

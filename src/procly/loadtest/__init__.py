@@ -11,6 +11,18 @@ From Python::
     report = run_load_test(LoadTestConfig(url="http://127.0.0.1:8080/", duration=5))
     print(report.to_text())
 
+User flows (scenarios written in Python, run by virtual users)::
+
+    from procly.loadtest import User, flow
+
+    @flow(weight=3)
+    async def browse(user: User) -> None:
+        r = await user.get("/item/123", name="/item/[id]")
+        user.check(r, status=200)
+        await user.think(0.5, 1.5)
+
+    # procly loadtest -f scenario.py -u 100 -d 1m http://127.0.0.1:8080/
+
 Needs the ``loadtest`` extra (uvloop, httptools, hdrhistogram).
 """
 
@@ -26,10 +38,18 @@ from ._thresholds import Threshold as Threshold
 from ._thresholds import check_thresholds as check_thresholds
 
 if TYPE_CHECKING:
+    from ._flows import RequestFailed as RequestFailed
+    from ._flows import Response as Response
+    from ._flows import User as User
     from ._report import Report as Report
     from ._runner import LoadTestError as LoadTestError
     from ._runner import Progress as Progress
     from ._runner import run_load_test as run_load_test
+    from ._scenario import Scenario as Scenario
+    from ._scenario import ScenarioError as ScenarioError
+    from ._scenario import flow as flow
+    from ._scenario import on_start as on_start
+    from ._stages import Stages as Stages
     from ._target import EmbeddedTarget as EmbeddedTarget
     from ._target import serve_target as serve_target
 
@@ -42,6 +62,14 @@ _LAZY = {
     "run_load_test": "_runner",
     "EmbeddedTarget": "_target",
     "serve_target": "_target",
+    "RequestFailed": "_flows",
+    "Response": "_flows",
+    "User": "_flows",
+    "Scenario": "_scenario",
+    "ScenarioError": "_scenario",
+    "flow": "_scenario",
+    "on_start": "_scenario",
+    "Stages": "_stages",
 }
 EXTRA_HINT = "procly's load tester needs the loadtest extra: pip install 'procly[loadtest]'"
 
@@ -66,8 +94,16 @@ __all__ = [
     "LoadTestError",
     "Progress",
     "Report",
+    "RequestFailed",
+    "Response",
+    "Scenario",
+    "ScenarioError",
+    "Stages",
     "Threshold",
+    "User",
     "check_thresholds",
+    "flow",
+    "on_start",
     "parse_count",
     "parse_duration",
     "run_load_test",

@@ -100,6 +100,8 @@ class CallLoad:
                 return
             if due > now:
                 await asyncio.sleep(due - now)
+                while time.monotonic() < due:  # loop timers may fire up to a millisecond early
+                    await asyncio.sleep(0)
             try:
                 await asyncio.wait_for(func(), timeout)
             except asyncio.TimeoutError:

@@ -32,8 +32,8 @@ def add_commands(commands: Any) -> None:
     p.add_argument("-p", "--processes", type=int, default=None, help="worker processes (default: one per core)")
     p.add_argument("-d", "--duration", help="how long to run, e.g. 10s, 2m (default 10s unless -n)")
     p.add_argument("-n", "--requests", help="stop after this many requests in all, e.g. 10000 or 10k")
-    p.add_argument("-R", "--rate", type=float, help="constant rate in requests/s in all (open loop, latency "
-                                                     "corrected for coordinated omission)")
+    p.add_argument("-R", "--rate", help="rate in requests/s in all (open loop, latency corrected for coordinated "
+                                        "omission): a number, or stages that ramp it, e.g. 30s:1000,1m:1000,10s:0")
     p.add_argument("-m", "--method", default="GET", help="HTTP method (default GET)")
     p.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra header")
     body = p.add_mutually_exclusive_group()
@@ -47,8 +47,22 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--csv", metavar="FILE", help="write the per-second timeline and totals as CSV")
     p.add_argument("--html", metavar="FILE", help="write an HTML report with latency plots")
     p.add_argument("--fail-if", action="append", default=[], metavar="CONDITION",
-                   help="exit 1 if true, e.g. 'p99>200ms', 'errors>0.1%%', 'rps<1000' (repeatable)")
+                   help="exit 1 if true, e.g. 'p99>200ms', 'errors>0.1%%', 'rps<1000', "
+                        "'p95{name=login}>300ms', 'checks<99.9%%' (repeatable; latencies need their unit)")
     p.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
+    flows = p.add_argument_group("user flows (a scenario written in Python; see the README)")
+    flows.add_argument("-f", "--scenario", metavar="FILE.py",
+                       help="run the @flow functions of this file as virtual users; URL is their base URL")
+    flows.add_argument("-u", "--users", type=int, metavar="N",
+                       help="virtual users in all (default: -c); with no scenario, the same as -c")
+    flows.add_argument("--stages", metavar="STAGES",
+                       help="ramp the users linearly, closed loop: DURATION:USERS,... e.g. 30s:100,2m:100,20s:0")
+    flows.add_argument("--data", metavar="FILE.csv", help="test data: each user gets rows of this CSV file "
+                                                           "(header line = field names) as user.row")
+    flows.add_argument("--data-order", choices=["round-robin", "random"], default="round-robin",
+                       help="which row a user gets (default round-robin; random draws with --seed)")
+    flows.add_argument("--seed", type=int, help="seed of the users' random generators (think times, flow "
+                                                "choice, random rows): the same seed, the same choices")
     p.add_argument("--dask", metavar="ADDRESS", help="run the load workers as tasks on this Dask scheduler "
                                                      "(tcp://host:8786); -p defaults to its worker threads")
 
@@ -107,14 +121,15 @@ def _config_from(args: argparse.Namespace, url: str | None) -> Any:
         body = args.body.encode()
     elif args.body_file is not None:
         body = args.body_file.read_bytes()
+    from ._flows_cli import flow_options
+
+    extra = flow_options(args, url, headers, body)
     return LoadTestConfig(
         url=url,
         call=args.call,
         processes=args.processes if args.processes is not None else usable_cpus(),
-        connections=args.connections,
         duration=parse_duration(args.duration) if args.duration else None,
         requests=parse_count(args.requests) if args.requests else None,
-        rate=args.rate,
         method=args.method.upper(),
         headers=tuple(headers),
         body=body,
@@ -122,6 +137,7 @@ def _config_from(args: argparse.Namespace, url: str | None) -> Any:
         warmup=parse_duration(args.warmup),
         start_method=args.start_method,
         insecure=args.insecure,
+        **extra,
     )
 
 
@@ -138,7 +154,8 @@ class _ProgressLine:
             text = "  warming up ..."
         else:
             text = (f"  {progress.elapsed:6.1f} s  {progress.requests:>10,} requests  {progress.rate:>9,.0f}/s  "
-                    f"errors {progress.errors:,}  p50 {progress.p50_ms:.2f} ms  p99 {progress.p99_ms:.2f} ms")
+                    f"errors {progress.errors:,}  p50 {progress.p50_ms:.2f} ms  p95 {progress.p95_ms:.2f} ms  "
+                    f"p99 {progress.p99_ms:.2f} ms")
         if self.tty:
             self.stream.write("\r" + text + "\x1b[K")
         else:
@@ -220,11 +237,19 @@ def loadtest_command(args: argparse.Namespace) -> int:
     for path, render in ((args.json, report.to_json), (args.csv, report.to_csv), (args.html, lambda: to_html(report))):
         if path:
             _write(path, render())
+    if args.json == "-":  # the text report (which has them) was not printed
+        for warning in report.warnings:
+            print(f"procly loadtest: warning: {warning}", file=sys.stderr)
     broken = check_thresholds(thresholds, report)
     for message in broken:
         print(f"procly loadtest: {message}", file=sys.stderr)
+    from ._flows_cli import nothing_succeeded
+
+    failed_run = nothing_succeeded(report)
+    if failed_run:
+        print(f"procly loadtest: {failed_run}", file=sys.stderr)
     for message in report.workers_lost:
         print(f"procly loadtest: {message}", file=sys.stderr)
     if report.interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_BROKEN if broken or report.workers_lost else EXIT_OK
+    return EXIT_BROKEN if broken or report.workers_lost or failed_run else EXIT_OK

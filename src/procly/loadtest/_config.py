@@ -8,6 +8,7 @@ import re
 import socket
 import urllib.parse
 from dataclasses import dataclass, field
+from typing import Any
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(us|µs|ms|s|m|h)?\s*$")
 _SECONDS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -143,6 +144,12 @@ class LoadTestConfig:
     start_method: str | None = None
     insecure: bool = False  # https: do not verify the server's certificate
     address: str | None = None  # the URL's host, resolved once at the start (see resolved())
+    #: A ``Stages`` ramp of virtual users (closed loop; ``connections`` is then its peak).
+    stages: Any = None
+    #: A ``Stages`` ramp of the rate in requests/s (open loop), instead of a constant ``rate``.
+    rate_stages: Any = None
+    #: A ``Scenario`` (user flows from a Python file): ``url`` is then the base URL of their requests.
+    scenario: Any = None
 
     def __post_init__(self) -> None:
         if (self.url is None) == (self.call is None):
@@ -163,6 +170,8 @@ class LoadTestConfig:
             raise ValueError(f"warm-up must not be negative, got {self.warmup}")
         if self.url is not None:
             HttpTarget.from_url(self.url)
+        if (self.stages is not None or self.scenario is not None) and self.url is None:
+            raise ValueError("stages of users and scenarios need a URL (they are HTTP users)")
 
     def resolved(self) -> LoadTestConfig:
         """This config with the URL's host resolved, once, to the address every worker connects to.
@@ -178,6 +187,9 @@ class LoadTestConfig:
     @property
     def effective_duration(self) -> float | None:
         """How long the measured part lasts: None means "until the request budget is spent"."""
+        ramp = self.rate_stages if self.rate_stages is not None else self.stages
+        if ramp is not None and self.duration is None:
+            return ramp.duration
         if self.duration is None and self.requests is None:
             return 10.0
         return self.duration
@@ -197,13 +209,17 @@ class LoadTestConfig:
             index=index,
             connections=split_evenly(self.connections, n)[index],
             requests=None if self.requests is None else split_evenly(self.requests, n)[index],
-            rate=None if self.rate is None else self.rate / n,
+            rate=(self.rate_stages.scaled(1 / n) if self.rate_stages is not None
+                  else None if self.rate is None else self.rate / n),
         )
 
     def describe(self) -> str:
         target = self.url if self.url is not None else f"call {self.call}"
+        if self.scenario is not None and self.scenario.label is None:
+            target = f"{self.scenario.describe()} on {self.url}"
+        what = "user" if self.scenario is not None else "connection"
         parts = [f"{self.worker_count} process{'es' if self.worker_count > 1 else ''}",
-                 f"{self.connections} connection{'s' if self.connections > 1 else ''}"]
+                 f"{self.connections} {what}{'s' if self.connections > 1 else ''}"]
         duration = self.effective_duration
         if duration is not None:
             parts.append(f"{duration:g} s")
@@ -211,6 +227,10 @@ class LoadTestConfig:
             parts.append(f"{self.requests} requests")
         if self.rate is not None:
             parts.append(f"{self.rate:g} req/s")
+        if self.rate_stages is not None:
+            parts.append(f"rate stages {self.rate_stages.describe()} req/s")
+        if self.stages is not None:
+            parts.append(f"stages {self.stages.describe()} users")
         if self.warmup:
             parts.append(f"{self.warmup:g} s warm-up")
         return f"{target}  ({', '.join(parts)})"
@@ -223,4 +243,4 @@ class WorkerShare:
     index: int
     connections: int
     requests: int | None
-    rate: float | None
+    rate: Any  # requests/s, a Stages ramp of them, or None

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from ._report import Report
 
 _WIDTH, _HEIGHT, _PAD = 760, 280, 48
-_COLORS = {"p50": "#1f77b4", "p90": "#ff7f0e", "p99": "#d62728", "rps": "#9aa0a6"}
+_COLORS = {"p50": "#1f77b4", "p90": "#ff7f0e", "p95": "#9467bd", "p99": "#d62728", "rps": "#9aa0a6"}
 _SPECTRUM = (0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.995, 99.999)
 
 
@@ -85,10 +85,10 @@ def timeline_svg(report: Report) -> str:
     ticks = [(x_of(s), str(s)) for s in seconds[:: max(1, len(seconds) // 10)]]
     parts += _axes("Latency over time (bars: requests per second, peak "
                    f"{rps_max:,})", "second of the run", "latency (ms)", latency_max, ticks)
-    for name, attr in (("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms")):
+    for name, attr in (("p50", "p50_ms"), ("p90", "p90_ms"), ("p95", "p95_ms"), ("p99", "p99_ms")):
         ys = [bottom - getattr(p, attr) * y_factor for p in points]
         parts.append(_polyline([x_of(s) for s in seconds], ys, _COLORS[name]))
-    parts.append(_legend(["p50", "p90", "p99", "rps"]))
+    parts.append(_legend(["p50", "p90", "p95", "p99", "rps"]))
     parts.append("</svg>")
     return "".join(parts)
 
@@ -122,15 +122,48 @@ def distribution_svg(report: Report) -> str:
     return "".join(parts)
 
 
+def names_table(report: Report) -> str:
+    """One row per request name, and the total."""
+    head = ("name", "requests", "requests/s", "errors", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms")
+    rows = [(s.name, s.requests, s.requests_per_s, s.errors, s.latency) for s in report.by_name]
+    rows.append(("total", report.requests, report.throughput, report.errors, report.latency))
+    out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for name, count, rps, errors, lat in rows:
+        cells = [html.escape(name), f"{count:,}", f"{rps:,.1f}", f"{errors:,}"]
+        cells += [f"{v:.3f}" for v in (lat.p50, lat.p90, lat.p95, lat.p99, lat.max)]
+        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def checks_table(report: Report) -> str:
+    """One row per check, and the total."""
+    if not report.checks:
+        return "<p>No check was made.</p>"
+    out = ["<table><tr><th>check</th><th>passed</th><th>failed</th><th>passed %</th></tr>"]
+    for check in report.checks:
+        out.append(f"<tr><td>{html.escape(check.name)}</td><td>{check.passed:,}</td><td>{check.failed:,}</td>"
+                   f"<td>{check.passed_percent:.2f}</td></tr>")
+    out.append(f"<tr><td>total</td><td>{sum(c.passed for c in report.checks):,}</td>"
+               f"<td>{sum(c.failed for c in report.checks):,}</td><td>{report.checks_passed_percent:.2f}</td></tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
 def to_html(report: Report) -> str:
     """The whole report as a standalone HTML page."""
     summary = html.escape(report.to_text())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>procly loadtest: {html.escape(report.target)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:820px}}pre{{background:#f6f8fa;padding:1em}}</style>
+<style>body{{font-family:sans-serif;margin:2em;max-width:820px}}pre{{background:#f6f8fa;padding:1em}}
+td,th{{padding:2px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}</style>
 </head><body>
 <h1>procly loadtest</h1>
 <pre>{summary}</pre>
+<h2>Requests by name</h2>
+{names_table(report)}
+<h2>Checks</h2>
+{checks_table(report)}
 <h2>Latency over time</h2>
 {timeline_svg(report)}
 <h2>Latency distribution</h2>

@@ -18,6 +18,7 @@ from typing import Any
 
 import httptools
 
+from ._clock import PreciseTimer
 from ._config import HttpTarget
 from ._schedule import Schedule
 from ._stats import Recorder
@@ -155,12 +156,26 @@ class _Slot:
         due = self.load.schedule.next_start(now)
         if due is None:
             self.finish()
-        elif due > now + 0.0002:
+        elif due > now:
+            # Never early: the pacer writes it once the clock has reached ``due``.
             self.state = _WAITING
-            self.handle = self.load.loop.call_later(due - now, self._send, due)
+            self.due = due
+            self.load.pacer.call_at(due, self.paced, due)
         else:
             # In closed loop due == now: the send time needs no second clock read.
+            if due < now and self.load.schedule.open_loop and due >= self.load.recorder.measure_from:
+                self.load.recorder.late += 1  # due while every connection was busy
             self._send(due, now)
+
+    def paced(self, due: float) -> None:
+        """The pacer's call: ``due`` has come."""
+        if self.state != _WAITING or self.due != due:
+            return  # finished or stopped meanwhile
+        now = time.monotonic()
+        recorder = self.load.recorder
+        if due >= recorder.measure_from:
+            recorder.send_lags.append(int((now - due) * 1e6))
+        self._send(due, now)
 
     def _send(self, due: float, now: float | None = None) -> None:
         protocol = self.protocol
@@ -268,6 +283,7 @@ class HttpLoad:
         self.schedule = schedule
         self.recorder = recorder
         self.timeout = timeout
+        self.pacer = PreciseTimer(self.loop)  # rate mode: each request written at its due time
         self.slots = [_Slot(self) for _ in range(connections)]
         self._running = len(self.slots)
         self._finished = self.loop.create_future()
@@ -281,6 +297,7 @@ class HttpLoad:
             await self._finished
         finally:
             sweep.cancel()
+            self.pacer.close()
 
     def stop(self, grace: float) -> None:
         """No new requests; requests in flight get ``grace`` seconds, then every connection is closed."""
@@ -293,6 +310,7 @@ class HttpLoad:
     def _abandon(self) -> None:
         for slot in self.slots:
             slot.finish()
+        self.pacer.close()
 
     def slot_finished(self) -> None:
         self._running -= 1

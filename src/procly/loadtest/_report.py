@@ -1,11 +1,16 @@
-"""The load test's report: the numbers, and their text, JSON and CSV forms."""
+"""The load test's report: the numbers, and their text, JSON and CSV forms.
+
+In JSON every number carries its unit in its key: ``duration_s``, ``requests_per_s``,
+``latency_p95_ms``, ``send_lag_p99_ms``, ``error_rate_percent``; plain counts
+(``requests``, ``errors``, ``passed``) have no suffix.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
@@ -14,7 +19,9 @@ from ._config import LoadTestConfig
 from ._stats import Interval, percentile_ms
 
 #: The percentiles of the report's latency table.
-PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+#: Above this send lag (p99, ms) the client itself could not keep to the schedule.
+SEND_LAG_WARNING_MS = 1.0
 
 
 @dataclass
@@ -26,13 +33,14 @@ class Latency:
     stdev: float = 0.0
     p50: float = 0.0
     p90: float = 0.0
+    p95: float = 0.0
     p99: float = 0.0
     p99_9: float = 0.0
     max: float = 0.0
 
     @classmethod
-    def from_histogram(cls, hist: HdrHistogram) -> Latency:
-        if not hist.get_total_count():
+    def from_histogram(cls, hist: HdrHistogram | None) -> Latency:
+        if hist is None or not hist.get_total_count():
             return cls()
         return cls(
             min=hist.get_min_value() / 1000.0,
@@ -40,10 +48,63 @@ class Latency:
             stdev=hist.get_stddev() / 1000.0,
             p50=percentile_ms(hist, 50.0),
             p90=percentile_ms(hist, 90.0),
+            p95=percentile_ms(hist, 95.0),
             p99=percentile_ms(hist, 99.0),
             p99_9=percentile_ms(hist, 99.9),
             max=hist.get_max_value() / 1000.0,
         )
+
+    def to_dict(self, prefix: str = "latency_") -> dict[str, float]:
+        """``{"latency_p95_ms": ...}``: every figure with its unit in its key."""
+        return {f"{prefix}{name}_ms": round(value, 4) for name, value in self.__dict__.items()}
+
+
+@dataclass
+class NameStats:
+    """The figures of the requests sharing one name (``/item/[id]``)."""
+
+    name: str
+    requests: int
+    errors: int
+    requests_per_s: float
+    latency: Latency
+    status_codes: dict[int, int] = field(default_factory=dict)
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    histogram: HdrHistogram | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def build(cls, name: str, interval: Interval, elapsed: float) -> NameStats:
+        return cls(name=name, requests=interval.requests, errors=interval.error_count,
+                   requests_per_s=interval.requests / elapsed, latency=Latency.from_histogram(interval.histogram),
+                   status_codes=dict(sorted(interval.statuses.items())),
+                   error_kinds=dict(sorted(interval.errors.items(), key=lambda item: -item[1])),
+                   histogram=interval.histogram)
+
+    def percentile_ms(self, percentile: float) -> float:
+        return percentile_ms(self.histogram, percentile) if self.histogram is not None else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "requests": self.requests, "errors": self.errors,
+                "requests_per_s": round(self.requests_per_s, 3), **self.latency.to_dict(),
+                "status_codes": {str(k): v for k, v in self.status_codes.items()}, "error_kinds": self.error_kinds}
+
+
+@dataclass
+class CheckStats:
+    """How often one named check on responses passed and failed."""
+
+    name: str
+    passed: int
+    failed: int
+
+    @property
+    def passed_percent(self) -> float:
+        total = self.passed + self.failed
+        return 100.0 * self.passed / total if total else 100.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "failed": self.failed,
+                "passed_percent": round(self.passed_percent, 4)}
 
 
 @dataclass
@@ -55,6 +116,7 @@ class TimelinePoint:
     errors: int
     p50_ms: float
     p90_ms: float
+    p95_ms: float
     p99_ms: float
     max_ms: float
 
@@ -67,9 +129,15 @@ class TimelinePoint:
             errors=interval.error_count,
             p50_ms=percentile_ms(hist, 50.0),
             p90_ms=percentile_ms(hist, 90.0),
+            p95_ms=percentile_ms(hist, 95.0),
             p99_ms=percentile_ms(hist, 99.0),
             max_ms=hist.get_max_value() / 1000.0 if hist.get_total_count() else 0.0,
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start_s": self.second, "requests": self.requests, "errors": self.errors,
+                "requests_per_s": self.requests, "latency_p50_ms": self.p50_ms, "latency_p90_ms": self.p90_ms,
+                "latency_p95_ms": self.p95_ms, "latency_p99_ms": self.p99_ms, "latency_max_ms": self.max_ms}
 
 
 @dataclass
@@ -78,7 +146,9 @@ class Report:
 
     ``requests`` counts completed requests (every status); ``errors`` counts failures of
     every kind (transport errors, timeouts, malformed responses, HTTP status >= 400,
-    exceptions of a called function) and ``error_rate`` is errors / attempts.
+    exceptions of a called function) and ``error_rate`` is errors / attempts. A failed
+    check is not an error: checks are counted apart (``checks``), as are exceptions
+    raised by flows (``exceptions``, by class).
     """
 
     target: str
@@ -98,6 +168,20 @@ class Report:
     interrupted: bool = False
     target_served: int | None = None
     histogram: HdrHistogram | None = field(default=None, repr=False, compare=False)
+    by_name: list[NameStats] = field(default_factory=list)
+    checks: list[CheckStats] = field(default_factory=list)
+    exceptions: dict[str, int] = field(default_factory=dict)
+    iterations: int = 0
+    #: Rate mode: how long after its due time a request waiting on a free connection was written (ms).
+    send_lag: Latency | None = None
+    #: Rate mode: requests sent late because every connection was busy when they were due.
+    late_sends: int = 0
+    rate_target: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    #: The largest peak resident memory of one worker process (MiB; 0 when unknown).
+    worker_peak_rss_mib: float = 0.0
+    #: CPU time (user + system) of all the worker processes while they ran the load.
+    worker_cpu_s: float = 0.0
 
     @classmethod
     def build(cls, config: LoadTestConfig, total: Interval, elapsed: float, timeline: list[TimelinePoint],
@@ -106,7 +190,7 @@ class Report:
         http_errors = sum(count for kind, count in total.errors.items() if kind.startswith("http "))
         errors = total.error_count
         attempts = total.requests + errors - http_errors
-        return cls(
+        report = cls(
             target=config.url if config.url is not None else f"call {config.call}",
             description=config.describe(),
             elapsed=elapsed,
@@ -123,7 +207,30 @@ class Report:
             workers_lost=workers_lost,
             interrupted=interrupted,
             histogram=total.histogram,
+            by_name=[NameStats.build(name, sub, elapsed) for name, sub in sorted(total.by_name.items())],
+            checks=[CheckStats(name, passed, failed) for name, (passed, failed) in sorted(total.checks.items())],
+            exceptions=dict(sorted(total.exceptions.items(), key=lambda item: -item[1])),
+            iterations=total.iterations,
+            send_lag=Latency.from_histogram(total.send_lag) if total.send_lag is not None else None,
+            late_sends=total.late,
+            rate_target=config.rate,
+            worker_peak_rss_mib=total.peak_rss_kib / 1024,
+            worker_cpu_s=total.cpu_s,
         )
+        report.warnings = report._warnings()
+        return report
+
+    def _warnings(self) -> list[str]:
+        warnings = []
+        if self.send_lag is not None and self.send_lag.p99 > SEND_LAG_WARNING_MS:
+            warnings.append(f"the client fell behind its schedule: requests went out up to {self.send_lag.p99:.2f} "
+                            f"ms (p99) after their due time; use more processes (-p) or a lower rate")
+        if self.rate_target and not self.interrupted and self.throughput < self.rate_target * 0.99:
+            why = (f"; {self.late_sends:,} requests waited for a free connection (raise -c)" if self.late_sends
+                   else "")
+            warnings.append(f"the rate of {self.rate_target:g} requests/s was not held: "
+                            f"{self.throughput:,.1f} requests/s{why}")
+        return warnings
 
     def percentile_ms(self, percentile: float) -> float:
         """Any percentile (0-100) of the whole run's latency, in milliseconds."""
@@ -131,12 +238,56 @@ class Report:
             raise ValueError("this report carries no histogram")
         return percentile_ms(self.histogram, percentile)
 
+    def name_stats(self, name: str) -> NameStats | None:
+        """The figures of the requests named ``name``, or None if none had that name."""
+        for stats in self.by_name:
+            if stats.name == name:
+                return stats
+        return None
+
+    @property
+    def checks_passed_percent(self) -> float:
+        """Passed checks in percent of all checks (100 with no check)."""
+        passed = sum(c.passed for c in self.checks)
+        total = passed + sum(c.failed for c in self.checks)
+        return 100.0 * passed / total if total else 100.0
+
     # JSON
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("histogram")
-        data["status_codes"] = {str(k): v for k, v in self.status_codes.items()}
+        """The report as JSON-ready data; every number's unit is in its key."""
+        data: dict[str, Any] = {
+            "target": self.target,
+            "description": self.description,
+            "duration_s": round(self.elapsed, 4),
+            "requests": self.requests,
+            "errors": self.errors,
+            "attempts": self.attempts,
+            "requests_per_s": round(self.throughput, 3),
+            "error_rate_percent": round(self.error_rate * 100, 4),
+            **self.latency.to_dict(),
+            "bytes_received": self.bytes_received,
+            "status_codes": {str(k): v for k, v in self.status_codes.items()},
+            "error_kinds": self.error_kinds,
+            "by_name": [stats.to_dict() for stats in self.by_name],
+            "checks": [check.to_dict() for check in self.checks],
+            "checks_passed_percent": round(self.checks_passed_percent, 4),
+            "exceptions": self.exceptions,
+            "iterations": self.iterations,
+            "rate_target_requests_per_s": self.rate_target,
+            "late_sends": self.late_sends,
+            "worker_peak_rss_mib": round(self.worker_peak_rss_mib, 1),
+            "worker_cpu_s": round(self.worker_cpu_s, 3),
+            "timeline": [point.to_dict() for point in self.timeline],
+            "workers_lost": self.workers_lost,
+            "interrupted": self.interrupted,
+            "target_served": self.target_served,
+            "warnings": self.warnings,
+        }
+        if self.send_lag is not None:
+            lag = self.send_lag
+            data.update(send_lag_p50_ms=round(lag.p50, 4), send_lag_p99_ms=round(lag.p99, 4),
+                        send_lag_max_ms=round(lag.max, 4))
         if self.histogram is not None and self.histogram.get_total_count():
             data["histogram_hdr"] = self.histogram.encode().decode("ascii")
         return data
@@ -144,19 +295,32 @@ class Report:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
-    # CSV: one row per second, then a total row
+    # CSV: one row per second, one per request name, one per check, then the total
+
+    CSV_COLUMNS = ("row", "second", "name", "requests", "errors", "requests_per_s", "latency_p50_ms",
+                   "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "latency_max_ms", "checks_passed",
+                   "checks_failed")
 
     def to_csv(self) -> str:
+        """``row`` says what a line is: ``second`` (the timeline), ``name``, ``check`` or ``total``."""
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(["second", "requests", "errors", "requests_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms"])
+        writer.writerow(self.CSV_COLUMNS)
         for point in self.timeline:
-            writer.writerow([point.second, point.requests, point.errors, point.requests,
-                             f"{point.p50_ms:.3f}", f"{point.p90_ms:.3f}", f"{point.p99_ms:.3f}",
-                             f"{point.max_ms:.3f}"])
+            writer.writerow(["second", point.second, "", point.requests, point.errors, point.requests,
+                             f"{point.p50_ms:.3f}", f"{point.p90_ms:.3f}", f"{point.p95_ms:.3f}", f"{point.p99_ms:.3f}",
+                             f"{point.max_ms:.3f}", "", ""])
+        for stats in self.by_name:
+            lat = stats.latency
+            writer.writerow(["name", "", stats.name, stats.requests, stats.errors, f"{stats.requests_per_s:.1f}",
+                             f"{lat.p50:.3f}", f"{lat.p90:.3f}", f"{lat.p95:.3f}", f"{lat.p99:.3f}", f"{lat.max:.3f}",
+                             "", ""])
+        for check in self.checks:
+            writer.writerow(["check", "", check.name, "", "", "", "", "", "", "", "", check.passed, check.failed])
         lat = self.latency
-        writer.writerow(["total", self.requests, self.errors, f"{self.throughput:.1f}", f"{lat.p50:.3f}",
-                         f"{lat.p90:.3f}", f"{lat.p99:.3f}", f"{lat.max:.3f}"])
+        writer.writerow(["total", "", "", self.requests, self.errors, f"{self.throughput:.1f}", f"{lat.p50:.3f}",
+                         f"{lat.p90:.3f}", f"{lat.p95:.3f}", f"{lat.p99:.3f}", f"{lat.max:.3f}",
+                         sum(c.passed for c in self.checks), sum(c.failed for c in self.checks)])
         return out.getvalue()
 
     # text
@@ -169,25 +333,62 @@ class Report:
         lines.append(f"  requests     {self.requests:>12,}   in {self.elapsed:.2f} s")
         lines.append(f"  throughput   {self.throughput:>12,.1f}   requests/s")
         lines.append(f"  errors       {self.errors:>12,}   ({self.error_rate:.2%} of {self.attempts:,} attempts)")
+        if self.iterations:
+            lines.append(f"  iterations   {self.iterations:>12,}   (flows run to their end or to an exception)")
         if self.bytes_received:
             lines.append(f"  received     {_human_bytes(self.bytes_received):>12}   "
                          f"({_human_bytes(self.bytes_received / self.elapsed)}/s)")
+        if self.send_lag is not None:
+            lag = self.send_lag
+            lines.append(f"  send lag     p50 {_fmt_us(lag.p50)}  p99 {_fmt_us(lag.p99)}  max {_fmt_us(lag.max)}   "
+                         "(how late requests went out after their due time)")
+        if self.worker_peak_rss_mib:
+            lines.append(f"  memory       {self.worker_peak_rss_mib:>8,.1f} MiB   (peak resident size of the largest "
+                         "worker process)")
+        if self.worker_cpu_s and self.requests:
+            lines.append(f"  cpu          {self.worker_cpu_s:>10,.2f} s   in the workers "
+                         f"({self.worker_cpu_s / self.requests * 1e6:.1f} µs per request)")
+        if self.late_sends:
+            lines.append(f"  late sends   {self.late_sends:>12,}   (due while every connection was busy)")
         lines.append("")
-        names = ["min", "p50", "p90", "p99", "p99.9", "max", "mean", "stdev"]
-        values = [lat.min, lat.p50, lat.p90, lat.p99, lat.p99_9, lat.max, lat.mean, lat.stdev]
+        names = ["min", "p50", "p90", "p95", "p99", "p99.9", "max", "mean", "stdev"]
+        values = [lat.min, lat.p50, lat.p90, lat.p95, lat.p99, lat.p99_9, lat.max, lat.mean, lat.stdev]
         lines.append("  latency ms " + "".join(f"{name:>9}" for name in names))
         lines.append("             " + "".join(f"{_fmt_ms(value):>9}" for value in values))
+        if self.by_name:
+            width = max(24, *(len(s.name) + 2 for s in self.by_name))
+            head = ["requests", "rps", "errors", "p50", "p90", "p95", "p99", "max"]
+            lines += ["", f"  {'by name (latency ms)':<{width}}" + "".join(f"{h:>10}" for h in head)]
+            rows = [(s.name, s.requests, s.requests_per_s, s.errors, s.latency) for s in self.by_name]
+            rows.append(("total", self.requests, self.throughput, self.errors, lat))
+            for name, count, rps, errors, latency in rows:
+                lines.append(f"    {name:<{width - 2}}{count:>10,}{rps:>10,.1f}{errors:>10,}" +
+                             "".join(f"{_fmt_ms(v):>10}" for v in (latency.p50, latency.p90, latency.p95,
+                                                                   latency.p99, latency.max)))
+        if self.checks:
+            width = max(24, *(len(c.name) + 2 for c in self.checks))
+            lines += ["", f"  {'checks':<{width}}{'passed':>10}{'failed':>10}{'passed %':>10}"]
+            for check in self.checks:
+                lines.append(f"    {check.name:<{width - 2}}{check.passed:>10,}{check.failed:>10,}"
+                             f"{check.passed_percent:>10.2f}")
+            lines.append(f"    {'total':<{width - 2}}{sum(c.passed for c in self.checks):>10,}"
+                         f"{sum(c.failed for c in self.checks):>10,}{self.checks_passed_percent:>10.2f}")
         if self.status_codes and set(self.status_codes) != {0}:
             lines += ["", "  status codes"]
             lines += [f"    {code:<6} {count:>12,}" for code, count in self.status_codes.items()]
         if self.error_kinds:
             lines += ["", "  errors by kind"]
             lines += [f"    {kind:<24} {count:>12,}" for kind, count in self.error_kinds.items()]
+        if self.exceptions:
+            lines += ["", "  flows that raised (the user went on with its next iteration)"]
+            lines += [f"    {kind:<24} {count:>12,}" for kind, count in self.exceptions.items()]
         if self.workers_lost:
             lines += ["", "  workers lost (their last half second is missing)"]
             lines += [f"    {message}" for message in self.workers_lost]
         if self.target_served is not None:
             lines += ["", f"  the embedded target served {self.target_served:,} requests"]
+        if self.warnings:
+            lines += [""] + [f"  warning: {warning}" for warning in self.warnings]
         return "\n".join(lines)
 
 
@@ -197,6 +398,12 @@ def _fmt_ms(value: float) -> str:
     if value >= 10:
         return f"{value:.1f}"
     return f"{value:.2f}"
+
+
+def _fmt_us(value_ms: float) -> str:
+    if value_ms >= 1:
+        return f"{value_ms:.2f} ms"
+    return f"{value_ms * 1000:.0f} µs"
 
 
 def _human_bytes(count: float) -> str:

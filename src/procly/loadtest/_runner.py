@@ -40,6 +40,7 @@ class Progress:
     p50_ms: float
     p99_ms: float
     warming_up: bool
+    p95_ms: float = 0.0
 
 
 @dataclass
@@ -61,36 +62,58 @@ class Tally:
         self.buckets: dict[int, Interval] = {}
         self.measure_start = 0.0
         self.last_done = 0.0
+        self.last_tick = 0.0  # wall time of the latest measured interval received
         self._last_progress_count = 0
+        self._last_progress_tick = 0.0
 
     def add(self, kind: str, wall_time: float, wire: dict | None) -> None:
         """A worker's ``tick`` or ``done`` message."""
         if wire is not None:
             interval = Interval.from_wire(wire)
             self.total.add(interval)
+            self.last_tick = max(self.last_tick, wall_time)
             bucket = int(max(0.0, wall_time - self.measure_start - TICK / 2))
             self.buckets.setdefault(bucket, Interval()).add(interval)
         if kind == "done":
             self.last_done = max(self.last_done, wall_time)
 
     def progress(self) -> Progress:
-        """The live line's figures; ``rate`` counts requests since the previous call."""
+        """The live line's figures.
+
+        ``rate`` is the requests reported since the previous call over the time those
+        reports cover (from the start, or the previous call's latest tick, to the latest
+        tick), not over the wall time between calls: the first second shows the real rate.
+        """
         now = time.time()
         total = self.total
         previous, self._last_progress_count = self._last_progress_count, total.requests
+        since = max(self._last_progress_tick, self.measure_start)
+        covered = self.last_tick - since
+        rate = (total.requests - previous) / covered if covered > 0 else 0.0
+        if covered > 0:
+            self._last_progress_tick = self.last_tick
+        else:
+            self._last_progress_count = previous  # nothing new yet: count it with the next report
         return Progress(
             elapsed=max(0.0, now - self.measure_start),
             requests=total.requests,
-            rate=float(total.requests - previous),
+            rate=rate,
             errors=total.error_count,
             p50_ms=percentile_ms(total.histogram, 50),
             p99_ms=percentile_ms(total.histogram, 99),
             warming_up=now < self.measure_start,
+            p95_ms=percentile_ms(total.histogram, 95),
         )
 
     def report(self, workers_lost: list[str], interrupted: bool) -> Report:
         end = self.last_done or time.time()
-        elapsed = max(end - self.measure_start, 1e-9)
+        elapsed = end - self.measure_start
+        duration = self.config.effective_duration
+        if duration is not None:
+            # Requests are only started within the run's duration: answers that come back after
+            # its end do not stretch the time the throughput is computed over.
+            elapsed = min(elapsed, duration)
+        elapsed = max(elapsed, 1e-9)
         last_bucket = max(self.buckets, default=-1)
         timeline = [TimelinePoint.from_interval(second, self.buckets.get(second, Interval()))
                     for second in range(last_bucket + 1)]

@@ -10,17 +10,22 @@ coordinated-omission correction) instead of in one slow sample.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 
 class Schedule:
     """Hands out start times until the run's deadline or request budget is reached."""
 
-    def __init__(self, start: float, deadline: float | None, budget: int | None, rate: float | None,
+    def __init__(self, start: float, deadline: float | None, budget: int | None, rate: float | Any | None,
                  measure_from: float | None = None) -> None:
+        """``rate``: requests/s, or a :class:`~procly.loadtest._stages.Stages` ramp of them (from ``start``)."""
         self.start = start
         self.deadline = deadline
         self.budget = budget
-        self.interval = None if rate is None else 1.0 / rate
+        self.profile = rate if rate is not None and not isinstance(rate, (int, float)) else None
+        self.interval = None if rate is None or self.profile is not None else 1.0 / rate
+        #: Open loop: requests are due at times set by the rate, not when the previous one came back.
+        self.open_loop = rate is not None
         # Requests due before ``measure_from`` are the warm-up: they do not count against the budget.
         self.measure_from = start if measure_from is None else measure_from
         self.issued = 0
@@ -31,7 +36,12 @@ class Schedule:
         """The time the next request is due (``now`` in closed loop), or None when the run is over."""
         if self.stopped or (self.budget is not None and self.measured >= self.budget):
             return None
-        if self.interval is None:
+        if self.profile is not None:
+            offset = self.profile.time_of_count(self.issued)
+            if offset is None:
+                return None
+            due = self.start + offset
+        elif self.interval is None:
             due = now
         else:
             due = self.start + self.issued * self.interval

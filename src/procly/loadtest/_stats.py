@@ -39,11 +39,18 @@ def record_batch(hist: HdrHistogram, values_us: list[int]) -> None:
 
 
 class Recorder:
-    """One worker's tallies since its last flush: latencies, status codes, errors."""
+    """One worker's tallies since its last flush: latencies, status codes, errors.
 
-    __slots__ = ("latencies", "statuses", "ok", "errors", "bytes_received", "measure_from")
+    ``send_lags`` (rate mode) holds, in microseconds, how long after its due time each
+    request that waited for its time on a free connection was actually written; ``late``
+    counts requests that were sent late because no connection was free when they were due.
+    Everything is recorded under one request ``name``.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("latencies", "statuses", "ok", "errors", "bytes_received", "measure_from", "send_lags", "late",
+                 "name")
+
+    def __init__(self, name: str = "") -> None:
         # Requests due before this (monotonic) time belong to the warm-up: not recorded.
         self.measure_from = float("-inf")
         self.latencies: list[int] = []
@@ -51,6 +58,9 @@ class Recorder:
         self.ok = 0  # status 200, counted apart: the common case stays one integer add
         self.errors: Counter[str] = Counter()
         self.bytes_received = 0
+        self.send_lags: list[int] = []
+        self.late = 0
+        self.name = name
 
     def success(self, latency_s: float, status: int = 0) -> None:
         self.latencies.append(int(latency_s * 1e6))
@@ -61,7 +71,13 @@ class Recorder:
 
     def take(self) -> Interval:
         """Everything recorded since the last call, as an :class:`Interval`; then start afresh."""
+        interval = self._take_own()
+        interval.by_name = {self.name: interval.copy_counts()}
+        return interval
+
+    def _take_own(self) -> Interval:
         latencies, self.latencies = self.latencies, []
+        lags, self.send_lags = self.send_lags, []
         if self.ok:
             self.statuses[200] += self.ok
             self.ok = 0
@@ -71,14 +87,19 @@ class Recorder:
             errors=dict(self.errors),
             histogram=histogram_from(latencies),
             bytes_received=self.bytes_received,
+            send_lag=histogram_from(lags) if lags else None,
+            late=self.late,
         )
         self.statuses.clear()
         self.errors.clear()
         self.bytes_received = 0
+        self.late = 0
         return interval
 
     def discard(self) -> None:
         self.latencies = []
+        self.send_lags = []
+        self.late = 0
         self.ok = 0
         self.statuses.clear()
         self.errors.clear()
@@ -90,8 +111,8 @@ class LockedRecorder(Recorder):
 
     __slots__ = ("_lock",)
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
         self._lock = threading.Lock()
 
     def success(self, latency_s: float, status: int = 0) -> None:
@@ -113,50 +134,120 @@ class LockedRecorder(Recorder):
 
 @dataclass
 class Interval:
-    """Tallies of one worker over one flush interval (or merged over many)."""
+    """Tallies of one worker over one flush interval (or merged over many).
+
+    ``by_name`` holds the same tallies per request name (their sum is this interval);
+    ``checks`` maps a check's name to ``[passed, failed]``; ``exceptions`` counts flows
+    that raised, by exception class; ``iterations`` counts flow iterations that ended.
+    """
 
     requests: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     histogram: HdrHistogram = field(default_factory=new_histogram)
     bytes_received: int = 0
+    send_lag: HdrHistogram | None = None
+    late: int = 0
+    by_name: dict[str, Interval] = field(default_factory=dict)
+    checks: dict[str, list[int]] = field(default_factory=dict)
+    exceptions: dict[str, int] = field(default_factory=dict)
+    iterations: int = 0
+    peak_rss_kib: int = 0  # the largest peak resident size of the workers merged here
+    cpu_s: float = 0.0  # CPU time (user + system) the workers merged here spent while measuring
 
     @property
     def error_count(self) -> int:
         return sum(self.errors.values())
 
+    def copy_counts(self) -> Interval:
+        """Requests, statuses, errors and latencies only (no names, checks or send lags), copied."""
+        histogram = new_histogram()
+        if self.histogram.get_total_count():
+            histogram.add(self.histogram)
+        return Interval(requests=self.requests, statuses=dict(self.statuses), errors=dict(self.errors),
+                        histogram=histogram, bytes_received=self.bytes_received)
+
     def add(self, other: Interval) -> None:
         """Merge ``other`` into this interval."""
         self.requests += other.requests
         self.bytes_received += other.bytes_received
+        self.late += other.late
+        self.iterations += other.iterations
+        self.peak_rss_kib = max(self.peak_rss_kib, other.peak_rss_kib)
+        self.cpu_s += other.cpu_s
         for status, count in other.statuses.items():
             self.statuses[status] = self.statuses.get(status, 0) + count
         for kind, count in other.errors.items():
             self.errors[kind] = self.errors.get(kind, 0) + count
+        for kind, count in other.exceptions.items():
+            self.exceptions[kind] = self.exceptions.get(kind, 0) + count
+        for name, (passed, failed) in other.checks.items():
+            tally = self.checks.setdefault(name, [0, 0])
+            tally[0] += passed
+            tally[1] += failed
         if other.histogram.get_total_count():
             self.histogram.add(other.histogram)
+        if other.send_lag is not None and other.send_lag.get_total_count():
+            if self.send_lag is None:
+                self.send_lag = new_histogram()
+            self.send_lag.add(other.send_lag)
+        for name, sub in other.by_name.items():
+            mine = self.by_name.get(name)
+            if mine is None:
+                self.by_name[name] = sub.copy_counts()
+            else:
+                mine.add(sub)
 
     def to_wire(self) -> dict[str, Any]:
-        """A small picklable form: the histogram travels in HDR's compressed encoding."""
+        """A small picklable form: histograms travel in HDR's compressed encoding."""
         return {
             "requests": self.requests,
             "statuses": self.statuses,
             "errors": self.errors,
             "histogram": self.histogram.encode() if self.histogram.get_total_count() else b"",
             "bytes_received": self.bytes_received,
+            "send_lag": self.send_lag.encode() if self.send_lag is not None and self.send_lag.get_total_count()
+            else b"",
+            "late": self.late,
+            "by_name": self._names_to_wire(),
+            "checks": self.checks,
+            "exceptions": self.exceptions,
+            "iterations": self.iterations,
+            "peak_rss_kib": self.peak_rss_kib,
+            "cpu_s": self.cpu_s,
         }
+
+    def _names_to_wire(self) -> dict[str, Any]:
+        if len(self.by_name) == 1:
+            (name, sub), = self.by_name.items()
+            if sub.requests == self.requests and sub.errors == self.errors and sub.statuses == self.statuses:
+                return {name: None}  # one name: its tallies are the total's (one histogram less to encode)
+        return {name: sub.to_wire() for name, sub in self.by_name.items()}
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Interval:
         encoded = data["histogram"]
         histogram = HdrHistogram.decode(encoded) if encoded else new_histogram()
-        return cls(
+        lag = data.get("send_lag", b"")
+        interval = cls(
             requests=data["requests"],
             statuses=dict(data["statuses"]),
             errors=dict(data["errors"]),
             histogram=histogram,
             bytes_received=data["bytes_received"],
+            send_lag=HdrHistogram.decode(lag) if lag else None,
+            late=data.get("late", 0),
+            by_name={name: cls.from_wire(sub) for name, sub in data.get("by_name", {}).items() if sub is not None},
+            checks={name: list(tally) for name, tally in data.get("checks", {}).items()},
+            exceptions=dict(data.get("exceptions", {})),
+            iterations=data.get("iterations", 0),
+            peak_rss_kib=data.get("peak_rss_kib", 0),
+            cpu_s=data.get("cpu_s", 0.0),
         )
+        for name, sub in data.get("by_name", {}).items():
+            if sub is None:
+                interval.by_name[name] = interval.copy_counts()
+        return interval
 
 
 def percentile_ms(hist: HdrHistogram, percentile: float) -> float:

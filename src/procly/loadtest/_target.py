@@ -10,6 +10,8 @@ ephemeral port) and ``procly serve-target`` runs it alone. It answers:
     /close            closes the connection without answering
     /garbage          bytes that are not HTTP
     /stats            200 with the number of requests served so far
+    /echo             200, JSON: the request's method, path, headers and body
+    /cookie/NAME/VAL  200, and sets the cookie NAME=VAL
 
 Keep-alive and pipelined requests are answered in order. It counts every request it
 parses, so a load test's report can be checked against it.
@@ -18,8 +20,10 @@ parses, so a load test's report can be checked against it.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import ssl
+import time
 from collections import deque
 from http import HTTPStatus
 from typing import Any
@@ -27,18 +31,20 @@ from typing import Any
 import httptools
 
 from ..connection import Connection
+from ._clock import PreciseTimer
 from ._http import set_nodelay
 
 MAX_BYTES = 16 * 1024 * 1024
 MAX_DELAY_MS = 60_000
 
 
-def _response(status: int, body: bytes, keep_alive: bool = True) -> bytes:
+def _response(status: int, body: bytes, keep_alive: bool = True, content_type: str = "text/plain",
+              extra: str = "") -> bytes:
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = "Unknown"
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Length: {len(body)}\r\nContent-Type: text/plain\r\n"
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Length: {len(body)}\r\nContent-Type: {content_type}\r\n{extra}"
             f"{'' if keep_alive else 'Connection: close' + chr(13) + chr(10)}\r\n")
     return head.encode("latin-1") + body
 
@@ -52,6 +58,7 @@ _GARBAGE = b"\x00\xffTHIS IS NOT HTTP\r\n\r\n\x17\x03"
 class _Counter:
     def __init__(self) -> None:
         self.served = 0
+        self.timer: Any = None  # the PreciseTimer of /delay answers
 
 
 class _ServerProtocol(asyncio.Protocol):
@@ -62,6 +69,8 @@ class _ServerProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: Any = None
         self.url = b""
+        self.echo_headers: list[tuple[str, str]] = []
+        self.echo_body: list[bytes] = []
         # Answers not yet written, in request order: bytes, a future for a delayed one, or None = close.
         self.pending: deque[Any] = deque()
 
@@ -85,17 +94,34 @@ class _ServerProtocol(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self.url += url
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.url.startswith(b"/echo"):  # kept for /echo only: the common path stays cheap
+            self.echo_headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_body(self, body: bytes) -> None:
+        if self.url.startswith(b"/echo"):
+            self.echo_body.append(body)
+
     def on_message_complete(self) -> None:
         self.counter.served += 1
         url, self.url = self.url, b""
         keep_alive = self.parser.should_keep_alive()
-        answer = self._answer(url.split(b"?", 1)[0])
+        if url.startswith(b"/echo"):
+            answer = self._echo(url)
+        else:
+            answer = self._answer(url.split(b"?", 1)[0])
         if answer is _OK and not keep_alive:
             answer = _OK_CLOSE
         self.pending.append(answer)
         if not keep_alive and answer is not None:
             self.pending.append(None)
         self._flush()
+
+    def _echo(self, url: bytes) -> bytes:
+        document = {"method": self.parser.get_method().decode("latin-1"), "path": url.decode("latin-1"),
+                    "headers": dict(self.echo_headers), "body": b"".join(self.echo_body).decode("utf-8", "replace")}
+        self.echo_headers, self.echo_body = [], []
+        return _response(200, json.dumps(document).encode(), content_type="application/json")
 
     def _answer(self, path: bytes) -> Any:
         if path == b"/":
@@ -106,7 +132,8 @@ class _ServerProtocol(asyncio.Protocol):
             return _response(200, b"x" * int(arg))
         if name == b"delay" and arg.isdigit() and int(arg) <= MAX_DELAY_MS:
             future = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().call_later(int(arg) / 1000.0, self._resolve, future, _OK)
+            # Never early (loop timers are only precise to the millisecond): see _clock.
+            self.counter.timer.call_at(time.monotonic() + int(arg) / 1000.0, self._resolve, future, _OK)
             return future
         if name == b"status" and arg.isdigit() and 100 <= int(arg) <= 599:
             return _response(int(arg), f"status {int(arg)}".encode())
@@ -114,6 +141,9 @@ class _ServerProtocol(asyncio.Protocol):
             return None
         if name == b"garbage" and not arg:
             return _GARBAGE
+        if name == b"cookie" and len(parts) == 3 and parts[1].isalnum() and parts[2].isalnum():
+            cookie = f"Set-Cookie: {parts[1].decode()}={parts[2].decode()}; Path=/\r\n"
+            return _response(200, b"ok", extra=cookie)
         if name == b"stats" and not arg:
             return _response(200, str(self.counter.served).encode())
         return _NOT_FOUND
@@ -146,6 +176,7 @@ async def _serve(host: str, port: int, ready: Connection | None, announce: bool,
                  tls: tuple[str, str] | None) -> None:
     loop = asyncio.get_running_loop()
     counter = _Counter()
+    counter.timer = PreciseTimer(loop)
     context = None
     if tls is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -180,6 +211,7 @@ async def _serve(host: str, port: int, ready: Connection | None, announce: bool,
         await stop
     finally:
         server.close()
+        counter.timer.close()
         if ready is not None:
             try:
                 ready.send(("served", counter.served))

@@ -1,12 +1,17 @@
-"""``--fail-if`` conditions for CI: ``"p99>200ms"``, ``"errors>0.1%"``, ``"rps<1000"``.
+"""``--fail-if`` conditions for CI: ``"p99>200ms"``, ``"errors>0.1%"``, ``"p95{name=login}>300ms"``.
 
-A condition names a metric, a comparison and a value with an optional unit:
+A condition names a metric, optionally narrowed to one request name (or one check),
+a comparison and a value with its unit:
 
-    latency   min mean max stdev pNN (p50, p99, p99.9, ...)   units us, ms (default), s
-    errors    errors (a count; with % the error rate)          error_rate (%, or a fraction)
-    volume    requests, rps (throughput, requests per second)
+    latency   min mean max stdev pNN (p50, p95, p99.9, ...)   unit required: us, ms or s
+    errors    errors (a count; with % the error rate)          error_rate (unit required: %)
+    volume    requests (a count), rps (requests per second)
+    checks    checks (passed checks, unit required: %)
 
-The run "breaks" when any condition is true; ``procly loadtest`` then exits with 1.
+``METRIC{name=NAME}`` takes the figures of the requests named ``NAME`` (``checks{name=NAME}``:
+of the check ``NAME``); a name that no request (or check) had breaks the condition, so
+a typo cannot pass silently. The run "breaks" when any condition is true; ``procly
+loadtest`` then exits with 1.
 """
 
 from __future__ import annotations
@@ -21,14 +26,15 @@ if TYPE_CHECKING:  # only annotations: _report needs the loadtest extra (hdrh)
     from ._report import Report
 
 _CONDITION = re.compile(
-    r"^\s*(?P<metric>[a-z_]+|p\d+(?:\.\d+)?)\s*(?P<op><=|>=|==|!=|<|>)\s*"
-    r"(?P<value>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>us|µs|ms|s|%)?\s*$"
+    r"^\s*(?P<metric>[A-Za-z_]+|[pP]\d+(?:\.\d+)?)\s*(?:\{\s*name\s*=\s*(?P<name>[^}]*)\})?\s*"
+    r"(?P<op><=|>=|==|!=|<|>)\s*(?P<value>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[A-Za-zµ%/]+)?\s*$"
 )
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
 }
-_LATENCY_UNITS_MS = {None: 1.0, "ms": 1.0, "s": 1000.0, "us": 0.001, "µs": 0.001}
+_LATENCY_UNITS_MS = {"ms": 1.0, "s": 1000.0, "us": 0.001, "µs": 0.001}
 _LATENCY = {"min", "mean", "max", "stdev"}
+_KNOWN = "min mean max stdev pNN errors error_rate requests rps checks"
 
 
 @dataclass(frozen=True)
@@ -40,58 +46,105 @@ class Threshold:
     op: str
     value: float
     unit: str | None
+    name: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Threshold:
         """Parse a condition.
 
         Raises:
-            ValueError: the condition's syntax, metric or unit is wrong (the message says which).
+            ValueError: the condition's syntax, metric, name or unit is wrong (the message says which).
         """
-        match = _CONDITION.match(text.lower())
+        where = f"--fail-if {text!r}"
+        match = _CONDITION.match(text)
         if not match:
-            raise ValueError(f"cannot read --fail-if {text!r}: write it as METRIC OP VALUE[UNIT], e.g. 'p99>200ms'")
-        metric, op, value, unit = match["metric"], match["op"], float(match["value"]), match["unit"]
+            raise ValueError(f"cannot read {where}: write it as METRIC[{{name=NAME}}] OP VALUE UNIT, "
+                             "e.g. 'p99>200ms', 'p95{name=login}>300ms', 'errors>0.1%', 'checks<99.9%'")
+        metric, op, value = match["metric"].lower(), match["op"], float(match["value"])
+        unit = match["unit"].lower() if match["unit"] else None
+        if unit == "µs":
+            unit = "us"
+        name = match["name"]
+        if name is not None:
+            name = name.strip().strip("'\"")
+            if not name:
+                raise ValueError(f"{where}: {{name=...}} names nothing")
         if metric == "throughput":
             metric = "rps"
-        is_latency = metric in _LATENCY or metric.startswith("p")
-        if is_latency:
+        if metric in _LATENCY or re.fullmatch(r"p\d+(\.\d+)?", metric):
             if metric.startswith("p") and not 0 < float(metric[1:]) <= 100:
-                raise ValueError(f"--fail-if {text!r}: percentile must be in (0, 100]")
-            if unit == "%":
-                raise ValueError(f"--fail-if {text!r}: a latency takes us, ms or s, not %")
-        elif metric in ("errors", "error_rate"):
+                raise ValueError(f"{where}: percentile must be in (0, 100]")
+            if unit is None:
+                raise ValueError(f"{where}: a latency needs its unit, us, ms or s (e.g. '{metric}>{value:g}ms')")
+            if unit not in _LATENCY_UNITS_MS:
+                raise ValueError(f"{where}: a latency takes us, ms or s, not {unit}")
+        elif metric == "errors":
             if unit not in (None, "%"):
-                raise ValueError(f"--fail-if {text!r}: errors take a count or a percentage")
+                raise ValueError(f"{where}: errors take a count or a percentage")
+        elif metric == "error_rate":
+            if unit != "%":
+                raise ValueError(f"{where}: error_rate takes a percentage (e.g. 'error_rate>0.1%')")
         elif metric in ("requests", "rps"):
-            if unit is not None:
-                raise ValueError(f"--fail-if {text!r}: {metric} takes a plain number")
+            if unit not in (None, "/s") or (unit == "/s" and metric == "requests"):
+                raise ValueError(f"{where}: {metric} takes a plain number")
+        elif metric == "checks":
+            if unit != "%":
+                raise ValueError(f"{where}: checks take a percentage of passed checks (e.g. 'checks<99.9%')")
         else:
-            raise ValueError(f"--fail-if {text!r}: unknown metric {metric!r} "
-                             "(known: min mean max stdev pNN errors error_rate requests rps)")
-        return cls(text=text, metric=metric, op=op, value=value, unit=unit)
+            raise ValueError(f"{where}: unknown metric {match['metric']!r} (known: {_KNOWN})")
+        return cls(text=text, metric=metric, op=op, value=value, unit=unit, name=name)
 
-    def measure(self, report: Report) -> tuple[float, str]:
-        """The report's value for this metric, in the condition's terms, and how to print it."""
-        metric = self.metric
+    def measure(self, report: Report) -> tuple[float, str] | str:
+        """The report's value for this metric in the condition's terms and how to print it;
+        or, when the name matched nothing, why it cannot be measured."""
+        metric, unit = self.metric, self.unit
+        label = metric if self.name is None else f"{metric}{{name={self.name}}}"
+        if metric == "checks":
+            if self.name is None:
+                percent = report.checks_passed_percent
+            else:
+                found = [c for c in report.checks if c.name == self.name]
+                if not found:
+                    return f"no check is named {self.name!r} (checks: {', '.join(c.name for c in report.checks)})"
+                percent = found[0].passed_percent
+            return percent, f"{label} = {percent:.3f}% passed"
+        stats = None
+        if self.name is not None:
+            stats = report.name_stats(self.name)
+            if stats is None:
+                names = ", ".join(s.name for s in report.by_name)
+                return f"no request is named {self.name!r} (names: {names})"
         if metric in _LATENCY or metric.startswith("p"):
-            ms = getattr(report.latency, metric) if metric in _LATENCY else report.percentile_ms(float(metric[1:]))
-            scale = _LATENCY_UNITS_MS[self.unit]
-            return ms / scale, f"{metric} = {ms:.3f} ms"
-        if metric == "error_rate" or (metric == "errors" and self.unit == "%"):
-            rate = report.error_rate
-            if self.unit == "%":
-                return rate * 100, f"error rate = {rate:.3%}"
-            return rate, f"error rate = {rate:.5f}"
+            if metric in _LATENCY:
+                ms = getattr(report.latency if stats is None else stats.latency, metric)
+            else:
+                ms = (report.percentile_ms(float(metric[1:])) if stats is None
+                      else stats.percentile_ms(float(metric[1:])))
+            return ms / _LATENCY_UNITS_MS[unit or "ms"], f"{label} = {ms:.3f} ms"
+        errors = report.errors if stats is None else stats.errors
+        if metric == "error_rate" or (metric == "errors" and unit == "%"):
+            if stats is None:
+                rate = report.error_rate
+            else:
+                http = sum(count for kind, count in stats.error_kinds.items() if kind.startswith("http "))
+                attempts = stats.requests + stats.errors - http
+                rate = stats.errors / attempts if attempts else 0.0
+            where = "" if self.name is None else f" of {self.name}"
+            return rate * 100, f"error rate{where} = {rate:.3%}"
         if metric == "errors":
-            return float(report.errors), f"errors = {report.errors}"
+            return float(errors), f"{label} = {errors}"
         if metric == "requests":
-            return float(report.requests), f"requests = {report.requests}"
-        return report.throughput, f"throughput = {report.throughput:.1f} requests/s"
+            count = report.requests if stats is None else stats.requests
+            return float(count), f"{label} = {count}"
+        rps = report.throughput if stats is None else stats.requests_per_s
+        return rps, f"{label} = {rps:.1f} requests/s"
 
     def broken_by(self, report: Report) -> str | None:
-        """A message if ``report`` makes this condition true, else None."""
-        value, shown = self.measure(report)
+        """A message if ``report`` makes this condition true (or it names nothing), else None."""
+        measured = self.measure(report)
+        if isinstance(measured, str):
+            return f"threshold broken: {self.text} ({measured})"
+        value, shown = measured
         if _OPS[self.op](value, self.value):
             return f"threshold broken: {self.text} ({shown})"
         return None

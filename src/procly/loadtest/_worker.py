@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import time
 import traceback
@@ -123,30 +124,48 @@ class _Worker:
         recorder.measure_from = warmup_end
         self.load = make_load.create(schedule, recorder)
         ticker = loop.create_task(self._tick(recorder, warmup_end))
+        cpu_start = time.process_time()
         try:
             await self.load.run()
         finally:
             ticker.cancel()
-        self.emit(("done", time.time(), recorder.take().to_wire()))
+        final = recorder.take()
+        final.peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        final.cpu_s = time.process_time() - cpu_start
+        self.emit(("done", time.time(), final.to_wire()))
 
     def _prepare(self) -> _LoadFactory:
         config, share = self.config, self.share
+        if config.scenario is not None or (config.stages is not None and config.url is not None):
+            from ._flows import FlowLoad, FlowRecorder
+            from ._scenario import Scenario
+
+            # Ramped users of the single-URL load are users of a one-request flow.
+            scenario = config.scenario or Scenario.single_request(config.url, config.method, list(config.headers),
+                                                                  config.body)
+            scenario.flows()  # import it now: a failure is reported before the start
+            return _LoadFactory(
+                lambda schedule, recorder: FlowLoad(scenario, config.url, share.connections, schedule, recorder,
+                                                    config.timeout, config.insecure, config.stages, share.index,
+                                                    config.worker_count),
+                Schedule, FlowRecorder)
         if config.url is not None:
             from ._http import HttpLoad
 
             target = HttpTarget.from_url(config.url, config.address)
             request = target.request_bytes(config.method, list(config.headers), config.body)
+            name = f"{config.method} {target.path}"
             return _LoadFactory(
                 lambda schedule, recorder: HttpLoad(target, request, share.connections, schedule, recorder,
                                                     config.timeout, config.insecure),
-                Schedule, Recorder)
+                Schedule, lambda: Recorder(name))
         from ._calls import CallLoad, resolve_callable
 
         assert config.call is not None
         func = resolve_callable(config.call)
         return _LoadFactory(
             lambda schedule, recorder: CallLoad(func, share.connections, schedule, recorder, config.timeout),
-            CallLoad.schedule_type(func), CallLoad.recorder_type(func))
+            CallLoad.schedule_type(func), lambda: CallLoad.recorder_type(func)(config.call))
 
     def _read_control(self, conn: Connection, messages: asyncio.Queue[Any]) -> None:
         try:
@@ -187,7 +206,7 @@ class _Worker:
 class _LoadFactory:
     """How a worker builds its load once the schedule and recorder exist."""
 
-    def __init__(self, create: Any, schedule_type: type[Schedule], recorder_type: type[Recorder]) -> None:
+    def __init__(self, create: Any, schedule_type: type[Schedule], recorder_type: Callable[[], Recorder]) -> None:
         self.create = create
         self.schedule_type = schedule_type
         self.recorder_type = recorder_type

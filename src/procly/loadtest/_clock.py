@@ -1,0 +1,134 @@
+"""Callbacks at an exact monotonic time: never before it, a few microseconds after.
+
+The event loop's own timers have millisecond granularity (libuv keeps its clock in
+milliseconds) and may fire early, which made rate mode send requests before they were
+due. :class:`PreciseTimer` keeps its callbacks in a heap and wakes the loop with one
+Linux ``timerfd`` armed at the earliest due time (absolute, ``CLOCK_MONOTONIC``, the
+clock of :func:`time.monotonic`): the kernel's high-resolution timer makes the loop's
+poll return on time, and the process sleeps until then. Where there is no timerfd, a
+loop timer wakes it ~2 ms early and it checks the clock on every loop turn until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import heapq
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+_CLOCK_MONOTONIC = 1
+_TFD_NONBLOCK = os.O_NONBLOCK
+_TFD_CLOEXEC = 0o2000000
+_TFD_TIMER_ABSTIME = 1
+#: Fallback: how long before the due time the loop timer wakes the pacer.
+_SPIN = 0.002
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+_libc: Any = None
+
+
+def _timerfd() -> int | None:
+    """A non-blocking timerfd on CLOCK_MONOTONIC, or None where there is none."""
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        fd = _libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
+    except (OSError, AttributeError):
+        return None
+    return fd if fd >= 0 else None
+
+
+def _set_timerfd(fd: int, when: float) -> None:
+    seconds = int(when)
+    nanoseconds = int((when - seconds) * 1e9) + 1  # round up: never before ``when``
+    if nanoseconds >= 1_000_000_000:
+        seconds, nanoseconds = seconds + 1, nanoseconds - 1_000_000_000
+    spec = _Itimerspec(_Timespec(0, 0), _Timespec(seconds, nanoseconds))
+    if _libc.timerfd_settime(fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class PreciseTimer:
+    """Runs ``callback(*args)`` at monotonic time ``when`` on the running loop (see module doc).
+
+    Callbacks cannot be cancelled: a callback checks whether it is still wanted.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop if loop is not None else asyncio.get_running_loop()
+        self.heap: list[tuple[float, int, Callable[..., Any], tuple[Any, ...]]] = []
+        self.seq = 0
+        self.armed_for = float("inf")
+        self.handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self.fd = _timerfd()
+        if self.fd is not None:
+            self.loop.add_reader(self.fd, self._on_fd)
+
+    @property
+    def uses_timerfd(self) -> bool:
+        return self.fd is not None
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> None:
+        heapq.heappush(self.heap, (when, self.seq, callback, args))
+        self.seq += 1
+        if when < self.armed_for:
+            self._arm(when)
+
+    def _arm(self, when: float) -> None:
+        self.armed_for = when
+        if self.fd is not None:
+            _set_timerfd(self.fd, when)
+            return
+        if self.handle is not None:
+            self.handle.cancel()
+        gap = when - time.monotonic()
+        if gap > _SPIN * 1.5:
+            self.handle = self.loop.call_later(gap - _SPIN, self._run)
+        else:
+            self.handle = self.loop.call_soon(self._run)
+
+    def _on_fd(self) -> None:
+        try:
+            os.read(self.fd, 8)  # type: ignore[arg-type]
+        except BlockingIOError:
+            pass
+        self._run()
+
+    def _run(self) -> None:
+        self.handle = None
+        self.armed_for = float("inf")
+        heap = self.heap
+        now = time.monotonic()
+        while heap and heap[0][0] <= now:
+            _, _, callback, args = heapq.heappop(heap)
+            callback(*args)
+            now = time.monotonic()
+        if heap and heap[0][0] < self.armed_for:
+            self._arm(heap[0][0])
+
+    def close(self) -> None:
+        """Drop every pending callback and release the timerfd."""
+        self.heap.clear()
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        if self.fd is not None:
+            self.loop.remove_reader(self.fd)
+            os.close(self.fd)
+            self.fd = None

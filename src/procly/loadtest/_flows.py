@@ -1,0 +1,753 @@
+"""Virtual users running the flows of a scenario, in one worker process.
+
+Each virtual user is one asyncio task with its own :class:`User`: a keep-alive HTTP/1.1
+connection to the target (reopened when the server closes it), cookies, default headers,
+a random generator, its data row and a ``state`` dict for anything the flows keep. In a
+loop it picks a flow (at random, by weight) and runs it; a flow that raises is counted by
+exception class and the user goes on with its next iteration. Requests are recorded under
+their ``name``; checks are counted per check name, pass and fail, and never stop the user.
+
+Latency is measured from the moment a request is written to the moment its response is
+complete: think time (:meth:`User.think`) and connecting are never part of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json as jsonlib
+import random
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from typing import Any
+
+import httptools
+
+from ._config import HttpTarget, split_evenly
+from ._http import connect_error_kind, set_nodelay
+from ._scenario import FlowSpec, Scenario
+from ._schedule import Schedule
+from ._stats import Interval, Recorder
+
+#: Distinct request names a worker keeps apart; beyond, requests go under OTHER_NAMES (a URL
+#: with an id in it and no ``name=`` would otherwise make one row per id).
+MAX_NAMES = 1000
+OTHER_NAMES = "(other names: too many distinct names, give requests a name=)"
+#: How often the number of running users follows ``--stages``.
+RAMP_PERIOD = 0.1
+#: Users started at once begin at most this many per second (a worker's 10,000 users over
+#: one second), so that thousands of connections do not open in the same instant and the
+#: users' requests do not all fall in the same beat of their think time.
+START_RATE = 10_000
+_PRESENT: Any = ...  # a JSON field or header that must merely exist
+_JSON = jsonlib.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps(separators=) builds one a call
+
+
+class _StopUser(BaseException):
+    """Ends a virtual user: the run is over, its budget spent, or the ramp retires it.
+
+    A BaseException, so that a flow's ``except Exception`` does not swallow it.
+    """
+
+
+class RequestFailed(Exception):
+    """A request got no response (refused, reset, timeout, malformed answer); ``kind`` says which."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+class Response:
+    """The answer to one request of a flow.
+
+    ``status`` is 0 and ``error`` says why when no response came (connection refused,
+    timeout, ...). Header names are lower case.
+    """
+
+    __slots__ = ("status", "_raw", "_headers", "body", "error", "elapsed_ms", "name")
+
+    def __init__(self, status: int, raw_headers: list[tuple[bytes, bytes]], body: bytes, error: str | None,
+                 elapsed_ms: float, name: str) -> None:
+        self.status = status
+        self._raw = raw_headers
+        self._headers: dict[str, str] | None = None
+        self.body = body
+        self.error = error
+        self.elapsed_ms = elapsed_ms
+        self.name = name
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The response's headers, names in lower case (decoded when first asked for)."""
+        if self._headers is None:
+            self._headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self._raw}
+        return self._headers
+
+    @property
+    def ok(self) -> bool:
+        """A response came and its status is below 400."""
+        return self.error is None and 0 < self.status < 400
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body parsed as JSON.
+
+        Raises:
+            ValueError: the body is not JSON.
+        """
+        return jsonlib.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.name} {self.status or self.error} {len(self.body)} bytes>"
+
+
+class FlowRecorder(Recorder):
+    """A worker's tallies for flows: one :class:`Recorder` per request name, checks, exceptions."""
+
+    __slots__ = ("names", "checks", "exceptions", "iterations")
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        self.names: dict[str, Recorder] = {}
+        self.checks: dict[str, list[int]] = {}
+        self.exceptions: Counter[str] = Counter()
+        self.iterations = 0
+
+    def named(self, name: str) -> Recorder:
+        recorder = self.names.get(name)
+        if recorder is None:
+            recorder = self._new_name(OTHER_NAMES if len(self.names) >= MAX_NAMES else name)
+        return recorder
+
+    def _new_name(self, name: str) -> Recorder:
+        recorder = self.names.get(name)
+        if recorder is None:
+            recorder = self.names[name] = Recorder(name)
+            recorder.measure_from = self.measure_from
+        return recorder
+
+    def check(self, name: str, passed: bool) -> None:
+        tally = self.checks.get(name)
+        if tally is None:
+            tally = self.checks[name] = [0, 0]
+        tally[0 if passed else 1] += 1
+
+    def take(self) -> Interval:
+        total = Interval()
+        by_name = {}
+        for name, recorder in self.names.items():
+            sub = recorder._take_own()
+            total.add(sub)
+            by_name[name] = sub
+        total.bytes_received += self.bytes_received
+        total.by_name = by_name
+        total.checks = {name: list(tally) for name, tally in self.checks.items()}
+        total.exceptions = dict(self.exceptions)
+        total.iterations = self.iterations
+        self.bytes_received = 0
+        self.checks = {}
+        self.exceptions = Counter()
+        self.iterations = 0
+        return total
+
+    def discard(self) -> None:
+        super().discard()
+        for recorder in self.names.values():
+            recorder.discard()
+        self.checks = {}
+        self.exceptions = Counter()
+        self.iterations = 0
+
+
+class _Connection(asyncio.Protocol):
+    """One user's keep-alive connection: one request at a time, parsed by httptools."""
+
+    __slots__ = ("transport", "parser", "waiter", "status", "headers", "body", "recorder", "head", "closed", "loop",
+                 "sent")
+
+    def __init__(self, recorder: FlowRecorder, loop: asyncio.AbstractEventLoop) -> None:
+        self.recorder = recorder
+        self.loop = loop
+        self.sent = 0.0  # when the request in flight was written; 0: none in flight
+        self.transport: Any = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[Any] | None = None
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.head = False
+        self.closed = False
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        set_nodelay(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.recorder.bytes_received += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._fail("malformed response")
+            self.transport.abort()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.head:
+            self._complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if not self.head:
+            self._complete()
+
+    def _complete(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        keep_alive = self.parser.should_keep_alive()
+        status = self.parser.get_status_code()
+        if self.head:
+            self.parser = httptools.HttpResponseParser(self)
+        if waiter is not None and not waiter.done():
+            waiter.set_result((status, self.headers, b"".join(self.body), keep_alive))
+
+    def _fail(self, kind: str) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(RequestFailed(kind))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if exc is None:
+            self._fail("closed by server")
+        else:
+            self._fail("reset" if isinstance(exc, ConnectionResetError) else f"lost {type(exc).__name__}")
+
+    def send(self, data: bytes, head: bool) -> asyncio.Future[Any]:
+        self.head = head
+        self.headers = []
+        self.body = []
+        waiter = self.waiter = self.loop.create_future()
+        self.transport.write(data)
+        return waiter
+
+
+class User:
+    """One virtual user: its session (connection, cookies, default headers) and state.
+
+    Attributes:
+        id: the user's number, unique in the run (0, 1, 2, ...).
+        state: a dict for whatever the flows keep between steps and iterations.
+        headers: default headers sent with every request (a request's own headers win).
+        cookies: the cookies the server set (``Set-Cookie``), sent back with every request.
+        row: this user's row of the ``--data`` CSV file (a dict), or None without data.
+        rng: this user's :class:`random.Random`, seeded from ``--seed`` when given.
+    """
+
+    def __init__(self, load: FlowLoad, user_id: int) -> None:
+        self._load = load
+        self.id = user_id
+        self.state: dict[str, Any] = {}
+        self.headers: dict[str, str] = {}
+        self.cookies: dict[str, str] = {}
+        seed = load.scenario.seed
+        self.rng = random.Random(None if seed is None else seed * 1_000_003 + user_id)
+        self.row: dict[str, str] | None = load.row_for(self)
+        self._connection: _Connection | None = None
+        self._in_request = False
+        self._steps = 0  # requests and think times so far: each of them lets the loop run
+        self._retired = False
+        self._task: asyncio.Task[None] | None = None
+
+    # requests
+
+    def get(self, path: str, **options: Any) -> Coroutine[Any, Any, Response]:
+        """GET ``path`` (relative to the base URL); await it. See :meth:`request` for the options."""
+        return self.request("GET", path, **options)
+
+    def post(self, path: str, **options: Any) -> Coroutine[Any, Any, Response]:
+        """POST ``path``; await it. See :meth:`request` for the options."""
+        return self.request("POST", path, **options)
+
+    def put(self, path: str, **options: Any) -> Coroutine[Any, Any, Response]:
+        """PUT ``path``; await it. See :meth:`request` for the options."""
+        return self.request("PUT", path, **options)
+
+    def patch(self, path: str, **options: Any) -> Coroutine[Any, Any, Response]:
+        """PATCH ``path``; await it. See :meth:`request` for the options."""
+        return self.request("PATCH", path, **options)
+
+    def delete(self, path: str, **options: Any) -> Coroutine[Any, Any, Response]:
+        """DELETE ``path``; await it. See :meth:`request` for the options."""
+        return self.request("DELETE", path, **options)
+
+    def head(self, path: str, **options: Any) -> Coroutine[Any, Any, Response]:
+        """HEAD ``path``; await it. See :meth:`request` for the options."""
+        return self.request("HEAD", path, **options)
+
+    async def request(self, method: str, path: str, *, name: str | None = None,
+                      headers: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None,
+                      json: Any = None, data: bytes | str | Mapping[str, Any] | None = None) -> Response:
+        """Send one request on this user's connection and return its :class:`Response`.
+
+        ``name`` groups the request's statistics (default: the method and the path
+        without its query); ``json`` sends a JSON body, ``data`` bytes, text or a form.
+        A request that gets no response is counted as an error under its name and
+        returns a Response with status 0 and ``error`` set: it does not raise.
+
+        Raises:
+            ValueError: ``path`` is an absolute URL of another host than the target.
+        """
+        load = self._load
+        target_path = load.path_for(path)
+        if name is None:
+            name = f"{method} {target_path.split('?', 1)[0]}"
+        if self._retired or load.schedule.next_start(time.monotonic()) is None:
+            raise _StopUser
+        body = b""
+        extra: list[tuple[str, str]] = []
+        if json is not None:
+            body = _JSON.encode(json).encode()
+            extra.append(("Content-Type", "application/json"))
+        elif isinstance(data, Mapping):
+            body = urllib.parse.urlencode(data).encode()
+            extra.append(("Content-Type", "application/x-www-form-urlencoded"))
+        elif isinstance(data, str):
+            body = data.encode()
+        elif data is not None:
+            body = bytes(data)
+        if params:
+            target_path += ("&" if "?" in target_path else "?") + urllib.parse.urlencode(params)
+        payload = load.request_bytes(method, target_path, self, headers, extra, body)
+        recorder = load.recorder.named(name)
+        self._in_request = True
+        self._steps += 1
+        try:
+            connection = self._connection
+            if connection is None or connection.closed:
+                try:
+                    connection = await self._connect()
+                except RequestFailed as exc:
+                    recorder.error(exc.kind)
+                    return Response(0, [], b"", exc.kind, 0.0, name)
+            waiter = connection.send(payload, method == "HEAD")
+            started = connection.sent = time.monotonic()  # the sweep fails it after the timeout
+            try:
+                status, raw_headers, content, keep_alive = await waiter
+            except RequestFailed as exc:
+                self._drop_connection()
+                if started >= recorder.measure_from:
+                    recorder.error(exc.kind)
+                return Response(0, [], b"", exc.kind, (time.monotonic() - started) * 1000, name)
+            finally:
+                connection.sent = 0.0
+            now = time.monotonic()
+            if not keep_alive:
+                self._drop_connection()
+            if started >= recorder.measure_from:
+                recorder.latencies.append(int((now - started) * 1e6))
+                if status == 200:
+                    recorder.ok += 1  # as in the single-URL load: the common case is one integer add
+                else:
+                    recorder.statuses[status] += 1
+                    if status >= 400:
+                        recorder.errors[f"http {status}"] += 1
+            for header, value in raw_headers:
+                if len(header) == 10 and header.lower() == b"set-cookie":
+                    self._set_cookie(value.decode("latin-1"))
+            return Response(status, raw_headers, content, None, (now - started) * 1000, name)
+        finally:
+            self._in_request = False
+            if self._retired or load.stopping:
+                raise _StopUser
+
+    async def _connect(self) -> _Connection:
+        load = self._load
+        try:
+            _, connection = await asyncio.wait_for(
+                load.loop.create_connection(lambda: _Connection(load.recorder, load.loop), load.target.host,
+                                            load.target.port, **load.tls_options),
+                load.timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise RequestFailed(connect_error_kind(exc)) from None
+        self._connection = connection
+        return connection
+
+    def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and connection.transport is not None:
+            connection.transport.close()
+
+    def _set_cookie(self, header: str) -> None:
+        pair, _, attributes = header.partition(";")
+        name, sep, value = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            return
+        expired = False
+        for attribute in attributes.split(";"):
+            key, _, setting = attribute.strip().partition("=")
+            if key.lower() == "max-age":
+                try:
+                    expired = int(setting.strip()) <= 0
+                except ValueError:
+                    pass
+        if expired:
+            self.cookies.pop(name, None)
+        else:
+            self.cookies[name] = value.strip()
+
+    # checks, think time, data
+
+    def check(self, response: Response, name: str | None = None, *, status: int | Iterable[int] | None = None,
+              header: Mapping[str, str | None] | None = None, contains: str | bytes | None = None,
+              json: Mapping[str, Any] | None = None, predicate: Callable[[Response], bool] | None = None) -> bool:
+        """Check a response; count each check as passed or failed; return True if all passed.
+
+        ``status``: the status (or one of several); ``header``: ``{name: text}``, the header
+        exists and contains the text (``...`` or None: merely exists); ``contains``: the body
+        contains it; ``json``: ``{"path.to.field": value}`` (dotted, list indices as numbers;
+        ``...``: the field exists); ``predicate``: a function of the response.
+
+        With ``name``, all the given conditions form one check of that name; without,
+        each condition is a check of its own named after it (``status is 200``). A failed
+        check is not an error and does not stop the user.
+        """
+        results: list[tuple[str, bool]] = []
+        if status is not None:
+            wanted = (status,) if isinstance(status, int) else tuple(status)
+            label = f"status is {wanted[0]}" if len(wanted) == 1 else f"status in {list(wanted)}"
+            results.append((label, response.status in wanted))
+        if header is not None:
+            for key, text in header.items():
+                value = response.headers.get(key.lower())
+                passed = value is not None and (text is None or text is _PRESENT or text in value)
+                results.append((f"header {key}" + ("" if text is None or text is _PRESENT else f" has {text!r}"),
+                                passed))
+        if contains is not None:
+            needle = contains.encode() if isinstance(contains, str) else contains
+            results.append((f"body contains {contains!r}", needle in response.body))
+        if json is not None:
+            try:
+                document = response.json()
+            except ValueError:
+                document = _MISSING
+            for path, expected in json.items():
+                found = _json_field(document, path)
+                passed = found is not _MISSING and (expected is _PRESENT or found == expected)
+                results.append((f"json {path}" + ("" if expected is _PRESENT else f" == {expected!r}"), passed))
+        if predicate is not None:
+            try:
+                passed = bool(predicate(response))
+            except Exception:  # noqa: BLE001 - a predicate that raises is a failed check
+                passed = False
+            results.append((getattr(predicate, "__name__", "predicate"), passed))
+        if not results:
+            raise TypeError("check() needs at least one condition: status, header, contains, json or predicate")
+        recorder = self._load.recorder
+        measured = time.monotonic() >= recorder.measure_from
+        if name is not None:
+            passed = all(ok for _, ok in results)
+            if measured:
+                recorder.check(name, passed)
+            return passed
+        if measured:
+            for label, ok in results:
+                recorder.check(label, ok)
+        return all(ok for _, ok in results)
+
+    async def think(self, low: float, high: float | None = None) -> None:
+        """Wait ``low`` seconds, or a random time between ``low`` and ``high`` (never counted as latency)."""
+        seconds = low if high is None else self.rng.uniform(low, high)
+        self._steps += 1
+        load = self._load
+        deadline = load.schedule.deadline
+        if deadline is not None:
+            seconds = min(seconds, max(0.0, deadline - time.monotonic()))
+        await asyncio.sleep(max(seconds, 0.0))  # think(0) too lets the loop run
+        if self._retired or load.stopping or (deadline is not None and time.monotonic() >= deadline):
+            raise _StopUser
+
+    def next_row(self) -> dict[str, str]:
+        """Another row of the ``--data`` file: the next in turn (or a random one with ``--data-order random``).
+
+        Raises:
+            LookupError: the run has no ``--data``.
+        """
+        return self._load.next_row(self)
+
+
+_MISSING: Any = object()
+
+
+def _json_field(document: Any, path: str) -> Any:
+    value = document
+    for part in path.split(".") if path else []:
+        if isinstance(value, Mapping) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return _MISSING
+    return value
+
+
+class FlowLoad:
+    """The virtual users of one worker process, running a scenario's flows."""
+
+    def __init__(self, scenario: Scenario, url: str, users: int, schedule: Schedule, recorder: FlowRecorder,
+                 timeout: float, insecure: bool, stages: Any, worker_index: int, worker_count: int) -> None:
+        import ssl
+
+        self.loop = asyncio.get_running_loop()
+        self.scenario = scenario
+        self.flows, self.starts = scenario.flows()
+        self.weights = [spec.weight for spec in self.flows]
+        self.target = HttpTarget.from_url(url)
+        base_path = urllib.parse.urlsplit(url).path
+        self.prefix = base_path.rstrip("/")
+        self.tls_options: dict[str, Any] = {}
+        if self.target.tls:
+            context = ssl.create_default_context()
+            if insecure:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            self.tls_options = {"ssl": context, "server_hostname": self.target.host}
+        self.users_share = users
+        self.schedule = schedule
+        self.recorder = recorder
+        self.timeout = timeout
+        self.stages = stages
+        self.worker_index = worker_index
+        self.worker_count = worker_count
+        self.stopping = False
+        self.users: list[User] = []  # running, in order of start
+        self.started = 0
+        self.row_turn = 0
+        self.rng = random.Random(None if scenario.seed is None else scenario.seed * 7919 + worker_index)
+        self._head = (f"Host: {self.target.host_header}\r\nUser-Agent: procly-loadtest\r\n").encode("latin-1")
+        self._done: asyncio.Future[None] = self.loop.create_future()
+        self._bare: dict[tuple[str, str], bytes] = {}
+
+    # what users share
+
+    def path_for(self, path: str) -> str:
+        if path[:1] == "/" and not self.prefix:
+            return path
+        if path.startswith(("http://", "https://")):
+            parts = urllib.parse.urlsplit(path)
+            if parts.hostname != self.target.host or (parts.port or (443 if parts.scheme == "https" else 80)) \
+                    != self.target.port:
+                raise ValueError(f"{path!r} is not on the target {self.target.host_header}: "
+                                 "a scenario's requests go to the URL given on the command line")
+            return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if not path.startswith("/"):
+            path = "/" + path
+        return self.prefix + path
+
+    def request_bytes(self, method: str, path: str, user: User, headers: Mapping[str, str] | None,
+                      extra: list[tuple[str, str]], body: bytes) -> bytes:
+        if not (user.headers or headers or user.cookies or body or extra) and method in ("GET", "HEAD", "DELETE"):
+            # The common bare request: built once per method and path.
+            key = (method, path)
+            cached = self._bare.get(key)
+            if cached is None:
+                cached = f"{method} {path} HTTP/1.1\r\n".encode("latin-1") + self._head + b"\r\n"
+                if len(self._bare) < 10_000:
+                    self._bare[key] = cached
+            return cached
+        lines = [f"{method} {path} HTTP/1.1\r\n".encode("latin-1"), self._head]
+        merged = dict(user.headers)
+        if headers:
+            merged.update(headers)
+        names = {key.lower() for key in merged}
+        for key, value in extra:
+            if key.lower() not in names:
+                merged[key] = value
+        if user.cookies and "cookie" not in names:
+            merged["Cookie"] = "; ".join(f"{k}={v}" for k, v in user.cookies.items())
+        if body or method in ("POST", "PUT", "PATCH"):
+            merged["Content-Length"] = str(len(body))
+        for key, value in merged.items():
+            lines.append(f"{key}: {value}\r\n".encode("latin-1"))
+        lines.append(b"\r\n")
+        lines.append(body)
+        return b"".join(lines)
+
+    def _global_id(self, local: int) -> int:
+        # Users are numbered across processes: worker w's k-th user is w + k * workers.
+        return self.worker_index + local * self.worker_count
+
+    def row_for(self, user: User) -> dict[str, str] | None:
+        rows = self.scenario.rows
+        if not rows:
+            return None
+        if self.scenario.random_rows:
+            return user.rng.choice(rows)
+        return rows[user.id % len(rows)]
+
+    def next_row(self, user: User) -> dict[str, str]:
+        rows = self.scenario.rows
+        if not rows:
+            raise LookupError("next_row(): this run has no --data file")
+        if self.scenario.random_rows:
+            return user.rng.choice(rows)
+        row = rows[self._global_id(self.row_turn) % len(rows)]
+        self.row_turn += 1
+        return row
+
+    # running
+
+    async def run(self) -> None:
+        """Run the users until the deadline, the request budget, or :meth:`stop`."""
+        deadline = self.schedule.deadline
+        watchdog = None
+        if deadline is not None:
+            grace = min(self.timeout, 2.0)
+            watchdog = self.loop.call_later(max(0.0, deadline - time.monotonic()) + grace, self._abandon)
+        ramp = None
+        sweep = self.loop.create_task(self._sweep_timeouts())
+        # Thousands of users are thousands of long-lived objects (tasks, connections, sessions):
+        # the cyclic collector would traverse all of them again and again, stalling the loop for
+        # hundreds of milliseconds. Objects alive at start (and users added by the ramp) are
+        # frozen out of its reach; what requests create is young and collected as usual.
+        gc.collect()
+        try:
+            if self.stages is None:
+                self._set_users(self.users_share, spread=min(1.0, self.users_share / START_RATE))
+                gc.freeze()
+                if not self.users:
+                    return
+            else:
+                ramp = self.loop.create_task(self._ramp())
+            await self._done
+        finally:
+            sweep.cancel()
+            if ramp is not None:
+                ramp.cancel()
+            if watchdog is not None:
+                watchdog.cancel()
+            for user in self.users:
+                user._drop_connection()
+            gc.unfreeze()
+
+    async def _sweep_timeouts(self) -> None:
+        # One sweep a few times a second instead of a timer per request.
+        period = min(max(self.timeout / 4, 0.01), 0.25)
+        while True:
+            await asyncio.sleep(period)
+            limit = time.monotonic() - self.timeout
+            late = [user._connection for user in self.users
+                    if user._connection is not None and 0.0 < user._connection.sent < limit]
+            for connection in late:
+                connection._fail("timeout")
+
+    async def _ramp(self) -> None:
+        start = self.schedule.start
+        while not self.stopping:
+            now = time.monotonic()
+            if (self.schedule.deadline is not None and now >= self.schedule.deadline) or self.schedule.exhausted:
+                break
+            total = round(self.stages.value_at(now - start))
+            before = self.started
+            self._set_users(split_evenly(total, self.worker_count)[self.worker_index])
+            if self.started - before > 100:
+                gc.freeze()
+            await asyncio.sleep(RAMP_PERIOD)
+        self.stop(min(self.timeout, 2.0))
+
+    def _set_users(self, count: int, spread: float = 0.0) -> None:
+        active = [user for user in self.users if not user._retired]
+        if count > len(active):
+            new = count - len(active)
+            for k in range(new):
+                user = User(self, self._global_id(self.started))
+                self.started += 1
+                self.users.append(user)
+                user._task = self.loop.create_task(self._run_user(user, spread * k / new))
+                # Not in the coroutine's ``finally``: a task cancelled before it starts never runs it.
+                user._task.add_done_callback(lambda _, user=user: self._user_ended(user))
+        elif count < len(active):
+            for user in reversed(active[count:]):
+                self._retire(user)
+
+    def _retire(self, user: User) -> None:
+        user._retired = True
+        if not user._in_request and user._task is not None:
+            user._task.cancel()
+
+    async def _run_user(self, user: User, delay: float) -> None:
+        recorder = self.recorder
+        flows: list[FlowSpec] = self.flows
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+            for start in self.starts:
+                await self._guarded(start, user)
+            schedule = self.schedule
+            while not (self.stopping or user._retired):
+                func = flows[0].func if len(flows) == 1 else user.rng.choices(flows, self.weights)[0].func
+                steps = user._steps
+                try:  # as _guarded, inline: this is the hot path
+                    await func(user)
+                except (_StopUser, asyncio.CancelledError, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - counted (SystemExit too), and the user goes on
+                    if time.monotonic() >= recorder.measure_from:
+                        recorder.exceptions[type(exc).__name__] += 1
+                now = time.monotonic()
+                if now >= recorder.measure_from:
+                    recorder.iterations += 1
+                if user._steps == steps:
+                    await asyncio.sleep(0)  # a flow that neither requested nor thought must not hold the loop
+                if (schedule.deadline is not None and now >= schedule.deadline) or schedule.exhausted:
+                    break
+        except (_StopUser, asyncio.CancelledError):
+            pass
+        finally:
+            user._drop_connection()
+
+    def _user_ended(self, user: User) -> None:
+        user._drop_connection()
+        self.users.remove(user)
+        if not self.users and (self.stages is None or self.stopping) and not self._done.done():
+            self._done.set_result(None)
+
+    async def _guarded(self, func: Callable[[User], Any], user: User) -> None:
+        try:
+            await func(user)
+        except (_StopUser, asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - counted (SystemExit too), and the user goes on
+            if time.monotonic() >= self.recorder.measure_from:
+                self.recorder.exceptions[type(exc).__name__] += 1
+
+    def stop(self, grace: float) -> None:
+        """No new requests; requests in flight get ``grace`` seconds, then every user is ended."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.schedule.stop()
+        for user in list(self.users):
+            if not user._in_request and user._task is not None:
+                user._task.cancel()
+        if not self.users and not self._done.done():
+            self._done.set_result(None)
+        self.loop.call_later(grace, self._abandon)
+
+    def _abandon(self) -> None:
+        self.stopping = True
+        self.schedule.stop()
+        for user in list(self.users):
+            if user._task is not None:
+                user._task.cancel()
+        if not self.users and not self._done.done():
+            self._done.set_result(None)
