@@ -569,9 +569,9 @@ class FlowLoad:
         if headers:
             merged.update(headers)
         names = {key.lower() for key in merged}
-        for key, value in extra:
-            if key.lower() not in names:
-                merged[key] = value
+        for name, value in extra:
+            if name.lower() not in names:
+                merged[name] = value
         if user.cookies and "cookie" not in names:
             merged["Cookie"] = "; ".join(f"{k}={v}" for k, v in user.cookies.items())
         if body or method in ("POST", "PUT", "PATCH"):
@@ -674,7 +674,7 @@ class FlowLoad:
                 self.users.append(user)
                 user._task = self.loop.create_task(self._run_user(user, spread * k / new))
                 # Not in the coroutine's ``finally``: a task cancelled before it starts never runs it.
-                user._task.add_done_callback(lambda _, user=user: self._user_ended(user))
+                user._task.add_done_callback(lambda _, user=user: self._user_ended(user))  # type: ignore[misc]
         elif count < len(active):
             for user in reversed(active[count:]):
                 self._retire(user)

@@ -141,11 +141,13 @@ class _Worker:
             from ._scenario import Scenario
 
             # Ramped users of the single-URL load are users of a one-request flow.
-            scenario = config.scenario or Scenario.single_request(config.url, config.method, list(config.headers),
+            url = config.url
+            assert url is not None  # LoadTestConfig checks it: flows and stages are HTTP users
+            scenario = config.scenario or Scenario.single_request(url, config.method, list(config.headers),
                                                                   config.body)
             scenario.flows()  # import it now: a failure is reported before the start
             return _LoadFactory(
-                lambda schedule, recorder: FlowLoad(scenario, config.url, share.connections, schedule, recorder,
+                lambda schedule, recorder: FlowLoad(scenario, url, share.connections, schedule, recorder,
                                                     config.timeout, config.insecure, config.stages, share.index,
                                                     config.worker_count),
                 Schedule, FlowRecorder)
@@ -161,11 +163,12 @@ class _Worker:
                 Schedule, lambda: Recorder(name))
         from ._calls import CallLoad, resolve_callable
 
-        assert config.call is not None
-        func = resolve_callable(config.call)
+        call = config.call
+        assert call is not None
+        func = resolve_callable(call)
         return _LoadFactory(
             lambda schedule, recorder: CallLoad(func, share.connections, schedule, recorder, config.timeout),
-            CallLoad.schedule_type(func), lambda: CallLoad.recorder_type(func)(config.call))
+            CallLoad.schedule_type(func), lambda: CallLoad.recorder_type(func)(call))
 
     def _read_control(self, conn: Connection, messages: asyncio.Queue[Any]) -> None:
         try:
