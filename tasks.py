@@ -176,6 +176,7 @@ def run(*argv: str) -> int:
 def test(py: str, rest: list[str]) -> int:
     """Lint, then the default suite on this Python, then on every other supported CPython found."""
     code = run(py, "-m", "ruff", "check", "src", "tests", "benchmarks", "tasks.py")
+    code = code or run(py, "-m", "mypy")  # strict on src/procly (pyproject.toml)
     if code:
         return code
     pythons = other_pythons()
