@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -54,6 +55,11 @@ class OptionalBuildExt(build_ext):
         )
 
 
+# A free-threaded CPython (3.13t, 3.14t) has no stable ABI: there the extension is built
+# for that interpreter alone, and declares that it does not need the GIL.
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
 def _extensions() -> list[Extension]:
     if not sys.platform.startswith("linux"):
         return []
@@ -61,8 +67,8 @@ def _extensions() -> list[Extension]:
         Extension(
             "procly._semlock",
             sources=["src/procly/_semlock.c"],
-            define_macros=[("Py_LIMITED_API", hex(LIMITED_API))],
-            py_limited_api=True,
+            define_macros=[] if FREE_THREADED else [("Py_LIMITED_API", hex(LIMITED_API))],
+            py_limited_api=not FREE_THREADED,
             extra_compile_args=["-O2", "-Wall"],
             libraries=["pthread", "dl"],
         )
@@ -72,5 +78,5 @@ def _extensions() -> list[Extension]:
 setup(
     ext_modules=_extensions(),
     cmdclass={"build_ext": OptionalBuildExt},
-    options={"bdist_wheel": {"py_limited_api": "cp311"}},
+    options={} if FREE_THREADED else {"bdist_wheel": {"py_limited_api": "cp311"}},
 )

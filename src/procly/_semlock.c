@@ -439,6 +439,12 @@ PyInit__semlock(void)
     m = PyModule_Create(&semlock_module);
     if (m == NULL)
         return NULL;
+#ifdef Py_GIL_DISABLED
+    /* Free-threaded build: safe without the GIL. The semaphore itself is the
+     * synchronization; count and last_tid change only in the thread that holds it (other
+     * threads only compare last_tid with their own id, as CPython's _multiprocessing does). */
+    PyUnstable_Module_SetGIL(m, Py_MOD_GIL_NOT_USED);
+#endif
     type = PyType_FromSpec(&semlock_spec);
     if (type == NULL || PyModule_AddObject(m, "SemLock", type) < 0) {
         Py_XDECREF(type);
