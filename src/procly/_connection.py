@@ -131,7 +131,8 @@ class Connection:
         """
         return self._check_closed()
 
-    def _close(self) -> None:
+    def _close(self, _close_fd: Any = os.close) -> None:
+        # os.close is bound now: __del__ may run at interpreter exit, after os is cleared.
         handle, self._handle = self._handle, None
         self._poller = None
         reuse, self._reuse = getattr(self, "_reuse", None), None
@@ -141,7 +142,7 @@ class Connection:
         if isinstance(fd_socket, socket.socket):
             fd_socket.close()  # a duplicate of the handle: closing it leaves the handle alone
         if handle is not None:
-            os.close(handle)
+            _close_fd(handle)
 
     def _socket_for_fds(self, handle: int) -> socket.socket | None:
         """A socket object over (a duplicate of) the handle, to pass descriptors; None for a pipe."""
@@ -541,10 +542,10 @@ class BufferedConnection(Connection):
         new._fd_socket = fd_socket
         return new
 
-    def _close(self) -> None:
+    def _close(self, _close_fd: Any = os.close) -> None:
         while getattr(self, "_rfds", None):
-            os.close(self._rfds.popleft())
-        super()._close()
+            _close_fd(self._rfds.popleft())
+        super()._close(_close_fd)
 
     def buffered(self) -> bool:
         """Whether bytes read ahead wait here."""

@@ -437,6 +437,7 @@ class Listener:
             self._socket.listen(max(backlog, 1))
         except BaseException:
             self._socket.close()
+            self._socket = None  # half-built: nothing for close() or __del__ to do
             self._cleanup_path()
             raise
         self._address = self._socket.getsockname()
@@ -564,7 +565,7 @@ class Listener:
             self._pending.clear()
         if sock is not None:
             sock.close()
-            if self._unlink:
+            if getattr(self, "_unlink", False):
                 try:
                     os.unlink(self._address)
                 except OSError:

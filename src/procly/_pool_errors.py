@@ -35,6 +35,7 @@ class WorkerLostError(BrokenProcessPool):
         return str(self.args[0])
 
 
-# Their public names (tracebacks and pickles say where users import them from).
+# Its public name (tracebacks and pickles say where users import it from). Only a module
+# that is always imported where it is pickled will do: cloudpickle copies by value a
+# class whose module is not imported (procly.futures sets BrokenProcessPool's when it is).
 WorkerLostError.__module__ = "procly"
-BrokenProcessPool.__module__ = "procly.futures"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from typing import Protocol
+from typing import Any, Protocol
 
 from .._wait import wait
 
@@ -111,10 +111,11 @@ class DirectChild(PidfdSignals):
                 return None
         return self._reap(0)
 
-    def close(self) -> None:
+    def close(self, _close: Any = os.close) -> None:
+        # os.close is bound now: at interpreter exit the os module may be cleared first.
         fd, self._pidfd = self._pidfd, None
         if fd is not None:
-            os.close(fd)
+            _close(fd)
 
     def __del__(self) -> None:
         if getattr(self, "_pidfd", None) is not None:

@@ -111,12 +111,13 @@ class ForkServerChild(PidfdSignals):
             return None
         return self._read_status()
 
-    def close(self) -> None:
+    def close(self, _close: Any = os.close) -> None:
+        # os.close is bound now: at interpreter exit the os module may be cleared first.
         if self._pidfd is not None:
-            os.close(self._pidfd)
+            _close(self._pidfd)
             self._pidfd = None
         if self._fd is not None:
-            os.close(self._fd)
+            _close(self._fd)
             self._fd = None
 
     def __del__(self) -> None:
