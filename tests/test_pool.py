@@ -286,7 +286,7 @@ def test_retries_rerun_a_lost_task(ctx, tmp_path):
 
 
 def test_task_timeout_stops_the_task(ctx):
-    with ctx.Pool(2, task_timeout=0.5) as pool:
+    with ctx.Pool(2, task_timeout=3) as pool:
         slow = pool.apply_async(time.sleep, (30,))
         fast = [pool.apply_async(targets.square, (i,)) for i in range(6)]
         started = time.monotonic()

@@ -82,10 +82,32 @@ class ProcessState:
             atexit.register(run_exit_hook)
 
     def reap(self) -> None:
-        """Forget children that have ended (``active_children()`` calls this)."""
-        for child in list(self.children):
+        """Forget children that have ended (``active_children()`` and every start call this).
+
+        One poll() over the children's sentinels finds those that ended, so that a start
+        does not cost a system call per live child (Pool(1000) would start in O(n²)).
+        """
+        children = list(self.children)
+        if len(children) < 8:
+            ready = None
+        else:
+            import select
+
+            poller = select.poll()
+            for child in children:
+                sentinel = getattr(child._handle, "sentinel", None)
+                if sentinel is not None:
+                    poller.register(sentinel, select.POLLIN)
+            ready = {fd for fd, _ in poller.poll(0)}
+        for child in children:
             handle = child._handle
-            if handle is None or handle.poll() is not None:
+            if handle is None:
+                self.children.discard(child)
+                continue
+            sentinel = getattr(handle, "sentinel", None)
+            if ready is not None and sentinel is not None and sentinel not in ready:
+                continue  # still running
+            if handle.poll() is not None:
                 self.children.discard(child)
 
 
