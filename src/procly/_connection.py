@@ -43,6 +43,7 @@ from typing import Any
 from . import _fd_sharer, _serialization
 from ._errors import BufferTooShort, ConnectionClosedError, MessageError
 from ._memfd_reuse import MAX_NAMED, Memfd, MemfdReuse
+from ._wait import poll_ms
 
 __all__ = ["Connection", "Pipe"]
 
@@ -494,10 +495,7 @@ class Connection:
         ``None`` waits without limit; 0 (the default) does not wait.
         """
         handle = self._check_readable()
-        if timeout is None:
-            ms = -1
-        else:
-            ms = max(0, int(timeout * 1000 + 0.999))
+        ms = poll_ms(timeout)
         poller = self._poller
         if poller is None:  # kept: a pool's supervisor polls each worker channel per burst of replies
             poller = self._poller = select.poll()

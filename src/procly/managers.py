@@ -32,10 +32,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar, ove
 
 from . import _process
 from ._connection import Pipe, peer_credentials
-from ._errors import AuthenticationError, ProcessError
+from ._errors import AuthenticationError, ProcessError, rebuild_exception
 from ._finalize import Finalize
 from ._listener import Client, Listener, _handshake
-from ._pool_worker import rebuild_exception
 from ._spin import Spinner
 from ._wait import wait
 
