@@ -30,7 +30,7 @@ import traceback
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar, overload
 
-from . import _process
+from . import _process, _state
 from ._connection import Pipe, peer_credentials
 from ._errors import AuthenticationError, ProcessError, rebuild_exception
 from ._finalize import Finalize
@@ -162,15 +162,35 @@ def _peer_pid(fd: int) -> int | None:
 
 # --------------------------------------------------------------------------- server
 
-# The servers this process runs, by address (emptied in a forked child, which runs none):
-# a proxy rebuilt inside its own manager's server counts its reference in place instead
-# of connecting to itself (see BaseProxy).
-_servers_here: dict[Any, Server] = {}
-os.register_at_fork(after_in_child=_servers_here.clear)
+class _Entry:
+    """An object the server holds: the object, the methods proxies may call, its reference
+    count, and the type id it was created (or returned) as."""
+
+    __slots__ = ("obj", "exposed", "refcount", "typeid")
+
+    def __init__(self, obj: Any, exposed: list[str], typeid: str) -> None:
+        self.obj = obj
+        self.exposed = exposed
+        self.refcount = 0
+        self.typeid = typeid
+
+
+class _Shutdown(Exception):
+    """Raised by the shutdown handler: reply, then stop serving."""
 
 
 class Server:
-    """Holds the shared objects and answers proxies (``manager.get_server()``)."""
+    """Holds the shared objects and answers proxies (``manager.get_server()``).
+
+    Requests are tuples ``(kind, *args)``; :attr:`handlers` maps each kind to the method
+    that answers it, called as ``method(self, peer, *args)`` and returning the reply. A
+    subclass adds kinds by extending the table (see SharedMemoryServer). Two kinds open
+    a TCP client's connection instead (``OPENINGS``): ``("holder", token)`` names the
+    lease the connection's references count against, ``("lease", token)`` makes the
+    connection that lease.
+    """
+
+    handlers: dict[str, Callable[..., tuple[Any, ...]]] = {}
 
     def __init__(self, registry: dict[str, Any], address: Any, authkey: bytes, serializer: str = "pickle") -> None:
         _check_serializer(serializer)
@@ -179,7 +199,7 @@ class Server:
         self.authkey = bytes(authkey)
         self.listener = Listener(address=address, authkey=self.authkey, backlog=128)
         self.address = self.listener.address
-        self.objects: dict[str, list[Any]] = {}  # id -> [object, exposed, refcount]
+        self.objects: dict[str, _Entry] = {}
         # client -> {id: references it holds}; a client is a pid (Unix socket) or a lease token (TCP)
         self.holders: dict[int | str, dict[str, int]] = {}
         self.lock = threading.Lock()
@@ -191,7 +211,8 @@ class Server:
 
     def serve_forever(self) -> None:
         """Accept connections until shut down; a bad peer costs only its connection."""
-        _servers_here[self.address] = self
+        servers = _client_state().servers
+        servers[self.address] = self
         releaser = threading.Thread(target=self._release_local, name="procly-manager-releases", daemon=True)
         releaser.start()
         acceptor = threading.Thread(target=self._accept_loop, daemon=True)
@@ -199,7 +220,7 @@ class Server:
         try:
             self.stop_event.wait()
         finally:
-            _servers_here.pop(self.address, None)
+            servers.pop(self.address, None)
             self._local_releases.put(None)
             self.listener.close()
 
@@ -245,17 +266,36 @@ class Server:
         self._serve_client(_wrap(conn, self.serializer))
 
     def handle_request(self, kind: str, args: tuple[Any, ...]) -> Any:
-        """Requests beyond the built-in ones (a subclass's); the base server knows none.
+        """A request of a kind not in :attr:`handlers`; the base server knows none.
 
         Raises:
             RemoteError: an unknown request.
         """
         raise RemoteError(f"unknown request {kind!r}")
 
-    def _create(self, typeid: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-                peer: int | str | None = None) -> tuple[str, list[str]]:  # fmt: skip
+    # ----------------------------------------------------------------- request handlers
+
+    def _handle_call(self, peer: int | str | None, ident: str, method: str, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> tuple[Any, ...]:  # fmt: skip
+        entry = self._entry(ident)
+        if method == "#GETVALUE":
+            return ("ok", entry.obj)
+        if method not in entry.exposed and method not in ("__str__", "__repr__"):
+            raise RemoteError(f"method {method!r} of {type(entry.obj)!r} object is not in the list of allowed methods")
+        result = getattr(entry.obj, method)(*args, **kwargs)
+        method_to_typeid = self.registry[entry.typeid][2] if entry.typeid in self.registry else None
+        typeid = method_to_typeid.get(method) if method_to_typeid else None
+        if typeid is not None:
+            return ("proxy", (typeid, *self._adopt(typeid, result, peer)))
+        return ("ok", result)
+
+    def _handle_methods(self, peer: int | str | None, ident: str) -> tuple[Any, ...]:
+        return ("ok", list(self._entry(ident).exposed))
+
+    def _handle_create(self, peer: int | str | None, typeid: str, args: tuple[Any, ...],
+                       kwargs: dict[str, Any]) -> tuple[Any, ...]:  # fmt: skip
         try:
-            callable_, exposed, _, _ = self.registry[typeid]
+            callable_ = self.registry[typeid][0]
         except KeyError:
             raise RemoteError(f"no type {typeid!r} is registered with this manager") from None
         try:
@@ -263,34 +303,44 @@ class Server:
         except Exception as exc:
             # As the standard library: a failed creation is the manager's error, with the cause's text.
             raise RemoteError(f"creating a {typeid!r} failed:\n{traceback.format_exc()}") from exc
-        return self._adopt(typeid, obj, peer)
+        return ("ok", self._adopt(typeid, obj, peer))
 
-    def _call(self, ident: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-              peer: int | str | None = None) -> tuple[Any, ...]:  # fmt: skip
+    def _handle_incref(self, peer: int | str | None, ident: str) -> tuple[Any, ...]:
+        self._incref(ident, peer)
+        return ("ok", None)
+
+    def _handle_decref(self, peer: int | str | None, ident: str) -> tuple[Any, ...]:
+        self._decref(ident, peer)
+        return ("ok", None)
+
+    def _handle_ping(self, peer: int | str | None) -> tuple[Any, ...]:
+        return ("ok", os.getpid())
+
+    def _handle_count(self, peer: int | str | None) -> tuple[Any, ...]:
+        with self.lock:
+            return ("ok", len(self.objects))
+
+    def _handle_shutdown(self, peer: int | str | None) -> tuple[Any, ...]:
+        raise _Shutdown
+
+    # ----------------------------------------------------------------- objects and references
+
+    def _entry(self, ident: str) -> _Entry:
         with self.lock:
             try:
-                obj, exposed, _, own_typeid = self.objects[ident]
+                return self.objects[ident]
             except KeyError:
                 raise RemoteError(f"object {ident} is not held by this manager (released?)") from None
-        if method not in exposed and method not in ("__str__", "__repr__", "#GETVALUE"):
-            raise RemoteError(f"method {method!r} of {type(obj)!r} object is not in the list of allowed methods")
-        if method == "#GETVALUE":
-            return ("ok", obj)
-        result = getattr(obj, method)(*args, **kwargs)
-        method_to_typeid = self.registry[own_typeid][2] if own_typeid in self.registry else None
-        typeid = method_to_typeid.get(method) if method_to_typeid else None
-        if typeid is not None:
-            ident2, exposed2 = self._adopt(typeid, result, peer)
-            return ("proxy", (typeid, ident2, exposed2))
-        return ("ok", result)
 
     def _adopt(self, typeid: str, obj: Any, peer: int | str | None = None) -> tuple[str, list[str]]:
         exposed = self.registry[typeid][1] if typeid in self.registry else None
         exposed = public_methods(obj) if exposed is None else exposed
         ident = f"{id(obj):x}"
         with self.lock:
-            entry = self.objects.setdefault(ident, [obj, list(exposed), 0, typeid])
-            entry[2] += 1
+            entry = self.objects.get(ident)
+            if entry is None:
+                entry = self.objects[ident] = _Entry(obj, list(exposed), typeid)
+            entry.refcount += 1
             self._note(peer, ident, 1)
         return ident, list(exposed)
 
@@ -298,19 +348,24 @@ class Server:
         with self.lock:
             if ident not in self.objects:
                 raise RemoteError(f"object {ident} is not held by this manager")
-            self.objects[ident][2] += 1
+            self.objects[ident].refcount += 1
             self._note(peer, ident, 1)
 
     def _decref(self, ident: str, peer: int | str | None = None) -> None:
         with self.lock:
             if isinstance(peer, str) and peer not in self.holders:
                 return  # that client's lease ended and its references were given back already
-            entry = self.objects.get(ident)
-            if entry is not None:
+            if ident in self.objects:
                 self._note(peer, ident, -1)
-                entry[2] -= 1
-                if entry[2] <= 0:
-                    del self.objects[ident]
+                self._drop(ident, 1)
+
+    def _drop(self, ident: str, count: int) -> None:
+        """Take *count* references off object *ident*; forget it at zero (lock held)."""
+        entry = self.objects.get(ident)
+        if entry is not None:
+            entry.refcount -= count
+            if entry.refcount <= 0:
+                del self.objects[ident]
 
     # References held per client process: when a client dies without giving its
     # references back, the server gives them back for it, so its referents are not kept
@@ -366,60 +421,66 @@ class Server:
     def _release(self, peer: int | str) -> None:
         """Give back every reference client *peer* still holds (it is gone)."""
         with self.lock:
-            held = self.holders.pop(peer, {})
-            for ident, count in held.items():
-                entry = self.objects.get(ident)
-                if entry is not None:
-                    entry[2] -= count
-                    if entry[2] <= 0:
-                        del self.objects[ident]
+            for ident, count in self.holders.pop(peer, {}).items():
+                self._drop(ident, count)
+
+    # ----------------------------------------------------------------- connections
 
     def _serve_client(self, conn: Any) -> None:
         spinner = Spinner(conn.fileno())
         peer: int | str | None = _peer_pid(conn.fileno())
         with conn:
-            while not self.stop_event.is_set():
-                try:
-                    spinner.wait()
-                    request = conn.recv()
-                except (EOFError, OSError):
+            request = self._receive(conn, spinner)
+            if isinstance(request, (tuple, list)) and request and request[0] in OPENINGS:
+                if peer is None and request[0] == "lease":
+                    self._hold_lease(conn, str(request[1]))
                     return
-                except Exception as exc:  # noqa: BLE001 - garbage from an authenticated peer
-                    _reply(conn, ("err", RemoteError(f"bad request: {exc}"), ""))
-                    continue
-                try:
-                    kind = request[0]
-                    if kind == "holder" and peer is None:
-                        peer = str(request[1])  # a TCP client names its lease; no reply
-                        continue
-                    if kind == "lease" and peer is None:
-                        self._hold_lease(conn, str(request[1]))
-                        return
-                    if kind == "call":
-                        reply = self._call(*request[1:], peer=peer)  # type: ignore[misc]
-                    elif kind == "create":
-                        reply = ("ok", self._create(*request[1:], peer=peer))  # type: ignore[misc]
-                    elif kind == "incref":
-                        self._incref(request[1], peer)
-                        reply = ("ok", None)
-                    elif kind == "decref":
-                        self._decref(request[1], peer)
-                        reply = ("ok", None)
-                    elif kind == "shutdown":
-                        _reply(conn, ("ok", None))
-                        self.stop_event.set()
-                        return
-                    elif kind == "ping":
-                        reply = ("ok", os.getpid())
-                    elif kind == "count":
-                        with self.lock:
-                            reply = ("ok", len(self.objects))
-                    else:
-                        reply = ("ok", self.handle_request(kind, request[1:]))
-                except Exception as exc:  # noqa: BLE001 - sent back to the caller
-                    reply = ("err", exc, traceback.format_exc())
-                if not _reply(conn, reply):
-                    return
+                if peer is None:
+                    peer = str(request[1])  # a TCP client names its lease; no reply
+                request = self._receive(conn, spinner)
+            while request is not None and self._answer(conn, peer, request):
+                request = self._receive(conn, spinner)
+
+    def _receive(self, conn: Any, spinner: Spinner) -> tuple[Any, ...] | None:
+        """The next request on *conn*; None when it or the server is done."""
+        while not self.stop_event.is_set():
+            try:
+                spinner.wait()
+                return conn.recv()  # type: ignore[no-any-return]
+            except (EOFError, OSError):
+                return None
+            except Exception as exc:  # noqa: BLE001 - garbage from an authenticated peer
+                _reply(conn, ("err", RemoteError(f"bad request: {exc}"), ""))
+        return None
+
+    def _answer(self, conn: Any, peer: int | str | None, request: tuple[Any, ...]) -> bool:
+        """Answer one request; False when the connection is done."""
+        try:
+            handler = self.handlers.get(request[0])
+            if handler is None:
+                reply: tuple[Any, ...] = ("ok", self.handle_request(request[0], tuple(request[1:])))
+            else:
+                reply = handler(self, peer, *request[1:])
+        except _Shutdown:
+            _reply(conn, ("ok", None))
+            self.stop_event.set()
+            return False
+        except Exception as exc:  # noqa: BLE001 - sent back to the caller
+            reply = ("err", exc, traceback.format_exc())
+        return _reply(conn, reply)
+
+
+Server.handlers = {
+    "call": Server._handle_call,
+    "methods": Server._handle_methods,
+    "create": Server._handle_create,
+    "incref": Server._handle_incref,
+    "decref": Server._handle_decref,
+    "ping": Server._handle_ping,
+    "count": Server._handle_count,
+    "shutdown": Server._handle_shutdown,
+}
+OPENINGS = ("holder", "lease")  # first requests of a TCP client's connection (see Server)
 
 
 def _keep_alive(fd: int) -> None:
@@ -505,26 +566,46 @@ def _connect(address: Any, authkey: bytes, serializer: str, holder: str | None) 
 
 def _lease_token(address: Any, authkey: bytes, serializer: str) -> str | None:
     """This process's lease with the manager at *address* (TCP only; see ``Server._note``)."""
-    return _Leases.token(address, authkey, serializer) if isinstance(address, tuple) else None
+    return _client_state().lease_token((address, serializer, authkey)) if isinstance(address, tuple) else None
 
 
-class _Leases:
-    """This process's lease connections to TCP managers (see ``Server._note``).
+class _ClientState:
+    """This process's side of the managers it uses; one per process, in its ProcessState.
 
-    One per manager, opened before this process takes its first reference there and
-    closed with its last proxy of that manager; each reference is given back naming the
-    lease it was taken under, and the server ignores those of a lease that has ended.
-    A forked child closes its copies (it takes its own).
+    * ``servers``: the servers this process runs, by address: a proxy rebuilt inside its
+      own manager's server counts its reference in place instead of connecting to itself.
+    * ``connections``: one connection per thread and manager, shared by every proxy of
+      that manager (as the standard library does: a connection per proxy would run the
+      server out of descriptors); closed with the manager's last proxy here, or when the
+      manager shuts down.
+    * ``leases``: one lease connection per TCP manager (see ``Server._note``), opened
+      before this process takes its first reference there and closed with its last proxy
+      of that manager; each reference is given back naming the lease it was taken under,
+      and the server ignores those of a lease that has ended.
+    * ``live``: how many proxies born in this process are alive, per manager.
+
+    A manager is keyed by ``(address, serializer, authkey)``. A forked child gets a
+    fresh one (a new ProcessState) and closes the descriptors it inherited
+    (:func:`_close_inherited`, the one fork hook): the parent's leases must end with the
+    parent, not live on in its children.
     """
 
-    _held: dict[tuple[Any, str, bytes], tuple[str, Any]] = {}
-    _lock = threading.RLock()  # re-entered when a collected proxy closes a lease
+    def __init__(self) -> None:
+        self.lock = threading.RLock()  # re-entered when a proxy is collected inside
+        self.servers: dict[Any, Server] = {}
+        self.connections: dict[Any, dict[int, tuple[Any, Spinner, str | None]]] = {}
+        self.leases: dict[Any, tuple[str, Any]] = {}
+        self.live: dict[Any, int] = {}
 
-    @classmethod
-    def token(cls, address: Any, authkey: bytes, serializer: str) -> str:
-        key = (address, serializer, authkey)
-        with cls._lock:
-            entry = cls._held.get(key)
+    def lease_token(self, key: tuple[Any, str, bytes]) -> str:
+        """The token of this process's lease with manager *key*, opening the lease if needed.
+
+        Raises:
+            OSError, AuthenticationError: the manager cannot be reached.
+        """
+        address, serializer, authkey = key
+        with self.lock:
+            entry = self.leases.get(key)
             if entry is not None and not entry[1].closed:
                 return entry[0]
             token = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(8).hex()}"
@@ -535,31 +616,81 @@ class _Leases:
             except BaseException:
                 conn.close()
                 raise
-            cls._held[key] = (token, conn)
+            self.leases[key] = (token, conn)
             return token
 
-    @classmethod
-    def close(cls, address: Any, key: Any = None) -> None:
-        """End the lease *key*, or every lease with the manager at *address*."""
-        with cls._lock:
-            keys = [k for k in cls._held if (k == key if key is not None else k[0] == address)]
-            ended = [cls._held.pop(k)[1] for k in keys]
-        for conn in ended:
+    def channel(self, key: tuple[Any, str, bytes]) -> tuple[Any, Spinner, str | None]:
+        """This thread's connection to manager *key*, its spinner and the lease it names."""
+        thread = threading.get_ident()
+        with self.lock:
+            entry = self.connections.get(key, {}).get(thread)
+        if entry is not None and not entry[0].closed:
+            return entry
+        address, serializer, authkey = key
+        holder = _lease_token(address, authkey, serializer)
+        conn = _connect(address, authkey, serializer, holder)
+        entry = (conn, Spinner(conn.fileno()), holder)
+        with self.lock:
+            self.connections.setdefault(key, {})[thread] = entry
+        return entry
+
+    def proxy_born(self, key: Any) -> None:
+        with self.lock:
+            self.live[key] = self.live.get(key, 0) + 1
+
+    def proxy_gone(self, key: Any) -> None:
+        """A proxy born here is gone; with the last of a manager go its connections and lease."""
+        with self.lock:
+            left = self.live.get(key, 1) - 1
+            if left > 0:
+                self.live[key] = left
+                return
+            self.live.pop(key, None)
+        self.close(key[0], key)
+
+    def close(self, address: Any, key: Any = None) -> None:
+        """Close the connections and lease of manager *key*, or of every manager at *address*."""
+        with self.lock:
+            keys = {k for k in (*self.connections, *self.leases) if (k == key if key is not None else k[0] == address)}
+            conns = [entry[0] for k in keys for entry in self.connections.pop(k, {}).values()]
+            conns += [self.leases.pop(k)[1] for k in keys if k in self.leases]
+        _close_all(conns)
+
+    def close_inherited(self) -> None:
+        """In a forked child: close the copies of the parent's connections (no lock: the
+        parent's may be held by a thread that does not exist here)."""
+        conns = [entry[0] for per_thread in self.connections.values() for entry in per_thread.values()]
+        _close_all(conns + [conn for _, conn in self.leases.values()])
+
+
+def _close_all(conns: list[Any]) -> None:
+    for conn in conns:
+        try:
             conn.close()
-
-    @classmethod
-    def forget_inherited(cls) -> None:
-        """In a forked child: the parent's leases are its own, and must end when it does."""
-        for _, conn in cls._held.values():
-            try:
-                conn.close()
-            except OSError:
-                pass
-        cls._held = {}
-        cls._lock = threading.RLock()
+        except OSError:
+            pass
 
 
-os.register_at_fork(after_in_child=_Leases.forget_inherited)
+def _client_state() -> _ClientState:
+    """This process's _ClientState, created on first use."""
+    state = _state.get()
+    clients = state.manager_clients
+    if clients is None:
+        with state.lock:
+            if state.manager_clients is None:
+                state.manager_clients = _ClientState()
+            clients = state.manager_clients
+    return clients  # type: ignore[no-any-return]
+
+
+def _close_inherited() -> None:
+    parent = _state.inherited()
+    if parent is not None and parent.manager_clients is not None:
+        parent.manager_clients.close_inherited()
+        parent.manager_clients = None
+
+
+os.register_at_fork(after_in_child=_close_inherited)
 
 
 def _unwrap(reply: tuple[Any, ...]) -> Any:
@@ -707,7 +838,7 @@ class BaseManager:
 
 
 def _stop_manager(process: Any, address: Any, authkey: bytes, timeout: float, serializer: str = "pickle") -> None:
-    BaseProxy._close_connections(address)
+    _client_state().close(address)
     if process.is_alive():
         try:
             _request(address, authkey, "shutdown", serializer=serializer)
@@ -741,10 +872,11 @@ class BaseProxy:
         self._authkey = bytes(authkey) if authkey is not None else bytes(_process.current_process().authkey)
         self._exposed = exposed
         self._key = (token.address, serializer, self._authkey)
-        BaseProxy._proxy_born(self._key)
-        weakref.finalize(self, BaseProxy._proxy_gone, self._key)
+        clients = _client_state()
+        clients.proxy_born(self._key)
+        weakref.finalize(self, _proxy_gone, self._key, os.getpid())
         self._owned = manager_owned
-        server = _servers_here.get(token.address)
+        server = clients.servers.get(token.address)
         if server is not None and not manager_owned:
             # Inside its own manager's server (an argument of a request, an item of a
             # shared list): connecting to itself to count the reference would need a free
@@ -759,62 +891,13 @@ class BaseProxy:
                 _request(token.address, self._authkey, "incref", token.id, serializer=serializer, holder=holder)
             Finalize(self, _decref, args=(token, self._authkey, serializer, holder), exitpriority=10)
 
-    # One connection per thread and manager, shared by every proxy of that manager (as the
-    # standard library does: a connection per proxy would run the server out of
-    # descriptors). They are closed when the manager shuts down.
-    _connections: dict[Any, dict[int, tuple[int, Any, Spinner, str | None]]] = {}
-    _connections_lock = threading.RLock()  # re-entered when a proxy is collected inside
-
-    def _channel(self) -> tuple[Any, Spinner, str | None]:
-        """This thread's connection to the manager, its spinner and the lease it names."""
-        thread = threading.get_ident()
-        with BaseProxy._connections_lock:
-            entry = BaseProxy._connections.setdefault(self._key, {}).get(thread)
-        if entry is not None and entry[0] == os.getpid() and not entry[1].closed:
-            return entry[1], entry[2], entry[3]
-        holder = _lease_token(self._token.address, self._authkey, self._serializer)
-        conn = _connect(self._token.address, self._authkey, self._serializer, holder)
-        spinner = Spinner(conn.fileno())
-        with BaseProxy._connections_lock:
-            BaseProxy._connections.setdefault(self._key, {})[thread] = (os.getpid(), conn, spinner, holder)
-        return conn, spinner, holder
-
-    _live: dict[Any, int] = {}  # proxies alive in this process, per manager
-
-    @classmethod
-    def _proxy_born(cls, key: Any) -> None:
-        with cls._connections_lock:
-            cls._live[key] = cls._live.get(key, 0) + 1
-
-    @classmethod
-    def _proxy_gone(cls, key: Any) -> None:
-        """The last proxy of a manager in this process is gone: so are its connections."""
-        with cls._connections_lock:
-            left = cls._live.get(key, 1) - 1
-            if left > 0:
-                cls._live[key] = left
-                return
-            cls._live.pop(key, None)
-            entries = list(cls._connections.pop(key, {}).values())
-        _close_own(entries)
-        _Leases.close(key[0], key)
-
-    @classmethod
-    def _close_connections(cls, address: Any) -> None:
-        """Close this process's connections to the manager at *address* (it is shutting down)."""
-        with cls._connections_lock:
-            keys = [key for key in cls._connections if key[0] == address]
-            entries = [entry for key in keys for entry in cls._connections.pop(key).values()]
-        _close_own(entries)
-        _Leases.close(address)
-
     def _callmethod(self, methodname: str, args: tuple[Any, ...] = (), kwds: dict[str, Any] | None = None) -> Any:
         """Call *methodname* on the referent in the server; return the result.
 
         Raises:
             Exception: what the method raised in the server (with its traceback as cause).
         """
-        conn, spinner, holder = self._channel()
+        conn, spinner, holder = _client_state().channel(self._key)
         conn.send(("call", self._id, methodname, tuple(args), dict(kwds or {})))
         spinner.wait()
         reply = conn.recv()
@@ -848,14 +931,11 @@ class BaseProxy:
             return repr(self)[:-1] + "; '__str__()' failed>"
 
 
-def _close_own(entries: list[tuple[int, Any, Any, Any]]) -> None:
-    """Close the connections among *entries* that this process opened (not inherited ones)."""
-    for pid, conn, _, _ in entries:
-        if pid == os.getpid():
-            try:
-                conn.close()
-            except OSError:
-                pass
+def _proxy_gone(key: Any, pid: int) -> None:
+    # Counted only where the proxy was born: a forked child's copies of its parent's
+    # proxies were never counted in the child.
+    if pid == os.getpid():
+        _client_state().proxy_gone(key)
 
 
 def _decref(token: Token, authkey: bytes, serializer: str = "pickle", holder: str | None = None) -> None:
@@ -895,9 +975,9 @@ def MakeProxyType(name: str, exposed: Any) -> type:  # noqa: N802 - stdlib name
 def AutoProxy(token: Token, serializer: str = "pickle", manager: Any = None, authkey: Any = None,  # noqa: N802
               exposed: Any = None, incref: bool = True, manager_owned: bool = False) -> BaseProxy:  # fmt: skip
     """A proxy exposing the referent's public methods."""
-    if exposed is None:
-        exposed = _request(token.address, authkey or bytes(_process.current_process().authkey), "call", token.id,
-                           "__dir__", (), {})  # pragma: no cover - exposed is always sent here  # fmt: skip
+    if exposed is None:  # not told: ask the server what the referent exposes
+        key = authkey if authkey is not None else _process.current_process().authkey
+        exposed = _request(token.address, bytes(key), "methods", token.id, serializer=serializer)
     proxytype = MakeProxyType(f"AutoProxy[{token.typeid}]", exposed)
     return proxytype(token, serializer=serializer, manager=manager, authkey=authkey, exposed=exposed, incref=incref)  # type: ignore[no-any-return]
 
