@@ -46,8 +46,9 @@ import time
 from collections.abc import Generator
 from typing import Any
 
-from ._connection import Connection, peer_credentials
+from ._connection import Connection
 from ._errors import AuthenticationError, MessageError
+from ._fds import peer_credentials
 from ._wait import poll_ms
 
 __all__ = ["Client", "Listener", "answer_challenge", "deliver_challenge", "families"]

@@ -18,8 +18,8 @@ import traceback
 from typing import Any, Callable
 
 from . import _process
-from ._connection import peer_credentials
 from ._errors import AuthenticationError
+from ._fds import peer_credentials
 from ._listener import Listener, _handshake
 from ._manager_proxies import _client_state
 from ._manager_wire import RemoteError, _check_serializer, _reply, _wrap, public_methods

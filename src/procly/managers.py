@@ -29,6 +29,7 @@ import queue
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar, overload
 
+from ._errors import ProcessError as ProcessError  # the standard library exports it here
 from ._manager_base import BaseManager as BaseManager
 from ._manager_proxies import AutoProxy as AutoProxy
 from ._manager_proxies import BaseProxy as BaseProxy
