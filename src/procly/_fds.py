@@ -27,7 +27,7 @@ def write_all(fd: int, data: Any) -> None:
         written += os.write(fd, view[written:])
 
 
-def descriptors_in(ancillary: list) -> list[int]:
+def descriptors_in(ancillary: list[Any]) -> list[int]:
     """The descriptors carried (``SCM_RIGHTS``) in the ancillary data of a ``recvmsg``."""
     fds: list[int] = []
     for level, kind, data in ancillary:

@@ -358,6 +358,8 @@ class _MethodContext(BaseContext):
     """A context for one start method; its starter comes from the registry (_methods),
     imported on first use."""
 
+    _name: str
+
     @property
     def starter(self) -> Any:
         return _methods.starter(self._name)
@@ -406,9 +408,11 @@ class DefaultContext(BaseContext):
 
     def get_context(self, method: str | None = None) -> BaseContext:
         if method is None:
-            if _methods.chosen() is None:
-                _methods.choose(self._default_ctx._name)
-            return _concrete_contexts[_methods.chosen() or self._default_ctx._name]
+            chosen = _methods.chosen()
+            if chosen is None:
+                chosen = str(self._default_ctx._name)
+                _methods.choose(chosen)
+            return _concrete_contexts[chosen]
         return super().get_context(method)
 
     def set_start_method(self, method: str | None, force: bool = False) -> None:
