@@ -483,8 +483,7 @@ def test_recv_ready_takes_every_whole_message_read_ahead_and_leaves_the_rest():
     left.send("after the array")
     frame = pickle.dumps("split in two", 5)
     os.write(left.fileno(), _HEADER.pack(len(frame)) + frame[:3])  # half a frame so far
-    assert reader.poll(10)
-    time.sleep(0.1)  # everything above is in the socket: the first read takes it all
+    assert reader.poll(10)  # everything above was written by this thread: the first read takes it all
     assert reader.recv_ready() == [(i, "reply") for i in range(5)]
     with pytest.raises(pickle.UnpicklingError, match="not a valid pickle"):
         reader.recv_ready()

@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -253,18 +254,17 @@ def test_user_client_is_left_open(cluster):
 
 
 def test_task_timeout_stops_the_task_and_the_pool_goes_on(pool):
-    started = time.monotonic()
-    with pytest.raises(TaskTimeoutError, match="ran longer than 1"):
+    with pytest.raises(TaskTimeoutError, match="ran longer than 1"):  # not procly.TimeoutError: it was stopped
         pool.apply_async(time.sleep, (60,), task_timeout=1).get(30)
-    assert time.monotonic() - started < 10
     assert pool.map(square, range(4)) == [0, 1, 4, 9]
 
 
 def test_worker_killed_mid_map_the_map_still_completes(cluster):
     with Pool(address=cluster) as pool:
         pids = pool.client.run(worker_pid)  # {address: worker process pid}
-        result = pool.map_async(slow_square, range(16), chunksize=1)
-        time.sleep(0.8)
+        first = threading.Event()
+        result = pool.map_async(slow_square, range(16), chunksize=1, on_result=lambda _: first.set())
+        assert first.wait(60)  # the map is under way
         os.kill(next(iter(pids.values())), signal.SIGKILL)
         assert result.get(timeout=90) == [x * x for x in range(16)]
         pool.client.wait_for_workers(2, timeout=60)  # the nanny restarts it
@@ -272,10 +272,8 @@ def test_worker_killed_mid_map_the_map_still_completes(cluster):
 
 def test_a_task_that_keeps_killing_workers_fails_with_worker_lost(cluster):
     with Pool(address=cluster) as pool:
-        started = time.monotonic()
         with pytest.raises(WorkerLostError, match="died"):
             pool.apply_async(die).get(timeout=90)
-        assert time.monotonic() - started < 90
         pool.client.wait_for_workers(2, timeout=60)
         assert pool.map(square, range(3)) == [0, 1, 4]
 

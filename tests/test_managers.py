@@ -72,6 +72,23 @@ def test_objects_are_freed_with_their_last_proxy(manager):
         procly.managers._request(manager.address, manager._authkey, "call", ident, "keys", (), {})
 
 
+def test_autoproxy_asks_the_server_for_the_methods_when_not_told(manager):
+    d = manager.dict({"a": 1})
+    proxy = procly.managers.AutoProxy(d._token, manager=manager, authkey=manager._authkey)
+    assert "keys" in proxy._exposed_ and "pop" in proxy._exposed_
+    assert list(proxy.keys()) == ["a"]
+
+
+def test_requests_go_through_the_handler_table(manager):
+    server_type = procly.managers.Server
+    assert {"call", "create", "incref", "decref", "methods", "shutdown"} <= set(server_type.handlers)
+    with pytest.raises(procly.managers.RemoteError, match="unknown request 'nonsense'"):
+        procly.managers._request(manager.address, manager._authkey, "nonsense")
+    d = manager.dict()
+    methods = procly.managers._request(manager.address, manager._authkey, "methods", d._id)
+    assert "keys" in methods and "__init__" not in methods
+
+
 class Counter:
     def __init__(self):
         self.n = 0

@@ -57,3 +57,24 @@ def test_dummy_module():
     assert v.value == 4 and list(dummy.Array("i", [1, 2])) == [1, 2]
     ns = dummy.Manager().Namespace(x=1)
     assert ns.x == 1
+
+
+def test_thread_pool_shares_the_pool_api():
+    from procly._pool_api import PoolAPI
+
+    assert issubclass(ThreadPool, PoolAPI)
+    for name in ("apply", "map", "map_async", "starmap", "starmap_async", "imap", "imap_unordered", "__enter__"):
+        assert getattr(ThreadPool, name) is getattr(PoolAPI, name), name  # written once, for every pool
+
+
+def test_thread_pool_reports_progress_and_results_as_the_pool_does():
+    seen = []
+    with ThreadPool(2) as pool:
+        assert pool.map(abs, [-1, -2, -3], on_result=seen.append) == [1, 2, 3]
+        assert sorted(seen) == [1, 2, 3]
+        seen.clear()
+        assert list(pool.imap(abs, [-4, -5], on_result=seen.append)) == [4, 5]
+        assert sorted(seen) == [4, 5]
+        assert pool.starmap(max, [(1, 2)], retries=2) == [2]
+        with pytest.raises(ValueError, match="task_timeout"):
+            pool.map(abs, [1], task_timeout=1)

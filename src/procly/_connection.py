@@ -42,7 +42,11 @@ from typing import Any
 
 from . import _fd_sharer, _serialization
 from ._errors import BufferTooShort, ConnectionClosedError, MessageError
+from ._fds import descriptors_in as descriptors_in
+from ._fds import peer_credentials as peer_credentials
+from ._fds import write_all as write_all
 from ._memfd_reuse import MAX_NAMED, Memfd, MemfdReuse
+from ._wait import poll_ms
 
 __all__ = ["Connection", "Pipe"]
 
@@ -495,10 +499,7 @@ class Connection:
         ``None`` waits without limit; 0 (the default) does not wait.
         """
         handle = self._check_readable()
-        if timeout is None:
-            ms = -1
-        else:
-            ms = max(0, int(timeout * 1000 + 0.999))
+        ms = poll_ms(timeout)
         poller = self._poller
         if poller is None:  # kept: a pool's supervisor polls each worker channel per burst of replies
             poller = self._poller = select.poll()
@@ -666,34 +667,6 @@ def _memory_size() -> int:
         except (ValueError, OSError):  # pragma: no cover - not Linux
             _memory_bytes = 2**63
     return _memory_bytes
-
-
-def write_all(fd: int, data: Any) -> None:
-    """Write every byte of the bytes-like *data* to *fd* (a blocking descriptor)."""
-    view = data if isinstance(data, bytes) else memoryview(data).cast("B")
-    total = len(view)
-    written = os.write(fd, view)
-    if written == total:
-        return
-    view = memoryview(view)
-    while written < total:
-        written += os.write(fd, view[written:])
-
-
-def descriptors_in(ancillary: list) -> list[int]:
-    """The descriptors carried (``SCM_RIGHTS``) in the ancillary data of a ``recvmsg``."""
-    fds: list[int] = []
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(data) - len(data) % 4
-            fds.extend(struct.unpack(f"{usable // 4}i", data[:usable]))
-    return fds
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of the Unix socket *sock* (``SO_PEERCRED``)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", raw)
 
 
 def _rebuild_connection(token: tuple, readable: bool, writable: bool) -> Connection:

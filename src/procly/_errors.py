@@ -105,6 +105,34 @@ class PoolTerminatedError(ProcessError):
     """The pool was terminated before this task produced a result."""
 
 
+class RemoteTraceback(Exception):
+    """The traceback text of an exception raised in another process, attached as its ``__cause__``."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def rebuild_exception(exc: BaseException, tb: str) -> BaseException:
+    """Attach the other process's traceback text *tb* to *exc* (as a RemoteTraceback
+    ``__cause__``) and return *exc*; raises nothing."""
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
+    return exc
+
+
+def signal_name(signum: int) -> str | None:
+    """The name of signal *signum* (``"SIGKILL"``), or None for a number with no name."""
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return None
+
+
 def __getattr__(name: str) -> Any:
     # BrokenProcessPool and WorkerLostError subclass concurrent.futures.BrokenExecutor:
     # imported on first use, so that ``import procly`` does not import concurrent.futures

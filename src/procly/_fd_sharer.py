@@ -104,7 +104,7 @@ class FdSharer:
             self._gate.release(served)
 
     def _answer(self, peer: socket.socket) -> None:
-        from ._connection import peer_credentials
+        from ._fds import peer_credentials
 
         _, uid, _ = peer_credentials(peer)
         if uid != os.getuid():

@@ -46,8 +46,10 @@ import time
 from collections.abc import Generator
 from typing import Any
 
-from ._connection import Connection, peer_credentials
+from ._connection import Connection
 from ._errors import AuthenticationError, MessageError
+from ._fds import peer_credentials
+from ._wait import poll_ms
 
 __all__ = ["Client", "Listener", "answer_challenge", "deliver_challenge", "families"]
 
@@ -371,7 +373,7 @@ def _handshake(
                 remaining = handshake.deadline - time.monotonic()
                 if remaining <= 0:
                     raise handshake.late()
-                if not poller.poll(remaining * 1000 + 1):
+                if not poller.poll(poll_ms(remaining)):
                     continue
                 try:
                     data = sock.recv(handshake.want(), socket.MSG_DONTWAIT)
@@ -502,8 +504,7 @@ class Listener:
             for fd in self._pending:
                 poller.register(fd, select.POLLIN | select.POLLPRI)
             wait = min((h.deadline for h, _ in self._pending.values()), default=None)
-            ms = -1 if wait is None else max(0.0, (wait - now) * 1000) + 1
-            for fd, _events in poller.poll(ms):
+            for fd, _events in poller.poll(poll_ms(None if wait is None else wait - now)):
                 if fd == listening.fileno():
                     self._start_one(listening)
                 elif fd in self._pending:

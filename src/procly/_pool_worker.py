@@ -30,6 +30,8 @@ from typing import Any, Callable
 
 from . import _inner_threads, _serialization, _state
 from ._connection import BufferedConnection
+from ._errors import RemoteTraceback as RemoteTraceback  # moved to _errors; re-exported here
+from ._errors import rebuild_exception as rebuild_exception
 from ._spin import Spinner
 
 # The call shapes a task can have.
@@ -44,17 +46,6 @@ IDLE_SPIN_SECONDS = 0.0003
 
 #: Per-worker state that initializers and tasks share (``procly.pool.worker_state``).
 worker_state: dict[str, Any] = {}
-
-
-class RemoteTraceback(Exception):
-    """The worker-side traceback of an exception, attached as its ``__cause__``."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
 
 
 class _Unpicklable(Exception):
@@ -76,12 +67,6 @@ class MaybeEncodingError(pickle.PicklingError):
 
     def __str__(self) -> str:
         return f"Error sending result: '{self.value}'. Reason: '{self.exc}'"
-
-
-def rebuild_exception(exc: BaseException, tb: str) -> BaseException:
-    """Attach the worker's traceback text to *exc* (in the parent)."""
-    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
-    return exc
 
 
 def _run(func: Callable[..., Any], mode: int, items: Any) -> list[Any]:

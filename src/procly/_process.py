@@ -8,12 +8,12 @@ poll/wait/signals to it. The same class therefore serves fork, spawn and forkser
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 import weakref
 
 from . import _finalize, _handoff, _state
+from ._errors import signal_name
 from ._start.prepare import check_main_guard
 from ._wait import wait
 
@@ -345,12 +345,7 @@ class BaseProcess:
 
 
 def _exitcode_text(exitcode: int) -> str:
-    if exitcode < 0:
-        try:
-            return signal.Signals(-exitcode).name
-        except ValueError:
-            pass
-    return str(exitcode)
+    return (signal_name(-exitcode) if exitcode < 0 else None) or str(exitcode)
 
 
 def _close_stdin() -> None:

@@ -10,9 +10,7 @@
 * buffers at or above a threshold (numpy arrays, ``PickleBuffer``, large ``bytes`` /
   ``bytearray`` / ``memoryview`` at top level) can leave the pickle stream "out of band":
   :func:`dumps` hands them to the caller as memoryviews instead of copying them into the
-  payload, and a transport decides how they travel. The connection layer writes them
-  straight from their memory to the pipe; the shared-memory layer can move them through
-  a segment instead (see :class:`BufferTransport`).
+  payload. The connection layer writes them straight from their memory to the pipe.
 
 Extra reducers are registered with :func:`register` (``ForkingPickler.register`` in the
 standard library).
@@ -25,7 +23,7 @@ import io
 import pickle
 import sys
 import types
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, SupportsIndex
+from typing import TYPE_CHECKING, Any, Callable, Sequence, SupportsIndex
 
 from ._errors import PicklingError
 
@@ -307,20 +305,3 @@ def _describe(obj: Any) -> str:
     if len(text) > 80:
         text = text[:77] + "..."
     return f"{type(obj).__name__} object {text}"
-
-
-class BufferTransport(Protocol):
-    """How out-of-band buffers cross from one process to another.
-
-    A connection calls :meth:`export` in the sender with the buffers :func:`dumps` set
-    aside; whatever it returns is pickled (so it must be small: names, sizes, offsets)
-    and sent ahead of the data. The receiver calls :meth:`import_` with it and passes the
-    result to :func:`loads`. The default transport of a connection returns ``None`` from
-    :meth:`export`, which tells the connection to stream the bytes through the pipe
-    itself, still without copying them into the pickle.
-    """
-
-    def export(self, buffers: list[memoryview]) -> Any | None: ...
-
-    def import_(self, handle: Any) -> list[Any]: ...
-

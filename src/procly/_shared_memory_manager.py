@@ -13,7 +13,9 @@ import threading
 from typing import Any
 
 from . import shared_memory
-from .managers import BaseManager, Server, _request
+from ._manager_base import BaseManager
+from ._manager_proxies import _request
+from ._manager_server import Server
 
 
 class SharedMemoryServer(Server):
@@ -24,23 +26,21 @@ class SharedMemoryServer(Server):
         self.segments: set[str] = set()
         self._segments_lock = threading.Lock()
 
-    def handle_request(self, kind: str, args: tuple[Any, ...]) -> Any:
-        if kind == "track_segment":
-            (name,) = args
-            with self._segments_lock:
-                self.segments.add(name)
-            shared_memory._tracker().register(name)
-            return None
-        if kind == "release_segment":
-            (name,) = args
-            with self._segments_lock:
-                self.segments.discard(name)
-            shared_memory._release(name)
-            return None
-        if kind == "list_segments":
-            with self._segments_lock:
-                return sorted(self.segments)
-        return super().handle_request(kind, args)
+    def _handle_track_segment(self, peer: int | str | None, name: str) -> tuple[Any, ...]:
+        with self._segments_lock:
+            self.segments.add(name)
+        shared_memory._tracker().register(name)
+        return ("ok", None)
+
+    def _handle_release_segment(self, peer: int | str | None, name: str) -> tuple[Any, ...]:
+        with self._segments_lock:
+            self.segments.discard(name)
+        shared_memory._release(name)
+        return ("ok", None)
+
+    def _handle_list_segments(self, peer: int | str | None) -> tuple[Any, ...]:
+        with self._segments_lock:
+            return ("ok", sorted(self.segments))
 
     def serve_forever(self) -> None:
         try:
@@ -50,6 +50,14 @@ class SharedMemoryServer(Server):
                 names, self.segments = list(self.segments), set()
             for name in names:
                 shared_memory._release(name)
+
+
+SharedMemoryServer.handlers = {
+    **Server.handlers,
+    "track_segment": SharedMemoryServer._handle_track_segment,
+    "release_segment": SharedMemoryServer._handle_release_segment,
+    "list_segments": SharedMemoryServer._handle_list_segments,
+}
 
 
 class SharedMemoryManager(BaseManager):

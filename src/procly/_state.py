@@ -55,6 +55,9 @@ class ProcessState:
         # starts watches its lifeline, and it leads a process group of its own, so that
         # whatever its tasks started (subprocesses too) ends with it.
         self.pool_worker = False
+        # managers._ClientState: this process's connections, leases and live proxies of
+        # the managers it uses, created on first use (a forked child starts without).
+        self.manager_clients: Any = None
         self.lock = threading.RLock()
         self.pid = os.getpid()
 
@@ -124,6 +127,12 @@ def get() -> ProcessState:
         # First use, or a process forked by user code (os.fork): start afresh.
         state = _state = ProcessState(_MainProcess(), None)
     return state
+
+
+def inherited() -> ProcessState | None:
+    """The state as it is now, without a check of the pid: in an at-fork hook of a
+    child, the parent's (copied), before the child gets its own."""
+    return _state
 
 
 def reset_for_child(current: Any, parent: Any, lifeline: int | None, watch: bool) -> ProcessState:

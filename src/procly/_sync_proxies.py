@@ -15,7 +15,7 @@ from typing import overload as _overload
 if TYPE_CHECKING:
     from typing import Self
 
-from .managers import BaseProxy, MakeProxyType
+from ._manager_proxies import BaseProxy, MakeProxyType
 
 __all__ = [
     "AcquirerProxy", "ArrayProxy", "AsyncResultProxy", "BarrierProxy", "ConditionProxy", "DictProxy", "EventProxy",

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     T = TypeVar("T")
 
-__all__ = ["wait"]
+__all__ = ["poll_ms", "wait"]
 
 
 _READY = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
@@ -25,6 +25,14 @@ def _fileno(obj: Any) -> int:
         return int(obj.fileno())
     except AttributeError:
         raise TypeError(f"wait() needs connections, sockets, sentinels or descriptors, got {obj!r}") from None
+
+
+def poll_ms(timeout: float | None) -> int:
+    """*timeout* seconds as the milliseconds ``poll()`` takes: rounded up, so a wait never
+    ends before *timeout*; 0 for a negative one, -1 (no limit) for None. Raises nothing."""
+    if timeout is None:
+        return -1
+    return max(0, int(timeout * 1000 + 0.999))
 
 
 def wait(object_list: Iterable[T], timeout: float | None = None) -> list[T]:
@@ -47,6 +55,5 @@ def wait(object_list: Iterable[T], timeout: float | None = None) -> list[T]:
             poller.register(fd, _READY)
             by_fd[fd] = []
         by_fd[fd].append(obj)
-    ms = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
-    ready_fds = {fd for fd, _ in poller.poll(ms)}  # EINTR is retried with the remaining time
+    ready_fds = {fd for fd, _ in poller.poll(poll_ms(timeout))}  # EINTR is retried with the remaining time
     return [obj for obj in objects if _fileno(obj) in ready_fds]

@@ -9,9 +9,9 @@
 from __future__ import annotations
 
 import os
-import sys
 from types import GenericAlias, ModuleType
 
+from . import _methods
 from ._errors import AuthenticationError, BufferTooShort, ProcessError, TimeoutError
 from ._process import BaseProcess, active_children, current_process, parent_process
 from ._typing import overload
@@ -355,40 +355,29 @@ class Process(BaseProcess):
 
 
 class _MethodContext(BaseContext):
-    """A context for one start method; its starter is imported on first use, so that
-    ``import procly`` does not load what the other methods need (subprocess, tempfile...)."""
+    """A context for one start method; its starter comes from the registry (_methods),
+    imported on first use."""
 
-    _starter_class: tuple[str, str]
-
-    def __init__(self) -> None:
-        self._starter_object: Any = None
+    _name: str
 
     @property
     def starter(self) -> Any:
-        if self._starter_object is None:
-            import importlib
-
-            module, name = self._starter_class
-            self._starter_object = getattr(importlib.import_module(module, __package__), name)()
-        return self._starter_object
+        return _methods.starter(self._name)
 
 
 class ForkContext(_MethodContext):
     _name = "fork"
     Process = ForkProcess
-    _starter_class = ("._start.fork", "ForkStarter")
 
 
 class SpawnContext(_MethodContext):
     _name = "spawn"
     Process = SpawnProcess
-    _starter_class = ("._start.spawn", "SpawnStarter")
 
 
 class ForkServerContext(_MethodContext):
     _name = "forkserver"
     Process = ForkServerProcess
-    _starter_class = ("._start.forkserver", "ForkServerStarter")
 
 
 _concrete_contexts: dict[str, BaseContext] = {
@@ -400,23 +389,30 @@ _concrete_contexts: dict[str, BaseContext] = {
 
 def _default_method() -> str:
     # Mirror the running Python: fork until 3.14, forkserver from 3.14 on (Linux).
-    return "forkserver" if sys.version_info >= (3, 14) else "fork"
+    return _methods.default_method()
 
 
 class DefaultContext(BaseContext):
-    """The context behind ``procly.*``: its method is fixed on first use."""
+    """The context behind ``procly.*``: its method is fixed on first use (kept in the
+    registry, _methods, which a child sets up without this facade)."""
 
     Process = Process
 
     def __init__(self, default: BaseContext) -> None:
         self._default_ctx = default
-        self._actual: BaseContext | None = None
+
+    @property
+    def _actual(self) -> BaseContext | None:
+        method = _methods.chosen()
+        return None if method is None else _concrete_contexts[method]
 
     def get_context(self, method: str | None = None) -> BaseContext:
         if method is None:
-            if self._actual is None:
-                self._actual = self._default_ctx
-            return self._actual
+            chosen = _methods.chosen()
+            if chosen is None:
+                chosen = str(self._default_ctx._name)
+                _methods.choose(chosen)
+            return _concrete_contexts[chosen]
         return super().get_context(method)
 
     def set_start_method(self, method: str | None, force: bool = False) -> None:
@@ -426,24 +422,21 @@ class DefaultContext(BaseContext):
             RuntimeError: the method was already chosen and *force* is false.
             ValueError: *method* is unknown.
         """
-        if self._actual is not None and not force:
+        if _methods.chosen() is not None and not force:
             raise RuntimeError("context has already been set")
         if method is None and force:
-            self._actual = None
+            _methods.choose(None)
             return
-        self._actual = self.get_context(method)
+        _methods.choose(self.get_context(method)._name)
 
     def get_start_method(self, allow_none: bool = False) -> str | None:
-        if self._actual is None:
-            if allow_none:
-                return None
-            self._actual = self._default_ctx
-        return self._actual._name
+        if _methods.chosen() is None and allow_none:
+            return None
+        return self.get_context()._name
 
     def _set_default(self, method: str) -> None:
         """In a child: use the parent's method unless one was already chosen."""
-        if self._actual is None and method in _concrete_contexts:
-            self._actual = _concrete_contexts[method]
+        _methods.adopt_parents(method)
 
 
 _default_context = DefaultContext(_concrete_contexts[_default_method()])

@@ -7,6 +7,7 @@ died or was stopped, awaitable results and ``async for`` over imap iterators,
 share.
 """
 
+from ._errors import RemoteTraceback as RemoteTraceback
 from ._pool import Pool as Pool
 from ._pool_api import PoolState as PoolState
 from ._pool_results import ApplyResult as ApplyResult
@@ -15,7 +16,6 @@ from ._pool_results import IMapIterator as IMapIterator
 from ._pool_results import IMapUnorderedIterator as IMapUnorderedIterator
 from ._pool_results import MapResult as MapResult
 from ._pool_worker import MaybeEncodingError as MaybeEncodingError
-from ._pool_worker import RemoteTraceback as RemoteTraceback
 from ._pool_worker import worker_state as worker_state
 from ._thread_pool import ThreadPool as ThreadPool
 
@@ -57,7 +57,7 @@ from typing import Any as _Any  # noqa: E402
 
 from ._compat import lazy_submodules as _lazy_submodules  # noqa: E402
 from ._errors import TimeoutError as TimeoutError  # noqa: E402
-from ._pool_worker import rebuild_exception as _rebuild_exception  # noqa: E402
+from ._errors import rebuild_exception as _rebuild_exception  # noqa: E402
 from ._wait import wait as wait  # noqa: E402
 from .context import _default_context  # noqa: E402
 

@@ -15,7 +15,6 @@ from ._compat import lazy_submodules as _lazy_submodules
 from ._pickler import Pickler as Pickler
 from ._serialization import OUT_OF_BAND_THRESHOLD as OUT_OF_BAND_THRESHOLD
 from ._serialization import PROTOCOL as PROTOCOL
-from ._serialization import BufferTransport as BufferTransport
 from ._serialization import dumps as dumps
 from ._serialization import loads as loads
 from ._serialization import register as register

@@ -7,7 +7,7 @@ import pickle
 import sys
 from typing import Any
 
-from .. import _handoff, _process, _serialization, _state
+from .. import _handoff, _methods, _process, _serialization, _state
 from .._connection import Connection
 from .prepare import prepare
 
@@ -18,9 +18,7 @@ def become(process: Any, parent_name: str, parent_pid: int, lifeline: int | None
     _state.reset_for_child(process, parent, lifeline, watch=process._watches_lifeline)
     if process._start_method is not None:
         # A child started with a given method uses it by default too (as CPython does).
-        from ..context import _default_context
-
-        _default_context.set_start_method(process._start_method, force=True)
+        _methods.choose(process._start_method)
 
 
 def run_from_pipe(data_fd: int, lifeline: int | None, fds: list[int] | None = None) -> int:
@@ -33,9 +31,7 @@ def run_from_pipe(data_fd: int, lifeline: int | None, fds: list[int] | None = No
     with Connection(data_fd, writable=False) as conn:
         data: dict[str, Any] = pickle.loads(conn.recv_bytes())
         prepare(data)
-        from ..context import _default_context
-
-        _default_context._set_default(data["start_method"])
+        _methods.adopt_parents(data["start_method"])
         if data.get("log_level") is not None:
             from ..util import get_logger
 

@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import _handoff, _serialization, _state
 from .._connection import Connection
@@ -291,9 +291,17 @@ def serve() -> None:
     """Main loop of the fork server process (argv: LISTENER_FD LIFELINE_FD DATA_FD)."""
     listener = socket.socket(fileno=int(sys.argv[1]))
     lifeline = int(sys.argv[2])
-    with Connection(int(sys.argv[3]), writable=False) as conn:
+    key = _prepare_as_parent(int(sys.argv[3]))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _Server(listener, lifeline, key).run()
+
+
+def _prepare_as_parent(data_fd: int) -> bytes:
+    """Read the parent's preparation data, prepare this process (and import what it
+    preloads) as the parent is; return the key requests are signed with."""
+    with Connection(data_fd, writable=False) as conn:
         data = pickle.loads(conn.recv_bytes())
-    key = data.pop("forkserver_key")
+    key: bytes = data.pop("forkserver_key")
     preload = data.pop("preload", [])
     if "__main__" not in preload:
         data.pop("main_path", None)
@@ -308,59 +316,73 @@ def serve() -> None:
                 __import__(name)
             except ImportError:
                 pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *args: None)
-    clients: dict[int, socket.socket] = {}
-    # Connections waiting for their request: descriptor -> (socket, deadline, nonce), oldest first.
-    pending: dict[int, tuple[socket.socket, float, bytes]] = {}
-    selector = selectors.DefaultSelector()
-    selector.register(listener, selectors.EVENT_READ, "listener")
-    selector.register(lifeline, selectors.EVENT_READ, "lifeline")
-    selector.register(wake_r, selectors.EVENT_READ, "sigchld")
+    return key
 
-    def drop(fd: int) -> None:
-        client = pending.pop(fd)[0]
-        selector.unregister(client)
+
+class _Server:
+    """The fork server's event loop: new connections, their requests, children's exits,
+    and the lifeline; each kind of event has its handler."""
+
+    def __init__(self, listener: socket.socket, lifeline: int, key: bytes) -> None:
+        self.listener, self.lifeline, self.key = listener, lifeline, key
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *args: None)
+        self.clients: dict[int, socket.socket] = {}
+        # Connections waiting for their request: descriptor -> (socket, deadline, nonce), oldest first.
+        self.pending: dict[int, tuple[socket.socket, float, bytes]] = {}
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(listener, selectors.EVENT_READ, self._on_listener)
+        self.selector.register(lifeline, selectors.EVENT_READ, self._on_lifeline)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_sigchld)
+
+    def run(self) -> None:
+        while True:
+            timeout = None
+            if self.pending:
+                timeout = max(0.0, min(deadline for _, deadline, _ in self.pending.values()) - time.monotonic())
+            for event, _ in self.selector.select(timeout):
+                event.data(event.fd)
+            now = time.monotonic()
+            for fd in [fd for fd, (_, deadline, _) in self.pending.items() if deadline <= now]:
+                self._drop(fd)
+
+    def _drop(self, fd: int) -> None:
+        client = self.pending.pop(fd)[0]
+        self.selector.unregister(client)
         client.close()
 
-    while True:
-        timeout = None
-        if pending:
-            timeout = max(0.0, min(deadline for _, deadline, _ in pending.values()) - time.monotonic())
-        for event, _ in selector.select(timeout):
-            if event.data == "lifeline":
-                if not os.read(lifeline, 1):
-                    os._exit(0)  # the owner died
-            elif event.data == "sigchld":
-                try:
-                    while os.read(wake_r, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
-                _report_exits(clients)
-            elif event.data == "listener":
-                try:
-                    client, _ = listener.accept()
-                    client.setblocking(False)
-                    client.send(nonce := os.urandom(_NONCE_SIZE))
-                except OSError:
-                    continue
-                if len(pending) >= MAX_PENDING:
-                    drop(next(iter(pending)))
-                pending[client.fileno()] = (client, time.monotonic() + REQUEST_SECONDS, nonce)
-                selector.register(client, selectors.EVENT_READ, "request")
-            elif event.fd in pending:
-                client, _, nonce = pending.pop(event.fd)
-                selector.unregister(client)
-                others = [listener.fileno(), lifeline, wake_r, wake_w] + list(pending)
-                _serve_one(client, _digest(key, nonce), clients, others)
-        now = time.monotonic()
-        for fd in [fd for fd, (_, deadline, _) in pending.items() if deadline <= now]:
-            drop(fd)
+    def _on_lifeline(self, fd: int) -> None:
+        if not os.read(fd, 1):
+            os._exit(0)  # the owner died
+
+    def _on_sigchld(self, fd: int) -> None:
+        try:
+            while os.read(fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        _report_exits(self.clients)
+
+    def _on_listener(self, fd: int) -> None:
+        try:
+            client, _ = self.listener.accept()
+            client.setblocking(False)
+            client.send(nonce := os.urandom(_NONCE_SIZE))
+        except OSError:
+            return
+        if len(self.pending) >= MAX_PENDING:
+            self._drop(next(iter(self.pending)))
+        self.pending[client.fileno()] = (client, time.monotonic() + REQUEST_SECONDS, nonce)
+        self.selector.register(client, selectors.EVENT_READ, self._on_request)
+
+    def _on_request(self, fd: int) -> None:
+        client, _, nonce = self.pending.pop(fd)
+        self.selector.unregister(client)
+        others = [self.listener.fileno(), self.lifeline, self.wake_r, self.wake_w] + list(self.pending)
+        _serve_one(client, _digest(self.key, nonce), self.clients, others)
 
 
 def _report_exits(clients: dict[int, socket.socket]) -> None:
@@ -395,36 +417,9 @@ def _serve_one(client: socket.socket, digest: bytes, clients: dict[int, socket.s
         client.close()
         return
     client.setblocking(True)
-    msg = msg[_DIGEST_SIZE:]
-    daemonic = msg == b"D"
-    lifeline = server_fds[1]
     pid = os.fork()
     if pid == 0:
-        exitcode = 1
-        try:
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            for fd in server_fds:
-                if fd != lifeline:
-                    os.close(fd)
-            client.close()
-            for other in clients.values():
-                other.close()
-            keep = os.dup(lifeline) if daemonic else None
-            os.close(lifeline)
-            for target, fd in ((1, fds[1]), (2, fds[2])):
-                os.dup2(fd, target)
-                os.close(fd)
-            exitcode = run_from_pipe(fds[0], keep, fds[3:])
-        except SystemExit as exc:
-            exitcode = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os._exit(exitcode)
+        _become_child(client, fds, msg[_DIGEST_SIZE:] == b"D", clients, server_fds)
     for fd in fds:
         os.close(fd)
     pidfd = os.pidfd_open(pid)
@@ -435,3 +430,34 @@ def _serve_one(client: socket.socket, digest: bytes, clients: dict[int, socket.s
     finally:
         os.close(pidfd)
     clients[pid] = client
+
+
+def _become_child(client: socket.socket, fds: list[int], daemonic: bool, clients: dict[int, socket.socket],
+                  server_fds: list[int]) -> NoReturn:
+    """In the forked child: drop the server's descriptors, take the request's, run the Process."""
+    exitcode = 1
+    lifeline = server_fds[1]
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for fd in server_fds:
+            if fd != lifeline:
+                os.close(fd)
+        client.close()
+        for other in clients.values():
+            other.close()
+        keep = os.dup(lifeline) if daemonic else None
+        os.close(lifeline)
+        for target, fd in ((1, fds[1]), (2, fds[2])):
+            os.dup2(fd, target)
+            os.close(fd)
+        exitcode = run_from_pipe(fds[0], keep, fds[3:])
+    except SystemExit as exc:
+        exitcode = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(exitcode)

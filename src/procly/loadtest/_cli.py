@@ -13,7 +13,11 @@ import contextlib
 import errno
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from ._config import LoadTestConfig
+    from ._report import Report
 
 EXIT_OK, EXIT_BROKEN, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -179,48 +183,16 @@ def _write(path: str, text: str) -> None:
 
 
 def loadtest_command(args: argparse.Namespace) -> int:
-    from ._html import to_html
-    from ._runner import LoadTestError, run_load_test
-    from ._target import EmbeddedTarget
-    from ._thresholds import Threshold, check_thresholds
+    from ._runner import LoadTestError
 
     try:
-        thresholds = [Threshold.parse(text) for text in args.fail_if]
-        if args.url is not None and args.call is not None:
-            raise ValueError("give a URL or --call, not both")
-        embedded = args.url is None and args.call is None
-        # The embedded target's URL is known once it runs: check the other options now.
-        config = _config_from(args, "http://127.0.0.1/" if embedded else args.url)
-        if not embedded and config.url is not None:
-            # Resolved once, here: every worker connects to this address and nothing else.
-            config = config.resolved()
-        if config.call is not None:
-            from ._calls import resolve_callable
-
-            resolve_callable(config.call)  # fail here, once, rather than in every worker
+        config, thresholds = _checked_config(args)
     except (ValueError, ImportError, OSError) as exc:
         print(f"procly loadtest: {exc}", file=sys.stderr)
         return EXIT_USAGE
-
     progress = None if args.quiet else _ProgressLine(sys.stderr)
-    target = EmbeddedTarget(start_method=args.start_method) if embedded else None
     try:
-        with target if target is not None else contextlib.nullcontext():
-            if target is not None:
-                config = _config_from(args, target.url)
-                print(f"procly loadtest: no URL given, testing the built-in target at {target.url}", file=sys.stderr)
-            if args.dask:
-                try:
-                    from ._dask import run_on_dask
-                except ImportError as exc:
-                    raise LoadTestError(f"--dask needs Dask distributed: pip install 'procly[dask]' ({exc})") from None
-
-                print(f"procly loadtest: running the load on the Dask cluster at {args.dask}", file=sys.stderr)
-                report = run_on_dask(config, args.dask, processes_given=args.processes is not None)
-            else:
-                report = run_load_test(config, progress)
-        if target is not None:
-            report.target_served = target.served
+        report = _run(args, config, progress)
     except (LoadTestError, OSError) as exc:
         if progress is not None:
             progress.finish()
@@ -231,6 +203,67 @@ def loadtest_command(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     if progress is not None:
         progress.finish()
+    _write_reports(args, report)
+    return _verdict(report, thresholds)
+
+
+def _checked_config(args: argparse.Namespace) -> tuple[LoadTestConfig, list[Any]]:
+    """The run's configuration and thresholds, checked before anything starts (the
+    embedded target's URL is a placeholder until it runs).
+
+    Raises:
+        ValueError, ImportError, OSError: an option is wrong, --call does not resolve,
+            or the URL's host does not resolve.
+    """
+    from ._thresholds import Threshold
+
+    thresholds = [Threshold.parse(text) for text in args.fail_if]
+    if args.url is not None and args.call is not None:
+        raise ValueError("give a URL or --call, not both")
+    embedded = args.url is None and args.call is None
+    config = _config_from(args, "http://127.0.0.1/" if embedded else args.url)
+    if not embedded and config.url is not None:
+        # Resolved once, here: every worker connects to this address and nothing else.
+        config = config.resolved()
+    if config.call is not None:
+        from ._calls import resolve_callable
+
+        resolve_callable(config.call)  # fail here, once, rather than in every worker
+    return config, thresholds
+
+
+def _run(args: argparse.Namespace, config: LoadTestConfig, progress: Any) -> Report:
+    """Run the load (on the embedded target when no URL or call is given); the Report.
+
+    Raises:
+        LoadTestError, OSError: the run could not start or go on.
+    """
+    from ._runner import LoadTestError, run_load_test
+    from ._target import EmbeddedTarget
+
+    target = EmbeddedTarget(start_method=args.start_method) if args.url is None and args.call is None else None
+    with target if target is not None else contextlib.nullcontext():
+        if target is not None:
+            config = _config_from(args, target.url)
+            print(f"procly loadtest: no URL given, testing the built-in target at {target.url}", file=sys.stderr)
+        if args.dask:
+            try:
+                from ._dask import run_on_dask
+            except ImportError as exc:
+                raise LoadTestError(f"--dask needs Dask distributed: pip install 'procly[dask]' ({exc})") from None
+
+            print(f"procly loadtest: running the load on the Dask cluster at {args.dask}", file=sys.stderr)
+            report = run_on_dask(config, args.dask, processes_given=args.processes is not None)
+        else:
+            report = run_load_test(config, progress)
+    if target is not None:
+        report.target_served = target.served
+    return report
+
+
+def _write_reports(args: argparse.Namespace, report: Report) -> None:
+    """The text report on stdout (unless JSON goes there), and the files asked for."""
+    from ._html import to_html
 
     if args.json != "-":
         print(report.to_text())
@@ -240,11 +273,16 @@ def loadtest_command(args: argparse.Namespace) -> int:
     if args.json == "-":  # the text report (which has them) was not printed
         for warning in report.warnings:
             print(f"procly loadtest: warning: {warning}", file=sys.stderr)
+
+
+def _verdict(report: Report, thresholds: list[Any]) -> int:
+    """The exit code: thresholds broken, nothing succeeded, workers lost, or interrupted."""
+    from ._flows_cli import nothing_succeeded
+    from ._thresholds import check_thresholds
+
     broken = check_thresholds(thresholds, report)
     for message in broken:
         print(f"procly loadtest: {message}", file=sys.stderr)
-    from ._flows_cli import nothing_succeeded
-
     failed_run = nothing_succeeded(report)
     if failed_run:
         print(f"procly loadtest: {failed_run}", file=sys.stderr)

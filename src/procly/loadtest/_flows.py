@@ -307,25 +307,10 @@ class User:
             ValueError: ``path`` is an absolute URL of another host than the target.
         """
         load = self._load
-        target_path = load.path_for(path)
-        if name is None:
-            name = f"{method} {target_path.split('?', 1)[0]}"
+        target_path, name = _target(load.path_for(path), method, name, params)
         if self._retired or load.schedule.next_start(time.monotonic()) is None:
             raise _StopUser
-        body = b""
-        extra: list[tuple[str, str]] = []
-        if json is not None:
-            body = _JSON.encode(json).encode()
-            extra.append(("Content-Type", "application/json"))
-        elif isinstance(data, Mapping):
-            body = urllib.parse.urlencode(data).encode()
-            extra.append(("Content-Type", "application/x-www-form-urlencoded"))
-        elif isinstance(data, str):
-            body = data.encode()
-        elif data is not None:
-            body = bytes(data)
-        if params:
-            target_path += ("&" if "?" in target_path else "?") + urllib.parse.urlencode(params)
+        body, extra = _encode_body(json, data)
         payload = load.request_bytes(method, target_path, self, headers, extra, body)
         recorder = load.recorder.named(name)
         self._in_request = True
@@ -353,13 +338,7 @@ class User:
             if not keep_alive:
                 self._drop_connection()
             if started >= recorder.measure_from:
-                recorder.latencies.append(int((now - started) * 1e6))
-                if status == 200:
-                    recorder.ok += 1  # as in the single-URL load: the common case is one integer add
-                else:
-                    recorder.statuses[status] += 1
-                    if status >= 400:
-                        recorder.errors[f"http {status}"] += 1
+                _record(recorder, status, now - started)
             for header, value in raw_headers:
                 if len(header) == 10 and header.lower() == b"set-cookie":
                     self._set_cookie(value.decode("latin-1"))
@@ -427,23 +406,12 @@ class User:
             label = f"status is {wanted[0]}" if len(wanted) == 1 else f"status in {list(wanted)}"
             results.append((label, response.status in wanted))
         if header is not None:
-            for key, text in header.items():
-                value = response.headers.get(key.lower())
-                passed = value is not None and (text is None or text is _PRESENT or text in value)
-                results.append((f"header {key}" + ("" if text is None or text is _PRESENT else f" has {text!r}"),
-                                passed))
+            results += _check_headers(response, header)
         if contains is not None:
             needle = contains.encode() if isinstance(contains, str) else contains
             results.append((f"body contains {contains!r}", needle in response.body))
         if json is not None:
-            try:
-                document = response.json()
-            except ValueError:
-                document = _MISSING
-            for path, expected in json.items():
-                found = _json_field(document, path)
-                passed = found is not _MISSING and (expected is _PRESENT or found == expected)
-                results.append((f"json {path}" + ("" if expected is _PRESENT else f" == {expected!r}"), passed))
+            results += _check_json(response, json)
         if predicate is not None:
             try:
                 passed = bool(predicate(response))
@@ -751,3 +719,59 @@ class FlowLoad:
                 user._task.cancel()
         if not self.users and not self._done.done():
             self._done.set_result(None)
+
+
+def _encode_body(json: Any, data: bytes | str | Mapping[str, Any] | None) -> tuple[bytes, list[tuple[str, str]]]:
+    """A request's body and the headers that describe it: JSON, a form, text or bytes."""
+    if json is not None:
+        return _JSON.encode(json).encode(), [("Content-Type", "application/json")]
+    if isinstance(data, Mapping):
+        return urllib.parse.urlencode(data).encode(), [("Content-Type", "application/x-www-form-urlencoded")]
+    if isinstance(data, str):
+        return data.encode(), []
+    return (b"" if data is None else bytes(data)), []
+
+
+def _record(recorder: Any, status: int, seconds: float) -> None:
+    """Count a response of *status* that took *seconds* under its name."""
+    recorder.latencies.append(int(seconds * 1e6))
+    if status == 200:
+        recorder.ok += 1  # as in the single-URL load: the common case is one integer add
+    else:
+        recorder.statuses[status] += 1
+        if status >= 400:
+            recorder.errors[f"http {status}"] += 1
+
+
+def _target(path: str, method: str, name: str | None, params: Mapping[str, Any] | None) -> tuple[str, str]:
+    """The request's path with *params* in its query, and its name (default: the method
+    and the path without its query)."""
+    if name is None:
+        name = f"{method} {path.split('?', 1)[0]}"
+    if params:
+        path += ("&" if "?" in path else "?") + urllib.parse.urlencode(params)
+    return path, name
+
+
+def _check_headers(response: Response, header: Mapping[str, Any]) -> list[tuple[str, bool]]:
+    """check(header=...): each header exists, and contains its text if one is given."""
+    results = []
+    for key, text in header.items():
+        value = response.headers.get(key.lower())
+        passed = value is not None and (text is None or text is _PRESENT or text in value)
+        results.append((f"header {key}" + ("" if text is None or text is _PRESENT else f" has {text!r}"), passed))
+    return results
+
+
+def _check_json(response: Response, fields: Mapping[str, Any]) -> list[tuple[str, bool]]:
+    """check(json=...): each dotted field exists, and equals its value if one is given."""
+    try:
+        document = response.json()
+    except ValueError:
+        document = _MISSING
+    results = []
+    for path, expected in fields.items():
+        found = _json_field(document, path)
+        passed = found is not _MISSING and (expected is _PRESENT or found == expected)
+        results.append((f"json {path}" + ("" if expected is _PRESENT else f" == {expected!r}"), passed))
+    return results

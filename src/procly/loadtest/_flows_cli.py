@@ -23,18 +23,7 @@ def flow_options(args: argparse.Namespace, url: str | None, headers: list[tuple[
             data is malformed (the message says what and where).
     """
     users = args.users if args.users is not None else args.connections
-    rate = rate_stages = None
-    if args.rate is not None:
-        if ":" in args.rate:
-            rate_stages = Stages.parse(args.rate, "-R")
-        else:
-            try:
-                rate = float(args.rate)
-            except ValueError:
-                raise ValueError(f"-R wants requests/s (e.g. 1000) or stages (e.g. 30s:1000,1m:1000), "
-                                 f"got {args.rate!r}") from None
-            if not rate > 0:
-                raise ValueError(f"-R: the rate must be positive, got {args.rate!r}")
+    rate, rate_stages = _rate(args.rate)
     stages = Stages.parse(args.stages) if args.stages is not None else None
     if stages is not None and args.rate is not None:
         raise ValueError("--stages ramps virtual users (closed loop); to ramp a rate (open loop) give -R the "
@@ -45,18 +34,7 @@ def flow_options(args: argparse.Namespace, url: str | None, headers: list[tuple[
         raise ValueError("--data gives rows to the users of a scenario: add -f FILE.py")
     scenario = None
     if args.scenario is not None:
-        if args.call is not None:
-            raise ValueError("give a scenario (-f) or --call, not both")
-        if args.rate is not None:
-            raise ValueError("flows run closed loop (each user waits for its answers and its think time): "
-                             "-R is for the single-URL load; ramp users with --stages")
-        if args.method.upper() != "GET" or headers or body:
-            raise ValueError("-m, -H and --body are for the single-URL load: a scenario sets them per request")
-        key = (args.scenario, args.data, args.data_order, args.seed)
-        scenario = _loaded.get(key)
-        if scenario is None:
-            scenario = _loaded[key] = Scenario.load(args.scenario, args.data,
-                                                    random_rows=args.data_order == "random", seed=args.seed)
+        scenario = _scenario(args, headers, body)
     elif stages is not None:
         if args.call is not None:
             raise ValueError("--stages ramps HTTP users: it does not apply to --call")
@@ -65,6 +43,47 @@ def flow_options(args: argparse.Namespace, url: str | None, headers: list[tuple[
     if stages is not None:
         users = max(1, math.ceil(stages.peak))
     return {"connections": users, "rate": rate, "rate_stages": rate_stages, "stages": stages, "scenario": scenario}
+
+
+def _rate(text: str | None) -> tuple[float | None, Stages | None]:
+    """-R: a fixed rate, or stages that ramp it (the other one None).
+
+    Raises:
+        ValueError: neither a positive number nor stages.
+    """
+    if text is None:
+        return None, None
+    if ":" in text:
+        return None, Stages.parse(text, "-R")
+    try:
+        rate = float(text)
+    except ValueError:
+        raise ValueError(f"-R wants requests/s (e.g. 1000) or stages (e.g. 30s:1000,1m:1000), got {text!r}") from None
+    if not rate > 0:
+        raise ValueError(f"-R: the rate must be positive, got {text!r}")
+    return rate, None
+
+
+def _scenario(args: argparse.Namespace, headers: list[tuple[str, str]], body: bytes) -> Scenario:
+    """The scenario of -f (loaded once per file, data and seed).
+
+    Raises:
+        ValueError: an option that does not apply to a scenario is given too, or the
+            scenario or its data is malformed.
+    """
+    if args.call is not None:
+        raise ValueError("give a scenario (-f) or --call, not both")
+    if args.rate is not None:
+        raise ValueError("flows run closed loop (each user waits for its answers and its think time): "
+                         "-R is for the single-URL load; ramp users with --stages")
+    if args.method.upper() != "GET" or headers or body:
+        raise ValueError("-m, -H and --body are for the single-URL load: a scenario sets them per request")
+    key = (args.scenario, args.data, args.data_order, args.seed)
+    scenario = _loaded.get(key)
+    if scenario is None:
+        scenario = _loaded[key] = Scenario.load(args.scenario, args.data,
+                                                random_rows=args.data_order == "random", seed=args.seed)
+    return scenario
 
 
 def nothing_succeeded(report: Report) -> str | None:

@@ -326,13 +326,21 @@ class Report:
     # text
 
     def to_text(self) -> str:
-        lat = self.latency
         lines = [f"procly loadtest {self.description}", ""]
         if self.interrupted:
             lines += ["  (interrupted: the figures cover what ran until Ctrl-C)", ""]
-        lines.append(f"  requests     {self.requests:>12,}   in {self.elapsed:.2f} s")
-        lines.append(f"  throughput   {self.throughput:>12,.1f}   requests/s")
-        lines.append(f"  errors       {self.errors:>12,}   ({self.error_rate:.2%} of {self.attempts:,} attempts)")
+        lines += self._text_totals()
+        lines.append("")
+        lines += self._text_latency()
+        lines += self._text_by_name()
+        lines += self._text_checks()
+        lines += self._text_counts()
+        return "\n".join(lines)
+
+    def _text_totals(self) -> list[str]:
+        lines = [f"  requests     {self.requests:>12,}   in {self.elapsed:.2f} s",
+                 f"  throughput   {self.throughput:>12,.1f}   requests/s",
+                 f"  errors       {self.errors:>12,}   ({self.error_rate:.2%} of {self.attempts:,} attempts)"]
         if self.iterations:
             lines.append(f"  iterations   {self.iterations:>12,}   (flows run to their end or to an exception)")
         if self.bytes_received:
@@ -350,38 +358,52 @@ class Report:
                          f"({self.worker_cpu_s / self.requests * 1e6:.1f} µs per request)")
         if self.late_sends:
             lines.append(f"  late sends   {self.late_sends:>12,}   (due while every connection was busy)")
-        lines.append("")
+        return lines
+
+    def _text_latency(self) -> list[str]:
+        lat = self.latency
         names = ["min", "p50", "p90", "p95", "p99", "p99.9", "max", "mean", "stdev"]
         values = [lat.min, lat.p50, lat.p90, lat.p95, lat.p99, lat.p99_9, lat.max, lat.mean, lat.stdev]
-        lines.append("  latency ms " + "".join(f"{name:>9}" for name in names))
-        lines.append("             " + "".join(f"{_fmt_ms(value):>9}" for value in values))
-        if self.by_name:
-            width = max(24, *(len(s.name) + 2 for s in self.by_name))
-            head = ["requests", "rps", "errors", "p50", "p90", "p95", "p99", "max"]
-            lines += ["", f"  {'by name (latency ms)':<{width}}" + "".join(f"{h:>10}" for h in head)]
-            rows = [(s.name, s.requests, s.requests_per_s, s.errors, s.latency) for s in self.by_name]
-            rows.append(("total", self.requests, self.throughput, self.errors, lat))
-            for name, count, rps, errors, latency in rows:
-                lines.append(f"    {name:<{width - 2}}{count:>10,}{rps:>10,.1f}{errors:>10,}" +
-                             "".join(f"{_fmt_ms(v):>10}" for v in (latency.p50, latency.p90, latency.p95,
-                                                                   latency.p99, latency.max)))
-        if self.checks:
-            width = max(24, *(len(c.name) + 2 for c in self.checks))
-            lines += ["", f"  {'checks':<{width}}{'passed':>10}{'failed':>10}{'passed %':>10}"]
-            for check in self.checks:
-                lines.append(f"    {check.name:<{width - 2}}{check.passed:>10,}{check.failed:>10,}"
-                             f"{check.passed_percent:>10.2f}")
-            lines.append(f"    {'total':<{width - 2}}{sum(c.passed for c in self.checks):>10,}"
-                         f"{sum(c.failed for c in self.checks):>10,}{self.checks_passed_percent:>10.2f}")
-        if self.status_codes and set(self.status_codes) != {0}:
-            lines += ["", "  status codes"]
-            lines += [f"    {code:<6} {count:>12,}" for code, count in self.status_codes.items()]
-        if self.error_kinds:
-            lines += ["", "  errors by kind"]
-            lines += [f"    {kind:<24} {count:>12,}" for kind, count in self.error_kinds.items()]
-        if self.exceptions:
-            lines += ["", "  flows that raised (the user went on with its next iteration)"]
-            lines += [f"    {kind:<24} {count:>12,}" for kind, count in self.exceptions.items()]
+        return ["  latency ms " + "".join(f"{name:>9}" for name in names),
+                "             " + "".join(f"{_fmt_ms(value):>9}" for value in values)]
+
+    def _text_by_name(self) -> list[str]:
+        if not self.by_name:
+            return []
+        width = max(24, *(len(s.name) + 2 for s in self.by_name))
+        head = ["requests", "rps", "errors", "p50", "p90", "p95", "p99", "max"]
+        lines = ["", f"  {'by name (latency ms)':<{width}}" + "".join(f"{h:>10}" for h in head)]
+        rows = [(s.name, s.requests, s.requests_per_s, s.errors, s.latency) for s in self.by_name]
+        rows.append(("total", self.requests, self.throughput, self.errors, self.latency))
+        for name, count, rps, errors, latency in rows:
+            lines.append(f"    {name:<{width - 2}}{count:>10,}{rps:>10,.1f}{errors:>10,}" +
+                         "".join(f"{_fmt_ms(v):>10}" for v in (latency.p50, latency.p90, latency.p95,
+                                                               latency.p99, latency.max)))
+        return lines
+
+    def _text_checks(self) -> list[str]:
+        if not self.checks:
+            return []
+        width = max(24, *(len(c.name) + 2 for c in self.checks))
+        lines = ["", f"  {'checks':<{width}}{'passed':>10}{'failed':>10}{'passed %':>10}"]
+        for check in self.checks:
+            lines.append(f"    {check.name:<{width - 2}}{check.passed:>10,}{check.failed:>10,}"
+                         f"{check.passed_percent:>10.2f}")
+        lines.append(f"    {'total':<{width - 2}}{sum(c.passed for c in self.checks):>10,}"
+                     f"{sum(c.failed for c in self.checks):>10,}{self.checks_passed_percent:>10.2f}")
+        return lines
+
+    def _text_counts(self) -> list[str]:
+        lines: list[str] = []
+        sections: list[tuple[str, Any]] = [
+            ("status codes", self.status_codes if set(self.status_codes) != {0} else {}),
+            ("errors by kind", self.error_kinds),
+            ("flows that raised (the user went on with its next iteration)", self.exceptions),
+        ]
+        for title, counts in sections:
+            if counts:
+                width = 6 if title == "status codes" else 24
+                lines += ["", f"  {title}"] + [f"    {key!s:<{width}} {count:>12,}" for key, count in counts.items()]
         if self.workers_lost:
             lines += ["", "  workers lost (their last half second is missing)"]
             lines += [f"    {message}" for message in self.workers_lost]
@@ -389,7 +411,7 @@ class Report:
             lines += ["", f"  the embedded target served {self.target_served:,} requests"]
         if self.warnings:
             lines += [""] + [f"  warning: {warning}" for warning in self.warnings]
-        return "\n".join(lines)
+        return lines
 
 
 def _fmt_ms(value: float) -> str:

@@ -7,12 +7,12 @@ rest go on) and Ctrl-C stops everything within a second with the data gathered s
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import get_context
+from .._errors import signal_name
 from ..connection import wait
 from ._config import LoadTestConfig
 from ._report import Report, TimelinePoint
@@ -280,8 +280,5 @@ def _describe_exit(code: int | None) -> str:
     if code is None:
         return "it closed its connection but is still running"
     if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
+        return f"killed by {signal_name(-code) or f'signal {-code}'}"
     return f"exit code {code}"

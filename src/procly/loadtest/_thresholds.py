@@ -37,6 +37,33 @@ _LATENCY = {"min", "mean", "max", "stdev"}
 _KNOWN = "min mean max stdev pNN errors error_rate requests rps checks"
 
 
+# The units each count-like metric takes, and what to say otherwise.
+_UNITS: dict[str, tuple[tuple[str | None, ...], str]] = {
+    "errors": ((None, "%"), "errors take a count or a percentage"),
+    "error_rate": (("%",), "error_rate takes a percentage (e.g. 'error_rate>0.1%')"),
+    "requests": ((None,), "requests takes a plain number"),
+    "rps": ((None, "/s"), "rps takes a plain number"),
+    "checks": (("%",), "checks take a percentage of passed checks (e.g. 'checks<99.9%')"),
+}
+
+
+def _check_unit(metric: str, unit: str | None, value: float, where: str, written: str) -> None:
+    """Raise ValueError (naming *where*) unless *metric* is known and takes *unit*."""
+    if metric in _LATENCY or re.fullmatch(r"p\d+(\.\d+)?", metric):
+        if metric.startswith("p") and not 0 < float(metric[1:]) <= 100:
+            raise ValueError(f"{where}: percentile must be in (0, 100]")
+        if unit is None:
+            raise ValueError(f"{where}: a latency needs its unit, us, ms or s (e.g. '{metric}>{value:g}ms')")
+        if unit not in _LATENCY_UNITS_MS:
+            raise ValueError(f"{where}: a latency takes us, ms or s, not {unit}")
+        return
+    if metric not in _UNITS:
+        raise ValueError(f"{where}: unknown metric {written!r} (known: {_KNOWN})")
+    units, message = _UNITS[metric]
+    if unit not in units:
+        raise ValueError(f"{where}: {message}")
+
+
 @dataclass(frozen=True)
 class Threshold:
     """One parsed ``--fail-if`` condition."""
@@ -71,27 +98,7 @@ class Threshold:
                 raise ValueError(f"{where}: {{name=...}} names nothing")
         if metric == "throughput":
             metric = "rps"
-        if metric in _LATENCY or re.fullmatch(r"p\d+(\.\d+)?", metric):
-            if metric.startswith("p") and not 0 < float(metric[1:]) <= 100:
-                raise ValueError(f"{where}: percentile must be in (0, 100]")
-            if unit is None:
-                raise ValueError(f"{where}: a latency needs its unit, us, ms or s (e.g. '{metric}>{value:g}ms')")
-            if unit not in _LATENCY_UNITS_MS:
-                raise ValueError(f"{where}: a latency takes us, ms or s, not {unit}")
-        elif metric == "errors":
-            if unit not in (None, "%"):
-                raise ValueError(f"{where}: errors take a count or a percentage")
-        elif metric == "error_rate":
-            if unit != "%":
-                raise ValueError(f"{where}: error_rate takes a percentage (e.g. 'error_rate>0.1%')")
-        elif metric in ("requests", "rps"):
-            if unit not in (None, "/s") or (unit == "/s" and metric == "requests"):
-                raise ValueError(f"{where}: {metric} takes a plain number")
-        elif metric == "checks":
-            if unit != "%":
-                raise ValueError(f"{where}: checks take a percentage of passed checks (e.g. 'checks<99.9%')")
-        else:
-            raise ValueError(f"{where}: unknown metric {match['metric']!r} (known: {_KNOWN})")
+        _check_unit(metric, unit, value, where, match["metric"])
         return cls(text=text, metric=metric, op=op, value=value, unit=unit, name=name)
 
     def measure(self, report: Report) -> tuple[float, str] | str:
