@@ -24,7 +24,9 @@ def add_commands(commands: Any) -> None:
         "loadtest", help="load-test an HTTP service or a Python callable from every core",
         description="HTTP/1.1 keep-alive load (or calls of a Python function) from several processes, "
                     "with latency percentiles merged across them. With no URL and no --call, a built-in "
-                    "target server is started on 127.0.0.1 and tested.")
+                    "target server is started on 127.0.0.1 and tested. "
+                    "'procly loadtest compare BASELINE.json NEW.json' compares two --json reports (the CI gate; "
+                    "see 'procly loadtest compare --help').")
     p.add_argument("url", nargs="?", help="http:// URL to test (default: the built-in target)")
     p.add_argument("--call", metavar="MODULE:FUNCTION", help="call this function (sync or async) instead of HTTP")
     p.add_argument("-c", "--connections", type=int, default=64,

@@ -84,9 +84,12 @@ class NameStats:
         return percentile_ms(self.histogram, percentile) if self.histogram is not None else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "requests": self.requests, "errors": self.errors,
+        data = {"name": self.name, "requests": self.requests, "errors": self.errors,
                 "requests_per_s": round(self.requests_per_s, 3), **self.latency.to_dict(),
                 "status_codes": {str(k): v for k, v in self.status_codes.items()}, "error_kinds": self.error_kinds}
+        if self.histogram is not None and self.histogram.get_total_count():
+            data["histogram_hdr"] = self.histogram.encode().decode("ascii")  # for procly loadtest compare
+        return data
 
 
 @dataclass
