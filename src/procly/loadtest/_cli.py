@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import errno
 import sys
+import threading
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -52,6 +53,16 @@ def add_commands(commands: Any) -> None:
                    help="exit 1 if true, e.g. 'p99>200ms', 'errors>0.1%%', 'rps<1000', "
                         "'p95{name=login}>300ms', 'checks<99.9%%' (repeatable; latencies need their unit)")
     p.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
+    live = p.add_argument_group("watching the run live")
+    live.add_argument("--web", nargs="?", const="127.0.0.1:0", metavar="HOST:PORT",
+                      help="serve a live dashboard (default 127.0.0.1 and a free port, printed at start); "
+                           "write --web=HOST:PORT when a URL follows")
+    live.add_argument("--web-linger", default="10s", metavar="DURATION",
+                      help="keep the dashboard up this long after the run so its verdicts can be read "
+                           "(default 10s; Ctrl-C ends it sooner)")
+    live.add_argument("--prometheus", metavar="HOST:PORT",
+                      help="expose OpenMetrics at http://HOST:PORT/metrics while the run lasts "
+                           "(HOST defaults to 127.0.0.1, port 0 picks a free one, printed at start)")
     flows = p.add_argument_group("user flows (a scenario written in Python; see the README)")
     flows.add_argument("-f", "--scenario", metavar="FILE.py",
                        help="run the @flow functions of this file as virtual users; URL is their base URL")
@@ -181,13 +192,17 @@ def _write(path: str, text: str) -> None:
 
 
 def loadtest_command(args: argparse.Namespace) -> int:
-    from ._html import to_html
-    from ._runner import LoadTestError, run_load_test
-    from ._target import EmbeddedTarget
-    from ._thresholds import Threshold, check_thresholds
+    from ._config import parse_duration
+    from ._live import LiveServer, LiveState, parse_address
+    from ._thresholds import Threshold
 
+    if args.web is not None and "://" in args.web and args.url is None:
+        args.url, args.web = args.web, "127.0.0.1:0"  # "--web URL": the URL is the target
     try:
         thresholds = [Threshold.parse(text) for text in args.fail_if]
+        web = parse_address(args.web, "--web") if args.web is not None else None
+        prometheus = parse_address(args.prometheus, "--prometheus") if args.prometheus is not None else None
+        linger = parse_duration(args.web_linger)
         if args.url is not None and args.call is not None:
             raise ValueError("give a URL or --call, not both")
         embedded = args.url is None and args.call is None
@@ -204,6 +219,34 @@ def loadtest_command(args: argparse.Namespace) -> int:
         print(f"procly loadtest: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
+    live = LiveState() if web is not None or prometheus is not None else None
+    servers: list[Any] = []
+    try:
+        for address, dashboard, what in ((web, True, "live dashboard at {}"),
+                                         (prometheus, False, "OpenMetrics at {}metrics")):
+            if address is not None and live is not None:
+                server = LiveServer(live, address[0], address[1], dashboard=dashboard)
+                servers.append(server)
+                print(f"procly loadtest: {what.format(server.url)}", file=sys.stderr, flush=True)
+    except OSError as exc:
+        for server in servers:
+            server.close()
+        print(f"procly loadtest: cannot serve the live views: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _run_and_report(args, config, embedded, thresholds, live, linger if web is not None else 0.0)
+    finally:
+        for server in servers:
+            server.close()
+
+
+def _run_and_report(args: argparse.Namespace, config: Any, embedded: bool, thresholds: list[Any], live: Any,
+                    linger: float) -> int:
+    from ._html import to_html
+    from ._runner import LoadTestError, run_load_test
+    from ._target import EmbeddedTarget
+    from ._thresholds import check_thresholds, threshold_verdicts
+
     progress = None if args.quiet else _ProgressLine(sys.stderr)
     target = EmbeddedTarget(start_method=args.start_method) if embedded else None
     try:
@@ -211,6 +254,8 @@ def loadtest_command(args: argparse.Namespace) -> int:
             if target is not None:
                 config = _config_from(args, target.url)
                 print(f"procly loadtest: no URL given, testing the built-in target at {target.url}", file=sys.stderr)
+            if live is not None:
+                live.set_config(config)
             if args.dask:
                 try:
                     from ._dask import run_on_dask
@@ -220,7 +265,7 @@ def loadtest_command(args: argparse.Namespace) -> int:
                 print(f"procly loadtest: running the load on the Dask cluster at {args.dask}", file=sys.stderr)
                 report = run_on_dask(config, args.dask, processes_given=args.processes is not None)
             else:
-                report = run_load_test(config, progress)
+                report = run_load_test(config, progress, live.update if live is not None else None)
         if target is not None:
             report.target_served = target.served
     except (LoadTestError, OSError) as exc:
@@ -234,6 +279,9 @@ def loadtest_command(args: argparse.Namespace) -> int:
     if progress is not None:
         progress.finish()
 
+    report.thresholds = threshold_verdicts(thresholds, report)
+    if live is not None:
+        live.finish(report, report.thresholds)
     if args.json != "-":
         print(report.to_text())
     for path, render in ((args.json, report.to_json), (args.csv, report.to_csv), (args.html, lambda: to_html(report))):
@@ -252,6 +300,13 @@ def loadtest_command(args: argparse.Namespace) -> int:
         print(f"procly loadtest: {failed_run}", file=sys.stderr)
     for message in report.workers_lost:
         print(f"procly loadtest: {message}", file=sys.stderr)
+    if linger > 0 and not report.interrupted:
+        print(f"procly loadtest: the dashboard stays up {linger:g} s more (Ctrl-C ends it)", file=sys.stderr,
+              flush=True)
+        try:
+            threading.Event().wait(linger)
+        except KeyboardInterrupt:
+            pass
     if report.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_BROKEN if broken or report.workers_lost or failed_run else EXIT_OK

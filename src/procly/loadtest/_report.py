@@ -185,6 +185,8 @@ class Report:
     worker_peak_rss_mib: float = 0.0
     #: CPU time (user + system) of all the worker processes while they ran the load.
     worker_cpu_s: float = 0.0
+    #: The ``--fail-if`` conditions with their verdicts (``condition``, ``passed``, ``measured``).
+    thresholds: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def build(cls, config: LoadTestConfig, total: Interval, elapsed: float, timeline: list[TimelinePoint],
@@ -286,6 +288,7 @@ class Report:
             "interrupted": self.interrupted,
             "target_served": self.target_served,
             "warnings": self.warnings,
+            "thresholds": self.thresholds,
         }
         if self.send_lag is not None:
             lag = self.send_lag
