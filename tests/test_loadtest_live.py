@@ -6,6 +6,7 @@ real headless Chromium (Debian's package, installed here when missing and possib
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import queue
@@ -195,6 +196,37 @@ def test_prometheus_endpoint_is_scraped_during_the_run(tmp_path):
     host, port = base[len("http://"):].split("/")[0].split(":")
     with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=2):
         pass  # the exporter is gone with the run
+
+
+def test_final_report_has_axes_thresholds_configuration_and_machine(tmp_path):
+    run = LiveRun(tmp_path, "-d", "1", "--fail-if", "p99>10s", "--fail-if", "checks<99%",
+                  "--fail-if", "p95{name=home}>10s")
+    try:
+        assert run.finish() == 1, "".join(run.stderr)
+    finally:
+        run.stop()
+    report = json.loads(run.json_path.read_text())
+    assert report["thresholds"] == [
+        {"condition": "p99>10s", "passed": True, "measured": report["thresholds"][0]["measured"]},
+        {"condition": "checks<99%", "passed": False, "measured": report["thresholds"][1]["measured"]},
+        {"condition": "p95{name=home}>10s", "passed": True, "measured": report["thresholds"][2]["measured"]},
+    ]
+    assert report["thresholds"][1]["measured"].startswith("checks = ")
+    config, machine = report["configuration"], report["machine"]
+    assert config["mode"] == "flows" and config["connections"] == 4 and config["processes"] == 1
+    assert config["duration_s"] == 1.0 and "browse" in config["scenario"]
+    assert machine["cpus"] >= 1 and machine["python"].split()[1] == ".".join(map(str, sys.version_info[:3]))
+    assert all(entry["histogram_hdr"] for entry in report["by_name"])
+    page = run.html_path.read_text()
+    svgs = dict(re.findall(r'<svg[^>]*id="([^"]+)".*?>(.*?)</svg>', page, flags=re.S))
+    assert set(svgs) == {"throughput", "latency-over-time", "spectrum"}
+    assert "requests/s" in svgs["throughput"] and "latency (ms)" not in svgs["throughput"]
+    assert "latency (ms)" in svgs["latency-over-time"]
+    assert ">home<" in svgs["spectrum"] and ">missing<" in svgs["spectrum"]  # a curve per name
+    rows = re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td><td class=\"(pass|fail)\">", page)
+    assert [(html.unescape(c), v) for c, _, v in rows] == [("p99>10s", "pass"), ("checks<99%", "fail"),
+                                                           ("p95{name=home}>10s", "pass")]
+    assert "1 of 3 broke" in page and machine["host"] in page and "<script" not in page
 
 
 def test_bad_live_options_exit_2():
