@@ -90,6 +90,13 @@ class LiveRun:
         self.proc.stderr.close()
         return code
 
+    def end_linger(self) -> None:
+        """Once the reports are written and the dashboard lingers, end it with Ctrl-C."""
+        wait_for(lambda: any("stays up" in line for line in self.stderr) or self.proc.poll() is not None, 60,
+                 "the dashboard's linger")
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -229,6 +236,28 @@ def test_final_report_has_axes_thresholds_configuration_and_machine(tmp_path):
     assert "1 of 3 broke" in page and machine["host"] in page and "<script" not in page
 
 
+def test_active_users_are_what_the_workers_run(tmp_path):
+    run = LiveRun(tmp_path, "--stages", "1s:6,1.5s:6", "-p", "2", "--web", "--web-linger", "60")
+    seen: list[int] = []
+    try:
+        url = run.url("live dashboard at")
+
+        def ended():
+            data = json.loads(get(url + "data.json")[1])
+            if data["running"]:
+                seen.append(data["users"])
+            return data["started"] and not data["running"]
+
+        wait_for(ended, 60, "the end of the run", interval=0.2)
+        final = json.loads(get(url + "data.json")[1])
+        run.end_linger()
+        assert run.finish() == 0, "".join(run.stderr)
+    finally:
+        run.stop()
+    assert seen and max(seen) == 6 and all(0 <= users <= 6 for users in seen)
+    assert final["users"] == 0 and max(point["users"] for point in final["series"]) == 6
+
+
 def test_bad_live_options_exit_2():
     for option in (["--web=127.0.0.1:99999"], ["--prometheus", "x:y"], ["--web-linger", "soon", "--web"]):
         out = subprocess.run([sys.executable, "-m", "procly.cli", "loadtest", "-n", "10", *option],
@@ -328,8 +357,8 @@ def _page_during_run(tmp_path, chromium):
         raise
     if dom_value(during, "state") == "running":
         return run, url, during
-    run.proc.send_signal(signal.SIGINT)
-    run.finish()
+    run.end_linger()
+    run.stop()
     return None
 
 
@@ -352,15 +381,17 @@ def test_dashboard_in_headless_chromium(tmp_path, chromium):
         assert int(dom_value(later, "requests")) > seen
         # The run ends; the page stays up (--web-linger) with the final figures and the verdicts.
         wait_for(lambda: not json.loads(get(data_url)[1])["running"] or None, 30, "the end of the run")
-        report = json.loads(wait_for(lambda: run.json_path.exists() and run.json_path.read_text() or None, 30,
-                                     "the JSON report"))
+        wait_for(lambda: any("stays up" in line for line in run.stderr), 30, "the reports to be written")
+        report = json.loads(run.json_path.read_text())
         final = chromium(url, "--dump-dom")
         shot = tmp_path / "dashboard.png"
         chromium(url, f"--screenshot={shot}", "--window-size=1400,1600")
     finally:
-        if run.proc.poll() is None:
-            run.proc.send_signal(signal.SIGINT)  # ends the linger
-        code = run.finish()
+        try:
+            run.end_linger()
+            code = run.finish()
+        finally:
+            run.stop()
     assert code == 1  # checks<99% broke: the "found" check fails on every 404
     assert dom_value(final, "state") == "finished"
     assert int(dom_value(final, "requests")) == report["requests"]

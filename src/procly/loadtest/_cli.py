@@ -228,6 +228,9 @@ def loadtest_command(args: argparse.Namespace) -> int:
                 server = LiveServer(live, address[0], address[1], dashboard=dashboard)
                 servers.append(server)
                 print(f"procly loadtest: {what.format(server.url)}", file=sys.stderr, flush=True)
+                if not server.loopback:
+                    print(f"procly loadtest: warning: {server.url} is reachable from the network, without "
+                          "authentication", file=sys.stderr, flush=True)
     except OSError as exc:
         for server in servers:
             server.close()

@@ -130,6 +130,7 @@ class LiveState:
         self._lock = threading.Lock()
         self._config = config
         self._series: list[dict[str, Any]] = []
+        self._users_seen: dict[int, int] = {}  # second of the run -> users reported then
         self._data: dict[str, Any] = {"running": False, "started": False, "elapsed_s": 0.0, "requests": 0,
                                       "errors": 0, "series": [], "by_name": [], "checks": [], "users": 0,
                                       "thresholds": [], "verdict": None, "description": ""}
@@ -153,12 +154,21 @@ class LiveState:
             return int(round(stages.value_at(max(0.0, elapsed))))
         return int(config.connections)
 
+    def _users_in(self, second: int) -> int:
+        """The users seen during ``second`` of the run (the configuration's when none was seen)."""
+        seen = self._users_seen.get(second)
+        return seen if seen is not None else self._users_at(second + 0.5)
+
     def update(self, tally: Tally, running: bool = True) -> None:
         """Take the tally's figures (called by the coordinator once a second)."""
         now = time.time()
         elapsed = max(0.0, min(now, tally.last_done or now) - tally.measure_start) if tally.measure_start else 0.0
         total = tally.total
-        users = self._users_at(elapsed) if running else 0
+        if tally.active_users:  # what the workers report running
+            users = sum(tally.active_users.values()) if running else 0
+        else:  # not reported yet (or by Dask tasks): what the configuration calls for
+            users = self._users_at(elapsed) if running else 0
+        self._users_seen.setdefault(int(elapsed), users)
         # The per-second series: every finished second (the one in progress only at the end).
         last = max(tally.buckets, default=-1)
         complete = last + 1 if not running else max(0, last)
@@ -168,7 +178,7 @@ class LiveState:
             hist = bucket.histogram
             series.append({"t_s": second, "requests_per_s": bucket.requests, "errors_per_s": bucket.error_count,
                            "latency_p50_ms": percentile_ms(hist, 50), "latency_p95_ms": percentile_ms(hist, 95),
-                           "latency_p99_ms": percentile_ms(hist, 99), "users": self._users_at(second + 0.5)})
+                           "latency_p99_ms": percentile_ms(hist, 99), "users": self._users_in(second)})
         names = []
         metric_names = []
         for name, sub in sorted(total.by_name.items()):
@@ -206,7 +216,7 @@ class LiveState:
                 latency_p99_ms=report.latency.p99,
                 series=[{"t_s": p.second, "requests_per_s": p.requests, "errors_per_s": p.errors,
                          "latency_p50_ms": p.p50_ms, "latency_p95_ms": p.p95_ms, "latency_p99_ms": p.p99_ms,
-                         "users": self._users_at(p.second + 0.5)} for p in report.timeline],
+                         "users": self._users_in(p.second)} for p in report.timeline],
                 by_name=[{"name": s.name, "requests": s.requests, "errors": s.errors,
                           "requests_per_s": s.requests_per_s, "latency_p50_ms": s.latency.p50,
                           "latency_p95_ms": s.latency.p95, "latency_p99_ms": s.latency.p99} for s in report.by_name],
@@ -297,9 +307,21 @@ class LiveServer:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        shown = f"[{host}]" if ":" in str(host) else host
+        address = self._server.server_address
+        host, port = str(address[0]), int(address[1])
+        shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}/"
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the server listens on a loopback address only."""
+        import ipaddress
+
+        host = str(self._server.server_address[0])
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return host == "localhost"
 
     def close(self) -> None:
         """Stop serving and release the port."""

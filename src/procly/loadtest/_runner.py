@@ -65,9 +65,16 @@ class Tally:
         self.last_tick = 0.0  # wall time of the latest measured interval received
         self._last_progress_count = 0
         self._last_progress_tick = 0.0
+        #: The latest count of running users (or connections) each worker reported, by worker index.
+        self.active_users: dict[int, int] = {}
 
-    def add(self, kind: str, wall_time: float, wire: dict | None) -> None:
-        """A worker's ``tick`` or ``done`` message."""
+    def add(self, kind: str, wall_time: float, wire: dict | None, worker: int | None = None) -> None:
+        """A worker's ``tick`` or ``done`` message (``worker``: its index, for the users gauge)."""
+        if worker is not None:
+            if kind == "done":
+                self.active_users[worker] = 0
+            elif wire is not None and "active_users" in wire:
+                self.active_users[worker] = int(wire["active_users"])
         if wire is not None:
             interval = Interval.from_wire(wire)
             self.total.add(interval)
@@ -264,7 +271,7 @@ class _Coordinator:
     def _handle(self, worker: _WorkerState, message: tuple) -> None:
         kind = message[0]
         if kind == "tick" or kind == "done":
-            self.tally.add(kind, message[1], message[2])
+            self.tally.add(kind, message[1], message[2], worker.index)
             if kind == "done":
                 worker.done = True
 
