@@ -66,9 +66,9 @@ class Distribution:
             hist = HdrHistogram.decode(encoded.encode("ascii"))
         except Exception as exc:  # hdrh raises several kinds on corrupt input
             raise CompareError(f"histogram_hdr cannot be decoded ({type(exc).__name__}: {exc})") from None
-        values = [(item.value_iterated_to, item.count_at_value_iterated_to)
-                  for item in hist.get_recorded_iterator()]
-        return cls(values)
+        from ._stats import recorded_values
+
+        return cls(recorded_values(hist, highest=True))
 
     def percentile_us(self, percentile: float) -> int:
         """The smallest recorded value with at least ``percentile`` % of the samples at or below it."""

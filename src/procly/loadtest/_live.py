@@ -16,7 +16,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from ._stats import Interval, percentile_ms
+from ._stats import Interval, percentile_ms, recorded_values
 
 if TYPE_CHECKING:
     from ._config import LoadTestConfig
@@ -66,18 +66,23 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def _cumulative_buckets(interval: Interval) -> list[int]:
-    """Counts at or below each of :data:`BUCKETS_S` (the +Inf bucket is the total)."""
-    counts = [0] * len(BUCKETS_S)
-    hist = interval.histogram
-    if not hist.get_total_count():
-        return counts
-    for item in hist.get_recorded_iterator():
-        seconds = item.value_iterated_to / 1e6
-        for i, bound in enumerate(BUCKETS_S):
-            if seconds <= bound:
-                counts[i] += item.count_at_value_iterated_to
-    return counts
+def _buckets_and_sum(interval: Interval) -> tuple[list[int], float]:
+    """Counts at or below each of :data:`BUCKETS_S` (the +Inf bucket is the total), and the sum
+    of the latencies in seconds (each sample at its HDR bucket's lowest value)."""
+    per_bucket = [0] * (len(BUCKETS_S) + 1)  # the last: above every bound
+    bounds_us = [bound * 1e6 for bound in BUCKETS_S]
+    total_us = 0
+    i = 0
+    for value_us, count in recorded_values(interval.histogram):  # in ascending order
+        total_us += value_us * count
+        while i < len(bounds_us) and value_us > bounds_us[i]:
+            i += 1
+        per_bucket[i] += count
+    cumulative, running = [], 0
+    for count in per_bucket[:-1]:
+        running += count
+        cumulative.append(running)
+    return cumulative, total_us / 1e6
 
 
 def render_metrics(snapshot: dict[str, Any], openmetrics: bool = True) -> str:
@@ -187,10 +192,9 @@ class LiveState:
                           "requests_per_s": sub.requests / elapsed if elapsed > 0 else 0.0,
                           "latency_p50_ms": percentile_ms(hist, 50), "latency_p95_ms": percentile_ms(hist, 95),
                           "latency_p99_ms": percentile_ms(hist, 99)})
-            timed = hist.get_total_count()
+            buckets, sum_s = _buckets_and_sum(sub)
             metric_names.append({"name": name, "requests": sub.requests, "errors": sub.error_count,
-                                 "buckets": _cumulative_buckets(sub), "requests_timed": timed,
-                                 "sum_s": hist.get_mean_value() * timed / 1e6 if timed else 0.0})
+                                 "buckets": buckets, "requests_timed": hist.get_total_count(), "sum_s": sum_s})
         checks = [{"name": name, "passed": passed, "failed": failed}
                   for name, (passed, failed) in sorted(total.checks.items())]
         hist = total.histogram
