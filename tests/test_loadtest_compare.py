@@ -91,6 +91,15 @@ def test_throughput_and_error_rate_regressions(tmp_path, capsys):
     assert main([base, failing, "--error-tolerance", "2"]) == 0
 
 
+def test_gate_narrows_what_fails(tmp_path, capsys):
+    base = write(tmp_path, "base.json", report(lognormal(20_000, seed=1), rps=1000))
+    slower = write(tmp_path, "slower.json", report(lognormal(20_000, median_us=1500, seed=3), rps=1000))
+    assert main([base, slower, "--gate", "rps,errors"]) == 0
+    assert "REGRESSION" not in capsys.readouterr().out
+    assert main([base, slower, "--gate", "p95"]) == 1
+    assert main([base, slower, "--gate", "p42"]) == 2 and "--gate" in capsys.readouterr().err
+
+
 def test_names_are_compared_one_by_one(tmp_path, capsys):
     base = write(tmp_path, "base.json", report(lognormal(5_000), names=("login", "home")))
     new = write(tmp_path, "new.json", report(lognormal(5_000), names=("login", "search")))

@@ -19,6 +19,8 @@ Throughput regresses when NEW's requests/s fell by more than ``--tolerance``; th
 rate when it rose by more than ``--error-tolerance`` percentage points (default 0.1).
 No significance test applies to those two: each report has one figure.
 
+``--gate`` narrows what can fail (e.g. ``p50,p95,errors`` where the tail is noisy).
+
 Exit status: 0 no regression; 1 a regression; 2 a file that cannot be read or is not a
 ``procly loadtest --json`` report.
 """
@@ -37,6 +39,8 @@ from typing import Any
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
 #: The percentiles the gate compares.
 GATED = (50.0, 95.0, 99.0)
+#: What can fail the gate (``--gate``): the three percentiles, throughput, error rate.
+GATES = frozenset({"p50", "p95", "p99", "rps", "errors"})
 
 
 class CompareError(ValueError):
@@ -287,8 +291,12 @@ def _figures(data: dict[str, Any], where: str) -> Figures:
 
 
 def compare(base: dict[str, Any], new: dict[str, Any], *, tolerance: float = 0.10, error_tolerance_pp: float = 0.1,
-            alpha: float = 0.01, base_label: str = "baseline", new_label: str = "new") -> Comparison:
+            alpha: float = 0.01, base_label: str = "baseline", new_label: str = "new",
+            gate: frozenset[str] = GATES) -> Comparison:
     """Compare two reports (``Report.to_dict()`` or the ``--json`` files' contents).
+
+    Only the figures named in ``gate`` (of :data:`GATES`) can be regressions; the others
+    are shown all the same.
 
     Raises:
         CompareError: a report lacks the figures compared, or a histogram is corrupt.
@@ -314,14 +322,14 @@ def compare(base: dict[str, Any], new: dict[str, Any], *, tolerance: float = 0.1
                 significant = row.p_value < alpha
             else:
                 significant = True  # no histogram: the tolerance alone decides
-            row.regressed = significant and row.new > row.base * (1 + tolerance)
+            row.regressed = f"p{p:g}" in gate and significant and row.new > row.base * (1 + tolerance)
             row.improved = row.new < row.base * (1 - tolerance)
             result.rows.append(row)
         rps = Row(name, "requests/s", b.requests_per_s, n.requests_per_s, "/s")
-        rps.regressed = rps.new < rps.base * (1 - tolerance)
+        rps.regressed = "rps" in gate and rps.new < rps.base * (1 - tolerance)
         rps.improved = rps.new > rps.base * (1 + tolerance)
         errors = Row(name, "errors %", b.error_rate_percent, n.error_rate_percent, "%")
-        errors.regressed = errors.new - errors.base > error_tolerance_pp
+        errors.regressed = "errors" in gate and errors.new - errors.base > error_tolerance_pp
         errors.improved = errors.base - errors.new > error_tolerance_pp
         result.rows += [rps, errors]
         if both:
@@ -360,6 +368,9 @@ def main(argv: list[str]) -> int:
                         help="allowed rise of the error rate in percentage points (default 0.1)")
     parser.add_argument("--alpha", type=float, default=0.01,
                         help="significance level of the latency tests (default 0.01)")
+    parser.add_argument("--gate", default="p50,p95,p99,rps,errors",
+                        help="which figures can fail the comparison, of p50,p95,p99,rps,errors (default all; "
+                             "e.g. p50,p95,errors on a machine whose tail is noisy)")
     parser.add_argument("--html", metavar="FILE", help="also write the comparison as an HTML page")
     parser.add_argument("--json", metavar="FILE", help="also write the comparison as JSON (- for standard output)")
     try:
@@ -369,11 +380,14 @@ def main(argv: list[str]) -> int:
     try:
         tolerance = parse_fraction(args.tolerance, "--tolerance")
         error_tolerance = 100.0 * parse_fraction(args.error_tolerance.strip().rstrip("%") + "%", "--error-tolerance")
+        gate = frozenset(part.strip().lower() for part in args.gate.split(",") if part.strip())
+        if not gate or not gate <= GATES:
+            raise ValueError(f"--gate takes some of {','.join(sorted(GATES))}, got {args.gate!r}")
         if not 0 < args.alpha < 1:
             raise ValueError(f"--alpha must be between 0 and 1, got {args.alpha}")
         result = compare(load_report(args.baseline), load_report(args.new), tolerance=tolerance,
                          error_tolerance_pp=error_tolerance, alpha=args.alpha,
-                         base_label=args.baseline, new_label=args.new)
+                         base_label=args.baseline, new_label=args.new, gate=gate)
     except (CompareError, ValueError) as exc:
         print(f"procly loadtest compare: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
