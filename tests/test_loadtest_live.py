@@ -158,10 +158,11 @@ def test_metrics_text_parses_in_both_formats_with_awkward_names():
 
 # --- --prometheus, scraped during a run ----------------------------------------------------------
 
-def test_prometheus_endpoint_is_scraped_during_the_run(tmp_path):
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_prometheus_endpoint_is_scraped_during_the_run(tmp_path, method):
     openmetrics = pytest.importorskip("prometheus_client.openmetrics.parser")
     parser = pytest.importorskip("prometheus_client.parser")
-    run = LiveRun(tmp_path, "-d", "3", "--prometheus", "127.0.0.1:0")
+    run = LiveRun(tmp_path, "-d", "3", "--prometheus", "127.0.0.1:0", "--start-method", method)
     try:
         base = run.url("OpenMetrics at")
         assert base.startswith("http://127.0.0.1:") and base.endswith("/metrics")
