@@ -378,6 +378,12 @@ def main(argv: list[str]) -> int:
     except SystemExit as exc:
         return EXIT_BAD_INPUT if exc.code else EXIT_OK
     try:
+        import hdrh  # noqa: F401
+    except ImportError as exc:
+        print(f"procly loadtest compare needs the loadtest extra: pip install 'procly[loadtest]' ({exc})",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
         tolerance = parse_fraction(args.tolerance, "--tolerance")
         error_tolerance = 100.0 * parse_fraction(args.error_tolerance.strip().rstrip("%") + "%", "--error-tolerance")
         gate = frozenset(part.strip().lower() for part in args.gate.split(",") if part.strip())
