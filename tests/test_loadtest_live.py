@@ -259,6 +259,17 @@ def test_active_users_are_what_the_workers_run(tmp_path):
     assert final["users"] == 0 and max(point["users"] for point in final["series"]) == 6
 
 
+def test_web_followed_by_a_url_tests_that_url():
+    from procly.loadtest import EmbeddedTarget
+
+    with EmbeddedTarget() as target:
+        out = subprocess.run([sys.executable, "-m", "procly.cli", "loadtest", "-q", "-p", "1", "-c", "2", "-n", "50",
+                              "--web-linger", "0", "--web", target.url], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "live dashboard at http://127.0.0.1:" in out.stderr and "built-in target" not in out.stderr
+    assert target.url in out.stdout
+
+
 def test_bad_live_options_exit_2():
     for option in (["--web=127.0.0.1:99999"], ["--prometheus", "x:y"], ["--web-linger", "soon", "--web"]):
         out = subprocess.run([sys.executable, "-m", "procly.cli", "loadtest", "-n", "10", *option],
