@@ -331,10 +331,12 @@ def test_cli_default_run_writes_every_report(tmp_path):
     assert float(rows[-1]["latency_p95_ms"]) <= float(rows[-1]["latency_p99_ms"])
     page = files["html"].read_text()
     svgs = re.findall(r"<svg.*?</svg>", page, flags=re.S)
-    assert len(svgs) == 2
+    assert [re.search(r'id="([^"]+)"', svg).group(1) for svg in svgs] == ["throughput", "latency-over-time",
+                                                                         "spectrum"]
     for svg in svgs:
         ET.fromstring(svg)  # well-formed
-    assert "<polyline" in svgs[0] and "<polyline" in svgs[1]
+    assert "<rect" in svgs[0] and "<polyline" in svgs[1] and "<polyline" in svgs[2]
+    assert "No --fail-if condition was given" in page and 'id="configuration"' in page and 'id="machine"' in page
 
 
 def test_thresholds_set_the_exit_status(target):
@@ -491,7 +493,7 @@ def test_report_from_python_is_complete(target):
 def test_every_json_number_carries_its_unit(target):
     report = run_load_test(LoadTestConfig(url=target.url, processes=1, connections=2, duration=1.0, rate=100))
     counts = {"requests", "errors", "attempts", "bytes_received", "late_sends", "iterations", "passed", "failed",
-              "target_served"}
+              "target_served", "processes", "connections", "cpus", "usable_cpus"}
     units = ("_ms", "_s", "_per_s", "_percent", "_mib")
 
     def walk(data, where):

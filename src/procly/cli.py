@@ -120,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "run":
         return _run(argv[1:])
+    if list(argv[:2]) == ["loadtest", "compare"]:
+        from .loadtest._compare import main as compare_main
+
+        return compare_main(argv[2:])
     parser = argparse.ArgumentParser(prog="procly", description="Process-based parallelism for Python.")
     parser.add_argument("--version", action=_VersionAction, help="show procly's version, SemLock backend and exit")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -12,12 +12,9 @@ import argparse
 import contextlib
 import errno
 import sys
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
-
-if TYPE_CHECKING:
-    from ._config import LoadTestConfig
-    from ._report import Report
+from typing import Any, TextIO
 
 EXIT_OK, EXIT_BROKEN, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -28,7 +25,9 @@ def add_commands(commands: Any) -> None:
         "loadtest", help="load-test an HTTP service or a Python callable from every core",
         description="HTTP/1.1 keep-alive load (or calls of a Python function) from several processes, "
                     "with latency percentiles merged across them. With no URL and no --call, a built-in "
-                    "target server is started on 127.0.0.1 and tested.")
+                    "target server is started on 127.0.0.1 and tested. "
+                    "'procly loadtest compare BASELINE.json NEW.json' compares two --json reports (the CI gate; "
+                    "see 'procly loadtest compare --help').")
     p.add_argument("url", nargs="?", help="http:// URL to test (default: the built-in target)")
     p.add_argument("--call", metavar="MODULE:FUNCTION", help="call this function (sync or async) instead of HTTP")
     p.add_argument("-c", "--connections", type=int, default=64,
@@ -54,6 +53,16 @@ def add_commands(commands: Any) -> None:
                    help="exit 1 if true, e.g. 'p99>200ms', 'errors>0.1%%', 'rps<1000', "
                         "'p95{name=login}>300ms', 'checks<99.9%%' (repeatable; latencies need their unit)")
     p.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
+    live = p.add_argument_group("watching the run live")
+    live.add_argument("--web", nargs="?", const="127.0.0.1:0", metavar="HOST:PORT",
+                      help="serve a live dashboard (default 127.0.0.1 and a free port, printed at start); "
+                           "write --web=HOST:PORT when a URL follows")
+    live.add_argument("--web-linger", default="10s", metavar="DURATION",
+                      help="keep the dashboard up this long after the run so its verdicts can be read "
+                           "(default 10s; Ctrl-C ends it sooner)")
+    live.add_argument("--prometheus", metavar="HOST:PORT",
+                      help="expose OpenMetrics at http://HOST:PORT/metrics while the run lasts "
+                           "(HOST defaults to 127.0.0.1, port 0 picks a free one, printed at start)")
     flows = p.add_argument_group("user flows (a scenario written in Python; see the README)")
     flows.add_argument("-f", "--scenario", metavar="FILE.py",
                        help="run the @flow functions of this file as virtual users; URL is their base URL")
@@ -183,16 +192,86 @@ def _write(path: str, text: str) -> None:
 
 
 def loadtest_command(args: argparse.Namespace) -> int:
-    from ._runner import LoadTestError
+    from ._config import parse_duration
+    from ._live import LiveServer, LiveState, parse_address
+    from ._thresholds import Threshold
 
+    if args.web is not None and "://" in args.web and args.url is None:
+        args.url, args.web = args.web, "127.0.0.1:0"  # "--web URL": the URL is the target
     try:
-        config, thresholds = _checked_config(args)
+        thresholds = [Threshold.parse(text) for text in args.fail_if]
+        web = parse_address(args.web, "--web") if args.web is not None else None
+        prometheus = parse_address(args.prometheus, "--prometheus") if args.prometheus is not None else None
+        linger = parse_duration(args.web_linger)
+        if args.url is not None and args.call is not None:
+            raise ValueError("give a URL or --call, not both")
+        embedded = args.url is None and args.call is None
+        # The embedded target's URL is known once it runs: check the other options now.
+        config = _config_from(args, "http://127.0.0.1/" if embedded else args.url)
+        if not embedded and config.url is not None:
+            # Resolved once, here: every worker connects to this address and nothing else.
+            config = config.resolved()
+        if config.call is not None:
+            from ._calls import resolve_callable
+
+            resolve_callable(config.call)  # fail here, once, rather than in every worker
     except (ValueError, ImportError, OSError) as exc:
         print(f"procly loadtest: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    progress = None if args.quiet else _ProgressLine(sys.stderr)
+
+    live = LiveState() if web is not None or prometheus is not None else None
+    servers: list[Any] = []
     try:
-        report = _run(args, config, progress)
+        for address, dashboard, what in ((web, True, "live dashboard at {}"),
+                                         (prometheus, False, "OpenMetrics at {}metrics")):
+            if address is not None and live is not None:
+                server = LiveServer(live, address[0], address[1], dashboard=dashboard)
+                servers.append(server)
+                print(f"procly loadtest: {what.format(server.url)}", file=sys.stderr, flush=True)
+                if not server.loopback:
+                    print(f"procly loadtest: warning: {server.url} is reachable from the network, without "
+                          "authentication", file=sys.stderr, flush=True)
+    except OSError as exc:
+        for server in servers:
+            server.close()
+        print(f"procly loadtest: cannot serve the live views: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _run_and_report(args, config, embedded, thresholds, live, linger if web is not None else 0.0)
+    finally:
+        for server in servers:
+            server.close()
+
+
+def _run_and_report(  # noqa: C901 - the live views around the run; to split (issue 20)
+        args: argparse.Namespace, config: Any, embedded: bool, thresholds: list[Any], live: Any,
+        linger: float) -> int:
+    from ._html import to_html
+    from ._runner import LoadTestError, run_load_test
+    from ._target import EmbeddedTarget
+    from ._thresholds import check_thresholds, threshold_verdicts
+
+    progress = None if args.quiet else _ProgressLine(sys.stderr)
+    target = EmbeddedTarget(start_method=args.start_method) if embedded else None
+    try:
+        with target if target is not None else contextlib.nullcontext():
+            if target is not None:
+                config = _config_from(args, target.url)
+                print(f"procly loadtest: no URL given, testing the built-in target at {target.url}", file=sys.stderr)
+            if live is not None:
+                live.set_config(config)
+            if args.dask:
+                try:
+                    from ._dask import run_on_dask
+                except ImportError as exc:
+                    raise LoadTestError(f"--dask needs Dask distributed: pip install 'procly[dask]' ({exc})") from None
+
+                print(f"procly loadtest: running the load on the Dask cluster at {args.dask}", file=sys.stderr)
+                report = run_on_dask(config, args.dask, processes_given=args.processes is not None)
+            else:
+                report = run_load_test(config, progress, live.update if live is not None else None)
+        if target is not None:
+            report.target_served = target.served
     except (LoadTestError, OSError) as exc:
         if progress is not None:
             progress.finish()
@@ -203,68 +282,10 @@ def loadtest_command(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     if progress is not None:
         progress.finish()
-    _write_reports(args, report)
-    return _verdict(report, thresholds)
 
-
-def _checked_config(args: argparse.Namespace) -> tuple[LoadTestConfig, list[Any]]:
-    """The run's configuration and thresholds, checked before anything starts (the
-    embedded target's URL is a placeholder until it runs).
-
-    Raises:
-        ValueError, ImportError, OSError: an option is wrong, --call does not resolve,
-            or the URL's host does not resolve.
-    """
-    from ._thresholds import Threshold
-
-    thresholds = [Threshold.parse(text) for text in args.fail_if]
-    if args.url is not None and args.call is not None:
-        raise ValueError("give a URL or --call, not both")
-    embedded = args.url is None and args.call is None
-    config = _config_from(args, "http://127.0.0.1/" if embedded else args.url)
-    if not embedded and config.url is not None:
-        # Resolved once, here: every worker connects to this address and nothing else.
-        config = config.resolved()
-    if config.call is not None:
-        from ._calls import resolve_callable
-
-        resolve_callable(config.call)  # fail here, once, rather than in every worker
-    return config, thresholds
-
-
-def _run(args: argparse.Namespace, config: LoadTestConfig, progress: Any) -> Report:
-    """Run the load (on the embedded target when no URL or call is given); the Report.
-
-    Raises:
-        LoadTestError, OSError: the run could not start or go on.
-    """
-    from ._runner import LoadTestError, run_load_test
-    from ._target import EmbeddedTarget
-
-    target = EmbeddedTarget(start_method=args.start_method) if args.url is None and args.call is None else None
-    with target if target is not None else contextlib.nullcontext():
-        if target is not None:
-            config = _config_from(args, target.url)
-            print(f"procly loadtest: no URL given, testing the built-in target at {target.url}", file=sys.stderr)
-        if args.dask:
-            try:
-                from ._dask import run_on_dask
-            except ImportError as exc:
-                raise LoadTestError(f"--dask needs Dask distributed: pip install 'procly[dask]' ({exc})") from None
-
-            print(f"procly loadtest: running the load on the Dask cluster at {args.dask}", file=sys.stderr)
-            report = run_on_dask(config, args.dask, processes_given=args.processes is not None)
-        else:
-            report = run_load_test(config, progress)
-    if target is not None:
-        report.target_served = target.served
-    return report
-
-
-def _write_reports(args: argparse.Namespace, report: Report) -> None:
-    """The text report on stdout (unless JSON goes there), and the files asked for."""
-    from ._html import to_html
-
+    report.thresholds = threshold_verdicts(thresholds, report)
+    if live is not None:
+        live.finish(report, report.thresholds)
     if args.json != "-":
         print(report.to_text())
     for path, render in ((args.json, report.to_json), (args.csv, report.to_csv), (args.html, lambda: to_html(report))):
@@ -273,21 +294,23 @@ def _write_reports(args: argparse.Namespace, report: Report) -> None:
     if args.json == "-":  # the text report (which has them) was not printed
         for warning in report.warnings:
             print(f"procly loadtest: warning: {warning}", file=sys.stderr)
-
-
-def _verdict(report: Report, thresholds: list[Any]) -> int:
-    """The exit code: thresholds broken, nothing succeeded, workers lost, or interrupted."""
-    from ._flows_cli import nothing_succeeded
-    from ._thresholds import check_thresholds
-
     broken = check_thresholds(thresholds, report)
     for message in broken:
         print(f"procly loadtest: {message}", file=sys.stderr)
+    from ._flows_cli import nothing_succeeded
+
     failed_run = nothing_succeeded(report)
     if failed_run:
         print(f"procly loadtest: {failed_run}", file=sys.stderr)
     for message in report.workers_lost:
         print(f"procly loadtest: {message}", file=sys.stderr)
+    if linger > 0 and not report.interrupted:
+        print(f"procly loadtest: the dashboard stays up {linger:g} s more (Ctrl-C ends it)", file=sys.stderr,
+              flush=True)
+        try:
+            threading.Event().wait(linger)
+        except KeyboardInterrupt:
+            pass
     if report.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_BROKEN if broken or report.workers_lost or failed_run else EXIT_OK

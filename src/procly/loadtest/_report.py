@@ -84,9 +84,12 @@ class NameStats:
         return percentile_ms(self.histogram, percentile) if self.histogram is not None else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "requests": self.requests, "errors": self.errors,
+        data = {"name": self.name, "requests": self.requests, "errors": self.errors,
                 "requests_per_s": round(self.requests_per_s, 3), **self.latency.to_dict(),
                 "status_codes": {str(k): v for k, v in self.status_codes.items()}, "error_kinds": self.error_kinds}
+        if self.histogram is not None and self.histogram.get_total_count():
+            data["histogram_hdr"] = self.histogram.encode().decode("ascii")  # for procly loadtest compare
+        return data
 
 
 @dataclass
@@ -182,6 +185,12 @@ class Report:
     worker_peak_rss_mib: float = 0.0
     #: CPU time (user + system) of all the worker processes while they ran the load.
     worker_cpu_s: float = 0.0
+    #: The ``--fail-if`` conditions with their verdicts (``condition``, ``passed``, ``measured``).
+    thresholds: list[dict[str, Any]] = field(default_factory=list)
+    #: How the run was set up (target, processes, connections or users, duration, rate, stages...).
+    configuration: dict[str, Any] = field(default_factory=dict)
+    #: The machine that coordinated the run (host, OS, Python, CPUs, memory, procly's version).
+    machine: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, config: LoadTestConfig, total: Interval, elapsed: float, timeline: list[TimelinePoint],
@@ -216,6 +225,8 @@ class Report:
             rate_target=config.rate,
             worker_peak_rss_mib=total.peak_rss_kib / 1024,
             worker_cpu_s=total.cpu_s,
+            configuration=configuration_of(config),
+            machine=machine_info(),
         )
         report.warnings = report._warnings()
         return report
@@ -283,6 +294,9 @@ class Report:
             "interrupted": self.interrupted,
             "target_served": self.target_served,
             "warnings": self.warnings,
+            "thresholds": self.thresholds,
+            "configuration": self.configuration,
+            "machine": self.machine,
         }
         if self.send_lag is not None:
             lag = self.send_lag
@@ -426,6 +440,62 @@ def _fmt_us(value_ms: float) -> str:
     if value_ms >= 1:
         return f"{value_ms:.2f} ms"
     return f"{value_ms * 1000:.0f} µs"
+
+
+def configuration_of(config: LoadTestConfig) -> dict[str, Any]:
+    """The run's settings as JSON-ready data (numbers with their unit in their key)."""
+    data: dict[str, Any] = {
+        "target": config.url if config.url is not None else f"call {config.call}",
+        "mode": "flows" if config.scenario is not None else ("rate" if config.rate or config.rate_stages
+                                                            else "closed loop"),
+        "processes": config.worker_count,
+        "connections": config.connections,
+        "duration_s": config.effective_duration,
+        "requests": config.requests,
+        "rate_requests_per_s": config.rate,
+        "method": config.method if config.scenario is None else None,
+        "timeout_s": config.timeout,
+        "warmup_s": config.warmup,
+        "start_method": config.start_method or "default",
+    }
+    for key, stages in (("stages", config.stages), ("rate_stages", config.rate_stages)):
+        if stages is not None:
+            data[key] = stages.describe()
+    if config.scenario is not None:
+        data["scenario"] = config.scenario.describe()
+    return data
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the run was coordinated: host, OS, Python, CPUs, memory, procly's version."""
+    import os
+    import platform
+
+    from .. import __version__
+    from ._config import usable_cpus
+
+    info: dict[str, Any] = {
+        "host": platform.node(),
+        "os": platform.platform(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "cpus": os.cpu_count() or 0,
+        "usable_cpus": usable_cpus(),
+        "procly": __version__,
+    }
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.partition(":")[2].strip()
+                    break
+        with open("/proc/meminfo", encoding="ascii", errors="replace") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    info["memory_mib"] = round(int(line.split()[1]) / 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    return info
 
 
 def _human_bytes(count: float) -> str:

@@ -65,9 +65,16 @@ class Tally:
         self.last_tick = 0.0  # wall time of the latest measured interval received
         self._last_progress_count = 0
         self._last_progress_tick = 0.0
+        #: The latest count of running users (or connections) each worker reported, by worker index.
+        self.active_users: dict[int, int] = {}
 
-    def add(self, kind: str, wall_time: float, wire: dict | None) -> None:
-        """A worker's ``tick`` or ``done`` message."""
+    def add(self, kind: str, wall_time: float, wire: dict | None, worker: int | None = None) -> None:
+        """A worker's ``tick`` or ``done`` message (``worker``: its index, for the users gauge)."""
+        if worker is not None:
+            if kind == "done":
+                self.active_users[worker] = 0
+            elif wire is not None and "active_users" in wire:
+                self.active_users[worker] = int(wire["active_users"])
         if wire is not None:
             interval = Interval.from_wire(wire)
             self.total.add(interval)
@@ -121,8 +128,13 @@ class Tally:
                             workers_lost=workers_lost, interrupted=interrupted)
 
 
-def run_load_test(config: LoadTestConfig, on_progress: Callable[[Progress], None] | None = None) -> Report:
+def run_load_test(config: LoadTestConfig, on_progress: Callable[[Progress], None] | None = None,
+                  on_tick: Callable[[Tally], None] | None = None) -> Report:
     """Run the load test ``config`` describes and return its report.
+
+    ``on_progress`` gets the live line's figures once a second; ``on_tick`` gets the
+    coordinator's :class:`Tally` itself once a second and once at the end (the live
+    dashboard and the metrics exporter read it; it must not keep it).
 
     Ctrl-C (KeyboardInterrupt) stops the workers and still returns the report of what
     ran, with ``interrupted`` set.
@@ -146,7 +158,7 @@ def run_load_test(config: LoadTestConfig, on_progress: Callable[[Progress], None
             process.start()
             child_conn.close()
             workers.append(_WorkerState(index, process, parent_conn))
-        return _Coordinator(config, workers, on_progress).run()
+        return _Coordinator(config, workers, on_progress, on_tick).run()
     finally:
         for worker in workers:
             if worker.process.is_alive():
@@ -161,10 +173,12 @@ def run_load_test(config: LoadTestConfig, on_progress: Callable[[Progress], None
 
 class _Coordinator:
     def __init__(self, config: LoadTestConfig, workers: list[_WorkerState],
-                 on_progress: Callable[[Progress], None] | None) -> None:
+                 on_progress: Callable[[Progress], None] | None,
+                 on_tick: Callable[[Tally], None] | None = None) -> None:
         self.config = config
         self.workers = workers
         self.on_progress = on_progress
+        self.on_tick = on_tick
         self.tally = Tally(config)
         self.interrupted = False
 
@@ -257,7 +271,7 @@ class _Coordinator:
     def _handle(self, worker: _WorkerState, message: tuple) -> None:
         kind = message[0]
         if kind == "tick" or kind == "done":
-            self.tally.add(kind, message[1], message[2])
+            self.tally.add(kind, message[1], message[2], worker.index)
             if kind == "done":
                 worker.done = True
 
@@ -271,6 +285,8 @@ class _Coordinator:
     def _progress(self) -> None:
         if self.on_progress is not None:
             self.on_progress(self.tally.progress())
+        if self.on_tick is not None:
+            self.on_tick(self.tally)
 
     def _report(self) -> Report:
         return self.tally.report([w.lost for w in self.workers if w.lost], self.interrupted)

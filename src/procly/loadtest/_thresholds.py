@@ -157,6 +157,21 @@ class Threshold:
         return None
 
 
+def threshold_verdicts(thresholds: list[Threshold], report: Report) -> list[dict[str, object]]:
+    """Every threshold with its verdict: ``{"condition", "passed", "measured"}`` (what was measured,
+    or why nothing could be)."""
+    verdicts: list[dict[str, object]] = []
+    for threshold in thresholds:
+        measured = threshold.measure(report)
+        if isinstance(measured, str):
+            verdicts.append({"condition": threshold.text, "passed": False, "measured": measured})
+        else:
+            value, shown = measured
+            verdicts.append({"condition": threshold.text, "passed": not _OPS[threshold.op](value, threshold.value),
+                             "measured": shown})
+    return verdicts
+
+
 def check_thresholds(thresholds: list[Threshold], report: Report) -> list[str]:
     """The messages of every broken threshold (empty: all passed)."""
     return [message for t in thresholds if (message := t.broken_by(report)) is not None]

@@ -194,6 +194,13 @@ class _Worker:
         if self.load is not None:
             self.load.stop(STOP_GRACE)
 
+    def _active_users(self) -> int:
+        """Virtual users running now (flows), or this worker's connections (callers)."""
+        users = getattr(self.load, "users", None)
+        if isinstance(users, list):
+            return sum(1 for user in users if not getattr(user, "_retired", False))
+        return self.share.connections
+
     async def _tick(self, recorder: Recorder, warmup_end: float) -> None:
         while True:
             await asyncio.sleep(TICK)
@@ -201,7 +208,9 @@ class _Worker:
                 recorder.discard()  # errors of the warm-up (its latencies are never recorded)
                 self.emit(("tick", time.time(), None))
             else:
-                self.emit(("tick", time.time(), recorder.take().to_wire()))
+                wire = recorder.take().to_wire()
+                wire["active_users"] = self._active_users()  # a gauge for the live views
+                self.emit(("tick", time.time(), wire))
             if not self.stopping and self.should_stop():
                 self._stop()
 
