@@ -25,6 +25,10 @@ from . import _handoff
 
 ARENA_SIZE = 1 << 20
 ALIGNMENT = 16
+#: Semaphores get whole cache lines: processes contending for one lock must not also
+#: bounce the line that holds another lock or a shared value (the standard library's
+#: named semaphores each have a page of their own).
+CACHE_LINE = 64
 
 
 class Arena:
@@ -101,8 +105,9 @@ class Heap:
         self._next = 0
         self._live: dict[int, int] = {}  # id(arena) -> blocks in use
 
-    def allocate(self, size: int) -> Block:
-        """A zero-filled shared block of at least *size* bytes.
+    def allocate(self, size: int, alignment: int = ALIGNMENT) -> Block:
+        """A zero-filled shared block of at least *size* bytes, at an offset (and of a
+        length) that is a multiple of *alignment* (a power of two, at least ALIGNMENT).
 
         Raises:
             ValueError: *size* is negative.
@@ -110,22 +115,25 @@ class Heap:
         """
         if size < 0:
             raise ValueError(f"size {size} is negative")
-        rounded = max(ALIGNMENT, (size + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT)
+        alignment = max(ALIGNMENT, alignment)
+        rounded = max(alignment, (size + alignment - 1) // alignment * alignment)
+        key = rounded if alignment == ALIGNMENT else -rounded  # aligned blocks have a free list of their own
         with self._lock:
-            free = self._free.get(rounded)
+            free = self._free.get(key)
             if free:
                 arena, offset = free.pop()
                 arena.buffer[offset : offset + rounded] = bytes(rounded)
             else:
-                if self._arena is None or self._next + rounded > self._arena.size:
+                start = (self._next + alignment - 1) // alignment * alignment
+                if self._arena is None or start + rounded > self._arena.size:
                     self._arena = Arena(max(ARENA_SIZE, rounded))
                     self._arenas.append(self._arena)
-                    self._next = 0
-                arena, offset = self._arena, self._next
-                self._next += rounded
+                    start = 0
+                arena, offset = self._arena, start
+                self._next = start + rounded
             self._live[id(arena)] = self._live.get(id(arena), 0) + 1
         block = Block(arena, offset, size)
-        weakref.finalize(block, self._release, arena, offset, rounded)
+        weakref.finalize(block, self._release, arena, offset, key)
         return block
 
     def _release(self, arena: Arena, offset: int, rounded: int) -> None:
@@ -147,10 +155,10 @@ class Heap:
 _heap: Heap | None = None
 
 
-def allocate(size: int) -> Block:
+def allocate(size: int, alignment: int = ALIGNMENT) -> Block:
     """Allocate from this process's heap (created on first use, anew after fork)."""
     global _heap
     heap = _heap
     if heap is None or heap.pid != os.getpid():
         heap = _heap = Heap()
-    return heap.allocate(size)
+    return heap.allocate(size, alignment)

@@ -11,12 +11,18 @@ already loaded: a forked worker inherits its parent's numpy.
 from __future__ import annotations
 
 import os
+import sys
 
 #: The variables OpenMP, OpenBLAS, MKL, Accelerate, numexpr and BLIS read at load time.
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
     "NUMEXPR_NUM_THREADS", "BLIS_NUM_THREADS",
 )  # fmt: skip
+
+
+# Modules that load a BLAS or OpenMP runtime: only when one of them is loaded already (a
+# forked worker inherits its parent's) is there a thread pool to limit.
+_NUMERIC_MODULES = ("numpy", "scipy", "torch", "numexpr", "sklearn", "jax")
 
 
 def resolve(inner_threads: int | None, processes: int, cpus: int) -> int:
@@ -41,8 +47,8 @@ def environment(threads: int) -> dict[str, str]:
 
 def limit_loaded_libraries(threads: int) -> None:
     """Limit the thread pools of libraries already loaded in this process (threadpoolctl)."""
-    if threads <= 0:
-        return
+    if threads <= 0 or not any(name in sys.modules for name in _NUMERIC_MODULES):
+        return  # nothing loaded that starts a thread pool (and importing threadpoolctl costs ms)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:

@@ -42,7 +42,7 @@ class SemLock(_semlock.SemLock):
     def __init__(self, kind: int, value: int, maxvalue: int, *, ctx: Any = None) -> None:
         if not isinstance(value, int) or value < 0:
             raise ValueError("semaphore initial value must be a non-negative integer")
-        block = _heap.allocate(_semlock.SEM_SIZE)
+        block = _heap.allocate(_semlock.SEM_SIZE, _heap.CACHE_LINE)
         super().__init__(block.arena.buffer, block.offset, kind, maxvalue, value)
         self._block = block
         register_after_fork(self, SemLock._after_fork)
