@@ -39,7 +39,6 @@ import secrets
 import select
 import shutil
 import socket
-import struct
 import tempfile
 import threading
 import time
@@ -48,6 +47,7 @@ from typing import Any
 
 from ._connection import Connection, peer_credentials
 from ._errors import AuthenticationError, MessageError
+from ._frames import HEADER
 
 __all__ = ["Client", "Listener", "answer_challenge", "deliver_challenge", "families"]
 
@@ -63,7 +63,7 @@ HANDSHAKE_TIMEOUT = 20.0
 MAX_IN_HANDSHAKE = 64  # connections a server authenticates at once (4 times that in a burst)
 MAX_IN_HANDSHAKE_PER_PEER = 16  # of which from one peer, process or host (4 times that in a burst)
 
-_HEADER = struct.Struct("!i")
+_HEADER = HEADER
 _SEND, _RECV = 0, 1
 Steps = Generator[tuple[int, bytes], "bytes | None", None]
 
