@@ -34,12 +34,14 @@ from concurrent.futures import CancelledError
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import _inner_threads, _serialization
+from . import _pool_messages as messages
 from ._connection import MEMFD_THRESHOLD, BufferedConnection, Pipe
 from ._errors import BrokenProcessPool, PoolTerminatedError, StartError, TaskTimeoutError, WorkerLostError
 from ._finalize import Finalize
 from ._pool_api import PoolAPI, PoolState
+from ._pool_messages import APPLY, MAP, STARMAP, RetireReason, WorkerCounters
 from ._pool_results import ApplyResult, IMapIterator, LookAhead, MapResult, feed_lazily
-from ._pool_worker import APPLY, MAP, STARMAP, rebuild_exception, worker_main
+from ._pool_worker import rebuild_exception, worker_main
 from ._progress import Progress, wanted
 from ._spin import Spinner
 from ._state import end_process_group, usable_cpus
@@ -124,7 +126,7 @@ class _Task:
 class _Worker:
     __slots__ = ("process", "conn", "inflight", "funcs", "sent", "sentinel", "done", "queued")
 
-    def __init__(self, process: Any, conn: Any, done: list[Any]) -> None:
+    def __init__(self, process: Any, conn: Any, done: WorkerCounters) -> None:
         self.process = process
         self.conn = conn
         self.sentinel = process.sentinel
@@ -132,7 +134,7 @@ class _Worker:
         self.funcs: set[int] = set()
         self.sent = 0
         self.queued = 0  # bytes of the tasks in flight, as they went on the socket
-        self.done = done  # [tasks, computing, (un)pickling, waiting seconds], shared with Pool._done
+        self.done = done  # shared with Pool._done
 
 
 def _signal_text(exitcode: int | None) -> str:
@@ -213,7 +215,7 @@ class Pool(PoolAPI):
         # Moving average of the time an item takes to compute (None: none timed yet): how
         # deep tasks queue at a worker, and how long imap's adaptive chunks are.
         self._item_seconds: float | None = None
-        self._done: dict[str, list[Any]] = {}  # worker name -> [tasks, computing, (un)pickling, waiting seconds]
+        self._done: dict[str, WorkerCounters] = {}  # by worker name
         self._lock = threading.Lock()
         self._pending: collections.deque[_Task] = collections.deque()
         self._outstanding: dict[int, _Task] = {}
@@ -601,11 +603,7 @@ class Pool(PoolAPI):
                 "pending": len(self._pending),
                 "in_flight": sum(len(w.inflight) for w in self._workers.values()),
                 "outstanding": len(self._outstanding),
-                "per_worker": {
-                    name: {"tasks": n, "compute_seconds": compute, "serialize_seconds": serialize,
-                           "wait_seconds": wait}
-                    for name, (n, compute, serialize, wait) in self._done.items()
-                },
+                "per_worker": {name: counters.as_dict() for name, counters in self._done.items()},
             }
 
     # -- supervisor --------------------------------------------------------------------
@@ -630,7 +628,7 @@ class Pool(PoolAPI):
         finally:
             child_end.close()
         parent_end = BufferedConnection.adopt(parent_end)  # one read takes every reply waiting
-        done = self._done.setdefault(process.name, [0, 0.0, 0.0, 0.0])
+        done = self._done.setdefault(process.name, WorkerCounters())
         worker = self._workers[parent_end] = _Worker(process, parent_end, done)
         for fd, kind in ((parent_end.fileno(), "conn"), (worker.sentinel, "sentinel")):
             self._fds[fd] = (kind, worker)
@@ -792,10 +790,11 @@ class Pool(PoolAPI):
         """Send tasks to *worker* in one message (lock held); it replies to each in turn.
         False if the worker is dying: the tasks are back at the head of the queue."""
         # PickleBuffer: a large payload is written from its own memory.
+        make = messages.task
         message = [
-            (task.id, task.func_key, task.func_bytes if task.send_function else None, task.mode,
-             pickle.PickleBuffer(task.payload) if len(task.payload) >= ENVELOPE_OUT_OF_BAND else task.payload,
-             [pickle.PickleBuffer(b) for b in task.buffers] if task.buffers else [])
+            make(task.id, task.func_key, task.func_bytes if task.send_function else None, task.mode,
+                 pickle.PickleBuffer(task.payload) if len(task.payload) >= ENVELOPE_OUT_OF_BAND else task.payload,
+                 [pickle.PickleBuffer(b) for b in task.buffers] if task.buffers else [])
             for task in bundle
         ]  # fmt: skip
         try:
@@ -838,7 +837,7 @@ class Pool(PoolAPI):
             self._finish(task, False, CancelledError(f"task {task.label} was cancelled"))
         for worker in running:
             worker.process.kill()
-            self._retire(worker, "cancelled")
+            self._retire(worker, RetireReason.CANCELLED)
 
     def _start_clock(self, task: _Task) -> None:
         task.deadline = time.monotonic() + task.timeout * task.count if task.timeout else None
@@ -878,7 +877,7 @@ class Pool(PoolAPI):
                     exc = error
                 elif not isinstance(exc, Exception):
                     raise
-                replies = [(inflight[0].id if inflight else -1, False, (exc, ""), 0.0, 0.0, 0.0)]
+                replies = [messages.result(inflight[0].id if inflight else -1, False, (exc, ""), 0.0, 0.0, 0.0)]
             self._settle_replies(worker, replies)
 
     def _settle_replies(self, worker: _Worker, replies: list[tuple[Any, ...]]) -> None:
@@ -887,15 +886,19 @@ class Pool(PoolAPI):
         tasks = wire = 0
         computing = serializing = waiting = 0.0
         try:
+            is_result = messages.is_result
             for reply in replies:
-                if len(reply) == 1:  # ("bye",): it left after maxtasksperchild or max_memory_per_child
-                    self._retire(worker, None)
-                    return
-                if len(reply) == 2:  # ("init-failed", text): an executor's initializer raised
-                    # It exits by itself: let it finish (flush what its initializer queued,
-                    # a log record for instance) before the pool breaks and ends the others.
+                if not is_result(reply):
+                    if messages.kind_of(reply) is messages.MessageKind.BYE:
+                        # It left after maxtasksperchild or max_memory_per_child.
+                        self._retire(worker, RetireReason.LEFT)
+                        return
+                    # An executor's initializer raised. The worker exits by itself: let it
+                    # finish (flush what its initializer queued, a log record for instance)
+                    # before the pool breaks and ends the others.
                     worker.process.join(5)
-                    self._broken = f"the initializer failed in a worker ({reply[1]}); the executor is broken"
+                    text = messages.init_failed_text(reply)
+                    self._broken = f"the initializer failed in a worker ({text}); the executor is broken"
                     self._terminate(kill=False)
                     return
                 task_id, success, values, seconds, serializing_one, waiting_one = reply
@@ -919,10 +922,10 @@ class Pool(PoolAPI):
             self._item_seconds = item_seconds
             worker.queued -= wire
             done = worker.done
-            done[0] += tasks
-            done[1] += computing
-            done[2] += serializing
-            done[3] += waiting
+            done.tasks += tasks
+            done.compute_seconds += computing
+            done.serialize_seconds += serializing
+            done.wait_seconds += waiting
 
     def _finish(self, task: _Task, success: bool, values: Any) -> None:
         # Supervisor thread only. No lock: the callers' threads only add entries, and a
@@ -932,7 +935,7 @@ class Pool(PoolAPI):
         task.settle(success, values)
 
     def _lost(self, worker: _Worker) -> None:
-        self._retire(worker, "lost")
+        self._retire(worker, RetireReason.LOST)
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -940,12 +943,12 @@ class Pool(PoolAPI):
             task = worker.inflight[0] if worker.inflight else None
             if task is not None and task.deadline is not None and task.deadline <= now:
                 worker.process.kill()
-                self._retire(worker, "timeout")
+                self._retire(worker, RetireReason.TIMEOUT)
 
-    def _error(self, why: str, task: _Task, name: str, pid: int, exitcode: int | None) -> BaseException:
-        if why == "cancelled":
+    def _error(self, why: RetireReason, task: _Task, name: str, pid: int, exitcode: int | None) -> BaseException:
+        if why is RetireReason.CANCELLED:
             return CancelledError(f"task {task.label} was cancelled; worker {name} (pid {pid}) was stopped")
-        if why == "timeout":
+        if why is RetireReason.TIMEOUT:
             return TaskTimeoutError(
                 f"task {task.label} ran longer than its timeout of {task.timeout}s per item; "
                 f"worker {name} (pid {pid}) was stopped"
@@ -955,13 +958,9 @@ class Pool(PoolAPI):
             exitcode,
         )
 
-    def _retire(self, worker: _Worker, why: str | None) -> None:
-        """Remove *worker*; fail (or retry) its running task, requeue the rest, replace it.
-
-        *why* is None for a worker that left after maxtasksperchild (or grew past
-        max_memory_per_child), "lost" for one that died, "timeout" for one stopped because
-        its task ran too long, "cancelled" for one stopped because its task was cancelled.
-        """
+    def _retire(self, worker: _Worker, why: RetireReason) -> None:
+        """Remove *worker*; fail (or retry) its running task, requeue the rest, replace it
+        (*why*: see RetireReason)."""
         with self._lock:
             # Under the lock: a dispatch from a caller's thread either finished before this
             # (its tasks are in worker.inflight, requeued below) or will not see this worker.
@@ -972,7 +971,7 @@ class Pool(PoolAPI):
         worker.conn.close()
         process = worker.process
         name, pid = process.name, process.pid
-        if why is not None:
+        if why is not RetireReason.LEFT:
             # Dead or being killed, not yet reaped: what its task started goes too.
             if not wait([worker.sentinel], 5):
                 process.kill()
@@ -987,9 +986,9 @@ class Pool(PoolAPI):
         requeue = list(worker.inflight)
         # After terminate() (which signals the workers itself), a worker's death is not a
         # loss: its tasks stay outstanding and _shutdown fails them as terminated.
-        if why is not None and requeue and self._state is not PoolState.TERMINATED:
+        if why is not RetireReason.LEFT and requeue and self._state is not PoolState.TERMINATED:
             task = requeue.pop(0)
-            if why == "lost" and task.retries > 0:
+            if why is RetireReason.LOST and task.retries > 0:
                 task.retries -= 1
                 requeue.insert(0, task)
             else:
@@ -1009,7 +1008,7 @@ class Pool(PoolAPI):
                 if terminated:
                     worker.process.terminate()
                 else:
-                    worker.conn.send(None)
+                    worker.conn.send(messages.STOP)
             except (OSError, ValueError):
                 pass
         deadline = time.monotonic() + TERMINATE_GRACE
