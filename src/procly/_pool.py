@@ -5,7 +5,7 @@ Data flow::
     caller ── pickle args now (errors raise here) ──> pending deque ──┐
                                                                      │ wake-up pipe
     supervisor thread: poll(worker conns, worker sentinels, wake-up; nearest deadline)
-        ├── dispatch: up to PIPELINE tasks in flight per worker, function sent once
+        ├── dispatch (_pool_dispatch): a few tasks in flight per worker, function sent once
         ├── result from a worker ──> AsyncResult / MapResult / imap iterator
         ├── a worker's sentinel fires ──> its first unanswered task fails with
         │       WorkerLostError (or is retried), the rest go back to the queue,
@@ -34,8 +34,9 @@ from concurrent.futures import CancelledError
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import _inner_threads, _serialization
+from . import _pool_dispatch as dispatch
 from . import _pool_messages as messages
-from ._connection import MEMFD_THRESHOLD, BufferedConnection, Pipe
+from ._connection import BufferedConnection, Pipe
 from ._errors import BrokenProcessPool, PoolTerminatedError, StartError, TaskTimeoutError, WorkerLostError
 from ._finalize import Finalize
 from ._pool_api import PoolAPI, PoolState
@@ -51,18 +52,6 @@ __all__ = ["Pool"]
 
 _T = TypeVar("_T")
 
-# Tasks in flight per worker: the next one is already there when one ends, and for short
-# tasks one message carries many of them (each send and each wake-up of a worker costs
-# more than a trivial task). Deep only for short tasks: see Pool._depth.
-PIPELINE = 64
-QUEUED_SECONDS = 0.002  # the work to keep queued per worker, from the measured task time
-# Tasks queued behind a running one must fit in the socket buffer, or the supervisor
-# could block writing them while the worker blocks writing its result: a worker's
-# queued tasks stay under this many bytes, and a bigger task waits until the worker is
-# idle (and reading). Tasks of MEMFD_THRESHOLD bytes and more cross in a memfd, so only
-# their envelope counts.
-PIPELINE_MAX_BYTES = 64 * 1024
-BIG_TASK_BYTES = PIPELINE_MAX_BYTES // 8
 IMAP_TASKS_AHEAD = 16  # imap's look-ahead per worker, in tasks
 ENVELOPE_OUT_OF_BAND = 4096  # task payloads from this size travel beside the envelope
 #: imap's adaptive chunks aim at this much work each, and hold this many items of look-ahead per slot.
@@ -726,84 +715,58 @@ class Pool(PoolAPI):
         return True
 
     def _dispatch(self) -> None:
-        with self._lock:
-            if not self._pending:
-                return
-            depth = self._depth(self._pending[0])
-            # The least busy first, each taking its share: a batch is spread over the
-            # workers instead of filling the first one up to the depth.
-            workers = sorted(self._workers.values(), key=_busy)
-            for n, worker in enumerate(workers):
-                if not worker.inflight and _has_ended(worker.sentinel):
-                    # Died while idle, and the supervisor has not seen it yet: a task sent
-                    # now would be failed as the one it was running.
-                    continue
-                share = -(-len(self._pending) // (len(workers) - n))  # ceiling
-                limit = min(depth, len(worker.inflight) + share)
-                bundle: list[_Task] = []
-                while self._pending and len(worker.inflight) < limit:
-                    if self._maxtasks is not None and worker.sent >= self._maxtasks:
-                        break
-                    task = self._pending[0]
-                    if task.claim is not None and not task.claim():
-                        self._pending.popleft()
-                        self._outstanding.pop(task.id, None)
-                        continue
-                    first_use = task.func_key not in worker.funcs
-                    task_size = task.size + (len(task.func_bytes) if first_use else 0)
-                    big = task_size >= MEMFD_THRESHOLD
-                    if big:
-                        # On the socket only its envelope (under ENVELOPE_OUT_OF_BAND); it
-                        # counts as an eighth of the budget, so that at most eight such
-                        # tasks, each holding a memfd, wait at a worker.
-                        task_size = BIG_TASK_BYTES
-                    if worker.inflight and worker.queued + task_size > PIPELINE_MAX_BYTES:
-                        break
-                    if big and bundle:
-                        # A big task travels alone, in a memfd sized for it: the next task
-                        # like it is written into the same pages once they are named back.
-                        sent = self._send_bundle(worker, bundle)
-                        bundle = []
-                        if not sent:
-                            break  # the worker is dying: its tasks went back to the queue
-                    self._pending.popleft()
-                    # In flight *before* it is sent: the supervisor may read the reply before
-                    # a caller's thread that dispatches it gets here again.
-                    if not worker.inflight and task.timeout:
-                        self._start_clock(task)
-                    worker.inflight.append(task)
-                    worker.funcs.add(task.func_key)
-                    worker.sent += 1
-                    worker.queued += task_size
-                    task.wire = task_size
-                    bundle.append(task)
-                    task.send_function = first_use
-                    if big:
-                        sent = self._send_bundle(worker, bundle)
-                        bundle = []
-                        if not sent:
-                            break
-                if bundle:
-                    self._send_bundle(worker, bundle)
+        """Send pending tasks to workers, as the dispatch rules (_pool_dispatch) say.
 
-    def _send_bundle(self, worker: _Worker, bundle: list[_Task]) -> bool:
+        Runs in the supervisor and, right after a submission, in the caller's thread (one
+        thread hop less per task); the lock keeps the two apart."""
+        with self._lock:
+            pending = self._pending
+            if not pending:
+                return
+            taken, dropped, sends = dispatch.plan(self._workers.values(), pending, self._item_seconds, self._maxtasks,
+                                                  _has_ended)  # fmt: skip
+            popleft = pending.popleft
+            for _ in range(taken):
+                popleft()
+            for task in dropped:
+                self._outstanding.pop(task.id, None)
+            for worker, bundles in sends:
+                inflight = worker.inflight
+                for n, bundle in enumerate(bundles):
+                    for task, first_use, wire in bundle:
+                        # In flight *before* it is sent: the supervisor may read the reply
+                        # before a caller's thread that dispatches it gets here again.
+                        if not inflight and task.timeout:
+                            self._start_clock(task)
+                        inflight.append(task)
+                        task.send_function = first_use
+                        task.wire = wire
+                    worker.sent += len(bundle)
+                    worker.queued += sum(wire for _, _, wire in bundle)
+                    worker.funcs.update(task.func_key for task, first_use, _ in bundle if first_use)
+                    if not self._send_bundle(worker, bundle):
+                        # The worker is dying (its sentinel will tell): this bundle and the
+                        # ones after it go back, first in line.
+                        pending.extendleft(reversed([task for later in bundles[n:] for task, _, _ in later]))
+                        break
+
+    def _send_bundle(self, worker: _Worker, bundle: list[tuple[_Task, bool, int]]) -> bool:
         """Send tasks to *worker* in one message (lock held); it replies to each in turn.
-        False if the worker is dying: the tasks are back at the head of the queue."""
+        False if the worker is dying: the tasks are no longer in flight there."""
         # PickleBuffer: a large payload is written from its own memory.
         make = messages.task
         message = [
             make(task.id, task.func_key, task.func_bytes if task.send_function else None, task.mode,
                  pickle.PickleBuffer(task.payload) if len(task.payload) >= ENVELOPE_OUT_OF_BAND else task.payload,
                  [pickle.PickleBuffer(b) for b in task.buffers] if task.buffers else [])
-            for task in bundle
+            for task, _, _ in bundle
         ]  # fmt: skip
         try:
             # Ints, bytes and PickleBuffers: no inspection; payloads of 4 KiB and more are
             # written from their own memory instead of being copied into the envelope.
             worker.conn._send_object(message, plain=True, out_of_band_from=ENVELOPE_OUT_OF_BAND)
         except OSError:
-            # The worker is dying (its sentinel will tell): the tasks go back, first in line.
-            for task in reversed(bundle):
+            for task, _, _ in bundle:
                 try:
                     worker.inflight.remove(task)
                 except ValueError:
@@ -812,7 +775,6 @@ class Pool(PoolAPI):
                     worker.funcs.discard(task.func_key)
                 worker.sent -= 1
                 worker.queued -= task.wire
-                self._pending.appendleft(task)
             return False
         return True
 
@@ -841,21 +803,6 @@ class Pool(PoolAPI):
 
     def _start_clock(self, task: _Task) -> None:
         task.deadline = time.monotonic() + task.timeout * task.count if task.timeout else None
-
-    def _depth(self, task: _Task) -> int:
-        """Tasks like *task* to keep in flight per worker: about QUEUED_SECONDS of work,
-        up to PIPELINE, for short ones (hides round trips and batches messages); one for
-        long ones (a task queued behind a long one would wait while another worker
-        idles). A task's time is guessed from the measured time per item and its number
-        of items, so a map's long chunks do not queue as deep as the short tasks before
-        them. Two until a task has been timed: a long first batch must not sit deep in
-        one worker while others run dry (short tasks are timed within µs)."""
-        if self._item_seconds is None:
-            return 2
-        seconds = self._item_seconds * task.count
-        if seconds >= 0.005:
-            return 1
-        return max(2, min(PIPELINE, int(QUEUED_SECONDS / max(seconds, 1e-9))))
 
     def _drain(self, worker: _Worker) -> None:
         """Collect every reply waiting from *worker* (also those a dead worker sent before
@@ -1042,12 +989,9 @@ class Pool(PoolAPI):
 _worker_numbers = itertools.count(1)
 
 
-def _busy(worker: _Worker) -> int:
-    return len(worker.inflight)
-
-
-def _has_ended(sentinel: int) -> bool:
-    return bool(wait([sentinel], 0))
+def _has_ended(worker: _Worker) -> bool:
+    """Whether *worker* has died (and the supervisor has not seen it yet)."""
+    return bool(wait([worker.sentinel], 0))
 
 
 def _close_when_consumed(result: IMapIterator[Any], meter: Progress) -> None:
