@@ -34,19 +34,29 @@ if TYPE_CHECKING:
     class TaskState(Protocol):
         """What dispatch reads of a task."""
 
-        func_key: int
-        func_bytes: bytes
-        size: int  # bytes of its payload and out-of-band buffers
-        count: int  # items in it
-        claim: Callable[[], bool] | None
+        @property
+        def func_key(self) -> int: ...
+        @property
+        def func_bytes(self) -> bytes: ...
+        @property
+        def size(self) -> int: ...  # bytes of its payload and out-of-band buffers
+        @property
+        def count(self) -> int: ...  # items in it
+        @property
+        def claim(self) -> Callable[[], bool] | None: ...
 
     class WorkerState(Protocol):
         """What dispatch reads of a worker."""
 
-        inflight: Sized  # tasks sent and not answered yet
-        queued: int  # their bytes on the socket
-        sent: int  # tasks sent in its life
-        funcs: set[int]  # function keys it has
+        @property
+        def inflight(self) -> Sized: ...  # tasks sent and not answered yet
+        @property
+        def queued(self) -> int: ...  # their bytes on the socket
+        @property
+        def sent(self) -> int: ...  # tasks sent in its life
+        @property
+        def funcs(self) -> set[int]: ...  # function keys it has
+
 
 __all__ = ["BIG_TASK_BYTES", "PIPELINE", "PIPELINE_MAX_BYTES", "QUEUED_SECONDS", "Plan", "depth", "plan"]
 

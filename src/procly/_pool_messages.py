@@ -20,7 +20,7 @@ Worker -> pool::
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Callable
 
 __all__ = [
     "APPLY",
@@ -28,6 +28,7 @@ __all__ = [
     "MAP",
     "STARMAP",
     "STOP",
+    "Task",
     "MessageKind",
     "RetireReason",
     "WorkerCounters",
@@ -148,3 +149,50 @@ class WorkerCounters:
         """The counters as ``Pool.statistics()`` shows them."""
         return {"tasks": self.tasks, "compute_seconds": self.compute_seconds,
                 "serialize_seconds": self.serialize_seconds, "wait_seconds": self.wait_seconds}  # fmt: skip
+
+
+class Task:
+    """A unit of work for one worker: one call, or one chunk of a map (the pool's record
+    of it, from submission to its outcome; what goes on the wire is ``task()``)."""
+
+    __slots__ = ("id", "func_key", "func_bytes", "mode", "payload", "sink", "count", "timeout", "retries", "_label",
+                 "deadline", "buffers", "size", "send_function", "index", "wire", "claim")  # fmt: skip
+
+    def __init__(self, task_id: int, func_key: int, func_bytes: bytes, mode: int, payload: Any, sink: Any, count: int,
+                 timeout: float | None, retries: int, label: Any) -> None:  # fmt: skip
+        self.id = task_id
+        self.func_key = func_key
+        self.func_bytes = func_bytes
+        self.mode = mode
+        self.payload = payload
+        self.sink = sink  # callable(success, values_or_exception), or (index, success, ...) with an index
+        self.index: int | None = None  # a map's chunk number: one sink serves every chunk
+        self.count = count  # items in the task
+        self.timeout = timeout
+        self.retries = retries
+        self._label = label  # text, or (function name, first item, last item): formatted when needed
+        self.deadline: float | None = None
+        # Large buffers of the arguments (numpy arrays, big bytes), kept out of the pickle:
+        # they travel from their own memory (in a memfd), never copied into the payload.
+        self.buffers: list[memoryview] = []
+        self.size = len(payload)
+        self.send_function = False  # set when dispatched: the worker has not seen the function yet
+        self.wire = 0  # set when dispatched: its bytes on the socket
+        # Called (pool lock held) just before the task goes to a worker; False drops it
+        # (an executor's future cancelled while it waited).
+        self.claim: Callable[[], bool] | None = None
+
+    def settle(self, success: bool, values: Any) -> None:
+        """Hand the outcome to whoever waits for it."""
+        if self.index is None:
+            self.sink(success, values)
+        else:
+            self.sink(self.index, success, values)
+
+    @property
+    def label(self) -> str:
+        """What the task is, for error messages: ``f(...)`` or ``f on items 10..19``."""
+        if isinstance(self._label, str):
+            return self._label
+        name, first, last = self._label
+        return f"{name} on items {first}..{last}"

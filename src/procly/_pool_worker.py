@@ -182,7 +182,7 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
             items = pickle.loads(payload, buffers=buffers)
             unpickled = True
             started = clock()
-            values = _run(func, mode, items)
+            values: Any = _run(func, mode, items)
             ok = True
             computing = clock() - started
         except catch as exc:  # noqa: BLE001 - reported to the caller
