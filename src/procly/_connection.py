@@ -45,18 +45,18 @@ from ._errors import BufferTooShort, ConnectionClosedError, MessageError
 from ._fds import descriptors_in as descriptors_in
 from ._fds import peer_credentials as peer_credentials
 from ._fds import write_all as write_all
+from ._frames import HEADER as _HEADER
+from ._frames import IN_MEMFD as _IN_MEMFD
+from ._frames import LARGE as _LARGE
+from ._frames import NAMED_BACK as _NAMED_BACK
+from ._frames import OUT_OF_BAND as _OUT_OF_BAND
 from ._memfd_reuse import MAX_NAMED, Memfd, MemfdReuse
 from ._wait import poll_ms
 
 __all__ = ["Connection", "Pipe"]
 
-_HEADER = struct.Struct("!i")
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
-_LARGE = -1
-_OUT_OF_BAND = -2
-_IN_MEMFD = -3
-_NAMED_BACK = -4
 MEMFD_THRESHOLD = 1024 * 1024  # out-of-band bytes in one message from which a memfd carries them
 _SMALL_WRITE = 64 * 1024  # header and payload go out in one write below this size
 _FIRST_READ = 1024 * 1024  # a large payload's buffer starts at this size and doubles as bytes arrive

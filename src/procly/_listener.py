@@ -39,7 +39,6 @@ import secrets
 import select
 import shutil
 import socket
-import struct
 import tempfile
 import threading
 import time
@@ -49,6 +48,7 @@ from typing import Any
 from ._connection import Connection
 from ._errors import AuthenticationError, MessageError
 from ._fds import peer_credentials
+from ._frames import HEADER
 from ._wait import poll_ms
 
 __all__ = ["Client", "Listener", "answer_challenge", "deliver_challenge", "families"]
@@ -65,7 +65,7 @@ HANDSHAKE_TIMEOUT = 20.0
 MAX_IN_HANDSHAKE = 64  # connections a server authenticates at once (4 times that in a burst)
 MAX_IN_HANDSHAKE_PER_PEER = 16  # of which from one peer, process or host (4 times that in a burst)
 
-_HEADER = struct.Struct("!i")
+_HEADER = HEADER
 _SEND, _RECV = 0, 1
 Steps = Generator[tuple[int, bytes], "bytes | None", None]
 

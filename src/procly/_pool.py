@@ -1,18 +1,21 @@
 """Pool: a process pool that never hangs and never loses a task.
 
-Data flow::
+This module is the submission and results side; the rest is layered under it::
 
-    caller ── pickle args now (errors raise here) ──> pending deque ──┐
-                                                                     │ wake-up pipe
-    supervisor thread: poll(worker conns, worker sentinels, wake-up; nearest deadline)
-        ├── dispatch: up to PIPELINE tasks in flight per worker, function sent once
-        ├── result from a worker ──> AsyncResult / MapResult / imap iterator
-        ├── a worker's sentinel fires ──> its first unanswered task fails with
-        │       WorkerLostError (or is retried), the rest go back to the queue,
-        │       a new worker replaces it
-        └── a task's deadline passes ──> its worker is killed, the task fails with
-                TaskTimeoutError, the rest go back, a new worker replaces it
+    Pool (_pool)                submission: pickle args now (errors raise here), tasks
+      │                         into the pending deque; results: AsyncResult, MapResult,
+      │                         imap iterators (_pool_results), fed by each task's sink
+      ├── Supervisor            the workers, the poller, deadlines, retiring, restarts
+      │   (_pool_supervisor)    with back-off; one thread, woken by a pipe
+      │     ├── plan            which pending task goes to which worker (pure rules)
+      │     │   (_pool_dispatch)
+      │     └── messages        what goes on the wire, both ways; RetireReason,
+      │         (_pool_messages) WorkerCounters, Task
+      └── worker_main           the loop in each worker process
+          (_pool_worker)
 
+A caller's thread dispatches what it just submitted itself (one thread hop less per
+task); what is left, deadlines and every reply go through the supervisor thread.
 Nothing polls with sleep: the supervisor blocks in one ``poll()`` over a persistent set.
 """
 
@@ -21,129 +24,32 @@ from __future__ import annotations
 import collections
 import itertools
 import operator
-import os
 import pickle
-import select
-import signal
-import sys
 import threading
-import time
 import warnings
 import weakref
-from concurrent.futures import CancelledError
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import _inner_threads, _serialization
-from ._connection import MEMFD_THRESHOLD, BufferedConnection, Pipe
-from ._errors import BrokenProcessPool, PoolTerminatedError, StartError, TaskTimeoutError, WorkerLostError
+from ._errors import BrokenProcessPool, PoolTerminatedError
 from ._finalize import Finalize
 from ._pool_api import PoolAPI, PoolState
+from ._pool_messages import APPLY, MAP, STARMAP, Task
 from ._pool_results import ApplyResult, IMapIterator, LookAhead, MapResult, feed_lazily
-from ._pool_worker import APPLY, MAP, STARMAP, rebuild_exception, worker_main
+from ._pool_supervisor import Supervisor
 from ._progress import Progress, wanted
-from ._spin import Spinner
-from ._state import end_process_group, usable_cpus
-from ._wait import wait
+from ._state import usable_cpus
 
 __all__ = ["Pool"]
 
 _T = TypeVar("_T")
 
-# Tasks in flight per worker: the next one is already there when one ends, and for short
-# tasks one message carries many of them (each send and each wake-up of a worker costs
-# more than a trivial task). Deep only for short tasks: see Pool._depth.
-PIPELINE = 64
-QUEUED_SECONDS = 0.002  # the work to keep queued per worker, from the measured task time
-# Tasks queued behind a running one must fit in the socket buffer, or the supervisor
-# could block writing them while the worker blocks writing its result: a worker's
-# queued tasks stay under this many bytes, and a bigger task waits until the worker is
-# idle (and reading). Tasks of MEMFD_THRESHOLD bytes and more cross in a memfd, so only
-# their envelope counts.
-PIPELINE_MAX_BYTES = 64 * 1024
-BIG_TASK_BYTES = PIPELINE_MAX_BYTES // 8
 IMAP_TASKS_AHEAD = 16  # imap's look-ahead per worker, in tasks
-ENVELOPE_OUT_OF_BAND = 4096  # task payloads from this size travel beside the envelope
 #: imap's adaptive chunks aim at this much work each, and hold this many items of look-ahead per slot.
 ADAPTIVE_CHUNK_SECONDS = 0.002
 IMAP_ADAPTIVE_ITEMS = 4
-TERMINATE_GRACE = 1.0
-# A worker that cannot be started is tried again after RESTART_PAUSE * 2**failures seconds
-# (at most RESTART_PAUSE_MAX); with no worker left, START_ATTEMPTS failures in a row fail
-# the queued tasks. SUPERVISOR_ERRORS unexpected errors in a row end the pool.
-RESTART_PAUSE = 0.025
-RESTART_PAUSE_MAX = 2.0
-START_ATTEMPTS = 3
-SUPERVISOR_ERRORS = 100
-_READY = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 
-
-class _Task:
-    __slots__ = ("id", "func_key", "func_bytes", "mode", "payload", "sink", "count", "timeout", "retries", "_label",
-                 "deadline", "buffers", "size", "send_function", "index", "wire", "claim")  # fmt: skip
-
-    def __init__(self, task_id: int, func_key: int, func_bytes: bytes, mode: int, payload: Any, sink: Any, count: int,
-                 timeout: float | None, retries: int, label: Any) -> None:  # fmt: skip
-        self.id = task_id
-        self.func_key = func_key
-        self.func_bytes = func_bytes
-        self.mode = mode
-        self.payload = payload
-        self.sink = sink  # callable(success, values_or_exception), or (index, success, ...) with an index
-        self.index: int | None = None  # a map's chunk number: one sink serves every chunk
-        self.count = count  # items in the task
-        self.timeout = timeout
-        self.retries = retries
-        self._label = label  # text, or (function name, first item, last item): formatted when needed
-        self.deadline: float | None = None
-        # Large buffers of the arguments (numpy arrays, big bytes), kept out of the pickle:
-        # they travel from their own memory (in a memfd), never copied into the payload.
-        self.buffers: list[memoryview] = []
-        self.size = len(payload)
-        self.send_function = False  # set when dispatched: the worker has not seen the function yet
-        self.wire = 0  # set when dispatched: its bytes on the socket
-        # Called (pool lock held) just before the task goes to a worker; False drops it
-        # (an executor's future cancelled while it waited).
-        self.claim: Callable[[], bool] | None = None
-
-    def settle(self, success: bool, values: Any) -> None:
-        """Hand the outcome to whoever waits for it."""
-        if self.index is None:
-            self.sink(success, values)
-        else:
-            self.sink(self.index, success, values)
-
-    @property
-    def label(self) -> str:
-        """What the task is, for error messages: ``f(...)`` or ``f on items 10..19``."""
-        if isinstance(self._label, str):
-            return self._label
-        name, first, last = self._label
-        return f"{name} on items {first}..{last}"
-
-
-class _Worker:
-    __slots__ = ("process", "conn", "inflight", "funcs", "sent", "sentinel", "done", "queued")
-
-    def __init__(self, process: Any, conn: Any, done: list[Any]) -> None:
-        self.process = process
-        self.conn = conn
-        self.sentinel = process.sentinel
-        self.inflight: collections.deque[_Task] = collections.deque()
-        self.funcs: set[int] = set()
-        self.sent = 0
-        self.queued = 0  # bytes of the tasks in flight, as they went on the socket
-        self.done = done  # [tasks, computing, (un)pickling, waiting seconds], shared with Pool._done
-
-
-def _signal_text(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "an unknown status"
-    if exitcode < 0:
-        try:
-            return f"signal {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"signal {-exitcode}"
-    return f"exit code {exitcode}"
+_Task = Task
 
 
 class Pool(PoolAPI):
@@ -187,7 +93,6 @@ class Pool(PoolAPI):
         ):
             raise ValueError("max_memory_per_child must be a positive number of bytes or None")
         self._max_memory = max_memory_per_child
-        self._cancelled: list[_Task] = []
         if processes is None:
             processes = usable_cpus()
         if processes < 1:
@@ -210,51 +115,35 @@ class Pool(PoolAPI):
         self._task_timeout = task_timeout
         self._retries = retries
         self._state = PoolState.RUNNING
-        # Moving average of the time an item takes to compute (None: none timed yet): how
-        # deep tasks queue at a worker, and how long imap's adaptive chunks are.
-        self._item_seconds: float | None = None
-        self._done: dict[str, list[Any]] = {}  # worker name -> [tasks, computing, (un)pickling, waiting seconds]
         self._lock = threading.Lock()
         self._pending: collections.deque[_Task] = collections.deque()
         self._outstanding: dict[int, _Task] = {}
         self._ids = itertools.count()
         self._func_keys = itertools.count()
         self._func_cache: weakref.WeakKeyDictionary[Any, tuple[int, bytes]] = weakref.WeakKeyDictionary()
-        self._wake_r: int
-        self._wake_w: int | None
-        self._wake_r, self._wake_w = os.pipe()
-        self._wake_pending = False  # one byte in the pipe is enough to wake the supervisor
-        os.set_blocking(self._wake_w, False)
-        self._workers: dict[Any, _Worker] = {}
-        # One poll set for the supervisor's whole life: worker connections and sentinels
-        # are added and removed as workers come and go.
-        self._poller = select.poll()
-        self._spinner = Spinner(poller=self._poller)
-        self._poller.register(self._wake_r, _READY)
-        self._fds: dict[int, tuple[str, _Worker]] = {}
         self._feeders: list[threading.Thread] = []
-        self._missing = 0  # workers to start again after a failed start, at _restart_at
-        self._start_failures = 0  # failed starts in a row
-        self._restart_at = 0.0
         self._active_feeds = 0  # imap feeders still reading input (guarded by _lock)
         self._windows: set[LookAhead] = set()  # their look-ahead bounds (guarded by _lock)
+        # The workers and the thread that watches them: see _pool_supervisor.
         try:
-            for _ in range(processes):
-                self._spawn_worker()
+            self._supervision = Supervisor(self)
+            self._supervision.spawn(processes)
         except BaseException:
-            for worker in self._workers.values():
-                worker.process.kill()
-                worker.process.join()
-                worker.conn.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
             self._state = PoolState.TERMINATED
             raise
         # At interpreter exit, end the pool before procly reaps children (cancelled once
         # the pool is down, so that the pool can then be freed).
         self._exit_finalizer = Finalize(self, self._end_at_exit, exitpriority=15)
-        self._supervisor = threading.Thread(target=self._supervise, name="procly-pool-supervisor", daemon=True)
-        self._supervisor.start()
+        self._supervisor = self._supervision.start()
+
+    # -- seams: the supervisor starts workers and restarts missing ones through these two,
+    # so that a test can make them fail (monkeypatch on the pool) ------------------------
+
+    def _spawn_worker(self) -> None:
+        self._supervision._spawn_worker()
+
+    def _restart_missing(self) -> None:
+        self._supervision._restart_missing()
 
     # -- submission ----------------------------------------------------------------
 
@@ -307,26 +196,17 @@ class Pool(PoolAPI):
         # Hand the work to idle workers from this thread: one thread hop less per task
         # (the supervisor would only have to wake up to do this). What is left, and any
         # deadline the supervisor must watch, still goes through it.
-        self._dispatch()
+        self._supervision.dispatch()
         if self._pending or any(task.timeout for task in tasks):
-            self._wake()
+            self._supervision.wake()
 
     def _wake(self) -> None:
-        with self._lock:
-            if self._wake_w is None or self._wake_pending:
-                return  # the supervisor is gone, or a wake-up is already on its way
-            self._wake_pending = True
-            try:
-                os.write(self._wake_w, b"x")
-            except OSError:  # full: the supervisor has a wake-up pending anyway
-                pass
+        self._supervision.wake()
 
     def _cancel(self, tasks: list[_Task]) -> None:
         """Stop *tasks* (an awaiting asyncio task was cancelled): the supervisor drops the
         queued ones and ends the worker running one, which is replaced."""
-        with self._lock:
-            self._cancelled.extend(tasks)
-        self._wake()
+        self._supervision.cancel(tasks)
 
     def apply_async(
         self,
@@ -503,7 +383,7 @@ class Pool(PoolAPI):
         largest = max(1, lookahead // (4 * self._processes))
 
         def next_size() -> int:
-            per_item = self._item_seconds
+            per_item = self._supervision.item_seconds
             if not per_item:
                 return 1
             return max(1, min(largest, int(ADAPTIVE_CHUNK_SECONDS / per_item)))
@@ -531,22 +411,14 @@ class Pool(PoolAPI):
         with self._lock:
             already = self._state is PoolState.TERMINATED
             self._state = PoolState.TERMINATED
-            workers = list(self._workers.values())
             for window in self._windows:
                 window.stop()
         if already:
             return
         # Signal the workers from here: they exit while the supervisor wakes up to reap
         # them (it signals them again, and kills any that ignore SIGTERM).
-        for worker in workers:
-            try:
-                if kill:
-                    worker.process.kill()
-                else:
-                    worker.process.terminate()
-            except (OSError, ValueError):
-                pass  # already reaped and closed by the supervisor
-        self._wake()
+        self._supervision.signal_workers(kill)
+        self._supervision.wake()
         if threading.current_thread() is not self._supervisor:  # e.g. called from a callback
             self._supervisor.join()
 
@@ -588,468 +460,22 @@ class Pool(PoolAPI):
     @property
     def _pool(self) -> list[Any]:
         """The worker Process objects (the standard library's attribute, used by some libraries)."""
-        return [worker.process for worker in list(self._workers.values())]
+        return self._supervision.processes()
 
     def statistics(self) -> dict[str, Any]:
         """A snapshot: state, workers, tasks pending and in flight, and per worker (past
         and present) where its time went: tasks finished, seconds computing them, seconds
         (un)pickling tasks and results, and seconds waiting for work."""
         with self._lock:
+            supervision = self._supervision.statistics()
             return {
                 "state": self._state.value,
-                "workers": len(self._workers),
+                "workers": supervision["workers"],
                 "pending": len(self._pending),
-                "in_flight": sum(len(w.inflight) for w in self._workers.values()),
+                "in_flight": supervision["in_flight"],
                 "outstanding": len(self._outstanding),
-                "per_worker": {
-                    name: {"tasks": n, "compute_seconds": compute, "serialize_seconds": serialize,
-                           "wait_seconds": wait}
-                    for name, (n, compute, serialize, wait) in self._done.items()
-                },
+                "per_worker": supervision["per_worker"],
             }
-
-    # -- supervisor --------------------------------------------------------------------
-
-    def _spawn_worker(self) -> None:
-        parent_end, child_end = Pipe()
-        process = self._ctx.Process(
-            target=worker_main,
-            args=(child_end, self._initializer, self._initargs, self._maxtasks, self._max_memory,
-                  self._executor_mode),
-            kwargs={"inner_threads": self._inner_threads, "env": self._worker_env},
-            name=f"PoolWorker-{next(_worker_numbers)}",
-            daemon=True,
-        )
-        if self._worker_env:
-            process._config["env"] = self._worker_env  # set before a spawned worker imports anything
-        try:
-            process.start()
-        except BaseException:
-            parent_end.close()
-            raise
-        finally:
-            child_end.close()
-        parent_end = BufferedConnection.adopt(parent_end)  # one read takes every reply waiting
-        done = self._done.setdefault(process.name, [0, 0.0, 0.0, 0.0])
-        worker = self._workers[parent_end] = _Worker(process, parent_end, done)
-        for fd, kind in ((parent_end.fileno(), "conn"), (worker.sentinel, "sentinel")):
-            self._fds[fd] = (kind, worker)
-            self._poller.register(fd, _READY)
-
-    def _replace_worker(self) -> None:
-        """Start a worker in place of one that left. A start that fails (the fork server
-        died, no memory for a fork) is tried again later with a growing pause; while the
-        pool has no worker at all, repeated failures fail the queued tasks with the error
-        instead of leaving them waiting."""
-        try:
-            self._spawn_worker()
-        except Exception as exc:  # noqa: BLE001 - the supervisor must outlive any start failure
-            self._missing += 1
-            self._start_failures += 1
-            self._restart_at = time.monotonic() + min(RESTART_PAUSE_MAX, RESTART_PAUSE * 2**self._start_failures)
-            if not self._workers and self._start_failures >= START_ATTEMPTS:
-                error = StartError(f"the pool could not start a worker ({self._start_failures} attempts): {exc}")
-                with self._lock:
-                    failed = list(self._pending)
-                    self._pending.clear()
-                for task in failed:
-                    self._finish(task, False, error)
-        else:
-            self._start_failures = 0
-
-    def _restart_missing(self) -> None:
-        if self._missing and time.monotonic() >= self._restart_at:
-            missing, self._missing = self._missing, 0
-            for _ in range(missing):
-                self._replace_worker()
-
-    def _supervise(self) -> None:
-        failures = 0
-        try:
-            while True:
-                try:
-                    if not self._step():
-                        break
-                    failures = 0
-                except Exception:  # noqa: BLE001 - a bug in one step must not end the supervisor
-                    failures += 1
-                    import traceback
-
-                    print("procly: the pool's supervisor survived an unexpected error:", file=sys.stderr)
-                    traceback.print_exc()
-                    if failures >= SUPERVISOR_ERRORS:
-                        raise
-        except BaseException:  # nothing works any more: callers must not wait for ever
-            with self._lock:
-                self._state = PoolState.TERMINATED
-            raise
-        finally:
-            self._shutdown()
-
-    def _step(self) -> bool:
-        """One round of the supervisor loop; False when the pool is done."""
-        if self._state is PoolState.TERMINATED:
-            return False
-        if self._cancelled:
-            self._stop_cancelled()
-        self._restart_missing()
-        self._dispatch()
-        if self._state is PoolState.CLOSED and not self._outstanding and not self._active_feeds:
-            return False
-        now = time.monotonic()
-        deadlines = [w.inflight[0].deadline for w in self._workers.values() if w.inflight and w.inflight[0].deadline]
-        if self._missing:
-            deadlines.append(self._restart_at)
-        timeout = max(0.0, min(deadlines) - now) if deadlines else None
-        ms = -1 if timeout is None else int(timeout * 1000 + 0.999)
-        # Spin first: a reply, or a caller's next task, often comes within µs of the last event.
-        events = self._spinner.wait() or self._poller.poll(ms)
-        # Each descriptor is looked up before any event is handled: a worker retired by an
-        # earlier event closes its descriptors, and its replacement may get the same
-        # numbers, so a later event of the old worker must not be taken as the new one's.
-        for fd, (kind, worker) in [(fd, self._fds.get(fd, (None, None))) for fd, _ in events]:
-            if fd == self._wake_r:
-                try:
-                    os.read(self._wake_r, 4096)
-                except BlockingIOError:
-                    pass
-                with self._lock:
-                    self._wake_pending = False
-                self._dispatch()  # what the wake-up was for (submitted work): now, not next round
-            elif worker is None or worker.conn not in self._workers:
-                continue  # retired earlier in this round
-            elif kind == "sentinel":
-                self._drain(worker)
-                if worker.conn in self._workers:
-                    self._lost(worker)
-            else:
-                self._drain(worker)
-        self._expire()
-        return True
-
-    def _dispatch(self) -> None:
-        with self._lock:
-            if not self._pending:
-                return
-            depth = self._depth(self._pending[0])
-            # The least busy first, each taking its share: a batch is spread over the
-            # workers instead of filling the first one up to the depth.
-            workers = sorted(self._workers.values(), key=_busy)
-            for n, worker in enumerate(workers):
-                if not worker.inflight and _has_ended(worker.sentinel):
-                    # Died while idle, and the supervisor has not seen it yet: a task sent
-                    # now would be failed as the one it was running.
-                    continue
-                share = -(-len(self._pending) // (len(workers) - n))  # ceiling
-                limit = min(depth, len(worker.inflight) + share)
-                bundle: list[_Task] = []
-                while self._pending and len(worker.inflight) < limit:
-                    if self._maxtasks is not None and worker.sent >= self._maxtasks:
-                        break
-                    task = self._pending[0]
-                    if task.claim is not None and not task.claim():
-                        self._pending.popleft()
-                        self._outstanding.pop(task.id, None)
-                        continue
-                    first_use = task.func_key not in worker.funcs
-                    task_size = task.size + (len(task.func_bytes) if first_use else 0)
-                    big = task_size >= MEMFD_THRESHOLD
-                    if big:
-                        # On the socket only its envelope (under ENVELOPE_OUT_OF_BAND); it
-                        # counts as an eighth of the budget, so that at most eight such
-                        # tasks, each holding a memfd, wait at a worker.
-                        task_size = BIG_TASK_BYTES
-                    if worker.inflight and worker.queued + task_size > PIPELINE_MAX_BYTES:
-                        break
-                    if big and bundle:
-                        # A big task travels alone, in a memfd sized for it: the next task
-                        # like it is written into the same pages once they are named back.
-                        sent = self._send_bundle(worker, bundle)
-                        bundle = []
-                        if not sent:
-                            break  # the worker is dying: its tasks went back to the queue
-                    self._pending.popleft()
-                    # In flight *before* it is sent: the supervisor may read the reply before
-                    # a caller's thread that dispatches it gets here again.
-                    if not worker.inflight and task.timeout:
-                        self._start_clock(task)
-                    worker.inflight.append(task)
-                    worker.funcs.add(task.func_key)
-                    worker.sent += 1
-                    worker.queued += task_size
-                    task.wire = task_size
-                    bundle.append(task)
-                    task.send_function = first_use
-                    if big:
-                        sent = self._send_bundle(worker, bundle)
-                        bundle = []
-                        if not sent:
-                            break
-                if bundle:
-                    self._send_bundle(worker, bundle)
-
-    def _send_bundle(self, worker: _Worker, bundle: list[_Task]) -> bool:
-        """Send tasks to *worker* in one message (lock held); it replies to each in turn.
-        False if the worker is dying: the tasks are back at the head of the queue."""
-        # PickleBuffer: a large payload is written from its own memory.
-        message = [
-            (task.id, task.func_key, task.func_bytes if task.send_function else None, task.mode,
-             pickle.PickleBuffer(task.payload) if len(task.payload) >= ENVELOPE_OUT_OF_BAND else task.payload,
-             [pickle.PickleBuffer(b) for b in task.buffers] if task.buffers else [])
-            for task in bundle
-        ]  # fmt: skip
-        try:
-            # Ints, bytes and PickleBuffers: no inspection; payloads of 4 KiB and more are
-            # written from their own memory instead of being copied into the envelope.
-            worker.conn._send_object(message, plain=True, out_of_band_from=ENVELOPE_OUT_OF_BAND)
-        except OSError:
-            # The worker is dying (its sentinel will tell): the tasks go back, first in line.
-            for task in reversed(bundle):
-                try:
-                    worker.inflight.remove(task)
-                except ValueError:
-                    pass
-                if task.send_function:
-                    worker.funcs.discard(task.func_key)
-                worker.sent -= 1
-                worker.queued -= task.wire
-                self._pending.appendleft(task)
-            return False
-        return True
-
-    def _stop_cancelled(self) -> None:
-        with self._lock:
-            cancelled, self._cancelled = self._cancelled, []
-            ids = {task.id for task in cancelled}
-            dropped = [task for task in self._pending if task.id in ids]
-            for task in dropped:
-                self._pending.remove(task)
-        running = []
-        for worker in list(self._workers.values()):
-            for task in list(worker.inflight)[1:]:
-                if task.id in ids:
-                    # Sent, not started: its reply will find no task waiting for it.
-                    worker.inflight.remove(task)
-                    worker.queued -= task.wire
-                    dropped.append(task)
-            if worker.inflight and worker.inflight[0].id in ids:
-                running.append(worker)
-        for task in dropped:
-            self._finish(task, False, CancelledError(f"task {task.label} was cancelled"))
-        for worker in running:
-            worker.process.kill()
-            self._retire(worker, "cancelled")
-
-    def _start_clock(self, task: _Task) -> None:
-        task.deadline = time.monotonic() + task.timeout * task.count if task.timeout else None
-
-    def _depth(self, task: _Task) -> int:
-        """Tasks like *task* to keep in flight per worker: about QUEUED_SECONDS of work,
-        up to PIPELINE, for short ones (hides round trips and batches messages); one for
-        long ones (a task queued behind a long one would wait while another worker
-        idles). A task's time is guessed from the measured time per item and its number
-        of items, so a map's long chunks do not queue as deep as the short tasks before
-        them. Two until a task has been timed: a long first batch must not sit deep in
-        one worker while others run dry (short tasks are timed within µs)."""
-        if self._item_seconds is None:
-            return 2
-        seconds = self._item_seconds * task.count
-        if seconds >= 0.005:
-            return 1
-        return max(2, min(PIPELINE, int(QUEUED_SECONDS / max(seconds, 1e-9))))
-
-    def _drain(self, worker: _Worker) -> None:
-        """Collect every reply waiting from *worker* (also those a dead worker sent before
-        dying). The supervisor's hot path: one pass over every reply read ahead."""
-        conn = worker.conn
-        inflight = worker.inflight
-        while conn in self._workers:
-            try:
-                if not (conn.buffered() or conn.poll(0)):
-                    return
-                replies = conn.recv_ready()
-            except (EOFError, OSError):
-                self._lost(worker)
-                return
-            except BaseException as exc:  # noqa: BLE001 - a result that does not unpickle in the parent
-                if self._executor_mode:
-                    error = BrokenProcessPool(f"a result could not be unpickled: {type(exc).__name__}: {exc}")
-                    error.__cause__ = exc
-                    exc = error
-                elif not isinstance(exc, Exception):
-                    raise
-                replies = [(inflight[0].id if inflight else -1, False, (exc, ""), 0.0, 0.0, 0.0)]
-            self._settle_replies(worker, replies)
-
-    def _settle_replies(self, worker: _Worker, replies: list[tuple[Any, ...]]) -> None:
-        inflight = worker.inflight
-        item_seconds = self._item_seconds
-        tasks = wire = 0
-        computing = serializing = waiting = 0.0
-        try:
-            for reply in replies:
-                if len(reply) == 1:  # ("bye",): it left after maxtasksperchild or max_memory_per_child
-                    self._retire(worker, None)
-                    return
-                if len(reply) == 2:  # ("init-failed", text): an executor's initializer raised
-                    # It exits by itself: let it finish (flush what its initializer queued,
-                    # a log record for instance) before the pool breaks and ends the others.
-                    worker.process.join(5)
-                    self._broken = f"the initializer failed in a worker ({reply[1]}); the executor is broken"
-                    self._terminate(kill=False)
-                    return
-                task_id, success, values, seconds, serializing_one, waiting_one = reply
-                if not inflight or inflight[0].id != task_id:
-                    continue  # a cancelled task's
-                task = inflight.popleft()
-                wire += task.wire
-                per_item = seconds / (task.count or 1)
-                item_seconds = per_item if item_seconds is None else item_seconds + 0.2 * (per_item - item_seconds)
-                tasks += 1
-                computing += seconds
-                serializing += serializing_one
-                waiting += waiting_one
-                if inflight and inflight[0].timeout:
-                    self._start_clock(inflight[0])
-                if not success:
-                    exc, tb = values
-                    values = rebuild_exception(exc, tb) if tb else exc
-                self._finish(task, success, values)
-        finally:
-            self._item_seconds = item_seconds
-            worker.queued -= wire
-            done = worker.done
-            done[0] += tasks
-            done[1] += computing
-            done[2] += serializing
-            done[3] += waiting
-
-    def _finish(self, task: _Task, success: bool, values: Any) -> None:
-        # Supervisor thread only. No lock: the callers' threads only add entries, and a
-        # dict's pop is atomic; taking the lock here made every reply wait for a caller
-        # submitting a batch of tasks.
-        self._outstanding.pop(task.id, None)
-        task.settle(success, values)
-
-    def _lost(self, worker: _Worker) -> None:
-        self._retire(worker, "lost")
-
-    def _expire(self) -> None:
-        now = time.monotonic()
-        for worker in list(self._workers.values()):
-            task = worker.inflight[0] if worker.inflight else None
-            if task is not None and task.deadline is not None and task.deadline <= now:
-                worker.process.kill()
-                self._retire(worker, "timeout")
-
-    def _error(self, why: str, task: _Task, name: str, pid: int, exitcode: int | None) -> BaseException:
-        if why == "cancelled":
-            return CancelledError(f"task {task.label} was cancelled; worker {name} (pid {pid}) was stopped")
-        if why == "timeout":
-            return TaskTimeoutError(
-                f"task {task.label} ran longer than its timeout of {task.timeout}s per item; "
-                f"worker {name} (pid {pid}) was stopped"
-            )
-        return WorkerLostError(
-            f"worker {name} (pid {pid}) died with {_signal_text(exitcode)} while running task {task.label}",
-            exitcode,
-        )
-
-    def _retire(self, worker: _Worker, why: str | None) -> None:
-        """Remove *worker*; fail (or retry) its running task, requeue the rest, replace it.
-
-        *why* is None for a worker that left after maxtasksperchild (or grew past
-        max_memory_per_child), "lost" for one that died, "timeout" for one stopped because
-        its task ran too long, "cancelled" for one stopped because its task was cancelled.
-        """
-        with self._lock:
-            # Under the lock: a dispatch from a caller's thread either finished before this
-            # (its tasks are in worker.inflight, requeued below) or will not see this worker.
-            self._workers.pop(worker.conn, None)
-        for fd in (worker.conn.fileno(), worker.sentinel):
-            self._fds.pop(fd, None)
-            self._poller.unregister(fd)
-        worker.conn.close()
-        process = worker.process
-        name, pid = process.name, process.pid
-        if why is not None:
-            # Dead or being killed, not yet reaped: what its task started goes too.
-            if not wait([worker.sentinel], 5):
-                process.kill()
-                wait([worker.sentinel])
-            end_process_group(pid)
-        process.join(5)
-        if process.exitcode is None:  # "bye" came before the exit: make sure
-            process.kill()
-            process.join()
-        exitcode = process.exitcode
-        process.close()
-        requeue = list(worker.inflight)
-        # After terminate() (which signals the workers itself), a worker's death is not a
-        # loss: its tasks stay outstanding and _shutdown fails them as terminated.
-        if why is not None and requeue and self._state is not PoolState.TERMINATED:
-            task = requeue.pop(0)
-            if why == "lost" and task.retries > 0:
-                task.retries -= 1
-                requeue.insert(0, task)
-            else:
-                self._finish(task, False, self._error(why, task, name, pid, exitcode))
-        with self._lock:
-            for task in reversed(requeue):
-                task.deadline = None
-                self._pending.appendleft(task)
-        if self._state is not PoolState.TERMINATED and (self._state is PoolState.RUNNING or self._outstanding):
-            self._replace_worker()
-
-    def _shutdown(self) -> None:
-        """Stop every worker; fail what is left if the pool was terminated."""
-        terminated = self._state is PoolState.TERMINATED
-        for worker in self._workers.values():
-            try:
-                if terminated:
-                    worker.process.terminate()
-                else:
-                    worker.conn.send(None)
-            except (OSError, ValueError):
-                pass
-        deadline = time.monotonic() + TERMINATE_GRACE
-        for worker in self._workers.values():
-            if terminated:
-                if not wait([worker.sentinel], max(0.0, deadline - time.monotonic())):
-                    worker.process.kill()
-                    wait([worker.sentinel])
-                end_process_group(worker.process.pid)  # before it is reaped: see _retire
-            worker.process.join()
-            worker.conn.close()
-            worker.process.close()
-        self._workers.clear()
-        with self._lock:
-            leftovers = list(self._outstanding.values())
-            self._outstanding.clear()
-            self._pending.clear()
-        for task in leftovers:
-            if self._broken is not None:
-                task.settle(False, BrokenProcessPool(self._broken))
-            else:
-                task.settle(False, PoolTerminatedError(f"the pool was terminated before task {task.label} finished"))
-        with self._lock:
-            wake_w, self._wake_w = self._wake_w, None
-        os.close(self._wake_r)
-        if wake_w is not None:
-            os.close(wake_w)
-        self._exit_finalizer.cancel()
-
-
-_worker_numbers = itertools.count(1)
-
-
-def _busy(worker: _Worker) -> int:
-    return len(worker.inflight)
-
-
-def _has_ended(sentinel: int) -> bool:
-    return bool(wait([sentinel], 0))
-
 
 def _close_when_consumed(result: IMapIterator[Any], meter: Progress) -> None:
     with result._cond:

@@ -1,16 +1,6 @@
 """The loop a pool worker process runs.
 
-Messages from the pool, in order, over the worker's own connection::
-
-    [(task_id, func_key, func_bytes | None, mode, payload, buffers), ...]
-        a bundle of tasks: run each, and answer each on its own with
-        (task_id, ok, values | (exception, traceback text), seconds computing,
-         seconds (un)pickling, seconds waiting)
-    None                                                    exit
-
-and ``("bye",)`` from a worker that leaves by itself (maxtasksperchild, max_memory_per_child);
-for an executor's pool (*executor* mode) also ``("init-failed", text)`` from a worker whose
-initializer raised, before it exits.
+The messages to and from the pool, their shapes and fields: ``_pool_messages``.
 
 The function travels once per worker (``func_bytes`` only the first time a key is
 seen); tasks run strictly one after another, so the first task the pool has not heard
@@ -29,13 +19,15 @@ import traceback
 from typing import Any, Callable
 
 from . import _inner_threads, _serialization, _state
+from . import _pool_messages as messages
 from ._connection import BufferedConnection
 from ._errors import RemoteTraceback as RemoteTraceback  # moved to _errors; re-exported here
 from ._errors import rebuild_exception as rebuild_exception
+from ._pool_messages import APPLY, MAP, STARMAP
 from ._spin import Spinner
 
-# The call shapes a task can have.
-MAP, STARMAP, APPLY = 0, 1, 2
+__all__ = ["APPLY", "MAP", "STARMAP", "MaybeEncodingError", "RemoteTraceback", "rebuild_exception", "worker_main",
+           "worker_state"]  # fmt: skip
 
 _FUNC_CACHE_SIZE = 128
 # How long an idle worker watches for its next task before it sleeps. Longer than the
@@ -137,7 +129,7 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
             except BaseException as exc:  # noqa: BLE001 - reported, the executor breaks
                 logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
                 try:
-                    conn.send(("init-failed", f"{type(exc).__name__}: {exc}"))
+                    conn.send(messages.init_failed(f"{type(exc).__name__}: {exc}"))
                 except Exception:  # noqa: BLE001 - the pool sees the exit anyway
                     pass
                 return
@@ -158,7 +150,7 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
                 bundle = conn.recv()
             except (EOFError, OSError):
                 return
-            if bundle is None:
+            if bundle is messages.STOP:
                 return
             bundle.reverse()  # popped from the end, in the order sent
         received = clock()
@@ -175,13 +167,17 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
             items = pickle.loads(payload, buffers=buffers)
             unpickled = True
             started = clock()
-            values = _run(func, mode, items)
-            reply: tuple[Any, ...] = (task_id, True, values, clock() - started)
+            values: Any = _run(func, mode, items)
+            ok = True
+            computing = clock() - started
         except catch as exc:  # noqa: BLE001 - reported to the caller
             if executor and not unpickled:
                 exc = _unpickling_failed(exc)
-            reply = (task_id, False, _error_payload(exc), clock() - started)
-        reply += (started - received + previous_send, received - waiting_since)
+            ok = False
+            values = _error_payload(exc)
+            computing = clock() - started
+        reply = messages.result(task_id, ok, values, computing, started - received + previous_send,
+                                received - waiting_since)  # fmt: skip
         # Let go of the arguments first: a memfd they were mapped from is then named back
         # to the parent with this very reply, for its next big arguments.
         items = payload = buffers = None
@@ -190,17 +186,17 @@ def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tup
         # without a reply is the one running, which is how the pool names the task a
         # dead worker took with it.
         try:
-            if reply[1] and _serialization.only_small_scalars(reply[2]):
+            if ok and _serialization.only_small_scalars(values):
                 # Numbers or text: the C pickler alone, and nothing can go out of band.
                 conn._send_frame(conn.fileno(), pickle.dumps(reply, _serialization.PROTOCOL))
             else:
                 conn.send(reply)
         except catch as exc:  # noqa: BLE001 - e.g. an unpicklable result
             # (An executor's task gets a SystemExit raised while pickling as itself.)
-            wrapped = MaybeEncodingError(exc, reply[2]) if isinstance(exc, Exception) else exc
-            conn.send((task_id, False, _error_payload(wrapped) if wrapped is exc else (wrapped, ""), *reply[3:]))
+            wrapped = MaybeEncodingError(exc, values) if isinstance(exc, Exception) else exc
+            conn.send(messages.failed_result(reply, _error_payload(wrapped) if wrapped is exc else (wrapped, "")))
         previous_send = clock() - sending
         done += 1
         if max_memory is not None and resident_bytes() > max_memory:
             break  # between tasks: the pool replaces this worker
-    conn.send(("bye",))
+    conn.send(messages.BYE)

@@ -57,6 +57,10 @@ from . import _heap, _serialization
 from ._connection import Connection, Pipe, descriptors_in, write_all
 from ._errors import ConnectionClosedError, MessageError
 from ._finalize import Finalize, register_after_fork
+from ._frames import BATCH as _BATCH
+from ._frames import HEADER as _HEADER
+from ._frames import LARGE as _LARGE
+from ._frames import SPILLED as _SPILLED
 from .synchronize import BoundedSemaphore, Condition, Lock, Semaphore
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
@@ -68,11 +72,9 @@ SPILL_BYTES = 128 * 1024  # items from this size travel alone in a memfd
 WRITE_BYTES = 64 * 1024  # the feeder writes buffered items in chunks of up to this
 FRAME_COST = 1024  # what the kernel charges per write beyond its bytes (an skb's overhead)
 RESERVE_BYTES = 16 * 1024  # socket room kept for batch frames at exit (about 16 of them)
-_HEADER = struct.Struct("!i")
 _SIZE = struct.Struct("!Q")
-_SPILLED = -3  # frame type: the item is in the memfd sent with this header
-_BATCH = -4  # frame type: u64 offset, u32 k; items left at a producer's exit, in the memfd sent with it
-# (and k held items' own memfds after it, in the same message: see _spill_batch)
+# Frame codes: _frames. A BATCH frame's memfd comes with k held items' own memfds after it,
+# in the same message: see _spill_batch.
 _BY_DESCRIPTOR = 1 << 63  # a batch record's length: the item is in the batch frame's next own memfd
 BATCH_DESCRIPTORS = 64  # held items a batch carries by descriptor (the rest are copied into it)
 # A batch holds (u64 length, held item) records, each laid out as _Held says.
@@ -443,12 +445,12 @@ class _Shelf:
                         return n, data, None
                     if need > SHELF_BYTES:
                         return n, self._take_big(sock, start + 4, end, n), None
-                elif n in (_SPILLED, _BATCH, -1):
+                elif n in (_SPILLED, _BATCH, _LARGE):
                     need = 4 + _SIZE.size + (_COUNT.size if n == _BATCH else 0)
                     if avail >= need:
                         (value,) = _SIZE.unpack_from(mm, base + start + 4)
                         _SHELF_HEAD.pack_into(mm, head, start + need, end)
-                        if n == -1:  # over 2 GiB: never a queue's own frame, read it directly
+                        if n == _LARGE:  # over 2 GiB: never a queue's own frame, read it directly
                             return value, self._take_big(sock, start + need, end, value), None
                         fds = parked()
                         expected = 1 + _COUNT.unpack_from(mm, base + start + 12)[0] if n == _BATCH else 1

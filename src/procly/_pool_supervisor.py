@@ -1,0 +1,616 @@
+"""The pool's supervisor: the workers, the poller, deadlines, retiring and restarts.
+
+One thread runs ``Supervisor.run``; callers' threads only submit (``Pool``), wake it
+up, and dispatch (``dispatch()``, under the pool's lock)::
+
+    poll(worker conns, worker sentinels, wake-up pipe; nearest deadline)
+        ├── wake-up: cancelled tasks stop, pending tasks go out (dispatch)
+        ├── replies from a worker ──> each task settles (its sink: AsyncResult, map chunk,
+        │       imap iterator, future); the measured time per item is updated
+        ├── BYE ──> the worker is retired (RetireReason.LEFT) and replaced
+        ├── a worker's sentinel fires ──> RetireReason.LOST: its first unanswered task
+        │       fails with WorkerLostError (or is retried), the rest go back to the queue,
+        │       a new worker replaces it
+        └── a task's deadline passes ──> RetireReason.TIMEOUT: its worker is killed, the
+                task fails with TaskTimeoutError, the rest go back, a new worker replaces it
+
+A worker that cannot be started (the fork server died, no memory for a fork) is tried
+again after a growing pause; with no worker left, repeated failures fail the queued
+tasks. Which pending task goes where is ``_pool_dispatch.plan``; what goes on the wire
+is ``_pool_messages``. Nothing polls with sleep: one ``poll()`` over a persistent set.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import pickle
+import select
+import sys
+import threading
+import time
+from concurrent.futures import CancelledError
+from typing import Any
+
+from . import _pool_messages as messages
+from ._connection import BufferedConnection, Pipe
+from ._errors import (
+    BrokenProcessPool,
+    PoolTerminatedError,
+    StartError,
+    TaskTimeoutError,
+    WorkerLostError,
+    rebuild_exception,
+    signal_name,
+)
+from ._pool_api import PoolState
+from ._pool_dispatch import plan
+from ._pool_messages import RetireReason, Task, WorkerCounters
+from ._pool_worker import worker_main
+from ._spin import Spinner
+from ._state import end_process_group
+from ._wait import poll_ms, wait
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the lookup at run time
+if TYPE_CHECKING:
+    from ._pool import Pool
+
+__all__ = ["Supervisor"]
+
+ENVELOPE_OUT_OF_BAND = 4096  # task payloads from this size travel beside the envelope
+TERMINATE_GRACE = 1.0
+# A worker that cannot be started is tried again after RESTART_PAUSE * 2**failures seconds
+# (at most RESTART_PAUSE_MAX); with no worker left, START_ATTEMPTS failures in a row fail
+# the queued tasks. SUPERVISOR_ERRORS unexpected errors in a row end the pool.
+RESTART_PAUSE = 0.025
+RESTART_PAUSE_MAX = 2.0
+START_ATTEMPTS = 3
+SUPERVISOR_ERRORS = 100
+_READY = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
+
+_Task = Task
+
+class _Worker:
+    __slots__ = ("process", "conn", "inflight", "funcs", "sent", "sentinel", "done", "queued")
+
+    def __init__(self, process: Any, conn: Any, done: WorkerCounters) -> None:
+        self.process = process
+        self.conn = conn
+        self.sentinel = process.sentinel
+        self.inflight: collections.deque[_Task] = collections.deque()
+        self.funcs: set[int] = set()
+        self.sent = 0
+        self.queued = 0  # bytes of the tasks in flight, as they went on the socket
+        self.done = done  # shared with Supervisor._done, by the worker's name
+
+
+
+def _signal_text(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "an unknown status"
+    if exitcode < 0:
+        return f"signal {signal_name(-exitcode) or -exitcode}"
+    return f"exit code {exitcode}"
+
+
+
+
+class Supervisor:
+    """Owns a pool's workers and runs its supervisor thread (see the module).
+
+    Shares with *pool* its lock, its pending queue and its outstanding tasks (by
+    reference), and reads and sets its state (``_state``, ``_broken``); the rest of what
+    the workers need comes from *pool*'s settings, read once here.
+    """
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self._lock = pool._lock
+        self._pending: collections.deque[_Task] = pool._pending
+        self._outstanding: dict[int, _Task] = pool._outstanding
+        self._ctx = pool._ctx
+        self._initializer = pool._initializer
+        self._initargs = pool._initargs
+        self._maxtasks = pool._maxtasks
+        self._max_memory = pool._max_memory
+        self._executor_mode = pool._executor_mode
+        self._inner_threads = pool._inner_threads
+        self._worker_env = pool._worker_env
+        # Moving average of the time an item takes to compute (None: none timed yet): how
+        # deep tasks queue at a worker, and how long imap's adaptive chunks are.
+        self._item_seconds: float | None = None
+        self._done: dict[str, WorkerCounters] = {}  # by worker name, past and present
+        self._cancelled: list[_Task] = []
+        self._wake_r: int
+        self._wake_w: int | None
+        self._wake_r, self._wake_w = os.pipe()
+        self._wake_pending = False  # one byte in the pipe is enough to wake the supervisor
+        os.set_blocking(self._wake_w, False)
+        self._workers: dict[Any, _Worker] = {}
+        # One poll set for the supervisor's whole life: worker connections and sentinels
+        # are added and removed as workers come and go.
+        self._poller = select.poll()
+        self._spinner = Spinner(poller=self._poller)
+        self._poller.register(self._wake_r, _READY)
+        self._fds: dict[int, tuple[str, _Worker]] = {}
+        self._missing = 0  # workers to start again after a failed start, at _restart_at
+        self._start_failures = 0  # failed starts in a row
+        self._restart_at = 0.0
+        self.thread: threading.Thread | None = None
+
+    # -- what the pool asks of it ------------------------------------------------------
+
+    def spawn(self, processes: int) -> None:
+        """Start the first *processes* workers.
+
+        Raises:
+            BaseException: whatever starting a worker raised (the workers started are
+                killed first, and the wake-up pipe closed).
+        """
+        try:
+            for _ in range(processes):
+                self._spawn_worker()
+        except BaseException:
+            for worker in self._workers.values():
+                worker.process.kill()
+                worker.process.join()
+                worker.conn.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)  # type: ignore[arg-type]
+            raise
+
+    def start(self) -> threading.Thread:
+        """Start the supervisor thread, and return it."""
+        self.thread = threading.Thread(target=self._supervise, name="procly-pool-supervisor", daemon=True)
+        self.thread.start()
+        return self.thread
+
+    def wake(self) -> None:
+        """Wake the supervisor thread up (cheap when a wake-up is on its way already)."""
+        with self._lock:
+            if self._wake_w is None or self._wake_pending:
+                return  # the supervisor is gone, or a wake-up is already on its way
+            self._wake_pending = True
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:  # full: the supervisor has a wake-up pending anyway
+                pass
+
+    def cancel(self, tasks: list[_Task]) -> None:
+        """Stop *tasks*: the supervisor drops the queued ones and ends the worker running
+        one, which is replaced."""
+        with self._lock:
+            self._cancelled.extend(tasks)
+        self.wake()
+
+    def signal_workers(self, kill: bool) -> None:
+        """SIGTERM (SIGKILL with *kill*) every worker, from the caller's thread: they exit
+        while the supervisor wakes up to reap them."""
+        with self._lock:
+            workers = list(self._workers.values())
+        for worker in workers:
+            try:
+                if kill:
+                    worker.process.kill()
+                else:
+                    worker.process.terminate()
+            except (OSError, ValueError):
+                pass  # already reaped and closed by the supervisor
+
+    @property
+    def item_seconds(self) -> float | None:
+        """The measured time per item (a moving average), None until a task is timed."""
+        return self._item_seconds
+
+    def processes(self) -> list[Any]:
+        """The worker Process objects."""
+        return [worker.process for worker in list(self._workers.values())]
+
+    def statistics(self) -> dict[str, Any]:
+        """Workers, tasks in flight and per-worker counters (the pool's lock held)."""
+        return {
+            "workers": len(self._workers),
+            "in_flight": sum(len(w.inflight) for w in self._workers.values()),
+            "per_worker": {name: counters.as_dict() for name, counters in self._done.items()},
+        }
+
+    # -- the supervisor thread -------------------------------------------------------------
+
+    def _spawn_worker(self) -> None:
+        parent_end, child_end = Pipe()
+        process = self._ctx.Process(
+            target=worker_main,
+            args=(child_end, self._initializer, self._initargs, self._maxtasks, self._max_memory,
+                  self._executor_mode),
+            kwargs={"inner_threads": self._inner_threads, "env": self._worker_env},
+            name=f"PoolWorker-{next(_worker_numbers)}",
+            daemon=True,
+        )
+        if self._worker_env:
+            process._config["env"] = self._worker_env  # set before a spawned worker imports anything
+        try:
+            process.start()
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        parent_end = BufferedConnection.adopt(parent_end)  # one read takes every reply waiting
+        done = self._done.setdefault(process.name, WorkerCounters())
+        worker = self._workers[parent_end] = _Worker(process, parent_end, done)
+        for fd, kind in ((parent_end.fileno(), "conn"), (worker.sentinel, "sentinel")):
+            self._fds[fd] = (kind, worker)
+            self._poller.register(fd, _READY)
+
+    def _replace_worker(self) -> None:
+        """Start a worker in place of one that left. A start that fails (the fork server
+        died, no memory for a fork) is tried again later with a growing pause; while the
+        pool has no worker at all, repeated failures fail the queued tasks with the error
+        instead of leaving them waiting."""
+        try:
+            self.pool._spawn_worker()  # through the pool: see Pool._spawn_worker
+        except Exception as exc:  # noqa: BLE001 - the supervisor must outlive any start failure
+            self._missing += 1
+            self._start_failures += 1
+            self._restart_at = time.monotonic() + min(RESTART_PAUSE_MAX, RESTART_PAUSE * 2**self._start_failures)
+            if not self._workers and self._start_failures >= START_ATTEMPTS:
+                error = StartError(f"the pool could not start a worker ({self._start_failures} attempts): {exc}")
+                with self._lock:
+                    failed = list(self._pending)
+                    self._pending.clear()
+                for task in failed:
+                    self._finish(task, False, error)
+        else:
+            self._start_failures = 0
+
+    def _restart_missing(self) -> None:
+        if self._missing and time.monotonic() >= self._restart_at:
+            missing, self._missing = self._missing, 0
+            for _ in range(missing):
+                self._replace_worker()
+
+    def _supervise(self) -> None:
+        failures = 0
+        try:
+            while True:
+                try:
+                    if not self._step():
+                        break
+                    failures = 0
+                except Exception:  # noqa: BLE001 - a bug in one step must not end the supervisor
+                    failures += 1
+                    import traceback
+
+                    print("procly: the pool's supervisor survived an unexpected error:", file=sys.stderr)
+                    traceback.print_exc()
+                    if failures >= SUPERVISOR_ERRORS:
+                        raise
+        except BaseException:  # nothing works any more: callers must not wait for ever
+            with self._lock:
+                self.pool._state = PoolState.TERMINATED
+            raise
+        finally:
+            self._shutdown()
+
+    def _step(self) -> bool:
+        """One round of the supervisor loop; False when the pool is done."""
+        if self.pool._state is PoolState.TERMINATED:
+            return False
+        if self._cancelled:
+            self._stop_cancelled()
+        self.pool._restart_missing()  # through the pool: see Pool._spawn_worker
+        self.dispatch()
+        if self.pool._state is PoolState.CLOSED and not self._outstanding and not self.pool._active_feeds:
+            return False
+        now = time.monotonic()
+        deadlines = [w.inflight[0].deadline for w in self._workers.values() if w.inflight and w.inflight[0].deadline]
+        if self._missing:
+            deadlines.append(self._restart_at)
+        timeout = max(0.0, min(deadlines) - now) if deadlines else None
+        ms = poll_ms(timeout)
+        # Spin first: a reply, or a caller's next task, often comes within µs of the last event.
+        events = self._spinner.wait() or self._poller.poll(ms)
+        # Each descriptor is looked up before any event is handled: a worker retired by an
+        # earlier event closes its descriptors, and its replacement may get the same
+        # numbers, so a later event of the old worker must not be taken as the new one's.
+        for fd, (kind, worker) in [(fd, self._fds.get(fd, (None, None))) for fd, _ in events]:
+            if fd == self._wake_r:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+                with self._lock:
+                    self._wake_pending = False
+                self.dispatch()  # what the wake-up was for (submitted work): now, not next round
+            elif worker is None or worker.conn not in self._workers:
+                continue  # retired earlier in this round
+            elif kind == "sentinel":
+                self._drain(worker)
+                if worker.conn in self._workers:
+                    self._lost(worker)
+            else:
+                self._drain(worker)
+        self._expire()
+        return True
+
+    def dispatch(self) -> None:
+        """Send pending tasks to workers, as the dispatch rules (_pool_dispatch) say.
+
+        Runs in the supervisor and, right after a submission, in the caller's thread (one
+        thread hop less per task); the lock keeps the two apart."""
+        with self._lock:
+            pending = self._pending
+            if not pending:
+                return
+            workers = self._workers.values()
+            taken, dropped, sends = plan(workers, pending, self._item_seconds, self._maxtasks, _has_ended)
+            popleft = pending.popleft
+            for _ in range(taken):
+                popleft()
+            for task in dropped:
+                self._outstanding.pop(task.id, None)
+            for worker, bundles in sends:
+                inflight = worker.inflight
+                for n, bundle in enumerate(bundles):
+                    for task, first_use, wire in bundle:
+                        # In flight *before* it is sent: the supervisor may read the reply
+                        # before a caller's thread that dispatches it gets here again.
+                        if not inflight and task.timeout:
+                            self._start_clock(task)
+                        inflight.append(task)
+                        task.send_function = first_use
+                        task.wire = wire
+                    worker.sent += len(bundle)
+                    worker.queued += sum(wire for _, _, wire in bundle)
+                    worker.funcs.update(task.func_key for task, first_use, _ in bundle if first_use)
+                    if not self._send_bundle(worker, bundle):
+                        # The worker is dying (its sentinel will tell): this bundle and the
+                        # ones after it go back, first in line.
+                        pending.extendleft(reversed([task for later in bundles[n:] for task, _, _ in later]))
+                        break
+
+    def _send_bundle(self, worker: _Worker, bundle: list[tuple[_Task, bool, int]]) -> bool:
+        """Send tasks to *worker* in one message (lock held); it replies to each in turn.
+        False if the worker is dying: the tasks are no longer in flight there."""
+        # PickleBuffer: a large payload is written from its own memory.
+        make = messages.task
+        message = [
+            make(task.id, task.func_key, task.func_bytes if task.send_function else None, task.mode,
+                 pickle.PickleBuffer(task.payload) if len(task.payload) >= ENVELOPE_OUT_OF_BAND else task.payload,
+                 [pickle.PickleBuffer(b) for b in task.buffers] if task.buffers else [])
+            for task, _, _ in bundle
+        ]  # fmt: skip
+        try:
+            # Ints, bytes and PickleBuffers: no inspection; payloads of 4 KiB and more are
+            # written from their own memory instead of being copied into the envelope.
+            worker.conn._send_object(message, plain=True, out_of_band_from=ENVELOPE_OUT_OF_BAND)
+        except OSError:
+            for task, _, _ in bundle:
+                try:
+                    worker.inflight.remove(task)
+                except ValueError:
+                    pass
+                if task.send_function:
+                    worker.funcs.discard(task.func_key)
+                worker.sent -= 1
+                worker.queued -= task.wire
+            return False
+        return True
+
+    def _stop_cancelled(self) -> None:
+        with self._lock:
+            cancelled, self._cancelled = self._cancelled, []
+            ids = {task.id for task in cancelled}
+            dropped = [task for task in self._pending if task.id in ids]
+            for task in dropped:
+                self._pending.remove(task)
+        running = []
+        for worker in list(self._workers.values()):
+            for task in list(worker.inflight)[1:]:
+                if task.id in ids:
+                    # Sent, not started: its reply will find no task waiting for it.
+                    worker.inflight.remove(task)
+                    worker.queued -= task.wire
+                    dropped.append(task)
+            if worker.inflight and worker.inflight[0].id in ids:
+                running.append(worker)
+        for task in dropped:
+            self._finish(task, False, CancelledError(f"task {task.label} was cancelled"))
+        for worker in running:
+            worker.process.kill()
+            self._retire(worker, RetireReason.CANCELLED)
+
+    def _start_clock(self, task: _Task) -> None:
+        task.deadline = time.monotonic() + task.timeout * task.count if task.timeout else None
+
+    def _drain(self, worker: _Worker) -> None:
+        """Collect every reply waiting from *worker* (also those a dead worker sent before
+        dying). The supervisor's hot path: one pass over every reply read ahead."""
+        conn = worker.conn
+        inflight = worker.inflight
+        while conn in self._workers:
+            try:
+                if not (conn.buffered() or conn.poll(0)):
+                    return
+                replies = conn.recv_ready()
+            except (EOFError, OSError):
+                self._lost(worker)
+                return
+            except BaseException as exc:  # noqa: BLE001 - a result that does not unpickle in the parent
+                if self._executor_mode:
+                    error = BrokenProcessPool(f"a result could not be unpickled: {type(exc).__name__}: {exc}")
+                    error.__cause__ = exc
+                    exc = error
+                elif not isinstance(exc, Exception):
+                    raise
+                replies = [messages.result(inflight[0].id if inflight else -1, False, (exc, ""), 0.0, 0.0, 0.0)]
+            self._settle_replies(worker, replies)
+
+    def _settle_replies(self, worker: _Worker, replies: list[tuple[Any, ...]]) -> None:
+        inflight = worker.inflight
+        item_seconds = self._item_seconds
+        tasks = wire = 0
+        computing = serializing = waiting = 0.0
+        try:
+            is_result = messages.is_result
+            for reply in replies:
+                if not is_result(reply):
+                    if messages.kind_of(reply) is messages.MessageKind.BYE:
+                        # It left after maxtasksperchild or max_memory_per_child.
+                        self._retire(worker, RetireReason.LEFT)
+                        return
+                    # An executor's initializer raised. The worker exits by itself: let it
+                    # finish (flush what its initializer queued, a log record for instance)
+                    # before the pool breaks and ends the others.
+                    worker.process.join(5)
+                    text = messages.init_failed_text(reply)
+                    self.pool._broken = f"the initializer failed in a worker ({text}); the executor is broken"
+                    self.pool._terminate(kill=False)
+                    return
+                task_id, success, values, seconds, serializing_one, waiting_one = reply
+                if not inflight or inflight[0].id != task_id:
+                    continue  # a cancelled task's
+                task = inflight.popleft()
+                wire += task.wire
+                per_item = seconds / (task.count or 1)
+                item_seconds = per_item if item_seconds is None else item_seconds + 0.2 * (per_item - item_seconds)
+                tasks += 1
+                computing += seconds
+                serializing += serializing_one
+                waiting += waiting_one
+                if inflight and inflight[0].timeout:
+                    self._start_clock(inflight[0])
+                if not success:
+                    exc, tb = values
+                    values = rebuild_exception(exc, tb) if tb else exc
+                self._finish(task, success, values)
+        finally:
+            self._item_seconds = item_seconds
+            worker.queued -= wire
+            done = worker.done
+            done.tasks += tasks
+            done.compute_seconds += computing
+            done.serialize_seconds += serializing
+            done.wait_seconds += waiting
+
+    def _finish(self, task: _Task, success: bool, values: Any) -> None:
+        # Supervisor thread only. No lock: the callers' threads only add entries, and a
+        # dict's pop is atomic; taking the lock here made every reply wait for a caller
+        # submitting a batch of tasks.
+        self._outstanding.pop(task.id, None)
+        task.settle(success, values)
+
+    def _lost(self, worker: _Worker) -> None:
+        self._retire(worker, RetireReason.LOST)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for worker in list(self._workers.values()):
+            task = worker.inflight[0] if worker.inflight else None
+            if task is not None and task.deadline is not None and task.deadline <= now:
+                worker.process.kill()
+                self._retire(worker, RetireReason.TIMEOUT)
+
+    def _error(self, why: RetireReason, task: _Task, name: str, pid: int, exitcode: int | None) -> BaseException:
+        if why is RetireReason.CANCELLED:
+            return CancelledError(f"task {task.label} was cancelled; worker {name} (pid {pid}) was stopped")
+        if why is RetireReason.TIMEOUT:
+            return TaskTimeoutError(
+                f"task {task.label} ran longer than its timeout of {task.timeout}s per item; "
+                f"worker {name} (pid {pid}) was stopped"
+            )
+        return WorkerLostError(
+            f"worker {name} (pid {pid}) died with {_signal_text(exitcode)} while running task {task.label}",
+            exitcode,
+        )
+
+    def _retire(self, worker: _Worker, why: RetireReason) -> None:
+        """Remove *worker*; fail (or retry) its running task, requeue the rest, replace it
+        (*why*: see RetireReason)."""
+        with self._lock:
+            # Under the lock: a dispatch from a caller's thread either finished before this
+            # (its tasks are in worker.inflight, requeued below) or will not see this worker.
+            self._workers.pop(worker.conn, None)
+        for fd in (worker.conn.fileno(), worker.sentinel):
+            self._fds.pop(fd, None)
+            self._poller.unregister(fd)
+        worker.conn.close()
+        process = worker.process
+        name, pid = process.name, process.pid
+        if why is not RetireReason.LEFT:
+            # Dead or being killed, not yet reaped: what its task started goes too.
+            if not wait([worker.sentinel], 5):
+                process.kill()
+                wait([worker.sentinel])
+            end_process_group(pid)
+        process.join(5)
+        if process.exitcode is None:  # "bye" came before the exit: make sure
+            process.kill()
+            process.join()
+        exitcode = process.exitcode
+        process.close()
+        requeue = list(worker.inflight)
+        # After terminate() (which signals the workers itself), a worker's death is not a
+        # loss: its tasks stay outstanding and _shutdown fails them as terminated.
+        if why is not RetireReason.LEFT and requeue and self.pool._state is not PoolState.TERMINATED:
+            task = requeue.pop(0)
+            if why is RetireReason.LOST and task.retries > 0:
+                task.retries -= 1
+                requeue.insert(0, task)
+            else:
+                self._finish(task, False, self._error(why, task, name, pid, exitcode))
+        with self._lock:
+            for task in reversed(requeue):
+                task.deadline = None
+                self._pending.appendleft(task)
+        state = self.pool._state
+        if state is not PoolState.TERMINATED and (state is PoolState.RUNNING or self._outstanding):
+            self._replace_worker()
+
+    def _shutdown(self) -> None:
+        """Stop every worker; fail what is left if the pool was terminated."""
+        terminated = self.pool._state is PoolState.TERMINATED
+        for worker in self._workers.values():
+            try:
+                if terminated:
+                    worker.process.terminate()
+                else:
+                    worker.conn.send(messages.STOP)
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + TERMINATE_GRACE
+        for worker in self._workers.values():
+            if terminated:
+                if not wait([worker.sentinel], max(0.0, deadline - time.monotonic())):
+                    worker.process.kill()
+                    wait([worker.sentinel])
+                end_process_group(worker.process.pid)  # before it is reaped: see _retire
+            worker.process.join()
+            worker.conn.close()
+            worker.process.close()
+        self._workers.clear()
+        with self._lock:
+            leftovers = list(self._outstanding.values())
+            self._outstanding.clear()
+            self._pending.clear()
+        for task in leftovers:
+            if self.pool._broken is not None:
+                task.settle(False, BrokenProcessPool(self.pool._broken))
+            else:
+                task.settle(False, PoolTerminatedError(f"the pool was terminated before task {task.label} finished"))
+        with self._lock:
+            wake_w, self._wake_w = self._wake_w, None
+        os.close(self._wake_r)
+        if wake_w is not None:
+            os.close(wake_w)
+        self.pool._exit_finalizer.cancel()
+
+
+
+_worker_numbers = itertools.count(1)
+
+
+def _has_ended(worker: _Worker) -> bool:
+    """Whether *worker* has died (and the supervisor has not seen it yet)."""
+    return bool(wait([worker.sentinel], 0))
