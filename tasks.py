@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """Project tasks that need nothing but python3: each creates .venv on first use.
 
-    python3 tasks.py demo          the main job: a 5-second load test of the built-in target server
-    python3 tasks.py tutorial      the tutorial's examples, live, under every start method (alias: examples)
-    python3 tasks.py test          lint + the default test run on every supported CPython found (what CI runs)
-    python3 tasks.py test-slow     soak / stress tests
-    python3 tasks.py conformance   CPython's own multiprocessing tests against procly
-    python3 tasks.py bench         benchmarks against the standard library
-    python3 tasks.py bench-load    procly loadtest against wrk and locust on a loopback nginx
-    python3 tasks.py wheel         the release sdist + abi3 manylinux wheel, repaired by auditwheel, in dist/
-    python3 tasks.py docs          the documentation site (MkDocs, strict: a warning fails) in site/
+python3 tasks.py demo          the main job: a 5-second load test of the built-in target server
+python3 tasks.py tutorial      the tutorial's examples, live, under every start method (alias: examples)
+python3 tasks.py test          lint + the default test run on every supported CPython found (what CI runs)
+python3 tasks.py test-slow     soak / stress tests
+python3 tasks.py conformance   CPython's own multiprocessing tests against procly
+python3 tasks.py bench         benchmarks against the standard library
+python3 tasks.py bench-load    procly loadtest against wrk and locust on a loopback nginx
+python3 tasks.py wheel         the release sdist + abi3 manylinux wheel, repaired by auditwheel, in dist/
+python3 tasks.py docs          the documentation site (MkDocs, strict: a warning fails) in site/
 """
 
 from __future__ import annotations
@@ -62,15 +62,21 @@ def other_pythons() -> dict[str, str]:
     if chosen is not None:
         candidates = [] if chosen.strip() in ("", "none") else [c.strip() for c in chosen.split(",")]
     else:
-        candidates = sorted(str(p) for p in Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")).glob(
-            "versions/3.*/bin/python3"))
+        candidates = sorted(
+            str(p) for p in Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")).glob("versions/3.*/bin/python3")
+        )
         candidates += [found for minor in range(11, 20) if (found := shutil.which(f"python3.{minor}"))]
     primary = f"{sys.version_info[0]}.{sys.version_info[1]}"
     found: dict[str, str] = {}
     for candidate in candidates:
         try:
-            version = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                                     capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+            version = subprocess.run(
+                [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             continue
         major, minor = map(int, version.split("."))
@@ -81,8 +87,11 @@ def other_pythons() -> dict[str, str]:
 
 # What the other Pythons run: the whole default suite but the tests that are about the
 # release itself (they install the wheel into every Python themselves) and the docs.
-SECONDARY_PYTEST = ["--ignore=tests/test_packaging.py", "--ignore=tests/test_docs.py",
-                    "--ignore=tests/test_readme_examples.py"]
+SECONDARY_PYTEST = [
+    "--ignore=tests/test_packaging.py",
+    "--ignore=tests/test_docs.py",
+    "--ignore=tests/test_readme_examples.py",
+]
 
 
 def ensure_locust() -> None:
@@ -133,15 +142,23 @@ def build_release(python: str | Path, out: Path) -> tuple[Path, Path]:
     env.pop("PROCLY_NO_EXTENSION", None)
     with tempfile.TemporaryDirectory(prefix="procly-wheel-") as tmp:
         raw = Path(tmp) / "raw"
-        subprocess.run([str(python), "-m", "build", "--no-isolation", "--outdir", str(raw), str(ROOT)],
-                       check=True, env=env, cwd=tmp)
+        subprocess.run(
+            [str(python), "-m", "build", "--no-isolation", "--outdir", str(raw), str(ROOT)],
+            check=True,
+            env=env,
+            cwd=tmp,
+        )
         (sdist,) = raw.glob("procly-*.tar.gz")
         (wheel,) = raw.glob("procly-*.whl")
         if "-abi3-" not in wheel.name:
             raise RuntimeError(f"{wheel.name}: not an abi3 wheel (was the C extension built?)")
         repaired = Path(tmp) / "repaired"
-        subprocess.run([str(python), "-m", "auditwheel", "repair", "--wheel-dir", str(repaired), str(wheel)],
-                       check=True, env=env, cwd=tmp)
+        subprocess.run(
+            [str(python), "-m", "auditwheel", "repair", "--wheel-dir", str(repaired), str(wheel)],
+            check=True,
+            env=env,
+            cwd=tmp,
+        )
         (fixed,) = repaired.glob("procly-*.whl")
         versions = manylinux_versions(fixed.name)
         if not versions or min(versions) > MAX_MANYLINUX:
@@ -176,12 +193,16 @@ def run(*argv: str) -> int:
 def test(py: str, rest: list[str]) -> int:
     """Lint, then the default suite on this Python, then on every other supported CPython found."""
     code = run(py, "-m", "ruff", "check", "src", "tests", "benchmarks", "tasks.py")
+    code = code or run(py, "-m", "ruff", "format", "--check", "src", "tests", "benchmarks", "tasks.py")
     code = code or run(py, "-m", "mypy")  # strict on src/procly (pyproject.toml)
     if code:
         return code
     pythons = other_pythons()
-    print(f"test run on Python {sys.version.split()[0]} (all tests), then "
-          f"{', '.join(pythons) or 'no other Python'} (all but the release and docs tests)", flush=True)
+    print(
+        f"test run on Python {sys.version.split()[0]} (all tests), then "
+        f"{', '.join(pythons) or 'no other Python'} (all but the release and docs tests)",
+        flush=True,
+    )
     failed = []
     if run(py, "-m", "pytest", "-m", "not slow and not conformance", *rest):
         failed.append(f"{sys.version_info[0]}.{sys.version_info[1]}")

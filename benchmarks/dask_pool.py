@@ -51,11 +51,43 @@ def start_cluster(workdir: Path) -> tuple[list[subprocess.Popen], str]:
     scheduler_file = workdir / "scheduler.json"
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                               "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(scheduler_file)], **quiet)]
-    procs += [subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
-                                "--host", "127.0.0.1", "--no-dashboard", "--local-directory", str(workdir)], **quiet)
-              for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                dask,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--dashboard-address",
+                "127.0.0.1:0",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
+            **quiet,
+        )
+    ]
+    procs += [
+        subprocess.Popen(
+            [
+                dask,
+                "worker",
+                "--scheduler-file",
+                str(scheduler_file),
+                "--nthreads",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+                "--local-directory",
+                str(workdir),
+            ],
+            **quiet,
+        )
+        for _ in range(2)
+    ]
     while not scheduler_file.exists():
         time.sleep(0.1)
     import json

@@ -125,8 +125,9 @@ class Nginx:
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Nginx:
-        self.process = subprocess.Popen(["nginx", "-c", str(self.conf), "-p", str(self.workdir)],
-                                        stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            ["nginx", "-c", str(self.conf), "-p", str(self.workdir)], stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -154,8 +155,9 @@ def run_wrk(url: str, seconds: int) -> dict[str, float] | None:
     if not shutil.which("wrk"):
         print("  wrk: not installed (apt-get install wrk), skipped")
         return None
-    out = subprocess.run(["wrk", "-t1", "-c64", f"-d{seconds}s", "--latency", url], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", "-c64", f"-d{seconds}s", "--latency", url], capture_output=True, text=True, check=True
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p50.group(2)]
@@ -163,9 +165,28 @@ def run_wrk(url: str, seconds: int) -> dict[str, float] | None:
 
 
 def run_procly(url: str, seconds: int, processes: int = 1, extra: tuple[str, ...] = ()) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-m", "procly.cli", "loadtest", "-q", "-p", str(processes), "-c", "64",
-                          "-d", f"{seconds}s", "--json", "-", *extra, url], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "procly.cli",
+            "loadtest",
+            "-q",
+            "-p",
+            str(processes),
+            "-c",
+            "64",
+            "-d",
+            f"{seconds}s",
+            "--json",
+            "-",
+            *extra,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     report = json.loads(out)
     return {"rps": report["requests_per_s"], "p50_ms": report["latency_p50_ms"], "requests": report["requests"]}
 
@@ -186,66 +207,150 @@ def run_locust(url: str, seconds: int, workdir: Path, source: str = LOCUSTFILE) 
     locustfile.write_text(source)
     prefix = workdir / "locust"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([binary, "-f", str(locustfile), "--headless", "-u", "64", "-r", "64", "-t", f"{seconds}s",
-                    "--host", url.rstrip("/"), "--csv", str(prefix), "--only-summary", "--loglevel", "ERROR"],
-                   capture_output=True, text=True, check=False, timeout=seconds + 60)
+    subprocess.run(
+        [
+            binary,
+            "-f",
+            str(locustfile),
+            "--headless",
+            "-u",
+            "64",
+            "-r",
+            "64",
+            "-t",
+            f"{seconds}s",
+            "--host",
+            url.rstrip("/"),
+            "--csv",
+            str(prefix),
+            "--only-summary",
+            "--loglevel",
+            "ERROR",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=seconds + 60,
+    )
     with open(f"{prefix}_stats.csv", newline="") as f:
         rows = {row["Name"]: row for row in csv.DictReader(f)}
     total = rows["Aggregated"]
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     count = int(total["Request Count"])
-    return {"rps": float(total["Requests/s"]), "p50_ms": float(total["50%"]),
-            "cpu_us_per_request": cpu / count * 1e6 if count else float("nan")}
+    return {
+        "rps": float(total["Requests/s"]),
+        "p50_ms": float(total["50%"]),
+        "cpu_us_per_request": cpu / count * 1e6 if count else float("nan"),
+    }
 
 
 def run_procly_flow(url: str, seconds: int, workdir: Path) -> dict[str, float]:
     scenario = workdir / "three_steps.py"
     scenario.write_text(FLOW_SCENARIO)
-    out = subprocess.run([sys.executable, "-m", "procly.cli", "loadtest", "-q", "-p", "1", "-u", "64", "-f",
-                          str(scenario), "-d", f"{seconds}s", "--json", "-", url], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "procly.cli",
+            "loadtest",
+            "-q",
+            "-p",
+            "1",
+            "-u",
+            "64",
+            "-f",
+            str(scenario),
+            "-d",
+            f"{seconds}s",
+            "--json",
+            "-",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     report = json.loads(out)
-    return {"rps": report["requests_per_s"], "p50_ms": report["latency_p50_ms"], "requests": report["requests"],
-            "errors": report["errors"], "cpu_us_per_request": report["worker_cpu_s"] / max(report["requests"], 1) * 1e6}
+    return {
+        "rps": report["requests_per_s"],
+        "p50_ms": report["latency_p50_ms"],
+        "requests": report["requests"],
+        "errors": report["errors"],
+        "cpu_us_per_request": report["worker_cpu_s"] / max(report["requests"], 1) * 1e6,
+    }
 
 
 def run_ten_thousand_users(seconds: int, workdir: Path) -> dict[str, float]:
     scenario = workdir / "thinking.py"
     scenario.write_text(THINKING_SCENARIO)
-    out = subprocess.run([sys.executable, "-m", "procly.cli", "loadtest", "-q", "-p", "1", "-u", "10000", "-f",
-                          str(scenario), "-d", f"{seconds}s", "--warmup", "3s", "--json", "-"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "procly.cli",
+            "loadtest",
+            "-q",
+            "-p",
+            "1",
+            "-u",
+            "10000",
+            "-f",
+            str(scenario),
+            "-d",
+            f"{seconds}s",
+            "--warmup",
+            "3s",
+            "--json",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     report = json.loads(out)
     expected = 10_000 / (1.0 + report["latency_mean_ms"] / 1000)
-    return {"rps": report["requests_per_s"], "expected_rps": expected, "p50_ms": report["latency_p50_ms"],
-            "p99_ms": report["latency_p99_ms"], "errors": report["errors"],
-            "rss_mib": report["worker_peak_rss_mib"]}
+    return {
+        "rps": report["requests_per_s"],
+        "expected_rps": expected,
+        "p50_ms": report["latency_p50_ms"],
+        "p99_ms": report["latency_p99_ms"],
+        "errors": report["errors"],
+        "rss_mib": report["worker_peak_rss_mib"],
+    }
 
 
 def flow_cases(seconds: int) -> None:
     with tempfile.TemporaryDirectory(prefix="procly-bench-flows-") as tmp:
         workdir = Path(tmp)
         with Nginx(workdir, access_log=False) as nginx:
-            print(f"three-step flow (GET, POST JSON, GET named), 64 users, think 0, one process, {seconds} s, "
-                  f"nginx on {nginx.url}")
+            print(
+                f"three-step flow (GET, POST JSON, GET named), 64 users, think 0, one process, {seconds} s, "
+                f"nginx on {nginx.url}"
+            )
             mine = run_procly_flow(nginx.url, seconds, workdir)
             time.sleep(1)
             theirs = run_locust(nginx.url, seconds, workdir, FLOW_LOCUSTFILE)
         # On a shared machine the CPU each request costs the client is the steadier figure.
         print(f"{'tool':<28}{'requests/s':>12}{'p50 ms':>9}{'procly / tool':>15}{'client CPU/request':>20}")
-        print(f"{'procly loadtest -f':<28}{mine['rps']:>12,.0f}{mine['p50_ms']:>9.2f}{1.0:>14.2f}x"
-              f"{mine['cpu_us_per_request']:>17.1f} µs")
+        print(
+            f"{'procly loadtest -f':<28}{mine['rps']:>12,.0f}{mine['p50_ms']:>9.2f}{1.0:>14.2f}x"
+            f"{mine['cpu_us_per_request']:>17.1f} µs"
+        )
         if theirs is not None:
             ratio = mine["rps"] / theirs["rps"] if theirs["rps"] else float("inf")
-            print(f"{'locust FastHttpUser':<28}{theirs['rps']:>12,.0f}{theirs['p50_ms']:>9.2f}{ratio:>14.2f}x"
-                  f"{theirs['cpu_us_per_request']:>17.1f} µs")
+            print(
+                f"{'locust FastHttpUser':<28}{theirs['rps']:>12,.0f}{theirs['p50_ms']:>9.2f}{ratio:>14.2f}x"
+                f"{theirs['cpu_us_per_request']:>17.1f} µs"
+            )
         print()
         print(f"10,000 virtual users, think time 1 s, one process, built-in target, {seconds} s after 3 s warm-up")
         big = run_ten_thousand_users(seconds, workdir)
-        print(f"  {big['rps']:,.0f} requests/s (10,000 users / (1 s + mean latency) = {big['expected_rps']:,.0f}), "
-              f"p50 {big['p50_ms']:.2f} ms, p99 {big['p99_ms']:.2f} ms, errors {big['errors']:,.0f}, "
-              f"worker peak RSS {big['rss_mib']:.1f} MiB")
+        print(
+            f"  {big['rps']:,.0f} requests/s (10,000 users / (1 s + mean latency) = {big['expected_rps']:,.0f}), "
+            f"p50 {big['p50_ms']:.2f} ms, p99 {big['p99_ms']:.2f} ms, errors {big['errors']:,.0f}, "
+            f"worker peak RSS {big['rss_mib']:.1f} MiB"
+        )
 
 
 def load_average() -> float:
@@ -264,8 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet_deadline = time.monotonic() + 60
     while load_average() > 0.5 and time.monotonic() < quiet_deadline:
         time.sleep(2)
-    print(f"load average before the runs: {load_average():.2f} (client and server share "
-          f"{len(os.sched_getaffinity(0))} cores)")
+    print(
+        f"load average before the runs: {load_average():.2f} (client and server share "
+        f"{len(os.sched_getaffinity(0))} cores)"
+    )
     if args.only_flows:
         flow_cases(args.seconds)
         return 0
@@ -296,8 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         ratio = mine["rps"] / result["rps"] if result["rps"] else float("inf")
         print(f"{name:<28}{result['rps']:>12,.0f}{result['p50_ms']:>9.2f}{ratio:>14.2f}x")
     print()
-    print(f"access-log check: procly counted {counted['requests']:,} requests with -n 20000 -p 2, "
-          f"nginx logged {logged:,}: {'match' if counted['requests'] == logged else 'MISMATCH'}")
+    print(
+        f"access-log check: procly counted {counted['requests']:,} requests with -n 20000 -p 2, "
+        f"nginx logged {logged:,}: {'match' if counted['requests'] == logged else 'MISMATCH'}"
+    )
     if not args.no_flows:
         print()
         flow_cases(args.seconds)

@@ -33,6 +33,7 @@ def _consume_faster_fifo(q, n: int, done) -> None:
 
 # procly and the standard library run the suite's own cases (seconds per item there).
 
+
 def procly_map(n: int, chunksize: int | None) -> float:
     return bench_pool_map(procly, n, chunksize) * n
 
@@ -108,20 +109,43 @@ def faster_fifo_queue(n: int, size: int) -> float:
 
 
 def _cases() -> list[tuple[str, int, dict[str, Callable[[], float]]]]:
-    map_peers = {"procly": procly_map, "stdlib": stdlib_map, "mpire": mpire_map, "joblib": joblib_map,
-                 "loky": loky_map, "ProcessPoolExecutor": futures_map}
+    map_peers = {
+        "procly": procly_map,
+        "stdlib": stdlib_map,
+        "mpire": mpire_map,
+        "joblib": joblib_map,
+        "loky": loky_map,
+        "ProcessPoolExecutor": futures_map,
+    }
     return [
-        ("map 100k trivial, default chunks", 100_000,
-         {name: (lambda f=f: f(100_000, None)) for name, f in map_peers.items()
-          if name not in ("loky", "ProcessPoolExecutor")}),
-        ("map 10k trivial, chunksize=1", 10_000,
-         {name: (lambda f=f: f(10_000, 1)) for name, f in map_peers.items()}),
-        ("Queue 20k items of 100 bytes", 20_000,
-         {"procly": lambda: procly_queue(20_000, 100), "stdlib": lambda: stdlib_queue(20_000, 100),
-          "faster-fifo": lambda: faster_fifo_queue(20_000, 100)}),
-        ("Queue 200 items of 1 MiB", 200,
-         {"procly": lambda: procly_queue(200, 1 << 20), "stdlib": lambda: stdlib_queue(200, 1 << 20),
-          "faster-fifo": lambda: faster_fifo_queue(200, 1 << 20)}),
+        (
+            "map 100k trivial, default chunks",
+            100_000,
+            {
+                name: (lambda f=f: f(100_000, None))
+                for name, f in map_peers.items()
+                if name not in ("loky", "ProcessPoolExecutor")
+            },
+        ),
+        ("map 10k trivial, chunksize=1", 10_000, {name: (lambda f=f: f(10_000, 1)) for name, f in map_peers.items()}),
+        (
+            "Queue 20k items of 100 bytes",
+            20_000,
+            {
+                "procly": lambda: procly_queue(20_000, 100),
+                "stdlib": lambda: stdlib_queue(20_000, 100),
+                "faster-fifo": lambda: faster_fifo_queue(20_000, 100),
+            },
+        ),
+        (
+            "Queue 200 items of 1 MiB",
+            200,
+            {
+                "procly": lambda: procly_queue(200, 1 << 20),
+                "stdlib": lambda: stdlib_queue(200, 1 << 20),
+                "faster-fifo": lambda: faster_fifo_queue(200, 1 << 20),
+            },
+        ),
     ]
 
 

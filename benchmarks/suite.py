@@ -290,4 +290,3 @@ def main() -> int:
         if t is not threading.main_thread() and not t.daemon:
             t.join(5)
     return 0
-

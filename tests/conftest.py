@@ -173,4 +173,3 @@ def descriptors_past_1023():
     for fd in held:
         os.close(fd)
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-

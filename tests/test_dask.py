@@ -49,13 +49,47 @@ def cluster(tmp_path_factory):
     # Dask gives up on a task after it killed 2 workers (default 4): keeps the worker-loss test short.
     env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1", "PYTHONPATH": os.getcwd()}
     log = (workdir / "cluster.log").open("w")
-    scheduler = subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                                  "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(scheduler_file)],
-                                 env=env, stdout=log, stderr=log)
-    workers = [subprocess.Popen([DASK, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
-                                 "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{i}",
-                                 "--local-directory", str(workdir)], env=env, stdout=log, stderr=log)
-               for i in range(2)]
+    scheduler = subprocess.Popen(
+        [
+            DASK,
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--dashboard-address",
+            "127.0.0.1:0",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+    workers = [
+        subprocess.Popen(
+            [
+                DASK,
+                "worker",
+                "--scheduler-file",
+                str(scheduler_file),
+                "--nthreads",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+                "--name",
+                f"w{i}",
+                "--local-directory",
+                str(workdir),
+            ],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+        for i in range(2)
+    ]
     started = [scheduler, *workers]
     try:
         deadline = time.monotonic() + 60
@@ -133,6 +167,7 @@ def initialized(_=None):
 
 # --- the seed document's example ---------------------------------------------------------
 
+
 def test_seed_pool_example_prints_the_same_on_a_loopback_cluster(cluster, tmp_path):
     source = (Path(procly.__file__).parent / "examples" / "pool.py").read_text()
     changed = source.replace("p = Pool(processes=4)", f"p = Pool(processes=4, backend='dask', address={cluster!r})")
@@ -147,6 +182,7 @@ def test_seed_pool_example_prints_the_same_on_a_loopback_cluster(cluster, tmp_pa
 
 
 # --- the Pool API on the CLI cluster -----------------------------------------------------
+
 
 def test_map_starmap_apply_and_results(pool):
     assert pool.map(square, range(50)) == [x * x for x in range(50)]
@@ -289,6 +325,7 @@ def test_executor_on_the_cluster(cluster):
 
 # --- a LocalCluster started (and ended) by the pool ----------------------------------------
 
+
 def test_local_cluster_pool_runs_initializer_and_cleans_up():
     before = descendants(os.getpid())
     with procly.Pool(2, initializer=remember, initargs=("ready",), backend="dask") as pool:
@@ -326,17 +363,23 @@ def test_bad_options():
 
 
 def test_importing_procly_does_not_import_dask():
-    code = ("import sys, procly, procly.pool\n"
-            "print(any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules))")
+    code = (
+        "import sys, procly, procly.pool\nprint(any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False"
 
 
 # --- procly loadtest --dask ----------------------------------------------------------------
 
+
 def test_loadtest_on_the_cluster_merges_every_task(cluster):
-    out = subprocess.run([sys.executable, "-m", "procly.cli", "loadtest", "--dask", cluster, "-d", "1.5", "-c", "8",
-                          "--json", "-"], capture_output=True, text=True, timeout=90)
+    out = subprocess.run(
+        [sys.executable, "-m", "procly.cli", "loadtest", "--dask", cluster, "-d", "1.5", "-c", "8", "--json", "-"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert "2 processes" in report["description"]  # one task per worker thread
@@ -349,15 +392,17 @@ def test_loadtest_call_on_the_cluster_spends_the_budget_exactly(cluster):
     from procly.loadtest import LoadTestConfig
     from procly.loadtest._dask import run_on_dask
 
-    report = run_on_dask(LoadTestConfig(call="tests.loadtest_targets:quick", processes=2, connections=3,
-                                        requests=300), cluster)
+    report = run_on_dask(
+        LoadTestConfig(call="tests.loadtest_targets:quick", processes=2, connections=3, requests=300), cluster
+    )
     assert report.requests == 300 and report.errors == 0 and not report.workers_lost
 
 
 def test_progress_bar_and_on_result_on_the_cluster(pool, capsys):
     seen = []
     assert pool.map(square, range(12), chunksize=3, on_result=seen.append, progress="dask") == [
-        x * x for x in range(12)]
+        x * x for x in range(12)
+    ]
     assert sorted(seen) == sorted(x * x for x in range(12))
     assert "12/12" in capsys.readouterr().err
     seen.clear()

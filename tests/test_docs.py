@@ -36,7 +36,7 @@ def test_every_page_is_in_the_nav_and_exists() -> None:
     nav = _nav_pages((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
     pages = {str(p.relative_to(ROOT / "docs")) for p in (ROOT / "docs").rglob("*.md")}
     assert "architecture.md" in nav
-    assert set(nav) == pages, (set(nav) ^ pages)
+    assert set(nav) == pages, set(nav) ^ pages
 
 
 @pytest.mark.skipif(not HAVE_MKDOCS, reason="the docs extra (mkdocs, mkdocs-material, mkdocstrings) is not installed")
@@ -45,7 +45,11 @@ def test_site_builds_in_strict_mode(tmp_path: Path) -> None:
     site = tmp_path / "site"
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-        cwd=ROOT, env=_env(NO_MKDOCS_2_WARNING="1"), capture_output=True, text=True, timeout=170,
+        cwd=ROOT,
+        env=_env(NO_MKDOCS_2_WARNING="1"),
+        capture_output=True,
+        text=True,
+        timeout=170,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
@@ -77,15 +81,22 @@ sys.exit(main(sys.argv[1:]))
 def test_tutorial_runs_without_the_extras(command: str, tmp_path: Path) -> None:
     script = tmp_path / "plain_procly.py"
     script.write_text(BLOCKER, encoding="utf-8")
-    proc = subprocess.run([sys.executable, str(script), command, "--method", "spawn", "--only", "pipe"],
-                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=110)
+    proc = subprocess.run(
+        [sys.executable, str(script), command, "--method", "spawn", "--only", "pipe"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "1/1 runs showed what the tutorial says" in proc.stdout, proc.stdout
     assert "Mars Loo" in proc.stdout  # the tutorial is named
 
 
 def test_help_names_the_tutorial_and_keeps_demo() -> None:
-    proc = subprocess.run([sys.executable, "-m", "procly", "--help"], env=_env(), capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "procly", "--help"], env=_env(), capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"tutorial \(demo\)\s+run the tutorial's examples", proc.stdout), proc.stdout

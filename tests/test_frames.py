@@ -12,5 +12,9 @@ def test_frame_codes_are_distinct_and_negative():
 def test_connection_and_queues_read_the_same_table():
     assert _connection._HEADER is _frames.HEADER is queues._HEADER
     assert (_connection._LARGE, _connection._OUT_OF_BAND, _connection._IN_MEMFD, _connection._NAMED_BACK) == (
-        _frames.LARGE, _frames.OUT_OF_BAND, _frames.IN_MEMFD, _frames.NAMED_BACK)
+        _frames.LARGE,
+        _frames.OUT_OF_BAND,
+        _frames.IN_MEMFD,
+        _frames.NAMED_BACK,
+    )
     assert (queues._SPILLED, queues._BATCH, queues._LARGE) == (_frames.SPILLED, _frames.BATCH, _frames.LARGE)

@@ -90,11 +90,15 @@ def test_slow_drip_is_cut_off_at_the_handshake_deadline():
             results[-1].close()
 
 
-@pytest.mark.parametrize("frame", [
-    struct.pack("!iIQ", -4, 1, 12345),  # "memfds named back": used to be read in a loop before auth
-    struct.pack("!iI", -2, 1) + struct.pack("!QQ", 10, 2**33),  # out-of-band object
-    struct.pack("!iQ", -1, 6 * 2**30),  # large frame, 6 GiB announced
-], ids=["named-back", "out-of-band", "large"])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        struct.pack("!iIQ", -4, 1, 12345),  # "memfds named back": used to be read in a loop before auth
+        struct.pack("!iI", -2, 1) + struct.pack("!QQ", 10, 2**33),  # out-of-band object
+        struct.pack("!iQ", -1, 6 * 2**30),  # large frame, 6 GiB announced
+    ],
+    ids=["named-back", "out-of-band", "large"],
+)
 def test_only_handshake_frames_before_authentication(frame):
     with Listener(authkey=KEY) as listener:
         peer = socket.socket(socket.AF_UNIX)
@@ -273,16 +277,25 @@ print(outcome)
 
 def _receive_in_a_fresh_process(header: bytes, sent: int) -> tuple[int, str]:
     """(peak RSS growth in MiB, the error) of a process that receives *header* and *sent* bytes."""
-    done = subprocess.run([sys.executable, "-c", _PROBE, SRC, header.hex(), str(sent)],
-                          capture_output=True, text=True, timeout=60, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, SRC, header.hex(), str(sent)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     growth, outcome = done.stdout.strip().splitlines()
     return int(growth), outcome
 
 
-@pytest.mark.parametrize("header", [
-    struct.pack("!iQ", -1, 6 * 2**30),  # a plain frame of 6 GiB
-    struct.pack("!iI", -2, 1) + struct.pack("!QQ", 100, 6 * 2**30),  # an out-of-band buffer of 6 GiB
-], ids=["plain", "out-of-band"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        struct.pack("!iQ", -1, 6 * 2**30),  # a plain frame of 6 GiB
+        struct.pack("!iI", -2, 1) + struct.pack("!QQ", 100, 6 * 2**30),  # an out-of-band buffer of 6 GiB
+    ],
+    ids=["plain", "out-of-band"],
+)
 def test_a_6_gib_header_costs_what_arrives(header):
     if os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") < 7 * 2**30:
         pytest.skip("needs a machine with more than 6 GiB of memory, or the header is refused at once")
@@ -292,10 +305,14 @@ def test_a_6_gib_header_costs_what_arrives(header):
     assert growth < 200, f"peak RSS grew by {growth} MiB for 32 MiB received"
 
 
-@pytest.mark.parametrize("header", [
-    struct.pack("!iQ", -1, 2**40),
-    struct.pack("!iI", -2, 2) + struct.pack("!QQQ", 100, 2**39, 2**39),
-], ids=["plain", "out-of-band"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        struct.pack("!iQ", -1, 2**40),
+        struct.pack("!iI", -2, 2) + struct.pack("!QQQ", 100, 2**39, 2**39),
+    ],
+    ids=["plain", "out-of-band"],
+)
 def test_an_impossible_size_is_a_message_error_naming_it(header):
     growth, outcome = _receive_in_a_fresh_process(header, 1000)
     assert outcome.startswith("MessageError"), outcome
@@ -446,8 +463,9 @@ sys.stdin.read()
 def test_the_fork_server_ends_with_its_owner_even_while_a_peer_holds_it():
     from .conftest import pid_state
 
-    owner = subprocess.Popen([sys.executable, "-c", _OWNER, SRC], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             text=True)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _OWNER, SRC], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     peer = socket.socket(socket.AF_UNIX)
     try:
         pid_text, address = owner.stdout.readline().split()

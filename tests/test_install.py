@@ -433,6 +433,7 @@ def test_xml_listener_and_socket_client_roundtrip():
     from procly import connection
 
     with connection.XmlListener(authkey=b"k") as listener:
+
         def serve() -> None:
             with listener.accept() as conn:
                 conn.send(conn.recv() + [3])
@@ -560,8 +561,7 @@ if __name__ == "__main__":
 def test_tqdm_process_map_runs_on_procly_executor(tmp_path, method):
     pytest.importorskip("tqdm")
     result = last_json(run_script(tmp_path, TQDM, method))
-    assert result == {"results": [x * x for x in range(30)], "executor": "procly.futures", "stdlib": False,
-                      "bar": True}
+    assert result == {"results": [x * x for x in range(30)], "executor": "procly.futures", "stdlib": False, "bar": True}
 
 
 JOBLIB = """

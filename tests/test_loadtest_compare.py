@@ -28,10 +28,16 @@ def report(samples_us, rps=1000.0, errors=0, names=("GET /",)):
     hist = histogram(samples_us)
     encoded = hist.encode().decode("ascii")
     requests = len(samples_us)
-    entry = {"requests": requests, "errors": errors, "requests_per_s": rps,
-             "latency_p50_ms": hist.get_value_at_percentile(50) / 1000,
-             "latency_p95_ms": hist.get_value_at_percentile(95) / 1000,
-             "latency_p99_ms": hist.get_value_at_percentile(99) / 1000, "histogram_hdr": encoded, "error_kinds": {}}
+    entry = {
+        "requests": requests,
+        "errors": errors,
+        "requests_per_s": rps,
+        "latency_p50_ms": hist.get_value_at_percentile(50) / 1000,
+        "latency_p95_ms": hist.get_value_at_percentile(95) / 1000,
+        "latency_p99_ms": hist.get_value_at_percentile(99) / 1000,
+        "histogram_hdr": encoded,
+        "error_kinds": {},
+    }
     data = dict(entry, error_rate_percent=100.0 * errors / (requests + errors) if requests + errors else 0.0)
     data["by_name"] = [dict(entry, name=name) for name in names]
     return data
@@ -138,12 +144,14 @@ def test_mann_whitney_matches_the_pairwise_definition():
     a = [rng.choice([100, 200, 300, 400]) for _ in range(60)]
     b = [rng.choice([200, 300, 400, 500]) for _ in range(50)]
     greater = sum(1 for x in b for y in a if x > y) + 0.5 * sum(1 for x in b for y in a if x == y)
-    effect, p = mann_whitney(Distribution.decode(histogram(a).encode().decode()),
-                             Distribution.decode(histogram(b).encode().decode()))
+    effect, p = mann_whitney(
+        Distribution.decode(histogram(a).encode().decode()), Distribution.decode(histogram(b).encode().decode())
+    )
     assert effect == pytest.approx(greater / (len(a) * len(b)), abs=1e-9)
     assert p < 0.01
-    same, p_same = mann_whitney(Distribution.decode(histogram(a).encode().decode()),
-                                Distribution.decode(histogram(a).encode().decode()))
+    same, p_same = mann_whitney(
+        Distribution.decode(histogram(a).encode().decode()), Distribution.decode(histogram(a).encode().decode())
+    )
     assert same == pytest.approx(0.5) and p_same == pytest.approx(1.0)
 
 
@@ -156,12 +164,20 @@ def test_proportion_test_is_one_sided():
 
 def test_real_reports_carry_histograms_per_name_and_compare_to_themselves(tmp_path):
     path = tmp_path / "run.json"
-    run = subprocess.run([sys.executable, "-m", "procly.cli", "loadtest", "-d", "1", "-p", "1", "-c", "4", "-q",
-                          "--json", str(path)], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "procly.cli", "loadtest", "-d", "1", "-p", "1", "-c", "4", "-q", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     data = json.loads(path.read_text())
     assert data["histogram_hdr"] and data["by_name"][0]["histogram_hdr"]
-    out = subprocess.run([sys.executable, "-m", "procly.cli", "loadtest", "compare", str(path), str(path)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "procly.cli", "loadtest", "compare", str(path), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "no regression" in out.stdout and "GET /" in out.stdout

@@ -68,8 +68,9 @@ def write(tmp_path, name: str, text: str) -> str:
 
 
 def procly_cli(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "procly.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "procly.cli", *args], capture_output=True, text=True, timeout=timeout, **kwargs
+    )
 
 
 def free_port() -> int:
@@ -93,12 +94,21 @@ def users_csv(tmp_path):
 
 # --- flows end to end ----------------------------------------------------------------------
 
+
 def test_flows_sessions_checks_and_names(ctx, tmp_path, users_csv):
     scenario = Scenario.load(write(tmp_path, "shop.py", SHOP), users_csv, seed=5)
     assert scenario.flow_names == ("browse", "broken") and len(scenario.rows) == 3
     with EmbeddedTarget(start_method=ctx.get_start_method()) as target:
-        report = run_load_test(LoadTestConfig(url=target.url, scenario=scenario, processes=2, connections=4,
-                                              duration=1.2, start_method=ctx.get_start_method()))
+        report = run_load_test(
+            LoadTestConfig(
+                url=target.url,
+                scenario=scenario,
+                processes=2,
+                connections=4,
+                duration=1.2,
+                start_method=ctx.get_start_method(),
+            )
+        )
     names = {stats.name: stats for stats in report.by_name}
     assert set(names) == {"login", "/bytes/[n]", "echo", "missing"}
     assert names["login"].requests == 4 and names["login"].errors == 0
@@ -109,8 +119,15 @@ def test_flows_sessions_checks_and_names(ctx, tmp_path, users_csv):
     assert report.exceptions == {"KeyError": names["missing"].requests}
     assert report.iterations > 4
     checks = {check.name: check for check in report.checks}
-    for name in ("logged in", "session kept", "default header sent", "row sent", "status is 200",
-                 "body contains 'x'", "status is 404"):
+    for name in (
+        "logged in",
+        "session kept",
+        "default header sent",
+        "row sent",
+        "status is 200",
+        "body contains 'x'",
+        "status is 404",
+    ):
         assert checks[name].failed == 0 and checks[name].passed > 0, name
     # A failed check is counted, is not an error, and does not stop the user.
     assert checks["always fails"].passed == 0 and checks["always fails"].failed == names["echo"].requests
@@ -119,7 +136,10 @@ def test_flows_sessions_checks_and_names(ctx, tmp_path, users_csv):
 
 
 def test_think_time_is_not_latency_and_rows_go_round_robin(tmp_path, target, users_csv):
-    path = write(tmp_path, "think.py", """
+    path = write(
+        tmp_path,
+        "think.py",
+        """
         from procly.loadtest import flow
 
         @flow
@@ -127,9 +147,13 @@ def test_think_time_is_not_latency_and_rows_go_round_robin(tmp_path, target, use
             r = await user.get("/echo?who=" + user.row["name"] + "&next=" + user.next_row()["name"], name="page")
             user.check(r, "row of the user", contains=user.row["name"])
             await user.think(1.0)
-    """)
-    report = run_load_test(LoadTestConfig(url=target.url, scenario=Scenario.load(path, users_csv), processes=1,
-                                          connections=3, duration=1.5))
+    """,
+    )
+    report = run_load_test(
+        LoadTestConfig(
+            url=target.url, scenario=Scenario.load(path, users_csv), processes=1, connections=3, duration=1.5
+        )
+    )
     page = report.name_stats("page")
     assert page.requests >= 3 and page.errors == 0
     # Each user waited a whole second between its requests: counted, every latency would be over 1000 ms.
@@ -139,10 +163,33 @@ def test_think_time_is_not_latency_and_rows_go_round_robin(tmp_path, target, use
 
 def test_cli_scenario_writes_names_and_checks_everywhere(tmp_path, users_csv):
     files = {kind: tmp_path / f"report.{kind}" for kind in ("json", "csv", "html")}
-    out = procly_cli("loadtest", "-f", write(tmp_path, "shop.py", SHOP), "--data", users_csv, "--data-order",
-                     "random", "--seed", "3", "-u", "4", "-p", "2", "-d", "1.2", "--json", str(files["json"]),
-                     "--csv", str(files["csv"]), "--html", str(files["html"]), "--fail-if", "checks<50%",
-                     "--fail-if", "p95{name=echo}>30s")
+    out = procly_cli(
+        "loadtest",
+        "-f",
+        write(tmp_path, "shop.py", SHOP),
+        "--data",
+        users_csv,
+        "--data-order",
+        "random",
+        "--seed",
+        "3",
+        "-u",
+        "4",
+        "-p",
+        "2",
+        "-d",
+        "1.2",
+        "--json",
+        str(files["json"]),
+        "--csv",
+        str(files["csv"]),
+        "--html",
+        str(files["html"]),
+        "--fail-if",
+        "checks<50%",
+        "--fail-if",
+        "p95{name=echo}>30s",
+    )
     assert out.returncode == 0, out.stderr
     assert re.search(r"^\s+echo\s+[\d,]+", out.stdout, flags=re.M) and "always fails" in out.stdout
     assert "KeyError" in out.stdout and "flows that raised" in out.stdout
@@ -160,9 +207,26 @@ def test_cli_scenario_writes_names_and_checks_everywhere(tmp_path, users_csv):
     for svg in re.findall(r"<svg.*?</svg>", page, flags=re.S):
         ET.fromstring(svg)
     # Thresholds on names and checks.
-    broken = procly_cli("loadtest", "-q", "-f", write(tmp_path, "shop.py", SHOP), "-u", "2", "-p", "1", "-d", "1",
-                        "--fail-if", "checks<99.9%", "--fail-if", "errors{name=missing}>0", "--fail-if",
-                        "errors{name=echo}>0", "--fail-if", "checks{name=always fails}<1%")
+    broken = procly_cli(
+        "loadtest",
+        "-q",
+        "-f",
+        write(tmp_path, "shop.py", SHOP),
+        "-u",
+        "2",
+        "-p",
+        "1",
+        "-d",
+        "1",
+        "--fail-if",
+        "checks<99.9%",
+        "--fail-if",
+        "errors{name=missing}>0",
+        "--fail-if",
+        "errors{name=echo}>0",
+        "--fail-if",
+        "checks{name=always fails}<1%",
+    )
     assert broken.returncode == 1
     assert "threshold broken: checks<99.9%" in broken.stderr
     assert "threshold broken: errors{name=missing}>0" in broken.stderr
@@ -171,20 +235,26 @@ def test_cli_scenario_writes_names_and_checks_everywhere(tmp_path, users_csv):
 
 
 def test_request_budget_in_flow_mode_is_exact(tmp_path, target):
-    path = write(tmp_path, "two.py", """
+    path = write(
+        tmp_path,
+        "two.py",
+        """
         from procly.loadtest import flow
 
         @flow
         async def two_steps(user):
             await user.get("/", name="first")
             await user.get("/bytes/3", name="second")
-    """)
-    report = run_load_test(LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=2,
-                                          connections=3, requests=301))
+    """,
+    )
+    report = run_load_test(
+        LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=2, connections=3, requests=301)
+    )
     assert report.requests == 301 and report.errors == 0
 
 
 # --- stages ------------------------------------------------------------------------------------
+
 
 def test_stages_parse_and_interpolate():
     stages = Stages.parse("1s:100, 2m:100,500ms:0")
@@ -195,17 +265,23 @@ def test_stages_parse_and_interpolate():
     assert stages.time_of_count(0) == 0 and stages.time_of_count(50) == pytest.approx(1.0)
     assert stages.time_of_count(150) == pytest.approx(2.0)
     assert stages.time_of_count(100 * 0.5 + 100 * 120 + 25) is None
-    for bad, message in [("", "no stage"), ("1s:10,abc", "stage 2 .'abc'. is not DURATION:TARGET"),
-                         ("1s:10,xs:5", "stage 2 .*no valid duration"), ("0s:5", "stage 1 .* longer than 0"),
-                         ("1s:0,2s:0", "every stage's target is 0"), ("1s:-3", "stage 1")]:
+    for bad, message in [
+        ("", "no stage"),
+        ("1s:10,abc", "stage 2 .'abc'. is not DURATION:TARGET"),
+        ("1s:10,xs:5", "stage 2 .*no valid duration"),
+        ("0s:5", "stage 1 .* longer than 0"),
+        ("1s:0,2s:0", "every stage's target is 0"),
+        ("1s:-3", "stage 1"),
+    ]:
         with pytest.raises(ValueError, match=message):
             Stages.parse(bad)
 
 
 def test_rate_stages_ramp_the_open_loop_rate(target):
     # 0 -> 200 req/s over 1 s, then 200 req/s for 1 s: 100 + 200 requests are due.
-    report = run_load_test(LoadTestConfig(url=target.url, processes=2, connections=8,
-                                          rate_stages=Stages.parse("1s:200,1s:200")))
+    report = run_load_test(
+        LoadTestConfig(url=target.url, processes=2, connections=8, rate_stages=Stages.parse("1s:200,1s:200"))
+    )
     assert report.errors == 0 and abs(report.requests - 300) <= 2, report.requests
     assert report.latency.min > 0
 
@@ -213,7 +289,10 @@ def test_rate_stages_ramp_the_open_loop_rate(target):
 def test_user_stages_ramp_users_up_and_down(tmp_path, target):
     started = tmp_path / "started"
     started.mkdir()
-    path = write(tmp_path, "ramp.py", f"""
+    path = write(
+        tmp_path,
+        "ramp.py",
+        f"""
         import os
         from procly.loadtest import flow, on_start
 
@@ -225,9 +304,17 @@ def test_user_stages_ramp_users_up_and_down(tmp_path, target):
         async def visit(user):
             await user.get("/")
             await user.think(0.01)
-    """)
-    report = run_load_test(LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=2,
-                                          connections=6, stages=Stages.parse("0.4s:6,0.6s:6,0.4s:0")))
+    """,
+    )
+    report = run_load_test(
+        LoadTestConfig(
+            url=target.url,
+            scenario=Scenario.load(path),
+            processes=2,
+            connections=6,
+            stages=Stages.parse("0.4s:6,0.6s:6,0.4s:0"),
+        )
+    )
     assert report.requests > 0 and report.errors == 0
     # Six users in all, numbered across both processes, none started twice.
     assert sorted(int(name) for name in os.listdir(started)) == list(range(6))
@@ -242,6 +329,7 @@ def test_cli_stages_for_the_single_url_load():
 
 
 # --- bad input ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(("source", "message"), [
     ("from procly.loadtest import flow\n\n@flow\nasync def f(user)\n    pass\n", r"bad\.py:4: syntax error"),
@@ -269,8 +357,9 @@ def test_broken_scenarios_fail_at_start_with_exit_2(tmp_path, source, message):
 def test_malformed_data_says_what_and_where(tmp_path, content, message):
     data = tmp_path / "data.csv"
     data.write_text(content)
-    scenario = write(tmp_path, "ok.py", "from procly.loadtest import flow\n\n@flow\nasync def f(user):\n"
-                                        "    await user.get('/')\n")
+    scenario = write(
+        tmp_path, "ok.py", "from procly.loadtest import flow\n\n@flow\nasync def f(user):\n    await user.get('/')\n"
+    )
     out = procly_cli("loadtest", "-f", scenario, "--data", str(data), "-d", "1")
     assert out.returncode == 2 and message in out.stderr and "data.csv" in out.stderr, out.stderr
 
@@ -297,27 +386,40 @@ def test_a_run_where_nothing_succeeded_exits_1(tmp_path):
     url = f"http://127.0.0.1:{free_port()}/"
     out = procly_cli("loadtest", "-q", "-p", "1", "-c", "2", "-d", "0.6", url)
     assert out.returncode == 1 and "no request succeeded" in out.stderr and "connect refused" in out.stderr
-    path = write(tmp_path, "refused.py", "from procly.loadtest import flow\n\n@flow\nasync def f(user):\n"
-                                         "    r = await user.get('/', name='home')\n    user.check(r, status=200)\n"
-                                         "    await user.think(0.05)\n")
+    path = write(
+        tmp_path,
+        "refused.py",
+        "from procly.loadtest import flow\n\n@flow\nasync def f(user):\n"
+        "    r = await user.get('/', name='home')\n    user.check(r, status=200)\n"
+        "    await user.think(0.05)\n",
+    )
     out = procly_cli("loadtest", "-q", "-f", path, "-u", "2", "-p", "1", "-d", "0.6", "--json", "-", url)
     assert out.returncode == 1 and "no request succeeded" in out.stderr
     report = json.loads(out.stdout)
     assert report["by_name"][0]["name"] == "home" and report["by_name"][0]["error_kinds"] == {
-        "connect refused": report["errors"]}
-    assert report["checks"] == [{"name": "status is 200", "passed": 0, "failed": report["errors"],
-                                 "passed_percent": 0.0}]
+        "connect refused": report["errors"]
+    }
+    assert report["checks"] == [
+        {"name": "status is 200", "passed": 0, "failed": report["errors"], "passed_percent": 0.0}
+    ]
 
 
 def test_flows_that_raise_before_any_request(tmp_path, target):
-    path = write(tmp_path, "raises.py", "from procly.loadtest import flow\n\n@flow\nasync def f(user):\n"
-                                        "    await user.think(0.01)\n    raise ValueError('no')\n")
+    path = write(
+        tmp_path,
+        "raises.py",
+        "from procly.loadtest import flow\n\n@flow\nasync def f(user):\n"
+        "    await user.think(0.01)\n    raise ValueError('no')\n",
+    )
     out = procly_cli("loadtest", "-q", "-f", path, "-u", "2", "-p", "1", "-d", "0.5", target.url)
     assert out.returncode == 1 and "every flow raised before its first request (ValueError" in out.stderr
 
 
 def test_checks_need_a_condition_and_responses_parse(tmp_path, target):
-    path = write(tmp_path, "api.py", """
+    path = write(
+        tmp_path,
+        "api.py",
+        """
         from procly.loadtest import flow
 
         @flow
@@ -331,9 +433,11 @@ def test_checks_need_a_condition_and_responses_parse(tmp_path, target):
             head = await user.head("/bytes/100", name="head")
             assert head.status == 200 and head.body == b"" and head.headers["content-length"] == "100"
             user.check(r)  # no condition: TypeError, counted as the flow's exception
-    """)
-    report = run_load_test(LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=1,
-                                          connections=1, requests=40))
+    """,
+    )
+    report = run_load_test(
+        LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=1, connections=1, requests=40)
+    )
     checks = {c.name: (c.passed, c.failed) for c in report.checks}
     assert checks == {"predicate": (20, 0), "json headers.host": (20, 0), "json no.such.field": (0, 20)}
     assert report.exceptions == {"TypeError": 20} and report.errors == 0
@@ -342,22 +446,28 @@ def test_checks_need_a_condition_and_responses_parse(tmp_path, target):
 
 # --- flows under --dask ------------------------------------------------------------------------
 
+
 @pytest.mark.allow_leaks  # Dask's in-process cluster keeps its loop's pipes and sockets, as in test_dask.py
 def test_flows_run_as_dask_tasks(tmp_path, target):
     distributed = pytest.importorskip("distributed")
     from procly.loadtest._dask import run_on_dask
 
-    path = write(tmp_path, "dask_flow.py", """
+    path = write(
+        tmp_path,
+        "dask_flow.py",
+        """
         from procly.loadtest import flow
 
         @flow
         async def visit(user):
             r = await user.get("/bytes/10", name="page")
             user.check(r, status=200)
-    """)
+    """,
+    )
     config = LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=2, connections=4, requests=200)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
         report = run_on_dask(config, cluster.scheduler_address)
     assert report.requests == 200 and report.errors == 0 and not report.workers_lost
     assert [(c.name, c.passed, c.failed) for c in report.checks] == [("status is 200", 200, 0)]
@@ -365,8 +475,9 @@ def test_flows_run_as_dask_tasks(tmp_path, target):
 
 
 def test_stages_from_python_ramp_the_single_url_load(target):
-    report = run_load_test(LoadTestConfig(url=target.url + "bytes/5", processes=1, connections=3,
-                                          stages=Stages.parse("0.3s:3,0.5s:3")))
+    report = run_load_test(
+        LoadTestConfig(url=target.url + "bytes/5", processes=1, connections=3, stages=Stages.parse("0.3s:3,0.5s:3"))
+    )
     assert report.requests > 0 and report.errors == 0
     assert [s.name for s in report.by_name] == ["GET /bytes/5"]
     with pytest.raises(ValueError, match="need a URL"):
@@ -385,7 +496,10 @@ def test_too_many_names_are_grouped():
 
 
 def test_flow_requests_time_out_and_the_user_goes_on(tmp_path, target):
-    path = write(tmp_path, "slow.py", """
+    path = write(
+        tmp_path,
+        "slow.py",
+        """
         from procly.loadtest import flow
 
         @flow
@@ -394,9 +508,13 @@ def test_flow_requests_time_out_and_the_user_goes_on(tmp_path, target):
             user.check(r, "timed out", predicate=lambda response: response.error == "timeout")
             r = await user.get("/", name="fast")
             user.check(r, status=200)
-    """)
-    report = run_load_test(LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=1,
-                                          connections=2, duration=1.2, timeout=0.3))
+    """,
+    )
+    report = run_load_test(
+        LoadTestConfig(
+            url=target.url, scenario=Scenario.load(path), processes=1, connections=2, duration=1.2, timeout=0.3
+        )
+    )
     slow, fast = report.name_stats("slow"), report.name_stats("fast")
     assert slow.requests == 0 and slow.error_kinds == {"timeout": slow.errors} and slow.errors >= 2
     assert fast.requests >= 2 and fast.errors == 0  # on a new connection after the timeout

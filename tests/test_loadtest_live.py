@@ -51,9 +51,28 @@ class LiveRun:
         self.json_path = tmp_path / "report.json"
         self.html_path = tmp_path / "report.html"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "procly.cli", "loadtest", "-f", str(scenario), "-p", "1", "-u", "4", "-q",
-             "--json", str(self.json_path), "--html", str(self.html_path), *options],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "procly.cli",
+                "loadtest",
+                "-f",
+                str(scenario),
+                "-p",
+                "1",
+                "-u",
+                "4",
+                "-q",
+                "--json",
+                str(self.json_path),
+                "--html",
+                str(self.html_path),
+                *options,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -92,8 +111,11 @@ class LiveRun:
 
     def end_linger(self) -> None:
         """Once the reports are written and the dashboard lingers, end it with Ctrl-C."""
-        wait_for(lambda: any("stays up" in line for line in self.stderr) or self.proc.poll() is not None, 60,
-                 "the dashboard's linger")
+        wait_for(
+            lambda: any("stays up" in line for line in self.stderr) or self.proc.poll() is not None,
+            60,
+            "the dashboard's linger",
+        )
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
 
@@ -127,6 +149,7 @@ def samples(families) -> dict[tuple[str, tuple], float]:
 
 # --- addresses and the text format ------------------------------------------------------------
 
+
 def test_addresses_default_to_loopback_and_any_port():
     assert parse_address("", "--web") == ("127.0.0.1", 0)
     assert parse_address(":9464", "--prometheus") == ("127.0.0.1", 9464)
@@ -141,11 +164,26 @@ def test_addresses_default_to_loopback_and_any_port():
 def test_metrics_text_parses_in_both_formats_with_awkward_names():
     parser = pytest.importorskip("prometheus_client.parser")
     openmetrics = pytest.importorskip("prometheus_client.openmetrics.parser")
-    snapshot = {"names": [{"name": 'GET /a "quoted"\\ \nname', "requests": 3, "errors": 1,
-                           "buckets": [0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3], "requests_timed": 3, "sum_s": 0.02}],
-                "checks": [{"name": "ok", "passed": 2, "failed": 1}], "users": 7, "elapsed_s": 1.5, "running": True}
-    for families in (list(openmetrics.text_string_to_metric_families(render_metrics(snapshot, True))),
-                     list(parser.text_string_to_metric_families(render_metrics(snapshot, False)))):
+    snapshot = {
+        "names": [
+            {
+                "name": 'GET /a "quoted"\\ \nname',
+                "requests": 3,
+                "errors": 1,
+                "buckets": [0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3],
+                "requests_timed": 3,
+                "sum_s": 0.02,
+            }
+        ],
+        "checks": [{"name": "ok", "passed": 2, "failed": 1}],
+        "users": 7,
+        "elapsed_s": 1.5,
+        "running": True,
+    }
+    for families in (
+        list(openmetrics.text_string_to_metric_families(render_metrics(snapshot, True))),
+        list(parser.text_string_to_metric_families(render_metrics(snapshot, False))),
+    ):
         values = samples(families)
         name = (("name", 'GET /a "quoted"\\ \nname'),)
         assert values[("procly_loadtest_requests_total", name)] == 3
@@ -157,6 +195,7 @@ def test_metrics_text_parses_in_both_formats_with_awkward_names():
 
 
 # --- --prometheus, scraped during a run ----------------------------------------------------------
+
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_prometheus_endpoint_is_scraped_during_the_run(tmp_path, method):
@@ -174,21 +213,31 @@ def test_prometheus_endpoint_is_scraped_during_the_run(tmp_path, method):
             return samples(openmetrics.text_string_to_metric_families(text))
 
         home = (("name", "home"),)
-        first = wait_for(lambda: (s := scrape()).get(("procly_loadtest_requests_total", home)) and s, 30,
-                         "requests in the metrics")
-        second = wait_for(lambda: (s := scrape())[("procly_loadtest_requests_total", home)]
-                          > first[("procly_loadtest_requests_total", home)] and s, 30, "the counters to grow")
+        first = wait_for(
+            lambda: (s := scrape()).get(("procly_loadtest_requests_total", home)) and s, 30, "requests in the metrics"
+        )
+        second = wait_for(
+            lambda: (
+                (s := scrape())[("procly_loadtest_requests_total", home)]
+                > first[("procly_loadtest_requests_total", home)]
+                and s
+            ),
+            30,
+            "the counters to grow",
+        )
         _, plain = get(base)  # Prometheus' own text format when OpenMetrics is not asked for
         plain_values = samples(parser.text_string_to_metric_families(plain))
-        assert plain_values[("procly_loadtest_requests_total", home)] >= first[("procly_loadtest_requests_total",
-                                                                                 home)]
+        assert plain_values[("procly_loadtest_requests_total", home)] >= first[("procly_loadtest_requests_total", home)]
         assert run.finish() == 0, "".join(run.stderr)
     finally:
         run.stop()
     for name in ("home", "missing"):
         label = (("name", name),)
-        buckets = sorted((float(dict(k[1])["le"]), v) for k, v in second.items()
-                         if k[0] == "procly_loadtest_request_duration_seconds_bucket" and dict(k[1])["name"] == name)
+        buckets = sorted(
+            (float(dict(k[1])["le"]), v)
+            for k, v in second.items()
+            if k[0] == "procly_loadtest_request_duration_seconds_bucket" and dict(k[1])["name"] == name
+        )
         assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
         assert buckets[-1] == (float("inf"), second[("procly_loadtest_request_duration_seconds_count", label)])
         assert second[("procly_loadtest_request_duration_seconds_sum", label)] > 0
@@ -201,14 +250,15 @@ def test_prometheus_endpoint_is_scraped_during_the_run(tmp_path, method):
     report = json.loads(run.json_path.read_text())
     final = {entry["name"]: entry["requests"] for entry in report["by_name"]}
     assert final["home"] >= second[("procly_loadtest_requests_total", (("name", "home"),))]
-    host, port = base[len("http://"):].split("/")[0].split(":")
+    host, port = base[len("http://") :].split("/")[0].split(":")
     with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=2):
         pass  # the exporter is gone with the run
 
 
 def test_final_report_has_axes_thresholds_configuration_and_machine(tmp_path):
-    run = LiveRun(tmp_path, "-d", "1", "--fail-if", "p99>10s", "--fail-if", "checks<99%",
-                  "--fail-if", "p95{name=home}>10s")
+    run = LiveRun(
+        tmp_path, "-d", "1", "--fail-if", "p99>10s", "--fail-if", "checks<99%", "--fail-if", "p95{name=home}>10s"
+    )
     try:
         assert run.finish() == 1, "".join(run.stderr)
     finally:
@@ -232,8 +282,11 @@ def test_final_report_has_axes_thresholds_configuration_and_machine(tmp_path):
     assert "latency (ms)" in svgs["latency-over-time"]
     assert ">home<" in svgs["spectrum"] and ">missing<" in svgs["spectrum"]  # a curve per name
     rows = re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td><td class=\"(pass|fail)\">", page)
-    assert [(html.unescape(c), v) for c, _, v in rows] == [("p99>10s", "pass"), ("checks<99%", "fail"),
-                                                           ("p95{name=home}>10s", "pass")]
+    assert [(html.unescape(c), v) for c, _, v in rows] == [
+        ("p99>10s", "pass"),
+        ("checks<99%", "fail"),
+        ("p95{name=home}>10s", "pass"),
+    ]
     assert "1 of 3 broke" in page and machine["host"] in page and "<script" not in page
 
 
@@ -263,8 +316,28 @@ def test_web_followed_by_a_url_tests_that_url():
     from procly.loadtest import EmbeddedTarget
 
     with EmbeddedTarget() as target:
-        out = subprocess.run([sys.executable, "-m", "procly.cli", "loadtest", "-q", "-p", "1", "-c", "2", "-n", "50",
-                              "--web-linger", "0", "--web", target.url], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "procly.cli",
+                "loadtest",
+                "-q",
+                "-p",
+                "1",
+                "-c",
+                "2",
+                "-n",
+                "50",
+                "--web-linger",
+                "0",
+                "--web",
+                target.url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert out.returncode == 0, out.stderr
     assert "live dashboard at http://127.0.0.1:" in out.stderr and "built-in target" not in out.stderr
     assert target.url in out.stdout
@@ -272,8 +345,12 @@ def test_web_followed_by_a_url_tests_that_url():
 
 def test_bad_live_options_exit_2():
     for option in (["--web=127.0.0.1:99999"], ["--prometheus", "x:y"], ["--web-linger", "soon", "--web"]):
-        out = subprocess.run([sys.executable, "-m", "procly.cli", "loadtest", "-n", "10", *option],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "procly.cli", "loadtest", "-n", "10", *option],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 2, (option, out.stderr)
         assert "procly loadtest:" in out.stderr
 
@@ -304,6 +381,7 @@ def test_live_state_follows_a_tally_and_the_final_report():
 
 # --- --web, in a real browser ---------------------------------------------------------------------
 
+
 def _chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found:
@@ -313,8 +391,13 @@ def _chromium() -> str:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
         subprocess.run(["apt-get", "update"], check=True, capture_output=True, timeout=300, env=env)
-        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"], check=True,
-                       capture_output=True, timeout=600, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+            check=True,
+            capture_output=True,
+            timeout=600,
+            env=env,
+        )
     except (subprocess.SubprocessError, OSError) as exc:
         pytest.skip(f"chromium is not installed and apt-get could not install it: {exc}")
     found = shutil.which("chromium")
@@ -329,11 +412,27 @@ def chromium(tmp_path_factory):
     profile = tmp_path_factory.mktemp("chromium-profile")
 
     def browse(url: str, *extra: str) -> str:
-        out = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                              "--no-first-run", "--no-default-browser-check", f"--user-data-dir={profile}",
-                              "--virtual-time-budget=2500", *extra, url],
-                             capture_output=True, text=True, timeout=90)
+        out = subprocess.run(
+            [
+                binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--no-default-browser-check",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=2500",
+                *extra,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         return out.stdout
 
@@ -356,13 +455,15 @@ def table_rows(dom: str, table_id: str) -> list[list[str]]:
 def _page_during_run(tmp_path, chromium):
     """Start a 3 s run with --web and load its page while it runs: (run, url, the page) or None
     (and the run ended) when the page came too late."""
-    run = LiveRun(tmp_path, "-d", "3", "--web", "--web-linger", "60", "--fail-if", "p99>10s",
-                  "--fail-if", "checks<99%")
+    run = LiveRun(tmp_path, "-d", "3", "--web", "--web-linger", "60", "--fail-if", "p99>10s", "--fail-if", "checks<99%")
     try:
         url = run.url("live dashboard at")
         assert url.startswith("http://127.0.0.1:")
-        wait_for(lambda: (d := json.loads(get(url + "data.json")[1]))["running"] and d["requests"] > 0 or None, 30,
-                 "the run to start")
+        wait_for(
+            lambda: (d := json.loads(get(url + "data.json")[1]))["running"] and d["requests"] > 0 or None,
+            30,
+            "the run to start",
+        )
         during = chromium(url, "--dump-dom")
     except BaseException:
         run.stop()
@@ -411,12 +512,13 @@ def test_dashboard_in_headless_chromium(tmp_path, chromium):
     assert float(dom_value(final, "p99")) == pytest.approx(report["latency_p99_ms"], rel=1e-3)
     by_name = {row[0]: int(row[1].replace(",", "")) for row in table_rows(final, "names")}
     assert by_name == {entry["name"]: entry["requests"] for entry in report["by_name"]}
-    checks = {row[0]: (int(row[1].replace(",", "")), int(row[2].replace(",", ""))) for row in
-              table_rows(final, "checks")}
+    checks = {
+        row[0]: (int(row[1].replace(",", "")), int(row[2].replace(",", ""))) for row in table_rows(final, "checks")
+    }
     assert checks == {c["name"]: (c["passed"], c["failed"]) for c in report["checks"]}
     assert dom_value(final, "verdict") == "fail"
     verdicts = {row[0].replace("&lt;", "<").replace("&gt;", ">"): row[2] for row in table_rows(final, "thresholds")}
     assert verdicts == {"p99>10s": "pass", "checks<99%": "FAIL"}
     assert [t["passed"] for t in report["thresholds"]] == [True, False]
-    assert "<polyline" in final and "cdn" not in final.lower() and "src=\"http" not in final
+    assert "<polyline" in final and "cdn" not in final.lower() and 'src="http' not in final
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

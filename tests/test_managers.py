@@ -127,8 +127,10 @@ def owner_process(tmp_path, main: str):
     """A Python process running *main* (the body of its ``__main__`` block, which ends by
     sleeping); killed at the end if it still runs."""
     script = tmp_path / "owner.py"
-    script.write_text("import procly, time\nfrom procly.managers import SharedMemoryManager\n"
-                      "if __name__ == '__main__':\n" + textwrap.indent(main + "time.sleep(60)\n", "    "))
+    script.write_text(
+        "import procly, time\nfrom procly.managers import SharedMemoryManager\n"
+        "if __name__ == '__main__':\n" + textwrap.indent(main + "time.sleep(60)\n", "    ")
+    )
     owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         yield owner
@@ -184,6 +186,7 @@ def test_proxies_inside_their_own_server_count_references_in_place(ctx, manager)
 
 
 # --- the rest of SyncManager's types ------------------------------------------------------
+
 
 def test_barrier_event_and_condition_across_processes(ctx, manager):
     barrier, results = manager.Barrier(3), manager.list()
@@ -278,6 +281,7 @@ def test_manager_holding_a_pool_still_dies_with_its_owner(tmp_path):
 
 # --- SharedMemoryManager ---------------------------------------------------------------------
 
+
 def test_shared_memory_manager_owns_its_blocks(ctx):
     from procly.managers import SharedMemoryManager
 
@@ -302,8 +306,10 @@ def test_shared_memory_manager_owns_its_blocks(ctx):
 
 
 def test_shared_memory_manager_killed_leaves_nothing(tmp_path):
-    main = ("smm = SharedMemoryManager()\nsmm.start()\nblock = smm.SharedMemory(64)\n"
-            "print(block.name, smm._process.pid, flush=True)\n")
+    main = (
+        "smm = SharedMemoryManager()\nsmm.start()\nblock = smm.SharedMemory(64)\n"
+        "print(block.name, smm._process.pid, flush=True)\n"
+    )
     with owner_process(tmp_path, main) as owner:
         name, server_pid = owner.stdout.readline().split()
         assert name in os.listdir("/dev/shm")

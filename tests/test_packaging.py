@@ -65,19 +65,35 @@ UNSUPPORTED = {v: exe for v, exe in PYENV.items() if v == (3, 10)}
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment for an installed procly: no PYTHONPATH to the source tree, no PROCLY_* knobs."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV") and not k.startswith("PROCLY_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV") and not k.startswith("PROCLY_")
+    }
     env.update(extra)
     return env
 
 
-def run(argv: list[str | Path], *, timeout: float = 240, env: dict[str, str] | None = None,
-        cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout,
-                          env=env if env is not None else clean_env(), cwd=cwd)
+def run(
+    argv: list[str | Path],
+    *,
+    timeout: float = 240,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(a) for a in argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env if env is not None else clean_env(),
+        cwd=cwd,
+    )
     if check and proc.returncode != 0:
-        pytest.fail(f"{argv} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
-                    f"--- stderr\n{proc.stderr[-4000:]}")
+        pytest.fail(
+            f"{argv} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 
@@ -94,8 +110,22 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory, release: tuple[Path, Path]) -> Path:
     """procly's wheel, its dependencies and a build backend, for offline installs."""
     house = tmp_path_factory.mktemp("wheelhouse")
-    proc = run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q",
-                "--only-binary=:all:", "-d", house, "cloudpickle>=2.2", "setuptools>=77"], check=False)
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "-q",
+            "--only-binary=:all:",
+            "-d",
+            house,
+            "cloudpickle>=2.2",
+            "setuptools>=77",
+        ],
+        check=False,
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot fetch procly's dependencies for the test venvs: {proc.stderr[-500:]}")
     for artefact in release:
@@ -110,8 +140,21 @@ def make_venv(python: str | Path, where: Path) -> Path:
 
 
 def pip_install(vpython: Path, house: Path, *what: str | Path, env: dict[str, str] | None = None) -> None:
-    run([vpython, "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-index",
-         "--find-links", house, *what], env=env)
+    run(
+        [
+            vpython,
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-q",
+            "--no-index",
+            "--find-links",
+            house,
+            *what,
+        ],
+        env=env,
+    )
 
 
 # What a user does first: a Lock, a Value, a Pool, under every start method.
@@ -192,7 +235,9 @@ def test_wheel_is_abi3_and_manylinux_2_28_or_older(release: tuple[Path, Path]) -
 
 def test_manylinux_versions_of_tags() -> None:
     assert tasks.manylinux_versions("p-1-cp311-abi3-manylinux2014_x86_64.manylinux_2_17_x86_64.whl") == [
-        (2, 17), (2, 17)]
+        (2, 17),
+        (2, 17),
+    ]
     assert tasks.manylinux_versions("p-1-cp311-abi3-manylinux_2_34_x86_64.whl") == [(2, 34)]
     assert tasks.manylinux_versions("p-1-cp311-abi3-linux_x86_64.whl") == []
 
@@ -212,8 +257,9 @@ def test_wheel_base_install_this_python(release: tuple[Path, Path], wheelhouse: 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("version", sorted(OTHER_SUPPORTED), ids=lambda v: f"py{v[0]}.{v[1]}")
-def test_wheel_every_other_python(version: tuple[int, int], release: tuple[Path, Path], wheelhouse: Path,
-                                  tmp_path: Path) -> None:
+def test_wheel_every_other_python(
+    version: tuple[int, int], release: tuple[Path, Path], wheelhouse: Path, tmp_path: Path
+) -> None:
     vpython = make_venv(OTHER_SUPPORTED[version], tmp_path / "venv")
     pip_install(vpython, wheelhouse, "procly")
     info = check_installed(vpython, tmp_path, backend="c-extension")
@@ -221,11 +267,23 @@ def test_wheel_every_other_python(version: tuple[int, int], release: tuple[Path,
 
 
 @pytest.mark.parametrize("version", sorted(UNSUPPORTED), ids=lambda v: f"py{v[0]}.{v[1]}")
-def test_older_python_refuses_the_wheel(version: tuple[int, int], release: tuple[Path, Path],
-                                        tmp_path: Path) -> None:
+def test_older_python_refuses_the_wheel(version: tuple[int, int], release: tuple[Path, Path], tmp_path: Path) -> None:
     """3.10 is past its end of life: pip says no rather than installing something broken."""
-    proc = run([UNSUPPORTED[version], "-m", "pip", "install", "--disable-pip-version-check", "--no-deps",
-                "--no-index", "--target", tmp_path / "t", release[1]], check=False)
+    proc = run(
+        [
+            UNSUPPORTED[version],
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            tmp_path / "t",
+            release[1],
+        ],
+        check=False,
+    )
     assert proc.returncode != 0
     assert "not a supported wheel" in proc.stderr, proc.stderr
 
@@ -256,15 +314,34 @@ def _source_env(**extra: str) -> dict[str, str]:
 
 
 def test_fallback_runs_the_synchronize_and_sharedctypes_tests() -> None:
-    proc = run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:randomly", "tests/test_synchronize.py",
-                "tests/test_sharedctypes.py", "-k", "not fallback"],
-               env=_source_env(PROCLY_PURE_PYTHON="1"), cwd=ROOT, check=False, timeout=280)
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:randomly",
+            "tests/test_synchronize.py",
+            "tests/test_sharedctypes.py",
+            "-k",
+            "not fallback",
+        ],
+        env=_source_env(PROCLY_PURE_PYTHON="1"),
+        cwd=ROOT,
+        check=False,
+        timeout=280,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert re.search(r"\b\d+ passed\b", proc.stdout), proc.stdout[-2000:]
 
 
-@pytest.mark.parametrize("methods", [["spawn"], pytest.param(["fork", "spawn", "forkserver"], marks=pytest.mark.slow)],
-                         ids=["spawn", "every-method"])
+@pytest.mark.parametrize(
+    "methods",
+    [["spawn"], pytest.param(["fork", "spawn", "forkserver"], marks=pytest.mark.slow)],
+    ids=["spawn", "every-method"],
+)
 def test_fallback_runs_the_tutorial_examples(methods: list[str]) -> None:
     argv = [sys.executable, "-m", "procly", "demo"]
     for method in methods:

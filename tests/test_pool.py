@@ -92,9 +92,7 @@ def test_unpicklable_things_never_hang(pool):
 
 def test_progress_bar_and_on_result(pool, capsys):
     seen = []
-    assert pool.map(targets.square, range(20), progress="squares", on_result=seen.append) == [
-        x * x for x in range(20)
-    ]
+    assert pool.map(targets.square, range(20), progress="squares", on_result=seen.append) == [x * x for x in range(20)]
     assert sorted(seen) == sorted(x * x for x in range(20))
     err = capsys.readouterr().err
     assert "squares" in err and "20/20" in err
@@ -241,8 +239,12 @@ def _kill_workers_at_random(ctx, tasks: int, nap: float, chunksize: int, seed: i
         thread = threading.Thread(target=killer)
         thread.start()
         try:
-            results = [pool.starmap_async(targets.counted_nap, [(i, nap) for i in range(start, start + chunksize)],
-                                          chunksize=chunksize) for start in range(0, tasks, chunksize)]
+            results = [
+                pool.starmap_async(
+                    targets.counted_nap, [(i, nap) for i in range(start, start + chunksize)], chunksize=chunksize
+                )
+                for start in range(0, tasks, chunksize)
+            ]
             outcomes = []
             for r in results:
                 outcome = _outcomes([r])[0]
@@ -402,8 +404,9 @@ def test_a_batch_of_chunks_is_spread_over_the_workers(ctx):
     worker instead of queueing at the first one."""
     with ctx.Pool(2) as pool:
         pool.map(abs, range(100))  # short tasks measured: the depth is at its deepest
-        pids = pool.map(lambda x: (time.sleep(0.05) if x % 400 == 0 else None, os.getpid())[1],
-                        range(8 * 400), chunksize=400)
+        pids = pool.map(
+            lambda x: (time.sleep(0.05) if x % 400 == 0 else None, os.getpid())[1], range(8 * 400), chunksize=400
+        )
         assert len(set(pids)) == 2
 
 
@@ -470,7 +473,6 @@ def test_map_takes_ranges_tuples_and_lists_as_they_are_at_the_call(pool):
     result = pool.map_async(targets.square, items, chunksize=10)
     items[:] = [-1] * 1000  # changed after the call: the tasks were pickled in it
     assert result.get(timeout=30) == [i * i for i in range(1000)]
-
 
 
 def test_pools_work_with_descriptors_past_1023(ctx, descriptors_past_1023):

@@ -28,9 +28,7 @@ def test_start_join_exitcode_zero(ctx):
     assert pid_state(p.pid) is None, "joined child must be reaped, not a zombie"
 
 
-@pytest.mark.parametrize(
-    ("code", "expected"), [(None, 0), (0, 0), (3, 3), (255, 255), ("a message", 1), (True, 1)]
-)
+@pytest.mark.parametrize(("code", "expected"), [(None, 0), (0, 0), (3, 3), (255, 255), ("a message", 1), (True, 1)])
 def test_sys_exit_codes(ctx, code, expected, capfd):
     p = ctx.Process(target=targets.exit_with, args=(code,))
     p.start()
@@ -288,7 +286,11 @@ if __name__ == "__main__":
     import subprocess
 
     out = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=30, cwd=os.getcwd(),
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=os.getcwd(),
         env={**os.environ, "PYTHONPATH": os.getcwd()},
     )
     assert out.returncode == 0, out.stderr  # within run()'s bound: the exit waited for no one

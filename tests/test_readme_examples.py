@@ -62,8 +62,10 @@ class Block:
         wanted = []
         if re.search(r"^\s*(import|from)\s+numpy\b", self.code, re.M):
             wanted.append("numpy")
-        if re.search(r"^\s*(import|from)\s+(distributed|dask|procly\.dask)\b", self.code, re.M) or \
-                'backend="dask"' in self.code:
+        if (
+            re.search(r"^\s*(import|from)\s+(distributed|dask|procly\.dask)\b", self.code, re.M)
+            or 'backend="dask"' in self.code
+        ):
             wanted.append("distributed")
         if re.search(r"\bprogress=(True|\"|')", self.code):
             wanted.append("tqdm")
@@ -157,7 +159,12 @@ def test_block_runs(block: Block, method: str, tmp_path: Path) -> None:
     try:
         proc = subprocess.run(
             [sys.executable, str(tmp_path / "run_example.py"), method, str(script)],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{block.name} under {method}: still running after {TIMEOUT} s\n{exc.stdout}\n{exc.stderr}")

@@ -149,9 +149,19 @@ __all__ = [
     "set_start_method",
 ]
 
-for _name in ("AuthenticationError", "BufferTooShort", "ConnectionClosedError", "MessageError",
-              "PicklingError", "ProcessError", "StartError", "TimeoutError", "Process",
-              "TaskTimeoutError", "PoolTerminatedError"):
+for _name in (
+    "AuthenticationError",
+    "BufferTooShort",
+    "ConnectionClosedError",
+    "MessageError",
+    "PicklingError",
+    "ProcessError",
+    "StartError",
+    "TimeoutError",
+    "Process",
+    "TaskTimeoutError",
+    "PoolTerminatedError",
+):
     globals()[_name].__module__ = __name__
 del _name
 

@@ -348,8 +348,9 @@ class Connection:
             raise MessageError(f"bad message length: {n} bytes announced, at most {limit} accepted")
         if n > _memory_size():
             self.close()
-            raise MessageError(f"bad message length: {n} bytes announced, more than this machine's memory "
-                               f"({_memory_size()} bytes)")
+            raise MessageError(
+                f"bad message length: {n} bytes announced, more than this machine's memory ({_memory_size()} bytes)"
+            )
 
     def _read_payload(self, handle: int, n: int) -> bytes | bytearray:
         """Read an *n*-byte payload. Memory follows the bytes that arrive, not the header:
@@ -374,8 +375,9 @@ class Connection:
                 buf += bytes(min(n - got, got))  # calloc'd zeros: untouched until copied over
         except MemoryError:
             self.close()
-            raise MessageError(f"out of memory receiving a message of {n} bytes announced "
-                               f"(the connection is closed)") from None
+            raise MessageError(
+                f"out of memory receiving a message of {n} bytes announced (the connection is closed)"
+            ) from None
 
     def recv_bytes(self, maxlength: int | None = None) -> bytes:
         """Receive one message sent with :meth:`send_bytes` (or :meth:`send`) as bytes.
@@ -451,8 +453,10 @@ class Connection:
             views = self._receive_memfd(handle, sizes[1:], token)
             return _serialization.loads(self._read_payload(handle, sizes[0]), views)
         payload = self._read_payload(handle, sizes[0])
-        buffers = [bytearray(self._read_payload(handle, size)) if size <= _SMALL_WRITE
-                   else self._read_payload(handle, size) for size in sizes[1:]]
+        buffers = [
+            bytearray(self._read_payload(handle, size)) if size <= _SMALL_WRITE else self._read_payload(handle, size)
+            for size in sizes[1:]
+        ]
         return _serialization.loads(payload, buffers)
 
     def _receive_memfd(self, handle: int, sizes: list[int], token: int) -> list[memoryview]:
@@ -471,8 +475,9 @@ class Connection:
                 raise MessageError("malformed frame: the memfd is smaller than announced")
             # Private and writable: arrays rebuilt over it can be changed, copy-on-write,
             # without a byte being copied until then.
-            mapped = mmap.mmap(fd, total, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE) \
-                if total else None
+            mapped = (
+                mmap.mmap(fd, total, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE) if total else None
+            )
         finally:
             os.close(fd)
         if mapped is not None and token and self._writable:

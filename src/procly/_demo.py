@@ -97,8 +97,9 @@ EXAMPLES = [
         "queue_bounded",
         "Queue(n)",
         "a Queue(2) holds two items; the producer waits for room",
-        lambda out: out
-        == ["full: True", "put on a full Queue(2) raised queue.Full", "a b", "received: [0, 1, 2, 3, 4]"],
+        lambda out: (
+            out == ["full: True", "put on a full Queue(2) raised queue.Full", "a b", "received: [0, 1, 2, 3, 4]"]
+        ),
     ),
     Example(
         "pipe",
@@ -134,12 +135,14 @@ EXAMPLES = [
         "pool",
         "Process pool",
         "map in order, imap_unordered in any order, apply_async results, then 'Timeout error!'",
-        lambda out: out[0] == str([x * x for x in range(10)])
-        and sorted(map(int, out[1].split())) == [x * x for x in range(10)]
-        and out[2] == "400"
-        and out[3].isdigit()
-        and out[4].startswith("[")
-        and out[5] == "Timeout error!",
+        lambda out: (
+            out[0] == str([x * x for x in range(10)])
+            and sorted(map(int, out[1].split())) == [x * x for x in range(10)]
+            and out[2] == "400"
+            and out[3].isdigit()
+            and out[4].startswith("[")
+            and out[5] == "Timeout error!"
+        ),
     ),
 ]
 
@@ -147,9 +150,7 @@ EXAMPLES = [
 def _run(script: str, method: str) -> tuple[int, list[str], float]:
     path = resources.files("procly.examples").joinpath(f"{script}.py")
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, str(path), method], capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run([sys.executable, str(path), method], capture_output=True, text=True, timeout=60)
     lines = [line.rstrip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     return proc.returncode, lines, time.monotonic() - started
 

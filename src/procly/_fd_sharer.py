@@ -91,8 +91,7 @@ class FdSharer:
                 return
             served = _Peer(peer)
             self._gate.admit(served)
-            threading.Thread(target=self._serve_one, args=(served,), name="procly-fd-sharer-peer",
-                             daemon=True).start()
+            threading.Thread(target=self._serve_one, args=(served,), name="procly-fd-sharer-peer", daemon=True).start()
 
     def _serve_one(self, served: _Peer) -> None:
         try:
@@ -161,10 +160,13 @@ def borrow(address: str, key: bytes) -> int:
         except TimeoutError:
             raise ProcessError(
                 f"the process that pickled this connection did not hand it over within {HANDSHAKE_SECONDS} s "
-                "(it stays lent: unpickling again retries)") from None
+                "(it stays lent: unpickling again retries)"
+            ) from None
         except OSError as exc:
-            raise ProcessError(f"the process that pickled this connection dropped the request ({exc}); "
-                               "it stays lent: unpickling again retries") from None
+            raise ProcessError(
+                f"the process that pickled this connection dropped the request ({exc}); "
+                "it stays lent: unpickling again retries"
+            ) from None
     if len(fds) != 1:
         for fd in fds:
             os.close(fd)

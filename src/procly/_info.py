@@ -48,5 +48,7 @@ def version_line() -> str:
     backend = facts["semlock"]
     if facts["semlock_reason"]:
         backend += f": {facts['semlock_reason']}"
-    return (f"procly {facts['version']} (semlock: {backend}; Python {facts['python']}; "
-            f"start methods: {', '.join(facts['start_methods'])})")
+    return (
+        f"procly {facts['version']} (semlock: {backend}; Python {facts['python']}; "
+        f"start methods: {', '.join(facts['start_methods'])})"
+    )

@@ -148,7 +148,8 @@ def _frame_length(header: bytes) -> int:
     if not 0 <= n <= _MAX_HANDSHAKE_FRAME:
         raise AuthenticationError(
             f"peer sent an invalid handshake frame (header announces {n}; a handshake frame is "
-            f"0 to {_MAX_HANDSHAKE_FRAME} bytes)")
+            f"0 to {_MAX_HANDSHAKE_FRAME} bytes)"
+        )
     return int(n)
 
 
@@ -262,7 +263,8 @@ class _Handshake:
     def closed(self) -> AuthenticationError:
         if self.evicted:
             return AuthenticationError(
-                "connection dropped during the handshake: the server holds too many connections in handshake")
+                "connection dropped during the handshake: the server holds too many connections in handshake"
+            )
         return AuthenticationError("peer closed the connection during the handshake")
 
 
@@ -287,8 +289,13 @@ class HandshakeGate:
     authenticating it sees the end of the stream at once.
     """
 
-    def __init__(self, max_total: int = MAX_IN_HANDSHAKE, max_per_peer: int = MAX_IN_HANDSHAKE_PER_PEER,
-                 grace: float = 1.0, hard: int = 4) -> None:
+    def __init__(
+        self,
+        max_total: int = MAX_IN_HANDSHAKE,
+        max_per_peer: int = MAX_IN_HANDSHAKE_PER_PEER,
+        grace: float = 1.0,
+        hard: int = 4,
+    ) -> None:
         self.max_total = max_total
         self.max_per_peer = max_per_peer
         self.grace = grace
@@ -518,8 +525,13 @@ class Listener:
         except (BlockingIOError, InterruptedError):
             return
         sock.setblocking(False)
-        handshake = _Handshake(sock, self._authkey, True, time.monotonic() + self.handshake_timeout,  # type: ignore[arg-type]
-                               _peer_key(sock, address))
+        handshake = _Handshake(
+            sock,
+            self._authkey,  # type: ignore[arg-type]  # set: accept() handshakes only with a key
+            True,
+            time.monotonic() + self.handshake_timeout,
+            _peer_key(sock, address),
+        )
         for out in self.handshake_gate.admit(handshake):
             self._drop(out)
             self._failures.append(out.closed())

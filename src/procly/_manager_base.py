@@ -75,8 +75,16 @@ class BaseManager:
         reader, writer = Pipe(duplex=False)
         self._process = self._ctx.Process(
             target=_run_server,
-            args=(self._registry, self._address, self._authkey, writer, initializer, tuple(initargs),
-                  self._serializer, self._Server),
+            args=(
+                self._registry,
+                self._address,
+                self._authkey,
+                writer,
+                initializer,
+                tuple(initargs),
+                self._serializer,
+                self._Server,
+            ),
             name=f"{type(self).__name__}-server",
         )
         self._process.start()
@@ -113,8 +121,9 @@ class BaseManager:
         self.shutdown()
 
     def _create(self, typeid: str, *args: Any, **kwargs: Any) -> tuple[Token, list[str]]:
-        ident, exposed = _request(self._address, self._authkey, "create", typeid, args, kwargs,
-                                  serializer=self._serializer)
+        ident, exposed = _request(
+            self._address, self._authkey, "create", typeid, args, kwargs, serializer=self._serializer
+        )
         return Token(typeid, self._address, ident), exposed
 
     def _number_of_objects(self) -> int:
@@ -138,8 +147,7 @@ class BaseManager:
 
             def create(self: BaseManager, *args: Any, **kwargs: Any) -> Any:
                 token, exp = self._create(typeid, *args, **kwargs)
-                proxy = proxytype(token, serializer=self._serializer, manager=self, authkey=self._authkey,
-                                  exposed=exp)
+                proxy = proxytype(token, serializer=self._serializer, manager=self, authkey=self._authkey, exposed=exp)
                 # the proxy holds its own reference
                 _request(self._address, self._authkey, "decref", token.id, serializer=self._serializer)
                 return proxy

@@ -224,8 +224,9 @@ class BaseProxy:
             typeid, ident, exposed = reply[1]
             proxytype = self._manager._registry[typeid][3] if self._manager else AutoProxy
             token = Token(typeid, self._token.address, ident)
-            proxy = proxytype(token, serializer=self._serializer, manager=self._manager, authkey=self._authkey,
-                              exposed=exposed)
+            proxy = proxytype(
+                token, serializer=self._serializer, manager=self._manager, authkey=self._authkey, exposed=exposed
+            )
             _request(token.address, self._authkey, "decref", ident, serializer=self._serializer, holder=holder)
             return proxy
         return _unwrap(reply)

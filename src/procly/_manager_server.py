@@ -140,8 +140,9 @@ class Server:
 
     def _authenticate_and_serve(self, raw: Any, peer_address: Any = None) -> None:
         try:
-            conn = _handshake(raw, self.authkey, True, self.listener.handshake_timeout,
-                              self.listener.handshake_gate, peer_address)
+            conn = _handshake(
+                raw, self.authkey, True, self.listener.handshake_timeout, self.listener.handshake_gate, peer_address
+            )
         except (AuthenticationError, OSError):
             return  # that peer is dropped; the server goes on
         self._serve_client(_wrap(conn, self.serializer))
@@ -269,8 +270,9 @@ class Server:
             except OSError:
                 return  # gone already (or not ours to watch): nothing to give back later
             held = self.holders[peer] = {}
-            threading.Thread(target=self._release_when_gone, args=(peer, pidfd), daemon=True,
-                             name="procly-manager-client-watch").start()
+            threading.Thread(
+                target=self._release_when_gone, args=(peer, pidfd), daemon=True, name="procly-manager-client-watch"
+            ).start()
         count = held.get(ident, 0) + delta
         if count > 0:
             held[ident] = count
@@ -379,8 +381,16 @@ def _keep_alive(fd: int) -> None:
         sock.close()
 
 
-def _run_server(registry: dict[str, Any], address: Any, authkey: bytes, writer: Any, initializer: Any,
-                initargs: tuple[Any, ...], serializer: str = "pickle", server_type: type[Server] = Server) -> None:
+def _run_server(
+    registry: dict[str, Any],
+    address: Any,
+    authkey: bytes,
+    writer: Any,
+    initializer: Any,
+    initargs: tuple[Any, ...],
+    serializer: str = "pickle",
+    server_type: type[Server] = Server,
+) -> None:
     # Ctrl-C in a terminal reaches the whole process group: the owner decides when the
     # manager stops (shutdown(), its exit or its death), not the keyboard.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -393,8 +403,9 @@ def _run_server(registry: dict[str, Any], address: Any, authkey: bytes, writer: 
     # itself: when the owner dies, however it dies, the server stops and this process ends.
     parent = _process.parent_process()
     if parent is not None:
-        threading.Thread(target=_stop_with_parent, args=(server, parent), name="procly-manager-owner",
-                         daemon=True).start()
+        threading.Thread(
+            target=_stop_with_parent, args=(server, parent), name="procly-manager-owner", daemon=True
+        ).start()
     server.serve_forever()
 
 

@@ -43,9 +43,10 @@ class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         custom = _extra_reducers.get(cls)
         if custom is not None:
             return custom(obj)
-        if (cls is types.FunctionType or isinstance(obj, type)) and getattr(
-            obj, "__module__", None
-        ) in ("__main__", "__mp_main__"):
+        if (cls is types.FunctionType or isinstance(obj, type)) and getattr(obj, "__module__", None) in (
+            "__main__",
+            "__mp_main__",
+        ):
             if self.main_by_reference and _main_module_importable():
                 qualname = _lookup_main(obj)
                 if qualname is not None:

@@ -187,8 +187,10 @@ class Pool(PoolAPI):
             if self._state is PoolState.TERMINATED:
                 for task in tasks:
                     broken = self._broken is not None
-                    task.settle(False, BrokenProcessPool(self._broken) if broken else PoolTerminatedError(
-                        "the pool was terminated"))
+                    task.settle(
+                        False,
+                        BrokenProcessPool(self._broken) if broken else PoolTerminatedError("the pool was terminated"),
+                    )
                 return
             for task in tasks:
                 self._outstanding[task.id] = task
@@ -238,14 +240,21 @@ class Pool(PoolAPI):
                    retries: int | None = None) -> _Task:  # fmt: skip
         """The task of ``func(*args, **kwds)``, not submitted; *settle(success, value or
         exception)* gets its outcome."""
+
         def sink(success: bool, values: Any) -> None:
             settle(success, values[0] if success else values)
 
         label = f"{getattr(func, '__qualname__', func)!s}(...)"
         return self._make_task(func, APPLY, (tuple(args), dict(kwds or {})), 1, sink, task_timeout, retries, label)
 
-    def _call(self, func: Callable[..., Any], args: Iterable[Any], kwds: dict[str, Any] | None,
-              settle: Callable[[bool, Any], None], claim: Callable[[], bool] | None = None) -> None:
+    def _call(
+        self,
+        func: Callable[..., Any],
+        args: Iterable[Any],
+        kwds: dict[str, Any] | None,
+        settle: Callable[[bool, Any], None],
+        claim: Callable[[], bool] | None = None,
+    ) -> None:
         """Submit ``func(*args, **kwds)`` (for the executor); *settle* gets the outcome.
         *claim()*, if given, is called just before the task goes to a worker: False drops
         the task, unsettled.
@@ -476,6 +485,7 @@ class Pool(PoolAPI):
                 "outstanding": len(self._outstanding),
                 "per_worker": supervision["per_worker"],
             }
+
 
 def _close_when_consumed(result: IMapIterator[Any], meter: Progress) -> None:
     with result._cond:

@@ -121,8 +121,13 @@ AsyncResult = ApplyResult
 class MapResult(ApplyResult[list[_T]]):
     """The result of ``map_async``: a list filled chunk by chunk; the first error wins."""
 
-    def __init__(self, length: int, chunk_starts: list[int], callback: Callable[[list[_T]], Any] | None = None,
-                 error_callback: Callable[[BaseException], Any] | None = None) -> None:
+    def __init__(
+        self,
+        length: int,
+        chunk_starts: list[int],
+        callback: Callable[[list[_T]], Any] | None = None,
+        error_callback: Callable[[BaseException], Any] | None = None,
+    ) -> None:
         super().__init__(callback, error_callback)
         self._values: list[Any] = [None] * length
         self._starts = chunk_starts

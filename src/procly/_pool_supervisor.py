@@ -71,6 +71,7 @@ _READY = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 
 _Task = Task
 
+
 class _Worker:
     __slots__ = ("process", "conn", "inflight", "funcs", "sent", "sentinel", "done", "queued")
 
@@ -85,15 +86,12 @@ class _Worker:
         self.done = done  # shared with Supervisor._done, by the worker's name
 
 
-
 def _signal_text(exitcode: int | None) -> str:
     if exitcode is None:
         return "an unknown status"
     if exitcode < 0:
         return f"signal {signal_name(-exitcode) or -exitcode}"
     return f"exit code {exitcode}"
-
-
 
 
 class Supervisor:
@@ -221,8 +219,7 @@ class Supervisor:
         parent_end, child_end = Pipe()
         process = self._ctx.Process(
             target=worker_main,
-            args=(child_end, self._initializer, self._initargs, self._maxtasks, self._max_memory,
-                  self._executor_mode),
+            args=(child_end, self._initializer, self._initargs, self._maxtasks, self._max_memory, self._executor_mode),
             kwargs={"inner_threads": self._inner_threads, "env": self._worker_env},
             name=f"PoolWorker-{next(_worker_numbers)}",
             daemon=True,
@@ -605,7 +602,6 @@ class Supervisor:
         if wake_w is not None:
             os.close(wake_w)
         self.pool._exit_finalizer.cancel()
-
 
 
 _worker_numbers = itertools.count(1)

@@ -99,9 +99,17 @@ def resident_bytes() -> int:
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
-def worker_main(conn: Any, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...], maxtasks: int | None,
-                max_memory: int | None = None, executor: bool = False, *, inner_threads: int = 0,
-                env: dict[str, str] | None = None) -> None:
+def worker_main(
+    conn: Any,
+    initializer: Callable[..., Any] | None,
+    initargs: tuple[Any, ...],
+    maxtasks: int | None,
+    max_memory: int | None = None,
+    executor: bool = False,
+    *,
+    inner_threads: int = 0,
+    env: dict[str, str] | None = None,
+) -> None:
     """Run tasks from *conn* until told to stop, the pool goes away, *maxtasks* are done,
     or (checked between tasks) the resident memory exceeds *max_memory* bytes.
 

@@ -193,8 +193,7 @@ class BaseProcess:
         if self._handle is not None:
             if self._handle.poll() is None:
                 raise ValueError(
-                    "Cannot close a process while it is still running. "
-                    "You should first call join() or terminate()."
+                    "Cannot close a process while it is still running. You should first call join() or terminate()."
                 )
             self._handle.close()
             self._handle = None

@@ -125,12 +125,12 @@ class SemLock:
             raise _oserror(ctypes.get_errno())
         self._anchor = anchor
         self._sem = sem
-        self._out = ctypes.c_int()          # sem_getvalue's result, made once (hot path)
+        self._out = ctypes.c_int()  # sem_getvalue's result, made once (hot path)
         self._out_ref = ctypes.byref(self._out)
         self._kind = kind
         self._maxvalue = maxvalue
-        self._owned = 0          # acquisitions held by this process
-        self._last_tid = 0       # thread that last acquired, in this process
+        self._owned = 0  # acquisitions held by this process
+        self._last_tid = 0  # thread that last acquired, in this process
 
     @property
     def kind(self) -> int:

@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action=_VersionAction, help="show procly's version, SemLock backend and exit")
     commands = parser.add_subparsers(dest="command", required=True)
     # "demo" is the former name, kept as an alias for scripts ("python3 tasks.py demo" is the load test).
-    demo = commands.add_parser("tutorial", aliases=["demo"],
-                               help="run the tutorial's examples under every start method")
+    demo = commands.add_parser(
+        "tutorial", aliases=["demo"], help="run the tutorial's examples under every start method"
+    )
     demo.add_argument("--method", action="append", choices=["fork", "spawn", "forkserver"], help="only this method")
     demo.add_argument("--only", action="append", help="only this example (script name)")
     commands.add_parser("info", help="what procly sees on this machine")
@@ -148,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             import httptools  # noqa: F401
             import uvloop  # noqa: F401
         except ImportError as exc:
-            print(f"procly {args.command} needs the loadtest extra: pip install 'procly[loadtest]' ({exc})",
-                  file=sys.stderr)
+            print(
+                f"procly {args.command} needs the loadtest extra: pip install 'procly[loadtest]' ({exc})",
+                file=sys.stderr,
+            )
             return 2
     if args.command == "loadtest":
         from .loadtest._cli import loadtest_command

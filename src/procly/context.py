@@ -501,9 +501,7 @@ def assert_spawning(obj: Any) -> None:
             only by inheritance), with the standard library's message.
     """
     if get_spawning_popen() is None:
-        raise RuntimeError(
-            f"{type(obj).__name__} objects should only be shared between processes through inheritance"
-        )
+        raise RuntimeError(f"{type(obj).__name__} objects should only be shared between processes through inheritance")
 
 
 __getattr__ = _lazy_submodules(__name__, "process", "reduction")

@@ -68,8 +68,6 @@ __all__ = [
 ]  # fmt: skip
 
 
-
-
 class Namespace:
     """A bag of attributes (what ``manager.Namespace()`` holds)."""
 

@@ -109,7 +109,6 @@ def _run_after_forkers() -> None:
     run_after_forkers()
 
 
-
 def _cleanup_tests() -> None:
     """Run pending finalizers (the name CPython's test-suite calls at tear-down)."""
     _run_finalizers(0)
@@ -190,8 +189,7 @@ def spawnv_passfds(path: str, args: Any, passfds: Any) -> int:
     """
     import subprocess
 
-    popen = subprocess.Popen([os.fsdecode(a) for a in args], executable=path, pass_fds=sorted(passfds),
-                             close_fds=True)
+    popen = subprocess.Popen([os.fsdecode(a) for a in args], executable=path, pass_fds=sorted(passfds), close_fds=True)
     popen.returncode = 0  # the caller owns and reaps the pid: keep subprocess from doing it
     return popen.pid
 

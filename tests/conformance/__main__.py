@@ -11,16 +11,55 @@ import sys
 
 # The areas of issue #2 (processes and connections) first; later layers add theirs.
 DEFAULT_AREAS = [
-    "TestProcess", "TestSubclassingProcess", "TestConnection", "TestListener", "TestListenerClient",
-    "TestPoll", "TestPicklingConnections", "TestWait", "TestInvalidFamily", "TestTimeouts",
-    "TestStartMethod", "OtherTest", "TestCloseFds", "TestStdinBadfiledescriptor", "TestNoForkBomb",
-    "TestInvalidHandle", "TestFlags", "TestIgnoreEINTR", "TestLock", "TestSemaphore", "TestCondition",
-    "TestEvent", "TestBarrier", "TestFinalize", "TestLogging", "TestImportStar",
-    "TestValue", "TestArray", "TestSharedCTypes", "TestHeap", "TestQueue", "TestSimpleQueue",
-    "TestPool", "TestPoolWorkerErrors", "TestPoolWorkerLifetime", "TestInitializers", "TestPoolNotLeakOnFailure",
-    "TestSharedMemory", "TestSyncManagerTypes", "Manager.TestBarrier", "Manager.TestCondition",
-    "Manager.TestContainers", "Manager.TestEvent", "Manager.TestLock", "Manager.TestManagerRestart",
-    "Manager.TestMyManager", "Manager.TestPool", "Manager.TestQueue", "Manager.TestRemoteManager",
+    "TestProcess",
+    "TestSubclassingProcess",
+    "TestConnection",
+    "TestListener",
+    "TestListenerClient",
+    "TestPoll",
+    "TestPicklingConnections",
+    "TestWait",
+    "TestInvalidFamily",
+    "TestTimeouts",
+    "TestStartMethod",
+    "OtherTest",
+    "TestCloseFds",
+    "TestStdinBadfiledescriptor",
+    "TestNoForkBomb",
+    "TestInvalidHandle",
+    "TestFlags",
+    "TestIgnoreEINTR",
+    "TestLock",
+    "TestSemaphore",
+    "TestCondition",
+    "TestEvent",
+    "TestBarrier",
+    "TestFinalize",
+    "TestLogging",
+    "TestImportStar",
+    "TestValue",
+    "TestArray",
+    "TestSharedCTypes",
+    "TestHeap",
+    "TestQueue",
+    "TestSimpleQueue",
+    "TestPool",
+    "TestPoolWorkerErrors",
+    "TestPoolWorkerLifetime",
+    "TestInitializers",
+    "TestPoolNotLeakOnFailure",
+    "TestSharedMemory",
+    "TestSyncManagerTypes",
+    "Manager.TestBarrier",
+    "Manager.TestCondition",
+    "Manager.TestContainers",
+    "Manager.TestEvent",
+    "Manager.TestLock",
+    "Manager.TestManagerRestart",
+    "Manager.TestMyManager",
+    "Manager.TestPool",
+    "Manager.TestQueue",
+    "Manager.TestRemoteManager",
     "Manager.TestSemaphore",
 ]
 
@@ -37,7 +76,7 @@ def run(method: str, stdlib: bool, areas: list[str], timeout: float, module: str
         return {"areas": {}, "failures": ["the whole run timed out"], "seconds": 1800}
     for line in proc.stdout.splitlines():
         if line.startswith("@@SUMMARY@@"):
-            return json.loads(line[len("@@SUMMARY@@"):])
+            return json.loads(line[len("@@SUMMARY@@") :])
     tail = (proc.stdout + proc.stderr)[-2000:]
     return {"areas": {}, "failures": [f"run crashed (exit {proc.returncode}): {tail}"], "seconds": 0}
 
@@ -49,10 +88,16 @@ def main() -> int:
     parser.add_argument("--stdlib", action="store_true", help="also run the standard library, to compare")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-test limit in seconds")
     parser.add_argument("--verbose", "-v", action="store_true", help="list every failure")
-    parser.add_argument("--futures", action="store_true",
-                        help="run test_concurrent_futures (process-pool classes) against procly.futures instead")
-    parser.add_argument("--python", default=sys.executable,
-                        help="interpreter for the runs (its own test package is used; default: this one)")
+    parser.add_argument(
+        "--futures",
+        action="store_true",
+        help="run test_concurrent_futures (process-pool classes) against procly.futures instead",
+    )
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter for the runs (its own test package is used; default: this one)",
+    )
     args = parser.parse_args()
     methods = args.method or ["fork", "spawn", "forkserver"]
     if args.futures:
@@ -64,7 +109,7 @@ def main() -> int:
     rows: dict[str, dict[str, str]] = {}
     totals: dict[str, list[int]] = {}
     for method in methods:
-        for stdlib in ([False, True] if args.stdlib else [False]):
+        for stdlib in [False, True] if args.stdlib else [False]:
             label = f"{'stdlib' if stdlib else 'procly'}/{method}"
             summary = run(method, stdlib, areas, args.timeout, module, args.python)
             total = totals.setdefault(label, [0, 0])

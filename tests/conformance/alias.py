@@ -13,27 +13,74 @@ import sys
 import types
 
 SUBMODULES = [
-    "connection", "context", "dummy", "dummy.connection", "forkserver", "heap", "managers",
-    "pool", "process", "queues", "reduction", "resource_sharer", "resource_tracker",
-    "shared_memory", "sharedctypes", "spawn", "synchronize", "util",
+    "connection",
+    "context",
+    "dummy",
+    "dummy.connection",
+    "forkserver",
+    "heap",
+    "managers",
+    "pool",
+    "process",
+    "queues",
+    "reduction",
+    "resource_sharer",
+    "resource_tracker",
+    "shared_memory",
+    "sharedctypes",
+    "spawn",
+    "synchronize",
+    "util",
 ]
 
 # multiprocessing.__all__ (3.10-3.13), without importing the real package.
 TOP_LEVEL = [
-    "Array", "AuthenticationError", "Barrier", "BoundedSemaphore", "BufferTooShort", "Condition", "Event",
-    "JoinableQueue", "Lock", "Manager", "Pipe", "Pool", "Process", "ProcessError", "Queue", "RLock",
-    "RawArray", "RawValue", "Semaphore", "SimpleQueue", "TimeoutError", "Value", "active_children",
-    "allow_connection_pickling", "cpu_count", "current_process", "freeze_support", "get_all_start_methods",
-    "get_context", "get_logger", "get_start_method", "log_to_stderr", "parent_process", "reducer",
-    "set_executable", "set_forkserver_preload", "set_start_method",
+    "Array",
+    "AuthenticationError",
+    "Barrier",
+    "BoundedSemaphore",
+    "BufferTooShort",
+    "Condition",
+    "Event",
+    "JoinableQueue",
+    "Lock",
+    "Manager",
+    "Pipe",
+    "Pool",
+    "Process",
+    "ProcessError",
+    "Queue",
+    "RLock",
+    "RawArray",
+    "RawValue",
+    "Semaphore",
+    "SimpleQueue",
+    "TimeoutError",
+    "Value",
+    "active_children",
+    "allow_connection_pickling",
+    "cpu_count",
+    "current_process",
+    "freeze_support",
+    "get_all_start_methods",
+    "get_context",
+    "get_logger",
+    "get_start_method",
+    "log_to_stderr",
+    "parent_process",
+    "reducer",
+    "set_executable",
+    "set_forkserver_preload",
+    "set_start_method",
 ]
 
 
 def install() -> list[str]:
     """Alias procly as multiprocessing; return the submodules that are placeholders."""
-    if sys.modules.get("multiprocessing", None) is not None and getattr(
-        sys.modules["multiprocessing"], "__name__", ""
-    ) == "procly":
+    if (
+        sys.modules.get("multiprocessing", None) is not None
+        and getattr(sys.modules["multiprocessing"], "__name__", "") == "procly"
+    ):
         return []
     if "multiprocessing" in sys.modules:
         raise RuntimeError("the real multiprocessing was imported before the alias")

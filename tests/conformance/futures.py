@@ -148,7 +148,7 @@ def classes_for(method: str) -> dict[str, type]:
 def area_name(class_name: str, method: str) -> str:
     """``ProcessPoolForkserverProcessPoolShutdownTest`` -> ``ProcessPoolShutdownTest``."""
     prefix = "ProcessPool" + {"fork": "Fork", "spawn": "Spawn", "forkserver": "Forkserver"}[method]
-    return class_name[len(prefix):] if class_name.startswith(prefix) else class_name
+    return class_name[len(prefix) :] if class_name.startswith(prefix) else class_name
 
 
 class TestTimedOut(Exception):

@@ -1,6 +1,6 @@
 """Run CPython's multiprocessing tests for one start method; print a JSON summary.
 
-    python -m tests.conformance.run METHOD [--stdlib] [--area NAME ...] [--timeout S]
+python -m tests.conformance.run METHOD [--stdlib] [--area NAME ...] [--timeout S]
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ else:
 def area_name(class_name: str) -> str:
     """``WithProcessesTestLock`` -> ``TestLock``; ``WithManagerTestLock`` -> ``Manager.TestLock``."""
     if class_name.startswith("WithProcesses"):
-        return class_name[len("WithProcesses"):]
+        return class_name[len("WithProcesses") :]
     if class_name.startswith("WithManager"):
-        return "Manager." + class_name[len("WithManager"):]
+        return "Manager." + class_name[len("WithManager") :]
     return class_name
 
 

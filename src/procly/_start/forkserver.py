@@ -402,16 +402,19 @@ def _report_exits(clients: dict[int, socket.socket]) -> None:
             client.close()
 
 
-def _serve_one(client: socket.socket, digest: bytes, clients: dict[int, socket.socket],
-               server_fds: list[int]) -> None:
+def _serve_one(client: socket.socket, digest: bytes, clients: dict[int, socket.socket], server_fds: list[int]) -> None:
     """Fork the child a request asks for; the request must come whole, with *digest*."""
     try:
         msg, fds, _, _ = socket.recv_fds(client, _DIGEST_SIZE + 1, _MAX_FDS, socket.MSG_DONTWAIT)
     except OSError:
         client.close()
         return
-    if (len(msg) != _DIGEST_SIZE + 1 or not hmac.compare_digest(msg[:_DIGEST_SIZE], digest)
-            or msg[_DIGEST_SIZE:] not in (b"D", b"N") or len(fds) < 3):
+    if (
+        len(msg) != _DIGEST_SIZE + 1
+        or not hmac.compare_digest(msg[:_DIGEST_SIZE], digest)
+        or msg[_DIGEST_SIZE:] not in (b"D", b"N")
+        or len(fds) < 3
+    ):
         for fd in fds:
             os.close(fd)
         client.close()
@@ -432,8 +435,9 @@ def _serve_one(client: socket.socket, digest: bytes, clients: dict[int, socket.s
     clients[pid] = client
 
 
-def _become_child(client: socket.socket, fds: list[int], daemonic: bool, clients: dict[int, socket.socket],
-                  server_fds: list[int]) -> NoReturn:
+def _become_child(
+    client: socket.socket, fds: list[int], daemonic: bool, clients: dict[int, socket.socket], server_fds: list[int]
+) -> NoReturn:
     """In the forked child: drop the server's descriptors, take the request's, run the Process."""
     exitcode = 1
     lifeline = server_fds[1]

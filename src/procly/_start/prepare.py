@@ -115,7 +115,7 @@ _importing_main = False  # this child is importing its parent's main module righ
 _GUARD_ADVICE = (
     "Under the 'spawn' and 'forkserver' start methods every child imports the main module "
     "again, so code there that starts processes would run in each child too. Put it under "
-    "`if __name__ == \"__main__\":` (after freeze_support() in a frozen program), or use the "
+    '`if __name__ == "__main__":` (after freeze_support() in a frozen program), or use the '
     "'fork' start method."
 )
 
@@ -133,7 +133,7 @@ def check_main_guard(method: str) -> None:
     if _importing_main:
         raise RuntimeError(
             "a new process was started while this child was still importing its parent's main "
-            "module (the parent started processes outside `if __name__ == \"__main__\":`). " + _GUARD_ADVICE
+            'module (the parent started processes outside `if __name__ == "__main__":`). ' + _GUARD_ADVICE
         )
     if method == "fork":
         return
@@ -161,7 +161,7 @@ def check_main_guard(method: str) -> None:
     if not any(first <= line <= last for first, last in guarded):
         raise RuntimeError(
             f"a new process was started at line {line} of {path}, outside `if __name__ == "
-            f"\"__main__\":`. " + _GUARD_ADVICE
+            f'"__main__":`. ' + _GUARD_ADVICE
         )
 
 

@@ -29,8 +29,18 @@ class Executor(ProcessPoolExecutor):
         retries: int = 0,
         cluster_options: dict[str, Any] | None = None,
     ) -> None:
-        self._adopt(Pool(max_workers, initializer, initargs, client=client, address=address,
-                         task_timeout=task_timeout, retries=retries, cluster_options=cluster_options))
+        self._adopt(
+            Pool(
+                max_workers,
+                initializer,
+                initargs,
+                client=client,
+                address=address,
+                task_timeout=task_timeout,
+                retries=retries,
+                cluster_options=cluster_options,
+            )
+        )
 
     def _schedule(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                   claim: Callable[[], bool], settle: Callable[[bool, Any], None]) -> None:  # fmt: skip

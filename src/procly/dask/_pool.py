@@ -118,9 +118,14 @@ class Pool(PoolAPI):
         self._owns_client = client is None
         if client is None:
             if address is None:
-                options = {"n_workers": processes or len(os.sched_getaffinity(0)) or 1, "threads_per_worker": 1,
-                           "processes": True, "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
-                           "silence_logs": logging.ERROR}
+                options = {
+                    "n_workers": processes or len(os.sched_getaffinity(0)) or 1,
+                    "threads_per_worker": 1,
+                    "processes": True,
+                    "host": "127.0.0.1",
+                    "dashboard_address": "127.0.0.1:0",
+                    "silence_logs": logging.ERROR,
+                }
                 options.update(cluster_options or {})
                 self._cluster = LocalCluster(**options)
                 client = Client(self._cluster, set_as_default=False)
@@ -141,10 +146,17 @@ class Pool(PoolAPI):
         """The ``distributed.Client`` the pool submits through."""
         return self._client
 
-    def apply_async(self, func: Callable[..., _T], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None,
-                    callback: Callable[[_T], Any] | None = None,
-                    error_callback: Callable[[BaseException], Any] | None = None, *,
-                    task_timeout: float | None = None, retries: int | None = None) -> ApplyResult[_T]:
+    def apply_async(
+        self,
+        func: Callable[..., _T],
+        args: Iterable[Any] = (),
+        kwds: dict[str, Any] | None = None,
+        callback: Callable[[_T], Any] | None = None,
+        error_callback: Callable[[BaseException], Any] | None = None,
+        *,
+        task_timeout: float | None = None,
+        retries: int | None = None,
+    ) -> ApplyResult[_T]:
         """Submit ``func(*args, **kwds)``; return its AsyncResult.
 
         Raises:
@@ -162,8 +174,9 @@ class Pool(PoolAPI):
         def sink(success: bool, values: Any) -> None:
             result._set(success, values[0] if success else values)
 
-        self._submit(_tasks.run_call, (shipped, args, kwds, timeout), sink, self._retries_for(retries),
-                     _name(func), timeout)
+        self._submit(
+            _tasks.run_call, (shipped, args, kwds, timeout), sink, self._retries_for(retries), _name(func), timeout
+        )
         return result
 
     def close(self) -> None:
@@ -248,8 +261,15 @@ class Pool(PoolAPI):
             cache[key] = (value, self._client.scatter(value, hash=False))
         return cache[key][1]
 
-    def _submit(self, wrapper: Callable[..., Any], args: tuple[Any, ...], sink: Callable[[bool, Any], None],
-                retries: int, label: str, timeout: float | None) -> None:
+    def _submit(
+        self,
+        wrapper: Callable[..., Any],
+        args: tuple[Any, ...],
+        sink: Callable[[bool, Any], None],
+        retries: int,
+        label: str,
+        timeout: float | None,
+    ) -> None:
         key = f"{label}-{uuid.uuid4().hex}"  # a fresh key: the call is impure, never merged or cached
         try:
             future = self._client.submit(wrapper, *args, key=key, pure=False)
@@ -260,8 +280,16 @@ class Pool(PoolAPI):
             self._pending[key] = future
         future.add_done_callback(lambda done: self._settle(done, wrapper, args, sink, retries, label, timeout))
 
-    def _settle(self, future: Any, wrapper: Callable[..., Any], args: tuple[Any, ...],
-                sink: Callable[[bool, Any], None], retries: int, label: str, timeout: float | None) -> None:
+    def _settle(
+        self,
+        future: Any,
+        wrapper: Callable[..., Any],
+        args: tuple[Any, ...],
+        sink: Callable[[bool, Any], None],
+        retries: int,
+        label: str,
+        timeout: float | None,
+    ) -> None:
         """A future finished (in Dask's callback thread): turn its outcome into procly's."""
         resubmitted = False
         try:
@@ -273,9 +301,13 @@ class Pool(PoolAPI):
                 else:
                     _, index, address = outcome
                     self._restart_worker(address)
-                    sink(False, TaskTimeoutError(
-                        f"{label}: item {index} of the task ran longer than {timeout} s on Dask worker {address}; "
-                        "the worker is being restarted to stop it"))
+                    sink(
+                        False,
+                        TaskTimeoutError(
+                            f"{label}: item {index} of the task ran longer than {timeout} s on Dask worker {address}; "
+                            "the worker is being restarted to stop it"
+                        ),
+                    )
             elif status == "cancelled" or self._state is PoolState.TERMINATED:
                 sink(False, PoolTerminatedError(f"{label}: the pool was terminated before the task finished"))
             else:
@@ -285,9 +317,13 @@ class Pool(PoolAPI):
                         self._submit(wrapper, args, sink, retries - 1, label, timeout)
                         resubmitted = True
                     else:
-                        sink(False, WorkerLostError(
-                            f"{label}: the Dask workers that ran it died and Dask gave up on it ({exc}); "
-                            "procly's retries are spent"))
+                        sink(
+                            False,
+                            WorkerLostError(
+                                f"{label}: the Dask workers that ran it died and Dask gave up on it ({exc}); "
+                                "procly's retries are spent"
+                            ),
+                        )
                 else:
                     sink(False, exc)
         except Exception as exc:  # noqa: BLE001 - e.g. the scheduler vanished while fetching: fail the task
@@ -340,8 +376,14 @@ class Pool(PoolAPI):
                 result._set_chunk(index, success, values)
 
             label = f"{_name(func)}-chunk{index}"
-            self._submit(_tasks.run_chunk, (shipped, self._prepare_chunk(chunk, star, cache), star, timeout), sink,
-                         self._retries_for(retries), label, timeout)
+            self._submit(
+                _tasks.run_chunk,
+                (shipped, self._prepare_chunk(chunk, star, cache), star, timeout),
+                sink,
+                self._retries_for(retries),
+                label,
+                timeout,
+            )
         return result
 
     def _imap(self, iterator_cls: type[IMapIterator[Any]], func: Callable[..., Any], iterable: Iterable[Any],
@@ -356,8 +398,11 @@ class Pool(PoolAPI):
         window = LookAhead(self._workers() * IMAP_CHUNKS_PER_WORKER * chunksize)
         result = iterator_cls(on_consumed=window.give)
         iterator: Iterator[Any] = iter(iterable)
-        meter = Progress(operator.length_hint(iterator, 0) or None, progress, on_result) \
-            if wanted(progress, on_result) else None
+        meter = (
+            Progress(operator.length_hint(iterator, 0) or None, progress, on_result)
+            if wanted(progress, on_result)
+            else None
+        )
         timeout = self._task_timeout if task_timeout is None else task_timeout
 
         def submit(start: int, chunk: list[Any], sink: Callable[[bool, Any], None]) -> None:
@@ -369,8 +414,14 @@ class Pool(PoolAPI):
                         meter.add(values)
                     inner(success, values)
 
-            self._submit(_tasks.run_chunk, (shipped, self._prepare_chunk(chunk, False, cache), False, timeout), sink,
-                         self._retries_for(retries), f"{_name(func)}-item{start}", timeout)
+            self._submit(
+                _tasks.run_chunk,
+                (shipped, self._prepare_chunk(chunk, False, cache), False, timeout),
+                sink,
+                self._retries_for(retries),
+                f"{_name(func)}-item{start}",
+                timeout,
+            )
 
         def feed() -> None:
             try:

@@ -1,4 +1,5 @@
 """A daemonic child is ended when its parent exits: "Child process end" never prints."""
+
 import sys
 import time
 

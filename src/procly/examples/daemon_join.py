@@ -1,4 +1,5 @@
 """Joining a daemonic child still waits for it."""
+
 import sys
 import time
 

@@ -1,4 +1,5 @@
 """Each process has its own memory: the child's change to a global stays in the child."""
+
 import sys
 
 from procly import Process, set_start_method

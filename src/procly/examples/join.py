@@ -1,4 +1,5 @@
 """With join(), the parent waits for the child before going on."""
+
 import sys
 import time
 

@@ -1,4 +1,5 @@
 """Lock: ten processes print one at a time."""
+
 import sys
 
 from procly import Lock, Process, set_start_method

@@ -1,4 +1,5 @@
 """Server process: a Manager holds a dict and a list that a child changes."""
+
 import sys
 
 from procly import Manager, Process, set_start_method

@@ -1,4 +1,5 @@
 """Without join(), the parent runs on and ends first; the child still finishes."""
+
 import sys
 import time
 

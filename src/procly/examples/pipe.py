@@ -1,4 +1,5 @@
 """Pipe: the two ends of a (duplex by default) channel between two processes."""
+
 import sys
 
 from procly import Pipe, Process, set_start_method

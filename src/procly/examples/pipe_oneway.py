@@ -1,4 +1,5 @@
 """Pipe(duplex=False): the first end only receives, the second only sends."""
+
 import sys
 
 from procly import Pipe, Process, set_start_method

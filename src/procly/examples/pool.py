@@ -1,4 +1,5 @@
 """Pool: map, imap_unordered, apply_async, and get(timeout) raising TimeoutError."""
+
 import os
 import sys
 import time

@@ -1,4 +1,5 @@
 """Process object: a child prints its own pid and its parent's."""
+
 import os
 import sys
 

@@ -1,4 +1,5 @@
 """Queue(n): a queue with room for n items; put() waits (or fails) when it is full."""
+
 import queue
 import sys
 

@@ -1,4 +1,5 @@
 """Queue: a child puts a list, the parent gets it after join()."""
+
 import sys
 
 from procly import Process, Queue, set_start_method

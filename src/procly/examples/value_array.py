@@ -1,4 +1,5 @@
 """Value and Array: shared memory that the child writes and the parent reads."""
+
 import sys
 
 from procly import Array, Process, Value, set_start_method

@@ -55,8 +55,9 @@ def is_async(func: Callable[..., Any]) -> bool:
 class CallLoad:
     """N concurrent callers of one callable, in one worker process."""
 
-    def __init__(self, func: Callable[[], Any], concurrency: int, schedule: Schedule, recorder: Recorder,
-                 timeout: float) -> None:
+    def __init__(
+        self, func: Callable[[], Any], concurrency: int, schedule: Schedule, recorder: Recorder, timeout: float
+    ) -> None:
         self.func = func
         self.concurrency = concurrency
         self.schedule = schedule

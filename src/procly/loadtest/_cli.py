@@ -22,21 +22,32 @@ EXIT_OK, EXIT_BROKEN, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 def add_commands(commands: Any) -> None:
     """Add ``loadtest`` and ``serve-target`` to the ``procly`` command's sub-parsers."""
     p = commands.add_parser(
-        "loadtest", help="load-test an HTTP service or a Python callable from every core",
+        "loadtest",
+        help="load-test an HTTP service or a Python callable from every core",
         description="HTTP/1.1 keep-alive load (or calls of a Python function) from several processes, "
-                    "with latency percentiles merged across them. With no URL and no --call, a built-in "
-                    "target server is started on 127.0.0.1 and tested. "
-                    "'procly loadtest compare BASELINE.json NEW.json' compares two --json reports (the CI gate; "
-                    "see 'procly loadtest compare --help').")
+        "with latency percentiles merged across them. With no URL and no --call, a built-in "
+        "target server is started on 127.0.0.1 and tested. "
+        "'procly loadtest compare BASELINE.json NEW.json' compares two --json reports (the CI gate; "
+        "see 'procly loadtest compare --help').",
+    )
     p.add_argument("url", nargs="?", help="http:// URL to test (default: the built-in target)")
     p.add_argument("--call", metavar="MODULE:FUNCTION", help="call this function (sync or async) instead of HTTP")
-    p.add_argument("-c", "--connections", type=int, default=64,
-                   help="concurrent connections (or callers) in all, split among processes (default 64)")
+    p.add_argument(
+        "-c",
+        "--connections",
+        type=int,
+        default=64,
+        help="concurrent connections (or callers) in all, split among processes (default 64)",
+    )
     p.add_argument("-p", "--processes", type=int, default=None, help="worker processes (default: one per core)")
     p.add_argument("-d", "--duration", help="how long to run, e.g. 10s, 2m (default 10s unless -n)")
     p.add_argument("-n", "--requests", help="stop after this many requests in all, e.g. 10000 or 10k")
-    p.add_argument("-R", "--rate", help="rate in requests/s in all (open loop, latency corrected for coordinated "
-                                        "omission): a number, or stages that ramp it, e.g. 30s:1000,1m:1000,10s:0")
+    p.add_argument(
+        "-R",
+        "--rate",
+        help="rate in requests/s in all (open loop, latency corrected for coordinated "
+        "omission): a number, or stages that ramp it, e.g. 30s:1000,1m:1000,10s:0",
+    )
     p.add_argument("-m", "--method", default="GET", help="HTTP method (default GET)")
     p.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra header")
     body = p.add_mutually_exclusive_group()
@@ -49,35 +60,79 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--json", metavar="FILE", help="write the report as JSON (- for standard output)")
     p.add_argument("--csv", metavar="FILE", help="write the per-second timeline and totals as CSV")
     p.add_argument("--html", metavar="FILE", help="write an HTML report with latency plots")
-    p.add_argument("--fail-if", action="append", default=[], metavar="CONDITION",
-                   help="exit 1 if true, e.g. 'p99>200ms', 'errors>0.1%%', 'rps<1000', "
-                        "'p95{name=login}>300ms', 'checks<99.9%%' (repeatable; latencies need their unit)")
+    p.add_argument(
+        "--fail-if",
+        action="append",
+        default=[],
+        metavar="CONDITION",
+        help="exit 1 if true, e.g. 'p99>200ms', 'errors>0.1%%', 'rps<1000', "
+        "'p95{name=login}>300ms', 'checks<99.9%%' (repeatable; latencies need their unit)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
     live = p.add_argument_group("watching the run live")
-    live.add_argument("--web", nargs="?", const="127.0.0.1:0", metavar="HOST:PORT",
-                      help="serve a live dashboard (default 127.0.0.1 and a free port, printed at start); "
-                           "write --web=HOST:PORT when a URL follows")
-    live.add_argument("--web-linger", default="10s", metavar="DURATION",
-                      help="keep the dashboard up this long after the run so its verdicts can be read "
-                           "(default 10s; Ctrl-C ends it sooner)")
-    live.add_argument("--prometheus", metavar="HOST:PORT",
-                      help="expose OpenMetrics at http://HOST:PORT/metrics while the run lasts "
-                           "(HOST defaults to 127.0.0.1, port 0 picks a free one, printed at start)")
+    live.add_argument(
+        "--web",
+        nargs="?",
+        const="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="serve a live dashboard (default 127.0.0.1 and a free port, printed at start); "
+        "write --web=HOST:PORT when a URL follows",
+    )
+    live.add_argument(
+        "--web-linger",
+        default="10s",
+        metavar="DURATION",
+        help="keep the dashboard up this long after the run so its verdicts can be read "
+        "(default 10s; Ctrl-C ends it sooner)",
+    )
+    live.add_argument(
+        "--prometheus",
+        metavar="HOST:PORT",
+        help="expose OpenMetrics at http://HOST:PORT/metrics while the run lasts "
+        "(HOST defaults to 127.0.0.1, port 0 picks a free one, printed at start)",
+    )
     flows = p.add_argument_group("user flows (a scenario written in Python; see the README)")
-    flows.add_argument("-f", "--scenario", metavar="FILE.py",
-                       help="run the @flow functions of this file as virtual users; URL is their base URL")
-    flows.add_argument("-u", "--users", type=int, metavar="N",
-                       help="virtual users in all (default: -c); with no scenario, the same as -c")
-    flows.add_argument("--stages", metavar="STAGES",
-                       help="ramp the users linearly, closed loop: DURATION:USERS,... e.g. 30s:100,2m:100,20s:0")
-    flows.add_argument("--data", metavar="FILE.csv", help="test data: each user gets rows of this CSV file "
-                                                           "(header line = field names) as user.row")
-    flows.add_argument("--data-order", choices=["round-robin", "random"], default="round-robin",
-                       help="which row a user gets (default round-robin; random draws with --seed)")
-    flows.add_argument("--seed", type=int, help="seed of the users' random generators (think times, flow "
-                                                "choice, random rows): the same seed, the same choices")
-    p.add_argument("--dask", metavar="ADDRESS", help="run the load workers as tasks on this Dask scheduler "
-                                                     "(tcp://host:8786); -p defaults to its worker threads")
+    flows.add_argument(
+        "-f",
+        "--scenario",
+        metavar="FILE.py",
+        help="run the @flow functions of this file as virtual users; URL is their base URL",
+    )
+    flows.add_argument(
+        "-u",
+        "--users",
+        type=int,
+        metavar="N",
+        help="virtual users in all (default: -c); with no scenario, the same as -c",
+    )
+    flows.add_argument(
+        "--stages",
+        metavar="STAGES",
+        help="ramp the users linearly, closed loop: DURATION:USERS,... e.g. 30s:100,2m:100,20s:0",
+    )
+    flows.add_argument(
+        "--data",
+        metavar="FILE.csv",
+        help="test data: each user gets rows of this CSV file (header line = field names) as user.row",
+    )
+    flows.add_argument(
+        "--data-order",
+        choices=["round-robin", "random"],
+        default="round-robin",
+        help="which row a user gets (default round-robin; random draws with --seed)",
+    )
+    flows.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the users' random generators (think times, flow "
+        "choice, random rows): the same seed, the same choices",
+    )
+    p.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run the load workers as tasks on this Dask scheduler "
+        "(tcp://host:8786); -p defaults to its worker threads",
+    )
 
     s = commands.add_parser("serve-target", help="run the built-in HTTP target server (for load tests)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
@@ -166,9 +221,11 @@ class _ProgressLine:
         if progress.warming_up:
             text = "  warming up ..."
         else:
-            text = (f"  {progress.elapsed:6.1f} s  {progress.requests:>10,} requests  {progress.rate:>9,.0f}/s  "
-                    f"errors {progress.errors:,}  p50 {progress.p50_ms:.2f} ms  p95 {progress.p95_ms:.2f} ms  "
-                    f"p99 {progress.p99_ms:.2f} ms")
+            text = (
+                f"  {progress.elapsed:6.1f} s  {progress.requests:>10,} requests  {progress.rate:>9,.0f}/s  "
+                f"errors {progress.errors:,}  p50 {progress.p50_ms:.2f} ms  p95 {progress.p95_ms:.2f} ms  "
+                f"p99 {progress.p99_ms:.2f} ms"
+            )
         if self.tty:
             self.stream.write("\r" + text + "\x1b[K")
         else:
@@ -222,15 +279,20 @@ def loadtest_command(args: argparse.Namespace) -> int:
     live = LiveState() if web is not None or prometheus is not None else None
     servers: list[Any] = []
     try:
-        for address, dashboard, what in ((web, True, "live dashboard at {}"),
-                                         (prometheus, False, "OpenMetrics at {}metrics")):
+        for address, dashboard, what in (
+            (web, True, "live dashboard at {}"),
+            (prometheus, False, "OpenMetrics at {}metrics"),
+        ):
             if address is not None and live is not None:
                 server = LiveServer(live, address[0], address[1], dashboard=dashboard)
                 servers.append(server)
                 print(f"procly loadtest: {what.format(server.url)}", file=sys.stderr, flush=True)
                 if not server.loopback:
-                    print(f"procly loadtest: warning: {server.url} is reachable from the network, without "
-                          "authentication", file=sys.stderr, flush=True)
+                    print(
+                        f"procly loadtest: warning: {server.url} is reachable from the network, without authentication",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     except OSError as exc:
         for server in servers:
             server.close()
@@ -244,8 +306,8 @@ def loadtest_command(args: argparse.Namespace) -> int:
 
 
 def _run_and_report(  # noqa: C901 - the live views around the run; to split (issue 20)
-        args: argparse.Namespace, config: Any, embedded: bool, thresholds: list[Any], live: Any,
-        linger: float) -> int:
+    args: argparse.Namespace, config: Any, embedded: bool, thresholds: list[Any], live: Any, linger: float
+) -> int:
     from ._html import to_html
     from ._runner import LoadTestError, run_load_test
     from ._target import EmbeddedTarget
@@ -305,8 +367,9 @@ def _run_and_report(  # noqa: C901 - the live views around the run; to split (is
     for message in report.workers_lost:
         print(f"procly loadtest: {message}", file=sys.stderr)
     if linger > 0 and not report.interrupted:
-        print(f"procly loadtest: the dashboard stays up {linger:g} s more (Ctrl-C ends it)", file=sys.stderr,
-              flush=True)
+        print(
+            f"procly loadtest: the dashboard stays up {linger:g} s more (Ctrl-C ends it)", file=sys.stderr, flush=True
+        )
         try:
             threading.Event().wait(linger)
         except KeyboardInterrupt:

@@ -132,7 +132,7 @@ def mann_whitney(base: Distribution, new: Distribution) -> tuple[float, float]:
         tied = c_base + c_new
         mid_rank = below + (tied + 1) / 2.0
         rank_sum_new += c_new * mid_rank
-        ties += tied ** 3 - tied
+        ties += tied**3 - tied
         below += tied
     u_new = rank_sum_new - n2 * (n2 + 1) / 2.0
     effect = u_new / (n1 * n2)
@@ -194,17 +194,21 @@ class Comparison:
         return [row for row in self.rows if row.regressed]
 
     def to_text(self) -> str:
-        lines = [f"procly loadtest compare {self.base_label} -> {self.new_label}",
-                 f"  tolerance {self.tolerance:.1%}, error rate +{self.error_tolerance_pp:g} pp, alpha {self.alpha:g}",
-                 ""]
+        lines = [
+            f"procly loadtest compare {self.base_label} -> {self.new_label}",
+            f"  tolerance {self.tolerance:.1%}, error rate +{self.error_tolerance_pp:g} pp, alpha {self.alpha:g}",
+            "",
+        ]
         lines.append(f"  {'name':<28} {'metric':<12} {'baseline':>12} {'new':>12} {'change':>9} {'p':>9}  verdict")
         for row in self.rows:
             change = row.change_percent
             shown = "" if change is None else ("+inf" if math.isinf(change) else f"{change:+.1f}%")
             p = "" if row.p_value is None else f"{row.p_value:.2g}"
             verdict = "REGRESSION" if row.regressed else ("better" if row.improved else "ok")
-            lines.append(f"  {row.name[:28]:<28} {row.metric:<12} {row.base:>12.3f} {row.new:>12.3f} {shown:>9} "
-                         f"{p:>9}  {verdict}")
+            lines.append(
+                f"  {row.name[:28]:<28} {row.metric:<12} {row.base:>12.3f} {row.new:>12.3f} {shown:>9} "
+                f"{p:>9}  {verdict}"
+            )
         if self.shifts:
             lines += ["", "  Mann-Whitney U (whole latency distribution; effect 0.5 = no shift, > 0.5 = new slower):"]
             for name, (effect, p) in self.shifts.items():
@@ -224,11 +228,15 @@ class Comparison:
             verdict = "REGRESSION" if row.regressed else ("better" if row.improved else "ok")
             css = "bad" if row.regressed else ("good" if row.improved else "")
             p = "" if row.p_value is None else f"{row.p_value:.2g}"
-            rows.append(f'<tr class="{css}"><td>{html.escape(row.name)}</td><td>{row.metric}</td>'
-                        f"<td>{row.base:.3f}</td><td>{row.new:.3f}</td><td>{shown}</td><td>{p}</td>"
-                        f"<td>{verdict}</td></tr>")
-        shifts = "".join(f"<tr><td>{html.escape(name)}</td><td>{effect:.3f}</td><td>{p:.2g}</td></tr>"
-                         for name, (effect, p) in self.shifts.items())
+            rows.append(
+                f'<tr class="{css}"><td>{html.escape(row.name)}</td><td>{row.metric}</td>'
+                f"<td>{row.base:.3f}</td><td>{row.new:.3f}</td><td>{shown}</td><td>{p}</td>"
+                f"<td>{verdict}</td></tr>"
+            )
+        shifts = "".join(
+            f"<tr><td>{html.escape(name)}</td><td>{effect:.3f}</td><td>{p:.2g}</td></tr>"
+            for name, (effect, p) in self.shifts.items()
+        )
         count = len(self.regressions)
         verdict = f'<p class="bad">{count} regression(s)</p>' if count else '<p class="good">no regression</p>'
         return f"""<!doctype html>
@@ -282,17 +290,30 @@ def _figures(data: dict[str, Any], where: str) -> Figures:
             http = sum(v for k, v in data.get("error_kinds", {}).items() if k.startswith("http "))
             attempts = requests + errors - http
             rate = 100.0 * errors / attempts if attempts else 0.0
-        return Figures(requests=int(data["requests"]), requests_per_s=float(data["requests_per_s"]),
-                       error_rate_percent=float(rate), percentiles_ms=percentiles, distribution=distribution)
+        return Figures(
+            requests=int(data["requests"]),
+            requests_per_s=float(data["requests_per_s"]),
+            error_rate_percent=float(rate),
+            percentiles_ms=percentiles,
+            distribution=distribution,
+        )
     except CompareError as exc:
         raise CompareError(f"{where}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise CompareError(f"{where}: malformed report ({type(exc).__name__}: {exc})") from None
 
 
-def compare(base: dict[str, Any], new: dict[str, Any], *, tolerance: float = 0.10, error_tolerance_pp: float = 0.1,
-            alpha: float = 0.01, base_label: str = "baseline", new_label: str = "new",
-            gate: frozenset[str] = GATES) -> Comparison:
+def compare(
+    base: dict[str, Any],
+    new: dict[str, Any],
+    *,
+    tolerance: float = 0.10,
+    error_tolerance_pp: float = 0.1,
+    alpha: float = 0.01,
+    base_label: str = "baseline",
+    new_label: str = "new",
+    gate: frozenset[str] = GATES,
+) -> Comparison:
     """Compare two reports (``Report.to_dict()`` or the ``--json`` files' contents).
 
     Only the figures named in ``gate`` (of :data:`GATES`) can be regressions; the others
@@ -301,15 +322,25 @@ def compare(base: dict[str, Any], new: dict[str, Any], *, tolerance: float = 0.1
     Raises:
         CompareError: a report lacks the figures compared, or a histogram is corrupt.
     """
-    result = Comparison(tolerance=tolerance, error_tolerance_pp=error_tolerance_pp, alpha=alpha,
-                        base_label=base_label, new_label=new_label)
+    result = Comparison(
+        tolerance=tolerance,
+        error_tolerance_pp=error_tolerance_pp,
+        alpha=alpha,
+        base_label=base_label,
+        new_label=new_label,
+    )
     pairs = [("total", _figures(base, base_label), _figures(new, new_label))]
     base_names = {entry["name"]: entry for entry in base["by_name"]}
     new_names = {entry["name"]: entry for entry in new["by_name"]}
     for name in base_names:
         if name in new_names:
-            pairs.append((name, _figures(base_names[name], f"{base_label} {name}"),
-                          _figures(new_names[name], f"{new_label} {name}")))
+            pairs.append(
+                (
+                    name,
+                    _figures(base_names[name], f"{base_label} {name}"),
+                    _figures(new_names[name], f"{new_label} {name}"),
+                )
+            )
     result.only_in_base = [n for n in base_names if n not in new_names]
     result.only_in_new = [n for n in new_names if n not in base_names]
     for name, b, n in pairs:
@@ -348,8 +379,7 @@ def parse_fraction(text: str, option: str) -> float:
     try:
         value = float(raw[:-1]) / 100.0 if raw.endswith("%") else float(raw)
     except ValueError:
-        raise ValueError(f"{option} wants a percentage such as 10% (or a fraction such as 0.1), got {text!r}") \
-            from None
+        raise ValueError(f"{option} wants a percentage such as 10% (or a fraction such as 0.1), got {text!r}") from None
     if not value >= 0 or math.isinf(value):
         raise ValueError(f"{option} must be a non-negative finite number, got {text!r}")
     return value
@@ -359,18 +389,27 @@ def main(argv: list[str]) -> int:
     """``procly loadtest compare``'s entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="procly loadtest compare",
-        description="Compare two 'procly loadtest --json' reports; exit 1 on a regression beyond the tolerance.")
+        description="Compare two 'procly loadtest --json' reports; exit 1 on a regression beyond the tolerance.",
+    )
     parser.add_argument("baseline", help="the reference report (JSON)")
     parser.add_argument("new", help="the report to judge (JSON)")
-    parser.add_argument("--tolerance", default="10%",
-                        help="allowed relative growth of p50/p95/p99 and fall of requests/s (default 10%%)")
-    parser.add_argument("--error-tolerance", default="0.1",
-                        help="allowed rise of the error rate in percentage points (default 0.1)")
-    parser.add_argument("--alpha", type=float, default=0.01,
-                        help="significance level of the latency tests (default 0.01)")
-    parser.add_argument("--gate", default="p50,p95,p99,rps,errors",
-                        help="which figures can fail the comparison, of p50,p95,p99,rps,errors (default all; "
-                             "e.g. p50,p95,errors on a machine whose tail is noisy)")
+    parser.add_argument(
+        "--tolerance",
+        default="10%",
+        help="allowed relative growth of p50/p95/p99 and fall of requests/s (default 10%%)",
+    )
+    parser.add_argument(
+        "--error-tolerance", default="0.1", help="allowed rise of the error rate in percentage points (default 0.1)"
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=0.01, help="significance level of the latency tests (default 0.01)"
+    )
+    parser.add_argument(
+        "--gate",
+        default="p50,p95,p99,rps,errors",
+        help="which figures can fail the comparison, of p50,p95,p99,rps,errors (default all; "
+        "e.g. p50,p95,errors on a machine whose tail is noisy)",
+    )
     parser.add_argument("--html", metavar="FILE", help="also write the comparison as an HTML page")
     parser.add_argument("--json", metavar="FILE", help="also write the comparison as JSON (- for standard output)")
     try:
@@ -380,8 +419,9 @@ def main(argv: list[str]) -> int:
     try:
         import hdrh  # noqa: F401
     except ImportError as exc:
-        print(f"procly loadtest compare needs the loadtest extra: pip install 'procly[loadtest]' ({exc})",
-              file=sys.stderr)
+        print(
+            f"procly loadtest compare needs the loadtest extra: pip install 'procly[loadtest]' ({exc})", file=sys.stderr
+        )
         return EXIT_BAD_INPUT
     try:
         tolerance = parse_fraction(args.tolerance, "--tolerance")
@@ -391,9 +431,16 @@ def main(argv: list[str]) -> int:
             raise ValueError(f"--gate takes some of {','.join(sorted(GATES))}, got {args.gate!r}")
         if not 0 < args.alpha < 1:
             raise ValueError(f"--alpha must be between 0 and 1, got {args.alpha}")
-        result = compare(load_report(args.baseline), load_report(args.new), tolerance=tolerance,
-                         error_tolerance_pp=error_tolerance, alpha=args.alpha,
-                         base_label=args.baseline, new_label=args.new, gate=gate)
+        result = compare(
+            load_report(args.baseline),
+            load_report(args.new),
+            tolerance=tolerance,
+            error_tolerance_pp=error_tolerance,
+            alpha=args.alpha,
+            base_label=args.baseline,
+            new_label=args.new,
+            gate=gate,
+        )
     except (CompareError, ValueError) as exc:
         print(f"procly loadtest compare: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -402,13 +449,27 @@ def main(argv: list[str]) -> int:
     if args.html:
         Path(args.html).write_text(result.to_html(), encoding="utf-8")
     if args.json:
-        data = {"baseline": args.baseline, "new": args.new, "tolerance_percent": tolerance * 100,
-                "error_tolerance_percent": error_tolerance, "alpha": args.alpha,
-                "regressions": len(result.regressions),
-                "rows": [{"name": r.name, "metric": r.metric, "baseline": r.base, "new": r.new,
-                          "p_value": r.p_value, "regressed": r.regressed, "improved": r.improved}
-                         for r in result.rows],
-                "mann_whitney": {name: {"effect": e, "p_value": p} for name, (e, p) in result.shifts.items()}}
+        data = {
+            "baseline": args.baseline,
+            "new": args.new,
+            "tolerance_percent": tolerance * 100,
+            "error_tolerance_percent": error_tolerance,
+            "alpha": args.alpha,
+            "regressions": len(result.regressions),
+            "rows": [
+                {
+                    "name": r.name,
+                    "metric": r.metric,
+                    "baseline": r.base,
+                    "new": r.new,
+                    "p_value": r.p_value,
+                    "regressed": r.regressed,
+                    "improved": r.improved,
+                }
+                for r in result.rows
+            ],
+            "mann_whitney": {name: {"effect": e, "p_value": p} for name, (e, p) in result.shifts.items()},
+        }
         text = json.dumps(data, indent=2)
         if args.json == "-":
             print(text)

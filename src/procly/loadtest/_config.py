@@ -209,8 +209,13 @@ class LoadTestConfig:
             index=index,
             connections=split_evenly(self.connections, n)[index],
             requests=None if self.requests is None else split_evenly(self.requests, n)[index],
-            rate=(self.rate_stages.scaled(1 / n) if self.rate_stages is not None
-                  else None if self.rate is None else self.rate / n),
+            rate=(
+                self.rate_stages.scaled(1 / n)
+                if self.rate_stages is not None
+                else None
+                if self.rate is None
+                else self.rate / n
+            ),
         )
 
     def describe(self) -> str:
@@ -218,8 +223,10 @@ class LoadTestConfig:
         if self.scenario is not None and self.scenario.label is None:
             target = f"{self.scenario.describe()} on {self.url}"
         what = "user" if self.scenario is not None else "connection"
-        parts = [f"{self.worker_count} process{'es' if self.worker_count > 1 else ''}",
-                 f"{self.connections} {what}{'s' if self.connections > 1 else ''}"]
+        parts = [
+            f"{self.worker_count} process{'es' if self.worker_count > 1 else ''}",
+            f"{self.connections} {what}{'s' if self.connections > 1 else ''}",
+        ]
         duration = self.effective_duration
         if duration is not None:
             parts.append(f"{duration:g} s")

@@ -54,9 +54,18 @@ def run_on_dask(config: LoadTestConfig, address: str, processes_given: bool = Tr
         wall_start = time.time() + START_DELAY
         tally = Tally(config)
         tally.measure_start = wall_start + config.warmup
-        futures = [client.submit(_load_task, config, index, wall_start, stop.name, pure=False,
-                                 key=f"procly-loadtest-{index}-{uuid.uuid4().hex}")
-                   for index in range(config.worker_count)]
+        futures = [
+            client.submit(
+                _load_task,
+                config,
+                index,
+                wall_start,
+                stop.name,
+                pure=False,
+                key=f"procly-loadtest-{index}-{uuid.uuid4().hex}",
+            )
+            for index in range(config.worker_count)
+        ]
         interrupted = False
         try:
             _wait_all(futures, None)

@@ -69,8 +69,15 @@ class Response:
 
     __slots__ = ("status", "_raw", "_headers", "body", "error", "elapsed_ms", "name")
 
-    def __init__(self, status: int, raw_headers: list[tuple[bytes, bytes]], body: bytes, error: str | None,
-                 elapsed_ms: float, name: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        raw_headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        error: str | None,
+        elapsed_ms: float,
+        name: str,
+    ) -> None:
         self.status = status
         self._raw = raw_headers
         self._headers: dict[str, str] | None = None
@@ -168,8 +175,19 @@ class FlowRecorder(Recorder):
 class _Connection(asyncio.Protocol):
     """One user's keep-alive connection: one request at a time, parsed by httptools."""
 
-    __slots__ = ("transport", "parser", "waiter", "status", "headers", "body", "recorder", "head", "closed", "loop",
-                 "sent")
+    __slots__ = (
+        "transport",
+        "parser",
+        "waiter",
+        "status",
+        "headers",
+        "body",
+        "recorder",
+        "head",
+        "closed",
+        "loop",
+        "sent",
+    )
 
     def __init__(self, recorder: FlowRecorder, loop: asyncio.AbstractEventLoop) -> None:
         self.recorder = recorder
@@ -293,9 +311,17 @@ class User:
         """HEAD ``path``; await it. See :meth:`request` for the options."""
         return self.request("HEAD", path, **options)
 
-    async def request(self, method: str, path: str, *, name: str | None = None,
-                      headers: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None,
-                      json: Any = None, data: bytes | str | Mapping[str, Any] | None = None) -> Response:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        name: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        data: bytes | str | Mapping[str, Any] | None = None,
+    ) -> Response:
         """Send one request on this user's connection and return its :class:`Response`.
 
         ``name`` groups the request's statistics (default: the method and the path
@@ -352,9 +378,14 @@ class User:
         load = self._load
         try:
             _, connection = await asyncio.wait_for(
-                load.loop.create_connection(lambda: _Connection(load.recorder, load.loop), load.target.host,
-                                            load.target.port, **load.tls_options),
-                load.timeout)
+                load.loop.create_connection(
+                    lambda: _Connection(load.recorder, load.loop),
+                    load.target.host,
+                    load.target.port,
+                    **load.tls_options,
+                ),
+                load.timeout,
+            )
         except (OSError, asyncio.TimeoutError) as exc:
             raise RequestFailed(connect_error_kind(exc)) from None
         self._connection = connection
@@ -386,9 +417,17 @@ class User:
 
     # checks, think time, data
 
-    def check(self, response: Response, name: str | None = None, *, status: int | Iterable[int] | None = None,
-              header: Mapping[str, str | None] | None = None, contains: str | bytes | None = None,
-              json: Mapping[str, Any] | None = None, predicate: Callable[[Response], bool] | None = None) -> bool:
+    def check(
+        self,
+        response: Response,
+        name: str | None = None,
+        *,
+        status: int | Iterable[int] | None = None,
+        header: Mapping[str, str | None] | None = None,
+        contains: str | bytes | None = None,
+        json: Mapping[str, Any] | None = None,
+        predicate: Callable[[Response], bool] | None = None,
+    ) -> bool:
         """Check a response; count each check as passed or failed; return True if all passed.
 
         ``status``: the status (or one of several); ``header``: ``{name: text}``, the header
@@ -471,8 +510,19 @@ def _json_field(document: Any, path: str) -> Any:
 class FlowLoad:
     """The virtual users of one worker process, running a scenario's flows."""
 
-    def __init__(self, scenario: Scenario, url: str, users: int, schedule: Schedule, recorder: FlowRecorder,
-                 timeout: float, insecure: bool, stages: Any, worker_index: int, worker_count: int) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        url: str,
+        users: int,
+        schedule: Schedule,
+        recorder: FlowRecorder,
+        timeout: float,
+        insecure: bool,
+        stages: Any,
+        worker_index: int,
+        worker_count: int,
+    ) -> None:
         import ssl
 
         self.loop = asyncio.get_running_loop()
@@ -512,17 +562,28 @@ class FlowLoad:
             return path
         if path.startswith(("http://", "https://")):
             parts = urllib.parse.urlsplit(path)
-            if parts.hostname != self.target.host or (parts.port or (443 if parts.scheme == "https" else 80)) \
-                    != self.target.port:
-                raise ValueError(f"{path!r} is not on the target {self.target.host_header}: "
-                                 "a scenario's requests go to the URL given on the command line")
+            if (
+                parts.hostname != self.target.host
+                or (parts.port or (443 if parts.scheme == "https" else 80)) != self.target.port
+            ):
+                raise ValueError(
+                    f"{path!r} is not on the target {self.target.host_header}: "
+                    "a scenario's requests go to the URL given on the command line"
+                )
             return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if not path.startswith("/"):
             path = "/" + path
         return self.prefix + path
 
-    def request_bytes(self, method: str, path: str, user: User, headers: Mapping[str, str] | None,
-                      extra: list[tuple[str, str]], body: bytes) -> bytes:
+    def request_bytes(
+        self,
+        method: str,
+        path: str,
+        user: User,
+        headers: Mapping[str, str] | None,
+        extra: list[tuple[str, str]],
+        body: bytes,
+    ) -> bytes:
         if not (user.headers or headers or user.cookies or body or extra) and method in ("GET", "HEAD", "DELETE"):
             # The common bare request: built once per method and path.
             key = (method, path)
@@ -613,8 +674,11 @@ class FlowLoad:
         while True:
             await asyncio.sleep(period)
             limit = time.monotonic() - self.timeout
-            late = [user._connection for user in self.users
-                    if user._connection is not None and 0.0 < user._connection.sent < limit]
+            late = [
+                user._connection
+                for user in self.users
+                if user._connection is not None and 0.0 < user._connection.sent < limit
+            ]
             for connection in late:
                 connection._fail("timeout")
 

@@ -14,8 +14,9 @@ from ._stages import Stages
 _loaded: dict[tuple[Any, ...], Scenario] = {}
 
 
-def flow_options(args: argparse.Namespace, url: str | None, headers: list[tuple[str, str]],
-                 body: bytes) -> dict[str, Any]:
+def flow_options(
+    args: argparse.Namespace, url: str | None, headers: list[tuple[str, str]], body: bytes
+) -> dict[str, Any]:
     """``connections``, ``rate``, ``rate_stages``, ``stages`` and ``scenario`` for :class:`LoadTestConfig`.
 
     Raises:
@@ -26,8 +27,10 @@ def flow_options(args: argparse.Namespace, url: str | None, headers: list[tuple[
     rate, rate_stages = _rate(args.rate)
     stages = Stages.parse(args.stages) if args.stages is not None else None
     if stages is not None and args.rate is not None:
-        raise ValueError("--stages ramps virtual users (closed loop); to ramp a rate (open loop) give -R the "
-                         "stages itself, e.g. -R 30s:1000,1m:1000,10s:0")
+        raise ValueError(
+            "--stages ramps virtual users (closed loop); to ramp a rate (open loop) give -R the "
+            "stages itself, e.g. -R 30s:1000,1m:1000,10s:0"
+        )
     if (stages is not None or rate_stages is not None) and args.warmup and parse_duration(args.warmup) > 0:
         raise ValueError("--warmup does not combine with stages: the first stage is the warm-up")
     if args.data is not None and args.scenario is None:
@@ -74,15 +77,18 @@ def _scenario(args: argparse.Namespace, headers: list[tuple[str, str]], body: by
     if args.call is not None:
         raise ValueError("give a scenario (-f) or --call, not both")
     if args.rate is not None:
-        raise ValueError("flows run closed loop (each user waits for its answers and its think time): "
-                         "-R is for the single-URL load; ramp users with --stages")
+        raise ValueError(
+            "flows run closed loop (each user waits for its answers and its think time): "
+            "-R is for the single-URL load; ramp users with --stages"
+        )
     if args.method.upper() != "GET" or headers or body:
         raise ValueError("-m, -H and --body are for the single-URL load: a scenario sets them per request")
     key = (args.scenario, args.data, args.data_order, args.seed)
     scenario = _loaded.get(key)
     if scenario is None:
-        scenario = _loaded[key] = Scenario.load(args.scenario, args.data,
-                                                random_rows=args.data_order == "random", seed=args.seed)
+        scenario = _loaded[key] = Scenario.load(
+            args.scenario, args.data, random_rows=args.data_order == "random", seed=args.seed
+        )
     return scenario
 
 

@@ -48,8 +48,9 @@ def _axes(title: str, x_label: str, y_label: str, y_max: float, x_ticks: list[tu
         parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#eee"/>')
         parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{_tick(value)}</text>')
     for x, label in x_ticks:
-        parts.append(f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle" font-size="11">'
-                     f"{html.escape(label)}</text>")
+        parts.append(
+            f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle" font-size="11">{html.escape(label)}</text>'
+        )
     return parts
 
 
@@ -62,14 +63,18 @@ def _legend(names: list[str]) -> str:
     items = []
     for i, name in enumerate(names):
         x = _PAD + 10 + i * 110
-        items.append(f'<rect x="{x}" y="30" width="12" height="12" fill="{_COLORS[name]}"/>'
-                     f'<text x="{x + 16}" y="41" font-size="12">{name}</text>')
+        items.append(
+            f'<rect x="{x}" y="30" width="12" height="12" fill="{_COLORS[name]}"/>'
+            f'<text x="{x + 16}" y="41" font-size="12">{name}</text>'
+        )
     return "".join(items)
 
 
 def _svg_open(element_id: str) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" id="{element_id}" width="{_WIDTH}" height="{_HEIGHT}" '
-            'font-family="sans-serif">')
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" id="{element_id}" width="{_WIDTH}" height="{_HEIGHT}" '
+        'font-family="sans-serif">'
+    )
 
 
 def throughput_svg(report: Report) -> str:
@@ -92,15 +97,18 @@ def throughput_svg(report: Report) -> str:
     bar_width = max(x_factor * 0.6, 1.0)
     for p in points:
         height = p.requests * y_factor
-        parts.append(f'<rect x="{x_of(p.second) - bar_width / 2:.1f}" y="{bottom - height:.1f}" '
-                     f'width="{bar_width:.1f}" height="{height:.1f}" fill="{_COLORS["p50"]}" opacity="0.55">'
-                     f"<title>second {p.second}: {p.requests:,} requests, {p.errors:,} errors</title></rect>")
-    parts.append(_polyline([x_of(s) for s in seconds], [bottom - p.errors * y_factor for p in points],
-                           _COLORS["p99"]))
-    parts.append(f'<rect x="{_PAD + 10}" y="30" width="12" height="12" fill="{_COLORS["p50"]}" opacity="0.55"/>'
-                 f'<text x="{_PAD + 26}" y="41" font-size="12">requests/s</text>'
-                 f'<rect x="{_PAD + 120}" y="30" width="12" height="12" fill="{_COLORS["p99"]}"/>'
-                 f'<text x="{_PAD + 136}" y="41" font-size="12">errors/s</text>')
+        parts.append(
+            f'<rect x="{x_of(p.second) - bar_width / 2:.1f}" y="{bottom - height:.1f}" '
+            f'width="{bar_width:.1f}" height="{height:.1f}" fill="{_COLORS["p50"]}" opacity="0.55">'
+            f"<title>second {p.second}: {p.requests:,} requests, {p.errors:,} errors</title></rect>"
+        )
+    parts.append(_polyline([x_of(s) for s in seconds], [bottom - p.errors * y_factor for p in points], _COLORS["p99"]))
+    parts.append(
+        f'<rect x="{_PAD + 10}" y="30" width="12" height="12" fill="{_COLORS["p50"]}" opacity="0.55"/>'
+        f'<text x="{_PAD + 26}" y="41" font-size="12">requests/s</text>'
+        f'<rect x="{_PAD + 120}" y="30" width="12" height="12" fill="{_COLORS["p99"]}"/>'
+        f'<text x="{_PAD + 136}" y="41" font-size="12">errors/s</text>'
+    )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -164,10 +172,14 @@ def distribution_svg(report: Report) -> str:
         parts.append(_polyline(xs, ys, color))
         label = html.escape(name)
         for (p, v), x, y in zip(spectrum, xs, ys, strict=True):
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{color}"><title>{label} p{p:g}: '
-                         f"{v:.3f} ms</title></circle>")
-        parts.append(f'<rect x="{_PAD + 10}" y="{30 + 15 * index}" width="12" height="10" fill="{color}"/>'
-                     f'<text x="{_PAD + 26}" y="{39 + 15 * index}" font-size="11">{label}</text>')
+            parts.append(
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{color}"><title>{label} p{p:g}: '
+                f"{v:.3f} ms</title></circle>"
+            )
+        parts.append(
+            f'<rect x="{_PAD + 10}" y="{30 + 15 * index}" width="12" height="10" fill="{color}"/>'
+            f'<text x="{_PAD + 26}" y="{39 + 15 * index}" font-size="11">{label}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -192,10 +204,14 @@ def checks_table(report: Report) -> str:
         return "<p>No check was made.</p>"
     out = ["<table><tr><th>check</th><th>passed</th><th>failed</th><th>passed %</th></tr>"]
     for check in report.checks:
-        out.append(f"<tr><td>{html.escape(check.name)}</td><td>{check.passed:,}</td><td>{check.failed:,}</td>"
-                   f"<td>{check.passed_percent:.2f}</td></tr>")
-    out.append(f"<tr><td>total</td><td>{sum(c.passed for c in report.checks):,}</td>"
-               f"<td>{sum(c.failed for c in report.checks):,}</td><td>{report.checks_passed_percent:.2f}</td></tr>")
+        out.append(
+            f"<tr><td>{html.escape(check.name)}</td><td>{check.passed:,}</td><td>{check.failed:,}</td>"
+            f"<td>{check.passed_percent:.2f}</td></tr>"
+        )
+    out.append(
+        f"<tr><td>total</td><td>{sum(c.passed for c in report.checks):,}</td>"
+        f"<td>{sum(c.failed for c in report.checks):,}</td><td>{report.checks_passed_percent:.2f}</td></tr>"
+    )
     out.append("</table>")
     return "".join(out)
 
@@ -205,20 +221,28 @@ def thresholds_table(report: Report) -> str:
     if not report.thresholds:
         return "<p>No --fail-if condition was given.</p>"
     broken = sum(1 for t in report.thresholds if not t["passed"])
-    verdict = (f'<p class="fail">{broken} of {len(report.thresholds)} broke</p>' if broken
-               else f'<p class="pass">all {len(report.thresholds)} passed</p>')
+    verdict = (
+        f'<p class="fail">{broken} of {len(report.thresholds)} broke</p>'
+        if broken
+        else f'<p class="pass">all {len(report.thresholds)} passed</p>'
+    )
     out = [verdict, '<table id="thresholds"><tr><th>condition</th><th>measured</th><th>verdict</th></tr>']
     for t in report.thresholds:
         css, word = ("pass", "pass") if t["passed"] else ("fail", "FAIL")
-        out.append(f"<tr><td>{html.escape(str(t['condition']))}</td><td>{html.escape(str(t['measured']))}</td>"
-                   f'<td class="{css}">{word}</td></tr>')
+        out.append(
+            f"<tr><td>{html.escape(str(t['condition']))}</td><td>{html.escape(str(t['measured']))}</td>"
+            f'<td class="{css}">{word}</td></tr>'
+        )
     out.append("</table>")
     return "".join(out)
 
 
 def _key_values(data: dict[str, object], element_id: str) -> str:
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-                   for k, v in data.items() if v is not None)
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in data.items()
+        if v is not None
+    )
     return f'<table id="{element_id}" class="kv">{rows}</table>'
 
 

@@ -117,8 +117,9 @@ class _Slot:
         load = self.load
         try:
             _, protocol = await asyncio.wait_for(
-                load.loop.create_connection(lambda: load.protocol_type(self), load.target.connect_host,
-                                            load.target.port, **load.tls_options),
+                load.loop.create_connection(
+                    lambda: load.protocol_type(self), load.target.connect_host, load.target.port, **load.tls_options
+                ),
                 load.timeout,
             )
         except (OSError, asyncio.TimeoutError) as exc:
@@ -234,8 +235,11 @@ class _Slot:
             return
         self.protocol = None
         if self.state == _BUSY:
-            kind = "closed by server" if exc is None else ("reset" if isinstance(exc, ConnectionResetError)
-                                                           else f"lost {type(exc).__name__}")
+            kind = (
+                "closed by server"
+                if exc is None
+                else ("reset" if isinstance(exc, ConnectionResetError) else f"lost {type(exc).__name__}")
+            )
             self.load.recorder.error(kind)
             self.due = None
             self._next_connection()
@@ -267,8 +271,16 @@ class _Slot:
 class HttpLoad:
     """The HTTP load of one worker process."""
 
-    def __init__(self, target: HttpTarget, request: bytes, connections: int, schedule: Schedule,
-                 recorder: Recorder, timeout: float, insecure: bool = False) -> None:
+    def __init__(
+        self,
+        target: HttpTarget,
+        request: bytes,
+        connections: int,
+        schedule: Schedule,
+        recorder: Recorder,
+        timeout: float,
+        insecure: bool = False,
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.target = target
         self.request = request

@@ -115,8 +115,10 @@ def render_metrics(snapshot: dict[str, Any], openmetrics: bool = True) -> str:
     family(f"{_PREFIX}_checks", "counter", "Checks on responses, by check name and result (pass, fail).")
     for check in snapshot["checks"]:
         for result in ("pass", "fail"):
-            lines.append(f'{_PREFIX}_checks_total{{check="{_label(check["name"])}",result="{result}"}} '
-                         f'{check["passed" if result == "pass" else "failed"]}')
+            lines.append(
+                f'{_PREFIX}_checks_total{{check="{_label(check["name"])}",result="{result}"}} '
+                f"{check['passed' if result == 'pass' else 'failed']}"
+            )
     family(f"{_PREFIX}_active_users", "gauge", "Virtual users (or connections) the load runs with now.")
     lines.append(f"{_PREFIX}_active_users {snapshot['users']}")
     family(f"{_PREFIX}_elapsed_seconds", "gauge", "Time since the measured part of the run started.")
@@ -136,14 +138,32 @@ class LiveState:
         self._config = config
         self._series: list[dict[str, Any]] = []
         self._users_seen: dict[int, int] = {}  # second of the run -> users reported then
-        self._data: dict[str, Any] = {"running": False, "started": False, "elapsed_s": 0.0, "requests": 0,
-                                      "errors": 0, "series": [], "by_name": [], "checks": [], "users": 0,
-                                      "thresholds": [], "verdict": None, "description": ""}
-        self._metrics_snapshot: dict[str, Any] = {"names": [], "checks": [], "users": 0, "elapsed_s": 0.0,
-                                                  "running": False}
+        self._data: dict[str, Any] = {
+            "running": False,
+            "started": False,
+            "elapsed_s": 0.0,
+            "requests": 0,
+            "errors": 0,
+            "series": [],
+            "by_name": [],
+            "checks": [],
+            "users": 0,
+            "thresholds": [],
+            "verdict": None,
+            "description": "",
+        }
+        self._metrics_snapshot: dict[str, Any] = {
+            "names": [],
+            "checks": [],
+            "users": 0,
+            "elapsed_s": 0.0,
+            "running": False,
+        }
         self._data_bytes = json.dumps(self._data).encode()
-        self._metrics = {True: render_metrics(self._metrics_snapshot, True).encode(),
-                         False: render_metrics(self._metrics_snapshot, False).encode()}
+        self._metrics = {
+            True: render_metrics(self._metrics_snapshot, True).encode(),
+            False: render_metrics(self._metrics_snapshot, False).encode(),
+        }
 
     def set_config(self, config: LoadTestConfig) -> None:
         with self._lock:
@@ -177,64 +197,129 @@ class LiveState:
         # The per-second series: every finished second (the one in progress only at the end).
         last = max(tally.buckets, default=-1)
         complete = last + 1 if not running else max(0, last)
-        series = self._series[:max(0, len(self._series) - 1)]  # the last point may have grown since
+        series = self._series[: max(0, len(self._series) - 1)]  # the last point may have grown since
         for second in range(len(series), complete):
             bucket = tally.buckets.get(second, Interval())
             hist = bucket.histogram
-            series.append({"t_s": second, "requests_per_s": bucket.requests, "errors_per_s": bucket.error_count,
-                           "latency_p50_ms": percentile_ms(hist, 50), "latency_p95_ms": percentile_ms(hist, 95),
-                           "latency_p99_ms": percentile_ms(hist, 99), "users": self._users_in(second)})
+            series.append(
+                {
+                    "t_s": second,
+                    "requests_per_s": bucket.requests,
+                    "errors_per_s": bucket.error_count,
+                    "latency_p50_ms": percentile_ms(hist, 50),
+                    "latency_p95_ms": percentile_ms(hist, 95),
+                    "latency_p99_ms": percentile_ms(hist, 99),
+                    "users": self._users_in(second),
+                }
+            )
         names = []
         metric_names = []
         for name, sub in sorted(total.by_name.items()):
             hist = sub.histogram
-            names.append({"name": name, "requests": sub.requests, "errors": sub.error_count,
-                          "requests_per_s": sub.requests / elapsed if elapsed > 0 else 0.0,
-                          "latency_p50_ms": percentile_ms(hist, 50), "latency_p95_ms": percentile_ms(hist, 95),
-                          "latency_p99_ms": percentile_ms(hist, 99)})
+            names.append(
+                {
+                    "name": name,
+                    "requests": sub.requests,
+                    "errors": sub.error_count,
+                    "requests_per_s": sub.requests / elapsed if elapsed > 0 else 0.0,
+                    "latency_p50_ms": percentile_ms(hist, 50),
+                    "latency_p95_ms": percentile_ms(hist, 95),
+                    "latency_p99_ms": percentile_ms(hist, 99),
+                }
+            )
             buckets, sum_s = _buckets_and_sum(sub)
-            metric_names.append({"name": name, "requests": sub.requests, "errors": sub.error_count,
-                                 "buckets": buckets, "requests_timed": hist.get_total_count(), "sum_s": sum_s})
-        checks = [{"name": name, "passed": passed, "failed": failed}
-                  for name, (passed, failed) in sorted(total.checks.items())]
+            metric_names.append(
+                {
+                    "name": name,
+                    "requests": sub.requests,
+                    "errors": sub.error_count,
+                    "buckets": buckets,
+                    "requests_timed": hist.get_total_count(),
+                    "sum_s": sum_s,
+                }
+            )
+        checks = [
+            {"name": name, "passed": passed, "failed": failed}
+            for name, (passed, failed) in sorted(total.checks.items())
+        ]
         hist = total.histogram
         with self._lock:
             self._series = series
-            self._data.update(running=running, started=True, elapsed_s=round(elapsed, 3), requests=total.requests,
-                              errors=total.error_count, users=users,
-                              requests_per_s=total.requests / elapsed if elapsed > 0 else 0.0,
-                              latency_p50_ms=percentile_ms(hist, 50), latency_p95_ms=percentile_ms(hist, 95),
-                              latency_p99_ms=percentile_ms(hist, 99), series=list(series), by_name=names,
-                              checks=checks)
-            self._metrics_snapshot = {"names": metric_names, "checks": checks, "users": users,
-                                      "elapsed_s": elapsed, "running": running}
+            self._data.update(
+                running=running,
+                started=True,
+                elapsed_s=round(elapsed, 3),
+                requests=total.requests,
+                errors=total.error_count,
+                users=users,
+                requests_per_s=total.requests / elapsed if elapsed > 0 else 0.0,
+                latency_p50_ms=percentile_ms(hist, 50),
+                latency_p95_ms=percentile_ms(hist, 95),
+                latency_p99_ms=percentile_ms(hist, 99),
+                series=list(series),
+                by_name=names,
+                checks=checks,
+            )
+            self._metrics_snapshot = {
+                "names": metric_names,
+                "checks": checks,
+                "users": users,
+                "elapsed_s": elapsed,
+                "running": running,
+            }
             self._render()
 
     def finish(self, report: Report, thresholds: list[dict[str, Any]]) -> None:
         """The run ended: show the report's totals and the thresholds' verdicts."""
         with self._lock:
             self._data.update(
-                running=False, started=True, elapsed_s=round(report.elapsed, 3), requests=report.requests,
-                errors=report.errors, users=0, requests_per_s=report.throughput,
-                latency_p50_ms=report.latency.p50, latency_p95_ms=report.latency.p95,
+                running=False,
+                started=True,
+                elapsed_s=round(report.elapsed, 3),
+                requests=report.requests,
+                errors=report.errors,
+                users=0,
+                requests_per_s=report.throughput,
+                latency_p50_ms=report.latency.p50,
+                latency_p95_ms=report.latency.p95,
                 latency_p99_ms=report.latency.p99,
-                series=[{"t_s": p.second, "requests_per_s": p.requests, "errors_per_s": p.errors,
-                         "latency_p50_ms": p.p50_ms, "latency_p95_ms": p.p95_ms, "latency_p99_ms": p.p99_ms,
-                         "users": self._users_in(p.second)} for p in report.timeline],
-                by_name=[{"name": s.name, "requests": s.requests, "errors": s.errors,
-                          "requests_per_s": s.requests_per_s, "latency_p50_ms": s.latency.p50,
-                          "latency_p95_ms": s.latency.p95, "latency_p99_ms": s.latency.p99} for s in report.by_name],
+                series=[
+                    {
+                        "t_s": p.second,
+                        "requests_per_s": p.requests,
+                        "errors_per_s": p.errors,
+                        "latency_p50_ms": p.p50_ms,
+                        "latency_p95_ms": p.p95_ms,
+                        "latency_p99_ms": p.p99_ms,
+                        "users": self._users_in(p.second),
+                    }
+                    for p in report.timeline
+                ],
+                by_name=[
+                    {
+                        "name": s.name,
+                        "requests": s.requests,
+                        "errors": s.errors,
+                        "requests_per_s": s.requests_per_s,
+                        "latency_p50_ms": s.latency.p50,
+                        "latency_p95_ms": s.latency.p95,
+                        "latency_p99_ms": s.latency.p99,
+                    }
+                    for s in report.by_name
+                ],
                 checks=[{"name": c.name, "passed": c.passed, "failed": c.failed} for c in report.checks],
                 thresholds=thresholds,
-                verdict=("none" if not thresholds else
-                         "fail" if any(not t["passed"] for t in thresholds) else "pass"))
+                verdict=("none" if not thresholds else "fail" if any(not t["passed"] for t in thresholds) else "pass"),
+            )
             self._metrics_snapshot = dict(self._metrics_snapshot, running=False, users=0)
             self._render()
 
     def _render(self) -> None:
         self._data_bytes = json.dumps(self._data).encode()
-        self._metrics = {True: render_metrics(self._metrics_snapshot, True).encode(),
-                         False: render_metrics(self._metrics_snapshot, False).encode()}
+        self._metrics = {
+            True: render_metrics(self._metrics_snapshot, True).encode(),
+            False: render_metrics(self._metrics_snapshot, False).encode(),
+        }
 
     def data_json(self) -> bytes:
         with self._lock:
@@ -305,8 +390,9 @@ class LiveServer:
 
     def __init__(self, state: LiveState, host: str, port: int, dashboard: bool) -> None:
         self._server = _LiveServer((host, port), state, dashboard)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="procly-loadtest-live", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="procly-loadtest-live", daemon=True
+        )
         self._thread.start()
 
     @property

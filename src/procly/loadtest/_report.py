@@ -74,19 +74,30 @@ class NameStats:
 
     @classmethod
     def build(cls, name: str, interval: Interval, elapsed: float) -> NameStats:
-        return cls(name=name, requests=interval.requests, errors=interval.error_count,
-                   requests_per_s=interval.requests / elapsed, latency=Latency.from_histogram(interval.histogram),
-                   status_codes=dict(sorted(interval.statuses.items())),
-                   error_kinds=dict(sorted(interval.errors.items(), key=lambda item: -item[1])),
-                   histogram=interval.histogram)
+        return cls(
+            name=name,
+            requests=interval.requests,
+            errors=interval.error_count,
+            requests_per_s=interval.requests / elapsed,
+            latency=Latency.from_histogram(interval.histogram),
+            status_codes=dict(sorted(interval.statuses.items())),
+            error_kinds=dict(sorted(interval.errors.items(), key=lambda item: -item[1])),
+            histogram=interval.histogram,
+        )
 
     def percentile_ms(self, percentile: float) -> float:
         return percentile_ms(self.histogram, percentile) if self.histogram is not None else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        data = {"name": self.name, "requests": self.requests, "errors": self.errors,
-                "requests_per_s": round(self.requests_per_s, 3), **self.latency.to_dict(),
-                "status_codes": {str(k): v for k, v in self.status_codes.items()}, "error_kinds": self.error_kinds}
+        data = {
+            "name": self.name,
+            "requests": self.requests,
+            "errors": self.errors,
+            "requests_per_s": round(self.requests_per_s, 3),
+            **self.latency.to_dict(),
+            "status_codes": {str(k): v for k, v in self.status_codes.items()},
+            "error_kinds": self.error_kinds,
+        }
         if self.histogram is not None and self.histogram.get_total_count():
             data["histogram_hdr"] = self.histogram.encode().decode("ascii")  # for procly loadtest compare
         return data
@@ -106,8 +117,12 @@ class CheckStats:
         return 100.0 * self.passed / total if total else 100.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "passed": self.passed, "failed": self.failed,
-                "passed_percent": round(self.passed_percent, 4)}
+        return {
+            "name": self.name,
+            "passed": self.passed,
+            "failed": self.failed,
+            "passed_percent": round(self.passed_percent, 4),
+        }
 
 
 @dataclass
@@ -138,9 +153,17 @@ class TimelinePoint:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"start_s": self.second, "requests": self.requests, "errors": self.errors,
-                "requests_per_s": self.requests, "latency_p50_ms": self.p50_ms, "latency_p90_ms": self.p90_ms,
-                "latency_p95_ms": self.p95_ms, "latency_p99_ms": self.p99_ms, "latency_max_ms": self.max_ms}
+        return {
+            "start_s": self.second,
+            "requests": self.requests,
+            "errors": self.errors,
+            "requests_per_s": self.requests,
+            "latency_p50_ms": self.p50_ms,
+            "latency_p90_ms": self.p90_ms,
+            "latency_p95_ms": self.p95_ms,
+            "latency_p99_ms": self.p99_ms,
+            "latency_max_ms": self.max_ms,
+        }
 
 
 @dataclass
@@ -193,8 +216,15 @@ class Report:
     machine: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, config: LoadTestConfig, total: Interval, elapsed: float, timeline: list[TimelinePoint],
-              workers_lost: list[str], interrupted: bool) -> Report:
+    def build(
+        cls,
+        config: LoadTestConfig,
+        total: Interval,
+        elapsed: float,
+        timeline: list[TimelinePoint],
+        workers_lost: list[str],
+        interrupted: bool,
+    ) -> Report:
         # A response with status >= 400 is both a request and an error; a transport error only an error.
         http_errors = sum(count for kind, count in total.errors.items() if kind.startswith("http "))
         errors = total.error_count
@@ -234,13 +264,15 @@ class Report:
     def _warnings(self) -> list[str]:
         warnings = []
         if self.send_lag is not None and self.send_lag.p99 > SEND_LAG_WARNING_MS:
-            warnings.append(f"the client fell behind its schedule: requests went out up to {self.send_lag.p99:.2f} "
-                            f"ms (p99) after their due time; use more processes (-p) or a lower rate")
+            warnings.append(
+                f"the client fell behind its schedule: requests went out up to {self.send_lag.p99:.2f} "
+                f"ms (p99) after their due time; use more processes (-p) or a lower rate"
+            )
         if self.rate_target and not self.interrupted and self.throughput < self.rate_target * 0.99:
-            why = (f"; {self.late_sends:,} requests waited for a free connection (raise -c)" if self.late_sends
-                   else "")
-            warnings.append(f"the rate of {self.rate_target:g} requests/s was not held: "
-                            f"{self.throughput:,.1f} requests/s{why}")
+            why = f"; {self.late_sends:,} requests waited for a free connection (raise -c)" if self.late_sends else ""
+            warnings.append(
+                f"the rate of {self.rate_target:g} requests/s was not held: {self.throughput:,.1f} requests/s{why}"
+            )
         return warnings
 
     def percentile_ms(self, percentile: float) -> float:
@@ -300,8 +332,9 @@ class Report:
         }
         if self.send_lag is not None:
             lag = self.send_lag
-            data.update(send_lag_p50_ms=round(lag.p50, 4), send_lag_p99_ms=round(lag.p99, 4),
-                        send_lag_max_ms=round(lag.max, 4))
+            data.update(
+                send_lag_p50_ms=round(lag.p50, 4), send_lag_p99_ms=round(lag.p99, 4), send_lag_max_ms=round(lag.max, 4)
+            )
         if self.histogram is not None and self.histogram.get_total_count():
             data["histogram_hdr"] = self.histogram.encode().decode("ascii")
         return data
@@ -311,9 +344,21 @@ class Report:
 
     # CSV: one row per second, one per request name, one per check, then the total
 
-    CSV_COLUMNS = ("row", "second", "name", "requests", "errors", "requests_per_s", "latency_p50_ms",
-                   "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "latency_max_ms", "checks_passed",
-                   "checks_failed")
+    CSV_COLUMNS = (
+        "row",
+        "second",
+        "name",
+        "requests",
+        "errors",
+        "requests_per_s",
+        "latency_p50_ms",
+        "latency_p90_ms",
+        "latency_p95_ms",
+        "latency_p99_ms",
+        "latency_max_ms",
+        "checks_passed",
+        "checks_failed",
+    )
 
     def to_csv(self) -> str:
         """``row`` says what a line is: ``second`` (the timeline), ``name``, ``check`` or ``total``."""
@@ -321,20 +366,62 @@ class Report:
         writer = csv.writer(out)
         writer.writerow(self.CSV_COLUMNS)
         for point in self.timeline:
-            writer.writerow(["second", point.second, "", point.requests, point.errors, point.requests,
-                             f"{point.p50_ms:.3f}", f"{point.p90_ms:.3f}", f"{point.p95_ms:.3f}", f"{point.p99_ms:.3f}",
-                             f"{point.max_ms:.3f}", "", ""])
+            writer.writerow(
+                [
+                    "second",
+                    point.second,
+                    "",
+                    point.requests,
+                    point.errors,
+                    point.requests,
+                    f"{point.p50_ms:.3f}",
+                    f"{point.p90_ms:.3f}",
+                    f"{point.p95_ms:.3f}",
+                    f"{point.p99_ms:.3f}",
+                    f"{point.max_ms:.3f}",
+                    "",
+                    "",
+                ]
+            )
         for stats in self.by_name:
             lat = stats.latency
-            writer.writerow(["name", "", stats.name, stats.requests, stats.errors, f"{stats.requests_per_s:.1f}",
-                             f"{lat.p50:.3f}", f"{lat.p90:.3f}", f"{lat.p95:.3f}", f"{lat.p99:.3f}", f"{lat.max:.3f}",
-                             "", ""])
+            writer.writerow(
+                [
+                    "name",
+                    "",
+                    stats.name,
+                    stats.requests,
+                    stats.errors,
+                    f"{stats.requests_per_s:.1f}",
+                    f"{lat.p50:.3f}",
+                    f"{lat.p90:.3f}",
+                    f"{lat.p95:.3f}",
+                    f"{lat.p99:.3f}",
+                    f"{lat.max:.3f}",
+                    "",
+                    "",
+                ]
+            )
         for check in self.checks:
             writer.writerow(["check", "", check.name, "", "", "", "", "", "", "", "", check.passed, check.failed])
         lat = self.latency
-        writer.writerow(["total", "", "", self.requests, self.errors, f"{self.throughput:.1f}", f"{lat.p50:.3f}",
-                         f"{lat.p90:.3f}", f"{lat.p95:.3f}", f"{lat.p99:.3f}", f"{lat.max:.3f}",
-                         sum(c.passed for c in self.checks), sum(c.failed for c in self.checks)])
+        writer.writerow(
+            [
+                "total",
+                "",
+                "",
+                self.requests,
+                self.errors,
+                f"{self.throughput:.1f}",
+                f"{lat.p50:.3f}",
+                f"{lat.p90:.3f}",
+                f"{lat.p95:.3f}",
+                f"{lat.p99:.3f}",
+                f"{lat.max:.3f}",
+                sum(c.passed for c in self.checks),
+                sum(c.failed for c in self.checks),
+            ]
+        )
         return out.getvalue()
 
     # text
@@ -352,24 +439,34 @@ class Report:
         return "\n".join(lines)
 
     def _text_totals(self) -> list[str]:
-        lines = [f"  requests     {self.requests:>12,}   in {self.elapsed:.2f} s",
-                 f"  throughput   {self.throughput:>12,.1f}   requests/s",
-                 f"  errors       {self.errors:>12,}   ({self.error_rate:.2%} of {self.attempts:,} attempts)"]
+        lines = [
+            f"  requests     {self.requests:>12,}   in {self.elapsed:.2f} s",
+            f"  throughput   {self.throughput:>12,.1f}   requests/s",
+            f"  errors       {self.errors:>12,}   ({self.error_rate:.2%} of {self.attempts:,} attempts)",
+        ]
         if self.iterations:
             lines.append(f"  iterations   {self.iterations:>12,}   (flows run to their end or to an exception)")
         if self.bytes_received:
-            lines.append(f"  received     {_human_bytes(self.bytes_received):>12}   "
-                         f"({_human_bytes(self.bytes_received / self.elapsed)}/s)")
+            lines.append(
+                f"  received     {_human_bytes(self.bytes_received):>12}   "
+                f"({_human_bytes(self.bytes_received / self.elapsed)}/s)"
+            )
         if self.send_lag is not None:
             lag = self.send_lag
-            lines.append(f"  send lag     p50 {_fmt_us(lag.p50)}  p99 {_fmt_us(lag.p99)}  max {_fmt_us(lag.max)}   "
-                         "(how late requests went out after their due time)")
+            lines.append(
+                f"  send lag     p50 {_fmt_us(lag.p50)}  p99 {_fmt_us(lag.p99)}  max {_fmt_us(lag.max)}   "
+                "(how late requests went out after their due time)"
+            )
         if self.worker_peak_rss_mib:
-            lines.append(f"  memory       {self.worker_peak_rss_mib:>8,.1f} MiB   (peak resident size of the largest "
-                         "worker process)")
+            lines.append(
+                f"  memory       {self.worker_peak_rss_mib:>8,.1f} MiB   (peak resident size of the largest "
+                "worker process)"
+            )
         if self.worker_cpu_s and self.requests:
-            lines.append(f"  cpu          {self.worker_cpu_s:>10,.2f} s   in the workers "
-                         f"({self.worker_cpu_s / self.requests * 1e6:.1f} µs per request)")
+            lines.append(
+                f"  cpu          {self.worker_cpu_s:>10,.2f} s   in the workers "
+                f"({self.worker_cpu_s / self.requests * 1e6:.1f} µs per request)"
+            )
         if self.late_sends:
             lines.append(f"  late sends   {self.late_sends:>12,}   (due while every connection was busy)")
         return lines
@@ -378,8 +475,10 @@ class Report:
         lat = self.latency
         names = ["min", "p50", "p90", "p95", "p99", "p99.9", "max", "mean", "stdev"]
         values = [lat.min, lat.p50, lat.p90, lat.p95, lat.p99, lat.p99_9, lat.max, lat.mean, lat.stdev]
-        return ["  latency ms " + "".join(f"{name:>9}" for name in names),
-                "             " + "".join(f"{_fmt_ms(value):>9}" for value in values)]
+        return [
+            "  latency ms " + "".join(f"{name:>9}" for name in names),
+            "             " + "".join(f"{_fmt_ms(value):>9}" for value in values),
+        ]
 
     def _text_by_name(self) -> list[str]:
         if not self.by_name:
@@ -390,9 +489,12 @@ class Report:
         rows = [(s.name, s.requests, s.requests_per_s, s.errors, s.latency) for s in self.by_name]
         rows.append(("total", self.requests, self.throughput, self.errors, self.latency))
         for name, count, rps, errors, latency in rows:
-            lines.append(f"    {name:<{width - 2}}{count:>10,}{rps:>10,.1f}{errors:>10,}" +
-                         "".join(f"{_fmt_ms(v):>10}" for v in (latency.p50, latency.p90, latency.p95,
-                                                               latency.p99, latency.max)))
+            lines.append(
+                f"    {name:<{width - 2}}{count:>10,}{rps:>10,.1f}{errors:>10,}"
+                + "".join(
+                    f"{_fmt_ms(v):>10}" for v in (latency.p50, latency.p90, latency.p95, latency.p99, latency.max)
+                )
+            )
         return lines
 
     def _text_checks(self) -> list[str]:
@@ -401,10 +503,13 @@ class Report:
         width = max(24, *(len(c.name) + 2 for c in self.checks))
         lines = ["", f"  {'checks':<{width}}{'passed':>10}{'failed':>10}{'passed %':>10}"]
         for check in self.checks:
-            lines.append(f"    {check.name:<{width - 2}}{check.passed:>10,}{check.failed:>10,}"
-                         f"{check.passed_percent:>10.2f}")
-        lines.append(f"    {'total':<{width - 2}}{sum(c.passed for c in self.checks):>10,}"
-                     f"{sum(c.failed for c in self.checks):>10,}{self.checks_passed_percent:>10.2f}")
+            lines.append(
+                f"    {check.name:<{width - 2}}{check.passed:>10,}{check.failed:>10,}{check.passed_percent:>10.2f}"
+            )
+        lines.append(
+            f"    {'total':<{width - 2}}{sum(c.passed for c in self.checks):>10,}"
+            f"{sum(c.failed for c in self.checks):>10,}{self.checks_passed_percent:>10.2f}"
+        )
         return lines
 
     def _text_counts(self) -> list[str]:
@@ -446,8 +551,9 @@ def configuration_of(config: LoadTestConfig) -> dict[str, Any]:
     """The run's settings as JSON-ready data (numbers with their unit in their key)."""
     data: dict[str, Any] = {
         "target": config.url if config.url is not None else f"call {config.call}",
-        "mode": "flows" if config.scenario is not None else ("rate" if config.rate or config.rate_stages
-                                                            else "closed loop"),
+        "mode": "flows"
+        if config.scenario is not None
+        else ("rate" if config.rate or config.rate_stages else "closed loop"),
         "processes": config.worker_count,
         "connections": config.connections,
         "duration_s": config.effective_duration,

@@ -122,14 +122,25 @@ class Tally:
             elapsed = min(elapsed, duration)
         elapsed = max(elapsed, 1e-9)
         last_bucket = max(self.buckets, default=-1)
-        timeline = [TimelinePoint.from_interval(second, self.buckets.get(second, Interval()))
-                    for second in range(last_bucket + 1)]
-        return Report.build(config=self.config, total=self.total, elapsed=elapsed, timeline=timeline,
-                            workers_lost=workers_lost, interrupted=interrupted)
+        timeline = [
+            TimelinePoint.from_interval(second, self.buckets.get(second, Interval()))
+            for second in range(last_bucket + 1)
+        ]
+        return Report.build(
+            config=self.config,
+            total=self.total,
+            elapsed=elapsed,
+            timeline=timeline,
+            workers_lost=workers_lost,
+            interrupted=interrupted,
+        )
 
 
-def run_load_test(config: LoadTestConfig, on_progress: Callable[[Progress], None] | None = None,
-                  on_tick: Callable[[Tally], None] | None = None) -> Report:
+def run_load_test(
+    config: LoadTestConfig,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_tick: Callable[[Tally], None] | None = None,
+) -> Report:
     """Run the load test ``config`` describes and return its report.
 
     ``on_progress`` gets the live line's figures once a second; ``on_tick`` gets the
@@ -153,8 +164,9 @@ def run_load_test(config: LoadTestConfig, on_progress: Callable[[Progress], None
     try:
         for index in range(config.worker_count):
             parent_conn, child_conn = ctx.Pipe()
-            process = ctx.Process(target=worker_main, args=(config, index, child_conn),
-                                  name=f"procly-loadtest-{index}", daemon=True)
+            process = ctx.Process(
+                target=worker_main, args=(config, index, child_conn), name=f"procly-loadtest-{index}", daemon=True
+            )
             process.start()
             child_conn.close()
             workers.append(_WorkerState(index, process, parent_conn))
@@ -172,9 +184,13 @@ def run_load_test(config: LoadTestConfig, on_progress: Callable[[Progress], None
 
 
 class _Coordinator:
-    def __init__(self, config: LoadTestConfig, workers: list[_WorkerState],
-                 on_progress: Callable[[Progress], None] | None,
-                 on_tick: Callable[[Tally], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: LoadTestConfig,
+        workers: list[_WorkerState],
+        on_progress: Callable[[Progress], None] | None,
+        on_tick: Callable[[Tally], None] | None = None,
+    ) -> None:
         self.config = config
         self.workers = workers
         self.on_progress = on_progress
@@ -221,8 +237,9 @@ class _Coordinator:
                 elif message[0] == "failed":
                     raise LoadTestError(f"worker {worker.index} could not start the load: {message[1]}")
         if not self._live():
-            raise LoadTestError("every worker died before the load started: " +
-                                "; ".join(w.lost or "" for w in self.workers))
+            raise LoadTestError(
+                "every worker died before the load started: " + "; ".join(w.lost or "" for w in self.workers)
+            )
 
     def _ready_workers(self, candidates: list[_WorkerState], timeout: float | None) -> list[_WorkerState]:
         by_handle: dict[object, _WorkerState] = {}

@@ -59,8 +59,10 @@ def flow(func: F | None = None, *, weight: int = 1, name: str | None = None) -> 
 
     def mark(function: F) -> F:
         if not inspect.iscoroutinefunction(function):
-            raise TypeError(f"@flow {getattr(function, '__name__', function)!r} must be an async function "
-                            "(async def name(user): ...)")
+            raise TypeError(
+                f"@flow {getattr(function, '__name__', function)!r} must be an async function "
+                "(async def name(user): ...)"
+            )
         setattr(function, _FLOW_ATTR, (weight, name or function.__name__))
         return function
 
@@ -100,8 +102,13 @@ class Scenario:
     _modules: dict[int, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], data: str | os.PathLike[str] | None = None,
-             random_rows: bool = False, seed: int | None = None) -> Scenario:
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        data: str | os.PathLike[str] | None = None,
+        random_rows: bool = False,
+        seed: int | None = None,
+    ) -> Scenario:
         """Read and check a scenario file (and its CSV data): it is imported once, here.
 
         Raises:
@@ -116,8 +123,14 @@ class Scenario:
         scenario = cls(path=str(file.resolve()), source=source)
         flows, _ = scenario.flows()
         rows = load_rows(data) if data is not None else ()
-        return cls(path=scenario.path, source=source, flow_names=tuple(f.name for f in flows), rows=rows,
-                   random_rows=random_rows, seed=seed)
+        return cls(
+            path=scenario.path,
+            source=source,
+            flow_names=tuple(f.name for f in flows),
+            rows=rows,
+            random_rows=random_rows,
+            seed=seed,
+        )
 
     def module(self) -> types.ModuleType:
         """The scenario run as a module (once per process).
@@ -147,11 +160,18 @@ class Scenario:
             raise
         except BaseException as exc:  # SystemExit too: a scenario that exits is a broken scenario
             sys.modules.pop(name, None)
-            line = next((frame.lineno for frame in reversed(traceback.extract_tb(exc.__traceback__))
-                         if frame.filename == self.path), None)
+            line = next(
+                (
+                    frame.lineno
+                    for frame in reversed(traceback.extract_tb(exc.__traceback__))
+                    if frame.filename == self.path
+                ),
+                None,
+            )
             where = f"{self.path}:{line}" if line else self.path
-            raise ScenarioError(f"{where}: the scenario raised {type(exc).__name__} while it was imported: {exc}"
-                                ) from None
+            raise ScenarioError(
+                f"{where}: the scenario raised {type(exc).__name__} while it was imported: {exc}"
+            ) from None
         self._modules[os.getpid()] = module
         return module
 
@@ -170,8 +190,9 @@ class Scenario:
             if callable(value) and getattr(value, _ON_START_ATTR, False):
                 starts.append(value)
         if not flows:
-            raise ScenarioError(f"{self.path} defines no flow: mark an async function with @flow "
-                                "(from procly.loadtest import flow)")
+            raise ScenarioError(
+                f"{self.path} defines no flow: mark an async function with @flow (from procly.loadtest import flow)"
+            )
         return flows, starts
 
     @classmethod
@@ -230,8 +251,10 @@ def load_rows(path: str | os.PathLike[str]) -> tuple[dict[str, str], ...]:
             if not values:
                 continue  # a blank line
             if len(values) != len(names):
-                raise ScenarioError(f"--data {str(path)!r}, line {reader.line_num}: {len(values)} fields, "
-                                    f"the header has {len(names)} ({', '.join(names)})")
+                raise ScenarioError(
+                    f"--data {str(path)!r}, line {reader.line_num}: {len(values)} fields, "
+                    f"the header has {len(names)} ({', '.join(names)})"
+                )
             rows.append(dict(zip(names, values, strict=True)))
     except csv.Error as exc:
         raise ScenarioError(f"--data {str(path)!r}, line {reader.line_num}: {exc}") from None

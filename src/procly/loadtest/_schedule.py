@@ -16,8 +16,14 @@ from typing import Any
 class Schedule:
     """Hands out start times until the run's deadline or request budget is reached."""
 
-    def __init__(self, start: float, deadline: float | None, budget: int | None, rate: float | Any | None,
-                 measure_from: float | None = None) -> None:
+    def __init__(
+        self,
+        start: float,
+        deadline: float | None,
+        budget: int | None,
+        rate: float | Any | None,
+        measure_from: float | None = None,
+    ) -> None:
         """``rate``: requests/s, or a :class:`~procly.loadtest._stages.Stages` ramp of them (from ``start``)."""
         self.start = start
         self.deadline = deadline
@@ -63,8 +69,14 @@ class Schedule:
 class LockedSchedule(Schedule):
     """A schedule shared by the threads that drive a synchronous callable."""
 
-    def __init__(self, start: float, deadline: float | None, budget: int | None, rate: float | None,
-                 measure_from: float | None = None) -> None:
+    def __init__(
+        self,
+        start: float,
+        deadline: float | None,
+        budget: int | None,
+        rate: float | None,
+        measure_from: float | None = None,
+    ) -> None:
         super().__init__(start, deadline, budget, rate, measure_from)
         self._lock = threading.Lock()
 

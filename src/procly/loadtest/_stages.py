@@ -37,13 +37,16 @@ class Stages:
         for position, part in enumerate(text.split(","), 1):
             match = _STAGE.match(part)
             if not match:
-                raise ValueError(f"{option}: stage {position} ({part.strip()!r}) is not DURATION:TARGET "
-                                 "(example: 30s:100)")
+                raise ValueError(
+                    f"{option}: stage {position} ({part.strip()!r}) is not DURATION:TARGET (example: 30s:100)"
+                )
             try:
                 duration = parse_duration(match.group(1))
             except ValueError:
-                raise ValueError(f"{option}: stage {position} ({part.strip()!r}) has no valid duration "
-                                 f"({match.group(1)!r}; examples: 30s, 2m, 500ms)") from None
+                raise ValueError(
+                    f"{option}: stage {position} ({part.strip()!r}) has no valid duration "
+                    f"({match.group(1)!r}; examples: 30s, 2m, 500ms)"
+                ) from None
             if duration <= 0:
                 raise ValueError(f"{option}: stage {position} ({part.strip()!r}) must last longer than 0 s")
             steps.append((duration, float(match.group(2))))

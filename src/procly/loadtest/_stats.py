@@ -47,8 +47,7 @@ class Recorder:
     Everything is recorded under one request ``name``.
     """
 
-    __slots__ = ("latencies", "statuses", "ok", "errors", "bytes_received", "measure_from", "send_lags", "late",
-                 "name")
+    __slots__ = ("latencies", "statuses", "ok", "errors", "bytes_received", "measure_from", "send_lags", "late", "name")
 
     def __init__(self, name: str = "") -> None:
         # Requests due before this (monotonic) time belong to the warm-up: not recorded.
@@ -164,8 +163,13 @@ class Interval:
         histogram = new_histogram()
         if self.histogram.get_total_count():
             histogram.add(self.histogram)
-        return Interval(requests=self.requests, statuses=dict(self.statuses), errors=dict(self.errors),
-                        histogram=histogram, bytes_received=self.bytes_received)
+        return Interval(
+            requests=self.requests,
+            statuses=dict(self.statuses),
+            errors=dict(self.errors),
+            histogram=histogram,
+            bytes_received=self.bytes_received,
+        )
 
     def add(self, other: Interval) -> None:
         """Merge ``other`` into this interval."""
@@ -206,7 +210,8 @@ class Interval:
             "errors": self.errors,
             "histogram": self.histogram.encode() if self.histogram.get_total_count() else b"",
             "bytes_received": self.bytes_received,
-            "send_lag": self.send_lag.encode() if self.send_lag is not None and self.send_lag.get_total_count()
+            "send_lag": self.send_lag.encode()
+            if self.send_lag is not None and self.send_lag.get_total_count()
             else b"",
             "late": self.late,
             "by_name": self._names_to_wire(),
@@ -219,7 +224,7 @@ class Interval:
 
     def _names_to_wire(self) -> dict[str, Any]:
         if len(self.by_name) == 1:
-            (name, sub), = self.by_name.items()
+            ((name, sub),) = self.by_name.items()
             if sub.requests == self.requests and sub.errors == self.errors and sub.statuses == self.statuses:
                 return {name: None}  # one name: its tallies are the total's (one histogram less to encode)
         return {name: sub.to_wire() for name, sub in self.by_name.items()}
@@ -270,4 +275,3 @@ def recorded_values(hist: HdrHistogram, highest: bool = False) -> list[tuple[int
     if highest:
         pairs = [(hist.get_highest_equivalent_value(value), count) for value, count in pairs]
     return pairs
-

@@ -38,14 +38,17 @@ MAX_BYTES = 16 * 1024 * 1024
 MAX_DELAY_MS = 60_000
 
 
-def _response(status: int, body: bytes, keep_alive: bool = True, content_type: str = "text/plain",
-              extra: str = "") -> bytes:
+def _response(
+    status: int, body: bytes, keep_alive: bool = True, content_type: str = "text/plain", extra: str = ""
+) -> bytes:
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = "Unknown"
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Length: {len(body)}\r\nContent-Type: {content_type}\r\n{extra}"
-            f"{'' if keep_alive else 'Connection: close' + chr(13) + chr(10)}\r\n")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Length: {len(body)}\r\nContent-Type: {content_type}\r\n{extra}"
+        f"{'' if keep_alive else 'Connection: close' + chr(13) + chr(10)}\r\n"
+    )
     return head.encode("latin-1") + body
 
 
@@ -118,8 +121,12 @@ class _ServerProtocol(asyncio.Protocol):
         self._flush()
 
     def _echo(self, url: bytes) -> bytes:
-        document = {"method": self.parser.get_method().decode("latin-1"), "path": url.decode("latin-1"),
-                    "headers": dict(self.echo_headers), "body": b"".join(self.echo_body).decode("utf-8", "replace")}
+        document = {
+            "method": self.parser.get_method().decode("latin-1"),
+            "path": url.decode("latin-1"),
+            "headers": dict(self.echo_headers),
+            "body": b"".join(self.echo_body).decode("utf-8", "replace"),
+        }
         self.echo_headers, self.echo_body = [], []
         return _response(200, json.dumps(document).encode(), content_type="application/json")
 
@@ -172,8 +179,7 @@ class _ServerProtocol(asyncio.Protocol):
             self.transport.write(data)
 
 
-async def _serve(host: str, port: int, ready: Connection | None, announce: bool,
-                 tls: tuple[str, str] | None) -> None:
+async def _serve(host: str, port: int, ready: Connection | None, announce: bool, tls: tuple[str, str] | None) -> None:
     loop = asyncio.get_running_loop()
     counter = _Counter()
     counter.timer = PreciseTimer(loop)
@@ -181,8 +187,9 @@ async def _serve(host: str, port: int, ready: Connection | None, announce: bool,
     if tls is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(*tls)
-    server = await loop.create_server(lambda: _ServerProtocol(counter), host, port, backlog=4096, reuse_address=True,
-                                      ssl=context)
+    server = await loop.create_server(
+        lambda: _ServerProtocol(counter), host, port, backlog=4096, reuse_address=True, ssl=context
+    )
     bound = server.sockets[0].getsockname()
     scheme = "https" if tls is not None else "http"
     stop = loop.create_future()
@@ -221,8 +228,13 @@ async def _serve(host: str, port: int, ready: Connection | None, announce: bool,
         print(f"procly target served {counter.served} requests", flush=True)
 
 
-def serve_target(host: str = "127.0.0.1", port: int = 0, ready: Connection | None = None,
-                 announce: bool = False, tls: tuple[str, str] | None = None) -> None:
+def serve_target(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ready: Connection | None = None,
+    announce: bool = False,
+    tls: tuple[str, str] | None = None,
+) -> None:
     """Run the target server until SIGTERM/SIGINT, or until ``ready`` says stop (or closes).
 
     With ``ready``, it sends ``("listening", scheme, host, port)`` once bound and
@@ -248,8 +260,9 @@ class EmbeddedTarget:
         RuntimeError: the server did not start within 30 s.
     """
 
-    def __init__(self, host: str = "127.0.0.1", start_method: str | None = None,
-                 tls: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", start_method: str | None = None, tls: tuple[str, str] | None = None
+    ) -> None:
         self.host = host
         self.start_method = start_method
         self.tls = tls
@@ -263,8 +276,9 @@ class EmbeddedTarget:
 
         ctx = get_context(self.start_method)
         self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=serve_target, args=(self.host, 0, child, False, self.tls),
-                                    name="procly-loadtest-target", daemon=True)
+        self._process = ctx.Process(
+            target=serve_target, args=(self.host, 0, child, False, self.tls), name="procly-loadtest-target", daemon=True
+        )
         self._process.start()
         child.close()
         if not self._conn.poll(30):

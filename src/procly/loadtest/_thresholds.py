@@ -30,7 +30,12 @@ _CONDITION = re.compile(
     r"(?P<op><=|>=|==|!=|<|>)\s*(?P<value>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[A-Za-zµ%/]+)?\s*$"
 )
 _OPS: dict[str, Callable[[float, float], bool]] = {
-    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
 }
 _LATENCY_UNITS_MS = {"ms": 1.0, "s": 1000.0, "us": 0.001, "µs": 0.001}
 _LATENCY = {"min", "mean", "max", "stdev"}
@@ -85,8 +90,10 @@ class Threshold:
         where = f"--fail-if {text!r}"
         match = _CONDITION.match(text)
         if not match:
-            raise ValueError(f"cannot read {where}: write it as METRIC[{{name=NAME}}] OP VALUE UNIT, "
-                             "e.g. 'p99>200ms', 'p95{name=login}>300ms', 'errors>0.1%', 'checks<99.9%'")
+            raise ValueError(
+                f"cannot read {where}: write it as METRIC[{{name=NAME}}] OP VALUE UNIT, "
+                "e.g. 'p99>200ms', 'p95{name=login}>300ms', 'errors>0.1%', 'checks<99.9%'"
+            )
         metric, op, value = match["metric"].lower(), match["op"], float(match["value"])
         unit = match["unit"].lower() if match["unit"] else None
         if unit == "µs":
@@ -125,8 +132,9 @@ class Threshold:
             if metric in _LATENCY:
                 ms = getattr(report.latency if stats is None else stats.latency, metric)
             else:
-                ms = (report.percentile_ms(float(metric[1:])) if stats is None
-                      else stats.percentile_ms(float(metric[1:])))
+                ms = (
+                    report.percentile_ms(float(metric[1:])) if stats is None else stats.percentile_ms(float(metric[1:]))
+                )
             return ms / _LATENCY_UNITS_MS[unit or "ms"], f"{label} = {ms:.3f} ms"
         errors = report.errors if stats is None else stats.errors
         if metric == "error_rate" or (metric == "errors" and unit == "%"):
@@ -167,8 +175,13 @@ def threshold_verdicts(thresholds: list[Threshold], report: Report) -> list[dict
             verdicts.append({"condition": threshold.text, "passed": False, "measured": measured})
         else:
             value, shown = measured
-            verdicts.append({"condition": threshold.text, "passed": not _OPS[threshold.op](value, threshold.value),
-                             "measured": shown})
+            verdicts.append(
+                {
+                    "condition": threshold.text,
+                    "passed": not _OPS[threshold.op](value, threshold.value),
+                    "measured": shown,
+                }
+            )
     return verdicts
 
 

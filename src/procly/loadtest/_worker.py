@@ -56,8 +56,9 @@ def worker_main(config: LoadTestConfig, index: int, conn: Connection) -> None:
         conn.close()
 
 
-def run_share(config: LoadTestConfig, index: int, wall_start: float,
-              should_stop: Callable[[], bool] = lambda: False) -> list[tuple[Any, ...]]:
+def run_share(
+    config: LoadTestConfig, index: int, wall_start: float, should_stop: Callable[[], bool] = lambda: False
+) -> list[tuple[Any, ...]]:
     """Run share ``index`` of the load in this thread, with no coordinator to talk to.
 
     For remote runners (a Dask task): returns every message a worker process would have
@@ -79,8 +80,13 @@ def run_share(config: LoadTestConfig, index: int, wall_start: float,
 
 
 class _Worker:
-    def __init__(self, config: LoadTestConfig, index: int, emit: Callable[[tuple[Any, ...]], None],
-                 should_stop: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        config: LoadTestConfig,
+        index: int,
+        emit: Callable[[tuple[Any, ...]], None],
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.config = config
         self.share = config.share(index)
         self.emit = emit
@@ -143,14 +149,24 @@ class _Worker:
             # Ramped users of the single-URL load are users of a one-request flow.
             url = config.url
             assert url is not None  # LoadTestConfig checks it: flows and stages are HTTP users
-            scenario = config.scenario or Scenario.single_request(url, config.method, list(config.headers),
-                                                                  config.body)
+            scenario = config.scenario or Scenario.single_request(url, config.method, list(config.headers), config.body)
             scenario.flows()  # import it now: a failure is reported before the start
             return _LoadFactory(
-                lambda schedule, recorder: FlowLoad(scenario, url, share.connections, schedule, recorder,
-                                                    config.timeout, config.insecure, config.stages, share.index,
-                                                    config.worker_count),
-                Schedule, FlowRecorder)
+                lambda schedule, recorder: FlowLoad(
+                    scenario,
+                    url,
+                    share.connections,
+                    schedule,
+                    recorder,
+                    config.timeout,
+                    config.insecure,
+                    config.stages,
+                    share.index,
+                    config.worker_count,
+                ),
+                Schedule,
+                FlowRecorder,
+            )
         if config.url is not None:
             from ._http import HttpLoad
 
@@ -158,9 +174,12 @@ class _Worker:
             request = target.request_bytes(config.method, list(config.headers), config.body)
             name = f"{config.method} {target.path}"
             return _LoadFactory(
-                lambda schedule, recorder: HttpLoad(target, request, share.connections, schedule, recorder,
-                                                    config.timeout, config.insecure),
-                Schedule, lambda: Recorder(name))
+                lambda schedule, recorder: HttpLoad(
+                    target, request, share.connections, schedule, recorder, config.timeout, config.insecure
+                ),
+                Schedule,
+                lambda: Recorder(name),
+            )
         from ._calls import CallLoad, resolve_callable
 
         call = config.call
@@ -168,7 +187,9 @@ class _Worker:
         func = resolve_callable(call)
         return _LoadFactory(
             lambda schedule, recorder: CallLoad(func, share.connections, schedule, recorder, config.timeout),
-            CallLoad.schedule_type(func), lambda: CallLoad.recorder_type(func)(call))
+            CallLoad.schedule_type(func),
+            lambda: CallLoad.recorder_type(func)(call),
+        )
 
     def _read_control(self, conn: Connection, messages: asyncio.Queue[Any]) -> None:
         try:
