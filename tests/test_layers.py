@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_semlock_backend",
             "_info",
             "_pool_errors",
+            "_frames",
         },
     ),
     ("serialization", {"_pickler", "_serialization"}),
@@ -57,6 +58,9 @@ LAYERS: list[tuple[str, set[str]]] = [
         {
             "_pool",
             "_pool_api",
+            "_pool_messages",
+            "_pool_dispatch",
+            "_pool_supervisor",
             "_pool_results",
             "_pool_worker",
             "_thread_pool",
