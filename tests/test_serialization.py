@@ -244,3 +244,34 @@ def test_pool_refuses_an_open_file_argument(tmp_path):
         with pytest.raises(procly.PicklingError, match="open file"):
             pool.apply_async(len, (f,))
         assert pool.apply(len, ("ok",)) == 2
+
+
+DYNAMIC_MAIN_CLASS = """
+import sys, threading, procly
+
+def _make():
+    def run(self, conn):
+        conn.send(type(self).__name__)
+    return type("Holder", (), {"lock": threading.Lock(), "run": run, "__module__": "__main__"})
+
+globals()["Holder"] = _make()  # defined at import, but not by a statement the source shows
+
+if __name__ == "__main__":
+    ctx = procly.get_context(sys.argv[1])
+    r, w = ctx.Pipe()
+    p = ctx.Process(target=Holder().run, args=(w,))
+    p.start()
+    print(r.recv())
+    p.join()
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_main_class_that_cannot_be_copied_travels_by_reference(tmp_path, method):
+    # Not among the names the script's source defines, so a copy would be carried along;
+    # it holds a lock and cannot be copied: the plain reference, as the standard library.
+    script = tmp_path / "dynamic.py"
+    script.write_text(DYNAMIC_MAIN_CLASS)
+    out = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=50)
+    assert out.returncode == 0 and out.stdout == "Holder\n", out.stderr

@@ -47,15 +47,9 @@ class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
             "__main__",
             "__mp_main__",
         ):
-            if self.main_by_reference and _main_module_importable():
-                qualname = _lookup_main(obj)
-                if qualname is not None:
-                    defined = _names_children_define()
-                    if defined is not None and qualname.partition(".")[0] in defined:
-                        return _main_attr, (qualname,)
-                    # A child may lack it (defined under the main guard, or after the
-                    # child started): the reference carries a copy to fall back on.
-                    return _main_attr_or_copy, (qualname, _copy_of(obj))
+            reference = _main_reference(obj) if self.main_by_reference else None
+            if reference is not None:
+                return reference
         elif cls in _OPEN_FILES:
             # cloudpickle would copy a readable file's whole content into the pickle.
             raise PicklingError(
@@ -75,3 +69,23 @@ class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
                 if getattr(obj.__self__, name, None) == obj:
                     return getattr, (obj.__self__, name)
         return super().reducer_override(obj)
+
+
+def _main_reference(obj: Any) -> Any:
+    """How a ``__main__`` function or class travels to a child that re-imports the main
+    module: by reference (identity kept), carrying a by-value copy to fall back on where
+    the child may lack the name (defined under the main guard, or after the child
+    started) and a copy can be made (a class holding a lock cannot be copied: then the
+    plain reference, as the standard library sends it). None: by value (cloudpickle)."""
+    if not _main_module_importable():
+        return None
+    qualname = _lookup_main(obj)
+    if qualname is None:
+        return None
+    defined = _names_children_define()
+    if defined is not None and qualname.partition(".")[0] in defined:
+        return _main_attr, (qualname,)
+    copy = _copy_of(obj)
+    if copy is None:
+        return _main_attr, (qualname,)
+    return _main_attr_or_copy, (qualname, copy)

@@ -224,8 +224,9 @@ class Supervisor:
             name=f"PoolWorker-{next(_worker_numbers)}",
             daemon=True,
         )
-        if self._worker_env:
-            process._config["env"] = self._worker_env  # set before a spawned worker imports anything
+        config = getattr(process, "_config", None)  # a context's own Process class may lack it
+        if self._worker_env and config is not None:
+            config["env"] = self._worker_env  # set before a spawned worker imports anything
         try:
             process.start()
         except BaseException:

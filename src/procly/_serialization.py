@@ -23,6 +23,7 @@ import io
 import pickle
 import sys
 import types
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Sequence, SupportsIndex
 
 from ._errors import PicklingError
@@ -166,13 +167,28 @@ class _OutOfBandBytes:
         return (type(self.data), (pickle.PickleBuffer(self.data),))
 
 
-def _copy_of(obj: Any) -> bytes:
-    """*obj* (a ``__main__`` function or class) pickled by value."""
+_copies: weakref.WeakKeyDictionary[Any, bytes | None] = weakref.WeakKeyDictionary()
+
+
+def _copy_of(obj: Any) -> bytes | None:
+    """*obj* (a ``__main__`` function or class) pickled by value; None if it cannot be.
+
+    A class's copy is made once (every message that holds an instance would otherwise
+    pickle the whole class again); a function's each time (its globals may change)."""
+    cached = isinstance(obj, type)
+    if cached and obj in _copies:
+        return _copies[obj]
     stream = io.BytesIO()
     pickler = _pickler_class()(stream, PROTOCOL)
     pickler.main_by_reference = False
-    pickler.dump(obj)
-    return stream.getvalue()
+    try:
+        pickler.dump(obj)
+        copy: bytes | None = stream.getvalue()
+    except (pickle.PicklingError, TypeError, AttributeError, RecursionError):
+        copy = None
+    if cached:
+        _copies[obj] = copy
+    return copy
 
 
 def _pickler_class() -> type[Pickler]:
