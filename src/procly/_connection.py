@@ -143,7 +143,7 @@ class Connection:
         if reuse is not None:
             reuse.close()
         fd_socket, self._fd_socket = getattr(self, "_fd_socket", None), None
-        if isinstance(fd_socket, socket.socket):
+        if fd_socket is not None and fd_socket is not False:  # a socket (not: modules may be gone at exit)
             fd_socket.close()  # a duplicate of the handle: closing it leaves the handle alone
         if handle is not None:
             _close_fd(handle)
