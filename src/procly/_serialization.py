@@ -104,13 +104,29 @@ def _names_children_define() -> frozenset[str] | None:
     return _children_define[path]
 
 
+_parsed: dict[str, ast.Module | None] = {}
+
+
+def parse_main_script(path: str) -> ast.Module | None:
+    """The syntax tree of the main script at *path*, parsed once per process (the
+    ``__main__`` reference rule and the main-guard check both read it); None if the
+    source cannot be read or parsed."""
+    if path not in _parsed:
+        import ast
+
+        try:
+            with open(path, "rb") as source:
+                _parsed[path] = ast.parse(source.read(), path)
+        except (OSError, SyntaxError, ValueError):
+            _parsed[path] = None
+    return _parsed[path]
+
+
 def _top_level_names(path: str) -> frozenset[str] | None:
     import ast
 
-    try:
-        with open(path, "rb") as source:
-            tree = ast.parse(source.read(), path)
-    except (OSError, SyntaxError, ValueError):
+    tree = parse_main_script(path)
+    if tree is None:
         return None
     names: set[str] = set()
 

@@ -169,12 +169,10 @@ def _main_guard_lines(path: str) -> list[tuple[int, int]] | None:
     """Line ranges of the bodies of the main script's ``if __name__ == "__main__":`` blocks."""
     import ast
 
-    from .._serialization import _is_main_guard
+    from .._serialization import _is_main_guard, parse_main_script
 
-    try:
-        with open(path, "rb") as source:
-            tree = ast.parse(source.read(), path)
-    except (OSError, SyntaxError, ValueError):
+    tree = parse_main_script(path)
+    if tree is None:
         return None
     ranges = []
     for node in ast.walk(tree):
