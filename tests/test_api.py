@@ -81,3 +81,32 @@ def test_import_is_cheap_and_silent():
     # cumulative import time of procly itself, in microseconds, from -X importtime
     line = [ln for ln in out.stderr.splitlines() if ln.rstrip().endswith("| procly")][0]
     assert int(line.split("|")[1]) < 300_000
+
+
+def test_util_log_records_name_the_caller():
+    """util.info() and friends log with the caller's file and line, not procly's."""
+    import io
+    import logging
+
+    from procly import util
+
+    logger = util.get_logger()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelno)s %(filename)s %(message)s"))
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(util.SUBDEBUG)
+    try:
+        util.info("one")
+        util.debug("two")
+        util.sub_debug("three")
+        util.sub_warning("four")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    here = __file__.rsplit("/", 1)[-1]
+    lines = stream.getvalue().splitlines()
+    levels = (util.INFO, util.DEBUG, util.SUBDEBUG, util.SUBWARNING)
+    words = ("one", "two", "three", "four")
+    assert lines == [f"{level} {here} {word}" for level, word in zip(levels, words, strict=True)]

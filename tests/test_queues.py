@@ -333,16 +333,22 @@ def _state(pid: int) -> str | None:
 
 
 def test_empty_on_a_closed_queue():
-    """Issue 19: empty() on a closed queue answers (True: nothing more can be read here), never raises."""
-    q = procly.Queue()
-    q.close()
-    assert q.empty()
-    used = procly.Queue()
-    used.put(1)
-    assert used.get(timeout=10) == 1
-    used.close()
-    used.join_thread()
-    assert used.empty()
+    """As CPython 3.13 specifies: a queue closed before any put is empty; one closed
+    after puts raises OSError naming the closed end; put/get raise ValueError."""
+    for q in (procly.Queue(), procly.JoinableQueue()):
+        q.close()
+        q.join_thread()
+        assert q.empty()
+        with pytest.raises(ValueError, match="is closed"):
+            q.put(1)
+        with pytest.raises(ValueError, match="is closed"):
+            q.get()
+    for used in (procly.Queue(), procly.JoinableQueue()):
+        used.put(1)
+        used.close()
+        used.join_thread()
+        with pytest.raises(OSError, match="is closed"):
+            used.empty()
 
 
 def test_feeder_waits_in_poll_when_nobody_reads(ctx):

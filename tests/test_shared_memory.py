@@ -52,6 +52,35 @@ def test_shared_memory_errors():
         shm.unlink()
 
 
+def test_standard_library_hooks_name_and_flags(monkeypatch):
+    """CPython's tests patch shared_memory._make_filename and subclass with _flags; both
+    behave as there, and a name with a NUL byte is refused with ValueError."""
+    from procly import shared_memory
+
+    names = iter([shared_memory._SHM_NAME_PREFIX + "procly_hook_a"])
+    monkeypatch.setattr(shared_memory, "_make_filename", lambda: next(names))
+    shm = SharedMemory(create=True, size=16)
+    try:
+        assert shm._name == "/psm_procly_hook_a" and shm.name == "psm_procly_hook_a"
+
+        class AttachOrCreate(SharedMemory):
+            _flags = os.O_CREAT | os.O_RDWR
+
+        again = AttachOrCreate(shm.name)
+        assert again.size == shm.size
+        again.close()
+        with pytest.raises(ValueError):
+            SharedMemory(shm.name + "\0a")
+        with pytest.raises(ValueError, match="name"):
+            SharedMemory()
+    finally:
+        shm.close()
+        shm.unlink()
+    assert not os.path.exists("/dev/shm/psm_procly_hook_a")
+    with pytest.raises(FileNotFoundError):
+        shm.unlink()  # a name is removed once, as with the standard library
+
+
 def test_shareable_list(ctx):
     sl = ShareableList([1, "text", 2.5, None, True, b"raw"])
     try:

@@ -38,6 +38,7 @@ CONNECTION_TIMEOUT = _listener.HANDSHAKE_TIMEOUT  # seconds an authentication ha
 # procly's handshake (HMAC-SHA256 both ways; not the standard library's wire format).
 MESSAGE_LENGTH = _listener._NONCE_SIZE
 CHALLENGE = _listener._CHALLENGE
+_CHALLENGE = CHALLENGE  # the name Python 3.12+ uses
 WELCOME = _listener._WELCOME
 FAILURE = _listener._FAILURE
 default_family = "AF_UNIX"

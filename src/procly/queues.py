@@ -697,14 +697,21 @@ class Queue(Generic[_T]):
         return self._maxsize - self._sem._get_value()
 
     def empty(self) -> bool:
-        """Whether nothing waits to be read (approximate while others put and get); True
-        once this process closed the queue and read nothing ahead."""
+        """Whether nothing waits to be read (approximate while others put and get).
+
+        Raises:
+            ConnectionClosedError: (an OSError) this process put to the queue and then
+                closed it. A queue closed before any put here reports True, as the
+                standard library's does.
+        """
         if self._shelf.holds():
             return False
         try:
             return not self._reader.poll()
-        except ConnectionClosedError:  # closed here: nothing more can be read through it
-            return True
+        except ConnectionClosedError:
+            if self._thread is None:
+                return True
+            raise
 
     def full(self) -> bool:
         return self._sem._is_zero()

@@ -22,6 +22,14 @@ __all__ = ["ShareableList", "SharedMemory", "ndarray"]
 
 _SHM_DIR = "/dev/shm"
 _NAME_PREFIX = "psm_"
+# The standard library's names for the same facts; its tests patch _make_filename.
+_SHM_NAME_PREFIX = "/" + _NAME_PREFIX
+_USE_POSIX = True
+
+
+def _make_filename() -> str:
+    """A fresh random segment name, in POSIX form (leading slash)."""
+    return _SHM_NAME_PREFIX + secrets.token_hex(8)
 
 
 def _path(name: str) -> str:
@@ -39,19 +47,21 @@ class SharedMemory:
         FileNotFoundError: attaching to a name that does not exist.
     """
 
+    # Flags used to open an existing name; a subclass may add O_CREAT to attach-or-create.
+    _flags = os.O_RDWR
+
     def __init__(self, name: str | None = None, create: bool = False, size: int = 0, *, track: bool = True) -> None:
         if not size >= 0:
             raise ValueError("'size' must be a positive integer")
+        flags = self._flags
         if create:
             if size == 0:
                 raise ValueError("'size' must be a positive number different from zero")
             flags = os.O_CREAT | os.O_EXCL | os.O_RDWR
-        else:
-            if name is None:
-                raise ValueError("'name' can only be None if create=True")
-            flags = os.O_RDWR
+        if name is None and not flags & os.O_EXCL:
+            raise ValueError("'name' can only be None if create=True")
         while True:
-            chosen = name if name is not None else _NAME_PREFIX + secrets.token_hex(8)
+            chosen = _make_filename() if name is None else name
             try:
                 fd = os.open(_path(chosen), flags | os.O_CLOEXEC, 0o600)
             except FileExistsError:
@@ -59,7 +69,7 @@ class SharedMemory:
                     continue  # a random name collided: draw another
                 raise
             break
-        self._name = chosen.lstrip("/")
+        self._name = "/" + chosen.lstrip("/")  # POSIX form, as the standard library keeps it
         self._fd = fd
         try:
             if create:
@@ -75,13 +85,13 @@ class SharedMemory:
         self._buf: memoryview | None = memoryview(self._mmap)
         self._tracked = create and track
         if self._tracked:
-            _tracker().register(self._name)
+            _tracker().register(self.name)
 
     def __reduce__(self) -> Any:
-        return (self.__class__, (self._name, False, self._size))
+        return (self.__class__, (self.name, False, self._size))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._name!r}, size={self._size})"
+        return f"{type(self).__name__}({self.name!r}, size={self._size})"
 
     def __del__(self) -> None:
         try:
@@ -99,7 +109,7 @@ class SharedMemory:
     @property
     def name(self) -> str:
         """The name other processes attach with."""
-        return self._name
+        return self._name.lstrip("/")
 
     @property
     def size(self) -> int:
@@ -119,9 +129,13 @@ class SharedMemory:
             self._fd = -1
 
     def unlink(self) -> None:
-        """Remove the name; the memory goes when every process has closed it."""
-        _release(self._name)
+        """Remove the name; the memory goes when every process has closed it.
+
+        Raises:
+            FileNotFoundError: the name was already removed (by this or another process).
+        """
         self._tracked = False
+        _release(self._name, missing_ok=False)
 
 
 # ----------------------------------------------------------------------------- tracker
@@ -390,14 +404,15 @@ def _untrack(name: str) -> None:
         _tracker_instance.unregister(name)
 
 
-def _release(name: str) -> None:
+def _release(name: str, missing_ok: bool = True) -> None:
     """Remove *name* and tell this process's tracker (if it has one) to forget it."""
     try:
         os.unlink(_path(name))
     except FileNotFoundError:
-        pass
-    if _tracker_instance is not None and _tracker_instance._pid == os.getpid():
-        _tracker_instance.unregister(name)
+        if not missing_ok:
+            _untrack(name.lstrip("/"))
+            raise
+    _untrack(name.lstrip("/"))
 
 
 def _attach_array(name: str, shape: tuple[int, ...], dtype: str, offset: int, strides: tuple[int, ...]) -> Any:

@@ -63,19 +63,20 @@ def log_to_stderr(level: int | str | None = None) -> logging.Logger:
 
 
 def sub_debug(msg: str, *args: Any) -> None:
-    get_logger().log(SUBDEBUG, msg, *args)
+    """Log at SUBDEBUG on procly's logger; the record names the caller's file and line."""
+    get_logger().log(SUBDEBUG, msg, *args, stacklevel=2)
 
 
 def debug(msg: str, *args: Any) -> None:
-    get_logger().debug(msg, *args)
+    get_logger().debug(msg, *args, stacklevel=2)
 
 
 def info(msg: str, *args: Any) -> None:
-    get_logger().info(msg, *args)
+    get_logger().info(msg, *args, stacklevel=2)
 
 
 def sub_warning(msg: str, *args: Any) -> None:
-    get_logger().log(SUBWARNING, msg, *args)
+    get_logger().log(SUBWARNING, msg, *args, stacklevel=2)
 
 
 def is_exiting() -> bool:
