@@ -298,18 +298,50 @@ def test_task_timeout_stops_the_task(ctx):
             per_call.get(timeout=20)
 
 
+def _counted(make, produced):
+    for i in itertools.count():
+        produced.append(i)
+        yield make(i)
+
+
 def test_imap_reads_an_endless_generator_lazily(pool):
-    consumed = itertools.count()
+    """The feeder never holds more than the look-ahead of unconsumed items."""
+    from procly._pool import IMAP_ADAPTIVE_ITEMS, IMAP_TASKS_AHEAD
 
-    def endless():
-        for i in itertools.count():
-            next(consumed)
-            yield i
+    bound = 2 * IMAP_TASKS_AHEAD * IMAP_ADAPTIVE_ITEMS
+    produced: list[int] = []
+    it = pool.imap(targets.square, _counted(int, produced))
+    for consumed in range(1, 301):
+        assert next(it) == (consumed - 1) ** 2
+        assert len(produced) <= consumed + bound, "imap must not read far ahead of its consumer"
 
-    it = pool.imap(targets.square, endless())
-    assert [next(it) for _ in range(50)] == [i * i for i in range(50)]
-    time.sleep(0.3)
-    assert next(consumed) < 200, "imap must not read far ahead of its consumer"
+
+def test_imap_look_ahead_is_bounded_in_bytes_for_big_items(pool):
+    """1 MiB items: the parent reads ahead only what keeps both workers busy (two tasks
+    each), not the item-count window (32 tasks), so its memory stays near the stdlib's."""
+    items_bound = 2 * 2
+    produced: list[int] = []
+    it = pool.imap(len, _counted(lambda i: bytes(1 << 20), produced), chunksize=1)
+    for consumed in range(1, 61):
+        assert next(it) == 1 << 20
+        # The first chunk goes out before its size is known: one item of slack.
+        assert len(produced) <= consumed + items_bound + 1
+
+
+def _fails_after(n):
+    yield from range(n)
+    raise KeyError("input broke")
+
+
+@pytest.mark.parametrize("chunksize", [1, 4, None])
+def test_imap_input_that_raises_keeps_what_came_before(pool, chunksize):
+    """Items read before the input raised are computed; the error takes the next place."""
+    it = pool.imap(targets.square, _fails_after(6), chunksize=chunksize)
+    assert [next(it) for _ in range(6)] == [i * i for i in range(6)]
+    with pytest.raises(KeyError, match="input broke"):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(it)
 
 
 def test_maxtasksperchild_and_initializer(ctx):

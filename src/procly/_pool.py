@@ -45,6 +45,7 @@ __all__ = ["Pool"]
 _T = TypeVar("_T")
 
 IMAP_TASKS_AHEAD = 16  # imap's look-ahead per worker, in tasks
+IMAP_BYTES_AHEAD = 2 << 20  # ... and in pickled bytes, when items are big
 #: imap's adaptive chunks aim at this much work each, and hold this many items of look-ahead per slot.
 ADAPTIVE_CHUNK_SECONDS = 0.002
 IMAP_ADAPTIVE_ITEMS = 4
@@ -334,8 +335,11 @@ class Pool(PoolAPI):
         # Bounded look-ahead, counted in items and given back as the caller consumes
         # results: the input is read lazily and an endless generator runs in bounded
         # memory even when the caller is slower than the workers.
-        lookahead = self._processes * IMAP_TASKS_AHEAD * (IMAP_ADAPTIVE_ITEMS if chunksize is None else chunksize)
-        window = LookAhead(lookahead)
+        per_task = IMAP_ADAPTIVE_ITEMS if chunksize is None else chunksize
+        lookahead = self._processes * IMAP_TASKS_AHEAD * per_task
+        # Big items (arrays) are bounded in bytes too, so the parent holds about what the
+        # workers need to stay busy, as the standard library's pipe does.
+        window = LookAhead(lookahead, least=self._processes * 2 * per_task, budget=self._processes * IMAP_BYTES_AHEAD)
         sizing = self._adaptive_chunksize(lookahead) if chunksize is None else chunksize
         result = iterator_cls(on_consumed=window.give)
         feeder = threading.Thread(
@@ -362,7 +366,7 @@ class Pool(PoolAPI):
         total = operator.length_hint(iterator, 0) or None  # a generator's length is unknown
         meter = Progress(total, progress, on_result) if wanted(progress, on_result) else None
 
-        def submit(start: int, chunk: list[Any], sink: Callable[[bool, Any], None]) -> None:
+        def submit(start: int, chunk: list[Any], sink: Callable[[bool, Any], None]) -> int:
             if meter is not None:
                 inner = sink
 
@@ -372,7 +376,9 @@ class Pool(PoolAPI):
                     inner(success, values)
 
             label = (name, start, start + len(chunk) - 1)
-            self._submit([self._make_task(func, MAP, chunk, len(chunk), sink, task_timeout, retries, label)])
+            task = self._make_task(func, MAP, chunk, len(chunk), sink, task_timeout, retries, label)
+            self._submit([task])
+            return task.size
 
         try:
             feed_lazily(result, iterator, chunksize, window, submit)

@@ -224,35 +224,55 @@ PARTIAL_CHUNK_SECONDS = 0.005
 
 
 class LookAhead:
-    """How far an imap feeder may read its input ahead of the caller: *size* items that
-    were read but not yet returned to the caller.
+    """How far an imap feeder may read its input ahead of the caller: items that were
+    read but not yet returned to the caller, at most *size* of them.
 
-    ``open()`` lifts the bound for good: the pool is being joined, so the input must be
-    read to its end for the pool to finish (results stay readable afterwards, as in the
-    standard library). ``stop()`` ends the feeder: the pool was terminated.
+    ``weigh()`` lowers that bound when items are big (arrays, say): the input read ahead
+    then stays near *budget* bytes, but never under *least* items, which keeps every
+    worker busy. ``open()`` lifts the bound for good: the pool is being joined, so the
+    input must be read to its end for the pool to finish (results stay readable
+    afterwards, as in the standard library). ``stop()`` ends the feeder: the pool was
+    terminated.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, least: int | None = None, budget: int | None = None) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._free = size
+        self._size = size
+        self._least = min(size, least if least is not None else size)
+        self._budget = budget
+        self._limit = size
+        self._taken = 0
         self._opened = False
         self.stopped = False
+
+    def _room(self) -> bool:
+        return self._taken < self._limit or self._opened or self.stopped
 
     def take(self) -> bool:
         """Wait for room for one more item; False if the feeder must stop."""
         with self._cond:
-            if not (self._free > 0 or self._opened or self.stopped):
-                self._cond.wait_for(lambda: self._free > 0 or self._opened or self.stopped)
+            if not self._room():
+                self._cond.wait_for(self._room)
             if self.stopped:
                 return False
-            self._free -= 1
+            self._taken += 1
             return True
 
     def give(self) -> None:
         """The caller consumed one item."""
         with self._cond:
-            self._free += 1
-            if self._free == 1:
+            self._taken -= 1
+            if self._taken == self._limit - 1:
+                self._cond.notify()
+
+    def weigh(self, item_bytes: float) -> None:
+        """Items of the input cost about *item_bytes* each once pickled: fit the bound."""
+        if self._budget is None or item_bytes <= 0:
+            return
+        with self._cond:
+            grown = self._limit
+            self._limit = max(self._least, min(self._size, int(self._budget / item_bytes)))
+            if self._limit > grown:
                 self._cond.notify()
 
     def open(self) -> None:
@@ -271,7 +291,7 @@ def feed_lazily(
     iterator: Any,
     chunksize: int | Callable[[], int],
     window: LookAhead,
-    submit: Callable[[int, list[Any], Callable[[bool, Any], None]], None],
+    submit: Callable[[int, list[Any], Callable[[bool, Any], None]], int | None],
 ) -> None:
     """Read *iterator* in chunks as *window* allows and hand each chunk to *submit*.
 
@@ -282,42 +302,61 @@ def feed_lazily(
     *window* counts items the caller has not consumed yet (``result`` gives one back per
     item it returns), so the input is read only as fast as results are used: an
     endless generator runs in bounded memory. *submit(start, chunk, sink)* starts the
-    work; *sink(success, values)* fills the chunk's places in *result*. An exception
+    work and returns the chunk's pickled size in bytes (or None), which sizes *window*;
+    *sink(success, values)* fills the chunk's places in *result*. An exception
     raised by the input itself takes its place in the results and ends the input.
     Runs in a thread of its own; returns when the input ends or the window is stopped.
     """
     position = 0
-    adaptive = callable(chunksize)
     while not window.stopped:
-        chunk: list[Any] = []
         size = chunksize() if callable(chunksize) else chunksize
-        began = time.monotonic()
-        try:
-            for _ in range(size):
-                if not window.take():
-                    raise StopIteration
-                chunk.append(next(iterator))
-                if adaptive and time.monotonic() - began > PARTIAL_CHUNK_SECONDS:
-                    break
-        except StopIteration:
-            pass
-        except Exception as exc:  # noqa: BLE001 - the input itself raised: report it in place
-            result._set_item(position, False, exc)
-            position += 1
+        chunk, ended = _read_chunk(iterator, size, window, adaptive=callable(chunksize))
+        if chunk:
+            _submit_chunk(result, position, chunk, window, submit)
+            position += len(chunk)
+        if ended is not None:
+            if not isinstance(ended, StopIteration):  # the input itself raised: report it in place
+                result._set_item(position, False, ended)
+                position += 1
             break
-        if not chunk:
-            break
-        start, position = position, position + len(chunk)
-
-        def sink(success: bool, values: Any, start: int = start, n: int = len(chunk)) -> None:
-            for i in range(n):
-                result._set_item(start + i, success, values[i] if success else values)
-
-        try:
-            submit(start, chunk, sink)
-        except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable item fails its own places
-            sink(False, exc)
     result._set_length(position)
+
+
+def _read_chunk(iterator: Any, size: int, window: LookAhead, adaptive: bool) -> tuple[list[Any], Exception | None]:
+    """Up to *size* items, as *window* allows, and what ended the input: None while it
+    goes on, StopIteration at its end (or when the window stopped), or what it raised."""
+    chunk: list[Any] = []
+    began = time.monotonic()
+    try:
+        for _ in range(size):
+            if not window.take():
+                return chunk, StopIteration()
+            chunk.append(next(iterator))
+            if adaptive and time.monotonic() - began > PARTIAL_CHUNK_SECONDS:
+                break
+    except Exception as exc:  # noqa: BLE001 - StopIteration, or the input's own error
+        return chunk, exc
+    return chunk, None
+
+
+def _submit_chunk(
+    result: IMapIterator[Any],
+    start: int,
+    chunk: list[Any],
+    window: LookAhead,
+    submit: Callable[[int, list[Any], Callable[[bool, Any], None]], int | None],
+) -> None:
+    def sink(success: bool, values: Any, n: int = len(chunk)) -> None:
+        for i in range(n):
+            result._set_item(start + i, success, values[i] if success else values)
+
+    try:
+        nbytes = submit(start, chunk, sink)
+    except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable item fails its own places
+        sink(False, exc)
+    else:
+        if nbytes is not None:
+            window.weigh(nbytes / len(chunk))
 
 
 class _AsyncIterator(Generic[_T]):
