@@ -358,20 +358,8 @@ def _take_from_batch(fds: list[int], offset: int, shelf: _Shelf, requeue: Any,
     room = shelf.free() - _BATCH_FRAME  # the rest of the batch, if any, needs a frame here too
     if following < size and room > 4096:
         chunk = os.pread(fd, min(room, WRITE_BYTES, size - following), following)
-        pos = total = 0
-        record = _RECORD.size
-        while pos + record <= len(chunk):
-            length, count, m = _RECORD.unpack_from(chunk, pos)
-            if count or length != m + _COUNT.size + _SIZE.size or m >= 2**31 - 1 or pos + record + m > len(chunk):
-                break  # an item with buffers (or one cut off here): it stays in the batch
-            if total + 4 + m > room:
-                break
-            parts.append(_HEADER.pack(m))
-            parts.append(chunk[pos + record : pos + record + m])
-            total += 4 + m
-            pos += record + m
-        if parts:
-            following += pos
+        parts, used = _plain_frames_from(chunk, room)
+        following += used
     if following < size:
         # The rest stays at the front, where the batch was: items put after it (a
         # sentinel) still come after it. Its frame goes in the shelf, its descriptors
@@ -385,10 +373,42 @@ def _take_from_batch(fds: list[int], offset: int, shelf: _Shelf, requeue: Any,
     return data, buffers
 
 
+def _plain_frames_from(chunk: bytes, room: int) -> tuple[list[bytes], int]:
+    """The small items at the start of *chunk* (a piece of a batch) as plain frames, as
+    many as fit in *room* bytes, and how many bytes of *chunk* they took."""
+    parts: list[bytes] = []
+    pos = total = 0
+    record = _RECORD.size
+    while pos + record <= len(chunk):
+        length, count, m = _RECORD.unpack_from(chunk, pos)
+        if count or length != m + _COUNT.size + _SIZE.size or m >= 2**31 - 1 or pos + record + m > len(chunk):
+            break  # an item with buffers (or one cut off here): it stays in the batch
+        if total + 4 + m > room:
+            break
+        parts.append(_HEADER.pack(m))
+        parts.append(chunk[pos + record : pos + record + m])
+        total += 4 + m
+        pos += record + m
+    return parts, pos
+
+
 SHELF_BYTES = 256 * 1024  # bytes a consumer reads from the socket in one call, for every consumer
 _SHELF_HEAD = struct.Struct("=QQ")  # start and end of the unread bytes in the shelf's data
 _BATCH_FRAME = _HEADER.size + _SIZE.size + _COUNT.size
 _FD_MARK = b"F"
+
+
+def _control_frame_size(n: int) -> int:
+    """Bytes of a frame that is not a plain item, by its code (see _frames).
+
+    Raises:
+        MessageError: *n* is no frame code a queue sends.
+    """
+    if n == _BATCH:
+        return _BATCH_FRAME
+    if n in (_SPILLED, _LARGE):
+        return _HEADER.size + _SIZE.size
+    raise MessageError(f"malformed frame header ({n}) in a queue")
 
 
 class _Shelf:
@@ -445,30 +465,41 @@ class _Shelf:
                         return n, data, None
                     if need > SHELF_BYTES:
                         return n, self._take_big(sock, start + 4, end, n), None
-                elif n in (_SPILLED, _BATCH, _LARGE):
-                    need = 4 + _SIZE.size + (_COUNT.size if n == _BATCH else 0)
-                    if avail >= need:
-                        (value,) = _SIZE.unpack_from(mm, base + start + 4)
-                        _SHELF_HEAD.pack_into(mm, head, start + need, end)
-                        if n == _LARGE:  # over 2 GiB: never a queue's own frame, read it directly
-                            return value, self._take_big(sock, start + need, end, value), None
-                        fds = parked()
-                        expected = 1 + _COUNT.unpack_from(mm, base + start + 12)[0] if n == _BATCH else 1
-                        if len(fds) != expected:
-                            for fd in fds:
-                                os.close(fd)
-                            raise MessageError("a queue item kept in a memfd arrived without its descriptors")
-                        return n, value, fds
                 else:
-                    raise MessageError(f"malformed frame header ({n}) in a queue")
-            if start == end:
-                start = end = 0
-            elif start + need > SHELF_BYTES:  # make room for the rest of this frame
-                mm.move(base, base + start, avail)
-                start, end = 0, avail
-            _SHELF_HEAD.pack_into(mm, head, start, end)
+                    need = _control_frame_size(n)
+                    if avail >= need:
+                        return self._take_control(sock, parked, n, start, end)
+            start, end = self._make_room(start, end, need)
             end += self._fill(sock, end)
             _SHELF_HEAD.pack_into(mm, head, start, end)
+
+    def _take_control(self, sock: socket.socket, parked: Any, n: int, start: int, end: int) -> tuple[int, Any, Any]:
+        """The memfd (or over-2-GiB) frame of kind *n* at *start*, whole in the shelf."""
+        mm, base = self._mm, self._base
+        need = _control_frame_size(n)
+        (value,) = _SIZE.unpack_from(mm, base + start + 4)
+        _SHELF_HEAD.pack_into(mm, self._head, start + need, end)
+        if n == _LARGE:  # over 2 GiB: never a queue's own frame, read it directly
+            return value, self._take_big(sock, start + need, end, value), None
+        fds = parked()
+        expected = 1 + _COUNT.unpack_from(mm, base + start + 12)[0] if n == _BATCH else 1
+        if len(fds) != expected:
+            for fd in fds:
+                os.close(fd)
+            raise MessageError("a queue item kept in a memfd arrived without its descriptors")
+        return n, value, fds
+
+    def _make_room(self, start: int, end: int, need: int) -> tuple[int, int]:
+        """Move what waits to the front if the frame being read (*need* bytes from
+        *start*) would not fit behind it; the new start and end."""
+        if start == end:
+            start = end = 0
+        elif start + need > SHELF_BYTES:
+            avail = end - start
+            self._mm.move(self._base, self._base + start, avail)
+            start, end = 0, avail
+        _SHELF_HEAD.pack_into(self._mm, self._head, start, end)
+        return start, end
 
     def _fill(self, sock: socket.socket, end: int) -> int:
         """Read what waits in the socket into the shelf from *end* (at least one byte)."""
