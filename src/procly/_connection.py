@@ -38,7 +38,6 @@ import socket
 import stat
 import struct
 import threading
-from typing import Any
 
 from . import _fd_sharer, _serialization
 from ._errors import BufferTooShort, ConnectionClosedError, MessageError
@@ -52,6 +51,11 @@ from ._frames import NAMED_BACK as _NAMED_BACK
 from ._frames import OUT_OF_BAND as _OUT_OF_BAND
 from ._memfd_reuse import MAX_NAMED, Memfd, MemfdReuse
 from ._wait import poll_ms
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Connection", "Pipe"]
 

@@ -24,10 +24,13 @@ import functools
 import itertools
 import mmap
 import os
-import random
 import threading
 import weakref
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_LENT = 16  # memfds a sender keeps while their receiver may still map them
 MAX_SPARE = 4  # memfds named back and kept for reuse, per connection
@@ -140,7 +143,7 @@ class MemfdReuse:
         self._spare: list[Memfd] = []  # smallest first
         self._spent: collections.deque[int] = collections.deque()  # the peer's tokens, to name back
         self._watched: dict[weakref.ref[Any], tuple[int, int]] = {}  # mapping -> (token, fork generation)
-        self._tokens = itertools.count(random.getrandbits(62) + 1)
+        self._tokens = itertools.count(int.from_bytes(os.urandom(7), "little") + 1)
 
     def _ours(self) -> bool:
         """False in a forked child: what the parent kept is dropped (this copy's descriptors

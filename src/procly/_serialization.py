@@ -24,12 +24,14 @@ import pickle
 import sys
 import types
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Sequence, SupportsIndex
 
 from ._errors import PicklingError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+
 if TYPE_CHECKING:
     import ast
+    from typing import Any, Callable, Sequence, SupportsIndex
 
     from ._pickler import Pickler
 

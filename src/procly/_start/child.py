@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import pickle
 import sys
-from typing import Any
 
 from .. import _handoff, _methods, _process, _serialization, _state
 from .._connection import Connection
 from .prepare import prepare
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def become(process: Any, parent_name: str, parent_pid: int, lifeline: int | None) -> None:

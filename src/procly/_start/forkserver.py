@@ -38,7 +38,6 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, NoReturn
 
 from .. import _handoff, _serialization, _state
 from .._connection import Connection
@@ -48,6 +47,11 @@ from .base import DirectChild, PidfdSignals
 from .child import run_from_pipe, write_start_data
 from .prepare import preparation_data, prepare
 from .spawn import interpreter_command, launch
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 _STATUS = struct.Struct("!i")
 _PID = struct.Struct("!q")

@@ -9,6 +9,7 @@ run again, while references to ``__main__`` objects resolve.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import types
@@ -93,13 +94,16 @@ def _import_main(module_name: str | None, path: str | None) -> None:
     sys.modules["__main__"] = sys.modules[MAIN_ALIAS] = main_module
     global _importing_main
     _importing_main = True
-    import runpy
-
     try:
-        if module_name is not None:
-            namespace = runpy.run_module(module_name, run_name=MAIN_ALIAS, alter_sys=True)
+        if module_name is None and path is not None and path.endswith(".py") and os.path.isfile(path):
+            namespace = _run_script(path, main_module)
         else:
-            namespace = runpy.run_path(path, run_name=MAIN_ALIAS)  # type: ignore[arg-type]
+            import runpy
+
+            if module_name is not None:
+                namespace = runpy.run_module(module_name, run_name=MAIN_ALIAS, alter_sys=True)
+            else:
+                namespace = runpy.run_path(path, run_name=MAIN_ALIAS)  # type: ignore[arg-type]
     except BaseException:
         if current is not None:
             sys.modules["__main__"] = current
@@ -108,6 +112,18 @@ def _import_main(module_name: str | None, path: str | None) -> None:
         _importing_main = False
     main_module.__dict__.update(namespace)
     sys.modules["__main__"] = sys.modules[MAIN_ALIAS] = main_module
+
+
+def _run_script(path: str, module: types.ModuleType) -> dict[str, Any]:
+    """Run the source file *path* in *module*, as ``runpy.run_path`` runs a script (the
+    same module attributes), without runpy: it imports pkgutil and typing, a few
+    milliseconds of every spawned child's start."""
+    with io.open_code(path) as f:
+        code = compile(f.read(), path, "exec")
+    namespace = module.__dict__
+    namespace.update(__file__=path, __cached__=None, __loader__=None, __package__="", __spec__=None, __doc__=None)
+    exec(code, namespace)  # noqa: S102 - the parent's own main script, as runpy would run it
+    return namespace
 
 
 _importing_main = False  # this child is importing its parent's main module right now

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Any
 
 from .. import _handoff, _serialization, _state
 from .._connection import Connection
@@ -18,6 +17,11 @@ from .._errors import StartError
 from .base import DirectChild
 from .child import write_start_data
 from .prepare import preparation_data
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+
+if TYPE_CHECKING:
+    from typing import Any
 
 _CHILD_CODE = "from procly._start.child import spawn_main; spawn_main()"
 
