@@ -60,6 +60,9 @@ def register(type_: type, reduce: Callable[[Any], Any]) -> None:
     if not callable(reduce):
         raise TypeError(f"register() needs a callable reducer, got {reduce!r}")
     _extra_reducers[type_] = reduce
+    global _plain_types, _small_types
+    _plain_types = _PLAIN.difference(_extra_reducers)
+    _small_types = _SMALL_SCALARS.difference(_extra_reducers)
 
 
 def _main_module_importable() -> bool:
@@ -301,25 +304,38 @@ def dumps(obj: Any, out_of_band: list[memoryview] | None = None, *, main_by_refe
 
 
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), pickle.PickleBuffer})
+# The same, less the types given a reducer of their own (register() keeps them current).
+_plain_types = _PLAIN
+_small_types = _SMALL_SCALARS
 
 
 def only_small_scalars(items: list[Any]) -> bool:
     """Whether every item is a number, text, bool or None (no custom reducer registered):
     chunks of them pickle with the C pickler alone, nothing out of band."""
-    small = _SMALL_SCALARS.difference(_extra_reducers) if _extra_reducers else _SMALL_SCALARS
-    return set(map(type, items)) <= small  # loops in C: ~20 ns an item
+    return set(map(type, items)) <= _small_types  # loops in C: ~20 ns an item
 
 
 def _is_plain(obj: Any, depth: int = 0) -> bool:
     """Whether *obj* is a scalar, or a short tuple/list/str-keyed dict (two levels at most) of them."""
+    plain = _plain_types
     kind = type(obj)
-    if kind in _PLAIN:
-        return kind not in _extra_reducers
-    if kind not in (tuple, list, dict) or depth >= 2 or len(obj) > 16:
-        return False
+    if kind in plain:
+        return True
+    if kind is tuple or kind is list:
+        if depth >= 2 or len(obj) > 16:
+            return False
+        for item in obj:
+            if type(item) not in plain and not _is_plain(item, depth + 1):
+                return False
+        return True
     if kind is dict:  # keyword arguments: apply_async(f, args, {"k": v})
-        return all(type(key) is str and _is_plain(value, depth + 1) for key, value in obj.items())
-    return all(_is_plain(item, depth + 1) for item in obj)
+        if depth >= 2 or len(obj) > 16:
+            return False
+        for key, value in obj.items():
+            if type(key) is not str or (type(value) not in plain and not _is_plain(value, depth + 1)):
+                return False
+        return True
+    return False
 
 
 def loads(data: bytes | bytearray | memoryview, buffers: Sequence[Any] = ()) -> Any:
