@@ -179,3 +179,26 @@ def test_acquire_and_release_keep_the_reference_counts_of_their_results():
     gc.collect()
     after = (sys.getrefcount(True), sys.getrefcount(None))
     assert abs(after[0] - before[0]) < 100 and abs(after[1] - before[1]) < 100, (before, after)
+
+
+def test_semaphore_held_by_many_threads_keeps_its_count():
+    """Threads acquiring and releasing one semaphore at once: the per-process count of
+    acquisitions ends at zero and the value where it started (atomic counters, so this
+    holds on a free-threaded build too)."""
+    sem = procly.Semaphore(8)
+    start = threading.Barrier(8)
+
+    def churn() -> None:
+        start.wait(timeout=30)
+        for _ in range(2000):
+            with sem:
+                pass
+
+    threads = [threading.Thread(target=churn) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert sem._count() == 0
+    assert sem.get_value() == 8

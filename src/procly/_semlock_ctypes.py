@@ -23,6 +23,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -81,6 +82,11 @@ _sem_clockwait = (
 
 HAVE_SEM_CLOCKWAIT = _sem_clockwait is not None
 _get_ident = threading.get_ident
+# Without a GIL (free-threaded CPython), threads sharing one semaphore update its count
+# of acquisitions under this lock; with the GIL, ``+=`` on an attribute cannot interleave
+# with another thread's between the ctypes calls here.
+_NO_GIL = not getattr(sys, "_is_gil_enabled", lambda: True)()
+_COUNT_LOCK = threading.Lock()
 
 
 def _oserror(err: int) -> OSError:
@@ -159,11 +165,10 @@ class SemLock:
         except AttributeError:
             raise ValueError("SemLock not initialised") from None
         if self._kind == RECURSIVE_MUTEX and self._owned > 0 and self._last_tid == _get_ident():
-            self._owned += 1
+            self._owned += 1  # only the owning thread gets here
             return True
         if _sem_trywait(sem) == 0:  # the fast path: no blocking call
-            self._owned += 1
-            self._last_tid = _get_ident()
+            self._took()
             return True
         blocking = bool(block)
         wait = -1.0
@@ -182,9 +187,16 @@ class SemLock:
             if not self._wait_for_sem(sem, wait):
                 return False
             break
-        self._owned += 1
-        self._last_tid = _get_ident()
+        self._took()
         return True
+
+    def _took(self) -> None:
+        if _NO_GIL:
+            with _COUNT_LOCK:
+                self._owned += 1
+        else:
+            self._owned += 1
+        self._last_tid = _get_ident()
 
     def _wait_for_sem(self, sem: Any, wait: float) -> bool:
         """Wait (GIL released by ctypes); True once taken, False at the timeout."""
@@ -231,15 +243,21 @@ class SemLock:
             if self._owned > 1:
                 self._owned -= 1
                 return
-        else:
-            if _sem_getvalue(sem, self._out_ref) < 0:
-                raise _oserror(ctypes.get_errno())
-            if self._out.value >= self._maxvalue:
-                raise ValueError("semaphore or lock released too many times")
+        elif (self._value(sem) if _NO_GIL else self._value_into_out(sem)) >= self._maxvalue:
+            raise ValueError("semaphore or lock released too many times")
         if _sem_post(sem) < 0:
             raise _oserror(ctypes.get_errno())
-        if self._owned > 0:
+        if _NO_GIL:
+            with _COUNT_LOCK:
+                self._owned = max(0, self._owned - 1)
+        elif self._owned > 0:
             self._owned -= 1
+
+    def _value_into_out(self, sem: Any) -> int:
+        # The value through this object's own c_int (no allocation): safe under the GIL.
+        if _sem_getvalue(sem, self._out_ref) < 0:
+            raise _oserror(ctypes.get_errno())
+        return self._out.value
 
     def __enter__(self) -> bool:
         return self.acquire()
