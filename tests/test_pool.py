@@ -333,11 +333,12 @@ def _fails_after(n):
     raise KeyError("input broke")
 
 
-@pytest.mark.parametrize("chunksize", [1, 4, None])
-def test_imap_input_that_raises_keeps_what_came_before(pool, chunksize):
-    """Items read before the input raised are computed; the error takes the next place."""
+@pytest.mark.parametrize(("chunksize", "kept"), [(1, 6), (4, 4), (5, 5)])
+def test_imap_input_that_raises_ends_the_results_where_its_chunk_began(pool, chunksize, kept):
+    """As in the standard library: the chunks read whole are computed; the error takes
+    the place of the chunk the input cut short (its items are dropped)."""
     it = pool.imap(targets.square, _fails_after(6), chunksize=chunksize)
-    assert [next(it) for _ in range(6)] == [i * i for i in range(6)]
+    assert [next(it) for _ in range(kept)] == [i * i for i in range(kept)]
     with pytest.raises(KeyError, match="input broke"):
         next(it)
     with pytest.raises(StopIteration):

@@ -304,20 +304,23 @@ def feed_lazily(
     endless generator runs in bounded memory. *submit(start, chunk, sink)* starts the
     work and returns the chunk's pickled size in bytes (or None), which sizes *window*;
     *sink(success, values)* fills the chunk's places in *result*. An exception
-    raised by the input itself takes its place in the results and ends the input.
+    raised by the input itself takes the place of the chunk it cut short and ends the input.
     Runs in a thread of its own; returns when the input ends or the window is stopped.
     """
     position = 0
     while not window.stopped:
         size = chunksize() if callable(chunksize) else chunksize
         chunk, ended = _read_chunk(iterator, size, window, adaptive=callable(chunksize))
+        if ended is not None and not isinstance(ended, StopIteration):
+            # The input itself raised: the error takes the place of the chunk it cut
+            # short, whose items are dropped, as the standard library does.
+            result._set_item(position, False, ended)
+            position += 1
+            break
         if chunk:
             _submit_chunk(result, position, chunk, window, submit)
             position += len(chunk)
         if ended is not None:
-            if not isinstance(ended, StopIteration):  # the input itself raised: report it in place
-                result._set_item(position, False, ended)
-                position += 1
             break
     result._set_length(position)
 
