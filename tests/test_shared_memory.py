@@ -85,7 +85,7 @@ def test_shareable_list(ctx):
     sl = ShareableList([1, "text", 2.5, None, True, b"raw"])
     try:
         assert list(sl) == [1, "text", 2.5, None, True, b"raw"] and len(sl) == 6
-        assert sl.format == "qsdn?b" and sl.index(2.5) == 2 and sl.count(1) == 2  # True == 1
+        assert sl.format == "q8sdxxxxxx?xxxxxxxx?8s" and sl.index(2.5) == 2 and sl.count(1) == 2  # True == 1
         p = ctx.Process(target=targets.bump_list, args=(sl,))
         p.start()
         p.join(10)
@@ -100,7 +100,7 @@ def test_shareable_list(ctx):
         with pytest.raises(TypeError):
             sl[0] = [1, 2]
         sl[0] = "short"  # any type that fits its slot, as in the standard library
-        assert sl[0] == "short" and sl.format[0] == "s"
+        assert sl[0] == "short" and sl._get_packing_format(0) == "8s"
         sl[0] = 2
         with pytest.raises(IndexError):
             sl[10]
@@ -109,6 +109,52 @@ def test_shareable_list(ctx):
     finally:
         sl.shm.close()
         sl.shm.unlink()
+
+
+INTEROP = """
+import multiprocessing.resource_tracker as stdlib_tracker
+from multiprocessing import shared_memory as stdlib_shared_memory
+
+import pytest
+from procly.shared_memory import ShareableList
+
+items = ["howdy", b"HoWdY", -273.154, 100, None, True, 42, "encodés", "", "ééééé"]
+ours = ShareableList(items)
+theirs = stdlib_shared_memory.ShareableList(name=ours.shm.name)
+stdlib_tracker.unregister(theirs.shm._name, "shared_memory")  # 3.11 would unlink it at exit
+assert list(theirs) == items and theirs.format == ours.format, (list(theirs), theirs.format, ours.format)
+theirs[3] = 2.5
+theirs[0] = "hi"
+assert ours[3] == 2.5 and ours[0] == "hi"
+theirs.shm.close()
+ours.shm.close()
+ours.shm.unlink()
+
+items = items[:-1]  # the standard library cuts "ééééé" (10 bytes) to the 8 its slot has
+made = stdlib_shared_memory.ShareableList(items)
+attached = ShareableList(name=made.shm.name)
+assert list(attached) == items and attached.format == made.format
+attached[4] = 7
+attached[1] = b"raw"
+assert made[4] == 7 and made[1] == b"raw"
+with pytest.raises(ValueError, match="exceeds available storage"):
+    attached[1] = b"123456789"
+attached.shm.close()
+made.shm.close()
+made.shm.unlink()
+print("ok")
+"""
+
+
+def test_shareable_list_interoperates_with_the_standard_library(tmp_path):
+    """Same layout: a list made by either library reads and writes in the other (in a
+    child interpreter, where the standard library's own tracker process lives and ends)."""
+    script = tmp_path / "interop.py"
+    script.write_text(INTEROP)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    with pytest.raises(TypeError, match="cannot hold a list"):
+        ShareableList([[1]])
 
 
 LEAKER = """

@@ -237,78 +237,119 @@ def _track(reader: Any) -> None:
 
 # ----------------------------------------------------------------------------- list
 
-_HEADER = struct.Struct("q")
-_KINDS = {int: "q", float: "d", bool: "?", str: "s", bytes: "b", type(None): "n"}
-_SLOT = 8
+# ShareableList's layout is the standard library's, so that either library attaches to a
+# list the other made. In native byte order, from offset 0:
+#   q n; q offsets[0..n] (where each item's slot starts in the data area; offsets[n] is its size)
+#   the data area: each item packed by its format at data_start + offsets[i]
+#   n x 8s: each item's struct format (e.g. "q", "d", "16s")
+#   n x b: how to rebuild each item from what its format unpacks (_REBUILD)
+_SLOT = 8  # a number's slot, and the unit str and bytes slots are rounded to
+_FORMATS = {int: "q", float: "d", bool: "xxxxxxx?", type(None): "xxxxxx?x"}
+_PLAIN, _TEXT, _BYTES, _NONE = 0, 1, 2, 3  # rebuild codes
+_ENCODING = "utf8"
 
 
-def _encode(value: Any) -> tuple[str, int, bytes]:
-    kind = _KINDS.get(type(value))
-    if kind is None:
-        raise TypeError(f"ShareableList cannot hold a {type(value).__name__}")
-    if kind == "q":
-        return kind, 8, struct.pack("q", value)
-    if kind == "d":
-        return kind, 8, struct.pack("d", value)
-    if kind == "?":
-        return kind, 8, struct.pack("?", value)
-    if kind == "n":
-        return kind, 8, b""
-    raw = value.encode("utf-8") if kind == "s" else value
-    capacity = max(_SLOT, -(-len(raw) // _SLOT) * _SLOT)
-    return kind, capacity, raw
+def _rebuild_code(value: Any) -> int:
+    kind = type(value)
+    return _TEXT if kind is str else _BYTES if kind is bytes else _NONE if value is None else _PLAIN
+
+
+def _rebuild(code: int, raw: Any) -> Any:
+    if code == _TEXT:
+        return raw.rstrip(b"\0").decode(_ENCODING)
+    if code == _BYTES:
+        return raw.rstrip(b"\0")
+    if code == _NONE:
+        return None
+    return raw
+
+
+def _packed(value: Any) -> tuple[str, Any]:
+    """The struct format that *value* takes in a fresh list, and what is packed with it.
+
+    Raises:
+        TypeError: a type a ShareableList cannot hold.
+        ValueError: a str or bytes of 10 MB or more.
+    """
+    kind = type(value)
+    if kind is str or kind is bytes:
+        raw = value.encode(_ENCODING) if kind is str else value
+        # Sized as the standard library sizes it (from the length in characters), or
+        # larger where that would cut the UTF-8 bytes short.
+        room = _SLOT * (len(value) // _SLOT + 1)
+        if room < len(raw):
+            room = _SLOT * (len(raw) // _SLOT + 1)
+        fmt = f"{room}s"
+        if len(fmt) > 8:  # the layout keeps each item's format in 8 bytes
+            raise ValueError(f"a {kind.__name__} of {len(raw)} bytes is too long for a ShareableList item")
+        return fmt, raw
+    try:
+        return _FORMATS[kind], value
+    except KeyError:
+        raise TypeError(f"ShareableList cannot hold a {kind.__name__}") from None
 
 
 class ShareableList:
-    """A fixed-length list in shared memory: int, float, bool, str, bytes or None items.
+    """A fixed-length list in shared memory: int, float, bool, str, bytes or None items,
+    in the standard library's layout (a list made by either library attaches in the other).
 
-    Layout: item count; per item a kind letter and a capacity; then the slots. A slot
-    keeps the capacity of its first value (8 bytes for numbers, str and bytes rounded up
-    to 8); any supported value that fits may replace it.
+    Each item keeps the slot it was created with: 8 bytes for a number, bool or None;
+    for str and bytes their length rounded up to the next multiple of 8. Any supported
+    value that fits may replace an item. As in the standard library, trailing NUL bytes
+    of str and bytes items are not kept.
 
     Raises:
-        TypeError: an item of an unsupported type. ValueError: a value too big for its slot.
+        TypeError: an item of an unsupported type.
+        ValueError: a str or bytes too long for its slot.
+        IndexError: a position out of range.
     """
 
     def __init__(self, sequence: Iterable[Any] | None = None, *, name: str | None = None) -> None:
-        if sequence is not None:
-            encoded = [_encode(item) for item in sequence]
-            layout = b"".join(kind.encode() + struct.pack("q", cap) for kind, cap, _ in encoded)
-            size = _HEADER.size + len(layout) + sum(cap + 8 for _, cap, _ in encoded)
-            self.shm = SharedMemory(name, create=True, size=max(size, 1))
-            _HEADER.pack_into(self.shm.buf, 0, len(encoded))
-            self.shm.buf[_HEADER.size : _HEADER.size + len(layout)] = layout
-            self._read_layout()
-            for index, item in enumerate(sequence):
-                self[index] = item
+        if name is None or sequence is not None:
+            items = list(sequence or ())
+            packed = [_packed(item) for item in items]
+            formats = [fmt for fmt, _ in packed]
+            offsets = [0]
+            for fmt in formats:
+                offsets.append(offsets[-1] + (int(fmt[:-1]) if fmt[-1] == "s" else _SLOT))
+            n = len(items)
+            size = 8 * (n + 2) + offsets[-1] + 9 * n
+            self.shm = SharedMemory(name, create=True, size=size)
+            self._set_geometry(n, offsets)
+            buf = self.shm.buf
+            struct.pack_into(f"{n + 2}q", buf, 0, n, *offsets)
+            for i, (fmt, raw) in enumerate(packed):
+                struct.pack_into(fmt, buf, self._data + offsets[i], raw)
+                self._describe(i, fmt, items[i])
         else:
-            if name is None:
-                raise ValueError("ShareableList needs a sequence or the name of an existing one")
             self.shm = SharedMemory(name)
-            self._read_layout()
+            (n,) = struct.unpack_from("q", self.shm.buf, 0)
+            self._set_geometry(n, list(struct.unpack_from(f"{n + 1}q", self.shm.buf, 8)))
 
-    def _read_layout(self) -> None:
-        buf = self.shm.buf
-        (count,) = _HEADER.unpack_from(buf, 0)
-        self._kinds: list[str] = []
-        self._caps: list[int] = []
-        self._offsets: list[int] = []
-        position = _HEADER.size
-        for _ in range(count):
-            self._kinds.append(chr(buf[position]))
-            self._caps.append(struct.unpack_from("q", buf, position + 1)[0])
-            position += 9
-        for cap in self._caps:
-            self._offsets.append(position)
-            position += cap + 8  # an 8-byte length prefix before each slot
+    def _set_geometry(self, n: int, offsets: list[int]) -> None:
+        self._len = n
+        self._offsets = offsets
+        self._data = 8 * (n + 2)
+        self._formats_at = self._data + offsets[-1]
+        self._codes_at = self._formats_at + 8 * n
+
+    def _describe(self, i: int, fmt: str, value: Any) -> None:
+        struct.pack_into("8s", self.shm.buf, self._formats_at + 8 * i, fmt.encode(_ENCODING))
+        struct.pack_into("b", self.shm.buf, self._codes_at + i, _rebuild_code(value))
+
+    def _get_packing_format(self, position: int) -> str:
+        """The struct format of the item at *position* (the standard library's name)."""
+        i = self._index(position)
+        raw = struct.unpack_from("8s", self.shm.buf, self._formats_at + 8 * i)[0]
+        return raw.rstrip(b"\0").decode(_ENCODING)  # type: ignore[no-any-return]
 
     def __len__(self) -> int:
-        return len(self._kinds)
+        return self._len
 
     def _index(self, position: int) -> int:
         if position < 0:
-            position += len(self)
-        if not 0 <= position < len(self):
+            position += self._len
+        if not 0 <= position < self._len:
             raise IndexError("index out of range")
         return position
 
@@ -318,28 +359,23 @@ class ShareableList:
 
     def __getitem__(self, position: int) -> Any:
         i = self._index(position)
-        buf = self.shm.buf
-        kind, offset = chr(buf[_HEADER.size + 9 * i]), self._offsets[i]  # may change elsewhere
-        (length,) = struct.unpack_from("q", buf, offset)
-        data = offset + 8
-        if kind == "n":
-            return None
-        if kind in "qd?":
-            return struct.unpack_from(kind, buf, data)[0]
-        raw = bytes(buf[data : data + length])
-        return raw.decode("utf-8") if kind == "s" else raw
+        fmt = self._get_packing_format(i)
+        (raw,) = struct.unpack_from(fmt, self.shm.buf, self._data + self._offsets[i])
+        return _rebuild(self.shm.buf[self._codes_at + i], raw)
 
     def __setitem__(self, position: int, value: Any) -> None:
         i = self._index(position)
-        kind, cap, raw = _encode(value)
-        if len(raw) > self._caps[i]:
-            raise ValueError(f"value of {len(raw)} bytes exceeds the {self._caps[i]} bytes of slot {i}")
-        offset = self._offsets[i]
-        struct.pack_into("q", self.shm.buf, offset, len(raw))
-        self.shm.buf[offset + 8 : offset + 8 + len(raw)] = raw
-        # Any type may take the slot, as in the standard library, if it fits.
-        self._kinds[i] = kind
-        self.shm.buf[_HEADER.size + 9 * i] = ord(kind)
+        if type(value) is str or type(value) is bytes:
+            raw = value.encode(_ENCODING) if type(value) is str else value
+            room = self._offsets[i + 1] - self._offsets[i]
+            if len(raw) > room:
+                raise ValueError(f"bytes/str item exceeds available storage ({len(raw)} bytes, slot {i} has {room})")
+            current = self._get_packing_format(i)
+            fmt = current if current[-1] == "s" else f"{room}s"
+        else:
+            fmt, raw = _packed(value)
+        self._describe(i, fmt, value)
+        struct.pack_into(fmt, self.shm.buf, self._data + self._offsets[i], raw)
 
     def __reduce__(self) -> Any:
         return (_attach_list, (self.__class__, self.shm.name))
@@ -349,13 +385,19 @@ class ShareableList:
 
     @property
     def format(self) -> str:
-        """The kind letters of the items."""
-        return "".join(chr(self.shm.buf[_HEADER.size + 9 * i]) for i in range(len(self)))
+        """The struct formats of the items, joined (as the standard library reports it)."""
+        return "".join(self._get_packing_format(i) for i in range(self._len))
 
     def count(self, value: Any) -> int:
+        """How many items equal *value*."""
         return sum(value == item for item in self)
 
     def index(self, value: Any) -> int:
+        """The position of the first item equal to *value*.
+
+        Raises:
+            ValueError: no item equals it.
+        """
         for position, item in enumerate(self):
             if value == item:
                 return position
