@@ -218,6 +218,20 @@ def test(py: str, rest: list[str]) -> int:
     return 0
 
 
+def _commands(py: str) -> dict[str, list[str]]:
+    """The tasks that run one command: the command of each (the task's arguments follow)."""
+    procly = str(BIN / "procly")
+    return {
+        "demo": [procly, "loadtest", "--duration", "5s"],
+        "tutorial": [procly, "tutorial"],
+        "examples": [procly, "tutorial"],
+        "docs": [py, "-m", "mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site")],
+        "test-slow": [py, "-m", "pytest", "-m", "slow"],
+        "conformance": [py, "-m", "tests.conformance"],
+        "bench": [py, "-m", "benchmarks"],
+    }
+
+
 def main(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(__doc__)
@@ -225,20 +239,11 @@ def main(args: list[str]) -> int:
     task, rest = args[0], args[1:]
     ensure_venv()
     py = str(PYTHON)
-    if task == "demo":
-        return run(str(BIN / "procly"), "loadtest", "--duration", "5s", *rest)
-    if task in ("tutorial", "examples"):
-        return run(str(BIN / "procly"), "tutorial", *rest)
-    if task == "docs":
-        return run(py, "-m", "mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"), *rest)
+    commands = _commands(py)
+    if task in commands:
+        return run(*commands[task], *rest)
     if task == "test":
         return test(py, rest)
-    if task == "test-slow":
-        return run(py, "-m", "pytest", "-m", "slow", *rest)
-    if task == "conformance":
-        return run(py, "-m", "tests.conformance", *rest)
-    if task == "bench":
-        return run(py, "-m", "benchmarks", *rest)
     if task == "wheel":
         return wheel(rest)
     if task == "bench-load":

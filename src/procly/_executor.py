@@ -196,13 +196,7 @@ class ProcessPoolExecutor(Executor):
             RuntimeError: the executor was shut down, or the interpreter is exiting.
         """
         with self._lock:
-            broken = self._broken
-            if broken:
-                raise BrokenProcessPool(broken)
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if _exiting:
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            self._refuse_if_closed()
             future: Future[_T] = Future()
             self._futures.add(future)
 
@@ -229,16 +223,39 @@ class ProcessPoolExecutor(Executor):
         try:
             self._schedule(fn, args, kwargs, claim, settle)
         except Exception as exc:  # noqa: BLE001 - the call's own failure: its future's
-            broken = self._broken
-            if broken:
-                settle(False, BrokenProcessPool(broken))
-            elif self._shutdown or _exiting:
-                with self._lock:
-                    self._futures.discard(future)
-                raise RuntimeError("cannot schedule new futures after shutdown") from None
-            else:
-                settle(False, exc)
+            self._not_scheduled(future, settle, exc)
         return future
+
+    def _refuse_if_closed(self) -> None:
+        """Raise when no new call may be submitted (called under ``self._lock``).
+
+        Raises:
+            BrokenProcessPool: the executor is broken.
+            RuntimeError: it was shut down, or the interpreter is exiting.
+        """
+        broken = self._broken
+        if broken:
+            raise BrokenProcessPool(broken)
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def _not_scheduled(self, future: Future[Any], settle: Callable[[bool, Any], None], exc: Exception) -> None:
+        """A call the pool did not take (*exc*): its *future* fails with the reason.
+
+        Raises:
+            RuntimeError: the executor was shut down meanwhile (the future is forgotten).
+        """
+        broken = self._broken
+        if broken:
+            settle(False, BrokenProcessPool(broken))
+        elif self._shutdown or _exiting:
+            with self._lock:
+                self._futures.discard(future)
+            raise RuntimeError("cannot schedule new futures after shutdown") from None
+        else:
+            settle(False, exc)
 
     def _schedule(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                   claim: Callable[[], bool], settle: Callable[[bool, Any], None]) -> None:  # fmt: skip

@@ -373,24 +373,7 @@ def _handshake(
         gate.admit(handshake)
     try:
         try:
-            done = handshake.advance(None)
-            poller = select.poll()
-            poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
-            while not done:
-                remaining = handshake.deadline - time.monotonic()
-                if remaining <= 0:
-                    raise handshake.late()
-                if not poller.poll(poll_ms(remaining)):
-                    continue
-                try:
-                    data = sock.recv(handshake.want(), socket.MSG_DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                if not data:
-                    raise handshake.closed()
-                frame = handshake.feed(data)
-                if frame is not None:
-                    done = handshake.advance(frame)
+            _run_handshake(sock, handshake)
         except OSError as exc:
             raise AuthenticationError(f"handshake failed: {exc}") from exc
     except AuthenticationError:
@@ -400,6 +383,33 @@ def _handshake(
         if gate is not None:
             gate.release(handshake)
     return Connection(sock.detach())
+
+
+def _run_handshake(sock: socket.socket, handshake: _Handshake) -> None:
+    """Exchange the challenge frames on *sock* until *handshake* is done.
+
+    Raises:
+        AuthenticationError: the peer failed, closed the socket, or ran past the deadline.
+        OSError: the socket failed.
+    """
+    done = handshake.advance(None)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+    while not done:
+        remaining = handshake.deadline - time.monotonic()
+        if remaining <= 0:
+            raise handshake.late()
+        if not poller.poll(poll_ms(remaining)):
+            continue
+        try:
+            data = sock.recv(handshake.want(), socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            continue
+        if not data:
+            raise handshake.closed()
+        frame = handshake.feed(data)
+        if frame is not None:
+            done = handshake.advance(frame)
 
 
 class Listener:
@@ -500,24 +510,32 @@ class Listener:
             if listening is None:
                 raise OSError("listener is closed")
             now = time.monotonic()
-            for handshake, _ in list(self._pending.values()):
-                if handshake.deadline <= now:
-                    self._drop(handshake)
-                    self._failures.append(handshake.late())
+            self._expire_late(now)
             if self._failures:
                 continue
-            poller = select.poll()
-            poller.register(listening.fileno(), select.POLLIN)
-            for fd in self._pending:
-                poller.register(fd, select.POLLIN | select.POLLPRI)
-            wait = min((h.deadline for h, _ in self._pending.values()), default=None)
-            for fd, _events in poller.poll(poll_ms(None if wait is None else wait - now)):
+            for fd, _events in self._poll(listening, now):
                 if fd == listening.fileno():
                     self._start_one(listening)
                 elif fd in self._pending:
                     conn = self._step(*self._pending[fd])
                     if conn is not None:
                         return conn
+
+    def _expire_late(self, now: float) -> None:
+        """Drop the pending handshakes past their deadline (each one's error is queued)."""
+        for handshake, _ in list(self._pending.values()):
+            if handshake.deadline <= now:
+                self._drop(handshake)
+                self._failures.append(handshake.late())
+
+    def _poll(self, listening: socket.socket, now: float) -> list[tuple[int, int]]:
+        """Wait for a new peer or data from a pending one, until the first deadline."""
+        poller = select.poll()
+        poller.register(listening.fileno(), select.POLLIN)
+        for fd in self._pending:
+            poller.register(fd, select.POLLIN | select.POLLPRI)
+        wait = min((h.deadline for h, _ in self._pending.values()), default=None)
+        return poller.poll(poll_ms(None if wait is None else wait - now))
 
     def _start_one(self, listening: socket.socket) -> None:
         try:

@@ -131,46 +131,57 @@ def plan(workers: Iterable[WorkerState], pending: Sequence[TaskState], item_seco
             continue
         share = -(-(total - taken) // (len(ordered) - n))  # ceiling
         limit = min(most, inflight + share)
-        queued, sent, funcs = worker.queued, worker.sent, worker.funcs
-        new_funcs: set[int] = set()
-        bundles: list[list[tuple[Any, bool, int]]] = []
-        bundle: list[tuple[Any, bool, int]] = []
-        while taken < total and inflight < limit:
-            if maxtasks is not None and sent >= maxtasks:
-                break
-            task = pending[taken]
-            claim = task.claim
-            if claim is not None and not claim():
-                taken += 1
-                dropped.append(task)
-                continue
-            key = task.func_key
-            first_use = key not in funcs and key not in new_funcs
-            wire = task.size + (len(task.func_bytes) if first_use else 0)
-            big = wire >= big_from
-            if big:
-                # On the socket only its envelope; it counts as an eighth of the budget,
-                # so that at most eight such tasks, each holding a memfd, wait at a worker.
-                wire = BIG_TASK_BYTES
-            if inflight and queued + wire > PIPELINE_MAX_BYTES:
-                break
-            if big and bundle:
-                # A big task travels alone, in a memfd sized for it: the next task like
-                # it is written into the same pages once they are named back.
-                bundles.append(bundle)
-                bundle = []
-            taken += 1
-            inflight += 1
-            sent += 1
-            queued += wire
-            if first_use:
-                new_funcs.add(key)
-            bundle.append((task, first_use, wire))
-            if big:
-                bundles.append(bundle)
-                bundle = []
-        if bundle:
-            bundles.append(bundle)
+        if maxtasks is not None:
+            # Each task taken counts once in flight and once sent: stop at maxtasks sent.
+            limit = min(limit, inflight + maxtasks - worker.sent)
+        taken, bundles = _fill(worker, pending, taken, limit, big_from, dropped)
         if bundles:
             sends.append((worker, bundles))
     return Plan(taken, dropped, sends)
+
+
+def _fill(worker: Any, pending: Sequence[TaskState], taken: int, limit: int, big_from: int,
+          dropped: list[Any]) -> tuple[int, list[list[tuple[Any, bool, int]]]]:  # fmt: skip
+    """Take tasks for *worker* from ``pending[taken:]`` until it has *limit* in flight or
+    its byte budget is spent; a task whose claim fails is added to *dropped*. Returns
+    the index of the next task and the bundles for the worker."""
+    total = len(pending)
+    inflight = len(worker.inflight)
+    queued, funcs = worker.queued, worker.funcs
+    new_funcs: set[int] = set()
+    bundles: list[list[tuple[Any, bool, int]]] = []
+    bundle: list[tuple[Any, bool, int]] = []
+    while taken < total and inflight < limit:
+        task = pending[taken]
+        claim = task.claim
+        if claim is not None and not claim():
+            taken += 1
+            dropped.append(task)
+            continue
+        key = task.func_key
+        first_use = key not in funcs and key not in new_funcs
+        wire = task.size + (len(task.func_bytes) if first_use else 0)
+        big = wire >= big_from
+        if big:
+            # On the socket only its envelope; it counts as an eighth of the budget,
+            # so that at most eight such tasks, each holding a memfd, wait at a worker.
+            wire = BIG_TASK_BYTES
+        if inflight and queued + wire > PIPELINE_MAX_BYTES:
+            break
+        if big and bundle:
+            # A big task travels alone, in a memfd sized for it: the next task like
+            # it is written into the same pages once they are named back.
+            bundles.append(bundle)
+            bundle = []
+        taken += 1
+        inflight += 1
+        queued += wire
+        if first_use:
+            new_funcs.add(key)
+        bundle.append((task, first_use, wire))
+        if big:
+            bundles.append(bundle)
+            bundle = []
+    if bundle:
+        bundles.append(bundle)
+    return taken, bundles

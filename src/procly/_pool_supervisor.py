@@ -301,12 +301,7 @@ class Supervisor:
         self.dispatch()
         if self.pool._state is PoolState.CLOSED and not self._outstanding and not self.pool._active_feeds:
             return False
-        now = time.monotonic()
-        deadlines = [w.inflight[0].deadline for w in self._workers.values() if w.inflight and w.inflight[0].deadline]
-        if self._missing:
-            deadlines.append(self._restart_at)
-        timeout = max(0.0, min(deadlines) - now) if deadlines else None
-        ms = poll_ms(timeout)
+        ms = poll_ms(self._until_next_deadline())
         # Spin first: a reply, or a caller's next task, often comes within µs of the last event.
         events = self._spinner.wait() or self._poller.poll(ms)
         # Each descriptor is looked up before any event is handled: a worker retired by an
@@ -314,12 +309,7 @@ class Supervisor:
         # numbers, so a later event of the old worker must not be taken as the new one's.
         for fd, (kind, worker) in [(fd, self._fds.get(fd, (None, None))) for fd, _ in events]:
             if fd == self._wake_r:
-                try:
-                    os.read(self._wake_r, 4096)
-                except BlockingIOError:
-                    pass
-                with self._lock:
-                    self._wake_pending = False
+                self._woken()
                 self.dispatch()  # what the wake-up was for (submitted work): now, not next round
             elif worker is None or worker.conn not in self._workers:
                 continue  # retired earlier in this round
@@ -331,6 +321,23 @@ class Supervisor:
                 self._drain(worker)
         self._expire()
         return True
+
+    def _until_next_deadline(self) -> float | None:
+        """Seconds until the first task's deadline or the next restart; None: no deadline."""
+        now = time.monotonic()
+        deadlines = [w.inflight[0].deadline for w in self._workers.values() if w.inflight and w.inflight[0].deadline]
+        if self._missing:
+            deadlines.append(self._restart_at)
+        return max(0.0, min(deadlines) - now) if deadlines else None
+
+    def _woken(self) -> None:
+        """Empty the wake-up pipe; a caller's next wake-up writes to it again."""
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+        with self._lock:
+            self._wake_pending = False
 
     def dispatch(self) -> None:
         """Send pending tasks to workers, as the dispatch rules (_pool_dispatch) say.

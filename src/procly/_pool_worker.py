@@ -81,6 +81,12 @@ def _error_payload(exc: BaseException) -> tuple[BaseException, str]:
     return exc, tb
 
 
+def _task_failure(exc: BaseException, unpickling: bool) -> tuple[BaseException, str]:
+    """What a failed task sends back for *exc*; *unpickling*: an executor's task that did
+    not unpickle (it fails with ``BrokenProcessPool``)."""
+    return _error_payload(_unpickling_failed(exc) if unpickling else exc)
+
+
 def _unpickling_failed(exc: BaseException) -> BaseException:
     """The error an executor's future gets for a task that did not unpickle in the worker."""
     from ._errors import BrokenProcessPool
@@ -122,25 +128,8 @@ def worker_main(
     to the pool (which breaks), any exception of a task (``SystemExit`` too) is its
     result, and a task that does not unpickle fails with ``BrokenProcessPool``.
     """
-    # Ctrl-C is the parent's business: it terminates the pool.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _state.become_pool_worker()
-    if env:
-        os.environ.update(env)  # for libraries loaded from now on
-    _inner_threads.limit_loaded_libraries(inner_threads)  # and those loaded already (fork)
-    if initializer is not None:
-        if not executor:
-            initializer(*initargs)
-        else:
-            try:
-                initializer(*initargs)
-            except BaseException as exc:  # noqa: BLE001 - reported, the executor breaks
-                logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
-                try:
-                    conn.send(messages.init_failed(f"{type(exc).__name__}: {exc}"))
-                except Exception:  # noqa: BLE001 - the pool sees the exit anyway
-                    pass
-                return
+    if not _set_up(conn, initializer, initargs, executor, inner_threads, env):
+        return
     catch = BaseException if executor else Exception
     funcs: collections.OrderedDict[int, Callable[..., Any]] = collections.OrderedDict()
     conn = BufferedConnection.adopt(conn)  # one read takes every task waiting
@@ -152,24 +141,17 @@ def worker_main(
     while maxtasks is None or done < maxtasks:
         waiting_since = clock()
         if not bundle:
-            try:
-                if not conn.buffered():
-                    spinner.wait(IDLE_SPIN_SECONDS)  # the next task often comes soon after the last reply
-                bundle = conn.recv()
-            except (EOFError, OSError):
+            sent = _next_bundle(conn, spinner)
+            if sent is None:
                 return
-            if bundle is messages.STOP:
-                return
-            bundle.reverse()  # popped from the end, in the order sent
+            bundle = sent
         received = clock()
         task_id, key, func_bytes, mode, payload, buffers = bundle.pop()
         started = received
         unpickled = False
         try:
-            if func_bytes is not None:
-                funcs[key] = _serialization.loads(func_bytes)
-                if len(funcs) > _FUNC_CACHE_SIZE:
-                    funcs.popitem(last=False)
+            if func_bytes is not None:  # the first task with this function
+                _remember(funcs, key, func_bytes)
             func = funcs[key]
             funcs.move_to_end(key)
             items = pickle.loads(payload, buffers=buffers)
@@ -179,10 +161,8 @@ def worker_main(
             ok = True
             computing = clock() - started
         except catch as exc:  # noqa: BLE001 - reported to the caller
-            if executor and not unpickled:
-                exc = _unpickling_failed(exc)
             ok = False
-            values = _error_payload(exc)
+            values = _task_failure(exc, executor and not unpickled)
             computing = clock() - started
         reply = messages.result(task_id, ok, values, computing, started - received + previous_send,
                                 received - waiting_since)  # fmt: skip
@@ -200,11 +180,68 @@ def worker_main(
             else:
                 conn.send(reply)
         except catch as exc:  # noqa: BLE001 - e.g. an unpicklable result
-            # (An executor's task gets a SystemExit raised while pickling as itself.)
-            wrapped = MaybeEncodingError(exc, values) if isinstance(exc, Exception) else exc
-            conn.send(messages.failed_result(reply, _error_payload(wrapped) if wrapped is exc else (wrapped, "")))
+            _send_unsendable(conn, reply, exc, values)
         previous_send = clock() - sending
         done += 1
         if max_memory is not None and resident_bytes() > max_memory:
             break  # between tasks: the pool replaces this worker
     conn.send(messages.BYE)
+
+
+def _set_up(conn: Any, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...], executor: bool,
+            inner_threads: int, env: dict[str, str] | None) -> bool:  # fmt: skip
+    """Prepare this process to be a pool worker and run the *initializer*; False when an
+    executor's initializer raised (then logged and reported to the pool: the worker
+    ends). A pool's initializer that raises ends the worker with the error."""
+    # Ctrl-C is the parent's business: it terminates the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _state.become_pool_worker()
+    if env:
+        os.environ.update(env)  # for libraries loaded from now on
+    _inner_threads.limit_loaded_libraries(inner_threads)  # and those loaded already (fork)
+    if initializer is None:
+        return True
+    if not executor:
+        initializer(*initargs)
+        return True
+    try:
+        initializer(*initargs)
+    except BaseException as exc:  # noqa: BLE001 - reported, the executor breaks
+        logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
+        try:
+            conn.send(messages.init_failed(f"{type(exc).__name__}: {exc}"))
+        except Exception:  # noqa: BLE001 - the pool sees the exit anyway
+            pass
+        return False
+    return True
+
+
+def _remember(funcs: collections.OrderedDict[int, Callable[..., Any]], key: int, func_bytes: bytes) -> None:
+    """Unpickle a function sent for the first time into the cache of *funcs* (the least
+    recently used one goes when it is full)."""
+    funcs[key] = _serialization.loads(func_bytes)
+    if len(funcs) > _FUNC_CACHE_SIZE:
+        funcs.popitem(last=False)
+
+
+def _next_bundle(conn: BufferedConnection, spinner: Spinner) -> list[tuple[Any, ...]] | None:
+    """The next tasks the pool sent, in the order sent from the end (for pop()); None
+    when told to stop or the pool went away."""
+    try:
+        if not conn.buffered():
+            spinner.wait(IDLE_SPIN_SECONDS)  # the next task often comes soon after the last reply
+        bundle = conn.recv()
+    except (EOFError, OSError):
+        return None
+    if bundle is messages.STOP:
+        return None
+    bundle.reverse()  # popped from the end, in the order sent
+    return bundle  # type: ignore[no-any-return]
+
+
+def _send_unsendable(conn: BufferedConnection, reply: Any, exc: BaseException, values: Any) -> None:
+    """Send the failure that replaces a *reply* that could not be sent (*exc*, e.g. an
+    unpicklable result: ``MaybeEncodingError``; an executor's task gets a ``SystemExit``
+    raised while pickling as itself)."""
+    wrapped = MaybeEncodingError(exc, values) if isinstance(exc, Exception) else exc
+    conn.send(messages.failed_result(reply, _error_payload(wrapped) if wrapped is exc else (wrapped, "")))

@@ -170,6 +170,10 @@ class SemLock:
         if _sem_trywait(sem) == 0:  # the fast path: no blocking call
             self._took()
             return True
+        return self._acquire_waiting(sem, block, timeout)
+
+    def _acquire_waiting(self, sem: Any, block: bool, timeout: float | None) -> bool:
+        """acquire() once the semaphore was found taken: wait as *block* and *timeout* say."""
         blocking = bool(block)
         wait = -1.0
         if blocking and timeout is not None:

@@ -128,31 +128,39 @@ def parse_main_script(path: str) -> ast.Module | None:
 
 
 def _top_level_names(path: str) -> frozenset[str] | None:
-    import ast
-
     tree = parse_main_script(path)
     if tree is None:
         return None
     names: set[str] = set()
-
-    def visit(statements: list[ast.stmt]) -> None:
-        for node in statements:
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                names.add(node.name)
-            elif isinstance(node, ast.If) and _is_main_guard(node.test):
-                visit(node.orelse)  # the body runs only in the parent
-            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                for target in targets:
-                    names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
-            elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
-                for field in ("body", "orelse", "finalbody", "handlers"):
-                    visit(getattr(node, field, []))
-            elif isinstance(node, ast.ExceptHandler):
-                visit(node.body)
-
-    visit(tree.body)
+    _collect_top_level_names(tree.body, names)
     return frozenset(names)
+
+
+def _collect_top_level_names(statements: list[ast.stmt], names: set[str]) -> None:
+    """Add to *names* the functions, classes and variables *statements* define when the
+    script is imported as a module (outside ``if __name__ == "__main__":``)."""
+    import ast
+
+    for node in statements:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.If) and _is_main_guard(node.test):
+            _collect_top_level_names(node.orelse, names)  # the body runs only in the parent
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            names.update(_assigned_names(node))
+        elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                _collect_top_level_names(getattr(node, field, []), names)
+        elif isinstance(node, ast.ExceptHandler):
+            _collect_top_level_names(node.body, names)
+
+
+def _assigned_names(node: ast.Assign | ast.AnnAssign | ast.AugAssign) -> set[str]:
+    """The variable names an assignment binds."""
+    import ast
+
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+    return {n.id for target in targets for n in ast.walk(target) if isinstance(n, ast.Name)}
 
 
 def _is_main_guard(test: ast.expr) -> bool:

@@ -51,24 +51,8 @@ class SharedMemory:
     _flags = os.O_RDWR
 
     def __init__(self, name: str | None = None, create: bool = False, size: int = 0, *, track: bool = True) -> None:
-        if not size >= 0:
-            raise ValueError("'size' must be a positive integer")
-        flags = self._flags
-        if create:
-            if size == 0:
-                raise ValueError("'size' must be a positive number different from zero")
-            flags = os.O_CREAT | os.O_EXCL | os.O_RDWR
-        if name is None and not flags & os.O_EXCL:
-            raise ValueError("'name' can only be None if create=True")
-        while True:
-            chosen = _make_filename() if name is None else name
-            try:
-                fd = os.open(_path(chosen), flags | os.O_CLOEXEC, 0o600)
-            except FileExistsError:
-                if name is None:
-                    continue  # a random name collided: draw another
-                raise
-            break
+        flags = self._open_flags(name, create, size)
+        chosen, fd = _open_segment(name, flags)
         self._name = "/" + chosen.lstrip("/")  # POSIX form, as the standard library keeps it
         self._fd = fd
         try:
@@ -86,6 +70,24 @@ class SharedMemory:
         self._tracked = create and track
         if self._tracked:
             _tracker().register(self.name)
+
+    def _open_flags(self, name: str | None, create: bool, size: int) -> int:
+        """The flags to open the segment with, once the arguments are checked.
+
+        Raises:
+            ValueError: a negative *size*, a zero *size* with *create*, or no *name*
+                without *create*.
+        """
+        if not size >= 0:
+            raise ValueError("'size' must be a positive integer")
+        flags = self._flags
+        if create:
+            if size == 0:
+                raise ValueError("'size' must be a positive number different from zero")
+            flags = os.O_CREAT | os.O_EXCL | os.O_RDWR
+        if name is None and not flags & os.O_EXCL:
+            raise ValueError("'name' can only be None if create=True")
+        return flags
 
     def __reduce__(self) -> Any:
         return (self.__class__, (self.name, False, self._size))
@@ -136,6 +138,23 @@ class SharedMemory:
         """
         self._tracked = False
         _release(self._name, missing_ok=False)
+
+
+def _open_segment(name: str | None, flags: int) -> tuple[str, int]:
+    """Open the segment *name* (a fresh random name when None); its name and descriptor.
+
+    Raises:
+        FileExistsError: creating *name*, and it is taken.
+        FileNotFoundError: attaching to a *name* that does not exist.
+    """
+    while True:
+        chosen = _make_filename() if name is None else name
+        try:
+            return chosen, os.open(_path(chosen), flags | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            if name is None:
+                continue  # a random name collided: draw another
+            raise
 
 
 # ----------------------------------------------------------------------------- tracker
@@ -201,10 +220,7 @@ def _track(reader: Any) -> None:
             raise _Stop
 
     def apply(line: str) -> None:
-        if line[0] == "R":
-            names.add(line[1:])
-        else:
-            names.discard(line[1:])
+        _apply(names, line)
 
     # The owner's exit terminates this daemon (SIGTERM), its death is seen through the
     # lifeline (SIGTERM too) or as the end of the pipe: unlink what is left in all cases,
@@ -227,12 +243,25 @@ def _track(reader: Any) -> None:
             apply(reader.recv())
     except (EOFError, OSError):
         pass
+    _unlink_all(names)
+    os._exit(0)
+
+
+def _apply(names: set[str], line: str) -> None:
+    """Record a registration ("R" + name) or a release ("U" + name) in *names*."""
+    if line[0] == "R":
+        names.add(line[1:])
+    else:
+        names.discard(line[1:])
+
+
+def _unlink_all(names: set[str]) -> None:
+    """Unlink the segments *names*, those already gone or not ours skipped."""
     for name in names:
         try:
             os.unlink(_path(name))
         except OSError:
             pass
-    os._exit(0)
 
 
 # ----------------------------------------------------------------------------- list

@@ -186,16 +186,7 @@ class ForkServer:
         with _handoff.collecting() as handoff:
             payload = _serialization.dumps(process)
         data["fds"] = handoff.fds  # renumbered by the server
-        try:
-            sock.connect(self.address)  # blocking: with a timeout a full backlog is EAGAIN at once
-            sock.settimeout(CLIENT_SECONDS)
-            nonce = sock.recv(_NONCE_SIZE, socket.MSG_WAITALL)
-        except TimeoutError:
-            raise _NotSent(f"the fork server did not answer within {CLIENT_SECONDS} s") from None
-        except OSError as exc:
-            raise _NotSent(f"cannot reach the fork server: {exc}") from exc
-        if len(nonce) != _NONCE_SIZE:
-            raise _NotSent("the fork server closed the connection before the request")
+        nonce = self._connect(sock)
         read_fd, write_fd = os.pipe()
         # The child writes to *our* stdout/stderr as they are now, not to the ones the
         # server inherited when it started.
@@ -214,18 +205,25 @@ class ForkServer:
                 write_start_data(conn, data, payload)
             except BrokenPipeError:
                 pass
+        return _started_child(sock)
+
+    def _connect(self, sock: socket.socket) -> bytes:
+        """Connect *sock* to the server; the nonce it sends to be signed.
+
+        Raises:
+            _NotSent: the server cannot be reached, or did not answer in time.
+        """
         try:
-            msg, fds, _, _ = socket.recv_fds(sock, _PID.size, 1, socket.MSG_WAITALL)
+            sock.connect(self.address)  # blocking: with a timeout a full backlog is EAGAIN at once
+            sock.settimeout(CLIENT_SECONDS)
+            nonce = sock.recv(_NONCE_SIZE, socket.MSG_WAITALL)
         except TimeoutError:
-            raise StartError(f"the fork server did not start the child within {CLIENT_SECONDS} s") from None
+            raise _NotSent(f"the fork server did not answer within {CLIENT_SECONDS} s") from None
         except OSError as exc:
-            raise StartError(f"the fork server failed while starting the child: {exc}") from exc
-        sock.setblocking(True)  # the handle reads the exit status from it with plain os.read
-        if len(msg) != _PID.size or len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            raise StartError("the fork server failed to start the child")
-        return ForkServerChild(_PID.unpack(msg)[0], fds[0], sock)
+            raise _NotSent(f"cannot reach the fork server: {exc}") from exc
+        if len(nonce) != _NONCE_SIZE:
+            raise _NotSent("the fork server closed the connection before the request")
+        return nonce
 
     def stop(self) -> None:
         """End the server and reap it (called at exit, after children were joined)."""
@@ -242,6 +240,26 @@ class ForkServer:
                 (os.unlink if path == self.address else os.rmdir)(path)
             except OSError:
                 pass
+
+
+def _started_child(sock: socket.socket) -> ForkServerChild:
+    """The child the server forked, from its answer on *sock* (its pid and status pipe).
+
+    Raises:
+        StartError: the server failed to start the child, or did not answer in time.
+    """
+    try:
+        msg, fds, _, _ = socket.recv_fds(sock, _PID.size, 1, socket.MSG_WAITALL)
+    except TimeoutError:
+        raise StartError(f"the fork server did not start the child within {CLIENT_SECONDS} s") from None
+    except OSError as exc:
+        raise StartError(f"the fork server failed while starting the child: {exc}") from exc
+    sock.setblocking(True)  # the handle reads the exit status from it with plain os.read
+    if len(msg) != _PID.size or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise StartError("the fork server failed to start the child")
+    return ForkServerChild(_PID.unpack(msg)[0], fds[0], sock)
 
 
 def _stdio_fd(fd: int) -> int:

@@ -154,18 +154,10 @@ def check_main_guard(method: str) -> None:
     if method == "fork":
         return
     main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if not path or str(path).startswith("<") or getattr(main, "__name__", None) != "__main__":
-        return  # python -c, a REPL, a notebook: children do not import it again
-    spec_name = getattr(getattr(main, "__spec__", None), "name", None) or ""
-    if spec_name.endswith(".__main__") or os.path.basename(path) in ("ipython", "ipython3"):
-        return  # python -m package, or a console-script wrapper: not imported again either
-    frame: types.FrameType | None = sys._getframe(1)
-    namespace = main.__dict__
-    while frame is not None:
-        if frame.f_globals is namespace and frame.f_code.co_name == "<module>":
-            break
-        frame = frame.f_back
+    path = _reimported_main_path(main) if main is not None else None
+    if main is None or path is None:
+        return
+    frame = _main_top_level_frame(sys._getframe(1), main.__dict__)
     if frame is None:
         return  # not started from the main module's top level
     guarded = _guarded_lines.get(path, ())
@@ -179,6 +171,26 @@ def check_main_guard(method: str) -> None:
             f"a new process was started at line {line} of {path}, outside `if __name__ == "
             f'"__main__":`. ' + _GUARD_ADVICE
         )
+
+
+def _reimported_main_path(main: types.ModuleType) -> str | None:
+    """The main script's path, if children import it again (under spawn and forkserver)."""
+    path = getattr(main, "__file__", None)
+    if not path or str(path).startswith("<") or getattr(main, "__name__", None) != "__main__":
+        return None  # python -c, a REPL, a notebook: children do not import it again
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None) or ""
+    if spec_name.endswith(".__main__") or os.path.basename(path) in ("ipython", "ipython3"):
+        return None  # python -m package, or a console-script wrapper: not imported again either
+    return str(path)
+
+
+def _main_top_level_frame(frame: types.FrameType | None, namespace: dict[str, object]) -> types.FrameType | None:
+    """The frame running the main module's top level, among *frame* and its callers."""
+    while frame is not None:
+        if frame.f_globals is namespace and frame.f_code.co_name == "<module>":
+            return frame
+        frame = frame.f_back
+    return None
 
 
 def _main_guard_lines(path: str) -> list[tuple[int, int]] | None:

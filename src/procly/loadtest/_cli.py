@@ -249,34 +249,71 @@ def _write(path: str, text: str) -> None:
 
 
 def loadtest_command(args: argparse.Namespace) -> int:
-    from ._config import parse_duration
-    from ._live import LiveServer, LiveState, parse_address
-    from ._thresholds import Threshold
+    from ._live import LiveState
 
     if args.web is not None and "://" in args.web and args.url is None:
         args.url, args.web = args.web, "127.0.0.1:0"  # "--web URL": the URL is the target
     try:
-        thresholds = [Threshold.parse(text) for text in args.fail_if]
-        web = parse_address(args.web, "--web") if args.web is not None else None
-        prometheus = parse_address(args.prometheus, "--prometheus") if args.prometheus is not None else None
-        linger = parse_duration(args.web_linger)
-        if args.url is not None and args.call is not None:
-            raise ValueError("give a URL or --call, not both")
-        embedded = args.url is None and args.call is None
-        # The embedded target's URL is known once it runs: check the other options now.
-        config = _config_from(args, "http://127.0.0.1/" if embedded else args.url)
-        if not embedded and config.url is not None:
-            # Resolved once, here: every worker connects to this address and nothing else.
-            config = config.resolved()
-        if config.call is not None:
-            from ._calls import resolve_callable
-
-            resolve_callable(config.call)  # fail here, once, rather than in every worker
+        thresholds, web, prometheus, linger, embedded, config = _checked_options(args)
     except (ValueError, ImportError, OSError) as exc:
         print(f"procly loadtest: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
     live = LiveState() if web is not None or prometheus is not None else None
+    try:
+        servers = _start_live_servers(live, web, prometheus)
+    except OSError as exc:
+        print(f"procly loadtest: cannot serve the live views: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _run_and_report(args, config, embedded, thresholds, live, linger if web is not None else 0.0)
+    finally:
+        for server in servers:
+            server.close()
+
+
+def _checked_options(args: argparse.Namespace) -> tuple[list[Any], Any, Any, float, bool, Any]:
+    """The options checked and parsed: the thresholds, the --web and --prometheus
+    addresses (or None), the dashboard's linger, whether the target is the embedded one,
+    and the config.
+
+    Raises:
+        ValueError: an option is malformed, or a URL and --call are both given.
+        ImportError: --call names a callable that cannot be imported.
+        OSError: the target's host name does not resolve.
+    """
+    from ._config import parse_duration
+    from ._live import parse_address
+    from ._thresholds import Threshold
+
+    thresholds = [Threshold.parse(text) for text in args.fail_if]
+    web = parse_address(args.web, "--web") if args.web is not None else None
+    prometheus = parse_address(args.prometheus, "--prometheus") if args.prometheus is not None else None
+    linger = parse_duration(args.web_linger)
+    if args.url is not None and args.call is not None:
+        raise ValueError("give a URL or --call, not both")
+    embedded = args.url is None and args.call is None
+    # The embedded target's URL is known once it runs: check the other options now.
+    config = _config_from(args, "http://127.0.0.1/" if embedded else args.url)
+    if not embedded and config.url is not None:
+        # Resolved once, here: every worker connects to this address and nothing else.
+        config = config.resolved()
+    if config.call is not None:
+        from ._calls import resolve_callable
+
+        resolve_callable(config.call)  # fail here, once, rather than in every worker
+    return thresholds, web, prometheus, linger, embedded, config
+
+
+def _start_live_servers(live: Any, web: Any, prometheus: Any) -> list[Any]:
+    """Start the live dashboard (*web*) and the OpenMetrics endpoint (*prometheus*), each
+    if its address is given; the servers started.
+
+    Raises:
+        OSError: a server cannot listen (those started are closed).
+    """
+    from ._live import LiveServer
+
     servers: list[Any] = []
     try:
         for address, dashboard, what in (
@@ -293,47 +330,24 @@ def loadtest_command(args: argparse.Namespace) -> int:
                         file=sys.stderr,
                         flush=True,
                     )
-    except OSError as exc:
+    except OSError:
         for server in servers:
             server.close()
-        print(f"procly loadtest: cannot serve the live views: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        return _run_and_report(args, config, embedded, thresholds, live, linger if web is not None else 0.0)
-    finally:
-        for server in servers:
-            server.close()
+        raise
+    return servers
 
 
-def _run_and_report(  # noqa: C901 - the live views around the run; to split (issue 20)
+def _run_and_report(
     args: argparse.Namespace, config: Any, embedded: bool, thresholds: list[Any], live: Any, linger: float
 ) -> int:
-    from ._html import to_html
-    from ._runner import LoadTestError, run_load_test
+    from ._runner import LoadTestError
     from ._target import EmbeddedTarget
-    from ._thresholds import check_thresholds, threshold_verdicts
+    from ._thresholds import threshold_verdicts
 
     progress = None if args.quiet else _ProgressLine(sys.stderr)
     target = EmbeddedTarget(start_method=args.start_method) if embedded else None
     try:
-        with target if target is not None else contextlib.nullcontext():
-            if target is not None:
-                config = _config_from(args, target.url)
-                print(f"procly loadtest: no URL given, testing the built-in target at {target.url}", file=sys.stderr)
-            if live is not None:
-                live.set_config(config)
-            if args.dask:
-                try:
-                    from ._dask import run_on_dask
-                except ImportError as exc:
-                    raise LoadTestError(f"--dask needs Dask distributed: pip install 'procly[dask]' ({exc})") from None
-
-                print(f"procly loadtest: running the load on the Dask cluster at {args.dask}", file=sys.stderr)
-                report = run_on_dask(config, args.dask, processes_given=args.processes is not None)
-            else:
-                report = run_load_test(config, progress, live.update if live is not None else None)
-        if target is not None:
-            report.target_served = target.served
+        report = _run(args, config, target, live, progress)
     except (LoadTestError, OSError) as exc:
         if progress is not None:
             progress.finish()
@@ -348,6 +362,60 @@ def _run_and_report(  # noqa: C901 - the live views around the run; to split (is
     report.thresholds = threshold_verdicts(thresholds, report)
     if live is not None:
         live.finish(report, report.thresholds)
+    _write_reports(args, report)
+    broken, failed_run = _print_problems(thresholds, report)
+    if linger > 0 and not report.interrupted:
+        _linger(linger)
+    if report.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_BROKEN if broken or report.workers_lost or failed_run else EXIT_OK
+
+
+def _run(args: argparse.Namespace, config: Any, target: Any, live: Any, progress: Any) -> Any:
+    """Run the load (against the embedded *target* while it serves, if there is one),
+    here or on the Dask cluster; the report.
+
+    Raises:
+        LoadTestError / OSError: the load could not run.
+    """
+    from ._runner import run_load_test
+
+    with target if target is not None else contextlib.nullcontext():
+        if target is not None:
+            config = _config_from(args, target.url)
+            print(f"procly loadtest: no URL given, testing the built-in target at {target.url}", file=sys.stderr)
+        if live is not None:
+            live.set_config(config)
+        if args.dask:
+            report = _run_on_dask(args, config)
+        else:
+            report = run_load_test(config, progress, live.update if live is not None else None)
+    if target is not None:
+        report.target_served = target.served
+    return report
+
+
+def _run_on_dask(args: argparse.Namespace, config: Any) -> Any:
+    """Run the load on the Dask cluster at ``--dask``; the report.
+
+    Raises:
+        LoadTestError: Dask distributed is not installed, or the run failed.
+    """
+    from ._runner import LoadTestError
+
+    try:
+        from ._dask import run_on_dask
+    except ImportError as exc:
+        raise LoadTestError(f"--dask needs Dask distributed: pip install 'procly[dask]' ({exc})") from None
+
+    print(f"procly loadtest: running the load on the Dask cluster at {args.dask}", file=sys.stderr)
+    return run_on_dask(config, args.dask, processes_given=args.processes is not None)
+
+
+def _write_reports(args: argparse.Namespace, report: Any) -> None:
+    """Print the text report (unless the JSON goes to stdout) and write the files asked for."""
+    from ._html import to_html
+
     if args.json != "-":
         print(report.to_text())
     for path, render in ((args.json, report.to_json), (args.csv, report.to_csv), (args.html, lambda: to_html(report))):
@@ -356,24 +424,29 @@ def _run_and_report(  # noqa: C901 - the live views around the run; to split (is
     if args.json == "-":  # the text report (which has them) was not printed
         for warning in report.warnings:
             print(f"procly loadtest: warning: {warning}", file=sys.stderr)
+
+
+def _print_problems(thresholds: list[Any], report: Any) -> tuple[list[str], str | None]:
+    """Print the thresholds broken, a run where nothing succeeded, and the workers lost;
+    the thresholds' messages and the failed run's."""
+    from ._flows_cli import nothing_succeeded
+    from ._thresholds import check_thresholds
+
     broken = check_thresholds(thresholds, report)
     for message in broken:
         print(f"procly loadtest: {message}", file=sys.stderr)
-    from ._flows_cli import nothing_succeeded
-
     failed_run = nothing_succeeded(report)
     if failed_run:
         print(f"procly loadtest: {failed_run}", file=sys.stderr)
     for message in report.workers_lost:
         print(f"procly loadtest: {message}", file=sys.stderr)
-    if linger > 0 and not report.interrupted:
-        print(
-            f"procly loadtest: the dashboard stays up {linger:g} s more (Ctrl-C ends it)", file=sys.stderr, flush=True
-        )
-        try:
-            threading.Event().wait(linger)
-        except KeyboardInterrupt:
-            pass
-    if report.interrupted:
-        return EXIT_INTERRUPTED
-    return EXIT_BROKEN if broken or report.workers_lost or failed_run else EXIT_OK
+    return broken, failed_run
+
+
+def _linger(linger: float) -> None:
+    """Keep the dashboard up *linger* seconds more (Ctrl-C ends the wait)."""
+    print(f"procly loadtest: the dashboard stays up {linger:g} s more (Ctrl-C ends it)", file=sys.stderr, flush=True)
+    try:
+        threading.Event().wait(linger)
+    except KeyboardInterrupt:
+        pass

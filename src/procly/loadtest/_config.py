@@ -154,6 +154,14 @@ class LoadTestConfig:
     def __post_init__(self) -> None:
         if (self.url is None) == (self.call is None):
             raise ValueError("give exactly one target: a URL or a callable (module:function)")
+        self._check_numbers()
+        if self.url is not None:
+            HttpTarget.from_url(self.url)
+        if (self.stages is not None or self.scenario is not None) and self.url is None:
+            raise ValueError("stages of users and scenarios need a URL (they are HTTP users)")
+
+    def _check_numbers(self) -> None:
+        """Raises ValueError for a count, duration, rate or timeout out of its range."""
         if self.processes < 1:
             raise ValueError(f"processes must be at least 1, got {self.processes}")
         if self.connections < 1:
@@ -168,10 +176,6 @@ class LoadTestConfig:
             raise ValueError(f"timeout must be positive, got {self.timeout}")
         if self.warmup < 0:
             raise ValueError(f"warm-up must not be negative, got {self.warmup}")
-        if self.url is not None:
-            HttpTarget.from_url(self.url)
-        if (self.stages is not None or self.scenario is not None) and self.url is None:
-            raise ValueError("stages of users and scenarios need a URL (they are HTTP users)")
 
     def resolved(self) -> LoadTestConfig:
         """This config with the URL's host resolved, once, to the address every worker connects to.

@@ -365,9 +365,7 @@ class User:
                 self._drop_connection()
             if started >= recorder.measure_from:
                 _record(recorder, status, now - started)
-            for header, value in raw_headers:
-                if len(header) == 10 and header.lower() == b"set-cookie":
-                    self._set_cookie(value.decode("latin-1"))
+            self._take_cookies(raw_headers)
             return Response(status, raw_headers, content, None, (now - started) * 1000, name)
         finally:
             self._in_request = False
@@ -395,6 +393,12 @@ class User:
         connection, self._connection = self._connection, None
         if connection is not None and connection.transport is not None:
             connection.transport.close()
+
+    def _take_cookies(self, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        """Keep (or drop) the cookies the response's Set-Cookie headers set."""
+        for header, value in raw_headers:
+            if len(header) == 10 and header.lower() == b"set-cookie":
+                self._set_cookie(value.decode("latin-1"))
 
     def _set_cookie(self, header: str) -> None:
         pair, _, attributes = header.partition(";")
@@ -441,24 +445,21 @@ class User:
         """
         results: list[tuple[str, bool]] = []
         if status is not None:
-            wanted = (status,) if isinstance(status, int) else tuple(status)
-            label = f"status is {wanted[0]}" if len(wanted) == 1 else f"status in {list(wanted)}"
-            results.append((label, response.status in wanted))
+            results.append(_check_status(response, status))
         if header is not None:
             results += _check_headers(response, header)
         if contains is not None:
-            needle = contains.encode() if isinstance(contains, str) else contains
-            results.append((f"body contains {contains!r}", needle in response.body))
+            results.append(_check_contains(response, contains))
         if json is not None:
             results += _check_json(response, json)
         if predicate is not None:
-            try:
-                passed = bool(predicate(response))
-            except Exception:  # noqa: BLE001 - a predicate that raises is a failed check
-                passed = False
-            results.append((getattr(predicate, "__name__", "predicate"), passed))
+            results.append(_check_predicate(response, predicate))
         if not results:
             raise TypeError("check() needs at least one condition: status, header, contains, json or predicate")
+        return self._record_checks(name, results)
+
+    def _record_checks(self, name: str | None, results: list[tuple[str, bool]]) -> bool:
+        """Count the *results* (as one check *name*, or each under its label); True if all passed."""
         recorder = self._load.recorder
         measured = time.monotonic() >= recorder.measure_from
         if name is not None:
@@ -720,10 +721,7 @@ class FlowLoad:
         recorder = self.recorder
         flows: list[FlowSpec] = self.flows
         try:
-            if delay:
-                await asyncio.sleep(delay)
-            for start in self.starts:
-                await self._guarded(start, user)
+            await self._begin_user(user, delay)
             schedule = self.schedule
             while not (self.stopping or user._retired):
                 func = flows[0].func if len(flows) == 1 else user.rng.choices(flows, self.weights)[0].func
@@ -733,8 +731,7 @@ class FlowLoad:
                 except (_StopUser, asyncio.CancelledError, KeyboardInterrupt):
                     raise
                 except BaseException as exc:  # noqa: BLE001 - counted (SystemExit too), and the user goes on
-                    if time.monotonic() >= recorder.measure_from:
-                        recorder.exceptions[type(exc).__name__] += 1
+                    self._count_exception(exc)
                 now = time.monotonic()
                 if now >= recorder.measure_from:
                     recorder.iterations += 1
@@ -753,14 +750,26 @@ class FlowLoad:
         if not self.users and (self.stages is None or self.stopping) and not self._done.done():
             self._done.set_result(None)
 
+    async def _begin_user(self, user: User, delay: float) -> None:
+        """Wait *delay* seconds (users start spread out), then run the scenario's start
+        functions for *user*."""
+        if delay:
+            await asyncio.sleep(delay)
+        for start in self.starts:
+            await self._guarded(start, user)
+
+    def _count_exception(self, exc: BaseException) -> None:
+        """Count an exception a flow raised (in the measured part of the run)."""
+        if time.monotonic() >= self.recorder.measure_from:
+            self.recorder.exceptions[type(exc).__name__] += 1
+
     async def _guarded(self, func: Callable[[User], Any], user: User) -> None:
         try:
             await func(user)
         except (_StopUser, asyncio.CancelledError, KeyboardInterrupt):
             raise
         except BaseException as exc:  # noqa: BLE001 - counted (SystemExit too), and the user goes on
-            if time.monotonic() >= self.recorder.measure_from:
-                self.recorder.exceptions[type(exc).__name__] += 1
+            self._count_exception(exc)
 
     def stop(self, grace: float) -> None:
         """No new requests; requests in flight get ``grace`` seconds, then every user is ended."""
@@ -815,6 +824,28 @@ def _target(path: str, method: str, name: str | None, params: Mapping[str, Any] 
     if params:
         path += ("&" if "?" in path else "?") + urllib.parse.urlencode(params)
     return path, name
+
+
+def _check_status(response: Response, status: int | Iterable[int]) -> tuple[str, bool]:
+    """The check that the response's status is *status* (or one of them)."""
+    wanted = (status,) if isinstance(status, int) else tuple(status)
+    label = f"status is {wanted[0]}" if len(wanted) == 1 else f"status in {list(wanted)}"
+    return label, response.status in wanted
+
+
+def _check_contains(response: Response, contains: str | bytes) -> tuple[str, bool]:
+    """The check that the response's body contains *contains*."""
+    needle = contains.encode() if isinstance(contains, str) else contains
+    return f"body contains {contains!r}", needle in response.body
+
+
+def _check_predicate(response: Response, predicate: Callable[[Response], bool]) -> tuple[str, bool]:
+    """The check that *predicate(response)* is true (a predicate that raises fails it)."""
+    try:
+        passed = bool(predicate(response))
+    except Exception:  # noqa: BLE001 - a predicate that raises is a failed check
+        passed = False
+    return getattr(predicate, "__name__", "predicate"), passed
 
 
 def _check_headers(response: Response, header: Mapping[str, Any]) -> list[tuple[str, bool]]:

@@ -106,19 +106,10 @@ def render_metrics(snapshot: dict[str, Any], openmetrics: bool = True) -> str:
         lines.append(f'{_PREFIX}_errors_total{{name="{_label(row["name"])}"}} {row["errors"]}')
     family(f"{_PREFIX}_request_duration_seconds", "histogram", "Request latency, by request name.")
     for row in snapshot["names"]:
-        label = f'name="{_label(row["name"])}"'
-        for bound, count in zip(BUCKETS_S, row["buckets"], strict=True):
-            lines.append(f'{_PREFIX}_request_duration_seconds_bucket{{{label},le="{bound!r}"}} {count}')
-        lines.append(f'{_PREFIX}_request_duration_seconds_bucket{{{label},le="+Inf"}} {row["requests_timed"]}')
-        lines.append(f"{_PREFIX}_request_duration_seconds_count{{{label}}} {row['requests_timed']}")
-        lines.append(f"{_PREFIX}_request_duration_seconds_sum{{{label}}} {_number(row['sum_s'])}")
+        lines += _duration_histogram(row)
     family(f"{_PREFIX}_checks", "counter", "Checks on responses, by check name and result (pass, fail).")
     for check in snapshot["checks"]:
-        for result in ("pass", "fail"):
-            lines.append(
-                f'{_PREFIX}_checks_total{{check="{_label(check["name"])}",result="{result}"}} '
-                f"{check['passed' if result == 'pass' else 'failed']}"
-            )
+        lines += _check_counts(check)
     family(f"{_PREFIX}_active_users", "gauge", "Virtual users (or connections) the load runs with now.")
     lines.append(f"{_PREFIX}_active_users {snapshot['users']}")
     family(f"{_PREFIX}_elapsed_seconds", "gauge", "Time since the measured part of the run started.")
@@ -128,6 +119,28 @@ def render_metrics(snapshot: dict[str, Any], openmetrics: bool = True) -> str:
     if openmetrics:
         lines.append("# EOF")
     return "\n".join(lines) + "\n"
+
+
+def _duration_histogram(row: dict[str, Any]) -> list[str]:
+    """The latency histogram's sample lines of one request name."""
+    label = f'name="{_label(row["name"])}"'
+    lines = [
+        f'{_PREFIX}_request_duration_seconds_bucket{{{label},le="{bound!r}"}} {count}'
+        for bound, count in zip(BUCKETS_S, row["buckets"], strict=True)
+    ]
+    lines.append(f'{_PREFIX}_request_duration_seconds_bucket{{{label},le="+Inf"}} {row["requests_timed"]}')
+    lines.append(f"{_PREFIX}_request_duration_seconds_count{{{label}}} {row['requests_timed']}")
+    lines.append(f"{_PREFIX}_request_duration_seconds_sum{{{label}}} {_number(row['sum_s'])}")
+    return lines
+
+
+def _check_counts(check: dict[str, Any]) -> list[str]:
+    """The passed and failed sample lines of one check."""
+    return [
+        f'{_PREFIX}_checks_total{{check="{_label(check["name"])}",result="{result}"}} '
+        f"{check['passed' if result == 'pass' else 'failed']}"
+        for result in ("pass", "fail")
+    ]
 
 
 class LiveState:

@@ -223,6 +223,24 @@ class Scenario:
         self.__dict__.update(state)
 
 
+def _column_names(header: list[str] | None, path: str | os.PathLike[str]) -> list[str]:
+    """The column names of a CSV file's header line.
+
+    Raises:
+        ScenarioError: no header, a column without a name, or a name repeated.
+    """
+    if header is None or not any(cell.strip() for cell in header):
+        raise ScenarioError(f"--data {str(path)!r}: the file is empty: its first line must name the columns")
+    names = [cell.strip() for cell in header]
+    for column, name in enumerate(names, 1):
+        if not name:
+            raise ScenarioError(f"--data {str(path)!r}, line 1: column {column} has no name")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ScenarioError(f"--data {str(path)!r}, line 1: column names repeated: {', '.join(duplicates)}")
+    return names
+
+
 def load_rows(path: str | os.PathLike[str]) -> tuple[dict[str, str], ...]:
     """The rows of a CSV file with a header line, as dicts.
 
@@ -236,16 +254,7 @@ def load_rows(path: str | os.PathLike[str]) -> tuple[dict[str, str], ...]:
         raise ScenarioError(f"--data: cannot read {str(path)!r}: {exc}") from None
     try:
         reader = csv.reader(io.StringIO(text))
-        header = next(reader, None)
-        if header is None or not any(cell.strip() for cell in header):
-            raise ScenarioError(f"--data {str(path)!r}: the file is empty: its first line must name the columns")
-        names = [cell.strip() for cell in header]
-        for column, name in enumerate(names, 1):
-            if not name:
-                raise ScenarioError(f"--data {str(path)!r}, line 1: column {column} has no name")
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ScenarioError(f"--data {str(path)!r}, line 1: column names repeated: {', '.join(duplicates)}")
+        names = _column_names(next(reader, None), path)
         rows = []
         for values in reader:
             if not values:

@@ -179,39 +179,53 @@ class _ServerProtocol(asyncio.Protocol):
             self.transport.write(data)
 
 
+def _tls_context(tls: tuple[str, str]) -> ssl.SSLContext:
+    """The server's TLS context for the certificate and key files *tls*."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*tls)
+    return context
+
+
+def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Future[None], embedded: bool) -> None:
+    """SIGTERM (and SIGINT unless *embedded*) ends the server through *stop*."""
+    # Embedded, Ctrl-C is for the load test: it stops the target when the report is done.
+    signals = (signal.SIGTERM,) if embedded else (signal.SIGTERM, signal.SIGINT)
+    if embedded:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in signals:
+        loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+
+
+def _stop_on_control(loop: asyncio.AbstractEventLoop, ready: Connection, stop: asyncio.Future[None]) -> None:
+    """A message on (or the end of) the control connection *ready* ends the server through *stop*."""
+
+    def on_control() -> None:
+        try:
+            ready.recv()
+        except (EOFError, OSError):
+            pass
+        loop.remove_reader(ready.fileno())
+        if not stop.done():
+            stop.set_result(None)
+
+    loop.add_reader(ready.fileno(), on_control)
+
+
 async def _serve(host: str, port: int, ready: Connection | None, announce: bool, tls: tuple[str, str] | None) -> None:
     loop = asyncio.get_running_loop()
     counter = _Counter()
     counter.timer = PreciseTimer(loop)
-    context = None
-    if tls is not None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(*tls)
+    context = _tls_context(tls) if tls is not None else None
     server = await loop.create_server(
         lambda: _ServerProtocol(counter), host, port, backlog=4096, reuse_address=True, ssl=context
     )
     bound = server.sockets[0].getsockname()
     scheme = "https" if tls is not None else "http"
     stop = loop.create_future()
-    # Embedded, Ctrl-C is for the load test: it stops the target when the report is done.
-    signals = (signal.SIGTERM,) if ready is not None else (signal.SIGTERM, signal.SIGINT)
-    if ready is not None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for signum in signals:
-        loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+    _stop_on_signals(loop, stop, embedded=ready is not None)
     if ready is not None:
         ready.send(("listening", scheme, bound[0], bound[1]))
-
-        def on_control() -> None:
-            try:
-                ready.recv()
-            except (EOFError, OSError):
-                pass
-            loop.remove_reader(ready.fileno())
-            if not stop.done():
-                stop.set_result(None)
-
-        loop.add_reader(ready.fileno(), on_control)
+        _stop_on_control(loop, ready, stop)
     if announce:
         print(f"procly target listening on {scheme}://{bound[0]}:{bound[1]}/  (Ctrl-C stops it)", flush=True)
     try:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only annotations: _report needs the loadtest extra (hdrh)
-    from ._report import Report
+    from ._report import NameStats, Report
 
 _CONDITION = re.compile(
     r"^\s*(?P<metric>[A-Za-z_]+|[pP]\d+(?:\.\d+)?)\s*(?:\{\s*name\s*=\s*(?P<name>[^}]*)\})?\s*"
@@ -114,14 +114,7 @@ class Threshold:
         metric, unit = self.metric, self.unit
         label = metric if self.name is None else f"{metric}{{name={self.name}}}"
         if metric == "checks":
-            if self.name is None:
-                percent = report.checks_passed_percent
-            else:
-                found = [c for c in report.checks if c.name == self.name]
-                if not found:
-                    return f"no check is named {self.name!r} (checks: {', '.join(c.name for c in report.checks)})"
-                percent = found[0].passed_percent
-            return percent, f"{label} = {percent:.3f}% passed"
+            return self._measure_checks(report, label)
         stats = None
         if self.name is not None:
             stats = report.name_stats(self.name)
@@ -138,12 +131,7 @@ class Threshold:
             return ms / _LATENCY_UNITS_MS[unit or "ms"], f"{label} = {ms:.3f} ms"
         errors = report.errors if stats is None else stats.errors
         if metric == "error_rate" or (metric == "errors" and unit == "%"):
-            if stats is None:
-                rate = report.error_rate
-            else:
-                http = sum(count for kind, count in stats.error_kinds.items() if kind.startswith("http "))
-                attempts = stats.requests + stats.errors - http
-                rate = stats.errors / attempts if attempts else 0.0
+            rate = report.error_rate if stats is None else _error_rate(stats)
             where = "" if self.name is None else f" of {self.name}"
             return rate * 100, f"error rate{where} = {rate:.3%}"
         if metric == "errors":
@@ -154,6 +142,17 @@ class Threshold:
         rps = report.throughput if stats is None else stats.requests_per_s
         return rps, f"{label} = {rps:.1f} requests/s"
 
+    def _measure_checks(self, report: Report, label: str) -> tuple[float, str] | str:
+        """measure() for the checks passed (in per cent)."""
+        if self.name is None:
+            percent = report.checks_passed_percent
+        else:
+            found = [c for c in report.checks if c.name == self.name]
+            if not found:
+                return f"no check is named {self.name!r} (checks: {', '.join(c.name for c in report.checks)})"
+            percent = found[0].passed_percent
+        return percent, f"{label} = {percent:.3f}% passed"
+
     def broken_by(self, report: Report) -> str | None:
         """A message if ``report`` makes this condition true (or it names nothing), else None."""
         measured = self.measure(report)
@@ -163,6 +162,14 @@ class Threshold:
         if _OPS[self.op](value, self.value):
             return f"threshold broken: {self.text} ({shown})"
         return None
+
+
+def _error_rate(stats: NameStats) -> float:
+    """The error rate of one request name: failed attempts per attempt (an HTTP error
+    status is a response, counted in ``requests`` too)."""
+    http = sum(count for kind, count in stats.error_kinds.items() if kind.startswith("http "))
+    attempts = stats.requests + stats.errors - http
+    return stats.errors / attempts if attempts else 0.0
 
 
 def threshold_verdicts(thresholds: list[Threshold], report: Report) -> list[dict[str, object]]:
