@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -24,7 +25,7 @@ from procly.loadtest import EmbeddedTarget, LoadTestConfig, LoadTestError, Thres
 from procly.loadtest._config import HttpTarget, parse_count, parse_duration, split_evenly
 from procly.loadtest._report import Report
 
-from .conftest import session_processes
+from .conftest import session_processes, wait_until
 from .loadtest_targets import CALLS_DIR_ENV
 
 pytestmark = pytest.mark.timeout(60)
@@ -296,12 +297,15 @@ def test_target_killed_mid_run_is_counted_and_the_run_finishes():
                     "2.5",
                     "--json",
                     "-",
+                    "--prometheus",
+                    "127.0.0.1:0",
                     url,
                 ],
                 stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
             )
-            time.sleep(1.0)
+            wait_for_requests(loadtest.stderr)
             server.kill()
             out, _ = loadtest.communicate(timeout=30)
         finally:
@@ -569,18 +573,15 @@ def test_serve_target_rejects_bad_ports_and_hosts_in_one_line():
 @pytest.mark.parametrize("whole_group", [False, True], ids=["coordinator", "terminal"])
 def test_ctrl_c_stops_within_a_second_and_still_reports(whole_group):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "procly.cli", "loadtest", "-q", "-d", "60", "-p", "2", "-c", "8", "--json", "-"],
+        [sys.executable, "-m", "procly.cli", "loadtest", "-q", "-d", "60", "-p", "2", "-c", "8", "--json", "-"]
+        + ["--prometheus", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        # Wait until the load runs (the built-in target announces itself first).
-        while "built-in" not in proc.stderr.readline() and time.monotonic() < deadline:
-            pass
-        time.sleep(1.5)
+        wait_for_requests(proc.stderr)
         if whole_group:
             os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         else:
@@ -595,6 +596,25 @@ def test_ctrl_c_stops_within_a_second_and_still_reports(whole_group):
     report = json.loads(out)
     assert report["interrupted"] and report["requests"] > 0 and not report["workers_lost"]
     assert wait_for_nothing_left(proc.pid)
+
+
+def wait_for_requests(stderr) -> None:
+    """Read a ``--prometheus`` run's standard error up to its metrics' address, then scrape
+    them until a request has completed (the run publishes its counts once a second)."""
+    url = None
+    while url is None:
+        line = stderr.readline()
+        assert line, "the load test ended before it served its metrics"
+        found = re.search(r"OpenMetrics at (\S+)", line)
+        url = found.group(1) if found else None
+
+    def completed() -> bool:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        counts = re.findall(r"^procly_loadtest_requests_total\{[^}]*\} (\d+)$", text, re.MULTILINE)
+        return sum(int(count) for count in counts) > 0
+
+    assert wait_until(completed, timeout=30, interval=0.05), "no request completed"
 
 
 def wait_for_nothing_left(session: int) -> bool:
