@@ -8,7 +8,7 @@ before; some builds ship without it: the run then says so). Nothing of it is cop
 
 With procly (the default), before the suite is imported:
 
-* ``multiprocessing`` (and its submodules) resolves to procly (``alias.install``), as for
+* ``multiprocessing`` (and its submodules) resolves to procly (``procly.install()``), as for
   the multiprocessing suite, in this process and in every child it starts;
 * ``concurrent.futures.ProcessPoolExecutor`` is procly's executor, and the two names of
   ``concurrent.futures.process`` the tests compare with are procly's: ``BrokenProcessPool``
@@ -65,9 +65,9 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 def install() -> None:
     """Alias multiprocessing and the executor to procly's (see the module docstring)."""
-    from tests.conformance import alias
+    import procly
 
-    alias.install()
+    procly.install()
     import concurrent.futures
     import concurrent.futures.process as cf_process  # imports "multiprocessing": procly now
 

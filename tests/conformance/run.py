@@ -13,11 +13,12 @@ import time
 import unittest
 
 if "--stdlib" not in sys.argv:
-    from tests.conformance import alias
+    # At import: spawned children and the fork server import this module as their main
+    # module (and procly's children install the alias too), so every process of the run
+    # sees the same alias. Only multiprocessing: concurrent.futures stays the stdlib's.
+    import procly
 
-    PLACEHOLDERS = alias.install()
-else:
-    PLACEHOLDERS = []
+    procly.install(futures=False)
 
 
 def area_name(class_name: str) -> str:
@@ -145,7 +146,6 @@ def main() -> None:
         "seconds": round(time.monotonic() - started, 1),
         "areas": result.areas,
         "failures": result.failed,
-        "placeholders": PLACEHOLDERS,
     }
     sys.stdout.flush()
     print("@@SUMMARY@@" + json.dumps(summary))
