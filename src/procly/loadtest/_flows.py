@@ -72,7 +72,7 @@ class Response:
     def __init__(
         self,
         status: int,
-        raw_headers: list[tuple[bytes, bytes]],
+        raw_headers: bytes | list[tuple[bytes, bytes]],
         body: bytes,
         error: str | None,
         elapsed_ms: float,
@@ -90,7 +90,9 @@ class Response:
     def headers(self) -> dict[str, str]:
         """The response's headers, names in lower case (decoded when first asked for)."""
         if self._headers is None:
-            self._headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self._raw}
+            raw = self._raw
+            pairs = _header_lines(raw) if isinstance(raw, bytes) else raw
+            self._headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in pairs}
         return self._headers
 
     @property
@@ -187,6 +189,8 @@ class _Connection(asyncio.Protocol):
         "closed",
         "loop",
         "sent",
+        "cookies",
+        "chunks",
     )
 
     def __init__(self, recorder: FlowRecorder, loop: asyncio.AbstractEventLoop) -> None:
@@ -197,10 +201,12 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[Any] | None = None
         self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers = b""  # the answer's status line and headers, as they came
         self.body: list[bytes] = []
         self.head = False
         self.closed = False
+        self.cookies: list[bytes] | None = None  # the Set-Cookie values of the answer, if any
+        self.chunks: list[bytes] | None = None  # what came of the answer until its headers were complete
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -208,16 +214,26 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.recorder.bytes_received += len(data)
+        if self.chunks is not None:
+            self.chunks.append(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
             self._fail("malformed response")
             self.transport.abort()
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
     def on_headers_complete(self) -> None:
+        # The headers are cut from the bytes received (decoded only if a flow asks for them):
+        # no parser callback per header.
+        chunks, self.chunks = self.chunks, None
+        if chunks:
+            raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            end = raw.find(b"\r\n\r\n")
+            if end < 0:
+                end = raw.find(b"\n\n")
+            head = self.headers = raw[:end] if end >= 0 else raw
+            if head.lower().find(b"set-cookie") >= 0:  # not `in`: it tries the needle as an int first
+                self.cookies = [value for name, value in _header_lines(head) if name.lower() == b"set-cookie"]
         if self.head:
             self._complete()
 
@@ -230,12 +246,19 @@ class _Connection(asyncio.Protocol):
 
     def _complete(self) -> None:
         waiter, self.waiter = self.waiter, None
-        keep_alive = self.parser.should_keep_alive()
-        status = self.parser.get_status_code()
+        parser = self.parser
         if self.head:
             self.parser = httptools.HttpResponseParser(self)
         if waiter is not None and not waiter.done():
-            waiter.set_result((status, self.headers, b"".join(self.body), keep_alive))
+            body = self.body
+            waiter.set_result(
+                (
+                    parser.get_status_code(),
+                    self.headers,
+                    body[0] if len(body) == 1 else b"".join(body),
+                    parser.should_keep_alive(),
+                )
+            )
 
     def _fail(self, kind: str) -> None:
         waiter, self.waiter = self.waiter, None
@@ -251,8 +274,10 @@ class _Connection(asyncio.Protocol):
 
     def send(self, data: bytes, head: bool) -> asyncio.Future[Any]:
         self.head = head
-        self.headers = []
+        self.headers = b""
         self.body = []
+        self.cookies = None
+        self.chunks = []
         waiter = self.waiter = self.loop.create_future()
         self.transport.write(data)
         return waiter
@@ -333,11 +358,9 @@ class User:
             ValueError: ``path`` is an absolute URL of another host than the target.
         """
         load = self._load
-        target_path, name = _target(load.path_for(path), method, name, params)
+        payload, name = load.encode(self, method, path, name, params, headers, json, data)
         if self._retired or load.schedule.next_start(time.monotonic()) is None:
             raise _StopUser
-        body, extra = _encode_body(json, data)
-        payload = load.request_bytes(method, target_path, self, headers, extra, body)
         recorder = load.recorder.named(name)
         self._in_request = True
         self._steps += 1
@@ -348,7 +371,7 @@ class User:
                     connection = await self._connect()
                 except RequestFailed as exc:
                     recorder.error(exc.kind)
-                    return Response(0, [], b"", exc.kind, 0.0, name)
+                    return Response(0, b"", b"", exc.kind, 0.0, name)
             waiter = connection.send(payload, method == "HEAD")
             started = connection.sent = time.monotonic()  # the sweep fails it after the timeout
             try:
@@ -357,17 +380,20 @@ class User:
                 self._drop_connection()
                 if started >= recorder.measure_from:
                     recorder.error(exc.kind)
-                return Response(0, [], b"", exc.kind, (time.monotonic() - started) * 1000, name)
+                return Response(0, b"", b"", exc.kind, (time.monotonic() - started) * 1000, name)
             finally:
                 connection.sent = 0.0
             now = time.monotonic()
             if not keep_alive:
                 self._drop_connection()
             if started >= recorder.measure_from:
-                _record(recorder, status, now - started)
-            for header, value in raw_headers:
-                if len(header) == 10 and header.lower() == b"set-cookie":
-                    self._set_cookie(value.decode("latin-1"))
+                recorder.latencies.append(int((now - started) * 1e6))
+                if status == 200:
+                    recorder.ok += 1  # as in the single-URL load: the common case is one integer add
+                else:
+                    _record_status(recorder, status)
+            if connection.cookies is not None:
+                self._set_cookies(connection.cookies)
             return Response(status, raw_headers, content, None, (now - started) * 1000, name)
         finally:
             self._in_request = False
@@ -395,6 +421,10 @@ class User:
         connection, self._connection = self._connection, None
         if connection is not None and connection.transport is not None:
             connection.transport.close()
+
+    def _set_cookies(self, headers: list[bytes]) -> None:
+        for value in headers:
+            self._set_cookie(value.decode("latin-1"))
 
     def _set_cookie(self, header: str) -> None:
         pair, _, attributes = header.partition(";")
@@ -448,7 +478,7 @@ class User:
             results += _check_headers(response, header)
         if contains is not None:
             needle = contains.encode() if isinstance(contains, str) else contains
-            results.append((f"body contains {contains!r}", needle in response.body))
+            results.append((f"body contains {contains!r}", response.body.find(needle) >= 0))
         if json is not None:
             results += _check_json(response, json)
         if predicate is not None:
@@ -493,6 +523,16 @@ class User:
 
 
 _MISSING: Any = object()
+
+
+def _header_lines(head: bytes) -> list[tuple[bytes, bytes]]:
+    """The (name, value) pairs of an answer's status line and headers, values without surrounding blanks."""
+    pairs = []
+    for line in head.splitlines()[1:]:
+        name, colon, value = line.partition(b":")
+        if colon:
+            pairs.append((name.strip(), value.strip(b" \t")))
+    return pairs
 
 
 def _json_field(document: Any, path: str) -> Any:
@@ -554,6 +594,7 @@ class FlowLoad:
         self._head = (f"Host: {self.target.host_header}\r\nUser-Agent: procly-loadtest\r\n").encode("latin-1")
         self._done: asyncio.Future[None] = self.loop.create_future()
         self._bare: dict[tuple[str, str], bytes] = {}
+        self._heads: dict[tuple[Any, ...], bytes] = {}
 
     # what users share
 
@@ -575,6 +616,30 @@ class FlowLoad:
             path = "/" + path
         return self.prefix + path
 
+    def encode(
+        self,
+        user: User,
+        method: str,
+        path: str,
+        name: str | None,
+        params: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+        json: Any,
+        data: bytes | str | Mapping[str, Any] | None,
+    ) -> tuple[bytes, str]:
+        """A request's bytes and the name its statistics go under (see :meth:`User.request`).
+
+        Raises:
+            ValueError: ``path`` is an absolute URL of another host than the target.
+            TypeError: ``json`` is not JSON serializable.
+        """
+        if name is None or params or self.prefix or path[:1] != "/":
+            path, name = _target(self.path_for(path), method, name, params)
+        if json is None and data is None and not (headers or user.headers or user.cookies):
+            return self.bare_request(method, path), name
+        body, extra = _encode_body(json, data)
+        return self.request_bytes(method, path, user, headers, extra, body), name
+
     def request_bytes(
         self,
         method: str,
@@ -584,15 +649,21 @@ class FlowLoad:
         extra: list[tuple[str, str]],
         body: bytes,
     ) -> bytes:
-        if not (user.headers or headers or user.cookies or body or extra) and method in ("GET", "HEAD", "DELETE"):
-            # The common bare request: built once per method and path.
-            key = (method, path)
-            cached = self._bare.get(key)
-            if cached is None:
-                cached = f"{method} {path} HTTP/1.1\r\n".encode("latin-1") + self._head + b"\r\n"
-                if len(self._bare) < 10_000:
-                    self._bare[key] = cached
-            return cached
+        if not (user.headers or headers or user.cookies):
+            if not (body or extra) and method in ("GET", "HEAD", "DELETE"):
+                return self.bare_request(method, path)
+            # No session headers: the request line, the fixed headers and the body's own, built
+            # once per method, path and content type; then the body's length and the body.
+            key = (method, path, *extra)
+            head = self._heads.get(key)
+            if head is None:
+                own = "".join([f"{name}: {value}\r\n" for name, value in extra])
+                head = f"{method} {path} HTTP/1.1\r\n".encode("latin-1") + self._head + own.encode("latin-1")
+                if len(self._heads) < 10_000:
+                    self._heads[key] = head
+            if body or method in ("POST", "PUT", "PATCH"):
+                return b"".join((head, b"Content-Length: %d\r\n\r\n" % len(body), body))
+            return b"".join((head, b"\r\n", body))
         lines = [f"{method} {path} HTTP/1.1\r\n".encode("latin-1"), self._head]
         merged = dict(user.headers)
         if headers:
@@ -610,6 +681,20 @@ class FlowLoad:
         lines.append(b"\r\n")
         lines.append(body)
         return b"".join(lines)
+
+    def bare_request(self, method: str, path: str) -> bytes:
+        """A request without a body or headers of its own (GET, HEAD, DELETE and other bodiless methods).
+
+        The common request: built once per method and path.
+        """
+        key = (method, path)
+        cached = self._bare.get(key)
+        if cached is None:
+            length = b"Content-Length: 0\r\n" if method in ("POST", "PUT", "PATCH") else b""
+            cached = f"{method} {path} HTTP/1.1\r\n".encode("latin-1") + self._head + length + b"\r\n"
+            if len(self._bare) < 10_000:
+                self._bare[key] = cached
+        return cached
 
     def _global_id(self, local: int) -> int:
         # Users are numbered across processes: worker w's k-th user is w + k * workers.
@@ -788,7 +873,7 @@ class FlowLoad:
 def _encode_body(json: Any, data: bytes | str | Mapping[str, Any] | None) -> tuple[bytes, list[tuple[str, str]]]:
     """A request's body and the headers that describe it: JSON, a form, text or bytes."""
     if json is not None:
-        return _JSON.encode(json).encode(), [("Content-Type", "application/json")]
+        return _json_bytes(json), [("Content-Type", "application/json")]
     if isinstance(data, Mapping):
         return urllib.parse.urlencode(data).encode(), [("Content-Type", "application/x-www-form-urlencoded")]
     if isinstance(data, str):
@@ -796,15 +881,51 @@ def _encode_body(json: Any, data: bytes | str | Mapping[str, Any] | None) -> tup
     return (b"" if data is None else bytes(data)), []
 
 
-def _record(recorder: Any, status: int, seconds: float) -> None:
-    """Count a response of *status* that took *seconds* under its name."""
-    recorder.latencies.append(int(seconds * 1e6))
-    if status == 200:
-        recorder.ok += 1  # as in the single-URL load: the common case is one integer add
-    else:
-        recorder.statuses[status] += 1
-        if status >= 400:
-            recorder.errors[f"http {status}"] += 1
+def _c_encoder() -> Any:
+    """The C encoder behind ``_JSON`` (json builds one anew for every call), or None without it."""
+    make = getattr(jsonlib.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        return make(
+            {},  # markers: circular references are found as json.dumps finds them
+            _JSON.default,
+            jsonlib.encoder.encode_basestring_ascii,
+            None,
+            _JSON.key_separator,
+            _JSON.item_separator,
+            _JSON.sort_keys,
+            _JSON.skipkeys,
+            _JSON.allow_nan,
+        )
+    except TypeError:  # pragma: no cover - another signature: the encoder's own path
+        return None
+
+
+_C_JSON = _c_encoder()
+
+
+def _json_bytes(value: Any) -> bytes:
+    """``value`` as compact JSON (ASCII), as ``_JSON.encode`` makes it, with one C encoder for every call.
+
+    Raises:
+        TypeError: a value is not JSON serializable.
+        ValueError: a circular reference, or a float out of range.
+    """
+    global _C_JSON
+    if _C_JSON is not None:
+        try:
+            return "".join(_C_JSON(value, 0)).encode()
+        except BaseException:
+            _C_JSON = _c_encoder()  # its markers may keep the failed call's containers
+    return _JSON.encode(value).encode()  # raises what json.dumps raises
+
+
+def _record_status(recorder: Any, status: int) -> None:
+    """Count a response of *status* other than 200 under its name (its latency is counted by the caller)."""
+    recorder.statuses[status] += 1
+    if status >= 400:
+        recorder.errors[f"http {status}"] += 1
 
 
 def _target(path: str, method: str, name: str | None, params: Mapping[str, Any] | None) -> tuple[str, str]:
