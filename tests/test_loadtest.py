@@ -106,6 +106,28 @@ def test_histograms_merged_across_workers_equal_one_histogram_of_everything():
     assert recorders[0].take().requests == 0  # take() starts afresh
 
 
+def test_record_batch_counts_as_record_value_does():
+    # record_batch does hdrh's bucket arithmetic inline: the counts, total, min and max must be
+    # those of one record_value per value, out-of-range values clamped to the bounds.
+    rng = random.Random(11)
+    values = [int(rng.lognormvariate(7, 3)) for _ in range(20_000)]
+    values += [0, -4, 1, 2, 2047, 2048, 2049, 4095, 4096, _stats.HIGHEST_US, _stats.HIGHEST_US + 5, 10**12]
+    reference = _stats.new_histogram()
+    for value in values:
+        reference.record_value(min(max(value, _stats.LOWEST_US), _stats.HIGHEST_US))
+    batched = _stats.new_histogram()
+    _stats.record_batch(batched, values[:7_000])
+    _stats.record_batch(batched, values[7_000:])  # a second batch adds to the first
+    _stats.record_batch(batched, [])
+    assert list(batched.counts) == list(reference.counts)
+    assert (batched.get_total_count(), batched.get_min_value(), batched.get_max_value()) == (
+        reference.get_total_count(),
+        reference.get_min_value(),
+        reference.get_max_value(),
+    )
+    assert batched.get_value_at_percentile(99.9) == reference.get_value_at_percentile(99.9)
+
+
 # --- HTTP runs against the embedded target ------------------------------------------------
 
 
