@@ -241,8 +241,20 @@ class _Connection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        if not self.head:
-            self._complete()
+        if self.head:
+            return  # completed with its headers
+        waiter, self.waiter = self.waiter, None  # as _complete, inline: this is the hot path
+        if waiter is not None and not waiter.done():
+            body = self.body
+            parser = self.parser
+            waiter.set_result(
+                (
+                    parser.get_status_code(),
+                    self.headers,
+                    body[0] if len(body) == 1 else b"".join(body),
+                    parser.should_keep_alive(),
+                )
+            )
 
     def _complete(self) -> None:
         waiter, self.waiter = self.waiter, None
@@ -361,7 +373,7 @@ class User:
         payload, name = load.encode(self, method, path, name, params, headers, json, data)
         if self._retired or load.schedule.next_start(time.monotonic()) is None:
             raise _StopUser
-        recorder = load.recorder.named(name)
+        recorder = load.recorder.names.get(name) or load.recorder.named(name)
         self._in_request = True
         self._steps += 1
         try:
@@ -593,8 +605,8 @@ class FlowLoad:
         self.rng = random.Random(None if scenario.seed is None else scenario.seed * 7919 + worker_index)
         self._head = (f"Host: {self.target.host_header}\r\nUser-Agent: procly-loadtest\r\n").encode("latin-1")
         self._done: asyncio.Future[None] = self.loop.create_future()
-        self._bare: dict[tuple[str, str], bytes] = {}
-        self._heads: dict[tuple[Any, ...], bytes] = {}
+        self._bare: dict[tuple[str, str, str | None], tuple[bytes, str]] = {}
+        self._heads: dict[tuple[Any, ...], tuple[bytes, str]] = {}
 
     # what users share
 
@@ -633,12 +645,35 @@ class FlowLoad:
             ValueError: ``path`` is an absolute URL of another host than the target.
             TypeError: ``json`` is not JSON serializable.
         """
-        if name is None or params or self.prefix or path[:1] != "/":
+        if params or headers or user.headers or user.cookies:
             path, name = _target(self.path_for(path), method, name, params)
-        if json is None and data is None and not (headers or user.headers or user.cookies):
-            return self.bare_request(method, path), name
+            body, extra = _encode_body(json, data)
+            return self.request_bytes(method, path, user, headers, extra, body), name
+        if json is None and data is None:
+            # The common bare request: its bytes and name found once per method, path and name.
+            key = (method, path, name)
+            known = self._bare.get(key)
+            if known is None:
+                target, name = _target(self.path_for(path), method, name, None)
+                known = (self.bare_request(method, target), name)
+                if len(self._bare) < 10_000:
+                    self._bare[key] = known
+            return known
+        # No headers of the session's: the request line, the fixed headers and the body's own are
+        # built once per method, path, name and content type; then the body's length and the body.
         body, extra = _encode_body(json, data)
-        return self.request_bytes(method, path, user, headers, extra, body), name
+        key = (method, path, name, *extra)
+        known = self._heads.get(key)
+        if known is None:
+            target, name = _target(self.path_for(path), method, name, None)
+            own = "".join([f"{header}: {value}\r\n" for header, value in extra])
+            known = (f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + self._head + own.encode("latin-1"), name)
+            if len(self._heads) < 10_000:
+                self._heads[key] = known
+        head, name = known
+        if body or method in ("POST", "PUT", "PATCH"):
+            return b"".join((head, b"Content-Length: %d\r\n\r\n" % len(body), body)), name
+        return head + b"\r\n", name
 
     def request_bytes(
         self,
@@ -649,21 +684,6 @@ class FlowLoad:
         extra: list[tuple[str, str]],
         body: bytes,
     ) -> bytes:
-        if not (user.headers or headers or user.cookies):
-            if not (body or extra) and method in ("GET", "HEAD", "DELETE"):
-                return self.bare_request(method, path)
-            # No session headers: the request line, the fixed headers and the body's own, built
-            # once per method, path and content type; then the body's length and the body.
-            key = (method, path, *extra)
-            head = self._heads.get(key)
-            if head is None:
-                own = "".join([f"{name}: {value}\r\n" for name, value in extra])
-                head = f"{method} {path} HTTP/1.1\r\n".encode("latin-1") + self._head + own.encode("latin-1")
-                if len(self._heads) < 10_000:
-                    self._heads[key] = head
-            if body or method in ("POST", "PUT", "PATCH"):
-                return b"".join((head, b"Content-Length: %d\r\n\r\n" % len(body), body))
-            return b"".join((head, b"\r\n", body))
         lines = [f"{method} {path} HTTP/1.1\r\n".encode("latin-1"), self._head]
         merged = dict(user.headers)
         if headers:
@@ -683,18 +703,9 @@ class FlowLoad:
         return b"".join(lines)
 
     def bare_request(self, method: str, path: str) -> bytes:
-        """A request without a body or headers of its own (GET, HEAD, DELETE and other bodiless methods).
-
-        The common request: built once per method and path.
-        """
-        key = (method, path)
-        cached = self._bare.get(key)
-        if cached is None:
-            length = b"Content-Length: 0\r\n" if method in ("POST", "PUT", "PATCH") else b""
-            cached = f"{method} {path} HTTP/1.1\r\n".encode("latin-1") + self._head + length + b"\r\n"
-            if len(self._bare) < 10_000:
-                self._bare[key] = cached
-        return cached
+        """A request without a body or headers of its own (GET, HEAD, DELETE, or an empty POST)."""
+        length = b"Content-Length: 0\r\n" if method in ("POST", "PUT", "PATCH") else b""
+        return f"{method} {path} HTTP/1.1\r\n".encode("latin-1") + self._head + length + b"\r\n"
 
     def _global_id(self, local: int) -> int:
         # Users are numbered across processes: worker w's k-th user is w + k * workers.
