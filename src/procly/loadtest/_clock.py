@@ -53,13 +53,16 @@ def _timerfd() -> int | None:
     return fd if fd >= 0 else None
 
 
-def _set_timerfd(fd: int, when: float) -> None:
+def _set_timerfd(fd: int, when: float, spec: _Itimerspec, spec_ref: Any) -> None:
+    """Arm ``fd`` for ``when`` (absolute); ``spec`` is reused, ``spec_ref`` is ``byref(spec)``."""
     seconds = int(when)
     nanoseconds = int((when - seconds) * 1e9) + 1  # round up: never before ``when``
     if nanoseconds >= 1_000_000_000:
         seconds, nanoseconds = seconds + 1, nanoseconds - 1_000_000_000
-    spec = _Itimerspec(_Timespec(0, 0), _Timespec(seconds, nanoseconds))
-    if _libc.timerfd_settime(fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
+    value = spec.it_value
+    value.tv_sec = seconds
+    value.tv_nsec = nanoseconds
+    if _libc.timerfd_settime(fd, _TFD_TIMER_ABSTIME, spec_ref, None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -77,6 +80,8 @@ class PreciseTimer:
         self.armed_for = float("inf")
         self.handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self.fd = _timerfd()
+        self._spec = _Itimerspec()
+        self._spec_ref = ctypes.byref(self._spec)
         if self.fd is not None:
             self.loop.add_reader(self.fd, self._on_fd)
 
@@ -93,7 +98,7 @@ class PreciseTimer:
     def _arm(self, when: float) -> None:
         self.armed_for = when
         if self.fd is not None:
-            _set_timerfd(self.fd, when)
+            _set_timerfd(self.fd, when, self._spec, self._spec_ref)
             return
         if self.handle is not None:
             self.handle.cancel()
