@@ -206,7 +206,7 @@ class _Connection(asyncio.Protocol):
         self.head = False
         self.closed = False
         self.cookies: list[bytes] | None = None  # the Set-Cookie values of the answer, if any
-        self.chunks: list[bytes] | None = None  # what came of the answer until its headers were complete
+        self.chunks: bytes | None = None  # what came of the answer until its headers were complete
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -215,7 +215,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.recorder.bytes_received += len(data)
         if self.chunks is not None:
-            self.chunks.append(data)
+            self.chunks += data  # the first chunk is kept as it is (b"" + data is data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -225,9 +225,8 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         # The headers are cut from the bytes received (decoded only if a flow asks for them):
         # no parser callback per header.
-        chunks, self.chunks = self.chunks, None
-        if chunks:
-            raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        raw, self.chunks = self.chunks, None
+        if raw:
             end = raw.find(b"\r\n\r\n")
             if end < 0:
                 end = raw.find(b"\n\n")
@@ -289,7 +288,7 @@ class _Connection(asyncio.Protocol):
         self.headers = b""
         self.body = []
         self.cookies = None
-        self.chunks = []
+        self.chunks = b""
         waiter = self.waiter = self.loop.create_future()
         self.transport.write(data)
         return waiter
