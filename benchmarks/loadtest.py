@@ -188,7 +188,10 @@ def run_procly(url: str, seconds: int, processes: int = 1, extra: tuple[str, ...
         check=True,
     ).stdout
     report = json.loads(out)
-    return {"rps": report["requests_per_s"], "p50_ms": report["latency_p50_ms"], "requests": report["requests"]}
+    result = {"rps": report["requests_per_s"], "p50_ms": report["latency_p50_ms"], "requests": report["requests"]}
+    if "send_lag_p99_ms" in report:  # rate mode: how long after their due time requests went out
+        result.update(send_lag_p50_ms=report["send_lag_p50_ms"], send_lag_p99_ms=report["send_lag_p99_ms"])
+    return result
 
 
 def locust_binary() -> str | None:
@@ -402,6 +405,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         ratio = mine["rps"] / result["rps"] if result["rps"] else float("inf")
         print(f"{name:<28}{result['rps']:>12,.0f}{result['p50_ms']:>9.2f}{ratio:>14.2f}x")
+    rated = results["procly loadtest -R 20000"]
+    if rated is not None and "send_lag_p99_ms" in rated:
+        print(
+            f"send lag at -R 20000 (after the due time): p50 {rated['send_lag_p50_ms'] * 1000:.0f} µs, "
+            f"p99 {rated['send_lag_p99_ms'] * 1000:.0f} µs"
+        )
     print()
     print(
         f"access-log check: procly counted {counted['requests']:,} requests with -n 20000 -p 2, "

@@ -107,6 +107,28 @@ def test_histograms_merged_across_workers_equal_one_histogram_of_everything():
     assert recorders[0].take().requests == 0  # take() starts afresh
 
 
+def test_record_batch_counts_as_record_value_does():
+    # record_batch does hdrh's bucket arithmetic inline: the counts, total, min and max must be
+    # those of one record_value per value, out-of-range values clamped to the bounds.
+    rng = random.Random(11)
+    values = [int(rng.lognormvariate(7, 3)) for _ in range(20_000)]
+    values += [0, -4, 1, 2, 2047, 2048, 2049, 4095, 4096, _stats.HIGHEST_US, _stats.HIGHEST_US + 5, 10**12]
+    reference = _stats.new_histogram()
+    for value in values:
+        reference.record_value(min(max(value, _stats.LOWEST_US), _stats.HIGHEST_US))
+    batched = _stats.new_histogram()
+    _stats.record_batch(batched, values[:7_000])
+    _stats.record_batch(batched, values[7_000:])  # a second batch adds to the first
+    _stats.record_batch(batched, [])
+    assert list(batched.counts) == list(reference.counts)
+    assert (batched.get_total_count(), batched.get_min_value(), batched.get_max_value()) == (
+        reference.get_total_count(),
+        reference.get_min_value(),
+        reference.get_max_value(),
+    )
+    assert batched.get_value_at_percentile(99.9) == reference.get_value_at_percentile(99.9)
+
+
 # --- HTTP runs against the embedded target ------------------------------------------------
 
 
@@ -151,8 +173,11 @@ def test_rate_mode_never_sends_early(target):
     assert report.name_stats("GET /delay/20").latency.min >= 20.0
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 @pytest.mark.parametrize("timerfd", [True, False], ids=["timerfd", "loop-timer"])
-def test_precise_timer_never_fires_early(monkeypatch, timerfd):
+def test_precise_timer_never_fires_early(monkeypatch, timerfd, sparse):
+    # Sparse calls (2 ms apart) take the path where the timerfd fires early and the pacer
+    # watches the clock for the rest: they must not run before their time either.
     import asyncio
 
     from procly.loadtest import _clock
@@ -168,7 +193,10 @@ def test_precise_timer_never_fires_early(monkeypatch, timerfd):
         assert timer.uses_timerfd == timerfd
         done = asyncio.get_running_loop().create_future()
         start = time.monotonic()
-        dues = sorted(start + rng.uniform(0, 0.2) for _ in range(300))
+        if sparse:
+            dues = [start + 0.002 * k + rng.uniform(0, 0.0005) for k in range(1, 301)]
+        else:
+            dues = sorted(start + rng.uniform(0, 0.2) for _ in range(300))
         rng.shuffle(dues)
 
         def call(due):

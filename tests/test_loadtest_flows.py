@@ -519,3 +519,94 @@ def test_flow_requests_time_out_and_the_user_goes_on(tmp_path, target):
     assert slow.requests == 0 and slow.error_kinds == {"timeout": slow.errors} and slow.errors >= 2
     assert fast.requests >= 2 and fast.errors == 0  # on a new connection after the timeout
     assert {c.name: c.failed for c in report.checks} == {"timed out": 0, "status is 200": 0}
+
+
+def test_requests_built_from_caches_equal_the_general_build():
+    # The common requests (no session headers or cookies) come from per-path caches; their
+    # bytes and names must be those the general build makes, call after call.
+    import asyncio
+
+    from procly.loadtest import _flows
+    from procly.loadtest._schedule import Schedule
+
+    cases = [
+        ("GET", "/", {}),
+        ("GET", "/item/7", {"name": "/item/[id]"}),
+        ("HEAD", "/bytes/100", {}),
+        ("DELETE", "/cart/1", {}),
+        ("POST", "/login", {}),
+        ("POST", "/api/cart", {"json": {"item": 42, "quantity": 2, "note": "é"}}),
+        ("POST", "/api/cart", {"json": {"item": 43}, "name": "cart"}),
+        ("PUT", "/text", {"data": "plain text"}),
+        ("PATCH", "/form", {"data": {"a": "1", "b": "x y"}}),
+        ("GET", "/empty", {"data": b""}),
+        ("POST", "/empty", {"data": b""}),
+        ("POST", "/json-text", {"json": "just a string"}),
+    ]
+
+    async def build() -> None:
+        scenario = Scenario.single_request("http://127.0.0.1:9/", "GET", [], b"")
+        now = asyncio.get_running_loop().time()
+        load = _flows.FlowLoad(
+            scenario, "http://127.0.0.1:9/", 1, Schedule(now, None, None, None), _flows.FlowRecorder(), 1.0,
+            False, None, 0, 1,
+        )  # fmt: skip
+        user = _flows.User(load, 0)
+        for method, path, options in cases * 2:  # the second round comes from the caches
+            name = options.get("name")
+            payload, got_name = load.encode(user, method, path, name, None, None, options.get("json"),
+                                            options.get("data"))  # fmt: skip
+            body, extra = _flows._encode_body(options.get("json"), options.get("data"))
+            target, want_name = _flows._target(load.path_for(path), method, name, None)
+            user.headers["X-Force-General"] = "1"  # the general build, then without the header
+            general = load.request_bytes(method, target, user, None, extra, body)
+            del user.headers["X-Force-General"]
+            want = general.replace(b"X-Force-General: 1\r\n", b"")
+            assert (payload, got_name) == (want, want_name), (method, path, options)
+        with pytest.raises(TypeError):
+            load.encode(user, "POST", "/x", None, None, None, {"not json": object()}, None)
+        # A failed encoding leaves the encoder usable (its circular-reference markers are reset).
+        assert load.encode(user, "POST", "/x", None, None, None, [1, 2], None)[0].endswith(b"\r\n\r\n[1,2]")
+
+    asyncio.run(build())
+
+
+@pytest.mark.parametrize("pieces", [1, 3, 40])
+def test_answer_headers_and_cookies_cut_from_the_bytes_received(pieces):
+    # Headers are cut from the bytes received (no parser callback per header): whatever the
+    # chunks, the flow sees every header, and each Set-Cookie (any case) reaches the session.
+    import asyncio
+
+    from procly.loadtest import _flows
+
+    answer = (
+        b"HTTP/1.1 200 OK\r\nServer: t\r\nSET-COOKIE: a=1; Path=/\r\nContent-Type:  text/plain \r\n"
+        b"set-cookie: b=2\r\nX-Empty:\r\nContent-Length: 5\r\n\r\nhello"
+    )
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            pass
+
+    async def feed() -> tuple[int, bytes, bytes, list[bytes] | None]:
+        loop = asyncio.get_running_loop()
+        connection = _flows._Connection(_flows.FlowRecorder(), loop)
+        connection.transport = Transport()
+        waiter = connection.send(b"GET / HTTP/1.1\r\n\r\n", False)
+        size = -(-len(answer) // pieces)
+        for start in range(0, len(answer), size):
+            connection.data_received(answer[start : start + size])
+        status, head, body, keep_alive = await waiter
+        assert keep_alive
+        return status, head, body, connection.cookies
+
+    status, head, body, cookies = asyncio.run(feed())
+    assert (status, body, cookies) == (200, b"hello", [b"a=1; Path=/", b"b=2"])
+    response = _flows.Response(status, head, body, None, 1.0, "x")
+    assert response.headers == {
+        "server": "t",
+        "set-cookie": "b=2",
+        "content-type": "text/plain",
+        "x-empty": "",
+        "content-length": "5",
+    }

@@ -72,7 +72,7 @@ class Response:
     def __init__(
         self,
         status: int,
-        raw_headers: list[tuple[bytes, bytes]],
+        raw_headers: bytes | list[tuple[bytes, bytes]],
         body: bytes,
         error: str | None,
         elapsed_ms: float,
@@ -90,7 +90,9 @@ class Response:
     def headers(self) -> dict[str, str]:
         """The response's headers, names in lower case (decoded when first asked for)."""
         if self._headers is None:
-            self._headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self._raw}
+            raw = self._raw
+            pairs = _header_lines(raw) if isinstance(raw, bytes) else raw
+            self._headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in pairs}
         return self._headers
 
     @property
@@ -187,6 +189,8 @@ class _Connection(asyncio.Protocol):
         "closed",
         "loop",
         "sent",
+        "cookies",
+        "chunks",
     )
 
     def __init__(self, recorder: FlowRecorder, loop: asyncio.AbstractEventLoop) -> None:
@@ -197,10 +201,12 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[Any] | None = None
         self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers = b""  # the answer's status line and headers, as they came
         self.body: list[bytes] = []
         self.head = False
         self.closed = False
+        self.cookies: list[bytes] | None = None  # the Set-Cookie values of the answer, if any
+        self.chunks: bytes | None = None  # what came of the answer until its headers were complete
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -208,16 +214,25 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.recorder.bytes_received += len(data)
+        if self.chunks is not None:
+            self.chunks += data  # the first chunk is kept as it is (b"" + data is data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
             self._fail("malformed response")
             self.transport.abort()
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
     def on_headers_complete(self) -> None:
+        # The headers are cut from the bytes received (decoded only if a flow asks for them):
+        # no parser callback per header.
+        raw, self.chunks = self.chunks, None
+        if raw:
+            end = raw.find(b"\r\n\r\n")
+            if end < 0:
+                end = raw.find(b"\n\n")
+            head = self.headers = raw[:end] if end >= 0 else raw
+            if head.lower().find(b"set-cookie") >= 0:  # not `in`: it tries the needle as an int first
+                self.cookies = [value for name, value in _header_lines(head) if name.lower() == b"set-cookie"]
         if self.head:
             self._complete()
 
@@ -225,17 +240,36 @@ class _Connection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        if not self.head:
-            self._complete()
+        if self.head:
+            return  # completed with its headers
+        waiter, self.waiter = self.waiter, None  # as _complete, inline: this is the hot path
+        if waiter is not None and not waiter.done():
+            body = self.body
+            parser = self.parser
+            waiter.set_result(
+                (
+                    parser.get_status_code(),
+                    self.headers,
+                    body[0] if len(body) == 1 else b"".join(body),
+                    parser.should_keep_alive(),
+                )
+            )
 
     def _complete(self) -> None:
         waiter, self.waiter = self.waiter, None
-        keep_alive = self.parser.should_keep_alive()
-        status = self.parser.get_status_code()
+        parser = self.parser
         if self.head:
             self.parser = httptools.HttpResponseParser(self)
         if waiter is not None and not waiter.done():
-            waiter.set_result((status, self.headers, b"".join(self.body), keep_alive))
+            body = self.body
+            waiter.set_result(
+                (
+                    parser.get_status_code(),
+                    self.headers,
+                    body[0] if len(body) == 1 else b"".join(body),
+                    parser.should_keep_alive(),
+                )
+            )
 
     def _fail(self, kind: str) -> None:
         waiter, self.waiter = self.waiter, None
@@ -251,8 +285,10 @@ class _Connection(asyncio.Protocol):
 
     def send(self, data: bytes, head: bool) -> asyncio.Future[Any]:
         self.head = head
-        self.headers = []
+        self.headers = b""
         self.body = []
+        self.cookies = None
+        self.chunks = b""
         waiter = self.waiter = self.loop.create_future()
         self.transport.write(data)
         return waiter
@@ -333,12 +369,10 @@ class User:
             ValueError: ``path`` is an absolute URL of another host than the target.
         """
         load = self._load
-        target_path, name = _target(load.path_for(path), method, name, params)
+        payload, name = load.encode(self, method, path, name, params, headers, json, data)
         if self._retired or load.schedule.next_start(time.monotonic()) is None:
             raise _StopUser
-        body, extra = _encode_body(json, data)
-        payload = load.request_bytes(method, target_path, self, headers, extra, body)
-        recorder = load.recorder.named(name)
+        recorder = load.recorder.names.get(name) or load.recorder.named(name)
         self._in_request = True
         self._steps += 1
         try:
@@ -348,7 +382,7 @@ class User:
                     connection = await self._connect()
                 except RequestFailed as exc:
                     recorder.error(exc.kind)
-                    return Response(0, [], b"", exc.kind, 0.0, name)
+                    return Response(0, b"", b"", exc.kind, 0.0, name)
             waiter = connection.send(payload, method == "HEAD")
             started = connection.sent = time.monotonic()  # the sweep fails it after the timeout
             try:
@@ -357,7 +391,7 @@ class User:
                 self._drop_connection()
                 if started >= recorder.measure_from:
                     recorder.error(exc.kind)
-                return Response(0, [], b"", exc.kind, (time.monotonic() - started) * 1000, name)
+                return Response(0, b"", b"", exc.kind, (time.monotonic() - started) * 1000, name)
             finally:
                 connection.sent = 0.0
             now = time.monotonic()
@@ -365,7 +399,8 @@ class User:
                 self._drop_connection()
             if started >= recorder.measure_from:
                 _record(recorder, status, now - started)
-            self._take_cookies(raw_headers)
+            if connection.cookies is not None:
+                self._set_cookies(connection.cookies)
             return Response(status, raw_headers, content, None, (now - started) * 1000, name)
         finally:
             self._in_request = False
@@ -394,11 +429,9 @@ class User:
         if connection is not None and connection.transport is not None:
             connection.transport.close()
 
-    def _take_cookies(self, raw_headers: list[tuple[bytes, bytes]]) -> None:
-        """Keep (or drop) the cookies the response's Set-Cookie headers set."""
-        for header, value in raw_headers:
-            if len(header) == 10 and header.lower() == b"set-cookie":
-                self._set_cookie(value.decode("latin-1"))
+    def _set_cookies(self, headers: list[bytes]) -> None:
+        for value in headers:
+            self._set_cookie(value.decode("latin-1"))
 
     def _set_cookie(self, header: str) -> None:
         pair, _, attributes = header.partition(";")
@@ -496,6 +529,16 @@ class User:
 _MISSING: Any = object()
 
 
+def _header_lines(head: bytes) -> list[tuple[bytes, bytes]]:
+    """The (name, value) pairs of an answer's status line and headers, values without surrounding blanks."""
+    pairs = []
+    for line in head.splitlines()[1:]:
+        name, colon, value = line.partition(b":")
+        if colon:
+            pairs.append((name.strip(), value.strip(b" \t")))
+    return pairs
+
+
 def _json_field(document: Any, path: str) -> Any:
     value = document
     for part in path.split(".") if path else []:
@@ -554,7 +597,8 @@ class FlowLoad:
         self.rng = random.Random(None if scenario.seed is None else scenario.seed * 7919 + worker_index)
         self._head = (f"Host: {self.target.host_header}\r\nUser-Agent: procly-loadtest\r\n").encode("latin-1")
         self._done: asyncio.Future[None] = self.loop.create_future()
-        self._bare: dict[tuple[str, str], bytes] = {}
+        self._bare: dict[tuple[str, str, str | None], tuple[bytes, str]] = {}
+        self._heads: dict[tuple[Any, ...], tuple[bytes, str]] = {}
 
     # what users share
 
@@ -576,6 +620,53 @@ class FlowLoad:
             path = "/" + path
         return self.prefix + path
 
+    def encode(
+        self,
+        user: User,
+        method: str,
+        path: str,
+        name: str | None,
+        params: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+        json: Any,
+        data: bytes | str | Mapping[str, Any] | None,
+    ) -> tuple[bytes, str]:
+        """A request's bytes and the name its statistics go under (see :meth:`User.request`).
+
+        Raises:
+            ValueError: ``path`` is an absolute URL of another host than the target.
+            TypeError: ``json`` is not JSON serializable.
+        """
+        if params or headers or user.headers or user.cookies:
+            path, name = _target(self.path_for(path), method, name, params)
+            body, extra = _encode_body(json, data)
+            return self.request_bytes(method, path, user, headers, extra, body), name
+        if json is None and data is None:
+            # The common bare request: its bytes and name found once per method, path and name.
+            key = (method, path, name)
+            known = self._bare.get(key)
+            if known is None:
+                target, name = _target(self.path_for(path), method, name, None)
+                known = (self.bare_request(method, target), name)
+                if len(self._bare) < 10_000:
+                    self._bare[key] = known
+            return known
+        # No headers of the session's: the request line, the fixed headers and the body's own are
+        # built once per method, path, name and content type; then the body's length and the body.
+        body, extra = _encode_body(json, data)
+        key = (method, path, name, *extra)
+        known = self._heads.get(key)
+        if known is None:
+            target, name = _target(self.path_for(path), method, name, None)
+            own = "".join([f"{header}: {value}\r\n" for header, value in extra])
+            known = (f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + self._head + own.encode("latin-1"), name)
+            if len(self._heads) < 10_000:
+                self._heads[key] = known
+        head, name = known
+        if body or method in ("POST", "PUT", "PATCH"):
+            return b"".join((head, b"Content-Length: %d\r\n\r\n" % len(body), body)), name
+        return head + b"\r\n", name
+
     def request_bytes(
         self,
         method: str,
@@ -585,15 +676,6 @@ class FlowLoad:
         extra: list[tuple[str, str]],
         body: bytes,
     ) -> bytes:
-        if not (user.headers or headers or user.cookies or body or extra) and method in ("GET", "HEAD", "DELETE"):
-            # The common bare request: built once per method and path.
-            key = (method, path)
-            cached = self._bare.get(key)
-            if cached is None:
-                cached = f"{method} {path} HTTP/1.1\r\n".encode("latin-1") + self._head + b"\r\n"
-                if len(self._bare) < 10_000:
-                    self._bare[key] = cached
-            return cached
         lines = [f"{method} {path} HTTP/1.1\r\n".encode("latin-1"), self._head]
         merged = dict(user.headers)
         if headers:
@@ -611,6 +693,11 @@ class FlowLoad:
         lines.append(b"\r\n")
         lines.append(body)
         return b"".join(lines)
+
+    def bare_request(self, method: str, path: str) -> bytes:
+        """A request without a body or headers of its own (GET, HEAD, DELETE, or an empty POST)."""
+        length = b"Content-Length: 0\r\n" if method in ("POST", "PUT", "PATCH") else b""
+        return f"{method} {path} HTTP/1.1\r\n".encode("latin-1") + self._head + length + b"\r\n"
 
     def _global_id(self, local: int) -> int:
         # Users are numbered across processes: worker w's k-th user is w + k * workers.
@@ -797,7 +884,7 @@ class FlowLoad:
 def _encode_body(json: Any, data: bytes | str | Mapping[str, Any] | None) -> tuple[bytes, list[tuple[str, str]]]:
     """A request's body and the headers that describe it: JSON, a form, text or bytes."""
     if json is not None:
-        return _JSON.encode(json).encode(), [("Content-Type", "application/json")]
+        return _json_bytes(json), [("Content-Type", "application/json")]
     if isinstance(data, Mapping):
         return urllib.parse.urlencode(data).encode(), [("Content-Type", "application/x-www-form-urlencoded")]
     if isinstance(data, str):
@@ -805,15 +892,60 @@ def _encode_body(json: Any, data: bytes | str | Mapping[str, Any] | None) -> tup
     return (b"" if data is None else bytes(data)), []
 
 
+def _c_encoder() -> Any:
+    """The C encoder behind ``_JSON`` (json builds one anew for every call), or None without it."""
+    make = getattr(jsonlib.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        return make(
+            {},  # markers: circular references are found as json.dumps finds them
+            _JSON.default,
+            jsonlib.encoder.encode_basestring_ascii,
+            None,
+            _JSON.key_separator,
+            _JSON.item_separator,
+            _JSON.sort_keys,
+            _JSON.skipkeys,
+            _JSON.allow_nan,
+        )
+    except TypeError:  # pragma: no cover - another signature: the encoder's own path
+        return None
+
+
+_C_JSON = _c_encoder()
+
+
+def _json_bytes(value: Any) -> bytes:
+    """``value`` as compact JSON (ASCII), as ``_JSON.encode`` makes it, with one C encoder for every call.
+
+    Raises:
+        TypeError: a value is not JSON serializable.
+        ValueError: a circular reference, or a float out of range.
+    """
+    global _C_JSON
+    if _C_JSON is not None:
+        try:
+            return "".join(_C_JSON(value, 0)).encode()
+        except BaseException:
+            _C_JSON = _c_encoder()  # its markers may keep the failed call's containers
+    return _JSON.encode(value).encode()  # raises what json.dumps raises
+
+
 def _record(recorder: Any, status: int, seconds: float) -> None:
-    """Count a response of *status* that took *seconds* under its name."""
+    """Count a response of *status* that took *seconds* under its request's name."""
     recorder.latencies.append(int(seconds * 1e6))
     if status == 200:
         recorder.ok += 1  # as in the single-URL load: the common case is one integer add
     else:
-        recorder.statuses[status] += 1
-        if status >= 400:
-            recorder.errors[f"http {status}"] += 1
+        _record_status(recorder, status)
+
+
+def _record_status(recorder: Any, status: int) -> None:
+    """Count a response of *status* other than 200 under its name (its latency is counted by the caller)."""
+    recorder.statuses[status] += 1
+    if status >= 400:
+        recorder.errors[f"http {status}"] += 1
 
 
 def _target(path: str, method: str, name: str | None, params: Mapping[str, Any] | None) -> tuple[str, str]:
@@ -836,7 +968,8 @@ def _check_status(response: Response, status: int | Iterable[int]) -> tuple[str,
 def _check_contains(response: Response, contains: str | bytes) -> tuple[str, bool]:
     """The check that the response's body contains *contains*."""
     needle = contains.encode() if isinstance(contains, str) else contains
-    return f"body contains {contains!r}", needle in response.body
+    # find(), not `in`: a bytes `in` test raises and clears a TypeError inside each time.
+    return f"body contains {contains!r}", response.body.find(needle) >= 0
 
 
 def _check_predicate(response: Response, predicate: Callable[[Response], bool]) -> tuple[str, bool]:

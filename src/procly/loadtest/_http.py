@@ -204,18 +204,34 @@ class _Slot:
                 recorder.statuses[status] += 1
                 if status >= 400:
                     recorder.errors[f"http {status}"] += 1
-        self.due = None
-        self.state = _IDLE
         if keep_alive:
-            self.issue(now)
-        else:
-            # The server will close: the next request goes on a new connection.
-            self.protocol = None
-            protocol.transport.close()
-            if self.load.schedule.exhausted:
+            schedule = self.load.schedule
+            if schedule.open_loop:
+                self.due = None
+                self.state = _IDLE
+                self.issue(now)
+                return
+            # Closed loop, the hot path: the next request goes out at once on this connection
+            # (as issue() and _send() would send it, without their branches for rate mode).
+            due = schedule.next_start(now)
+            if due is None:
+                self.due = None
+                self.state = _IDLE
                 self.finish()
             else:
-                self.connect()
+                self.due = due
+                self.sent = now
+                protocol.transport.write(self.load.request)
+            return
+        # The server will close: the next request goes on a new connection.
+        self.due = None
+        self.state = _IDLE
+        self.protocol = None
+        protocol.transport.close()
+        if self.load.schedule.exhausted:
+            self.finish()
+        else:
+            self.connect()
 
     def failed(self, protocol: _Protocol, kind: str) -> None:
         """The request on ``protocol`` failed (bad bytes, timeout): count it, drop the connection."""

@@ -1,9 +1,10 @@
 """What a load-test worker records, and how the coordinator merges it.
 
 The hot path only appends an integer (microseconds) to a list and bumps a status
-counter; latencies go into an HDR histogram in batches (one ``record_value`` per
-distinct value) when the worker flushes, a few times a second. Recording each value
-straight into the histogram costs about 1.5 µs, the batch about 0.15 µs.
+counter; latencies go into an HDR histogram in batches (one count per distinct value,
+the bucket found inline rather than by ``record_value``) when the worker flushes, a few
+times a second. Recording each value straight into the histogram costs about 1.5 µs,
+the batch about 0.15 µs a value.
 """
 
 from __future__ import annotations
@@ -34,8 +35,41 @@ def histogram_from(values_us: list[int]) -> HdrHistogram:
 
 
 def record_batch(hist: HdrHistogram, values_us: list[int]) -> None:
-    for value, count in Counter(values_us).items():
-        hist.record_value(min(max(value, LOWEST_US), HIGHEST_US), count)
+    """Add ``values_us`` (whole microseconds) to ``hist``; values beyond the bounds are clamped.
+
+    The same counts as one ``record_value`` per distinct value, a few times cheaper: the
+    bucket arithmetic of ``record_value`` (five Python calls a value) is done inline here.
+    """
+    counted = Counter(values_us)
+    if not counted:
+        return
+    low, high = min(counted), max(counted)
+    if low < LOWEST_US or high > HIGHEST_US:
+        clamped: Counter[int] = Counter()
+        for value, count in counted.items():
+            clamped[min(max(value, LOWEST_US), HIGHEST_US)] += count
+        counted, low, high = clamped, max(low, LOWEST_US), min(high, HIGHEST_US)
+    try:
+        mask = hist.sub_bucket_mask
+        unit = hist.unit_magnitude
+        half_magnitude = hist.sub_bucket_half_count_magnitude
+        half = hist.sub_bucket_half_count
+        counts = hist.counts
+        counts_len = hist.counts_len
+    except AttributeError:  # pragma: no cover - another hdrhistogram: its own path
+        for value, count in counted.items():
+            hist.record_value(value, count)
+        return
+    shift = unit + half_magnitude + 1
+    for value, count in counted.items():
+        # hdrh's _counts_index_for(value), inline (value >= 1).
+        bucket = (value | mask).bit_length() - shift
+        index = ((bucket + 1) << half_magnitude) + (value >> (bucket + unit)) - half
+        if 0 <= index < counts_len:
+            counts[index] += count
+    hist.total_count += sum(counted.values())
+    hist.min_value = min(hist.min_value, low)
+    hist.max_value = max(hist.max_value, high)
 
 
 class Recorder:
