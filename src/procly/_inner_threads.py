@@ -13,6 +13,11 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+
+if TYPE_CHECKING:
+    from typing import Any
+
 #: The variables OpenMP, OpenBLAS, MKL, Accelerate, numexpr and BLIS read at load time.
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
@@ -45,12 +50,43 @@ def environment(threads: int) -> dict[str, str]:
     return {name: str(threads) for name in THREAD_VARIABLES if name not in os.environ}
 
 
+def _loaded_numeric_modules() -> tuple[str, ...]:
+    return tuple(name for name in _NUMERIC_MODULES if name in sys.modules)
+
+
+# threadpoolctl's view of this process's libraries, and the numeric modules loaded when it
+# was made. Made in the parent before it forks workers, so that each forked worker only
+# applies the limit (a fraction of a millisecond) instead of importing threadpoolctl and
+# scanning every loaded library itself (5 ms or more a worker).
+_controller: tuple[tuple[str, ...], Any] | None = None
+
+
+def _controller_for(loaded: tuple[str, ...]) -> Any:
+    global _controller
+    if _controller is None or _controller[0] != loaded:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return None
+        _controller = (loaded, ThreadpoolController())
+    return _controller[1]
+
+
+def prepare_to_fork(threads: int) -> None:
+    """In a parent about to fork pool workers: find the libraries they will inherit."""
+    if threads > 0:
+        loaded = _loaded_numeric_modules()
+        if loaded:
+            _controller_for(loaded)
+
+
 def limit_loaded_libraries(threads: int) -> None:
     """Limit the thread pools of libraries already loaded in this process (threadpoolctl)."""
-    if threads <= 0 or not any(name in sys.modules for name in _NUMERIC_MODULES):
-        return  # nothing loaded that starts a thread pool (and importing threadpoolctl costs ms)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
+    if threads <= 0:
         return
-    threadpool_limits(limits=threads)
+    loaded = _loaded_numeric_modules()
+    if not loaded:
+        return  # nothing loaded that starts a thread pool (and importing threadpoolctl costs ms)
+    controller = _controller_for(loaded)
+    if controller is not None:
+        controller.limit(limits=threads)

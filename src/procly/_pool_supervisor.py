@@ -33,6 +33,7 @@ import time
 from concurrent.futures import CancelledError
 from typing import Any
 
+from . import _inner_threads
 from . import _pool_messages as messages
 from ._connection import BufferedConnection, Pipe
 from ._errors import (
@@ -227,6 +228,8 @@ class Supervisor:
         config = getattr(process, "_config", None)  # a context's own Process class may lack it
         if self._worker_env and config is not None:
             config["env"] = self._worker_env  # set before a spawned worker imports anything
+        if self._inner_threads and self._start_method() == "fork":
+            _inner_threads.prepare_to_fork(self._inner_threads)  # found once here, not in every worker
         try:
             process.start()
         except BaseException:
@@ -240,6 +243,12 @@ class Supervisor:
         for fd, kind in ((parent_end.fileno(), "conn"), (worker.sentinel, "sentinel")):
             self._fds[fd] = (kind, worker)
             self._poller.register(fd, _READY)
+
+    def _start_method(self) -> str | None:
+        try:
+            return self._ctx.get_start_method()  # type: ignore[no-any-return]
+        except (AttributeError, TypeError):
+            return None
 
     def _replace_worker(self) -> None:
         """Start a worker in place of one that left. A start that fails (the fork server
