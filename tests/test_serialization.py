@@ -15,6 +15,8 @@ import pytest
 import procly
 from procly import _errors, _serialization, reduction
 
+from . import targets
+
 
 def test_lambdas_closures_and_local_classes_round_trip():
     factor = 3
@@ -275,3 +277,46 @@ def test_main_class_that_cannot_be_copied_travels_by_reference(tmp_path, method)
     script.write_text(DYNAMIC_MAIN_CLASS)
     out = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=50)
     assert out.returncode == 0 and out.stdout == "Holder\n", out.stderr
+
+
+def test_functions_by_reference_skip_cloudpickle_and_match_its_bytes():
+    """A module function travels by reference through the C pickler alone, byte for byte
+    what procly's (cloudpickle) Pickler makes; lambdas and local functions still go to it."""
+    from procly import _serialization
+
+    for func in (targets.square, targets.worker_pid):
+        assert _serialization._function_by_reference(func, True) is not None
+        assert _serialization.dumps(func) == _serialization._dump_with_pickler(func, None, True)
+
+    def local(x):
+        return x
+
+    for func in (local, lambda x: x):
+        assert _serialization._function_by_reference(func, True) is None
+        assert _serialization.loads(_serialization.dumps(func))(5) == 5
+
+
+FIRST_POOL = """
+import sys, procly
+
+def double(x):
+    return 2 * x
+
+if __name__ == "__main__":
+    with procly.get_context(sys.argv[1]).Pool(1) as pool:
+        assert pool.apply(double, (21,)) == 42
+    print("cloudpickle" in sys.modules)
+"""
+
+
+def test_a_pool_of_plain_functions_never_imports_cloudpickle(tmp_path):
+    """A first (fork) Pool running a top-level function of the main script starts
+    without importing cloudpickle (14 ms): the reference is pickled by the C pickler.
+    (spawn and forkserver pickle the worker's Process object, which still goes through
+    procly's Pickler in the parent; their children never import it.)"""
+    method = "fork"
+    script = tmp_path / "first_pool.py"
+    script.write_text(FIRST_POOL)
+    out = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
