@@ -13,16 +13,11 @@ import cloudpickle
 from ._errors import PicklingError
 from ._serialization import (
     _OPEN_FILES,
-    _copy_of,
     _describe,
     _extra_reducers,
-    _lookup_main,
-    _main_attr,
-    _main_attr_or_copy,
-    _main_module_importable,
+    _main_reference,
     _module_attr,
     _module_singleton_method,
-    _names_children_define,
 )
 
 __all__ = ["Pickler"]
@@ -69,23 +64,3 @@ class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
                 if getattr(obj.__self__, name, None) == obj:
                     return getattr, (obj.__self__, name)
         return super().reducer_override(obj)
-
-
-def _main_reference(obj: Any) -> Any:
-    """How a ``__main__`` function or class travels to a child that re-imports the main
-    module: by reference (identity kept), carrying a by-value copy to fall back on where
-    the child may lack the name (defined under the main guard, or after the child
-    started) and a copy can be made (a class holding a lock cannot be copied: then the
-    plain reference, as the standard library sends it). None: by value (cloudpickle)."""
-    if not _main_module_importable():
-        return None
-    qualname = _lookup_main(obj)
-    if qualname is None:
-        return None
-    defined = _names_children_define()
-    if defined is not None and qualname.partition(".")[0] in defined:
-        return _main_attr, (qualname,)
-    copy = _copy_of(obj)
-    if copy is None:
-        return _main_attr, (qualname,)
-    return _main_attr_or_copy, (qualname, copy)

@@ -199,20 +199,15 @@ class _Reduced:
 def _function_by_reference(func: Any, main_by_reference: bool) -> bytes | None:
     """The pickle of a function that travels by reference, as procly's Pickler would make
     it, made without importing cloudpickle (14 ms, the bulk of a first Pool's start);
-    None where the Pickler must decide (lambdas, local functions, a ``__main__`` function
-    a child may lack, a function not found under its name, a custom reducer)."""
+    None where the Pickler must decide (lambdas, local functions, a function not found
+    under its name, a ``__main__`` function copied by value, a custom reducer)."""
     qualname = func.__qualname__
     if "<" in qualname or types.FunctionType in _extra_reducers:
         return None
-    module_name = func.__module__
-    if module_name in ("__main__", "__mp_main__"):
-        if not main_by_reference or not _main_module_importable() or _lookup_main(func) is None:
-            return None
-        defined = _names_children_define()
-        if defined is None or qualname.partition(".")[0] not in defined:
-            return None  # defined under the main guard: the Pickler adds a by-value copy
-        return pickle.dumps(_Reduced(_main_attr, (qualname,)), PROTOCOL)
-    found: Any = sys.modules.get(module_name)
+    if func.__module__ in ("__main__", "__mp_main__"):
+        reference = _main_reference(func) if main_by_reference else None
+        return None if reference is None else pickle.dumps(_Reduced(*reference), PROTOCOL)
+    found: Any = sys.modules.get(func.__module__)
     for part in qualname.split("."):
         found = getattr(found, part, None)
     if found is not func:
@@ -254,6 +249,26 @@ def _copy_of(obj: Any) -> bytes | None:
     if cached:
         _copies[obj] = copy
     return copy
+
+
+def _main_reference(obj: Any) -> Any:
+    """How a ``__main__`` function or class travels to a child that re-imports the main
+    module: by reference (identity kept), carrying a by-value copy to fall back on where
+    the child may lack the name (defined under the main guard, or after the child
+    started) and a copy can be made (a class holding a lock cannot be copied: then the
+    plain reference, as the standard library sends it). None: by value (cloudpickle)."""
+    if not _main_module_importable():
+        return None
+    qualname = _lookup_main(obj)
+    if qualname is None:
+        return None
+    defined = _names_children_define()
+    if defined is not None and qualname.partition(".")[0] in defined:
+        return _main_attr, (qualname,)
+    copy = _copy_of(obj)
+    if copy is None:
+        return _main_attr, (qualname,)
+    return _main_attr_or_copy, (qualname, copy)
 
 
 def _pickler_class() -> type[Pickler]:
