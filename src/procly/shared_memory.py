@@ -219,9 +219,6 @@ def _track(reader: Any) -> None:
             reading[0] = False
             raise _Stop
 
-    def apply(line: str) -> None:
-        _apply(names, line)
-
     # The owner's exit terminates this daemon (SIGTERM), its death is seen through the
     # lifeline (SIGTERM too) or as the end of the pipe: unlink what is left in all cases,
     # after reading the registrations still in the pipe.
@@ -232,7 +229,7 @@ def _track(reader: Any) -> None:
             # The owner may exit (and SIGTERM us) as soon as it has read this.
             reader.send("ready")
             while True:
-                apply(reader.recv())
+                _apply(names, reader.recv())
         finally:
             reading[0] = False  # a _Stop raised before this line is caught below too
     except (_Stop, EOFError, OSError):
@@ -240,7 +237,7 @@ def _track(reader: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         while reader.poll(0):
-            apply(reader.recv())
+            _apply(names, reader.recv())
     except (EOFError, OSError):
         pass
     _unlink_all(names)
@@ -271,7 +268,7 @@ def _unlink_all(names: set[str]) -> None:
 #   q n; q offsets[0..n] (where each item's slot starts in the data area; offsets[n] is its size)
 #   the data area: each item packed by its format at data_start + offsets[i]
 #   n x 8s: each item's struct format (e.g. "q", "d", "16s")
-#   n x b: how to rebuild each item from what its format unpacks (_REBUILD)
+#   n x b: how to rebuild each item from what its format unpacks (see _rebuild)
 _SLOT = 8  # a number's slot, and the unit str and bytes slots are rounded to
 _FORMATS = {int: "q", float: "d", bool: "xxxxxxx?", type(None): "xxxxxx?x"}
 _PLAIN, _TEXT, _BYTES, _NONE = 0, 1, 2, 3  # rebuild codes
