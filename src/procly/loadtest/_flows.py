@@ -240,26 +240,18 @@ class _Connection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        if self.head:
-            return  # completed with its headers
-        waiter, self.waiter = self.waiter, None  # as _complete, inline: this is the hot path
-        if waiter is not None and not waiter.done():
-            body = self.body
-            parser = self.parser
-            waiter.set_result(
-                (
-                    parser.get_status_code(),
-                    self.headers,
-                    body[0] if len(body) == 1 else b"".join(body),
-                    parser.should_keep_alive(),
-                )
-            )
+        if not self.head:  # a HEAD answer was completed with its headers
+            self._answer(self.parser)
 
     def _complete(self) -> None:
-        waiter, self.waiter = self.waiter, None
         parser = self.parser
         if self.head:
             self.parser = httptools.HttpResponseParser(self)
+        self._answer(parser)
+
+    def _answer(self, parser: Any) -> None:
+        """Hand the waiting request its answer: status, headers, body, keep-alive."""
+        waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
             body = self.body
             waiter.set_result(
@@ -938,14 +930,9 @@ def _record(recorder: Any, status: int, seconds: float) -> None:
     if status == 200:
         recorder.ok += 1  # as in the single-URL load: the common case is one integer add
     else:
-        _record_status(recorder, status)
-
-
-def _record_status(recorder: Any, status: int) -> None:
-    """Count a response of *status* other than 200 under its name (its latency is counted by the caller)."""
-    recorder.statuses[status] += 1
-    if status >= 400:
-        recorder.errors[f"http {status}"] += 1
+        recorder.statuses[status] += 1
+        if status >= 400:
+            recorder.errors[f"http {status}"] += 1
 
 
 def _target(path: str, method: str, name: str | None, params: Mapping[str, Any] | None) -> tuple[str, str]:

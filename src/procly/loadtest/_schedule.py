@@ -37,17 +37,6 @@ class Schedule:
         self.issued = 0
         self.measured = 0
         self.stopped = False
-        if self.interval is None and self.profile is None and budget is None and type(self) is Schedule:
-            self.next_start = self._next_closed
-
-    def _next_closed(self, now: float) -> float | None:
-        """:meth:`next_start` of the closed loop without a budget (the common case, called per request)."""
-        if self.stopped or (self.deadline is not None and now >= self.deadline):
-            return None
-        self.issued += 1
-        if now >= self.measure_from:
-            self.measured += 1
-        return now
 
     def next_start(self, now: float) -> float | None:
         """The time the next request is due (``now`` in closed loop), or None when the run is over."""
