@@ -107,6 +107,27 @@ def test_histograms_merged_across_workers_equal_one_histogram_of_everything():
     assert recorders[0].take().requests == 0  # take() starts afresh
 
 
+def test_folding_while_recording_changes_no_count():
+    # A worker folds every FOLD_PERIOD while requests keep being recorded: whatever the
+    # folds cut, take() must hand over every value once, and then start afresh.
+    rng = random.Random(11)
+    values = [rng.randint(1, 50_000) for _ in range(5000)]
+    folded = _stats.Recorder()
+    for i, value in enumerate(values):
+        folded.success(value / 1e6, 200)
+        folded.send_lags.append(value % 97 + 1)
+        if i % 37 == 0:
+            folded.fold()
+    interval = folded.take()
+    reference = _stats.histogram_from(values)
+    assert interval.requests == len(values) == interval.histogram.get_total_count()
+    assert interval.send_lag is not None and interval.send_lag.get_total_count() == len(values)
+    for percentile in (1, 50, 99, 100):
+        assert interval.histogram.get_value_at_percentile(percentile) == reference.get_value_at_percentile(percentile)
+    again = folded.take()
+    assert again.requests == 0 and again.send_lag is None
+
+
 def test_record_batch_counts_as_record_value_does():
     # record_batch does hdrh's bucket arithmetic inline: the counts, total, min and max must be
     # those of one record_value per value, out-of-range values clamped to the bounds.
@@ -171,6 +192,30 @@ def test_rate_mode_never_sends_early(target):
     assert report.errors == 0 and report.requests == 300
     assert report.latency.min >= 20.0, report.latency
     assert report.name_stats("GET /delay/20").latency.min >= 20.0
+
+
+def test_precise_timer_poll_runs_only_what_is_due():
+    # A busy loop polls the pacer between its callbacks: due calls run then, in order,
+    # later ones stay for the timer.
+    import asyncio
+
+    from procly.loadtest import _clock
+
+    ran = []
+
+    async def main():
+        timer = _clock.PreciseTimer()
+        now = time.monotonic()
+        for k in (3, 1, 2):
+            timer.call_at(now - k * 0.001, ran.append, -k)
+        timer.call_at(now + 3600, ran.append, "later")
+        timer.poll(time.monotonic())
+        assert ran == [-3, -2, -1]
+        timer.poll(time.monotonic())
+        assert ran == [-3, -2, -1] and len(timer.heap) == 1
+        timer.close()
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])

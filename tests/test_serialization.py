@@ -320,3 +320,35 @@ def test_a_pool_of_plain_functions_never_imports_cloudpickle(tmp_path):
     out = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+NESTED_DATA = """
+import sys, procly
+
+if __name__ == "__main__":
+    a, b = procly.Pipe()
+    message = ("tick", 1.5, {"statuses": {200: 7, 404: 1}, "by_name": {"GET /": {"ok": [1, 2.5, None]}}, "h": b"x"})
+    a.send(message)
+    assert b.recv() == message
+    print("cloudpickle" in sys.modules)
+"""
+
+
+def test_small_nested_plain_data_goes_through_the_c_pickler(tmp_path):
+    """Small nested containers of scalars (int keys, five levels) are plain data: sending
+    them never builds (or imports) cloudpickle's Pickler."""
+    script = tmp_path / "nested.py"
+    script.write_text(NESTED_DATA)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_plain_data_check_has_bounds():
+    assert _serialization._is_plain({1: {"a": [(1, 2.0, None)]}})
+    assert _serialization._is_plain([[[[[1]]]]])
+    assert not _serialization._is_plain([[[[[[1]]]]]])  # deeper than five levels
+    assert not _serialization._is_plain([list(range(10))] * 10)  # more than 64 items in all
+    assert not _serialization._is_plain(list(range(17)))  # one container over 16 items
+    assert not _serialization._is_plain({(1, 2): 3})  # a key that is not a scalar
+    assert not _serialization._is_plain({"f": len})

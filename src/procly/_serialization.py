@@ -385,27 +385,42 @@ def only_small_scalars(items: list[Any]) -> bool:
     return set(map(type, items)) <= _small_types  # loops in C: ~20 ns an item
 
 
-def _is_plain(obj: Any, depth: int = 0) -> bool:
-    """Whether *obj* is a scalar, or a short tuple/list/str-keyed dict (two levels at most) of them."""
+#: How many items a container, and all levels together, may hold, and how deep, to count
+#: as plain: walking more costs more than building a cloudpickle Pickler (a few µs).
+_PLAIN_LENGTH = 16
+_PLAIN_ITEMS = 64
+_PLAIN_DEPTH = 5
+
+
+def _is_plain(obj: Any) -> bool:
+    """Whether *obj* is a scalar, or small nested tuples/lists/dicts of scalars (see _PLAIN_ITEMS)."""
+    return type(obj) in _plain_types or _plain_budget(obj, _PLAIN_ITEMS, 0) >= 0
+
+
+def _plain_budget(obj: Any, budget: int, depth: int) -> int:
+    """The item budget left once container *obj* is walked, or -1 where it is not plain data.
+
+    Dictionary keys must be scalars; values and items may be containers again.
+    """
     plain = _plain_types
     kind = type(obj)
-    if kind in plain:
-        return True
-    if kind is tuple or kind is list:
-        if depth >= 2 or len(obj) > 16:
-            return False
-        for item in obj:
-            if type(item) not in plain and not _is_plain(item, depth + 1):
-                return False
-        return True
-    if kind is dict:  # keyword arguments: apply_async(f, args, {"k": v})
-        if depth >= 2 or len(obj) > 16:
-            return False
-        for key, value in obj.items():
-            if type(key) is not str or (type(value) not in plain and not _is_plain(value, depth + 1)):
-                return False
-        return True
-    return False
+    if (kind is not tuple and kind is not list and kind is not dict) or depth >= _PLAIN_DEPTH:
+        return -1
+    length = len(obj)
+    budget -= length
+    if budget < 0 or length > _PLAIN_LENGTH:
+        return -1
+    items = obj
+    if kind is dict:
+        if not set(map(type, obj)) <= plain:  # the keys
+            return -1
+        items = obj.values()
+    for item in items:
+        if type(item) not in plain:
+            budget = _plain_budget(item, budget, depth + 1)
+            if budget < 0:
+                return -1
+    return budget
 
 
 def loads(data: bytes | bytearray | memoryview, buffers: Sequence[Any] = ()) -> Any:

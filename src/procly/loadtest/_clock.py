@@ -31,8 +31,8 @@ _SPIN = 0.002
 #: With a timerfd: how long before the due time it wakes the pacer, which then watches the
 #: clock until the due time (the kernel's wake-up comes tens of microseconds late) ...
 _EARLY = 50e-6
-#: ... where calls are at least this many times _EARLY apart: the watching then takes at
-#: most 1/_SPARSE of the time. Closer together, the loop's time goes to the answers.
+#: ... or 1/_SPARSE of the gap since the previous call where that is less: the watching
+#: then takes at most 1/_SPARSE of the time, and the rest goes to the answers.
 _SPARSE = 10
 
 
@@ -108,8 +108,8 @@ class PreciseTimer:
     def _arm(self, when: float) -> None:
         self.armed_for = when
         if self.fd is not None:
-            # Sparse calls are woken early and the last stretch is watched (see _EARLY).
-            self.early = _EARLY if when - self.last_due >= _SPARSE * _EARLY else 0.0
+            # Woken early, the last stretch watched (see _EARLY), for at most 1/_SPARSE of the gap.
+            self.early = min(_EARLY, max(0.0, (when - self.last_due) / _SPARSE))
             _set_timerfd(self.fd, when - self.early, self._spec, self._spec_ref)
             return
         if self.handle is not None:
@@ -119,6 +119,15 @@ class PreciseTimer:
             self.handle = self.loop.call_later(gap - _SPIN, self._run)
         else:
             self.handle = self.loop.call_soon(self._run)
+
+    def poll(self, now: float) -> None:
+        """Run the callbacks already due at ``now``: a busy loop calls this between its own
+        callbacks, so a due call does not wait behind a whole batch of them."""
+        heap = self.heap
+        while heap and heap[0][0] <= now:
+            when, _, callback, args = heapq.heappop(heap)
+            self.last_due = when
+            callback(*args)
 
     def _on_fd(self) -> None:
         try:

@@ -147,6 +147,10 @@ class FlowRecorder(Recorder):
             tally = self.checks[name] = [0, 0]
         tally[0 if passed else 1] += 1
 
+    def fold(self) -> None:
+        for recorder in self.names.values():
+            recorder.fold()
+
     def take(self) -> Interval:
         total = Interval()
         by_name = {}

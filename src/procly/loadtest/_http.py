@@ -207,6 +207,7 @@ class _Slot:
         if keep_alive:
             schedule = self.load.schedule
             if schedule.open_loop:
+                self.load.pacer.poll(now)  # sends due meanwhile go now, not after the loop's batch
                 self.due = None
                 self.state = _IDLE
                 self.issue(now)

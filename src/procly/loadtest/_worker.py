@@ -15,6 +15,7 @@ so their intervals line up on one time axis.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import resource
 import signal
@@ -26,7 +27,7 @@ from typing import Any
 from ..connection import Connection
 from ._config import HttpTarget, LoadTestConfig
 from ._schedule import Schedule
-from ._stats import Recorder
+from ._stats import FOLD_PERIOD, Recorder
 
 TICK = 0.5
 #: How long requests in flight may still finish after a stop (Ctrl-C or the coordinator).
@@ -130,11 +131,18 @@ class _Worker:
         recorder.measure_from = warmup_end
         self.load = make_load.create(schedule, recorder)
         ticker = loop.create_task(self._tick(recorder, warmup_end))
+        folder = loop.create_task(self._fold(recorder))
+        # The modules and objects alive now are out of the cyclic collector's reach: a full
+        # collection walking them all would hold the loop for milliseconds mid-run.
+        gc.collect()
+        gc.freeze()
         cpu_start = time.process_time()
         try:
             await self.load.run()
         finally:
             ticker.cancel()
+            folder.cancel()
+            gc.unfreeze()
         final = recorder.take()
         final.peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         final.cpu_s = time.process_time() - cpu_start
@@ -221,6 +229,12 @@ class _Worker:
         if isinstance(users, list):
             return sum(1 for user in users if not getattr(user, "_retired", False))
         return self.share.connections
+
+    @staticmethod
+    async def _fold(recorder: Recorder) -> None:
+        while True:
+            await asyncio.sleep(FOLD_PERIOD)
+            recorder.fold()
 
     async def _tick(self, recorder: Recorder, warmup_end: float) -> None:
         while True:
