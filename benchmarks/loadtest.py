@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,6 +150,29 @@ class Nginx:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the worker processes have used so far: where it nears the
+        run's length, the server (one worker, one core) and not the client set the pace."""
+        assert self.process is not None
+        ticks = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:  # fields[1] is the parent's pid
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def server_busy(nginx: Nginx, run: Callable[[], dict[str, float] | None], seconds: int) -> dict[str, float] | None:
+    """``run()``'s result with ``server_cpu_percent``: the server's CPU time over the run's length."""
+    before = nginx.cpu_seconds()
+    result = run()
+    if result is not None:
+        result["server_cpu_percent"] = (nginx.cpu_seconds() - before) / seconds * 100
+    return result
 
 
 def run_wrk(url: str, seconds: int) -> dict[str, float] | None:
@@ -331,21 +355,28 @@ def flow_cases(seconds: int) -> None:
                 f"three-step flow (GET, POST JSON, GET named), 64 users, think 0, one process, {seconds} s, "
                 f"nginx on {nginx.url}"
             )
-            mine = run_procly_flow(nginx.url, seconds, workdir)
+            mine = server_busy(nginx, lambda: run_procly_flow(nginx.url, seconds, workdir), seconds)
+            assert mine is not None
             time.sleep(1)
-            theirs = run_locust(nginx.url, seconds, workdir, FLOW_LOCUSTFILE)
-        # On a shared machine the CPU each request costs the client is the steadier figure.
-        print(f"{'tool':<28}{'requests/s':>12}{'p50 ms':>9}{'procly / tool':>15}{'client CPU/request':>20}")
+            theirs = server_busy(nginx, lambda: run_locust(nginx.url, seconds, workdir, FLOW_LOCUSTFILE), seconds)
+        # On a shared machine the CPU each request costs the client is the steadier figure; a
+        # server near 100% of its one core is what held the requests/s.
+        print(
+            f"{'tool':<28}{'requests/s':>12}{'p50 ms':>9}{'procly / tool':>15}"
+            f"{'client CPU/request':>20}{'nginx CPU':>11}"
+        )
         print(
             f"{'procly loadtest -f':<28}{mine['rps']:>12,.0f}{mine['p50_ms']:>9.2f}{1.0:>14.2f}x"
-            f"{mine['cpu_us_per_request']:>17.1f} µs"
+            f"{mine['cpu_us_per_request']:>17.1f} µs{mine['server_cpu_percent']:>10.0f}%"
         )
         if theirs is not None:
             ratio = mine["rps"] / theirs["rps"] if theirs["rps"] else float("inf")
+            cpu_ratio = theirs["cpu_us_per_request"] / mine["cpu_us_per_request"]
             print(
                 f"{'locust FastHttpUser':<28}{theirs['rps']:>12,.0f}{theirs['p50_ms']:>9.2f}{ratio:>14.2f}x"
-                f"{theirs['cpu_us_per_request']:>17.1f} µs"
+                f"{theirs['cpu_us_per_request']:>17.1f} µs{theirs['server_cpu_percent']:>10.0f}%"
             )
+            print(f"client CPU per request: procly {cpu_ratio:.1f}x less than locust")
         print()
         print(f"10,000 virtual users, think time 1 s, one process, built-in target, {seconds} s after 3 s warm-up")
         big = run_ten_thousand_users(seconds, workdir)
@@ -384,11 +415,13 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         with Nginx(workdir, access_log=False) as nginx:
             print(f"nginx (1 worker) on {nginx.url}; each tool: 64 connections from one process, {args.seconds} s")
-            results["wrk"] = run_wrk(nginx.url, args.seconds)
+            results["wrk"] = server_busy(nginx, lambda: run_wrk(nginx.url, args.seconds), args.seconds)
             time.sleep(1)
-            results["procly loadtest"] = run_procly(nginx.url, args.seconds)
+            results["procly loadtest"] = server_busy(nginx, lambda: run_procly(nginx.url, args.seconds), args.seconds)
             time.sleep(1)
-            results["locust FastHttpUser"] = run_locust(nginx.url, args.seconds, workdir)
+            results["locust FastHttpUser"] = server_busy(
+                nginx, lambda: run_locust(nginx.url, args.seconds, workdir), args.seconds
+            )
             time.sleep(1)
             results["procly loadtest -R 20000"] = run_procly(nginx.url, args.seconds, extra=("-R", "20000"))
         with Nginx(workdir, access_log=True) as nginx:
@@ -397,14 +430,15 @@ def main(argv: list[str] | None = None) -> int:
         logged = sum(1 for _ in nginx.log.open()) if nginx.log.exists() else 0
 
     print()
-    print(f"{'tool':<28}{'requests/s':>12}{'p50 ms':>9}{'procly / tool':>15}")
+    print(f"{'tool':<28}{'requests/s':>12}{'p50 ms':>9}{'procly / tool':>15}{'nginx CPU':>11}")
     mine = results["procly loadtest"]
     assert mine is not None
     for name, result in results.items():
         if result is None:
             continue
         ratio = mine["rps"] / result["rps"] if result["rps"] else float("inf")
-        print(f"{name:<28}{result['rps']:>12,.0f}{result['p50_ms']:>9.2f}{ratio:>14.2f}x")
+        busy = f"{result['server_cpu_percent']:>10.0f}%" if "server_cpu_percent" in result else ""
+        print(f"{name:<28}{result['rps']:>12,.0f}{result['p50_ms']:>9.2f}{ratio:>14.2f}x{busy}")
     rated = results["procly loadtest -R 20000"]
     if rated is not None and "send_lag_p99_ms" in rated:
         print(
