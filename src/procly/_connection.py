@@ -252,11 +252,16 @@ class Connection:
     def _send_object(self, obj: Any, plain: bool, out_of_band_from: int = _serialization.OUT_OF_BAND_THRESHOLD) -> None:
         """send(); *plain*: *obj* is an envelope of built-in data; buffers from *out_of_band_from*
         bytes are written from their own memory (see ``_serialization.dumps``)."""
-        handle = self._check_writable()
+        handle = self._handle
+        if handle is None or not self._writable:
+            handle = self._check_writable()  # raises
         buffers: list[memoryview] = []
         payload = _serialization.dumps(obj, buffers, plain=plain, out_of_band_from=out_of_band_from)
         if not buffers:
-            self._send_frame(handle, payload)
+            if len(payload) <= _SMALL_WRITE and self._reuse is None:
+                write_all(handle, _HEADER.pack(len(payload)) + payload)  # the common small message
+            else:
+                self._send_frame(handle, payload)
             return
         sizes = [len(payload)] + [b.nbytes for b in buffers]
         total = sum(sizes) - sizes[0]
@@ -321,11 +326,16 @@ class Connection:
                 raise EOFError("peer closed the connection in the middle of a message")
             got += count
 
-    def _read_length(self, handle: int) -> int:
-        """Read a frame header; raise EOFError at a clean end of stream."""
-        header = self._read_exact(handle, 4, eof_ok=True)
-        if header is None:
-            raise EOFError("peer closed the connection")
+    def _read_length(self, handle: int, header: bytes | None = None) -> int:
+        """Read a frame header (or complete *header*, its first bytes already read); raise
+        EOFError at a clean end of stream."""
+        if header:
+            if len(header) < 4:
+                header += self._read_exact(handle, 4 - len(header))  # type: ignore[operator]
+        else:
+            header = self._read_exact(handle, 4, eof_ok=True)
+            if header is None:
+                raise EOFError("peer closed the connection")
         (n,) = _HEADER.unpack(header)
         while n == _NAMED_BACK:
             (count,) = _U32.unpack(self._read_exact(handle, 4))  # type: ignore[arg-type]
@@ -437,8 +447,24 @@ class Connection:
             pickle.UnpicklingError: the bytes received are not a valid pickle.
             MessageError: the frame is malformed or too large (the connection is closed).
         """
-        handle = self._check_readable()
-        n = self._read_length(handle)
+        handle = self._handle
+        if handle is None or not self._readable:
+            handle = self._check_readable()  # raises
+        # The common small message, read in two calls (the general path takes a dozen).
+        header = os.read(handle, 4)
+        if len(header) == 4:
+            (n,) = _HEADER.unpack(header)
+            limit = self.max_message_size
+            if 0 < n <= _SMALL_WRITE and (limit is None or n <= limit):
+                data = os.read(handle, n)
+                if len(data) < n:
+                    data += self._read_exact(handle, n - len(data))  # type: ignore[operator]
+                return _serialization.loads(data)
+        return self._recv_frame(handle, header)
+
+    def _recv_frame(self, handle: int, header: bytes | None = None) -> Any:
+        """recv() of any frame, its first header bytes (if any) already read into *header*."""
+        n = self._read_length(handle, header)
         if n >= 0:
             self._check_size(n, None)
             return _serialization.loads(self._read_payload(handle, n))
@@ -618,7 +644,7 @@ class BufferedConnection(Connection):
                     return pickle.loads(message)  # _serialization.loads, one call less per message
                 except (pickle.UnpicklingError, EOFError) as exc:
                     raise pickle.UnpicklingError(f"received data is not a valid pickle: {exc}") from exc
-        return super().recv()
+        return self._recv_frame(self._check_readable())
 
     def _whole_frame(self, pos: int) -> int:
         """The length of the plain message whose frame lies whole in the read-ahead buffer

@@ -14,9 +14,11 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from . import _process, _state
+from ._connection import Connection
 from ._finalize import Finalize
 from ._listener import Client
 from ._manager_wire import Token, _unwrap, _wrap
+from ._serialization import only_small_scalars
 from ._spin import Spinner
 
 if TYPE_CHECKING:
@@ -80,6 +82,7 @@ class _ClientState:
         self.connections: dict[Any, dict[int, tuple[Any, Spinner, str | None]]] = {}
         self.leases: dict[Any, tuple[str, Any]] = {}
         self.live: dict[Any, int] = {}
+        self.local = threading.local()  # this thread's view of ``connections``, read without the lock
 
     def lease_token(self, key: tuple[Any, str, bytes]) -> str:
         """The token of this process's lease with manager *key*, opening the lease if needed.
@@ -105,10 +108,17 @@ class _ClientState:
 
     def channel(self, key: tuple[Any, str, bytes]) -> tuple[Any, Spinner, str | None]:
         """This thread's connection to manager *key*, its spinner and the lease it names."""
+        mine: dict[Any, tuple[Any, Spinner, str | None]] | None = getattr(self.local, "channels", None)
+        if mine is None:
+            mine = self.local.channels = {}
+        entry = mine.get(key)
+        if entry is not None and not entry[0].closed:
+            return entry
         thread = threading.get_ident()
         with self.lock:
             entry = self.connections.get(key, {}).get(thread)
         if entry is not None and not entry[0].closed:
+            mine[key] = entry
             return entry
         address, serializer, authkey = key
         holder = _lease_token(address, authkey, serializer)
@@ -116,6 +126,7 @@ class _ClientState:
         entry = (conn, Spinner(conn.fileno()), holder)
         with self.lock:
             self.connections.setdefault(key, {})[thread] = entry
+        mine[key] = entry
         return entry
 
     def proxy_born(self, key: Any) -> None:
@@ -217,7 +228,12 @@ class BaseProxy:
             Exception: what the method raised in the server (with its traceback as cause).
         """
         conn, spinner, holder = _client_state().channel(self._key)
-        conn.send(("call", self._id, methodname, tuple(args), dict(kwds or {})))
+        args = tuple(args)
+        if not kwds and type(conn) is Connection and only_small_scalars(args):  # type: ignore[arg-type]
+            # d[k] = v, d[k], q.put(x): nothing in the request needs the full pickler's look.
+            conn._send_object(("call", self._id, methodname, args, None), plain=True)
+        else:
+            conn.send(("call", self._id, methodname, args, dict(kwds) if kwds else None))
         spinner.wait()
         reply = conn.recv()
         if reply[0] == "proxy":

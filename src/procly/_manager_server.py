@@ -47,11 +47,13 @@ class _Entry:
     """An object the server holds: the object, the methods proxies may call, its reference
     count, and the type id it was created (or returned) as."""
 
-    __slots__ = ("obj", "exposed", "refcount", "typeid")
+    __slots__ = ("obj", "exposed", "callable", "returns", "refcount", "typeid")
 
-    def __init__(self, obj: Any, exposed: list[str], typeid: str) -> None:
+    def __init__(self, obj: Any, exposed: list[str], typeid: str, returns: dict[str, str] | None) -> None:
         self.obj = obj
         self.exposed = exposed
+        self.callable = frozenset(exposed) | {"__str__", "__repr__"}  # what a "call" may name
+        self.returns = returns  # method -> the type id its result is served as (a new proxy)
         self.refcount = 0
         self.typeid = typeid
 
@@ -158,15 +160,14 @@ class Server:
     # ----------------------------------------------------------------- request handlers
 
     def _handle_call(self, peer: int | str | None, ident: str, method: str, args: tuple[Any, ...],
-                     kwargs: dict[str, Any]) -> tuple[Any, ...]:  # fmt: skip
+                     kwargs: dict[str, Any] | None) -> tuple[Any, ...]:  # fmt: skip
         entry = self._entry(ident)
         if method == "#GETVALUE":
             return ("ok", entry.obj)
-        if method not in entry.exposed and method not in ("__str__", "__repr__"):
+        if method not in entry.callable:
             raise RemoteError(f"method {method!r} of {type(entry.obj)!r} object is not in the list of allowed methods")
-        result = getattr(entry.obj, method)(*args, **kwargs)
-        method_to_typeid = self.registry[entry.typeid][2] if entry.typeid in self.registry else None
-        typeid = method_to_typeid.get(method) if method_to_typeid else None
+        result = getattr(entry.obj, method)(*args, **kwargs) if kwargs else getattr(entry.obj, method)(*args)
+        typeid = entry.returns.get(method) if entry.returns else None
         if typeid is not None:
             return ("proxy", (typeid, *self._adopt(typeid, result, peer)))
         return ("ok", result)
@@ -221,7 +222,8 @@ class Server:
         with self.lock:
             entry = self.objects.get(ident)
             if entry is None:
-                entry = self.objects[ident] = _Entry(obj, list(exposed), typeid)
+                returns = self.registry[typeid][2] if typeid in self.registry else None
+                entry = self.objects[ident] = _Entry(obj, list(exposed), typeid, returns)
             entry.refcount += 1
             self._note(peer, ident, 1)
         return ident, list(exposed)

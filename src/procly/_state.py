@@ -115,13 +115,24 @@ class ProcessState:
 
 
 _state: ProcessState | None = None
+# This process's pid, kept current by a fork hook: get() runs on every proxy call and
+# message, and os.getpid() is a system call (a few hundred ns on a VM).
+_pid = os.getpid()
+
+
+def _note_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_note_fork)
 
 
 def get() -> ProcessState:
     """The state of the current process (created on first use in the main process)."""
     global _state
     state = _state
-    if state is None or state.pid != os.getpid():
+    if state is None or state.pid != _pid:
         from ._process import _MainProcess
 
         # First use, or a process forked by user code (os.fork): start afresh.
