@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 
 import procly
@@ -471,6 +472,15 @@ def blas_threads():
     from threadpoolctl import threadpool_info
 
     return sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"})
+
+
+def native_threads_after_matmul() -> int:
+    """Threads of this process that Python did not start, after a BLAS matrix product."""
+    import numpy
+
+    a = numpy.ones((300, 300))
+    a @ a
+    return len(os.listdir("/proc/self/task")) - threading.active_count()
 
 
 def put_tagged(queue, k: int, n: int, big_every: int = 0, big_size: int = 0) -> None:

@@ -8,9 +8,12 @@ import itertools
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -684,6 +687,35 @@ def test_inner_threads_limit_numeric_libraries_in_workers(ctx, monkeypatch):
             assert p.apply(targets.thread_environment)["MKL_NUM_THREADS"] == os.environ.get("MKL_NUM_THREADS")
     with pytest.raises(ValueError, match="inner_threads"):
         ctx.Pool(1, inner_threads=-1)
+
+
+FORKED_BLAS = """
+import sys, numpy, procly
+sys.path.insert(0, sys.argv[1])
+from tests import targets
+
+if __name__ == "__main__":
+    from threadpoolctl import threadpool_info
+    before = [pool["num_threads"] for pool in threadpool_info()]
+    with procly.get_context("fork").Pool(2, inner_threads=1) as pool:
+        print(pool.apply(targets.native_threads_after_matmul), pool.apply(targets.blas_threads))
+    print([pool["num_threads"] for pool in threadpool_info()] == before)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_forked_workers_inherit_blas_limited_without_a_new_thread_pool(tmp_path):
+    """numpy loaded in the parent: a forked worker runs BLAS on its share of threads and
+    starts no BLAS thread pool of its own (whose threads would busy-wait at every pool
+    start); the parent's own limit is left as it was."""
+    pytest.importorskip("numpy")
+    pytest.importorskip("threadpoolctl")
+    script = tmp_path / "forked_blas.py"
+    script.write_text(FORKED_BLAS)
+    root = str(Path(__file__).resolve().parent.parent)
+    out = subprocess.run([sys.executable, str(script), root], capture_output=True, text=True, timeout=50)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["0 [1]", "True"], out.stdout
 
 
 def test_default_inner_threads_share_the_cpus():

@@ -54,22 +54,56 @@ def _loaded_numeric_modules() -> tuple[str, ...]:
     return tuple(name for name in _NUMERIC_MODULES if name in sys.modules)
 
 
-# threadpoolctl's view of this process's libraries, and the numeric modules loaded when it
-# was made. Made in the parent before it forks workers, so that each forked worker only
-# applies the limit (a fraction of a millisecond) instead of importing threadpoolctl and
-# scanning every loaded library itself (5 ms or more a worker).
-_controller: tuple[tuple[str, ...], Any] | None = None
+class _Libraries:
+    """The thread pools of the numeric libraries loaded in this process, and how to limit them.
+
+    Found with threadpoolctl (5 ms or more). A parent finds them before it forks pool
+    workers, so that each forked worker only applies the limit. For OpenBLAS on pthreads
+    the limit is its ``blas_cpu_number`` variable, written in place: its
+    ``openblas_set_num_threads()`` would, in a forked process, first start a new thread
+    pool whose threads busy-wait for work (a core each, for a tenth of a second), and a
+    worker that never calls BLAS would pay for it anyway.
+    """
+
+    def __init__(self, loaded: tuple[str, ...]) -> None:
+        import ctypes
+
+        from threadpoolctl import ThreadpoolController
+
+        self.loaded = loaded
+        self.openblas_counts: list[Any] = []  # ctypes.c_int views of blas_cpu_number
+        self.others: list[Any] = []  # threadpoolctl LibControllers
+        for library in ThreadpoolController().lib_controllers:
+            count = None
+            if library.internal_api == "openblas" and library.threading_layer == "pthreads":
+                try:
+                    count = ctypes.c_int.in_dll(library.dynlib, "blas_cpu_number")
+                except (ValueError, AttributeError):  # not exported by this build
+                    count = None
+            if count is not None:
+                self.openblas_counts.append(count)
+            else:
+                self.others.append(library)
+
+    def limit(self, threads: int) -> None:
+        for count in self.openblas_counts:
+            if count.value > threads:
+                count.value = threads
+        for library in self.others:
+            library.set_num_threads(threads)
 
 
-def _controller_for(loaded: tuple[str, ...]) -> Any:
-    global _controller
-    if _controller is None or _controller[0] != loaded:
+_libraries: _Libraries | None = None
+
+
+def _libraries_for(loaded: tuple[str, ...]) -> _Libraries | None:
+    global _libraries
+    if _libraries is None or _libraries.loaded != loaded:
         try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:
+            _libraries = _Libraries(loaded)
+        except ImportError:  # no threadpoolctl
             return None
-        _controller = (loaded, ThreadpoolController())
-    return _controller[1]
+    return _libraries
 
 
 def prepare_to_fork(threads: int) -> None:
@@ -77,16 +111,16 @@ def prepare_to_fork(threads: int) -> None:
     if threads > 0:
         loaded = _loaded_numeric_modules()
         if loaded:
-            _controller_for(loaded)
+            _libraries_for(loaded)
 
 
 def limit_loaded_libraries(threads: int) -> None:
-    """Limit the thread pools of libraries already loaded in this process (threadpoolctl)."""
+    """Limit the thread pools of libraries already loaded in this process (a forked worker)."""
     if threads <= 0:
         return
     loaded = _loaded_numeric_modules()
     if not loaded:
         return  # nothing loaded that starts a thread pool (and importing threadpoolctl costs ms)
-    controller = _controller_for(loaded)
-    if controller is not None:
-        controller.limit(limits=threads)
+    libraries = _libraries_for(loaded)
+    if libraries is not None:
+        libraries.limit(threads)
