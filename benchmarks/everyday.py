@@ -31,13 +31,10 @@ from typing import Any, Callable
 import numpy as np
 
 import procly
+from benchmarks import children
 from benchmarks.semlock_backends import machine_line
 
 LIBS = {"stdlib": multiprocessing, "procly": procly}
-
-
-def _noop() -> None:
-    pass
 
 
 def _add(lock: Any, value: Any, n: int) -> None:
@@ -88,7 +85,7 @@ def bench_start(lib: Any, method: str, n: int) -> float:
     times = []
     for _ in range(n):
         began = time.perf_counter()
-        p = ctx.Process(target=_noop)
+        p = ctx.Process(target=children.noop)
         p.start()
         p.join()
         times.append(time.perf_counter() - began)

@@ -19,13 +19,10 @@ import time
 from typing import Callable
 
 import procly
+from benchmarks import children
 from benchmarks import queues as queue_cases
 
 MiB = 1024 * 1024
-
-
-def _noop() -> None:
-    pass
 
 
 def _echo(conn) -> None:
@@ -56,7 +53,7 @@ def bench_start_join(lib, method: str, n: int) -> float:
     ctx = lib.get_context(method)
 
     def run() -> None:
-        p = ctx.Process(target=_noop)
+        p = ctx.Process(target=children.noop)
         p.start()
         p.join()
 
