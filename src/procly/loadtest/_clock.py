@@ -6,9 +6,10 @@ due. :class:`PreciseTimer` keeps its callbacks in a heap and wakes the loop with
 Linux ``timerfd`` armed at the earliest due time (absolute, ``CLOCK_MONOTONIC``, the
 clock of :func:`time.monotonic`): the kernel's high-resolution timer makes the loop's
 poll return on time, and the process sleeps until then. A wake-up still comes some tens
-of microseconds late, so where calls are sparse the timerfd fires 50 µs early and the
-pacer watches the clock for the rest. Where there is no timerfd, a loop timer wakes it
-~2 ms early and it checks the clock on every loop turn until then.
+of microseconds late, so the timerfd fires up to 50 µs early (at most a tenth of the gap
+since the previous call) and the pacer watches the clock for the rest. A busy loop also
+calls :meth:`PreciseTimer.poll` between its own callbacks. Where there is no timerfd, a
+loop timer wakes it ~2 ms early and it checks the clock on every loop turn until then.
 """
 
 from __future__ import annotations
