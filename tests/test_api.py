@@ -7,6 +7,8 @@ import multiprocessing.connection
 import subprocess
 import sys
 
+import pytest
+
 import procly
 import procly.connection
 
@@ -107,6 +109,42 @@ def test_import_and_a_spawned_child_stay_lean(tmp_path):
     assert len(children) == 1
     for loaded in (parent, *children):
         assert [m for m in loaded if m.startswith(HEAVY)] == []
+
+
+POOL_MODULES = """
+import sys, procly
+
+def loaded(_):
+    return sorted(sys.modules)
+
+if __name__ == "__main__":
+    with procly.get_context(sys.argv[1]).Pool(2) as pool:
+        worker = pool.apply(loaded, (0,))
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+    print(sorted(sys.modules))
+    print(worker)
+"""
+
+# What a Pool of plain functions (builtins included) never needs: concurrent.futures
+# (and the logging it brings) come with an error to raise, traceback with a task that
+# fails, cloudpickle with a function that must travel by value.
+POOL_HEAVY = ("numpy", "cloudpickle", "concurrent.futures", "logging", "traceback", "asyncio", "inspect")
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_pool_that_meets_no_error_stays_lean(tmp_path, method):
+    """(A spawn parent still imports cloudpickle: its workers' Process objects go
+    through procly's Pickler. Their workers do not.)"""
+    script = tmp_path / "lean_pool.py"
+    script.write_text(POOL_MODULES)
+    out = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and not out.stderr, out.stderr
+    parent, worker = (eval(line) for line in out.stdout.splitlines())  # noqa: S307 - our own lists
+    for who, loaded in (("parent", parent), ("worker", worker)):
+        heavy = [m for m in loaded if m.startswith(POOL_HEAVY)]
+        if who == "parent" and method == "spawn":
+            heavy = [m for m in heavy if not m.startswith(("cloudpickle", "logging", "traceback", "inspect"))]
+        assert heavy == [], who
 
 
 def test_util_log_records_name_the_caller():

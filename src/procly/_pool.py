@@ -30,8 +30,8 @@ import warnings
 import weakref
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from . import _inner_threads, _serialization
-from ._errors import BrokenProcessPool, PoolTerminatedError
+from . import _errors, _inner_threads, _serialization
+from ._errors import PoolTerminatedError
 from ._finalize import Finalize
 from ._pool_api import PoolAPI, PoolState
 from ._pool_messages import APPLY, MAP, STARMAP, Task
@@ -190,7 +190,9 @@ class Pool(PoolAPI):
                     broken = self._broken is not None
                     task.settle(
                         False,
-                        BrokenProcessPool(self._broken) if broken else PoolTerminatedError("the pool was terminated"),
+                        _errors.BrokenProcessPool(self._broken)
+                        if broken
+                        else PoolTerminatedError("the pool was terminated"),
                     )
                 return
             for task in tasks:

@@ -30,21 +30,16 @@ import select
 import sys
 import threading
 import time
-from concurrent.futures import CancelledError
 from typing import Any
 
-from . import _inner_threads
+from . import _errors, _inner_threads
 from . import _pool_messages as messages
 from ._connection import BufferedConnection, Pipe
-from ._errors import (
-    BrokenProcessPool,
-    PoolTerminatedError,
-    StartError,
-    TaskTimeoutError,
-    WorkerLostError,
-    rebuild_exception,
-    signal_name,
-)
+
+# BrokenProcessPool and WorkerLostError are looked up on _errors where they are raised:
+# they subclass concurrent.futures' BrokenExecutor, whose module (and logging with it) a
+# pool imports only when it has one to raise.
+from ._errors import PoolTerminatedError, StartError, TaskTimeoutError, rebuild_exception, signal_name
 from ._pool_api import PoolState
 from ._pool_dispatch import plan
 from ._pool_messages import RetireReason, Task, WorkerCounters
@@ -58,6 +53,14 @@ if TYPE_CHECKING:
     from ._pool import Pool
 
 __all__ = ["Supervisor"]
+
+
+def _cancelled_error(message: str) -> BaseException:
+    """concurrent.futures.CancelledError(*message*), its module imported when first needed."""
+    from concurrent.futures import CancelledError
+
+    return CancelledError(message)
+
 
 ENVELOPE_OUT_OF_BAND = 4096  # task payloads from this size travel beside the envelope
 TERMINATE_GRACE = 1.0
@@ -430,7 +433,7 @@ class Supervisor:
             if worker.inflight and worker.inflight[0].id in ids:
                 running.append(worker)
         for task in dropped:
-            self._finish(task, False, CancelledError(f"task {task.label} was cancelled"))
+            self._finish(task, False, _cancelled_error(f"task {task.label} was cancelled"))
         for worker in running:
             worker.process.kill()
             self._retire(worker, RetireReason.CANCELLED)
@@ -453,7 +456,7 @@ class Supervisor:
                 return
             except BaseException as exc:  # noqa: BLE001 - a result that does not unpickle in the parent
                 if self._executor_mode:
-                    error = BrokenProcessPool(f"a result could not be unpickled: {type(exc).__name__}: {exc}")
+                    error = _errors.BrokenProcessPool(f"a result could not be unpickled: {type(exc).__name__}: {exc}")
                     error.__cause__ = exc
                     exc = error
                 elif not isinstance(exc, Exception):
@@ -528,13 +531,13 @@ class Supervisor:
 
     def _error(self, why: RetireReason, task: _Task, name: str, pid: int, exitcode: int | None) -> BaseException:
         if why is RetireReason.CANCELLED:
-            return CancelledError(f"task {task.label} was cancelled; worker {name} (pid {pid}) was stopped")
+            return _cancelled_error(f"task {task.label} was cancelled; worker {name} (pid {pid}) was stopped")
         if why is RetireReason.TIMEOUT:
             return TaskTimeoutError(
                 f"task {task.label} ran longer than its timeout of {task.timeout}s per item; "
                 f"worker {name} (pid {pid}) was stopped"
             )
-        return WorkerLostError(
+        return _errors.WorkerLostError(
             f"worker {name} (pid {pid}) died with {_signal_text(exitcode)} while running task {task.label}",
             exitcode,
         )
@@ -610,7 +613,7 @@ class Supervisor:
             self._pending.clear()
         for task in leftovers:
             if self.pool._broken is not None:
-                task.settle(False, BrokenProcessPool(self.pool._broken))
+                task.settle(False, _errors.BrokenProcessPool(self.pool._broken))
             else:
                 task.settle(False, PoolTerminatedError(f"the pool was terminated before task {task.label} finished"))
         with self._lock:

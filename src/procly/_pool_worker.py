@@ -10,12 +10,10 @@ back about is the one running — that is how a death is pinned to its task.
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import pickle
 import signal
 import time
-import traceback
 from typing import Any, Callable
 
 from . import _inner_threads, _serialization, _state
@@ -71,6 +69,8 @@ def _run(func: Callable[..., Any], mode: int, items: Any) -> list[Any]:
 
 
 def _error_payload(exc: BaseException) -> tuple[BaseException, str]:
+    import traceback  # when a task first fails: a pool that never sees one does without it
+
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         copy = _serialization.loads(_serialization.dumps(exc))
@@ -207,6 +207,8 @@ def _set_up(conn: Any, initializer: Callable[..., Any] | None, initargs: tuple[A
     try:
         initializer(*initargs)
     except BaseException as exc:  # noqa: BLE001 - reported, the executor breaks
+        import logging  # only an executor's failed initializer logs
+
         logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
         try:
             conn.send(messages.init_failed(f"{type(exc).__name__}: {exc}"))

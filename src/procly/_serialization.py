@@ -207,12 +207,23 @@ def _function_by_reference(func: Any, main_by_reference: bool) -> bytes | None:
     if func.__module__ in ("__main__", "__mp_main__"):
         reference = _main_reference(func) if main_by_reference else None
         return None if reference is None else pickle.dumps(_Reduced(*reference), PROTOCOL)
-    found: Any = sys.modules.get(func.__module__)
+    return _global_by_reference(func)
+
+
+def _global_by_reference(obj: Any) -> bytes | None:
+    """The pickle of a function, builtin or class found under its module and name outside
+    ``__main__`` (``abs``, ``math.sqrt``, ``int``, ``json.dumps``): the C pickler's
+    reference, as procly's Pickler would make it; None for anything else."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str) or module in ("__main__", "__mp_main__"):
+        return None
+    if "<" in qualname or type(obj) in _extra_reducers:
+        return None
+    found: Any = sys.modules.get(module)
     for part in qualname.split("."):
         found = getattr(found, part, None)
-    if found is not func:
-        return None
-    return pickle.dumps(func, PROTOCOL)
+    return pickle.dumps(obj, PROTOCOL) if found is obj else None
 
 
 class _OutOfBandBytes:
@@ -342,6 +353,10 @@ def dumps(obj: Any, out_of_band: list[memoryview] | None = None, *, main_by_refe
         return pickle.dumps(obj, PROTOCOL, buffer_callback=callback)
     if cls is types.FunctionType:
         by_reference = _function_by_reference(obj, main_by_reference)
+        if by_reference is not None:
+            return by_reference
+    elif cls is types.BuiltinFunctionType or cls is type:
+        by_reference = _global_by_reference(obj)
         if by_reference is not None:
             return by_reference
     return _dump_with_pickler(obj, callback, main_by_reference)

@@ -17,7 +17,6 @@ from ._pool_results import IMapUnorderedIterator as IMapUnorderedIterator
 from ._pool_results import MapResult as MapResult
 from ._pool_worker import MaybeEncodingError as MaybeEncodingError
 from ._pool_worker import worker_state as worker_state
-from ._thread_pool import ThreadPool as ThreadPool
 
 # The standard library's names for the states in ``Pool._state``.
 RUN = PoolState.RUNNING
@@ -41,7 +40,11 @@ __all__ = [
     "worker_state",
 ]
 
-_PUBLIC = (Pool, ThreadPool, ApplyResult, MapResult, IMapIterator, IMapUnorderedIterator, RemoteTraceback)
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from ._thread_pool import ThreadPool as ThreadPool
+
+_PUBLIC = (Pool, ApplyResult, MapResult, IMapIterator, IMapUnorderedIterator, RemoteTraceback)
 for _obj in (*_PUBLIC, MaybeEncodingError):
     _obj.__module__ = __name__
 del _obj
@@ -52,7 +55,6 @@ del _obj
 # loop or wraps exceptions the same way. procly's Pool itself does not use them.
 
 import itertools as _itertools  # noqa: E402
-import traceback as _traceback  # noqa: E402
 from typing import Any as _Any  # noqa: E402
 
 from ._compat import lazy_submodules as _lazy_submodules  # noqa: E402
@@ -86,7 +88,9 @@ class ExceptionWithTraceback:
     with the traceback text as ``__cause__`` (see :func:`rebuild_exc`)."""
 
     def __init__(self, exc: BaseException, tb: _Any) -> None:
-        text = "".join(_traceback.format_exception(type(exc), exc, tb))
+        import traceback
+
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
         self.exc = exc
         self.tb = text
 
@@ -139,4 +143,14 @@ def worker(
         completed += 1
 
 
-__getattr__ = _lazy_submodules(__name__, "util")
+def _thread_pool(name: str) -> _Any:
+    # ThreadPool is built on concurrent.futures: imported when asked for.
+    if name != "ThreadPool":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from ._thread_pool import ThreadPool
+
+    ThreadPool.__module__ = __name__
+    return ThreadPool
+
+
+__getattr__ = _lazy_submodules(__name__, "util", fallback=_thread_pool)
