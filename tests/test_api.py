@@ -127,8 +127,8 @@ if __name__ == "__main__":
 
 # What a Pool of plain functions (builtins included) never needs: concurrent.futures
 # (and the logging it brings) come with an error to raise, traceback with a task that
-# fails, cloudpickle with a function that must travel by value.
-POOL_HEAVY = ("numpy", "cloudpickle", "concurrent.futures", "logging", "traceback", "asyncio", "inspect")
+# fails, cloudpickle with a function that must travel by value; typing never.
+POOL_HEAVY = ("numpy", "cloudpickle", "concurrent.futures", "logging", "traceback", "asyncio", "inspect", "typing")
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
@@ -143,7 +143,7 @@ def test_a_pool_that_meets_no_error_stays_lean(tmp_path, method):
     for who, loaded in (("parent", parent), ("worker", worker)):
         heavy = [m for m in loaded if m.startswith(POOL_HEAVY)]
         if who == "parent" and method == "spawn":
-            heavy = [m for m in heavy if not m.startswith(("cloudpickle", "logging", "traceback", "inspect"))]
+            heavy = [m for m in heavy if not m.startswith(("cloudpickle", "logging", "traceback", "inspect", "typing"))]
         assert heavy == [], who
 
 

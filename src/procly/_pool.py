@@ -28,7 +28,6 @@ import pickle
 import threading
 import warnings
 import weakref
-from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import _errors, _inner_threads, _serialization
 from ._errors import PoolTerminatedError
@@ -39,6 +38,11 @@ from ._pool_results import ApplyResult, IMapIterator, LookAhead, MapResult, feed
 from ._pool_supervisor import Supervisor
 from ._progress import Progress, wanted
 from ._state import usable_cpus
+from ._typing import TypeVar
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable, Iterator
 
 __all__ = ["Pool"]
 

@@ -7,9 +7,13 @@ A pool provides ``apply_async``, ``_map_async(func, iterable, star, ...)`` and
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable, Iterable, TypeVar
 
 from ._pool_results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+from ._typing import TypeVar
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable
 
 _S = TypeVar("_S")
 _T = TypeVar("_T")

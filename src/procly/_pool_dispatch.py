@@ -23,13 +23,13 @@ applies the plan it returns). The rules:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+import collections
 
 from ._connection import MEMFD_THRESHOLD
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the lookup at run time
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
-    from typing import Protocol, Sized
+    from typing import Any, Callable, Iterable, NamedTuple, Protocol, Sequence, Sized
 
     class TaskState(Protocol):
         """What dispatch reads of a task."""
@@ -74,15 +74,19 @@ PIPELINE_MAX_BYTES = 64 * 1024
 BIG_TASK_BYTES = PIPELINE_MAX_BYTES // 8
 
 
-class Plan(NamedTuple):
-    """What to do: take the first *taken* pending tasks; forget *dropped* (their claim
-    said no); send each worker in *sends* its bundles, in order, one message each. An
-    entry of a bundle is ``(task, first_use, wire)``: *first_use*, the worker has not
-    seen the task's function (it travels with it); *wire*, the bytes it counts."""
+# What to do: take the first *taken* pending tasks; forget *dropped* (their claim said
+# no); send each worker in *sends* its bundles, in order, one message each. An entry of
+# a bundle is ``(task, first_use, wire)``: *first_use*, the worker has not seen the
+# task's function (it travels with it); *wire*, the bytes it counts.
+if TYPE_CHECKING:
 
-    taken: int
-    dropped: list[Any]
-    sends: list[tuple[Any, list[list[tuple[Any, bool, int]]]]]
+    class Plan(NamedTuple):
+        taken: int
+        dropped: list[Any]
+        sends: list[tuple[Any, list[list[tuple[Any, bool, int]]]]]
+
+else:
+    Plan = collections.namedtuple("Plan", ["taken", "dropped", "sends"])
 
 
 def depth(item_seconds: float | None, count: int) -> int:

@@ -20,7 +20,10 @@ Worker -> pool::
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 __all__ = [
     "APPLY",

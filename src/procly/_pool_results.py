@@ -10,9 +10,13 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Any, Callable, Generator, Generic, TypeVar
 
 from ._errors import TimeoutError
+from ._typing import Generic, TypeVar
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Generator
 
 __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "IMapUnorderedIterator", "MapResult"]
 

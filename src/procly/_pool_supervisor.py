@@ -30,7 +30,6 @@ import select
 import sys
 import threading
 import time
-from typing import Any
 
 from . import _errors, _inner_threads
 from . import _pool_messages as messages
@@ -50,6 +49,8 @@ from ._wait import poll_ms, wait
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the lookup at run time
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._pool import Pool
 
 __all__ = ["Supervisor"]

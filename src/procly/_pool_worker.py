@@ -14,7 +14,6 @@ import os
 import pickle
 import signal
 import time
-from typing import Any, Callable
 
 from . import _inner_threads, _serialization, _state
 from . import _pool_messages as messages
@@ -23,6 +22,10 @@ from ._errors import RemoteTraceback as RemoteTraceback  # moved to _errors; re-
 from ._errors import rebuild_exception as rebuild_exception
 from ._pool_messages import APPLY, MAP, STARMAP
 from ._spin import Spinner
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 __all__ = ["APPLY", "MAP", "STARMAP", "MaybeEncodingError", "RemoteTraceback", "rebuild_exception", "worker_main",
            "worker_state"]  # fmt: skip

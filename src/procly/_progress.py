@@ -7,7 +7,10 @@ for ``progress=True``.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 
 class Progress:

@@ -7,6 +7,8 @@ died or was stopped, awaitable results and ``async for`` over imap iterators,
 share.
 """
 
+from __future__ import annotations
+
 from ._errors import RemoteTraceback as RemoteTraceback
 from ._pool import Pool as Pool
 from ._pool_api import PoolState as PoolState
@@ -42,6 +44,8 @@ __all__ = [
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from typing import Any as _Any
+
     from ._thread_pool import ThreadPool as ThreadPool
 
 _PUBLIC = (Pool, ApplyResult, MapResult, IMapIterator, IMapUnorderedIterator, RemoteTraceback)
@@ -55,7 +59,6 @@ del _obj
 # loop or wraps exceptions the same way. procly's Pool itself does not use them.
 
 import itertools as _itertools  # noqa: E402
-from typing import Any as _Any  # noqa: E402
 
 from ._compat import lazy_submodules as _lazy_submodules  # noqa: E402
 from ._errors import TimeoutError as TimeoutError  # noqa: E402

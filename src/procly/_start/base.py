@@ -5,40 +5,42 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from typing import Any, Protocol
 
 from .._wait import wait
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any, Protocol
 
-class ChildHandle(Protocol):
-    """What a Process holds once started; one implementation per kind of parenthood."""
+    # What the starters and their handles provide (for type checkers and readers).
+    class ChildHandle(Protocol):
+        """What a Process holds once started; one implementation per kind of parenthood."""
 
-    pid: int
-    sentinel: int  # ready for reading once the child has ended
+        pid: int
+        sentinel: int  # ready for reading once the child has ended
 
-    def poll(self) -> int | None:
-        """The exit code if the child has ended (reaping it), else None."""
+        def poll(self) -> int | None:
+            """The exit code if the child has ended (reaping it), else None."""
 
-    def wait(self, timeout: float | None) -> int | None:
-        """Wait up to *timeout* seconds (None: for ever); the exit code, or None."""
+        def wait(self, timeout: float | None) -> int | None:
+            """Wait up to *timeout* seconds (None: for ever); the exit code, or None."""
 
-    def terminate(self) -> None:
-        """SIGTERM, unless the child has already ended."""
+        def terminate(self) -> None:
+            """SIGTERM, unless the child has already ended."""
 
-    def kill(self) -> None:
-        """SIGKILL, unless the child has already ended."""
+        def kill(self) -> None:
+            """SIGKILL, unless the child has already ended."""
 
-    def close(self) -> None:
-        """Release the handle's descriptors."""
+        def close(self) -> None:
+            """Release the handle's descriptors."""
 
+    class Starter(Protocol):
+        """A start method."""
 
-class Starter(Protocol):
-    """A start method."""
+        method: str
 
-    method: str
-
-    def start(self, process: object) -> ChildHandle:
-        """Create the child that will run ``process._bootstrap()`` and return its handle."""
+        def start(self, process: object) -> ChildHandle:
+            """Create the child that will run ``process._bootstrap()`` and return its handle."""
 
 
 _HAVE_WAITID_PIDFD = hasattr(os, "waitid") and hasattr(os, "P_PIDFD")

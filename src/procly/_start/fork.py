@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from .. import _finalize, _process, _state
 from .._errors import StartError
 from .base import DirectChild
 from .child import become
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ForkStarter:
