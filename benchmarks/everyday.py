@@ -25,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -77,6 +78,33 @@ def bench_import(name: str, n: int) -> float:
     subprocess.run([sys.executable, "-c", f"import {name}"], check=True, env=env)  # compiles the .pyc
     times = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                                   check=True).stdout) for _ in range(n)]  # fmt: skip
+    return statistics.median(times)
+
+
+COLD_POOL = """
+import sys, time
+began = time.perf_counter()
+import {name} as lib
+
+def square(x):
+    return x * x
+
+if __name__ == "__main__":
+    with lib.get_context(sys.argv[1]).Pool(2) as pool:
+        pool.apply(square, (3,))
+    print(time.perf_counter() - began)
+"""
+
+
+def bench_cold_pool(name: str, method: str, n: int, workdir: str) -> float:
+    """A fresh interpreter's import, Pool(2), first result and shutdown (a script's own function)."""
+    script = os.path.join(workdir, f"cold_{name}.py")
+    with open(script, "w") as f:
+        f.write(COLD_POOL.format(name=name))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    run = [sys.executable, script, method]
+    subprocess.run(run, check=True, env=env, capture_output=True)  # compiles the .pyc files
+    times = [float(subprocess.run(run, capture_output=True, text=True, env=env, check=True).stdout) for _ in range(n)]
     return statistics.median(times)
 
 
@@ -181,6 +209,12 @@ def main() -> int:
     for method in ("fork", "spawn", "forkserver"):
         s, p = _alternate(lambda lib, m=method: bench_start(lib, m, 5 if args.quick else 10), rounds)
         _row(f"start + join, {method}", s, p, "ms", 1e3)
+    with tempfile.TemporaryDirectory(prefix="procly-cold-") as workdir:
+        for method in ("fork", "spawn"):
+            count = 5 if args.quick else 9
+            s = bench_cold_pool("multiprocessing", method, count, workdir)
+            p = bench_cold_pool("procly", method, count, workdir)
+            _row(f"cold Pool(2): import to first result, {method}", s, p, "ms", 1e3)
     n = 20_000 if args.quick else 100_000
     s, p = _alternate(lambda lib: bench_lock_value(lib, n), rounds)
     _row(f"4 processes x {n} 'with lock: v.value += 1'", s, p, "s", 1)
