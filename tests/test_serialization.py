@@ -352,3 +352,24 @@ def test_plain_data_check_has_bounds():
     assert not _serialization._is_plain(list(range(17)))  # one container over 16 items
     assert not _serialization._is_plain({(1, 2): 3})  # a key that is not a scalar
     assert not _serialization._is_plain({"f": len})
+
+
+def test_modules_registered_by_value_travel_by_value(tmp_path, monkeypatch):
+    """cloudpickle.register_pickle_by_value (Dask's way to ship a module its workers lack)
+    is honoured for the module's functions and classes sent on their own."""
+    import importlib
+
+    import cloudpickle
+
+    (tmp_path / "shipped_by_value.py").write_text("def f(x):\n    return x + 1\n\nclass C:\n    k = 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("shipped_by_value")
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        func_bytes, class_bytes = _serialization.dumps(module.f), _serialization.dumps(module.C)
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+        del sys.modules["shipped_by_value"]
+    (tmp_path / "shipped_by_value.py").unlink()  # the module cannot be imported again
+    assert _serialization.loads(func_bytes)(1) == 2
+    assert _serialization.loads(class_bytes).k == 7

@@ -210,6 +210,13 @@ def _function_by_reference(func: Any, main_by_reference: bool) -> bytes | None:
     return _global_by_reference(func)
 
 
+def _by_value_modules() -> bool:
+    """Whether modules were registered with ``cloudpickle.register_pickle_by_value`` (then
+    its Pickler decides what travels by reference)."""
+    module = sys.modules.get("cloudpickle.cloudpickle")
+    return bool(getattr(module, "_PICKLE_BY_VALUE_MODULES", None))
+
+
 def _global_by_reference(obj: Any) -> bytes | None:
     """The pickle of a function, builtin or class found under its module and name outside
     ``__main__`` (``abs``, ``math.sqrt``, ``int``, ``json.dumps``): the C pickler's
@@ -218,7 +225,7 @@ def _global_by_reference(obj: Any) -> bytes | None:
     qualname = getattr(obj, "__qualname__", None)
     if not isinstance(module, str) or not isinstance(qualname, str) or module in ("__main__", "__mp_main__"):
         return None
-    if "<" in qualname or type(obj) in _extra_reducers:
+    if "<" in qualname or type(obj) in _extra_reducers or _by_value_modules():
         return None
     found: Any = sys.modules.get(module)
     for part in qualname.split("."):

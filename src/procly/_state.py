@@ -116,7 +116,9 @@ class ProcessState:
 
 _state: ProcessState | None = None
 # This process's pid, kept current by a fork hook: get() runs on every proxy call and
-# message, and os.getpid() is a system call (a few hundred ns on a VM).
+# message, and os.getpid() is a system call (a few hundred ns on a VM). An at-fork hook
+# registered before procly was imported runs ahead of this one: in the child it would
+# still get the parent's state from get() (procly's own hooks use inherited()).
 _pid = os.getpid()
 
 
