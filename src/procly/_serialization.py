@@ -201,13 +201,12 @@ def _function_by_reference(func: Any, main_by_reference: bool) -> bytes | None:
     it, made without importing cloudpickle (14 ms, the bulk of a first Pool's start);
     None where the Pickler must decide (lambdas, local functions, a function not found
     under its name, a ``__main__`` function copied by value, a custom reducer)."""
-    qualname = func.__qualname__
-    if "<" in qualname or types.FunctionType in _extra_reducers:
+    if func.__module__ not in ("__main__", "__mp_main__"):
+        return _global_by_reference(func)
+    if "<" in func.__qualname__ or types.FunctionType in _extra_reducers or not main_by_reference:
         return None
-    if func.__module__ in ("__main__", "__mp_main__"):
-        reference = _main_reference(func) if main_by_reference else None
-        return None if reference is None else pickle.dumps(_Reduced(*reference), PROTOCOL)
-    return _global_by_reference(func)
+    reference = _main_reference(func)
+    return None if reference is None else pickle.dumps(_Reduced(*reference), PROTOCOL)
 
 
 def _by_value_modules() -> bool:
