@@ -125,11 +125,14 @@ def no_leaks(request: pytest.FixtureRequest):
     assert wait_until(lambda: not (child_pids() - _helpers() - before_children), timeout=5), (
         f"child processes left behind: {child_pids() - _helpers() - before_children}"
     )
-    # The lifeline, the fork server's pidfd and the heap's arena live as long as the process.
+    # The lifeline, the fork server's pidfd and its connection made ahead, and the heap's
+    # arena live as long as the process.
     state = _state.get()
     kept = {state.lifeline_read, state.lifeline_write}
     if state.forkserver is not None:
         kept.add(state.forkserver._process.sentinel)
+        if state.forkserver._spare is not None:
+            kept.add(state.forkserver._spare[0])
     from procly import shared_memory
 
     tracker = shared_memory._tracker_instance

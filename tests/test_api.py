@@ -111,6 +111,38 @@ def test_import_and_a_spawned_child_stay_lean(tmp_path):
         assert [m for m in loaded if m.startswith(HEAVY)] == []
 
 
+BARE_CHILD = """
+import sys, procly
+
+def report():
+    print(sorted(sys.modules), flush=True)
+
+if __name__ == "__main__":
+    print(sorted(sys.modules), flush=True)
+    p = procly.get_context("spawn").Process(target=report)
+    p.start()
+    p.join()
+"""
+
+# What the standard library's start-up imports and procly's does without: pickle.py (with
+# re and enum; the C _pickle is enough), socket and selectors (until a socket is made),
+# signal (until a process is signalled).
+START_HEAVY = ("pickle", "re", "enum", "socket", "selectors", "signal", "subprocess")
+
+
+def test_import_and_a_bare_spawned_child_skip_what_they_do_not_use(tmp_path):
+    """`import procly`, and a spawned child whose target takes no connection, import
+    none of START_HEAVY: a third of a spawned child's start-up went to them."""
+    script = tmp_path / "bare.py"
+    script.write_text(BARE_CHILD)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and not out.stderr, out.stderr
+    parent, child = (eval(line) for line in out.stdout.splitlines())  # noqa: S307 - our own lists
+    assert "procly._start.child" in child
+    for loaded in (parent, child):
+        assert [m for m in loaded if m in START_HEAVY] == []
+
+
 POOL_MODULES = """
 import sys, procly
 

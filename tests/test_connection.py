@@ -8,6 +8,8 @@ import pickle
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -497,3 +499,30 @@ def test_recv_ready_takes_every_whole_message_read_ahead_and_leaves_the_rest():
     with pytest.raises(EOFError):
         reader.recv_ready()
     reader.close()
+
+
+SOCKET_AFTER_PICKLER = """
+import sys, procly
+from procly import _serialization
+
+_serialization.dumps(lambda: 1)  # a Pickler made while socket is not imported yet
+assert "socket" not in sys.modules
+import socket
+
+left, right = socket.socketpair()
+r, w = procly.Pipe()
+w.send(left)
+got = r.recv()
+got.sendall(b"hi")
+print(right.recv(2).decode(), got.family == left.family)
+"""
+
+
+def test_a_socket_imported_after_procly_still_crosses(tmp_path):
+    """procly imports socket only once it makes one; a socket the program creates later
+    still pickles as a lent descriptor."""
+    script = tmp_path / "late_socket.py"
+    script.write_text(SOCKET_AFTER_PICKLER)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["hi", "True"]

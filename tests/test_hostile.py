@@ -7,6 +7,7 @@ its own bytes (that is the attack); the tests wait on results, never on time.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import procly
-from procly import _listener
+from procly import _listener, _state
 from procly.connection import Client, Listener
 
 from .conftest import wait_until
@@ -444,6 +445,80 @@ def test_the_fork_server_forks_nothing_without_the_key():
         os.close(w)
 
 
+def test_a_child_forked_ahead_that_dies_waiting_is_replaced():
+    """The fork server forks each child before its request comes; one killed while it
+    waits costs nothing: the next request goes to a new one, on the same server."""
+    from .conftest import child_pids, pid_state
+
+    ctx, server = _fork_server()
+    waiting = child_pids(server._process.pid)
+    assert len(waiting) == 1  # forked ahead, right after the last child was handed out
+    (ahead,) = waiting
+    os.kill(ahead, signal.SIGKILL)
+    assert wait_until(lambda: pid_state(ahead) is None)  # reaped by the server
+    p = ctx.Process(target=abs, args=(-1,))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0 and p.pid != ahead
+    assert server.alive() and _state.get().forkserver is server
+
+
+def test_a_connection_made_ahead_and_pushed_out_replaces_no_server():
+    """The owner connects ahead for its next start; peers that push that connection out
+    of the server's queue cost a new connection, not a new server."""
+    from procly._start import forkserver
+
+    ctx, server = _fork_server()
+    assert server._spare is not None
+    peers = []
+    try:
+        for _ in range(forkserver.MAX_PENDING + 2):
+            peer = socket.socket(socket.AF_UNIX)
+            peer.settimeout(30)
+            peer.connect(server.address)
+            assert len(peer.recv(forkserver._NONCE_SIZE, socket.MSG_WAITALL)) == forkserver._NONCE_SIZE
+            peers.append(peer)  # accepted: the connection made ahead, the oldest, is pushed out
+        p = ctx.Process(target=abs, args=(-1,))
+        p.start()
+        p.join(30)
+        assert p.exitcode == 0
+        assert _state.get().forkserver is server and server.alive()
+    finally:
+        for peer in peers:
+            peer.close()
+
+
+def test_a_stale_connection_made_ahead_is_closed_not_used(monkeypatch):
+    """One older than SPARE_SECONDS may have been timed out by the server: a new one is made."""
+    from procly._start import forkserver
+
+    ctx, server = _fork_server()
+    stale = os.readlink(f"/proc/self/fd/{server._spare[0]}")  # socket:[inode]
+    monkeypatch.setattr(forkserver, "SPARE_SECONDS", 0.0)
+    p = ctx.Process(target=abs, args=(-1,))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0 and _state.get().forkserver is server
+    open_now = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            open_now.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass  # the listing's own descriptor, closed since
+    assert stale not in open_now
+
+
+def test_a_forked_child_does_not_keep_the_connection_made_ahead():
+    from . import targets
+
+    _, server = _fork_server()
+    link = os.readlink(f"/proc/self/fd/{server._spare[0]}")
+    p = procly.get_context("fork").Process(target=targets.exit_if_open, args=(link,))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0
+
+
 _OWNER = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
@@ -461,7 +536,7 @@ sys.stdin.read()
 
 @pytest.mark.allow_leaks  # the owner's fork server is not our child; the test checks it ends
 def test_the_fork_server_ends_with_its_owner_even_while_a_peer_holds_it():
-    from .conftest import pid_state
+    from .conftest import child_pids, pid_state
 
     owner = subprocess.Popen(
         [sys.executable, "-c", _OWNER, SRC], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -470,10 +545,13 @@ def test_the_fork_server_ends_with_its_owner_even_while_a_peer_holds_it():
     try:
         pid_text, address = owner.stdout.readline().split()
         server_pid = int(pid_text)
+        ahead = child_pids(server_pid)  # the child forked ahead, waiting for a request
+        assert len(ahead) == 1
         peer.connect(address)  # and says nothing
         owner.kill()
         owner.wait(30)
         assert wait_until(lambda: pid_state(server_pid) in (None, "Z"), timeout=30), "the server outlived its owner"
+        assert wait_until(lambda: all(pid_state(pid) in (None, "Z") for pid in ahead), timeout=30)
     finally:
         peer.close()
         if owner.poll() is None:

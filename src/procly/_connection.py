@@ -29,17 +29,16 @@ fills, and a size over the machine's physical memory is a :class:`MessageError` 
 
 from __future__ import annotations
 
+import _pickle as pickle  # the C module: pickle.py would also import re and enum
 import collections
 import mmap
 import os
-import pickle
 import select
-import socket
 import stat
 import struct
 import threading
 
-from . import _fd_sharer, _serialization
+from . import _serialization
 from ._errors import BufferTooShort, ConnectionClosedError, MessageError
 from ._fds import descriptors_in as descriptors_in
 from ._fds import peer_credentials as peer_credentials
@@ -55,6 +54,7 @@ from ._wait import poll_ms
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 
 if TYPE_CHECKING:
+    import socket
     from typing import Any
 
 __all__ = ["Connection", "Pipe"]
@@ -65,7 +65,9 @@ MEMFD_THRESHOLD = 1024 * 1024  # out-of-band bytes in one message from which a m
 _SMALL_WRITE = 64 * 1024  # header and payload go out in one write below this size
 _FIRST_READ = 1024 * 1024  # a large payload's buffer starts at this size and doubles as bytes arrive
 _POLLIN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
-_FD_SPACE = socket.CMSG_SPACE(16 * struct.calcsize("i"))  # room for the descriptors one read may bring
+# Room for the descriptors one read may bring; set with the first socket made for them.
+# (socket is imported on first use: a spawned child that never touches one skips it.)
+_FD_SPACE = 0
 
 
 class Connection:
@@ -157,6 +159,10 @@ class Connection:
         if self._fd_socket is None:
             self._fd_socket = False
             if stat.S_ISSOCK(os.fstat(handle).st_mode):
+                import socket
+
+                global _FD_SPACE
+                _FD_SPACE = socket.CMSG_SPACE(16 * struct.calcsize("i"))
                 sock = socket.socket(fileno=os.dup(handle))
                 if sock.family == socket.AF_UNIX:  # descriptors travel on Unix sockets only
                     self._fd_socket = sock
@@ -182,6 +188,8 @@ class Connection:
     def __reduce__(self) -> Any:
         # With a child's start data the descriptor goes along; anywhere else (a Pipe, a
         # Queue, a Manager) it is lent and fetched by whoever unpickles it.
+        from . import _fd_sharer  # it imports socket: not at the top (see _FD_SPACE)
+
         token = _fd_sharer.reduce_fd(self._check_closed(), type(self).__name__)
         return _rebuild_connection, (token, self._readable, self._writable)
 
@@ -287,6 +295,8 @@ class Connection:
             raise
         try:
             self._write_all(handle, header + _U64.pack(token))
+            import socket  # imported already: sock is one
+
             socket.send_fds(sock, [b"F"], [memfd.fd])
         finally:
             if not token:
@@ -521,6 +531,8 @@ class Connection:
 
     def _take_fd(self, sock: socket.socket) -> int | None:
         """Read the one-byte marker that carries a descriptor; return it (None: it did not come)."""
+        import socket  # imported already: sock is one
+
         _, fds, _, _ = socket.recv_fds(sock, 1, 1)
         if len(fds) != 1:
             for fd in fds:
@@ -705,20 +717,28 @@ def _memory_size() -> int:
 
 
 def _rebuild_connection(token: tuple, readable: bool, writable: bool) -> Connection:
+    from . import _fd_sharer
+
     return Connection(_fd_sharer.rebuild_fd(*token), readable, writable)
 
 
 def _reduce_socket(sock: socket.socket) -> Any:
+    from . import _fd_sharer
+
     token = _fd_sharer.reduce_fd(sock.fileno(), "socket")
     return _rebuild_socket, (token, sock.family, sock.type, sock.proto)
 
 
 def _rebuild_socket(token: tuple, family: int, kind: int, proto: int) -> socket.socket:
+    import socket
+
+    from . import _fd_sharer
+
     return socket.socket(family, kind, proto, fileno=_fd_sharer.rebuild_fd(*token))
 
 
 # Sockets cross like Connections (the standard library's reduction does the same).
-_serialization.register(socket.socket, _reduce_socket)
+_serialization.register_when_imported("socket", "socket", _reduce_socket)
 
 
 def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802 - stdlib name
@@ -729,6 +749,8 @@ def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802 - 
     pipes (as the standard library uses for one-way ones): big buffers then cross in a
     memfd passed with ``SCM_RIGHTS`` instead of being streamed through the kernel.
     """
+    import socket
+
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     # socket.setdefaulttimeout() would leave them non-blocking: Connections block.
     left.setblocking(True)

@@ -30,8 +30,8 @@ they travel between processes.
 
 from __future__ import annotations
 
+import _pickle as pickle  # the C module: pickle.py would also import re and enum
 import builtins
-import pickle
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 

@@ -4,12 +4,12 @@ Unix socket who is at its other end. A leaf: it imports nothing of procly's."""
 from __future__ import annotations
 
 import os
-import socket
 import struct
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 
 if TYPE_CHECKING:
+    import socket
     from typing import Any
 
 __all__ = ["close_quietly", "descriptors_in", "peer_credentials", "write_all"]
@@ -30,6 +30,10 @@ def write_all(fd: int, data: Any) -> None:
 def descriptors_in(ancillary: list[Any]) -> list[int]:
     """The descriptors carried (``SCM_RIGHTS``) in the ancillary data of a ``recvmsg``."""
     fds: list[int] = []
+    if not ancillary:
+        return fds
+    import socket  # imported already (a recvmsg was made), but not at the top: see _connection
+
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             usable = len(data) - len(data) % 4
@@ -39,6 +43,8 @@ def descriptors_in(ancillary: list[Any]) -> list[int]:
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process at the other end of the Unix socket *sock* (``SO_PEERCRED``)."""
+    import socket
+
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", raw)
 

@@ -18,6 +18,8 @@ from ._serialization import (
     _main_reference,
     _module_attr,
     _module_singleton_method,
+    _pending_reducers,
+    register_pending,
 )
 
 __all__ = ["Pickler"]
@@ -32,6 +34,11 @@ class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     """
 
     main_by_reference = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if _pending_reducers:
+            register_pending()
+        super().__init__(*args, **kwargs)
 
     def reducer_override(self, obj: Any) -> Any:
         cls = type(obj)

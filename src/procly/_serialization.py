@@ -18,9 +18,9 @@ standard library).
 
 from __future__ import annotations
 
+import _pickle as pickle  # the C module: pickle.py would also import re and enum
 import importlib
 import io
-import pickle
 import sys
 import types
 import weakref
@@ -63,6 +63,31 @@ def register(type_: type, reduce: Callable[[Any], Any]) -> None:
     global _plain_types, _small_types
     _plain_types = _PLAIN.difference(_extra_reducers)
     _small_types = _SMALL_SCALARS.difference(_extra_reducers)
+
+
+# Reducers for classes of modules that may not be imported yet: registered once they are
+# (see register_when_imported).
+_pending_reducers: dict[tuple[str, str], Callable[[Any], Any]] = {}
+
+
+def register_when_imported(module: str, name: str, reduce: Callable[[Any], Any]) -> None:
+    """Use ``reduce(obj)`` for instances of the class *module.name* once *module* is imported.
+
+    For classes of modules procly does not import itself at start-up (a spawned child
+    that never makes a socket need not import :mod:`socket`): an instance cannot exist
+    before its module is imported, and every Pickler checks for newly imported ones.
+    """
+    _pending_reducers[(module, name)] = reduce
+    register_pending()
+
+
+def register_pending() -> None:
+    """Register the reducers of :func:`register_when_imported` whose module is imported now."""
+    for (module, name), reduce in list(_pending_reducers.items()):
+        found = sys.modules.get(module)
+        if found is not None:
+            del _pending_reducers[(module, name)]
+            register(getattr(found, name), reduce)
 
 
 def _main_module_importable() -> bool:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
-import signal
 import threading
 import time
 
@@ -186,6 +185,8 @@ def _watch(fd: int) -> None:
         else:
             os.kill(os.getpid(), signum)
 
+    import signal  # here, not at the top: it imports enum, a noticeable share of a child's start-up
+
     end(signal.SIGTERM)
     time.sleep(ORPHAN_TERMINATE_GRACE)
     end(signal.SIGKILL)
@@ -203,6 +204,8 @@ def become_pool_worker() -> None:
 def end_process_group(pid: int) -> None:
     """SIGKILL what is left of the process group a pool worker led (call it while the
     worker is dead but not yet reaped, so the group id cannot have been reused)."""
+    import signal
+
     try:
         os.killpg(pid, signal.SIGKILL)
     except OSError:

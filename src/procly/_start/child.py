@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import _pickle as pickle  # the C module: pickle.py would also import re and enum
 import os
-import pickle
 import sys
 
 from .. import _handoff, _methods, _process, _serialization, _state

@@ -2,15 +2,19 @@
 
 Data flow for one child::
 
-    parent                           fork server                    child
-    connect(unix socket) ───────────> accept
+    parent                           fork server                    child (forked ahead)
+    connect(unix socket) ───────────> accept                        waits for a request
     <──────────────────── 32-byte nonce
     send_fds(HMAC + kind,
-             [pipe_r, *arg fds]) ──> fork() ─────────────────────> reads pipe_r:
+             [pipe_r, *arg fds]) ──> send_fds(kind, fds) ─────────> reads pipe_r:
     write prep + pickle to pipe_w                                   prepare, unpickle, run
     <────────── pid + pidfd (SCM_RIGHTS)
+    connect (for the next child)      fork() (the next child)
     ...                               SIGCHLD -> waitpid
-    <────────── exit code (i32)  ──── (the socket is the sentinel)
+    <────────── exit code (i32)  ──── (the parent waits on this socket)
+
+Forking and connecting ahead take the fork and the nonce's round trip off the way of
+``Process.start()``: each is done while the child just started runs.
 
 The server is started on first use by spawn, preloads the main module and
 ``set_forkserver_preload()`` modules, and watches its owner's lifeline: when the owner
@@ -27,9 +31,9 @@ server still sees its owner's death at once.
 
 from __future__ import annotations
 
+import _pickle as pickle  # the C module: pickle.py would also import re and enum
 import hmac
 import os
-import pickle
 import selectors
 import signal
 import socket
@@ -63,6 +67,9 @@ _DIGEST_SIZE = 32
 REQUEST_SECONDS = 20.0  # the server closes a connection whose request has not come by then
 CLIENT_SECONDS = 60.0  # the owner gives up on a server that does not answer by then
 MAX_PENDING = 64  # connections waiting for their request; a newcomer pushes out the oldest
+# The owner keeps one connection made ahead for the next start (see ForkServer.start);
+# one older than this may have been dropped by the server and is not used.
+SPARE_SECONDS = REQUEST_SECONDS / 2
 
 
 def _digest(key: bytes, nonce: bytes) -> bytes:
@@ -109,10 +116,19 @@ class ForkServerChild(PidfdSignals):
         return self._read_status()
 
     def wait(self, timeout: float | None) -> int | None:
-        # The pidfd is ready once the child has ended; the server reports its exit code
-        # right after reaping it (or closes the socket if it died first).
-        if self.returncode is None and self._pidfd is not None and not wait([self._pidfd], timeout):
-            return None
+        # The server reports the exit code right after reaping the child: waiting on its
+        # socket takes one wake-up (the pidfd first would take two). At the socket's end
+        # (the server died) the child may run on: its pidfd says when it has ended.
+        if self.returncode is None and self._pidfd is not None:
+            remaining = timeout
+            if self._fd is not None:
+                started = time.monotonic()
+                if not wait([self._fd], timeout):
+                    return None
+                if timeout is not None:
+                    remaining = max(0.0, timeout - (time.monotonic() - started))
+            if not wait([self._pidfd], remaining):
+                return None
         return self._read_status()
 
     def close(self, _close: Any = os.close) -> None:
@@ -159,6 +175,8 @@ class ForkServer:
             listener.close()
             os.close(read_fd)
         self._key = os.urandom(32)
+        self._lock = threading.Lock()
+        self._spare: tuple[int, float] | None = None  # (descriptor, when made) of the connection made ahead
         data = preparation_data("ForkServer", "forkserver")
         data["preload"] = list(preload)
         data["forkserver_key"] = self._key
@@ -172,28 +190,96 @@ class ForkServer:
         return self._process.poll() is None
 
     def start(self, process: Any) -> ForkServerChild:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            return self._start(sock, process)
-        except BaseException:
-            sock.close()
-            raise
+        """Ask the server to fork *process*.
 
-    def _start(self, sock: socket.socket, process: Any) -> ForkServerChild:
+        Each request goes on a connection of its own, signed with the nonce the server
+        sent on it. Once a child is started, the connection for the next one is made
+        ahead: the server accepts it and sends its nonce while this process goes on, so
+        the next start does not wait for that round trip.
+        """
         data = preparation_data(process.name, "forkserver")
         if process._config.get("env"):
             data["env"] = process._config["env"]
         with _handoff.collecting() as handoff:
             payload = _serialization.dumps(process)
         data["fds"] = handoff.fds  # renumbered by the server
-        nonce = self._connect(sock)
+        sock, nonce, ahead = self._connection()
+        try:
+            try:
+                child = self._start(sock, nonce, process, data, payload, handoff.fds)
+            except _NotSent:
+                if not ahead:
+                    raise
+                # The server dropped the connection made ahead after it was checked (other
+                # peers pushed it out): the request did not reach it; send it on a new one.
+                sock.close()
+                sock, nonce, _ = self._connection()
+                child = self._start(sock, nonce, process, data, payload, handoff.fds)
+        except BaseException:
+            sock.close()
+            raise
+        self._connect_ahead()
+        return child
+
+    def _connection(self) -> tuple[socket.socket, bytes, bool]:
+        """A connection to the server, its nonce, and whether it was made ahead (it is
+        used if it is fresh and still open).
+
+        Raises:
+            _NotSent: the server cannot be reached, or did not answer in time.
+        """
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            sock = socket.socket(fileno=spare[0])
+            if time.monotonic() - spare[1] < SPARE_SECONDS:
+                try:
+                    nonce = self._read_nonce(sock)
+                    if not _dropped(sock):
+                        return sock, nonce, True
+                except _NotSent:
+                    pass  # pushed out by the server (too many peers waiting): a new one
+            sock.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            try:
+                sock.connect(self.address)  # blocking: with a timeout a full backlog is EAGAIN at once
+            except OSError as exc:
+                raise _NotSent(f"cannot reach the fork server: {exc}") from exc
+            return sock, self._read_nonce(sock), False
+        except BaseException:
+            sock.close()
+            raise
+
+    def _connect_ahead(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.address)
+        except OSError:
+            sock.close()
+            return  # the next start connects itself, and finds out what is wrong
+        with self._lock:
+            old, self._spare = self._spare, (sock.detach(), time.monotonic())
+        if old is not None:
+            os.close(old[0])
+
+    def forget_spare(self) -> None:
+        """Close the connection made ahead (at stop, and in a forked child, which must not use it)."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            os.close(spare[0])
+
+    def _start(
+        self, sock: socket.socket, nonce: bytes, process: Any, data: dict[str, Any], payload: bytes, fds: list[int]
+    ) -> ForkServerChild:
         read_fd, write_fd = os.pipe()
         # The child writes to *our* stdout/stderr as they are now, not to the ones the
         # server inherited when it started.
         stdio = [_stdio_fd(1), _stdio_fd(2)]
         request = _digest(self._key, nonce) + (b"D" if process._watches_lifeline else b"N")
         try:
-            socket.send_fds(sock, [request], [read_fd, *stdio, *handoff.fds])
+            socket.send_fds(sock, [request], [read_fd, *stdio, *fds])
         except OSError as exc:
             os.close(write_fd)
             raise _NotSent(f"the fork server dropped the request: {exc}") from exc
@@ -207,14 +293,13 @@ class ForkServer:
                 pass
         return _started_child(sock)
 
-    def _connect(self, sock: socket.socket) -> bytes:
-        """Connect *sock* to the server; the nonce it sends to be signed.
+    def _read_nonce(self, sock: socket.socket) -> bytes:
+        """The nonce the server sent on *sock*, to be signed.
 
         Raises:
-            _NotSent: the server cannot be reached, or did not answer in time.
+            _NotSent: the server closed the connection, or did not answer in time.
         """
         try:
-            sock.connect(self.address)  # blocking: with a timeout a full backlog is EAGAIN at once
             sock.settimeout(CLIENT_SECONDS)
             nonce = sock.recv(_NONCE_SIZE, socket.MSG_WAITALL)
         except TimeoutError:
@@ -227,6 +312,7 @@ class ForkServer:
 
     def stop(self) -> None:
         """End the server and reap it (called at exit, after children were joined)."""
+        self.forget_spare()
         self._process.terminate()
         if self._process.wait(2.0) is None:
             self._process.kill()
@@ -240,6 +326,19 @@ class ForkServer:
                 (os.unlink if path == self.address else os.rmdir)(path)
             except OSError:
                 pass
+
+
+def _dropped(sock: socket.socket) -> bool:
+    """Whether the server has closed *sock* (after sending its nonce)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False  # open, nothing to read: as it should be
+    except OSError:
+        return True
+    finally:
+        sock.settimeout(CLIENT_SECONDS)
 
 
 def _started_child(sock: socket.socket) -> ForkServerChild:
@@ -343,7 +442,12 @@ def _prepare_as_parent(data_fd: int) -> bytes:
 
 class _Server:
     """The fork server's event loop: new connections, their requests, children's exits,
-    and the lifeline; each kind of event has its handler."""
+    and the lifeline; each kind of event has its handler.
+
+    A child is forked ahead of its request and waits for it (:func:`_await_request`):
+    a request is then answered without a fork on its way, and the next child is forked
+    while the one just handed out runs.
+    """
 
     def __init__(self, listener: socket.socket, lifeline: int, key: bytes) -> None:
         self.listener, self.lifeline, self.key = listener, lifeline, key
@@ -359,6 +463,11 @@ class _Server:
         self.selector.register(listener, selectors.EVENT_READ, self._on_listener)
         self.selector.register(lifeline, selectors.EVENT_READ, self._on_lifeline)
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_sigchld)
+        self.ready: tuple[int, socket.socket] | None = None  # (pid, socket to it) of the child forked ahead
+        try:
+            self._fork_ahead()
+        except OSError:
+            pass  # the first request forks it
 
     def run(self) -> None:
         while True:
@@ -378,7 +487,7 @@ class _Server:
 
     def _on_lifeline(self, fd: int) -> None:
         if not os.read(fd, 1):
-            os._exit(0)  # the owner died
+            os._exit(0)  # the owner died (and the child forked ahead sees its socket end)
 
     def _on_sigchld(self, fd: int) -> None:
         try:
@@ -401,10 +510,79 @@ class _Server:
         self.selector.register(client, selectors.EVENT_READ, self._on_request)
 
     def _on_request(self, fd: int) -> None:
+        """Hand a request that comes whole, signed for its nonce, to the child forked ahead."""
         client, _, nonce = self.pending.pop(fd)
         self.selector.unregister(client)
-        others = [self.listener.fileno(), self.lifeline, self.wake_r, self.wake_w] + list(self.pending)
-        _serve_one(client, _digest(self.key, nonce), self.clients, others)
+        try:
+            msg, fds, _, _ = socket.recv_fds(client, _DIGEST_SIZE + 1, _MAX_FDS, socket.MSG_DONTWAIT)
+        except OSError:
+            client.close()
+            return
+        if (
+            len(msg) != _DIGEST_SIZE + 1
+            or not hmac.compare_digest(msg[:_DIGEST_SIZE], _digest(self.key, nonce))
+            or msg[_DIGEST_SIZE:] not in (b"D", b"N")
+            or len(fds) < 3
+        ):
+            for fd in fds:
+                os.close(fd)
+            client.close()
+            return
+        client.setblocking(True)
+        try:
+            pid = self._hand_over(msg[_DIGEST_SIZE:], fds)
+        except OSError:
+            client.close()  # no child (no fork possible now): the owner's start fails, the server goes on
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)
+        pidfd = os.pidfd_open(pid)
+        try:
+            socket.send_fds(client, [_PID.pack(pid)], [pidfd])
+        except OSError:
+            pass
+        finally:
+            os.close(pidfd)
+        self.clients[pid] = client
+        try:
+            self._fork_ahead()
+        except OSError:
+            pass  # out of processes or memory for now: the next request tries again
+
+    def _hand_over(self, kind: bytes, fds: list[int]) -> int:
+        """Give the request to the child forked ahead (a new one if that one died); its pid."""
+        for _ in range(2):
+            if self.ready is None:
+                self._fork_ahead()
+            assert self.ready is not None
+            pid, sock = self.ready
+            self.ready = None
+            try:
+                socket.send_fds(sock, [kind], fds)
+                return pid
+            except OSError:
+                continue  # it died waiting (killed): its exit is reaped unreported
+            finally:
+                sock.close()
+        raise OSError("the fork server's children die before they can start")
+
+    def _fork_ahead(self) -> None:
+        if self.ready is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            pid = os.fork()
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        if pid == 0:
+            ours.close()
+            server_fds = [self.listener.fileno(), self.wake_r, self.wake_w, *self.pending]
+            _await_request(theirs, self.lifeline, server_fds, list(self.clients.values()))
+        theirs.close()
+        self.ready = (pid, ours)
 
 
 def _report_exits(clients: dict[int, socket.socket]) -> None:
@@ -424,61 +602,30 @@ def _report_exits(clients: dict[int, socket.socket]) -> None:
             client.close()
 
 
-def _serve_one(client: socket.socket, digest: bytes, clients: dict[int, socket.socket], server_fds: list[int]) -> None:
-    """Fork the child a request asks for; the request must come whole, with *digest*."""
-    try:
-        msg, fds, _, _ = socket.recv_fds(client, _DIGEST_SIZE + 1, _MAX_FDS, socket.MSG_DONTWAIT)
-    except OSError:
-        client.close()
-        return
-    if (
-        len(msg) != _DIGEST_SIZE + 1
-        or not hmac.compare_digest(msg[:_DIGEST_SIZE], digest)
-        or msg[_DIGEST_SIZE:] not in (b"D", b"N")
-        or len(fds) < 3
-    ):
-        for fd in fds:
-            os.close(fd)
-        client.close()
-        return
-    client.setblocking(True)
-    pid = os.fork()
-    if pid == 0:
-        _become_child(client, fds, msg[_DIGEST_SIZE:] == b"D", clients, server_fds)
-    for fd in fds:
-        os.close(fd)
-    pidfd = os.pidfd_open(pid)
-    try:
-        socket.send_fds(client, [_PID.pack(pid)], [pidfd])
-    except OSError:
-        pass
-    finally:
-        os.close(pidfd)
-    clients[pid] = client
-
-
-def _become_child(
-    client: socket.socket, fds: list[int], daemonic: bool, clients: dict[int, socket.socket], server_fds: list[int]
-) -> NoReturn:
-    """In the forked child: drop the server's descriptors, take the request's, run the Process."""
+def _await_request(sock: socket.socket, lifeline: int, server_fds: list[int], clients: list[socket.socket]) -> NoReturn:
+    """In a child forked ahead: drop the server's descriptors, wait for a request on
+    *sock*, take its descriptors and run the Process it brings (see the module doc)."""
     exitcode = 1
-    lifeline = server_fds[1]
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         for fd in server_fds:
-            if fd != lifeline:
-                os.close(fd)
-        client.close()
-        for other in clients.values():
-            other.close()
-        keep = os.dup(lifeline) if daemonic else None
-        os.close(lifeline)
-        for target, fd in ((1, fds[1]), (2, fds[2])):
-            os.dup2(fd, target)
             os.close(fd)
-        exitcode = run_from_pipe(fds[0], keep, fds[3:])
+        for other in clients:
+            other.close()
+        # Blocks until the server hands a request over; an empty read: the server died.
+        kind, fds, _, _ = socket.recv_fds(sock, 1, _MAX_FDS)
+        sock.close()
+        if not kind:
+            exitcode = 0
+        else:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # ignored while it waited, as by the server
+            keep = os.dup(lifeline) if kind == b"D" else None
+            os.close(lifeline)
+            for target, fd in ((1, fds[1]), (2, fds[2])):
+                os.dup2(fd, target)
+                os.close(fd)
+            exitcode = run_from_pipe(fds[0], keep, fds[3:])
     except SystemExit as exc:
         exitcode = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
@@ -487,3 +634,16 @@ def _become_child(
         traceback.print_exc()
     finally:
         os._exit(exitcode)
+
+
+def _forget_spare_in_child() -> None:
+    # A forked child must not use its parent's connection made ahead, nor keep it open.
+    # (No lock: another thread of the parent may have held it at the fork.)
+    state = _state._state
+    server = state.forkserver if state is not None else None
+    if server is not None and server._spare is not None:
+        os.close(server._spare[0])
+        server._spare = None
+
+
+os.register_at_fork(after_in_child=_forget_spare_in_child)

@@ -40,9 +40,8 @@ def preparation_data(name: str, start_method: str) -> dict[str, Any]:
     if installer is not None and installer.active():
         # procly.install() is in force: the child installs it too, with the same options.
         data["install_multiprocessing"] = installer.options()
-    import logging
-
-    if "procly" in logging.Logger.manager.loggerDict:  # configured: children log alike
+    logging = sys.modules.get("logging")  # not imported: procly's logger cannot be configured
+    if logging is not None and "procly" in logging.Logger.manager.loggerDict:  # configured: children log alike
         data["log_level"] = logging.getLogger("procly").getEffectiveLevel()
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
