@@ -22,7 +22,7 @@ LOWEST_US = 1
 HIGHEST_US = 3_600_000_000
 SIGNIFICANT_DIGITS = 3
 #: How often a worker folds what it recorded into its histograms (see the module doc).
-FOLD_PERIOD = 0.02
+FOLD_PERIOD = 0.005  # 100 values a batch at 20,000 requests/s: a paced send waits at most ~30 µs behind one
 
 
 def new_histogram() -> HdrHistogram:
