@@ -373,3 +373,45 @@ def test_modules_registered_by_value_travel_by_value(tmp_path, monkeypatch):
     (tmp_path / "shipped_by_value.py").unlink()  # the module cannot be imported again
     assert _serialization.loads(func_bytes)(1) == 2
     assert _serialization.loads(class_bytes).k == 7
+
+
+def test_a_start_payload_that_needs_cloudpickle_forgets_the_abandoned_attempt():
+    """dumps_for_start tries the C pickler first; one that gives up half way (here at a
+    local function, after the connection) leaves no descriptor recorded twice."""
+    from procly import _handoff
+
+    r, w = procly.Pipe()
+
+    def local():
+        pass
+
+    try:
+        with _handoff.collecting() as handoff:
+            payload = _serialization.dumps_for_start((w, local))
+        assert handoff.fds == [w.fileno()]
+        assert b"cloudpickle" in payload  # the local function went by value
+        with _handoff.collecting() as handoff:
+            _serialization.dumps_for_start((w, targets.square))
+        assert handoff.fds == [w.fileno()]
+    finally:
+        r.close()
+        w.close()
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_local_target_with_connections_starts_by_value(method):
+    ctx = procly.get_context(method)
+    r1, w1 = ctx.Pipe(duplex=False)
+    r2, w2 = ctx.Pipe(duplex=False)
+
+    def child(first, second):  # local: copied by value once the C pickler gives up
+        first.send("one")
+        second.send("two")
+
+    p = ctx.Process(target=child, args=(w1, w2))
+    p.start()
+    assert (r1.recv(), r2.recv()) == ("one", "two")
+    p.join(30)
+    assert p.exitcode == 0
+    for end in (r1, w1, r2, w2):
+        end.close()

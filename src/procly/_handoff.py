@@ -50,6 +50,20 @@ def is_collecting() -> bool:
     return getattr(_local, "handoff", None) is not None
 
 
+def collected() -> int:
+    """How many descriptors the active collection holds (0 outside one)."""
+    handoff: Handoff | None = getattr(_local, "handoff", None)
+    return 0 if handoff is None else len(handoff.fds)
+
+
+def forget_after(count: int) -> None:
+    """Drop what the active collection recorded after its first *count* descriptors (a
+    pickling attempt that is abandoned and made again)."""
+    handoff: Handoff | None = getattr(_local, "handoff", None)
+    if handoff is not None:
+        del handoff.fds[count:]
+
+
 class SharedFd:
     """Stands for a descriptor inside pickled start data; unpickles to a duplicate of it."""
 

@@ -25,6 +25,7 @@ import sys
 import types
 import weakref
 
+from . import _handoff
 from ._errors import PicklingError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
@@ -311,6 +312,74 @@ def _main_reference(obj: Any) -> Any:
     if copy is None:
         return _main_attr, (qualname,)
     return _main_attr_or_copy, (qualname, copy)
+
+
+class _NeedsFullPickler(Exception):
+    """Raised inside :class:`_ReferencePickler`: an object there needs procly's Pickler."""
+
+
+# What procly's Pickler treats in its own way (or cloudpickle copies by value): a start
+# payload holding one of these goes to it.
+_FULL_PICKLER_TYPES = frozenset(
+    {types.MethodType, memoryview, types.ModuleType, types.CodeType, types.CellType, property, classmethod,
+     staticmethod, *_OPEN_FILES}
+)  # fmt: skip
+
+
+class _ReferencePickler(pickle.Pickler):
+    """The C pickler, with procly's reducers and ``__main__`` rule, for payloads in which
+    every function and class travels by reference: anything else raises
+    :class:`_NeedsFullPickler` (see :func:`dumps_for_start`)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        cls = type(obj)
+        custom = _extra_reducers.get(cls)
+        if custom is not None:
+            return custom(obj)
+        if cls is types.FunctionType or isinstance(obj, type):
+            qualname = getattr(obj, "__qualname__", "<")
+            if "<" in qualname:
+                raise _NeedsFullPickler
+            if obj.__module__ in ("__main__", "__mp_main__"):
+                reference = _main_reference(obj)
+                if reference is None:
+                    raise _NeedsFullPickler
+                return reference
+            found: Any = sys.modules.get(obj.__module__)
+            for part in qualname.split("."):
+                found = getattr(found, part, None)
+            if found is not obj:
+                raise _NeedsFullPickler
+            return NotImplemented
+        if cls is types.BuiltinFunctionType and not isinstance(obj.__self__, types.ModuleType):
+            raise _NeedsFullPickler  # a bound builtin method (see _module_singleton_method)
+        if cls in _FULL_PICKLER_TYPES:
+            raise _NeedsFullPickler
+        return NotImplemented
+
+
+def dumps_for_start(obj: Any) -> bytes:
+    """Serialize a Process that is being started (inside ``_handoff.collecting()``).
+
+    The C pickler does it where every function and class in it travels by reference (a
+    target defined at the top level of a module or of the main script, plain arguments,
+    procly's own objects): then the parent does not import cloudpickle (14 ms) to start
+    a child. Otherwise, as :func:`dumps`, with what the attempt collected forgotten.
+
+    Raises:
+        procly.PicklingError: as :func:`dumps`.
+    """
+    if _pending_reducers:
+        register_pending()
+    if not _by_value_modules():
+        collected = _handoff.collected()
+        stream = io.BytesIO()
+        try:
+            _ReferencePickler(stream, PROTOCOL).dump(obj)
+            return stream.getvalue()
+        except (_NeedsFullPickler, pickle.PicklingError, TypeError, AttributeError, RecursionError):
+            _handoff.forget_after(collected)
+    return _dump_with_pickler(obj, None, True)
 
 
 def _pickler_class() -> type[Pickler]:

@@ -201,7 +201,7 @@ class ForkServer:
         if process._config.get("env"):
             data["env"] = process._config["env"]
         with _handoff.collecting() as handoff:
-            payload = _serialization.dumps(process)
+            payload = _serialization.dumps_for_start(process)
         data["fds"] = handoff.fds  # renumbered by the server
         sock, nonce, ahead = self._connection()
         try:

@@ -61,7 +61,7 @@ class SpawnStarter:
         lifeline = state.lifeline() if process._watches_lifeline else None
         data = preparation_data(process.name, self.method)
         with _handoff.collecting() as handoff:
-            payload = _serialization.dumps(process)
+            payload = _serialization.dumps_for_start(process)
         data["fds"] = handoff.fds
         read_fd, write_fd = os.pipe()
         try:
