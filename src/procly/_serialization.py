@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from ._pickler import Pickler
 
 PROTOCOL = 5
+# What a pickler raises for an object it cannot pickle (beyond procly's own PicklingError).
+_CANNOT_PICKLE = (pickle.PicklingError, TypeError, AttributeError, RecursionError)
 
 #: Buffers at least this large travel out of band when the caller asks for it.
 OUT_OF_BAND_THRESHOLD = 64 * 1024
@@ -252,10 +254,16 @@ def _global_by_reference(obj: Any) -> bytes | None:
         return None
     if "<" in qualname or type(obj) in _extra_reducers or _by_value_modules():
         return None
+    return pickle.dumps(obj, PROTOCOL) if _found_under(module, qualname) is obj else None
+
+
+def _found_under(module: str, qualname: str) -> Any:
+    """What the loaded module *module* holds under *qualname* (None where nothing): an
+    object a child can find there travels by reference."""
     found: Any = sys.modules.get(module)
     for part in qualname.split("."):
         found = getattr(found, part, None)
-    return pickle.dumps(obj, PROTOCOL) if found is obj else None
+    return found
 
 
 class _OutOfBandBytes:
@@ -287,7 +295,7 @@ def _copy_of(obj: Any) -> bytes | None:
     try:
         pickler.dump(obj)
         copy: bytes | None = stream.getvalue()
-    except (pickle.PicklingError, TypeError, AttributeError, RecursionError):
+    except _CANNOT_PICKLE:
         copy = None
     if cached:
         _copies[obj] = copy
@@ -345,10 +353,7 @@ class _ReferencePickler(pickle.Pickler):
                 if reference is None:
                     raise _NeedsFullPickler
                 return reference
-            found: Any = sys.modules.get(obj.__module__)
-            for part in qualname.split("."):
-                found = getattr(found, part, None)
-            if found is not obj:
+            if _found_under(obj.__module__, qualname) is not obj:
                 raise _NeedsFullPickler
             return NotImplemented
         if cls is types.BuiltinFunctionType and not isinstance(obj.__self__, types.ModuleType):
@@ -377,7 +382,7 @@ def dumps_for_start(obj: Any) -> bytes:
         try:
             _ReferencePickler(stream, PROTOCOL).dump(obj)
             return stream.getvalue()
-        except (_NeedsFullPickler, pickle.PicklingError, TypeError, AttributeError, RecursionError):
+        except (_NeedsFullPickler, *_CANNOT_PICKLE):
             _handoff.forget_after(collected)
     return _dump_with_pickler(obj, None, True)
 
@@ -483,7 +488,7 @@ def _dump_with_pickler(obj: Any, callback: Any, main_by_reference: bool) -> byte
         pickler.dump(obj)
     except PicklingError:
         raise
-    except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as exc:
+    except _CANNOT_PICKLE as exc:
         raise PicklingError(f"cannot pickle {_describe(obj)}: {exc}") from exc
     return stream.getvalue()
 

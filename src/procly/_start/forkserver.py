@@ -553,8 +553,7 @@ class _Server:
     def _hand_over(self, kind: bytes, fds: list[int]) -> int:
         """Give the request to the child forked ahead (a new one if that one died); its pid."""
         for _ in range(2):
-            if self.ready is None:
-                self._fork_ahead()
+            self._fork_ahead()  # none when the one forked ahead is still there
             assert self.ready is not None
             pid, sock = self.ready
             self.ready = None
