@@ -19,6 +19,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from procly.loadtest import EmbeddedTarget, LoadTestConfig, Scenario, ScenarioError, Stages, run_load_test
+from procly.loadtest._writes import WriteBatch
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -588,11 +589,14 @@ def test_answer_headers_and_cookies_cut_from_the_bytes_received(pieces):
         def write(self, data: bytes) -> None:
             pass
 
+        def is_closing(self) -> bool:
+            return False
+
     async def feed() -> tuple[int, bytes, bytes, list[bytes] | None]:
         loop = asyncio.get_running_loop()
         connection = _flows._Connection(_flows.FlowRecorder(), loop)
         connection.transport = Transport()
-        waiter = connection.send(b"GET / HTTP/1.1\r\n\r\n", False)
+        waiter = connection.send(b"GET / HTTP/1.1\r\n\r\n", False, WriteBatch(loop))
         size = -(-len(answer) // pieces)
         for start in range(0, len(answer), size):
             connection.data_received(answer[start : start + size])
@@ -610,3 +614,110 @@ def test_answer_headers_and_cookies_cut_from_the_bytes_received(pieces):
         "x-empty": "",
         "content-length": "5",
     }
+
+
+class _Transport:
+    """Records what is written and when (the batch's clock), and can be closed."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closing, "written after close"
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def test_requests_queued_in_one_pass_are_written_together_after_it():
+    # Each request is queued, not written: the batch writes them all, in order, once the
+    # callbacks queued before them have run; a request queued later goes in a new batch.
+    import asyncio
+
+    from procly.loadtest import _flows
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        batch = WriteBatch(loop)
+        transports = [_Transport() for _ in range(3)]
+        connections = []
+        for transport in transports:
+            connection = _flows._Connection(_flows.FlowRecorder(), loop)
+            connection.transport = transport
+            connections.append(connection)
+        seen_before_flush: list[int] = []
+        waiters = [c.send(b"R%d" % i, False, batch) for i, c in enumerate(connections)]
+        loop.call_soon(lambda: seen_before_flush.append(sum(len(t.written) for t in transports)))
+        assert all(t.written == [] for t in transports) and all(c.sent == 0.0 for c in connections)
+        await asyncio.sleep(0)
+        assert [t.written for t in transports] == [[b"R0"], [b"R1"], [b"R2"]]
+        assert seen_before_flush == [3]  # the flush was queued by the first send, before that callback
+        # Every request counts its latency from one write time, taken when the batch went out.
+        assert len({c.sent for c in connections}) == 1 and connections[0].sent > 0
+        # Cancelled, or its connection closed, while queued: not written.
+        for waiter in waiters:
+            waiter.cancel()
+        first = connections[0].send(b"again", False, batch)
+        first.cancel()
+        connections[1].send(b"closed", False, batch)
+        transports[1].closing = True
+        third = connections[2].send(b"third", False, batch)
+        await asyncio.sleep(0)
+        assert [t.written for t in transports] == [[b"R0"], [b"R1"], [b"R2", b"third"]]
+        assert not third.done()
+
+    asyncio.run(run())
+
+
+def test_plain_load_writes_only_for_a_slot_still_waiting_on_its_connection():
+    import asyncio
+
+    from procly.loadtest import _http
+
+    async def run() -> None:
+        load = _http.HttpLoad.__new__(_http.HttpLoad)
+        load.loop = asyncio.get_running_loop()
+        load.request = b"GET / HTTP/1.1\r\n\r\n"
+        load.writes = WriteBatch(load.loop)
+        slots = []
+        for state in (_http._BUSY, _http._BUSY, _http._DONE):
+            slot = _http._Slot(load)
+            slot.protocol = _http._Protocol(slot)
+            slot.protocol.transport = _Transport()  # type: ignore[assignment]
+            slot.state = state
+            slots.append(slot)
+            load.writes.add(slot)
+        slots[1].protocol.transport.closing = True  # type: ignore[union-attr]
+        await asyncio.sleep(0)
+        written = [slot.protocol.transport.written for slot in slots]  # type: ignore[union-attr]
+        assert written == [[load.request], [], []]
+        assert slots[0].due == slots[0].sent > 0  # latency counts from the write
+
+    asyncio.run(run())
+
+
+def test_closed_loop_latency_is_at_least_the_answer_time(tmp_path, target):
+    # Requests are queued and written at the end of the loop's pass: counted from the
+    # write, no latency can come out below what the target takes to answer.
+    path = write(
+        tmp_path,
+        "slow.py",
+        """
+        from procly.loadtest import flow
+
+        @flow
+        async def slow(user):
+            await user.get("/delay/3", name="slow")
+            await user.get("/", name="fast")
+    """,
+    )
+    report = run_load_test(
+        LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=1, connections=8, requests=400)
+    )
+    slow = report.name_stats("slow")
+    assert slow.requests >= 150 and slow.errors == 0
+    assert slow.latency.min >= 3.0
+    plain = run_load_test(LoadTestConfig(url=target.url + "delay/3", processes=1, connections=8, requests=200))
+    assert plain.requests == 200 and plain.errors == 0 and plain.latency.min >= 3.0

@@ -30,6 +30,7 @@ from ._http import connect_error_kind, set_nodelay
 from ._scenario import FlowSpec, Scenario
 from ._schedule import Schedule
 from ._stats import Interval, Recorder
+from ._writes import WriteBatch
 
 #: Distinct request names a worker keeps apart; beyond, requests go under OTHER_NAMES (a URL
 #: with an id in it and no ``name=`` would otherwise make one row per id).
@@ -195,6 +196,7 @@ class _Connection(asyncio.Protocol):
         "sent",
         "cookies",
         "chunks",
+        "outgoing",
     )
 
     def __init__(self, recorder: FlowRecorder, loop: asyncio.AbstractEventLoop) -> None:
@@ -211,6 +213,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.cookies: list[bytes] | None = None  # the Set-Cookie values of the answer, if any
         self.chunks: bytes | None = None  # what came of the answer until its headers were complete
+        self.outgoing = b""  # the request queued in the load's WriteBatch
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -279,15 +282,25 @@ class _Connection(asyncio.Protocol):
         else:
             self._fail("reset" if isinstance(exc, ConnectionResetError) else f"lost {type(exc).__name__}")
 
-    def send(self, data: bytes, head: bool) -> asyncio.Future[Any]:
+    def send(self, data: bytes, head: bool, writes: WriteBatch) -> asyncio.Future[Any]:
+        """Queue the request *data* in *writes*; the future gets the answer."""
         self.head = head
         self.headers = b""
         self.body = []
         self.cookies = None
         self.chunks = b""
         waiter = self.waiter = self.loop.create_future()
-        self.transport.write(data)
+        self.outgoing = data
+        writes.add(self)
         return waiter
+
+    def write_queued(self, now: float) -> None:
+        data, self.outgoing = self.outgoing, b""
+        waiter = self.waiter
+        if waiter is None or waiter.done() or self.transport.is_closing():
+            return  # failed, cancelled or closed while queued
+        self.sent = now  # the sweep fails it after the timeout
+        self.transport.write(data)
 
 
 class User:
@@ -379,18 +392,19 @@ class User:
                 except RequestFailed as exc:
                     recorder.error(exc.kind)
                     return Response(0, b"", b"", exc.kind, 0.0, name)
-            waiter = connection.send(payload, method == "HEAD")
-            started = connection.sent = time.monotonic()  # the sweep fails it after the timeout
+            waiter = connection.send(payload, method == "HEAD", load.writes)
             try:
                 status, raw_headers, content, keep_alive = await waiter
             except RequestFailed as exc:
+                started = connection.sent or time.monotonic()  # 0: failed before it was written
                 self._drop_connection()
                 if started >= recorder.measure_from:
                     recorder.error(exc.kind)
                 return Response(0, b"", b"", exc.kind, (time.monotonic() - started) * 1000, name)
             finally:
-                connection.sent = 0.0
+                sent, connection.sent = connection.sent, 0.0
             now = time.monotonic()
+            started = sent or now
             if not keep_alive:
                 self._drop_connection()
             if started >= recorder.measure_from:
@@ -593,6 +607,7 @@ class FlowLoad:
         self.rng = random.Random(None if scenario.seed is None else scenario.seed * 7919 + worker_index)
         self._head = (f"Host: {self.target.host_header}\r\nUser-Agent: procly-loadtest\r\n").encode("latin-1")
         self._done: asyncio.Future[None] = self.loop.create_future()
+        self.writes = WriteBatch(self.loop)
         self._bare: dict[tuple[str, str, str | None], tuple[bytes, str]] = {}
         self._heads: dict[tuple[Any, ...], tuple[bytes, str]] = {}
 

@@ -22,6 +22,7 @@ from ._clock import PreciseTimer
 from ._config import HttpTarget
 from ._schedule import Schedule
 from ._stats import Recorder
+from ._writes import WriteBatch
 
 _CONNECTING, _IDLE, _WAITING, _BUSY, _DONE = range(5)
 _BACKOFF_FIRST = 0.01
@@ -221,8 +222,7 @@ class _Slot:
                 self.finish()
             else:
                 self.due = due
-                self.sent = now
-                protocol.transport.write(self.load.request)
+                self.load.writes.add(self)
             return
         # The server will close: the next request goes on a new connection.
         self.due = None
@@ -233,6 +233,14 @@ class _Slot:
             self.finish()
         else:
             self.connect()
+
+    def write_queued(self, now: float) -> None:
+        """Write the request queued in the load's WriteBatch (closed loop), timed from *now*."""
+        protocol = self.protocol
+        if self.state != _BUSY or protocol is None or protocol.transport is None or protocol.transport.is_closing():
+            return  # failed or finished while queued
+        self.due = self.sent = now
+        protocol.transport.write(self.load.request)
 
     def failed(self, protocol: _Protocol, kind: str) -> None:
         """The request on ``protocol`` failed (bad bytes, timeout): count it, drop the connection."""
@@ -313,6 +321,7 @@ class HttpLoad:
         self.recorder = recorder
         self.timeout = timeout
         self.pacer = PreciseTimer(self.loop)  # rate mode: each request written at its due time
+        self.writes = WriteBatch(self.loop)  # closed loop: the pass's requests written together
         self.slots = [_Slot(self) for _ in range(connections)]
         self._running = len(self.slots)
         self._finished = self.loop.create_future()
