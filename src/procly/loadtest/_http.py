@@ -221,7 +221,7 @@ class _Slot:
                 self.state = _IDLE
                 self.finish()
             else:
-                self.due = due
+                self.due = self.sent = due  # rewritten when the batch writes it
                 self.load.writes.add(self)
             return
         # The server will close: the next request goes on a new connection.
