@@ -235,19 +235,21 @@ def test_cli_scenario_writes_names_and_checks_everywhere(tmp_path, users_csv):
     assert "threshold broken: checks{name=always fails}<1%" in broken.stderr
 
 
-def test_request_budget_in_flow_mode_is_exact(tmp_path, target):
-    path = write(
-        tmp_path,
-        "two.py",
-        """
+def two_steps(tmp_path, first: str, second: str) -> str:
+    """A scenario file whose one flow GETs *first* (named "first"), then *second* ("second")."""
+    source = f"""
         from procly.loadtest import flow
 
         @flow
         async def two_steps(user):
-            await user.get("/", name="first")
-            await user.get("/bytes/3", name="second")
-    """,
-    )
+            await user.get({first!r}, name="first")
+            await user.get({second!r}, name="second")
+    """
+    return write(tmp_path, "two.py", source)
+
+
+def test_request_budget_in_flow_mode_is_exact(tmp_path, target):
+    path = two_steps(tmp_path, "/", "/bytes/3")
     report = run_load_test(
         LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=2, connections=3, requests=301)
     )
@@ -701,22 +703,11 @@ def test_plain_load_writes_only_for_a_slot_still_waiting_on_its_connection():
 def test_closed_loop_latency_is_at_least_the_answer_time(tmp_path, target):
     # Requests are queued and written at the end of the loop's pass: counted from the
     # write, no latency can come out below what the target takes to answer.
-    path = write(
-        tmp_path,
-        "slow.py",
-        """
-        from procly.loadtest import flow
-
-        @flow
-        async def slow(user):
-            await user.get("/delay/3", name="slow")
-            await user.get("/", name="fast")
-    """,
-    )
+    path = two_steps(tmp_path, "/delay/3", "/")
     report = run_load_test(
         LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=1, connections=8, requests=400)
     )
-    slow = report.name_stats("slow")
+    slow = report.name_stats("first")
     assert slow.requests >= 150 and slow.errors == 0
     assert slow.latency.min >= 3.0
     plain = run_load_test(LoadTestConfig(url=target.url + "delay/3", processes=1, connections=8, requests=200))
