@@ -673,6 +673,50 @@ def test_requests_queued_in_one_pass_are_written_together_after_it():
     asyncio.run(run())
 
 
+def test_a_request_that_cannot_be_written_fails_and_the_rest_go_out():
+    import asyncio
+
+    from procly.loadtest import _flows, _http
+
+    class Broken(_Transport):
+        aborted = False
+
+        def write(self, data: bytes) -> None:
+            raise RuntimeError("transport broke")
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        batch = WriteBatch(loop)
+        broken, fine = _flows._Connection(_flows.FlowRecorder(), loop), _flows._Connection(_flows.FlowRecorder(), loop)
+        broken.transport, fine.transport = Broken(), _Transport()
+        failing = broken.send(b"one", False, batch)
+        waiting = fine.send(b"two", False, batch)
+        # A plain load's slot in the same batch: its failure is counted, its connection
+        # dropped (the run is over, so it finishes rather than reconnect).
+        load = _http.HttpLoad.__new__(_http.HttpLoad)
+        load.loop, load.request, load.writes = loop, b"GET / HTTP/1.1\r\n\r\n", batch
+        load.recorder = _http.Recorder()
+        load.schedule = _http.Schedule(0.0, None, None, None)
+        load.schedule.stop()
+        load._running, load._finished = 1, loop.create_future()
+        slot = _http._Slot(load)
+        slot.protocol = _http._Protocol(slot)
+        slot.protocol.transport = Broken()  # type: ignore[assignment]
+        slot.state = _http._BUSY
+        batch.add(slot)
+        await asyncio.sleep(0)
+        with pytest.raises(_flows.RequestFailed, match="write RuntimeError"):
+            failing.result()
+        assert broken.transport.aborted and fine.transport.written == [b"two"] and not waiting.done()
+        assert load.recorder.errors == {"write RuntimeError": 1} and slot.protocol is None
+        assert slot.state == _http._DONE and load._finished.done()
+
+    asyncio.run(run())
+
+
 def test_plain_load_writes_only_for_a_slot_still_waiting_on_its_connection():
     import asyncio
 

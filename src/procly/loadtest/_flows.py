@@ -302,6 +302,10 @@ class _Connection(asyncio.Protocol):
         self.sent = now  # the sweep fails it after the timeout
         self.transport.write(data)
 
+    def write_failed(self, exc: Exception) -> None:
+        self._fail(f"write {type(exc).__name__}")
+        self.transport.abort()
+
 
 class User:
     """One virtual user: its session (connection, cookies, default headers) and state.

@@ -242,6 +242,10 @@ class _Slot:
         self.due = self.sent = now
         protocol.transport.write(self.load.request)
 
+    def write_failed(self, exc: Exception) -> None:
+        if self.protocol is not None:
+            self.failed(self.protocol, f"write {type(exc).__name__}")
+
     def failed(self, protocol: _Protocol, kind: str) -> None:
         """The request on ``protocol`` failed (bad bytes, timeout): count it, drop the connection."""
         if protocol is not self.protocol:

@@ -25,6 +25,9 @@ class Writer(Protocol):
     def write_queued(self, now: float) -> None:
         """Write the queued request; *now* is the time to count its latency from."""
 
+    def write_failed(self, exc: Exception) -> None:
+        """The queued request could not be written (*exc*): fail it, drop its connection."""
+
 
 class WriteBatch:
     """The writers with a request queued in this pass of *loop*."""
@@ -42,8 +45,12 @@ class WriteBatch:
         self.pending.append(writer)
 
     def flush(self) -> None:
-        """Write every queued request, in the order queued."""
+        """Write every queued request, in the order queued; one that cannot be written
+        fails, and the rest still go out."""
         pending, self.pending = self.pending, []
         now = time.monotonic()
         for writer in pending:
-            writer.write_queued(now)
+            try:
+                writer.write_queued(now)
+            except Exception as exc:  # noqa: BLE001 - reported as that request's failure
+                writer.write_failed(exc)
