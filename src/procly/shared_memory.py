@@ -170,7 +170,7 @@ class _Tracker:
         reader, self._writer = Pipe(duplex=True)
         # fork: the tracker needs nothing but os calls, and starts in a millisecond.
         self._process = _concrete_contexts["fork"].Process(
-            target=_track, args=(reader,), name="SharedMemoryTracker", daemon=True
+            target=_track, args=(reader, self._writer), name="SharedMemoryTracker", daemon=True
         )
         self._process.start()
         reader.close()
@@ -204,7 +204,10 @@ def _tracker() -> _Tracker:
         return _tracker_instance
 
 
-def _track(reader: Any) -> None:
+def _track(reader: Any, inherited_writer: Any) -> None:
+    # The owner's end, inherited through the fork: closed, so that the owner's death
+    # reads as the end of the pipe even where no signal gets through to this thread.
+    inherited_writer.close()
     names: set[str] = set()
 
     class _Stop(Exception):
