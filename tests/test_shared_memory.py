@@ -214,3 +214,29 @@ def test_shared_ndarray_written_in_place_by_children_and_pool_tasks(ctx):
 
     gc.collect()
     assert wait_until(lambda: not os.path.exists(f"/dev/shm/{name}"), timeout=5), "freed with its last holder"
+
+
+@pytest.mark.timeout(30)
+def test_tracker_ends_and_unlinks_when_its_owners_end_closes():
+    # The owner's death must read as the end of the tracker's pipe even where no signal
+    # stops the tracker's read: the tracker keeps no copy of the owner's end of it.
+    from procly import shared_memory
+    from procly._connection import Pipe
+
+    name = "procly-test-" + os.urandom(6).hex()
+    os.close(os.open(shared_memory._path(name), os.O_CREAT | os.O_RDWR, 0o600))
+    reader, writer = Pipe(duplex=True)
+    pid = os.fork()
+    if pid == 0:  # as the tracker's fork start hands them over: both ends
+        signal.alarm(20)  # a tracker that never sees the end dies here, not never
+        try:
+            shared_memory._track(reader, writer)
+        finally:
+            os._exit(1)
+    reader.close()
+    assert writer.recv() == "ready"
+    writer.send("R" + name)
+    writer.close()  # the owner is gone
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert not os.path.exists(shared_memory._path(name))
