@@ -475,7 +475,7 @@ def blas_threads():
 
 def native_threads_after_matmul() -> int:
     """Threads of this process that Python did not start, after a BLAS matrix product
-    (every thread with a Python thread state has a frame here, bare ``_thread`` ones too)."""
+    (every thread with a Python thread state has a frame here, ``_thread`` ones too)."""
     import numpy
 
     a = numpy.ones((300, 300))

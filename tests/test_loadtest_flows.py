@@ -574,6 +574,50 @@ def test_requests_built_from_caches_equal_the_general_build():
     asyncio.run(build())
 
 
+class _Transport:
+    """Records what is written and when (the batch's clock), and can be closed."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closing, "written after close"
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def _flow_connection(loop, transport: _Transport):
+    """A flow's connection over *transport*, as if connected."""
+    from procly.loadtest import _flows
+
+    connection = _flows._Connection(_flows.FlowRecorder(), loop)
+    connection.transport = transport
+    return connection
+
+
+def _plain_slot(load, transport: _Transport, state: int):
+    """A plain load's slot in *state*, its connection over *transport*."""
+    from procly.loadtest import _http
+
+    slot = _http._Slot(load)
+    slot.protocol = _http._Protocol(slot)
+    slot.protocol.transport = transport  # type: ignore[assignment]
+    slot.state = state
+    return slot
+
+
+def _bare_http_load(batch: WriteBatch):
+    """A plain load with just what its slots need to write: its loop, request and batch."""
+    from procly.loadtest import _http
+
+    load = _http.HttpLoad.__new__(_http.HttpLoad)
+    load.loop, load.request, load.writes = batch.loop, b"GET / HTTP/1.1\r\n\r\n", batch
+    return load
+
+
 @pytest.mark.parametrize("pieces", [1, 3, 40])
 def test_answer_headers_and_cookies_cut_from_the_bytes_received(pieces):
     # Headers are cut from the bytes received (no parser callback per header): whatever the
@@ -587,17 +631,9 @@ def test_answer_headers_and_cookies_cut_from_the_bytes_received(pieces):
         b"set-cookie: b=2\r\nX-Empty:\r\nContent-Length: 5\r\n\r\nhello"
     )
 
-    class Transport:
-        def write(self, data: bytes) -> None:
-            pass
-
-        def is_closing(self) -> bool:
-            return False
-
     async def feed() -> tuple[int, bytes, bytes, list[bytes] | None]:
         loop = asyncio.get_running_loop()
-        connection = _flows._Connection(_flows.FlowRecorder(), loop)
-        connection.transport = Transport()
+        connection = _flow_connection(loop, _Transport())
         waiter = connection.send(b"GET / HTTP/1.1\r\n\r\n", False, WriteBatch(loop))
         size = -(-len(answer) // pieces)
         for start in range(0, len(answer), size):
@@ -618,37 +654,16 @@ def test_answer_headers_and_cookies_cut_from_the_bytes_received(pieces):
     }
 
 
-class _Transport:
-    """Records what is written and when (the batch's clock), and can be closed."""
-
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.closing = False
-
-    def write(self, data: bytes) -> None:
-        assert not self.closing, "written after close"
-        self.written.append(data)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-
 def test_requests_queued_in_one_pass_are_written_together_after_it():
     # Each request is queued, not written: the batch writes them all, in order, once the
     # callbacks queued before them have run; a request queued later goes in a new batch.
     import asyncio
 
-    from procly.loadtest import _flows
-
     async def run() -> None:
         loop = asyncio.get_running_loop()
         batch = WriteBatch(loop)
         transports = [_Transport() for _ in range(3)]
-        connections = []
-        for transport in transports:
-            connection = _flows._Connection(_flows.FlowRecorder(), loop)
-            connection.transport = transport
-            connections.append(connection)
+        connections = [_flow_connection(loop, transport) for transport in transports]
         seen_before_flush: list[int] = []
         waiters = [c.send(b"R%d" % i, False, batch) for i, c in enumerate(connections)]
         loop.call_soon(lambda: seen_before_flush.append(sum(len(t.written) for t in transports)))
@@ -690,22 +705,17 @@ def test_a_request_that_cannot_be_written_fails_and_the_rest_go_out():
     async def run() -> None:
         loop = asyncio.get_running_loop()
         batch = WriteBatch(loop)
-        broken, fine = _flows._Connection(_flows.FlowRecorder(), loop), _flows._Connection(_flows.FlowRecorder(), loop)
-        broken.transport, fine.transport = Broken(), _Transport()
+        broken, fine = _flow_connection(loop, Broken()), _flow_connection(loop, _Transport())
         failing = broken.send(b"one", False, batch)
         waiting = fine.send(b"two", False, batch)
         # A plain load's slot in the same batch: its failure is counted, its connection
         # dropped (the run is over, so it finishes rather than reconnect).
-        load = _http.HttpLoad.__new__(_http.HttpLoad)
-        load.loop, load.request, load.writes = loop, b"GET / HTTP/1.1\r\n\r\n", batch
+        load = _bare_http_load(batch)
         load.recorder = _http.Recorder()
         load.schedule = _http.Schedule(0.0, None, None, None)
         load.schedule.stop()
         load._running, load._finished = 1, loop.create_future()
-        slot = _http._Slot(load)
-        slot.protocol = _http._Protocol(slot)
-        slot.protocol.transport = Broken()  # type: ignore[assignment]
-        slot.state = _http._BUSY
+        slot = _plain_slot(load, Broken(), _http._BUSY)
         batch.add(slot)
         await asyncio.sleep(0)
         with pytest.raises(_flows.RequestFailed, match="write RuntimeError"):
@@ -723,16 +733,10 @@ def test_plain_load_writes_only_for_a_slot_still_waiting_on_its_connection():
     from procly.loadtest import _http
 
     async def run() -> None:
-        load = _http.HttpLoad.__new__(_http.HttpLoad)
-        load.loop = asyncio.get_running_loop()
-        load.request = b"GET / HTTP/1.1\r\n\r\n"
-        load.writes = WriteBatch(load.loop)
+        load = _bare_http_load(WriteBatch(asyncio.get_running_loop()))
         slots = []
         for state in (_http._BUSY, _http._BUSY, _http._DONE):
-            slot = _http._Slot(load)
-            slot.protocol = _http._Protocol(slot)
-            slot.protocol.transport = _Transport()  # type: ignore[assignment]
-            slot.state = state
+            slot = _plain_slot(load, _Transport(), state)
             slots.append(slot)
             load.writes.add(slot)
         slots[1].protocol.transport.closing = True  # type: ignore[union-attr]

@@ -400,11 +400,12 @@ class User:
             try:
                 status, raw_headers, content, keep_alive = await waiter
             except RequestFailed as exc:
-                started = connection.sent or time.monotonic()  # 0: failed before it was written
+                now = time.monotonic()
+                started = connection.sent or now  # 0: failed before it was written
                 self._drop_connection()
                 if started >= recorder.measure_from:
                     recorder.error(exc.kind)
-                return Response(0, b"", b"", exc.kind, (time.monotonic() - started) * 1000, name)
+                return Response(0, b"", b"", exc.kind, (now - started) * 1000, name)
             finally:
                 sent, connection.sent = connection.sent, 0.0
             now = time.monotonic()

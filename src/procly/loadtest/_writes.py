@@ -6,7 +6,7 @@ back to sleep while the client ran the next user's Python code, and the client's
 ``write()`` pays for waking it (a cross-CPU wake-up, costly on a VM). Gathered and
 written one after another when the pass's callbacks are done, the first write wakes
 the server and the rest find it busy: a three-step flow made 17% more requests per
-second on 2 cores, the plain load about 4%.
+second on 2 cores, the plain load 4-8%.
 
 Latency counts from the moment a request is written, never from when it was queued.
 Rate mode does not queue: there a request goes out at its due time.
