@@ -606,15 +606,17 @@ def _plain_slot(load, transport: _Transport, state: int):
     slot.protocol = _http._Protocol(slot)
     slot.protocol.transport = transport  # type: ignore[assignment]
     slot.state = state
+    slot.due = 0.0  # queued by a completion, as the closed loop does: due then
     return slot
 
 
 def _bare_http_load(batch: WriteBatch):
-    """A plain load with just what its slots need to write: its loop, request and batch."""
+    """A plain load with just what its slots need to write: loop, request, batch, recorder."""
     from procly.loadtest import _http
 
     load = _http.HttpLoad.__new__(_http.HttpLoad)
     load.loop, load.request, load.writes = batch.loop, b"GET / HTTP/1.1\r\n\r\n", batch
+    load.recorder = _http.Recorder()
     return load
 
 
@@ -711,7 +713,6 @@ def test_a_request_that_cannot_be_written_fails_and_the_rest_go_out():
         # A plain load's slot in the same batch: its failure is counted, its connection
         # dropped (the run is over, so it finishes rather than reconnect).
         load = _bare_http_load(batch)
-        load.recorder = _http.Recorder()
         load.schedule = _http.Schedule(0.0, None, None, None)
         load.schedule.stop()
         load._running, load._finished = 1, loop.create_future()

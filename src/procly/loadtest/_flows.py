@@ -383,7 +383,8 @@ class User:
         """
         load = self._load
         payload, name = load.encode(self, method, path, name, params, headers, json, data)
-        if self._retired or load.schedule.next_start(time.monotonic()) is None:
+        issued = time.monotonic()  # as the schedule counts it: in the warm-up or measured
+        if self._retired or load.schedule.next_start(issued) is None:
             raise _StopUser
         recorder = load.recorder.names.get(name) or load.recorder.named(name)
         self._in_request = True
@@ -403,7 +404,7 @@ class User:
                 now = time.monotonic()
                 started = connection.sent or now  # 0: failed before it was written
                 self._drop_connection()
-                if started >= recorder.measure_from:
+                if issued >= recorder.measure_from:
                     recorder.error(exc.kind)
                 return Response(0, b"", b"", exc.kind, (now - started) * 1000, name)
             finally:
@@ -412,7 +413,7 @@ class User:
             started = sent or now
             if not keep_alive:
                 self._drop_connection()
-            if started >= recorder.measure_from:
+            if issued >= recorder.measure_from:
                 _record(recorder, status, now - started)
             if connection.cookies is not None:
                 self._set_cookies(connection.cookies)

@@ -239,7 +239,9 @@ class _Slot:
         protocol = self.protocol
         if self.state != _BUSY or protocol is None or protocol.transport is None or protocol.transport.is_closing():
             return  # failed or finished while queued
-        self.due = self.sent = now
+        self.sent = now
+        if self.due >= self.load.recorder.measure_from:
+            self.due = now  # timed from the write; a warm-up request stays one (and unrecorded)
         protocol.transport.write(self.load.request)
 
     def write_failed(self, exc: Exception) -> None:
