@@ -745,6 +745,13 @@ def test_plain_load_writes_only_for_a_slot_still_waiting_on_its_connection():
         written = [slot.protocol.transport.written for slot in slots]  # type: ignore[union-attr]
         assert written == [[load.request], [], []]
         assert slots[0].due == slots[0].sent > 0  # latency counts from the write
+        # Counted as warm-up when queued, it stays warm-up when written after the warm-up's end.
+        load.recorder.measure_from = slots[0].sent
+        warm = _plain_slot(load, _Transport(), _http._BUSY)
+        warm.due = load.recorder.measure_from - 1.0
+        load.writes.add(warm)
+        await asyncio.sleep(0)
+        assert warm.sent >= load.recorder.measure_from > warm.due
 
     asyncio.run(run())
 
