@@ -6,7 +6,7 @@ due. :class:`PreciseTimer` keeps its callbacks in a heap and wakes the loop with
 Linux ``timerfd`` armed at the earliest due time (absolute, ``CLOCK_MONOTONIC``, the
 clock of :func:`time.monotonic`): the kernel's high-resolution timer makes the loop's
 poll return on time, and the process sleeps until then. A wake-up still comes some tens
-of microseconds late, so the timerfd fires up to 50 µs early (at most a tenth of the gap
+of microseconds late, so the timerfd fires up to 50 µs early (at most a third of the gap
 since the previous call) and the pacer watches the clock for the rest. A busy loop also
 calls :meth:`PreciseTimer.poll` between its own callbacks. Where there is no timerfd, a
 loop timer wakes it ~2 ms early and it checks the clock on every loop turn until then.
@@ -33,8 +33,10 @@ _SPIN = 0.002
 #: clock until the due time (the kernel's wake-up comes tens of microseconds late) ...
 _EARLY = 50e-6
 #: ... or 1/_SPARSE of the gap since the previous call where that is less: the watching
-#: then takes at most 1/_SPARSE of the time, and the rest goes to the answers.
-_SPARSE = 10
+#: then takes at most 1/_SPARSE of the time, and the rest goes to the answers. At 20,000
+#: requests/s on a 2-core VM, a third (rather than a tenth) brought the send lag's p50 from
+#: 17 µs to 5 µs and its p99 from 83-87 µs to 59 µs, for 1-2% more CPU.
+_SPARSE = 3
 
 
 class _Timespec(ctypes.Structure):
