@@ -256,6 +256,19 @@ def test_request_budget_in_flow_mode_is_exact(tmp_path, target):
     assert report.requests == 301 and report.errors == 0
 
 
+def test_flow_warmup_is_not_measured(tmp_path, target):
+    # A request issued in the warm-up and answered after its end stays out of the figures:
+    # the budget counts measured requests only, and exactly those are recorded.
+    path = two_steps(tmp_path, "/delay/2", "/")
+    report = run_load_test(
+        LoadTestConfig(
+            url=target.url, scenario=Scenario.load(path), processes=1, connections=4, requests=120, warmup=0.3
+        )
+    )
+    assert report.requests == 120 and report.errors == 0
+    assert report.name_stats("first").requests + report.name_stats("second").requests == 120
+
+
 # --- stages ------------------------------------------------------------------------------------
 
 

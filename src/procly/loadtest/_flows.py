@@ -226,8 +226,7 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            self._fail("malformed response")
-            self.transport.abort()
+            self._abort("malformed response")
 
     def on_headers_complete(self) -> None:
         # The headers are cut from the bytes received (decoded only if a flow asks for them):
@@ -275,6 +274,11 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(RequestFailed(kind))
 
+    def _abort(self, kind: str) -> None:
+        """Fail the request in flight and drop the connection at once (no more bytes read)."""
+        self._fail(kind)
+        self.transport.abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if exc is None:
@@ -303,8 +307,7 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
 
     def write_failed(self, exc: Exception) -> None:
-        self._fail(f"write {type(exc).__name__}")
-        self.transport.abort()
+        self._abort(f"write {type(exc).__name__}")
 
 
 class User:
