@@ -256,6 +256,57 @@ def test_request_budget_in_flow_mode_is_exact(tmp_path, target):
     assert report.requests == 301 and report.errors == 0
 
 
+def test_a_user_sends_one_request_at_a_time(tmp_path, target):
+    # Two requests of one user at once would share its connection (the first one's answer
+    # taken for the second's, the first waiting for ever): the second is refused instead,
+    # counted as the flow's exception, and the run ends with its budget.
+    path = write(
+        tmp_path,
+        "together.py",
+        """
+        import asyncio
+        from procly.loadtest import flow
+
+        @flow
+        async def together(user):
+            await asyncio.gather(user.get("/", name="first"), user.get("/", name="second"))
+    """,
+    )
+    report = run_load_test(
+        LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=1, connections=2, requests=20)
+    )
+    assert report.requests == 20 and report.errors == 0 and report.name_stats("first").requests == 20
+    assert set(report.exceptions) == {"RuntimeError"} and report.exceptions["RuntimeError"] >= 20
+
+
+def test_a_cancelled_request_leaves_its_answer_off_the_next_request(tmp_path, target):
+    # A flow gives up on a slow request (wait_for): its answer, still to come on the
+    # connection, must not become the answer of the user's next request.
+    path = write(
+        tmp_path,
+        "give_up.py",
+        """
+        import asyncio
+        from procly.loadtest import flow
+
+        @flow
+        async def give_up(user):
+            try:
+                await asyncio.wait_for(user.get("/delay/300", name="slow"), 0.02)
+            except asyncio.TimeoutError:
+                pass
+            r = await user.get("/bytes/3", name="next")
+            user.check(r, "next gets its own answer", predicate=lambda r: r.body == b"xxx")
+    """,
+    )
+    report = run_load_test(
+        LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=1, connections=2, requests=12)
+    )
+    checks = {c.name: (c.passed, c.failed) for c in report.checks}
+    assert checks == {"next gets its own answer": (report.name_stats("next").requests, 0)}
+    assert report.name_stats("next").requests >= 5 and not report.exceptions
+
+
 def test_flow_warmup_is_not_measured(tmp_path, target):
     # A request issued in the warm-up and answered after its end stays out of the figures:
     # the budget counts measured requests only, and exactly those are recorded.

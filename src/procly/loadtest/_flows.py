@@ -363,7 +363,7 @@ class User:
         """HEAD ``path``; await it. See :meth:`request` for the options."""
         return self.request("HEAD", path, **options)
 
-    async def request(
+    async def request(  # noqa: C901 - every request's path, kept in one function
         self,
         method: str,
         path: str,
@@ -383,8 +383,15 @@ class User:
 
         Raises:
             ValueError: ``path`` is an absolute URL of another host than the target.
+            RuntimeError: this user's previous request has not been answered yet: a user
+                sends one request at a time, on its one connection.
         """
         load = self._load
+        if self._in_request:
+            raise RuntimeError(
+                "a virtual user sends one request at a time: await each request before the next "
+                "(for requests in parallel, use more users)"
+            )
         payload, name = load.encode(self, method, path, name, params, headers, json, data)
         issued = time.monotonic()  # as the schedule counts it: in the warm-up or measured
         if self._retired or load.schedule.next_start(issued) is None:
@@ -404,12 +411,12 @@ class User:
             try:
                 status, raw_headers, content, keep_alive = await waiter
             except RequestFailed as exc:
-                now = time.monotonic()
-                started = connection.sent or now  # 0: failed before it was written
+                return self._no_answer(exc.kind, connection, recorder, name, issued)
+            except asyncio.CancelledError:
+                # Cancelled in flight (a flow's wait_for ran out, say): its answer may still
+                # come on this connection, and must not be taken for the next request's.
                 self._drop_connection()
-                if issued >= recorder.measure_from:
-                    recorder.error(exc.kind)
-                return Response(0, b"", b"", exc.kind, (now - started) * 1000, name)
+                raise
             finally:
                 sent, connection.sent = connection.sent, 0.0
             now = time.monotonic()
@@ -425,6 +432,15 @@ class User:
             self._in_request = False
             if self._retired or load.stopping:
                 raise _StopUser
+
+    def _no_answer(self, kind: str, connection: _Connection, recorder: Recorder, name: str, issued: float) -> Response:
+        """The request written on *connection* failed (*kind*): count it, drop the connection."""
+        now = time.monotonic()
+        started = connection.sent or now  # 0: failed before it was written
+        self._drop_connection()
+        if issued >= recorder.measure_from:
+            recorder.error(kind)
+        return Response(0, b"", b"", kind, (now - started) * 1000, name)
 
     async def _connect(self) -> _Connection:
         load = self._load
