@@ -259,7 +259,8 @@ def test_request_budget_in_flow_mode_is_exact(tmp_path, target):
 def test_a_user_sends_one_request_at_a_time(tmp_path, target):
     # Two requests of one user at once would share its connection (the first one's answer
     # taken for the second's, the first waiting for ever): the second is refused instead,
-    # counted as the flow's exception, and the run ends with its budget.
+    # counted as the flow's exception, and the run ends. (A first request still in flight when
+    # the budget runs out ends with its user, as an error or unrecorded: the flow did not wait.)
     path = write(
         tmp_path,
         "together.py",
@@ -275,8 +276,8 @@ def test_a_user_sends_one_request_at_a_time(tmp_path, target):
     report = run_load_test(
         LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=1, connections=2, requests=20)
     )
-    assert report.requests == 20 and report.errors == 0 and report.name_stats("first").requests == 20
-    assert set(report.exceptions) == {"RuntimeError"} and report.exceptions["RuntimeError"] >= 20
+    assert report.errors <= 2 and report.requests >= 10 and report.name_stats("first").requests == report.requests
+    assert set(report.exceptions) == {"RuntimeError"} and report.exceptions["RuntimeError"] >= report.requests
 
 
 def test_a_cancelled_request_leaves_its_answer_off_the_next_request(tmp_path, target):
