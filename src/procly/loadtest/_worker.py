@@ -27,7 +27,7 @@ from typing import Any
 from ..connection import Connection
 from ._config import HttpTarget, LoadTestConfig
 from ._schedule import Schedule
-from ._stats import FOLD_PERIOD, Recorder
+from ._stats import FOLD_PERIOD, PACED_FOLD_PERIOD, Recorder
 
 TICK = 0.5
 #: How long requests in flight may still finish after a stop (Ctrl-C or the coordinator).
@@ -131,7 +131,7 @@ class _Worker:
         recorder.measure_from = warmup_end
         self.load = make_load.create(schedule, recorder)
         ticker = loop.create_task(self._tick(recorder, warmup_end))
-        folder = loop.create_task(self._fold(recorder))
+        folder = loop.create_task(self._fold(recorder, PACED_FOLD_PERIOD if schedule.open_loop else FOLD_PERIOD))
         # The modules and objects alive now are out of the cyclic collector's reach: a full
         # collection walking them all would hold the loop for milliseconds mid-run.
         gc.collect()
@@ -231,9 +231,9 @@ class _Worker:
         return self.share.connections
 
     @staticmethod
-    async def _fold(recorder: Recorder) -> None:
+    async def _fold(recorder: Recorder, period: float) -> None:
         while True:
-            await asyncio.sleep(FOLD_PERIOD)
+            await asyncio.sleep(period)
             recorder.fold()
 
     async def _tick(self, recorder: Recorder, warmup_end: float) -> None:
