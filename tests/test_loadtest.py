@@ -107,6 +107,18 @@ def test_histograms_merged_across_workers_equal_one_histogram_of_everything():
     assert recorders[0].take().requests == 0  # take() starts afresh
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_mean_and_stdev_match_hdrh(seed):
+    # The report's mean and deviation come from the non-empty buckets, not hdrh's iterator:
+    # the same figures, for any spread of values (and 0 for an empty histogram).
+    rng = random.Random(seed)
+    hist = _stats.histogram_from([int(rng.lognormvariate(5 + seed, 1.5)) + 1 for _ in range(20_000)])
+    mean, stdev = _stats.mean_and_stdev_us(hist)
+    assert mean == pytest.approx(hist.get_mean_value(), rel=1e-12)
+    assert stdev == pytest.approx(hist.get_stddev(), rel=1e-9)
+    assert _stats.mean_and_stdev_us(_stats.new_histogram()) == (0.0, 0.0)
+
+
 def test_folding_while_recording_changes_no_count():
     # A worker folds every FOLD_PERIOD while requests keep being recorded: whatever the
     # folds cut, take() must hand over every value once, and then start afresh.

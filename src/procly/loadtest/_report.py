@@ -16,7 +16,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from ._config import LoadTestConfig
-from ._stats import Interval, percentile_ms
+from ._stats import Interval, mean_and_stdev_us, percentile_ms
 
 #: The percentiles of the report's latency table.
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
@@ -42,10 +42,11 @@ class Latency:
     def from_histogram(cls, hist: HdrHistogram | None) -> Latency:
         if hist is None or not hist.get_total_count():
             return cls()
+        mean, stdev = mean_and_stdev_us(hist)
         return cls(
             min=hist.get_min_value() / 1000.0,
-            mean=hist.get_mean_value() / 1000.0,
-            stdev=hist.get_stddev() / 1000.0,
+            mean=mean / 1000.0,
+            stdev=stdev / 1000.0,
             p50=percentile_ms(hist, 50.0),
             p90=percentile_ms(hist, 90.0),
             p95=percentile_ms(hist, 95.0),

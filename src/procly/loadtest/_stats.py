@@ -11,6 +11,7 @@ folding often keeps each batch short, so a paced request never waits long behind
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -354,3 +355,17 @@ def recorded_values(hist: HdrHistogram, highest: bool = False) -> list[tuple[int
     if highest:
         pairs = [(hist.get_highest_equivalent_value(value), count) for value, count in pairs]
     return pairs
+
+
+def mean_and_stdev_us(hist: HdrHistogram) -> tuple[float, float]:
+    """The mean and standard deviation of ``hist``, as hdrh computes them (each bucket at its
+    median equivalent value), from the non-empty buckets only: hdrh's own methods walk its
+    recorded iterator, 100 ms for a run's histogram."""
+    pairs = recorded_values(hist)
+    total = sum(count for _, count in pairs)
+    if not total:
+        return 0.0, 0.0
+    middles = [(hist._hdr_median_equiv_value(value), count) for value, count in pairs]
+    mean = sum(value * count for value, count in middles) / total
+    variance = sum((value - mean) ** 2 * count for value, count in middles) / total
+    return mean, math.sqrt(variance)
