@@ -80,6 +80,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def run_scenario(target, path: str, **options):
+    """Run the scenario file at *path* against *target* (processes, users, budget in *options*)."""
+    return run_load_test(LoadTestConfig(url=target.url, scenario=Scenario.load(path), **options))
+
+
 @pytest.fixture(scope="module")
 def target():
     with EmbeddedTarget() as running:
@@ -250,9 +255,7 @@ def two_steps(tmp_path, first: str, second: str) -> str:
 
 def test_request_budget_in_flow_mode_is_exact(tmp_path, target):
     path = two_steps(tmp_path, "/", "/bytes/3")
-    report = run_load_test(
-        LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=2, connections=3, requests=301)
-    )
+    report = run_scenario(target, path, processes=2, connections=3, requests=301)
     assert report.requests == 301 and report.errors == 0
 
 
@@ -273,9 +276,7 @@ def test_a_user_sends_one_request_at_a_time(tmp_path, target):
             await asyncio.gather(user.get("/", name="first"), user.get("/", name="second"))
     """,
     )
-    report = run_load_test(
-        LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=1, connections=2, requests=20)
-    )
+    report = run_scenario(target, path, processes=1, connections=2, requests=20)
     assert report.errors <= 2 and report.requests >= 10 and report.name_stats("first").requests == report.requests
     assert set(report.exceptions) == {"RuntimeError"} and report.exceptions["RuntimeError"] >= report.requests
 
@@ -300,9 +301,7 @@ def test_a_cancelled_request_leaves_its_answer_off_the_next_request(tmp_path, ta
             user.check(r, "next gets its own answer", predicate=lambda r: r.body == b"xxx")
     """,
     )
-    report = run_load_test(
-        LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=1, connections=2, requests=12)
-    )
+    report = run_scenario(target, path, processes=1, connections=2, requests=12)
     checks = {c.name: (c.passed, c.failed) for c in report.checks}
     assert checks == {"next gets its own answer": (report.name_stats("next").requests, 0)}
     assert report.name_stats("next").requests >= 5 and not report.exceptions
@@ -312,11 +311,7 @@ def test_flow_warmup_is_not_measured(tmp_path, target):
     # A request issued in the warm-up and answered after its end stays out of the figures:
     # the budget counts measured requests only, and exactly those are recorded.
     path = two_steps(tmp_path, "/delay/2", "/")
-    report = run_load_test(
-        LoadTestConfig(
-            url=target.url, scenario=Scenario.load(path), processes=1, connections=4, requests=120, warmup=0.3
-        )
-    )
+    report = run_scenario(target, path, processes=1, connections=4, requests=120, warmup=0.3)
     assert report.requests == 120 and report.errors == 0
     assert report.name_stats("first").requests + report.name_stats("second").requests == 120
 
@@ -503,9 +498,7 @@ def test_checks_need_a_condition_and_responses_parse(tmp_path, target):
             user.check(r)  # no condition: TypeError, counted as the flow's exception
     """,
     )
-    report = run_load_test(
-        LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=1, connections=1, requests=40)
-    )
+    report = run_scenario(target, path, processes=1, connections=1, requests=40)
     checks = {c.name: (c.passed, c.failed) for c in report.checks}
     assert checks == {"predicate": (20, 0), "json headers.host": (20, 0), "json no.such.field": (0, 20)}
     assert report.exceptions == {"TypeError": 20} and report.errors == 0
@@ -578,11 +571,7 @@ def test_flow_requests_time_out_and_the_user_goes_on(tmp_path, target):
             user.check(r, status=200)
     """,
     )
-    report = run_load_test(
-        LoadTestConfig(
-            url=target.url, scenario=Scenario.load(path), processes=1, connections=2, duration=1.2, timeout=0.3
-        )
-    )
+    report = run_scenario(target, path, processes=1, connections=2, duration=1.2, timeout=0.3)
     slow, fast = report.name_stats("slow"), report.name_stats("fast")
     assert slow.requests == 0 and slow.error_kinds == {"timeout": slow.errors} and slow.errors >= 2
     assert fast.requests >= 2 and fast.errors == 0  # on a new connection after the timeout
@@ -825,9 +814,7 @@ def test_closed_loop_latency_is_at_least_the_answer_time(tmp_path, target):
     # Requests are queued and written at the end of the loop's pass: counted from the
     # write, no latency can come out below what the target takes to answer.
     path = two_steps(tmp_path, "/delay/3", "/")
-    report = run_load_test(
-        LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=1, connections=8, requests=400)
-    )
+    report = run_scenario(target, path, processes=1, connections=8, requests=400)
     slow = report.name_stats("first")
     assert slow.requests >= 150 and slow.errors == 0
     assert slow.latency.min >= 3.0
