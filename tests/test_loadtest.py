@@ -564,6 +564,9 @@ def test_threshold_parsing():
     assert Threshold.parse("errors{name=/cart}>0").name == "/cart"
     assert Threshold.parse("checks<99.9%").metric == "checks"
     assert Threshold.parse("checks{name='status is 200'}<100%").name == "status is 200"
+    # A generated check name holds quotes of its own: kept, quoted as a whole or not.
+    assert Threshold.parse("checks{name=body contains 'item'}<100%").name == "body contains 'item'"
+    assert Threshold.parse("""checks{name="body contains 'item'"}<100%""").name == "body contains 'item'"
     for bad, message in [
         ("p0>1ms", "percentile"),
         ("p99>5%", "latency"),
@@ -609,6 +612,9 @@ def test_thresholds_per_name_and_on_checks():
     assert "no request is named 'logni'" in broken("p95{name=logni}>300ms")
     assert "no check is named" in broken("checks{name=nope}<1%")
     assert not broken("rps{name=login}<100") and broken("rps{name=login}<100.5")
+    # A condition on checks in a run that made none names nothing: broken, not passed.
+    unchecked = Report.build(LoadTestConfig(url="http://127.0.0.1/", duration=1), login, 1.0, [], [], False)
+    assert "made no check" in Threshold.parse("checks<99.9%").broken_by(unchecked)
 
 
 def test_bad_options_exit_2():

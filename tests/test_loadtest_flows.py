@@ -467,6 +467,13 @@ def test_a_run_where_nothing_succeeded_exits_1(tmp_path):
     ]
 
 
+def test_flows_that_send_no_request_fail_the_run(tmp_path, target):
+    # A load test that sent nothing tested nothing: exit 1 and say so.
+    path = write(tmp_path, "idle.py", "from procly.loadtest import flow\n\n@flow\nasync def f(user):\n    pass\n")
+    out = procly_cli("loadtest", "-q", "-f", path, "-u", "2", "-p", "1", "-d", "0.3", target.url)
+    assert out.returncode == 1 and "no request was made: the flows ran" in out.stderr, out.stderr
+
+
 def test_flows_that_raise_before_any_request(tmp_path, target):
     path = write(
         tmp_path,

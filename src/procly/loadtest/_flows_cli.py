@@ -103,7 +103,7 @@ def nothing_succeeded(report: Report) -> str | None:
             kinds = ", ".join(f"{kind} {count:,}" for kind, count in report.exceptions.items())
             return f"no request was made: every flow raised before its first request ({kinds})"
         if report.iterations:
-            return None  # flows that make no request (think only): nothing failed
+            return f"no request was made: the flows ran {report.iterations:,} iterations without sending one"
         return "no request was made"
     kinds = ", ".join(f"{kind}: {count:,}" for kind, count in list(report.error_kinds.items())[:4])
     return f"no request succeeded: {report.errors:,} of {report.attempts:,} failed ({kinds})"

@@ -100,7 +100,9 @@ class Threshold:
             unit = "us"
         name = match["name"]
         if name is not None:
-            name = name.strip().strip("'\"")
+            name = name.strip()
+            if len(name) >= 2 and name[0] == name[-1] and name[0] in "'\"":
+                name = name[1:-1]  # quoted as a whole: a name of its own may hold quotes
             if not name:
                 raise ValueError(f"{where}: {{name=...}} names nothing")
         if metric == "throughput":
@@ -145,6 +147,8 @@ class Threshold:
     def _measure_checks(self, report: Report, label: str) -> tuple[float, str] | str:
         """measure() for the checks passed (in per cent)."""
         if self.name is None:
+            if not report.checks:
+                return "the run made no check: the condition cannot hold or fail"
             percent = report.checks_passed_percent
         else:
             found = [c for c in report.checks if c.name == self.name]
