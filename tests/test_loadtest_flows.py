@@ -141,6 +141,25 @@ def test_flows_sessions_checks_and_names(ctx, tmp_path, users_csv):
     assert all(s.latency.p50 <= s.latency.p95 <= s.latency.p99 <= s.latency.max for s in report.by_name)
 
 
+def test_a_think_that_outlasts_the_run_ends_the_user(tmp_path, target):
+    # The sleep may wake a little before the deadline: the user must not start another
+    # iteration (and request) in that last instant. One request per user, exactly.
+    path = write(
+        tmp_path,
+        "long_think.py",
+        """
+        from procly.loadtest import flow
+
+        @flow
+        async def once(user):
+            await user.get("/delay/1", name="d")
+            await user.think(5)
+    """,
+    )
+    report = run_scenario(target, path, processes=1, connections=300, duration=0.4)
+    assert report.requests == 300 and report.errors == 0 and report.iterations == 0
+
+
 def test_think_time_is_not_latency_and_rows_go_round_robin(tmp_path, target, users_csv):
     path = write(
         tmp_path,

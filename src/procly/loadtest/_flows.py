@@ -546,10 +546,14 @@ class User:
         self._steps += 1
         load = self._load
         deadline = load.schedule.deadline
+        ends_run = False
         if deadline is not None:
-            seconds = min(seconds, max(0.0, deadline - time.monotonic()))
+            left = max(0.0, deadline - time.monotonic())
+            # A think that outlasts the run ends the user: asyncio.sleep may wake up to a
+            # millisecond early, and the clock alone would let another iteration start.
+            ends_run, seconds = seconds >= left, min(seconds, left)
         await asyncio.sleep(max(seconds, 0.0))  # think(0) too lets the loop run
-        if self._retired or load.stopping or (deadline is not None and time.monotonic() >= deadline):
+        if ends_run or self._retired or load.stopping:
             raise _StopUser
 
     def next_row(self) -> dict[str, str]:
