@@ -336,6 +336,14 @@ def test_connection_refused_is_counted(ctx):
     assert set(report.error_kinds) == {"connect refused"} and report.error_rate == 1.0
 
 
+def test_refused_connections_in_rate_mode_fail_one_request_each_at_its_due_time():
+    # Each attempt waits for its request's due time: one error per request due over the
+    # whole run, not a burst of attempts that uses the schedule up at once.
+    config = LoadTestConfig(url=f"http://127.0.0.1:{free_port()}/", processes=1, connections=4, rate=50, duration=1)
+    report = run_load_test(config)
+    assert report.requests == 0 and report.errors == 50 and set(report.error_kinds) == {"connect refused"}
+
+
 @pytest.mark.parametrize(
     ("path", "kind"),
     [

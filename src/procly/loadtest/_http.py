@@ -141,6 +141,9 @@ class _Slot:
     def _connect_failed(self, kind: str) -> None:
         if self.state == _DONE:
             return
+        if self.load.schedule.open_loop:
+            self._connect_failed_paced(kind)
+            return
         self.load.recorder.error(kind)
         # A failed connection stands for one request: a budget or a rate is used up by it.
         if self.due is None and self.load.schedule.next_start(time.monotonic()) is None:
@@ -150,6 +153,24 @@ class _Slot:
         self.backoff = min(max(self.backoff * 2, _BACKOFF_FIRST), _BACKOFF_MAX)
         self.state = _WAITING
         self.handle = self.load.loop.call_later(self.backoff, self.connect)
+
+    def _connect_failed_paced(self, kind: str) -> None:
+        """Rate mode: the failure fails the request that was due on this connection (if one
+        was); the next attempt waits for the next request's due time, so that a target that
+        refuses connections gets them at the rate, one error per request due."""
+        if self.due is not None:
+            self.load.recorder.error(kind)
+        due = self.load.schedule.next_start(time.monotonic())
+        if due is None:
+            self.finish()
+            return
+        self.due = due
+        self.state = _WAITING
+        self.load.pacer.call_at(due, self._connect_when_due, due)
+
+    def _connect_when_due(self, due: float) -> None:
+        if self.state == _WAITING and self.due == due:
+            self.connect()  # the request due goes out first on the new connection
 
     # requests
     def issue(self, now: float | None = None) -> None:
