@@ -288,6 +288,18 @@ def test_live_rate_of_the_first_second_is_the_real_rate():
     assert tally.progress().rate == 0.0  # nothing new since
 
 
+def test_live_line_of_each_second_counts_that_whole_second(target):
+    # The line for second k is shown once the workers' ticks for it are in (ticks fall on
+    # the measured start + k * 0.5 s): "1.0 s" counts the first second's ~1000 requests,
+    # not the first half second's 500.
+    out = procly_cli("loadtest", "-R", "1000", "-d", "2.4", "-p", "2", "--warmup", "0.3", target.url)
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line.split() for line in out.stderr.splitlines() if line.strip()[:1].isdigit()}
+    assert set(lines) == {"1.0", "2.0"}, out.stderr
+    first, second = int(lines["1.0"][2].replace(",", "")), int(lines["2.0"][2].replace(",", ""))
+    assert 800 <= first <= 1100 and 1800 <= second <= 2100, out.stderr
+
+
 def test_rate_mode_corrects_for_coordinated_omission(target):
     # One connection, 200 ms answers, 20 requests due per second: requests queue up behind
     # each other. Measured from when each was due, latency grows far past 200 ms; a naive

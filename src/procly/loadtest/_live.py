@@ -200,7 +200,7 @@ class LiveState:
     def update(self, tally: Tally, running: bool = True) -> None:
         """Take the tally's figures (called by the coordinator once a second)."""
         now = time.time()
-        elapsed = max(0.0, min(now, tally.last_done or now) - tally.measure_start) if tally.measure_start else 0.0
+        elapsed = tally.covered(now) if tally.measure_start else 0.0
         total = tally.total
         if tally.active_users:  # what the workers report running
             users = sum(tally.active_users.values()) if running else 0

@@ -7,6 +7,7 @@ rest go on) and Ctrl-C stops everything within a second with the data gathered s
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from ._worker import STOP_GRACE, TICK, worker_main
 READY_TIMEOUT = 60.0
 #: After a stop, how long the coordinator waits for final reports before ending workers.
 STOP_WAIT = STOP_GRACE + 0.6
+#: The live line for second k of the run is shown this long after it ends: its ticks are in by then.
+PROGRESS_DELAY = 0.1
 
 
 class LoadTestError(RuntimeError):
@@ -84,6 +87,10 @@ class Tally:
         if kind == "done":
             self.last_done = max(self.last_done, wall_time)
 
+    def covered(self, now: float) -> float:
+        """Seconds of the measured run the figures cover: to the latest report (tick or end)."""
+        return max(0.0, (max(self.last_tick, self.last_done) or now) - self.measure_start)
+
     def progress(self) -> Progress:
         """The live line's figures.
 
@@ -102,7 +109,7 @@ class Tally:
         else:
             self._last_progress_count = previous  # nothing new yet: count it with the next report
         return Progress(
-            elapsed=max(0.0, now - self.measure_start),
+            elapsed=self.covered(now),  # the line's label: the time its figures cover
             requests=total.requests,
             rate=rate,
             errors=total.error_count,
@@ -268,8 +275,19 @@ class _Coordinator:
         worker.lost = f"worker {worker.index} (pid {worker.process.pid}) died: " + _describe_exit(code)
         return None
 
+    def _next_progress(self) -> float:
+        """When to show the live line next (monotonic): just after the next second of the
+        measured run ends, once the workers' ticks for it are in (their ticks fall on the
+        measured start + k * TICK)."""
+        now = time.monotonic()
+        start = self.tally.measure_start - (time.time() - now)  # the measured start, monotonic
+        seconds = math.floor((now - PROGRESS_DELAY - start) / 1.0) + 1
+        if seconds == 0:
+            seconds = 1  # second 0 is the start: nothing measured to show yet
+        return start + seconds + PROGRESS_DELAY
+
     def _collect(self, deadline: float | None) -> None:
-        next_progress = time.monotonic() + 1.0
+        next_progress = self._next_progress()
         while self._live():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -282,8 +300,8 @@ class _Coordinator:
                 if message is not None:
                     self._handle(worker, message)
             if time.monotonic() >= next_progress:
-                next_progress += 1.0
                 self._progress()
+                next_progress = self._next_progress()
 
     def _handle(self, worker: _WorkerState, message: tuple) -> None:
         kind = message[0]

@@ -237,9 +237,18 @@ class _Worker:
             recorder.fold()
 
     async def _tick(self, recorder: Recorder, warmup_end: float) -> None:
+        # Ticks fall on warmup_end + k * TICK, by the clock rather than a sleep after the
+        # previous one (which drifts): every second of the measured run ends on one, and the
+        # coordinator shows it once that tick is in.
+        now = time.monotonic()
+        next_tick = warmup_end - int((warmup_end - now) / TICK) * TICK
+        while next_tick <= now:
+            next_tick += TICK
         while True:
-            await asyncio.sleep(TICK)
-            if time.monotonic() < warmup_end:
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+            in_warmup = next_tick < warmup_end  # by the tick's time: the sleep may end a little early
+            next_tick += TICK
+            if in_warmup:
                 recorder.discard()  # errors of the warm-up (its latencies are never recorded)
                 self.emit(("tick", time.time(), None))
             else:
