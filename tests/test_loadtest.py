@@ -637,6 +637,30 @@ def test_thresholds_per_name_and_on_checks():
     assert "made no check" in Threshold.parse("checks<99.9%").broken_by(unchecked)
 
 
+@pytest.mark.parametrize(
+    ("late", "cpu_s", "says"),
+    [
+        (0, 1.95, None),  # every request on time: nothing to say, however busy the client
+        (500, 1.95, "the client fell behind its schedule: 5.0%"),  # late and busy: the client
+        (500, 0.40, "5.0% of the requests were due while every connection was busy"),  # late, idle
+    ],
+)
+def test_rate_mode_says_why_requests_went_out_late(late, cpu_s, says):
+    # Late sends (no free connection when due) are counted apart from the send lag; beyond
+    # 1% of the requests a warning says whether the client (busy workers) or the target is
+    # the limit.
+    config = LoadTestConfig(url="http://127.0.0.1/", processes=1, rate=5000, duration=2, warmup=0)
+    total = _stats.Interval(requests=10_000, statuses={200: 10_000}, late=late, cpu_s=cpu_s)
+    total.histogram = _stats.histogram_from([100] * 10_000)
+    report = Report.build(config, total, 2.0, [], [], False)
+    late_warnings = [w for w in report.warnings if "late" in w or "busy" in w]
+    if says is None:
+        assert late_warnings == []
+    else:
+        assert len(late_warnings) == 1 and late_warnings[0].startswith(says), report.warnings
+    assert report.to_dict()["worker_busy_percent"] == round(cpu_s / 2.0 * 100, 1)
+
+
 def test_bad_options_exit_2():
     for args in (["-d", "forever"], ["-c", "0"], ["ftp://127.0.0.1/"], ["-H", "no colon"]):
         out = procly_cli("loadtest", *args)

@@ -22,6 +22,10 @@ from ._stats import Interval, mean_and_stdev_us, percentile_ms
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
 #: Above this send lag (p99, ms) the client itself could not keep to the schedule.
 SEND_LAG_WARNING_MS = 1.0
+#: Rate mode: above this share of requests sent late (no free connection when due), a warning
+#: says why: the workers busy (CLIENT_BUSY of their time or more) or the target too slow.
+LATE_WARNING_SHARE = 0.01
+CLIENT_BUSY = 0.9
 
 
 @dataclass
@@ -209,6 +213,9 @@ class Report:
     worker_peak_rss_mib: float = 0.0
     #: CPU time (user + system) of all the worker processes while they ran the load.
     worker_cpu_s: float = 0.0
+    #: That CPU time over the workers' time running the load (warm-up included): near 1, the
+    #: client itself is the limit.
+    worker_busy: float = 0.0
     #: The ``--fail-if`` conditions with their verdicts (``condition``, ``passed``, ``measured``).
     thresholds: list[dict[str, Any]] = field(default_factory=list)
     #: How the run was set up (target, processes, connections or users, duration, rate, stages...).
@@ -256,6 +263,7 @@ class Report:
             rate_target=config.rate,
             worker_peak_rss_mib=total.peak_rss_kib / 1024,
             worker_cpu_s=total.cpu_s,
+            worker_busy=total.cpu_s / (config.processes * (elapsed + config.warmup)),
             configuration=configuration_of(config),
             machine=machine_info(),
         )
@@ -269,6 +277,19 @@ class Report:
                 f"the client fell behind its schedule: requests went out up to {self.send_lag.p99:.2f} "
                 f"ms (p99) after their due time; use more processes (-p) or a lower rate"
             )
+        late_share = self.late_sends / max(1, self.attempts)
+        if self.rate_target and late_share > LATE_WARNING_SHARE:
+            if self.worker_busy >= CLIENT_BUSY:
+                warnings.append(
+                    f"the client fell behind its schedule: {late_share:.1%} of the requests went out late "
+                    f"and the workers were busy {self.worker_busy:.0%} of the time; use more processes (-p) "
+                    "or a lower rate"
+                )
+            else:
+                warnings.append(
+                    f"{late_share:.1%} of the requests were due while every connection was busy (the target "
+                    "answered slower than the rate needs): raise -c, or the target is the limit"
+                )
         if self.rate_target and not self.interrupted and self.throughput < self.rate_target * 0.99:
             why = f"; {self.late_sends:,} requests waited for a free connection (raise -c)" if self.late_sends else ""
             warnings.append(
@@ -322,6 +343,7 @@ class Report:
             "late_sends": self.late_sends,
             "worker_peak_rss_mib": round(self.worker_peak_rss_mib, 1),
             "worker_cpu_s": round(self.worker_cpu_s, 3),
+            "worker_busy_percent": round(self.worker_busy * 100, 1),
             "timeline": [point.to_dict() for point in self.timeline],
             "workers_lost": self.workers_lost,
             "interrupted": self.interrupted,
@@ -456,7 +478,7 @@ class Report:
             lag = self.send_lag
             lines.append(
                 f"  send lag     p50 {_fmt_us(lag.p50)}  p99 {_fmt_us(lag.p99)}  max {_fmt_us(lag.max)}   "
-                "(how late requests went out after their due time)"
+                "(how late requests went out after their due time, a connection free)"
             )
         if self.worker_peak_rss_mib:
             lines.append(
@@ -466,10 +488,13 @@ class Report:
         if self.worker_cpu_s and self.requests:
             lines.append(
                 f"  cpu          {self.worker_cpu_s:>10,.2f} s   in the workers "
-                f"({self.worker_cpu_s / self.requests * 1e6:.1f} µs per request)"
+                f"({self.worker_cpu_s / self.requests * 1e6:.1f} µs per request, busy {self.worker_busy:.0%})"
             )
         if self.late_sends:
-            lines.append(f"  late sends   {self.late_sends:>12,}   (due while every connection was busy)")
+            lines.append(
+                f"  late sends   {self.late_sends:>12,}   ({self.late_sends / max(1, self.attempts):.2%}: due while "
+                "every connection was busy)"
+            )
         return lines
 
     def _text_latency(self) -> list[str]:
