@@ -782,6 +782,9 @@ def test_every_json_number_carries_its_unit(target):
         "target_served",
         "processes",
         "connections",
+        "users",
+        "data_rows",
+        "seed",
         "cpus",
         "usable_cpus",
     }

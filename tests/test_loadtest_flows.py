@@ -368,6 +368,15 @@ def test_rate_stages_ramp_the_open_loop_rate(target):
     assert report.latency.min > 0
 
 
+def test_a_rate_ramp_down_is_measured_over_its_whole_duration(target):
+    # Ramping to 0, the last request is due (and answered) before the end: the throughput
+    # is still the requests over the stages' 2 s, not over the time to the last answer.
+    report = run_load_test(
+        LoadTestConfig(url=target.url, processes=1, connections=8, rate_stages=Stages.parse("1s:200,1s:0"))
+    )
+    assert report.errors == 0 and report.elapsed == 2.0 and report.throughput == report.requests / 2.0
+
+
 def test_user_stages_ramp_users_up_and_down(tmp_path, target):
     started = tmp_path / "started"
     started.mkdir()
@@ -419,6 +428,11 @@ def test_cli_stages_for_the_single_url_load():
     ("x = 1\n", r"bad\.py defines no flow"),
     ("from procly.loadtest import flow\n\n@flow\ndef f(user):\n    pass\n", r"must be an async function"),
     ("from procly.loadtest import flow\n\n@flow(weight=0)\nasync def f(user):\n    pass\n", r"positive whole"),
+    # A flow that cannot take the user: at start, not one TypeError per iteration all run long.
+    ("from procly.loadtest import flow\n\n@flow\nasync def f():\n    pass\n",
+     r"bad\.py:3: .*@flow 'f' must take the user"),
+    ("from procly.loadtest import flow, on_start\n\n@on_start\nasync def s(user, x):\n    pass\n\n"
+     "@flow\nasync def f(user):\n    pass\n", r"@on_start 's' must take the user"),
 ])  # fmt: skip
 def test_broken_scenarios_fail_at_start_with_exit_2(tmp_path, source, message):
     path = write(tmp_path, "bad.py", source)
@@ -452,6 +466,7 @@ def test_malformed_data_says_what_and_where(tmp_path, content, message):
     (["-R", "1s:10;2s:5"], "-R: stage 1"),
     (["-R", "fast"], "-R wants requests/s"),
     (["--stages", "1s:5", "-R", "100"], "give -R the stages itself"),
+    (["--stages", "1s:5", "-u", "50"], "-u 50 would be ignored"),
     (["--data", "x.csv"], "--data gives rows to the users of a scenario"),
     (["--stages", "1s:5", "--warmup", "1s"], "the first stage is the warm-up"),
     (["--fail-if", "p99>2"], "a latency needs its unit"),

@@ -60,8 +60,7 @@ class LiveRun:
                 str(scenario),
                 "-p",
                 "1",
-                "-u",
-                "4",
+                *(() if "--stages" in options else ("-u", "4")),  # stages set the users themselves
                 "-q",
                 "--json",
                 str(self.json_path),
@@ -271,7 +270,8 @@ def test_final_report_has_axes_thresholds_configuration_and_machine(tmp_path):
     ]
     assert report["thresholds"][1]["measured"].startswith("checks = ")
     config, machine = report["configuration"], report["machine"]
-    assert config["mode"] == "flows" and config["connections"] == 4 and config["processes"] == 1
+    assert config["mode"] == "flows" and config["users"] == 4 and config["processes"] == 1
+    assert config["data_order"] == "round-robin" and "connections" not in config
     assert config["duration_s"] == 1.0 and "browse" in config["scenario"]
     assert machine["cpus"] >= 1 and machine["python"].split()[1] == ".".join(map(str, sys.version_info[:3]))
     assert all(entry["histogram_hdr"] for entry in report["by_name"])

@@ -594,7 +594,12 @@ def configuration_of(config: LoadTestConfig) -> dict[str, Any]:
         if stages is not None:
             data[key] = stages.describe()
     if config.scenario is not None:
-        data["scenario"] = config.scenario.describe()
+        scenario = config.scenario
+        data["scenario"] = scenario.describe()
+        data["users"] = data.pop("connections")  # a flow's connections are its virtual users
+        data["data_rows"] = len(scenario.rows)
+        data["data_order"] = "random" if scenario.random_rows else "round-robin"
+        data["seed"] = scenario.seed
     return data
 
 

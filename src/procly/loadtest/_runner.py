@@ -127,6 +127,10 @@ class Tally:
             # Requests are only started within the run's duration: answers that come back after
             # its end do not stretch the time the throughput is computed over.
             elapsed = min(elapsed, duration)
+            if (self.config.rate or self.config.rate_stages) and not interrupted and not workers_lost:
+                # Rate mode: the requests due within the duration, over the duration (a ramp down
+                # to 0 has its last request due, and answered, before the end).
+                elapsed = duration
         elapsed = max(elapsed, 1e-9)
         last_bucket = max(self.buckets, default=-1)
         timeline = [

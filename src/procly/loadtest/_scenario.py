@@ -63,6 +63,7 @@ def flow(func: F | None = None, *, weight: int = 1, name: str | None = None) -> 
                 f"@flow {getattr(function, '__name__', function)!r} must be an async function "
                 "(async def name(user): ...)"
             )
+        _takes_the_user("@flow", function)
         setattr(function, _FLOW_ATTR, (weight, name or function.__name__))
         return function
 
@@ -77,8 +78,21 @@ def on_start(func: F) -> F:
     """
     if not inspect.iscoroutinefunction(func):
         raise TypeError(f"@on_start {getattr(func, '__name__', func)!r} must be an async function")
+    _takes_the_user("@on_start", func)
     setattr(func, _ON_START_ATTR, True)
     return func
+
+
+def _takes_the_user(decorator: str, function: Callable[..., Any]) -> None:
+    """Check at import that *function* can be called with the user alone (else every call
+    of it would raise the same TypeError for the whole run)."""
+    try:
+        inspect.signature(function).bind(None)
+    except TypeError:
+        name = getattr(function, "__name__", function)
+        raise TypeError(f"{decorator} {name!r} must take the user: async def {name}(user): ...") from None
+    except ValueError:  # no signature to read (a builtin): let the call say
+        pass
 
 
 @dataclass(frozen=True)
