@@ -347,16 +347,22 @@ def test_stages_parse_and_interpolate():
     assert stages.time_of_count(0) == 0 and stages.time_of_count(50) == pytest.approx(1.0)
     assert stages.time_of_count(150) == pytest.approx(2.0)
     assert stages.time_of_count(100 * 0.5 + 100 * 120 + 25) is None
+    # A 0 s stage jumps (as in k6): 10 at once, held for 1 s; the rate's integral jumps with it.
+    jump = Stages.parse("0s:10,1s:10")
+    assert jump.value_at(0) == 10 and jump.value_at(0.5) == 10 and jump.time_of_count(5) == pytest.approx(0.5)
     for bad, message in [
         ("", "no stage"),
         ("1s:10,abc", "stage 2 .'abc'. is not DURATION:TARGET"),
         ("1s:10,xs:5", "stage 2 .*no valid duration"),
-        ("0s:5", "stage 1 .* longer than 0"),
+        ("0s:5", "last 0 s in all"),
         ("1s:0,2s:0", "every stage's target is 0"),
-        ("1s:-3", "stage 1"),
+        ("1s:-3", "stage 1 .* negative target"),
     ]:
         with pytest.raises(ValueError, match=message):
             Stages.parse(bad)
+    with pytest.raises(ValueError, match="stage 2 .* 1.5 users: a whole number"):
+        Stages.parse("1s:2,1s:1.5", whole=True)
+    assert Stages.parse("1s:1.5", "-R").peak == 1.5  # a rate may be fractional
 
 
 def test_rate_stages_ramp_the_open_loop_rate(target):

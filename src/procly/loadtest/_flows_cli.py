@@ -25,7 +25,7 @@ def flow_options(
     """
     users = args.users if args.users is not None else args.connections
     rate, rate_stages = _rate(args.rate)
-    stages = Stages.parse(args.stages) if args.stages is not None else None
+    stages = Stages.parse(args.stages, whole=True) if args.stages is not None else None
     if stages is not None and args.users is not None:
         raise ValueError(
             f"--stages sets the number of users at each moment: -u {args.users} would be ignored "

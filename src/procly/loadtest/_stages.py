@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ._config import parse_duration
 
-_STAGE = re.compile(r"^\s*([^:\s]+)\s*:\s*(\d+(?:\.\d*)?|\.\d+)\s*$")
+_STAGE = re.compile(r"^\s*([^:\s]+)\s*:\s*(-?)(\d+(?:\.\d*)?|\.\d+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,9 @@ class Stages:
     start: float = 0.0
 
     @classmethod
-    def parse(cls, text: str, option: str = "--stages") -> Stages:
-        """Parse ``"30s:100,2m:100,20s:0"``.
+    def parse(cls, text: str, option: str = "--stages", whole: bool = False) -> Stages:
+        """Parse ``"30s:100,2m:100,20s:0"``; ``whole``: targets are counts (users), not rates.
+        A stage of ``0s`` jumps to its target at once.
 
         Raises:
             ValueError: a stage is malformed (the message names it and its position).
@@ -47,10 +48,19 @@ class Stages:
                     f"{option}: stage {position} ({part.strip()!r}) has no valid duration "
                     f"({match.group(1)!r}; examples: 30s, 2m, 500ms)"
                 ) from None
-            if duration <= 0:
-                raise ValueError(f"{option}: stage {position} ({part.strip()!r}) must last longer than 0 s")
-            steps.append((duration, float(match.group(2))))
+            if duration < 0:
+                raise ValueError(f"{option}: stage {position} ({part.strip()!r}) cannot last less than 0 s")
+            if match.group(2):
+                raise ValueError(f"{option}: stage {position} ({part.strip()!r}) has a negative target")
+            target = float(match.group(3))
+            if whole and not target.is_integer():
+                raise ValueError(
+                    f"{option}: stage {position} ({part.strip()!r}) asks for {target:g} users: a whole number"
+                )
+            steps.append((duration, target))
         profile = cls(tuple(steps))
+        if profile.duration <= 0:
+            raise ValueError(f"{option}: the stages last 0 s in all: nothing would run")
         if profile.peak <= 0:
             raise ValueError(f"{option}: every stage's target is 0: nothing would run")
         return profile
