@@ -123,6 +123,10 @@ def test_flows_sessions_checks_and_names(ctx, tmp_path, users_csv):
     assert names["missing"].errors == names["missing"].requests > 0
     assert report.errors == names["missing"].errors
     assert report.exceptions == {"KeyError": names["missing"].requests}
+    # The first of each kind says what and where: the scenario's line, the flow's name.
+    line = next(n for n, text in enumerate(textwrap.dedent(SHOP).splitlines(), 1) if "raise KeyError" in text)
+    sample = f"KeyError: 'the flow fails after its request' (shop.py:{line} in broken)"
+    assert report.exception_samples == {"KeyError": sample}
     assert report.iterations > 4
     checks = {check.name: check for check in report.checks}
     for name in (

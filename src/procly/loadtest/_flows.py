@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import json as jsonlib
+import os
 import random
 import time
+import traceback
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -120,13 +122,14 @@ class Response:
 class FlowRecorder(Recorder):
     """A worker's tallies for flows: one :class:`Recorder` per request name, checks, exceptions."""
 
-    __slots__ = ("names", "checks", "exceptions", "iterations")
+    __slots__ = ("names", "checks", "exceptions", "exception_samples", "iterations")
 
     def __init__(self, name: str = "") -> None:
         super().__init__(name)
         self.names: dict[str, Recorder] = {}
         self.checks: dict[str, list[int]] = {}
         self.exceptions: Counter[str] = Counter()
+        self.exception_samples: dict[str, str] = {}  # the first of each class this interval
         self.iterations = 0
 
     def named(self, name: str) -> Recorder:
@@ -163,10 +166,12 @@ class FlowRecorder(Recorder):
         total.by_name = by_name
         total.checks = {name: list(tally) for name, tally in self.checks.items()}
         total.exceptions = dict(self.exceptions)
+        total.exception_samples = self.exception_samples
         total.iterations = self.iterations
         self.bytes_received = 0
         self.checks = {}
         self.exceptions = Counter()
+        self.exception_samples = {}
         self.iterations = 0
         return total
 
@@ -176,6 +181,7 @@ class FlowRecorder(Recorder):
             recorder.discard()
         self.checks = {}
         self.exceptions = Counter()
+        self.exception_samples = {}
         self.iterations = 0
 
 
@@ -888,7 +894,10 @@ class FlowLoad:
     def _count_exception(self, exc: BaseException) -> None:
         """Count an exception a flow raised (in the measured part of the run)."""
         if time.monotonic() >= self.recorder.measure_from:
-            self.recorder.exceptions[type(exc).__name__] += 1
+            kind = type(exc).__name__
+            self.recorder.exceptions[kind] += 1
+            if kind not in self.recorder.exception_samples:
+                self.recorder.exception_samples[kind] = describe_exception(exc, self.scenario.path)
 
     async def _guarded(self, func: Callable[[User], Any], user: User) -> None:
         try:
@@ -919,6 +928,18 @@ class FlowLoad:
                 user._task.cancel()
         if not self.users and not self._done.done():
             self._done.set_result(None)
+
+
+def describe_exception(exc: BaseException, scenario_path: str) -> str:
+    """``KeyError: 'token' (shop.py:12 in checkout)``: the exception and where in the
+    scenario it was raised (the deepest frame of the scenario file, else the deepest)."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [frame for frame in frames if frame.filename == scenario_path] or frames
+    if ours:
+        frame = ours[-1]
+        text += f" ({os.path.basename(frame.filename)}:{frame.lineno} in {frame.name})"
+    return text[:300]
 
 
 def _encode_body(json: Any, data: bytes | str | Mapping[str, Any] | None) -> tuple[bytes, list[tuple[str, str]]]:

@@ -202,6 +202,8 @@ class Report:
     by_name: list[NameStats] = field(default_factory=list)
     checks: list[CheckStats] = field(default_factory=list)
     exceptions: dict[str, int] = field(default_factory=dict)
+    #: The first exception of each class in ``exceptions``, with the scenario's file and line.
+    exception_samples: dict[str, str] = field(default_factory=dict)
     iterations: int = 0
     #: Rate mode: how long after its due time a request waiting on a free connection was written (ms).
     send_lag: Latency | None = None
@@ -257,6 +259,7 @@ class Report:
             by_name=[NameStats.build(name, sub, elapsed) for name, sub in sorted(total.by_name.items())],
             checks=[CheckStats(name, passed, failed) for name, (passed, failed) in sorted(total.checks.items())],
             exceptions=dict(sorted(total.exceptions.items(), key=lambda item: -item[1])),
+            exception_samples=dict(total.exception_samples),
             iterations=total.iterations,
             send_lag=Latency.from_histogram(total.send_lag) if total.send_lag is not None else None,
             late_sends=total.late,
@@ -338,6 +341,7 @@ class Report:
             "checks": [check.to_dict() for check in self.checks],
             "checks_passed_percent": round(self.checks_passed_percent, 4),
             "exceptions": self.exceptions,
+            "exception_samples": self.exception_samples,
             "iterations": self.iterations,
             "rate_target_requests_per_s": self.rate_target,
             "late_sends": self.late_sends,
@@ -543,12 +547,16 @@ class Report:
         sections: list[tuple[str, Any]] = [
             ("status codes", self.status_codes if set(self.status_codes) != {0} else {}),
             ("errors by kind", self.error_kinds),
-            ("flows that raised (the user went on with its next iteration)", self.exceptions),
         ]
         for title, counts in sections:
             if counts:
                 width = 6 if title == "status codes" else 24
                 lines += ["", f"  {title}"] + [f"    {key!s:<{width}} {count:>12,}" for key, count in counts.items()]
+        if self.exceptions:
+            lines += ["", "  flows that raised (the user went on with its next iteration; the first of each kind)"]
+            for kind, count in self.exceptions.items():
+                sample = self.exception_samples.get(kind, "")
+                lines.append(f"    {kind:<24} {count:>12,}   {sample}".rstrip())
         if self.workers_lost:
             lines += ["", "  workers lost (their last half second is missing)"]
             lines += [f"    {message}" for message in self.workers_lost]

@@ -230,6 +230,8 @@ class Interval:
     by_name: dict[str, Interval] = field(default_factory=dict)
     checks: dict[str, list[int]] = field(default_factory=dict)
     exceptions: dict[str, int] = field(default_factory=dict)
+    #: The first exception of each class, with where the flow raised it (``exceptions``' keys).
+    exception_samples: dict[str, str] = field(default_factory=dict)
     iterations: int = 0
     peak_rss_kib: int = 0  # the largest peak resident size of the workers merged here
     cpu_s: float = 0.0  # CPU time (user + system) the workers merged here spent while measuring
@@ -263,12 +265,7 @@ class Interval:
             self.statuses[status] = self.statuses.get(status, 0) + count
         for kind, count in other.errors.items():
             self.errors[kind] = self.errors.get(kind, 0) + count
-        for kind, count in other.exceptions.items():
-            self.exceptions[kind] = self.exceptions.get(kind, 0) + count
-        for name, (passed, failed) in other.checks.items():
-            tally = self.checks.setdefault(name, [0, 0])
-            tally[0] += passed
-            tally[1] += failed
+        self._add_flow_tallies(other)
         if other.histogram.get_total_count():
             self.histogram.add(other.histogram)
         if other.send_lag is not None and other.send_lag.get_total_count():
@@ -281,6 +278,17 @@ class Interval:
                 self.by_name[name] = sub.copy_counts()
             else:
                 mine.add(sub)
+
+    def _add_flow_tallies(self, other: Interval) -> None:
+        """Merge what only flows record: exceptions (and their first samples), checks."""
+        for kind, count in other.exceptions.items():
+            self.exceptions[kind] = self.exceptions.get(kind, 0) + count
+        for kind, sample in other.exception_samples.items():
+            self.exception_samples.setdefault(kind, sample)
+        for name, (passed, failed) in other.checks.items():
+            tally = self.checks.setdefault(name, [0, 0])
+            tally[0] += passed
+            tally[1] += failed
 
     def to_wire(self) -> dict[str, Any]:
         """A small picklable form: histograms travel in HDR's compressed encoding."""
@@ -297,6 +305,7 @@ class Interval:
             "by_name": self._names_to_wire(),
             "checks": self.checks,
             "exceptions": self.exceptions,
+            "exception_samples": self.exception_samples,
             "iterations": self.iterations,
             "peak_rss_kib": self.peak_rss_kib,
             "cpu_s": self.cpu_s,
@@ -325,6 +334,7 @@ class Interval:
             by_name={name: cls.from_wire(sub) for name, sub in data.get("by_name", {}).items() if sub is not None},
             checks={name: list(tally) for name, tally in data.get("checks", {}).items()},
             exceptions=dict(data.get("exceptions", {})),
+            exception_samples=dict(data.get("exception_samples", {})),
             iterations=data.get("iterations", 0),
             peak_rss_kib=data.get("peak_rss_kib", 0),
             cpu_s=data.get("cpu_s", 0.0),
