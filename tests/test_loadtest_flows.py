@@ -330,6 +330,40 @@ def test_a_cancelled_request_leaves_its_answer_off_the_next_request(tmp_path, ta
     assert report.name_stats("next").requests >= 5 and not report.exceptions
 
 
+def test_expected_statuses_decide_what_is_an_http_error(tmp_path, target):
+    # expect= says which statuses a request should get (as k6's expectedStatuses): an
+    # expected 404 is no error, an unexpected 200 is one; a status that is not one is refused.
+    path = write(
+        tmp_path,
+        "expect.py",
+        """
+        from procly.loadtest import flow
+
+        @flow
+        async def f(user):
+            await user.get("/status/404", name="gone", expect=404)
+            await user.get("/", name="home", expect=(201, 204))
+            await user.get("/status/503", name="down")
+            await user.get("/", name="bad", expect="200")
+    """,
+    )
+    report = run_scenario(target, path, processes=1, connections=1, requests=30)
+    gone, home, down = report.name_stats("gone"), report.name_stats("home"), report.name_stats("down")
+    assert gone.requests == home.requests == down.requests == 10 and report.name_stats("bad") is None
+    assert gone.errors == 0 and gone.status_codes == {404: 10}
+    assert home.error_kinds == {"http 200 unexpected": 10} and down.error_kinds == {"http 503": 10}
+    assert report.exceptions == {"ValueError": 10} and "100 to 599" in report.exception_samples["ValueError"]
+    # Every answer an expected 404: the run succeeded (exit 0), though no status was under 400.
+    only_gone = write(
+        tmp_path,
+        "gone.py",
+        "from procly.loadtest import flow\n\n@flow\nasync def f(user):\n"
+        "    await user.get('/status/404', expect=404)\n",
+    )
+    out = procly_cli("loadtest", "-q", "-f", only_gone, "-u", "1", "-p", "1", "-n", "20", target.url)
+    assert out.returncode == 0, out.stderr
+
+
 def test_flow_warmup_is_not_measured(tmp_path, target):
     # A request issued in the warm-up and answered after its end stays out of the figures:
     # the budget counts measured requests only, and exactly those are recorded.

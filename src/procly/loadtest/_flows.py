@@ -379,16 +379,21 @@ class User:
         params: Mapping[str, Any] | None = None,
         json: Any = None,
         data: bytes | str | Mapping[str, Any] | None = None,
+        expect: int | Iterable[int] | None = None,
     ) -> Response:
         """Send one request on this user's connection and return its :class:`Response`.
 
         ``name`` groups the request's statistics (default: the method and the path
         without its query); ``json`` sends a JSON body, ``data`` bytes, text or a form.
-        A request that gets no response is counted as an error under its name and
-        returns a Response with status 0 and ``error`` set: it does not raise.
+        ``expect``: the status (or statuses) this request should get: one of them is no
+        error even if it is 4xx or 5xx, any other is one even if it is 2xx (by default
+        a status of 400 or more is an HTTP error). A request that gets no response is
+        counted as an error under its name and returns a Response with status 0 and
+        ``error`` set: it does not raise.
 
         Raises:
-            ValueError: ``path`` is an absolute URL of another host than the target.
+            ValueError: ``path`` is an absolute URL of another host than the target, or
+                ``expect`` holds something that is not an HTTP status.
             RuntimeError: this user's previous request has not been answered yet: a user
                 sends one request at a time, on its one connection.
         """
@@ -399,6 +404,7 @@ class User:
                 "(for requests in parallel, use more users)"
             )
         payload, name = load.encode(self, method, path, name, params, headers, json, data)
+        expected = None if expect is None else _expected_statuses(expect)
         issued = time.monotonic()  # as the schedule counts it: in the warm-up or measured
         if self._retired or load.schedule.next_start(issued) is None:
             raise _StopUser
@@ -430,7 +436,10 @@ class User:
             if not keep_alive:
                 self._drop_connection()
             if issued >= recorder.measure_from:
-                _record(recorder, status, now - started)
+                if expected is None:
+                    _record(recorder, status, now - started)
+                else:
+                    _record_expected(recorder, status, now - started, expected)
             if connection.cookies is not None:
                 self._set_cookies(connection.cookies)
             return Response(status, raw_headers, content, None, (now - started) * 1000, name)
@@ -1002,6 +1011,31 @@ def _record(recorder: Any, status: int, seconds: float) -> None:
         recorder.statuses[status] += 1
         if status >= 400:
             recorder.errors[f"http {status}"] += 1
+
+
+def _record_expected(recorder: Any, status: int, seconds: float, expected: frozenset[int]) -> None:
+    """_record() for a request that says which statuses it expects: any other is an error
+    (``http 404``, or ``http 200 unexpected`` for one under 400)."""
+    recorder.latencies.append(int(seconds * 1e6))
+    if status == 200:
+        recorder.ok += 1
+    else:
+        recorder.statuses[status] += 1
+    if status not in expected:
+        recorder.errors[f"http {status}" if status >= 400 else f"http {status} unexpected"] += 1
+
+
+def _expected_statuses(expect: int | Iterable[int]) -> frozenset[int]:
+    """``expect=`` as a set of statuses.
+
+    Raises:
+        ValueError: something in it is not an HTTP status (an int from 100 to 599).
+    """
+    statuses = (expect,) if isinstance(expect, int) else tuple(expect)
+    for status in statuses:
+        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+            raise ValueError(f"expect={expect!r}: an HTTP status is a whole number from 100 to 599")
+    return frozenset(statuses)
 
 
 def _target(path: str, method: str, name: str | None, params: Mapping[str, Any] | None) -> tuple[str, str]:

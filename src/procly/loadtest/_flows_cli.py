@@ -101,7 +101,10 @@ def nothing_succeeded(report: Report) -> str | None:
     """Why the run is a failure although no threshold broke (no request succeeded), or None."""
     if report.interrupted:
         return None
-    if any(count for code, count in report.status_codes.items() if code < 400):
+    # A response is a success unless it is counted as an HTTP error (a 4xx a request
+    # expected is a success; a 200 it did not expect is not).
+    http_errors = sum(count for kind, count in report.error_kinds.items() if kind.startswith("http "))
+    if report.requests > http_errors:
         return None
     if report.attempts == 0:
         if report.exceptions:
