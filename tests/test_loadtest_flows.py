@@ -527,6 +527,9 @@ def test_a_run_where_nothing_succeeded_exits_1(tmp_path):
     url = f"http://127.0.0.1:{free_port()}/"
     out = procly_cli("loadtest", "-q", "-p", "1", "-c", "2", "-d", "0.6", url)
     assert out.returncode == 1 and "no request succeeded" in out.stderr and "connect refused" in out.stderr
+    lines = out.stdout.splitlines()
+    latency_row = lines[next(i for i, line in enumerate(lines) if "latency ms" in line) + 1]
+    assert set(latency_row.split()) == {"-"}, out.stdout  # no answer, no latency (not 0.00)
     path = write(
         tmp_path,
         "refused.py",

@@ -505,9 +505,10 @@ class Report:
         lat = self.latency
         names = ["min", "p50", "p90", "p95", "p99", "p99.9", "max", "mean", "stdev"]
         values = [lat.min, lat.p50, lat.p90, lat.p95, lat.p99, lat.p99_9, lat.max, lat.mean, lat.stdev]
+        shown = [_fmt_ms(value) if self.requests else "-" for value in values]  # no answer: no latency
         return [
             "  latency ms " + "".join(f"{name:>9}" for name in names),
-            "             " + "".join(f"{_fmt_ms(value):>9}" for value in values),
+            "             " + "".join(f"{text:>9}" for text in shown),
         ]
 
     def _text_by_name(self) -> list[str]:
@@ -522,7 +523,8 @@ class Report:
             lines.append(
                 f"    {name:<{width - 2}}{count:>10,}{rps:>10,.1f}{errors:>10,}"
                 + "".join(
-                    f"{_fmt_ms(v):>10}" for v in (latency.p50, latency.p90, latency.p95, latency.p99, latency.max)
+                    f"{_fmt_ms(v) if count else '-':>10}"
+                    for v in (latency.p50, latency.p90, latency.p95, latency.p99, latency.max)
                 )
             )
         return lines
