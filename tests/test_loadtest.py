@@ -783,6 +783,8 @@ def test_every_json_number_carries_its_unit(target):
         "processes",
         "connections",
         "users",
+        "measured_errors",
+        "measured_requests",
         "data_rows",
         "seed",
         "cpus",

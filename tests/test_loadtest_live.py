@@ -263,12 +263,16 @@ def test_final_report_has_axes_thresholds_configuration_and_machine(tmp_path):
     finally:
         run.stop()
     report = json.loads(run.json_path.read_text())
-    assert report["thresholds"] == [
-        {"condition": "p99>10s", "passed": True, "measured": report["thresholds"][0]["measured"]},
-        {"condition": "checks<99%", "passed": False, "measured": report["thresholds"][1]["measured"]},
-        {"condition": "p95{name=home}>10s", "passed": True, "measured": report["thresholds"][2]["measured"]},
-    ]
-    assert report["thresholds"][1]["measured"].startswith("checks = ")
+    verdicts = report["thresholds"]
+    assert verdicts == [
+        {"condition": "p99>10s", "passed": True, "measured": verdicts[0]["measured"],
+         "measured_ms": report["latency_p99_ms"]},
+        {"condition": "checks<99%", "passed": False, "measured": verdicts[1]["measured"],
+         "measured_percent": report["checks_passed_percent"]},
+        {"condition": "p95{name=home}>10s", "passed": True, "measured": verdicts[2]["measured"],
+         "measured_ms": verdicts[2]["measured_ms"]},
+    ]  # fmt: skip
+    assert verdicts[1]["measured"].startswith("checks = ") and 0 < verdicts[2]["measured_ms"] < 10_000
     config, machine = report["configuration"], report["machine"]
     assert config["mode"] == "flows" and config["users"] == 4 and config["processes"] == 1
     assert config["data_order"] == "round-robin" and "connections" not in config

@@ -157,6 +157,19 @@ class Threshold:
             percent = found[0].passed_percent
         return percent, f"{label} = {percent:.3f}% passed"
 
+    def measured_number(self, value: float) -> tuple[str, float]:
+        """*value* (as :meth:`measure` gives it, in the condition's unit) under a key that
+        names its unit: ``measured_ms``, ``measured_percent``, ``measured_per_s``,
+        ``measured_errors`` or ``measured_requests``."""
+        metric, unit = self.metric, self.unit
+        if metric in _LATENCY or (metric.startswith("p") and metric != "checks"):
+            return "measured_ms", round(value * _LATENCY_UNITS_MS[unit or "ms"], 4)
+        if metric in ("checks", "error_rate") or unit == "%":
+            return "measured_percent", round(value, 4)
+        if metric == "rps":
+            return "measured_per_s", round(value, 3)
+        return f"measured_{metric}", value  # errors or requests: a count
+
     def broken_by(self, report: Report) -> str | None:
         """A message if ``report`` makes this condition true (or it names nothing), else None."""
         measured = self.measure(report)
@@ -186,11 +199,13 @@ def threshold_verdicts(thresholds: list[Threshold], report: Report) -> list[dict
             verdicts.append({"condition": threshold.text, "passed": False, "measured": measured})
         else:
             value, shown = measured
+            key, number = threshold.measured_number(value)
             verdicts.append(
                 {
                     "condition": threshold.text,
                     "passed": not _OPS[threshold.op](value, threshold.value),
                     "measured": shown,
+                    key: number,
                 }
             )
     return verdicts
