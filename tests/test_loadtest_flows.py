@@ -461,6 +461,9 @@ def test_cli_stages_for_the_single_url_load():
     report = json.loads(out.stdout)
     assert "stages 0.5s:4,0.5s:4 users" in report["description"] and "4 users" in report["description"]
     assert report["requests"] > 0 and [row["name"] for row in report["by_name"]] == ["GET /"]
+    config = report["configuration"]
+    assert (config["mode"], config["method"], config["users"]) == ("ramped users", "GET", 4)
+    assert "scenario" not in config
 
 
 # --- bad input ---------------------------------------------------------------------------------

@@ -603,10 +603,14 @@ def configuration_of(config: LoadTestConfig) -> dict[str, Any]:
     for key, stages in (("stages", config.stages), ("rate_stages", config.rate_stages)):
         if stages is not None:
             data[key] = stages.describe()
-    if config.scenario is not None:
-        scenario = config.scenario
-        data["scenario"] = scenario.describe()
+    scenario = config.scenario
+    if scenario is not None:
         data["users"] = data.pop("connections")  # a flow's connections are its virtual users
+        if scenario.label is not None:  # --stages without -f: users that each send the URL's request
+            data["mode"] = "ramped users"
+            data["method"] = config.method
+            return data
+        data["scenario"] = scenario.describe()
         data["data_rows"] = len(scenario.rows)
         data["data_order"] = "random" if scenario.random_rows else "round-robin"
         data["seed"] = scenario.seed
