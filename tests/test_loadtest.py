@@ -348,12 +348,33 @@ def test_connection_refused_is_counted(ctx):
     assert set(report.error_kinds) == {"connect refused"} and report.error_rate == 1.0
 
 
-def test_refused_connections_in_rate_mode_fail_one_request_each_at_its_due_time():
+@pytest.mark.parametrize("warmup", [0.0, 0.5])
+def test_refused_connections_in_rate_mode_fail_one_request_each_at_its_due_time(warmup):
     # Each attempt waits for its request's due time: one error per request due over the
-    # whole run, not a burst of attempts that uses the schedule up at once.
-    config = LoadTestConfig(url=f"http://127.0.0.1:{free_port()}/", processes=1, connections=4, rate=50, duration=1)
+    # whole run, not a burst of attempts that uses the schedule up at once; the warm-up's
+    # failures are not measured.
+    url = f"http://127.0.0.1:{free_port()}/"
+    config = LoadTestConfig(url=url, processes=1, connections=4, rate=50, duration=1, warmup=warmup)
     report = run_load_test(config)
     assert report.requests == 0 and report.errors == 50 and set(report.error_kinds) == {"connect refused"}
+
+
+def test_rate_mode_with_a_budget_is_measured_over_its_time(target):
+    # -n 50 at 100/s within -d 3: the run ends after ~0.5 s, and its rate is over that time.
+    config = LoadTestConfig(url=target.url, processes=1, connections=2, rate=100, requests=50, duration=3.0)
+    report = run_load_test(config)
+    assert report.requests == 50 and report.elapsed < 3.0 and report.throughput > 50 / 3.0
+    assert not [w for w in report.warnings if "not held" in w], report.warnings
+
+
+def test_first_requests_due_while_connecting_are_not_late_sends(target):
+    # Late sends are requests that waited for a busy connection; the first ones, due while
+    # the connections were being made, are not (they made a short fast run warn).
+    # 64 connections at 200/s: each is free for 320 ms between its requests, none waits.
+    config = LoadTestConfig(url=target.url, processes=1, connections=64, rate=200, duration=0.6)
+    report = run_load_test(config)
+    assert report.errors == 0 and report.late_sends == 0
+    assert not [w for w in report.warnings if "late" in w], report.warnings
 
 
 @pytest.mark.parametrize(
@@ -659,6 +680,9 @@ def test_rate_mode_says_why_requests_went_out_late(late, cpu_s, says):
     else:
         assert len(late_warnings) == 1 and late_warnings[0].startswith(says), report.warnings
     assert report.to_dict()["worker_busy_percent"] == round(cpu_s / 2.0 * 100, 1)
+    # Busy per worker that ran: one connection makes one worker, whatever -p says.
+    one_worker = LoadTestConfig(url="http://127.0.0.1/", processes=8, connections=1, rate=5000, duration=2, warmup=0)
+    assert Report.build(one_worker, total, 2.0, [], [], False).worker_busy == pytest.approx(cpu_s / 2.0)
 
 
 def test_bad_options_exit_2():

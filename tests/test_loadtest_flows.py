@@ -362,6 +362,24 @@ def test_expected_statuses_decide_what_is_an_http_error(tmp_path, target):
     )
     out = procly_cli("loadtest", "-q", "-f", only_gone, "-u", "1", "-p", "1", "-n", "20", target.url)
     assert out.returncode == 0, out.stderr
+    from procly.loadtest import _flows
+
+    with pytest.raises(ValueError, match="names no status"):
+        _flows._expected_statuses([])
+
+
+def test_an_exception_whose_message_fails_is_still_described():
+    from procly.loadtest import _flows
+
+    class Odd(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no message for you")
+
+    try:
+        raise Odd
+    except Odd as exc:
+        text = _flows.describe_exception(exc, __file__)
+    assert text.startswith("Odd: (its message could not be made) (test_loadtest_flows.py:")
 
 
 def test_flow_warmup_is_not_measured(tmp_path, target):

@@ -942,7 +942,11 @@ class FlowLoad:
 def describe_exception(exc: BaseException, scenario_path: str) -> str:
     """``KeyError: 'token' (shop.py:12 in checkout)``: the exception and where in the
     scenario it was raised (the deepest frame of the scenario file, else the deepest)."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - an exception whose __str__ fails is still counted
+        message = "(its message could not be made)"
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     frames = traceback.extract_tb(exc.__traceback__)
     ours = [frame for frame in frames if frame.filename == scenario_path] or frames
     if ours:
@@ -1032,6 +1036,8 @@ def _expected_statuses(expect: int | Iterable[int]) -> frozenset[int]:
         ValueError: something in it is not an HTTP status (an int from 100 to 599).
     """
     statuses = (expect,) if isinstance(expect, int) else tuple(expect)
+    if not statuses:
+        raise ValueError("expect= names no status: give one (expect=404) or several (expect=(200, 404))")
     for status in statuses:
         if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
             raise ValueError(f"expect={expect!r}: an HTTP status is a whole number from 100 to 599")

@@ -158,8 +158,8 @@ class _Slot:
         """Rate mode: the failure fails the request that was due on this connection (if one
         was); the next attempt waits for the next request's due time, so that a target that
         refuses connections gets them at the rate, one error per request due."""
-        if self.due is not None:
-            self.load.recorder.error(kind)
+        if self.due is not None and self.due >= self.load.recorder.measure_from:
+            self.load.recorder.error(kind)  # a warm-up request's failure is not measured
         due = self.load.schedule.next_start(time.monotonic())
         if due is None:
             self.finish()
@@ -174,6 +174,9 @@ class _Slot:
 
     # requests
     def issue(self, now: float | None = None) -> None:
+        """Send the next request, or wait for its due time; *now* is given when an answer
+        has just come on this connection (a request due meanwhile waited for it: late)."""
+        answered = now is not None
         if now is None:
             now = time.monotonic()
         due = self.load.schedule.next_start(now)
@@ -186,8 +189,8 @@ class _Slot:
             self.load.pacer.call_at(due, self.paced, due)
         else:
             # In closed loop due == now: the send time needs no second clock read.
-            if due < now and self.load.schedule.open_loop and due >= self.load.recorder.measure_from:
-                self.load.recorder.late += 1  # due while every connection was busy
+            if answered and due < now and self.load.schedule.open_loop and due >= self.load.recorder.measure_from:
+                self.load.recorder.late += 1  # due while this connection was busy
             self._send(due, now)
 
     def paced(self, due: float) -> None:

@@ -266,7 +266,7 @@ class Report:
             rate_target=config.rate,
             worker_peak_rss_mib=total.peak_rss_kib / 1024,
             worker_cpu_s=total.cpu_s,
-            worker_busy=total.cpu_s / (config.processes * (elapsed + config.warmup)),
+            worker_busy=min(1.0, total.cpu_s / (config.worker_count * max(elapsed + config.warmup, 1e-3))),
             configuration=configuration_of(config),
             machine=machine_info(),
         )
@@ -281,7 +281,7 @@ class Report:
                 f"ms (p99) after their due time; use more processes (-p) or a lower rate"
             )
         late_share = self.late_sends / max(1, self.attempts)
-        if self.rate_target and late_share > LATE_WARNING_SHARE:
+        if late_share > LATE_WARNING_SHARE:  # late sends are counted in rate mode only
             if self.worker_busy >= CLIENT_BUSY:
                 warnings.append(
                     f"the client fell behind its schedule: {late_share:.1%} of the requests went out late "

@@ -127,7 +127,8 @@ class Tally:
             # Requests are only started within the run's duration: answers that come back after
             # its end do not stretch the time the throughput is computed over.
             elapsed = min(elapsed, duration)
-            if (self.config.rate or self.config.rate_stages) and not interrupted and not workers_lost:
+            rate_mode = self.config.rate or self.config.rate_stages
+            if rate_mode and self.config.requests is None and not interrupted and not workers_lost:
                 # Rate mode: the requests due within the duration, over the duration (a ramp down
                 # to 0 has its last request due, and answered, before the end).
                 elapsed = duration
@@ -206,6 +207,8 @@ class _Coordinator:
         self.workers = workers
         self.on_progress = on_progress
         self.on_tick = on_tick
+        self._measure_start_mono = 0.0  # set by run()
+        self._next_second = -(2**62)  # the live line's next second (none shown yet)
         self.tally = Tally(config)
         self.interrupted = False
 
@@ -213,6 +216,8 @@ class _Coordinator:
         self._wait_ready()
         wall_start = time.time() + 0.05
         self.tally.measure_start = wall_start + self.config.warmup
+        # The measured start on the monotonic clock, once: the live line's seconds count from it.
+        self._measure_start_mono = time.monotonic() + (self.tally.measure_start - time.time())
         for worker in self._live():
             worker.conn.send(("go", wall_start))
         try:
@@ -282,13 +287,13 @@ class _Coordinator:
     def _next_progress(self) -> float:
         """When to show the live line next (monotonic): just after the next second of the
         measured run ends, once the workers' ticks for it are in (their ticks fall on the
-        measured start + k * TICK)."""
-        now = time.monotonic()
-        start = self.tally.measure_start - (time.time() - now)  # the measured start, monotonic
-        seconds = math.floor((now - PROGRESS_DELAY - start) / 1.0) + 1
-        if seconds == 0:
-            seconds = 1  # second 0 is the start: nothing measured to show yet
-        return start + seconds + PROGRESS_DELAY
+        measured start + k * TICK). Never the same second twice."""
+        start = self._measure_start_mono
+        second = max(math.floor(time.monotonic() - PROGRESS_DELAY - start) + 1, self._next_second)
+        if second == 0:
+            second = 1  # second 0 is the start: nothing measured to show yet
+        self._next_second = second + 1
+        return start + second + PROGRESS_DELAY
 
     def _collect(self, deadline: float | None) -> None:
         next_progress = self._next_progress()
