@@ -359,6 +359,14 @@ def test_refused_connections_in_rate_mode_fail_one_request_each_at_its_due_time(
     assert report.requests == 0 and report.errors == 50 and set(report.error_kinds) == {"connect refused"}
 
 
+def test_failures_of_warmup_requests_are_not_measured(target):
+    # Every answer is malformed: the budget of 20 measured requests gives 20 errors exactly,
+    # however many warm-up requests failed before (a short warm-up has no tick to drop them).
+    config = LoadTestConfig(url=target.url + "garbage", processes=1, connections=2, requests=20, warmup=0.3)
+    report = run_load_test(config)
+    assert report.errors == 20 and report.error_kinds == {"malformed response": 20}
+
+
 def test_rate_mode_with_a_budget_is_measured_over_its_time(target):
     # -n 50 at 100/s within -d 3: the run ends after ~0.5 s, and its rate is over that time.
     config = LoadTestConfig(url=target.url, processes=1, connections=2, rate=100, requests=50, duration=3.0)

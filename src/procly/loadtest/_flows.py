@@ -417,7 +417,8 @@ class User:
                 try:
                     connection = await self._connect()
                 except RequestFailed as exc:
-                    recorder.error(exc.kind)
+                    if issued >= recorder.measure_from:
+                        recorder.error(exc.kind)
                     return Response(0, b"", b"", exc.kind, 0.0, name)
             waiter = connection.send(payload, method == "HEAD", load.writes)
             try:

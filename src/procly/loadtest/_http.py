@@ -272,6 +272,11 @@ class _Slot:
         if self.protocol is not None:
             self.failed(self.protocol, f"write {type(exc).__name__}")
 
+    def _count_error(self, kind: str) -> None:
+        """Count the failure of the request in flight, unless it was a warm-up request."""
+        if self.due is not None and self.due >= self.load.recorder.measure_from:
+            self.load.recorder.error(kind)
+
     def failed(self, protocol: _Protocol, kind: str) -> None:
         """The request on ``protocol`` failed (bad bytes, timeout): count it, drop the connection."""
         if protocol is not self.protocol:
@@ -281,7 +286,7 @@ class _Slot:
         if protocol.transport is not None:
             protocol.transport.abort()
         if was_busy:
-            self.load.recorder.error(kind)
+            self._count_error(kind)
             self.due = None
         self._next_connection()
 
@@ -295,7 +300,7 @@ class _Slot:
                 if exc is None
                 else ("reset" if isinstance(exc, ConnectionResetError) else f"lost {type(exc).__name__}")
             )
-            self.load.recorder.error(kind)
+            self._count_error(kind)
             self.due = None
             self._next_connection()
         elif self.state == _IDLE:
