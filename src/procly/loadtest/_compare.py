@@ -287,8 +287,9 @@ def _figures(data: dict[str, Any], where: str) -> Figures:
         rate = data.get("error_rate_percent")
         if rate is None:  # per-name entries: errors over attempts as the report counts them
             errors, requests = int(data["errors"]), int(data["requests"])
-            http = sum(v for k, v in data.get("error_kinds", {}).items() if k.startswith("http "))
-            attempts = requests + errors - http
+            from ._stats import http_error_count
+
+            attempts = requests + errors - http_error_count(data.get("error_kinds", {}))
             rate = 100.0 * errors / attempts if attempts else 0.0
         return Figures(
             requests=int(data["requests"]),

@@ -437,10 +437,7 @@ class User:
             if not keep_alive:
                 self._drop_connection()
             if issued >= recorder.measure_from:
-                if expected is None:
-                    _record(recorder, status, now - started)
-                else:
-                    _record_expected(recorder, status, now - started, expected)
+                _record(recorder, status, now - started, expected)
             if connection.cookies is not None:
                 self._set_cookies(connection.cookies)
             return Response(status, raw_headers, content, None, (now - started) * 1000, name)
@@ -1007,26 +1004,19 @@ def _json_bytes(value: Any) -> bytes:
     return _JSON.encode(value).encode()  # raises what json.dumps raises
 
 
-def _record(recorder: Any, status: int, seconds: float) -> None:
-    """Count a response of *status* that took *seconds* under its request's name."""
+def _record(recorder: Any, status: int, seconds: float, expected: frozenset[int] | None = None) -> None:
+    """Count a response of *status* that took *seconds* under its request's name. An error:
+    a status of 400 or more, or, where the request named the statuses it *expected*, any
+    other (``http 404``, or ``http 200 unexpected`` for one under 400)."""
     recorder.latencies.append(int(seconds * 1e6))
     if status == 200:
         recorder.ok += 1  # as in the single-URL load: the common case is one integer add
     else:
         recorder.statuses[status] += 1
+    if expected is None:
         if status >= 400:
             recorder.errors[f"http {status}"] += 1
-
-
-def _record_expected(recorder: Any, status: int, seconds: float, expected: frozenset[int]) -> None:
-    """_record() for a request that says which statuses it expects: any other is an error
-    (``http 404``, or ``http 200 unexpected`` for one under 400)."""
-    recorder.latencies.append(int(seconds * 1e6))
-    if status == 200:
-        recorder.ok += 1
-    else:
-        recorder.statuses[status] += 1
-    if status not in expected:
+    elif status not in expected:
         recorder.errors[f"http {status}" if status >= 400 else f"http {status} unexpected"] += 1
 
 

@@ -10,6 +10,7 @@ from ._config import parse_duration
 from ._report import Report
 from ._scenario import Scenario
 from ._stages import Stages
+from ._stats import http_error_count
 
 _loaded: dict[tuple[Any, ...], Scenario] = {}
 
@@ -103,8 +104,7 @@ def nothing_succeeded(report: Report) -> str | None:
         return None
     # A response is a success unless it is counted as an HTTP error (a 4xx a request
     # expected is a success; a 200 it did not expect is not).
-    http_errors = sum(count for kind, count in report.error_kinds.items() if kind.startswith("http "))
-    if report.requests > http_errors:
+    if report.requests > http_error_count(report.error_kinds):
         return None
     if report.attempts == 0:
         if report.exceptions:

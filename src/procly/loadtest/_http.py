@@ -158,8 +158,7 @@ class _Slot:
         """Rate mode: the failure fails the request that was due on this connection (if one
         was); the next attempt waits for the next request's due time, so that a target that
         refuses connections gets them at the rate, one error per request due."""
-        if self.due is not None and self.due >= self.load.recorder.measure_from:
-            self.load.recorder.error(kind)  # a warm-up request's failure is not measured
+        self._count_error(kind)
         due = self.load.schedule.next_start(time.monotonic())
         if due is None:
             self.finish()

@@ -16,7 +16,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from ._config import LoadTestConfig
-from ._stats import Interval, mean_and_stdev_us, percentile_ms
+from ._stats import Interval, http_error_count, mean_and_stdev_us, percentile_ms
 
 #: The percentiles of the report's latency table.
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
@@ -236,7 +236,7 @@ class Report:
         interrupted: bool,
     ) -> Report:
         # A response with status >= 400 is both a request and an error; a transport error only an error.
-        http_errors = sum(count for kind, count in total.errors.items() if kind.startswith("http "))
+        http_errors = http_error_count(total.errors)
         errors = total.error_count
         attempts = total.requests + errors - http_errors
         report = cls(
@@ -273,6 +273,11 @@ class Report:
         report.warnings = report._warnings()
         return report
 
+    @property
+    def late_share(self) -> float:
+        """Rate mode: the share of the attempts that were late sends."""
+        return self.late_sends / max(1, self.attempts)
+
     def _warnings(self) -> list[str]:
         warnings = []
         if self.send_lag is not None and self.send_lag.p99 > SEND_LAG_WARNING_MS:
@@ -280,7 +285,7 @@ class Report:
                 f"the client fell behind its schedule: requests went out up to {self.send_lag.p99:.2f} "
                 f"ms (p99) after their due time; use more processes (-p) or a lower rate"
             )
-        late_share = self.late_sends / max(1, self.attempts)
+        late_share = self.late_share
         if late_share > LATE_WARNING_SHARE:  # late sends are counted in rate mode only
             if self.worker_busy >= CLIENT_BUSY:
                 warnings.append(
@@ -496,8 +501,7 @@ class Report:
             )
         if self.late_sends:
             lines.append(
-                f"  late sends   {self.late_sends:>12,}   ({self.late_sends / max(1, self.attempts):.2%}: due while "
-                "every connection was busy)"
+                f"  late sends   {self.late_sends:>12,}   ({self.late_share:.2%}: due while every connection was busy)"
             )
         return lines
 

@@ -58,12 +58,7 @@ def flow(func: F | None = None, *, weight: int = 1, name: str | None = None) -> 
         raise TypeError(f"@flow weight must be a positive whole number, got {weight!r}")
 
     def mark(function: F) -> F:
-        if not inspect.iscoroutinefunction(function):
-            raise TypeError(
-                f"@flow {getattr(function, '__name__', function)!r} must be an async function "
-                "(async def name(user): ...)"
-            )
-        _takes_the_user("@flow", function)
+        _check_user_function("@flow", function)
         setattr(function, _FLOW_ATTR, (weight, name or function.__name__))
         return function
 
@@ -76,16 +71,19 @@ def on_start(func: F) -> F:
     Raises:
         TypeError: the function is not a coroutine function.
     """
-    if not inspect.iscoroutinefunction(func):
-        raise TypeError(f"@on_start {getattr(func, '__name__', func)!r} must be an async function")
-    _takes_the_user("@on_start", func)
+    _check_user_function("@on_start", func)
     setattr(func, _ON_START_ATTR, True)
     return func
 
 
-def _takes_the_user(decorator: str, function: Callable[..., Any]) -> None:
-    """Check at import that *function* can be called with the user alone (else every call
-    of it would raise the same TypeError for the whole run)."""
+def _check_user_function(decorator: str, function: Callable[..., Any]) -> None:
+    """Check at import that *function* is an ``async def`` that can be called with the user
+    alone (else every call of it would raise the same TypeError for the whole run)."""
+    if not inspect.iscoroutinefunction(function):
+        raise TypeError(
+            f"{decorator} {getattr(function, '__name__', function)!r} must be an async function "
+            "(async def name(user): ...)"
+        )
     try:
         inspect.signature(function).bind(None)
     except TypeError:

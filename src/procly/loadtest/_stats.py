@@ -345,6 +345,12 @@ class Interval:
         return interval
 
 
+def http_error_count(error_kinds: dict[str, int]) -> int:
+    """The errors among *error_kinds* that are HTTP statuses (``http 503``): each is also a
+    response, counted among the requests, where a transport error is not."""
+    return sum(count for kind, count in error_kinds.items() if kind.startswith("http "))
+
+
 def percentile_ms(hist: HdrHistogram, percentile: float) -> float:
     """The latency at ``percentile`` (0-100) in milliseconds; 0.0 for an empty histogram."""
     if not hist.get_total_count():

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ._stats import http_error_count
+
 if TYPE_CHECKING:  # only annotations: _report needs the loadtest extra (hdrh)
     from ._report import NameStats, Report
 
@@ -162,7 +164,7 @@ class Threshold:
         names its unit: ``measured_ms``, ``measured_percent``, ``measured_per_s``,
         ``measured_errors`` or ``measured_requests``."""
         metric, unit = self.metric, self.unit
-        if metric in _LATENCY or (metric.startswith("p") and metric != "checks"):
+        if metric in _LATENCY or metric.startswith("p"):
             return "measured_ms", round(value * _LATENCY_UNITS_MS[unit or "ms"], 4)
         if metric in ("checks", "error_rate") or unit == "%":
             return "measured_percent", round(value, 4)
@@ -184,8 +186,7 @@ class Threshold:
 def _error_rate(stats: NameStats) -> float:
     """The error rate of one request name: failed attempts per attempt (an HTTP error
     status is a response, counted in ``requests`` too)."""
-    http = sum(count for kind, count in stats.error_kinds.items() if kind.startswith("http "))
-    attempts = stats.requests + stats.errors - http
+    attempts = stats.requests + stats.errors - http_error_count(stats.error_kinds)
     return stats.errors / attempts if attempts else 0.0
 
 
