@@ -85,6 +85,11 @@ def run_scenario(target, path: str, **options):
     return run_load_test(LoadTestConfig(url=target.url, scenario=Scenario.load(path), **options))
 
 
+def run_source(tmp_path, target, source: str, **options):
+    """Write *source* (indented as in a test) as a scenario file and run it against *target*."""
+    return run_scenario(target, write(tmp_path, "scenario.py", source), **options)
+
+
 @pytest.fixture(scope="module")
 def target():
     with EmbeddedTarget() as running:
@@ -148,9 +153,9 @@ def test_flows_sessions_checks_and_names(ctx, tmp_path, users_csv):
 def test_a_think_that_outlasts_the_run_ends_the_user(tmp_path, target):
     # The sleep may wake a little before the deadline: the user must not start another
     # iteration (and request) in that last instant. One request per user, exactly.
-    path = write(
+    report = run_source(
         tmp_path,
-        "long_think.py",
+        target,
         """
         from procly.loadtest import flow
 
@@ -159,8 +164,10 @@ def test_a_think_that_outlasts_the_run_ends_the_user(tmp_path, target):
             await user.get("/delay/1", name="d")
             await user.think(5)
     """,
+        processes=1,
+        connections=300,
+        duration=0.4,
     )
-    report = run_scenario(target, path, processes=1, connections=300, duration=0.4)
     assert report.requests == 300 and report.errors == 0 and report.iterations == 0
 
 
@@ -287,9 +294,9 @@ def test_a_user_sends_one_request_at_a_time(tmp_path, target):
     # taken for the second's, the first waiting for ever): the second is refused instead,
     # counted as the flow's exception, and the run ends. (A first request still in flight when
     # the budget runs out ends with its user, as an error or unrecorded: the flow did not wait.)
-    path = write(
+    report = run_source(
         tmp_path,
-        "together.py",
+        target,
         """
         import asyncio
         from procly.loadtest import flow
@@ -298,8 +305,10 @@ def test_a_user_sends_one_request_at_a_time(tmp_path, target):
         async def together(user):
             await asyncio.gather(user.get("/", name="first"), user.get("/", name="second"))
     """,
+        processes=1,
+        connections=2,
+        requests=20,
     )
-    report = run_scenario(target, path, processes=1, connections=2, requests=20)
     assert report.errors <= 2 and report.requests >= 10 and report.name_stats("first").requests == report.requests
     assert set(report.exceptions) == {"RuntimeError"} and report.exceptions["RuntimeError"] >= report.requests
 
@@ -307,9 +316,9 @@ def test_a_user_sends_one_request_at_a_time(tmp_path, target):
 def test_a_cancelled_request_leaves_its_answer_off_the_next_request(tmp_path, target):
     # A flow gives up on a slow request (wait_for): its answer, still to come on the
     # connection, must not become the answer of the user's next request.
-    path = write(
+    report = run_source(
         tmp_path,
-        "give_up.py",
+        target,
         """
         import asyncio
         from procly.loadtest import flow
@@ -323,8 +332,10 @@ def test_a_cancelled_request_leaves_its_answer_off_the_next_request(tmp_path, ta
             r = await user.get("/bytes/3", name="next")
             user.check(r, "next gets its own answer", predicate=lambda r: r.body == b"xxx")
     """,
+        processes=1,
+        connections=2,
+        requests=12,
     )
-    report = run_scenario(target, path, processes=1, connections=2, requests=12)
     checks = {c.name: (c.passed, c.failed) for c in report.checks}
     assert checks == {"next gets its own answer": (report.name_stats("next").requests, 0)}
     assert report.name_stats("next").requests >= 5 and not report.exceptions
@@ -333,9 +344,9 @@ def test_a_cancelled_request_leaves_its_answer_off_the_next_request(tmp_path, ta
 def test_expected_statuses_decide_what_is_an_http_error(tmp_path, target):
     # expect= says which statuses a request should get (as k6's expectedStatuses): an
     # expected 404 is no error, an unexpected 200 is one; a status that is not one is refused.
-    path = write(
+    report = run_source(
         tmp_path,
-        "expect.py",
+        target,
         """
         from procly.loadtest import flow
 
@@ -346,8 +357,10 @@ def test_expected_statuses_decide_what_is_an_http_error(tmp_path, target):
             await user.get("/status/503", name="down")
             await user.get("/", name="bad", expect="200")
     """,
+        processes=1,
+        connections=1,
+        requests=30,
     )
-    report = run_scenario(target, path, processes=1, connections=1, requests=30)
     gone, home, down = report.name_stats("gone"), report.name_stats("home"), report.name_stats("down")
     assert gone.requests == home.requests == down.requests == 10 and report.name_stats("bad") is None
     assert gone.errors == 0 and gone.status_codes == {404: 10}
@@ -588,9 +601,9 @@ def test_flows_that_raise_before_any_request(tmp_path, target):
 
 
 def test_checks_need_a_condition_and_responses_parse(tmp_path, target):
-    path = write(
+    report = run_source(
         tmp_path,
-        "api.py",
+        target,
         """
         from procly.loadtest import flow
 
@@ -606,8 +619,10 @@ def test_checks_need_a_condition_and_responses_parse(tmp_path, target):
             assert head.status == 200 and head.body == b"" and head.headers["content-length"] == "100"
             user.check(r)  # no condition: TypeError, counted as the flow's exception
     """,
+        processes=1,
+        connections=1,
+        requests=40,
     )
-    report = run_scenario(target, path, processes=1, connections=1, requests=40)
     checks = {c.name: (c.passed, c.failed) for c in report.checks}
     assert checks == {"predicate": (20, 0), "json headers.host": (20, 0), "json no.such.field": (0, 20)}
     assert report.exceptions == {"TypeError": 20} and report.errors == 0
@@ -666,9 +681,9 @@ def test_too_many_names_are_grouped():
 
 
 def test_flow_requests_time_out_and_the_user_goes_on(tmp_path, target):
-    path = write(
+    report = run_source(
         tmp_path,
-        "slow.py",
+        target,
         """
         from procly.loadtest import flow
 
@@ -679,8 +694,11 @@ def test_flow_requests_time_out_and_the_user_goes_on(tmp_path, target):
             r = await user.get("/", name="fast")
             user.check(r, status=200)
     """,
+        processes=1,
+        connections=2,
+        duration=1.2,
+        timeout=0.3,
     )
-    report = run_scenario(target, path, processes=1, connections=2, duration=1.2, timeout=0.3)
     slow, fast = report.name_stats("slow"), report.name_stats("fast")
     assert slow.requests == 0 and slow.error_kinds == {"timeout": slow.errors} and slow.errors >= 2
     assert fast.requests >= 2 and fast.errors == 0  # on a new connection after the timeout
