@@ -22,8 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ._stats import http_error_count
-
 if TYPE_CHECKING:  # only annotations: _report needs the loadtest extra (hdrh)
     from ._report import NameStats, Report
 
@@ -186,6 +184,8 @@ class Threshold:
 def _error_rate(stats: NameStats) -> float:
     """The error rate of one request name: failed attempts per attempt (an HTTP error
     status is a response, counted in ``requests`` too)."""
+    from ._stats import http_error_count  # not at import: _stats brings hdrh, which `procly` alone need not load
+
     attempts = stats.requests + stats.errors - http_error_count(stats.error_kinds)
     return stats.errors / attempts if attempts else 0.0
 
