@@ -547,6 +547,7 @@ def test_cli_default_run_writes_every_report(tmp_path):
     named = [row for row in rows if row["row"] == "name"]
     assert [row["name"] for row in named] == ["GET /"] and int(named[0]["requests"]) == report["requests"]
     assert float(rows[-1]["latency_p95_ms"]) <= float(rows[-1]["latency_p99_ms"])
+    assert rows[-1]["send_lag_p99_ms"] == ""  # closed loop: no schedule to be late against
     page = files["html"].read_text()
     svgs = re.findall(r"<svg.*?</svg>", page, flags=re.S)
     assert [re.search(r'id="([^"]+)"', svg).group(1) for svg in svgs] == ["throughput", "latency-over-time", "spectrum"]
@@ -845,6 +846,9 @@ def test_every_json_number_carries_its_unit(target):
     assert data["worker_peak_rss_mib"] > 1  # the worker process's peak resident size
     assert data["worker_cpu_s"] > 0
     assert data["send_lag_p50_ms"] >= 0 and data["send_lag_p99_ms"] >= data["send_lag_p50_ms"]
+    total = list(csv.DictReader(io.StringIO(report.to_csv())))[-1]
+    assert total["row"] == "total"
+    assert float(total["send_lag_p99_ms"]) == pytest.approx(data["send_lag_p99_ms"], abs=1e-3)
     assert data["timeline"][0]["latency_p95_ms"] >= 0 and data["by_name"][0]["latency_p95_ms"] > 0
 
 

@@ -352,9 +352,12 @@ def test_expected_statuses_decide_what_is_an_http_error(tmp_path, target):
 
         @flow
         async def f(user):
-            await user.get("/status/404", name="gone", expect=404)
-            await user.get("/", name="home", expect=(201, 204))
-            await user.get("/status/503", name="down")
+            r = await user.get("/status/404", name="gone", expect=404)
+            user.check(r, "ok: expected 404", predicate=lambda r: r.ok)
+            r = await user.get("/", name="home", expect=(201, 204))
+            user.check(r, "ok: unexpected 200", predicate=lambda r: not r.ok)
+            r = await user.get("/status/503", name="down")
+            user.check(r, "ok: 503", predicate=lambda r: not r.ok)
             await user.get("/", name="bad", expect="200")
     """,
         processes=1,
@@ -366,6 +369,12 @@ def test_expected_statuses_decide_what_is_an_http_error(tmp_path, target):
     assert gone.errors == 0 and gone.status_codes == {404: 10}
     assert home.error_kinds == {"http 200 unexpected": 10} and down.error_kinds == {"http 503": 10}
     assert report.exceptions == {"ValueError": 10} and "100 to 599" in report.exception_samples["ValueError"]
+    # Response.ok gives the same verdict as the error count.
+    assert {c.name: (c.passed, c.failed) for c in report.checks} == {
+        "ok: expected 404": (10, 0),
+        "ok: unexpected 200": (10, 0),
+        "ok: 503": (10, 0),
+    }
     # Every answer an expected 404: the run succeeded (exit 0), though no status was under 400.
     only_gone = write(
         tmp_path,
@@ -661,23 +670,38 @@ def test_flows_run_as_dask_tasks(tmp_path, target):
 
 def test_stages_from_python_ramp_the_single_url_load(target):
     report = run_load_test(
-        LoadTestConfig(url=target.url + "bytes/5", processes=1, connections=3, stages=Stages.parse("0.3s:3,0.5s:3"))
+        LoadTestConfig(url=target.url + "bytes/5", processes=1, stages=Stages.parse("0.3s:3,0.5s:3"))
     )
     assert report.requests > 0 and report.errors == 0
     assert [s.name for s in report.by_name] == ["GET /bytes/5"]
+    assert report.configuration["mode"] == "ramped users" and report.configuration["users"] == 3
     with pytest.raises(ValueError, match="need a URL"):
         LoadTestConfig(call="tests.loadtest_targets:quick", stages=Stages.parse("1s:3"))
 
 
 def test_too_many_names_are_grouped():
     from procly.loadtest._flows import MAX_NAMES, OTHER_NAMES, FlowRecorder
+    from procly.loadtest._stats import MAX_CHECKS, OTHER_CHECKS, Interval
 
     recorder = FlowRecorder()
     for i in range(MAX_NAMES + 5):
         recorder.named(f"/item/{i}").latencies.append(1000)
+        recorder.check(f"json id == {i}", True)
     interval = recorder.take()
     assert len(interval.by_name) == MAX_NAMES + 1 and interval.by_name[OTHER_NAMES].requests == 5
     assert interval.requests == MAX_NAMES + 5
+    assert len(interval.checks) == MAX_CHECKS + 1 and interval.checks[OTHER_CHECKS] == [5, 0]
+    # The merged results stay bounded too: each interval's new check names and each
+    # worker's names past the limit go under the "other" rows.
+    merged = Interval()
+    merged.add(interval)
+    later = FlowRecorder()
+    later.named("/item/new").latencies.append(1000)
+    later.check("json id == new", False)
+    merged.add(later.take())
+    assert len(merged.by_name) == MAX_NAMES + 1 and merged.by_name[OTHER_NAMES].requests == 6
+    assert len(merged.checks) == MAX_CHECKS + 1 and merged.checks[OTHER_CHECKS] == [5, 1]
+    assert merged.requests == MAX_NAMES + 6
 
 
 def test_flow_requests_time_out_and_the_user_goes_on(tmp_path, target):

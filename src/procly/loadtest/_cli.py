@@ -191,7 +191,7 @@ def _config_from(args: argparse.Namespace, url: str | None) -> Any:
         body = args.body_file.read_bytes()
     from ._flows_cli import flow_options
 
-    extra = flow_options(args, url, headers, body)
+    extra = flow_options(args, headers, body)
     return LoadTestConfig(
         url=url,
         call=args.call,

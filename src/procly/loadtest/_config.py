@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import socket
@@ -159,6 +160,19 @@ class LoadTestConfig:
             HttpTarget.from_url(self.url)
         if (self.stages is not None or self.scenario is not None) and self.url is None:
             raise ValueError("stages of users and scenarios need a URL (they are HTTP users)")
+        if self.stages is not None:
+            self._ramp_users()
+
+    def _ramp_users(self) -> None:
+        """Stages set the users: as many connections as their peak, and without a scenario
+        each user sends the single-URL load's request (as ``--stages`` without ``-f`` does)."""
+        set_field = object.__setattr__  # frozen: settled once, here
+        set_field(self, "connections", max(1, math.ceil(self.stages.peak)))
+        if self.scenario is None:
+            from ._scenario import Scenario
+
+            assert self.url is not None
+            set_field(self, "scenario", Scenario.single_request(self.url, self.method, list(self.headers), self.body))
 
     def _check_numbers(self) -> None:
         """Raises ValueError for a count, duration, rate or timeout out of its range."""

@@ -31,13 +31,9 @@ from ._config import HttpTarget, split_evenly
 from ._http import connect_error_kind, set_nodelay
 from ._scenario import FlowSpec, Scenario
 from ._schedule import Schedule
-from ._stats import Interval, Recorder
+from ._stats import MAX_CHECKS, MAX_NAMES, OTHER_CHECKS, OTHER_NAMES, Interval, Recorder
 from ._writes import WriteBatch
 
-#: Distinct request names a worker keeps apart; beyond, requests go under OTHER_NAMES (a URL
-#: with an id in it and no ``name=`` would otherwise make one row per id).
-MAX_NAMES = 1000
-OTHER_NAMES = "(other names: too many distinct names, give requests a name=)"
 #: How often the number of running users follows ``--stages``.
 RAMP_PERIOD = 0.1
 #: Users started at once begin at most this many per second (a worker's 10,000 users over
@@ -70,7 +66,7 @@ class Response:
     timeout, ...). Header names are lower case.
     """
 
-    __slots__ = ("status", "_raw", "_headers", "body", "error", "elapsed_ms", "name")
+    __slots__ = ("status", "_raw", "_headers", "body", "error", "elapsed_ms", "name", "_expected")
 
     def __init__(
         self,
@@ -80,8 +76,10 @@ class Response:
         error: str | None,
         elapsed_ms: float,
         name: str,
+        expected: frozenset[int] | None = None,
     ) -> None:
         self.status = status
+        self._expected = expected  # the request's expect=: which statuses count as ok
         self._raw = raw_headers
         self._headers: dict[str, str] | None = None
         self.body = body
@@ -100,8 +98,12 @@ class Response:
 
     @property
     def ok(self) -> bool:
-        """A response came and its status is below 400."""
-        return self.error is None and 0 < self.status < 400
+        """A response came and its status is one the request expected (``expect=``; by
+        default, any below 400): the same verdict as the run's error count."""
+        if self.error is not None or self.status == 0:
+            return False
+        expected = self._expected
+        return self.status < 400 if expected is None else self.status in expected
 
     @property
     def text(self) -> str:
@@ -146,9 +148,10 @@ class FlowRecorder(Recorder):
         return recorder
 
     def check(self, name: str, passed: bool) -> None:
-        tally = self.checks.get(name)
+        checks = self.checks
+        tally = checks.get(name)
         if tally is None:
-            tally = self.checks[name] = [0, 0]
+            tally = checks.setdefault(OTHER_CHECKS if len(checks) >= MAX_CHECKS else name, [0, 0])
         tally[0 if passed else 1] += 1
 
     def fold(self) -> None:
@@ -440,7 +443,7 @@ class User:
                 _record(recorder, status, now - started, expected)
             if connection.cookies is not None:
                 self._set_cookies(connection.cookies)
-            return Response(status, raw_headers, content, None, (now - started) * 1000, name)
+            return Response(status, raw_headers, content, None, (now - started) * 1000, name, expected)
         finally:
             self._in_request = False
             if self._retired or load.stopping:

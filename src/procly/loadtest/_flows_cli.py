@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
 from ._config import parse_duration
@@ -15,9 +14,7 @@ from ._stats import http_error_count
 _loaded: dict[tuple[Any, ...], Scenario] = {}
 
 
-def flow_options(
-    args: argparse.Namespace, url: str | None, headers: list[tuple[str, str]], body: bytes
-) -> dict[str, Any]:
+def flow_options(args: argparse.Namespace, headers: list[tuple[str, str]], body: bytes) -> dict[str, Any]:
     """``connections``, ``rate``, ``rate_stages``, ``stages`` and ``scenario`` for :class:`LoadTestConfig`.
 
     Raises:
@@ -44,13 +41,8 @@ def flow_options(
     scenario = None
     if args.scenario is not None:
         scenario = _scenario(args, headers, body)
-    elif stages is not None:
-        if args.call is not None:
-            raise ValueError("--stages ramps HTTP users: it does not apply to --call")
-        if url is not None:
-            scenario = Scenario.single_request(url, args.method.upper(), headers, body)
-    if stages is not None:
-        users = max(1, math.ceil(stages.peak))
+    elif stages is not None and args.call is not None:
+        raise ValueError("--stages ramps HTTP users: it does not apply to --call")
     return {"connections": users, "rate": rate, "rate_stages": rate_stages, "stages": stages, "scenario": scenario}
 
 

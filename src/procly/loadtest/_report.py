@@ -390,10 +390,15 @@ class Report:
         "latency_max_ms",
         "checks_passed",
         "checks_failed",
+        "send_lag_p50_ms",
+        "send_lag_p99_ms",
     )
 
     def to_csv(self) -> str:
-        """``row`` says what a line is: ``second`` (the timeline), ``name``, ``check`` or ``total``."""
+        """``row`` says what a line is: ``second`` (the timeline), ``name``, ``check`` or ``total``.
+
+        The send lag (rate mode: how late requests went out against their schedule) is on
+        the total row; empty in closed loop."""
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(self.CSV_COLUMNS)
@@ -411,6 +416,8 @@ class Report:
                     f"{point.p95_ms:.3f}",
                     f"{point.p99_ms:.3f}",
                     f"{point.max_ms:.3f}",
+                    "",
+                    "",
                     "",
                     "",
                 ]
@@ -432,11 +439,13 @@ class Report:
                     f"{lat.max:.3f}",
                     "",
                     "",
+                    "",
+                    "",
                 ]
             )
         for check in self.checks:
-            writer.writerow(["check", "", check.name, "", "", "", "", "", "", "", "", check.passed, check.failed])
-        lat = self.latency
+            writer.writerow(["check", "", check.name, *[""] * 8, check.passed, check.failed, "", ""])
+        lat, lag = self.latency, self.send_lag
         writer.writerow(
             [
                 "total",
@@ -452,6 +461,8 @@ class Report:
                 f"{lat.max:.3f}",
                 sum(c.passed for c in self.checks),
                 sum(c.failed for c in self.checks),
+                "" if lag is None else f"{lag.p50:.4f}",
+                "" if lag is None else f"{lag.p99:.4f}",
             ]
         )
         return out.getvalue()

@@ -31,6 +31,14 @@ FOLD_PERIOD = 0.005
 #: requests/s hold it ~10 µs (100 values every 5 ms held it ~50 µs, one send in a hundred:
 #: the send lag's p99).
 PACED_FOLD_PERIOD = 0.001
+#: Distinct request names and check names kept apart, in a worker and in the merged
+#: results; beyond, they go under OTHER_NAMES and OTHER_CHECKS (a URL with an id in it and
+#: no ``name=``, or a check whose generated name holds the value it compared, would
+#: otherwise make one row per id and grow without bound).
+MAX_NAMES = 1000
+OTHER_NAMES = "(other names: too many distinct names, give requests a name=)"
+MAX_CHECKS = 1000
+OTHER_CHECKS = "(other checks: too many distinct names, give check() a name=)"
 
 
 def new_histogram() -> HdrHistogram:
@@ -272,10 +280,14 @@ class Interval:
             if self.send_lag is None:
                 self.send_lag = new_histogram()
             self.send_lag.add(other.send_lag)
+        by_name = self.by_name
         for name, sub in other.by_name.items():
-            mine = self.by_name.get(name)
+            mine = by_name.get(name)
+            if mine is None and len(by_name) >= MAX_NAMES:
+                mine = by_name.get(OTHER_NAMES)
+                name = OTHER_NAMES
             if mine is None:
-                self.by_name[name] = sub.copy_counts()
+                by_name[name] = sub.copy_counts()
             else:
                 mine.add(sub)
 
@@ -285,8 +297,11 @@ class Interval:
             self.exceptions[kind] = self.exceptions.get(kind, 0) + count
         for kind, sample in other.exception_samples.items():
             self.exception_samples.setdefault(kind, sample)
+        checks = self.checks
         for name, (passed, failed) in other.checks.items():
-            tally = self.checks.setdefault(name, [0, 0])
+            tally = checks.get(name)
+            if tally is None:
+                tally = checks.setdefault(OTHER_CHECKS if len(checks) >= MAX_CHECKS else name, [0, 0])
             tally[0] += passed
             tally[1] += failed
 

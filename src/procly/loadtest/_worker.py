@@ -150,14 +150,12 @@ class _Worker:
 
     def _prepare(self) -> _LoadFactory:
         config, share = self.config, self.share
-        if config.scenario is not None or (config.stages is not None and config.url is not None):
+        scenario = config.scenario  # ramped users of the single-URL load too: a one-request flow
+        if scenario is not None:
             from ._flows import FlowLoad, FlowRecorder
-            from ._scenario import Scenario
 
-            # Ramped users of the single-URL load are users of a one-request flow.
             url = config.url
             assert url is not None  # LoadTestConfig checks it: flows and stages are HTTP users
-            scenario = config.scenario or Scenario.single_request(url, config.method, list(config.headers), config.body)
             scenario.flows()  # import it now: a failure is reported before the start
             return _LoadFactory(
                 lambda schedule, recorder: FlowLoad(
