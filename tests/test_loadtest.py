@@ -140,6 +140,39 @@ def test_folding_while_recording_changes_no_count():
     assert again.requests == 0 and again.send_lag is None
 
 
+def test_ticks_reuse_histograms_without_carrying_counts_over():
+    # take_wire() hands each tick's histograms back for reuse: every tick must decode to
+    # exactly what was recorded since the one before, and a discard (the warm-up's) must
+    # leave nothing behind.
+    from procly.loadtest._flows import FlowRecorder
+
+    rng = random.Random(5)
+    single, flows = _stats.Recorder("GET /"), FlowRecorder()
+    single.success(0.5, 200)
+    single.send_lags.append(9)
+    single.fold()
+    single.discard()
+    for tick in range(4):
+        values = [rng.randint(1, 80_000) for _ in range(300 + tick * 100)]
+        for value in values:
+            single.success(value / 1e6, 200)
+            single.send_lags.append(value % 50 + 1)
+            flows.named("a" if value % 3 else "b").success(value / 1e6, 200)
+        single.fold()
+        reference = _stats.histogram_from(values)
+        intervals = [_stats.Interval.from_wire(single.take_wire()), _stats.Interval.from_wire(flows.take_wire())]
+        for interval in intervals:
+            assert interval.requests == len(values) == interval.histogram.get_total_count()
+            assert interval.histogram.get_max_value() == reference.get_max_value()
+            assert interval.histogram.get_min_value() == reference.get_min_value()
+            assert interval.histogram.get_value_at_percentile(50) == reference.get_value_at_percentile(50)
+            assert sum(sub.requests for sub in interval.by_name.values()) == len(values)
+        lag = intervals[0].send_lag
+        assert lag is not None and lag.get_total_count() == len(values)
+        assert lag.get_max_value() == max(value % 50 + 1 for value in values)
+    assert single.take_wire()["histogram"] == b""  # nothing since the last tick
+
+
 def test_record_batch_counts_as_record_value_does():
     # record_batch does hdrh's bucket arithmetic inline: the counts, total, min and max must be
     # those of one record_value per value, out-of-range values clamped to the bounds.

@@ -159,7 +159,7 @@ class FlowRecorder(Recorder):
             recorder.fold()
 
     def take(self) -> Interval:
-        total = Interval()
+        total = Interval(histogram=self._empty_histogram())
         by_name = {}
         for name, recorder in self.names.items():
             sub = recorder._take_own()
@@ -177,6 +177,15 @@ class FlowRecorder(Recorder):
         self.exception_samples = {}
         self.iterations = 0
         return total
+
+    def take_wire(self) -> dict[str, Any]:
+        """``take().to_wire()``, as a worker's tick sends it, the histograms then reused."""
+        interval = self.take()
+        wire = interval.to_wire()
+        for name, sub in interval.by_name.items():
+            self.names[name].recycle(sub)
+        self.recycle(interval)
+        return wire
 
     def discard(self) -> None:
         super().discard()

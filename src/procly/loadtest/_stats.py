@@ -11,7 +11,9 @@ folding often keeps each batch short, so a paced request never waits long behind
 
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -44,6 +46,22 @@ OTHER_CHECKS = "(other checks: too many distinct names, give check() a name=)"
 def new_histogram() -> HdrHistogram:
     """An empty latency histogram (microseconds) with procly's bounds and precision."""
     return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+
+
+def clear_histogram(hist: HdrHistogram) -> None:
+    """Empty *hist* in place, as :func:`new_histogram` makes it.
+
+    A worker's tick hands its histograms over and needs empty ones: a new one costs ~130 µs
+    (184 KB of fresh pages, while the old one is still alive), hdrh's ``reset()`` ~0.9 ms (a
+    Python loop over its counts); clearing the counts in one ``memset`` ~10 µs.
+    """
+    counts = hist.counts
+    ctypes.memset(ctypes.addressof(counts), 0, ctypes.sizeof(counts))
+    hist.total_count = 0
+    hist.min_value = sys.maxsize
+    hist.max_value = 0
+    hist.start_time_stamp_msec = 0
+    hist.end_time_stamp_msec = 0
 
 
 def histogram_from(values_us: list[int]) -> HdrHistogram:
@@ -112,6 +130,7 @@ class Recorder:
         "name",
         "histogram",
         "lag_histogram",
+        "_spares",
     )
 
     def __init__(self, name: str = "") -> None:
@@ -127,6 +146,7 @@ class Recorder:
         self.send_lags: list[int] = []
         self.late = 0
         self.name = name
+        self._spares: list[HdrHistogram] = []  # emptied histograms of earlier ticks, for reuse
 
     def success(self, latency_s: float, status: int = 0) -> None:
         self.latencies.append(int(latency_s * 1e6))
@@ -141,6 +161,28 @@ class Recorder:
         interval.by_name = {self.name: interval.copy_counts()}
         return interval
 
+    def take_wire(self) -> dict[str, Any]:
+        """``take().to_wire()``, as a worker's tick sends it, its histograms then reused.
+
+        Everything here goes under one name, whose tallies are the total's: the wire form
+        says so rather than carrying a copy.
+        """
+        interval = self._take_own()
+        wire = interval.to_wire()
+        wire["by_name"] = {self.name: None}
+        self.recycle(interval)
+        return wire
+
+    def recycle(self, interval: Interval) -> None:
+        """Keep the histograms of *interval*, taken from this recorder and done with, for reuse."""
+        for hist in (interval.histogram, interval.send_lag):
+            if hist is not None and len(self._spares) < 2:
+                clear_histogram(hist)
+                self._spares.append(hist)
+
+    def _empty_histogram(self) -> HdrHistogram:
+        return self._spares.pop() if self._spares else new_histogram()
+
     def fold(self) -> None:
         """Move the latencies and send lags recorded since the last fold into the histograms."""
         self._fold()
@@ -152,12 +194,12 @@ class Recorder:
         if self.send_lags:
             lags, self.send_lags = self.send_lags, []
             if self.lag_histogram is None:
-                self.lag_histogram = new_histogram()
+                self.lag_histogram = self._empty_histogram()
             record_batch(self.lag_histogram, lags)
 
     def _take_own(self) -> Interval:
         self._fold()
-        histogram, self.histogram = self.histogram, new_histogram()
+        histogram, self.histogram = self.histogram, self._empty_histogram()
         lags, self.lag_histogram = self.lag_histogram, None
         if self.ok:
             self.statuses[200] += self.ok
@@ -180,8 +222,9 @@ class Recorder:
     def discard(self) -> None:
         self.latencies = []
         self.send_lags = []
-        self.histogram = new_histogram()
-        self.lag_histogram = None
+        clear_histogram(self.histogram)
+        if self.lag_histogram is not None:
+            clear_histogram(self.lag_histogram)
         self.late = 0
         self.ok = 0
         self.statuses.clear()
@@ -213,6 +256,10 @@ class LockedRecorder(Recorder):
     def take(self) -> Interval:
         with self._lock:
             return super().take()
+
+    def take_wire(self) -> dict[str, Any]:
+        with self._lock:
+            return super().take_wire()
 
     def discard(self) -> None:
         with self._lock:

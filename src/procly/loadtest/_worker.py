@@ -143,10 +143,10 @@ class _Worker:
             ticker.cancel()
             folder.cancel()
             gc.unfreeze()
-        final = recorder.take()
-        final.peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        final.cpu_s = time.process_time() - cpu_start
-        self.emit(("done", time.time(), final.to_wire()))
+        final = recorder.take_wire()
+        final["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        final["cpu_s"] = time.process_time() - cpu_start
+        self.emit(("done", time.time(), final))
 
     def _prepare(self) -> _LoadFactory:
         config, share = self.config, self.share
@@ -250,7 +250,7 @@ class _Worker:
                 recorder.discard()  # errors of the warm-up (its latencies are never recorded)
                 self.emit(("tick", time.time(), None))
             else:
-                wire = recorder.take().to_wire()
+                wire = recorder.take_wire()
                 wire["active_users"] = self._active_users()  # a gauge for the live views
                 self.emit(("tick", time.time(), wire))
             if not self.stopping and self.should_stop():
