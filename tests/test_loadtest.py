@@ -392,6 +392,16 @@ def test_refused_connections_in_rate_mode_fail_one_request_each_at_its_due_time(
     assert report.requests == 0 and report.errors == 50 and set(report.error_kinds) == {"connect refused"}
 
 
+@pytest.mark.parametrize("warmup", [0.0, 0.3])
+def test_refused_connections_in_closed_loop_use_the_budget_one_request_each(warmup):
+    # Each failed attempt stands for one request of the budget: exactly the budget's errors,
+    # none of them from the warm-up (shorter than a tick: no discard drops its failures).
+    url = f"http://127.0.0.1:{free_port()}/"
+    config = LoadTestConfig(url=url, processes=1, connections=8, requests=12, warmup=warmup)
+    report = run_load_test(config)
+    assert report.requests == 0 and report.errors == 12 and report.error_kinds == {"connect refused": 12}
+
+
 def test_failures_of_warmup_requests_are_not_measured(target):
     # Every answer is malformed: the budget of 20 measured requests gives 20 errors exactly,
     # however many warm-up requests failed before (a short warm-up has no tick to drop them).

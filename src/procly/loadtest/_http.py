@@ -144,12 +144,16 @@ class _Slot:
         if self.load.schedule.open_loop:
             self._connect_failed_paced(kind)
             return
-        self.load.recorder.error(kind)
-        # A failed connection stands for one request: a budget or a rate is used up by it.
-        if self.due is None and self.load.schedule.next_start(time.monotonic()) is None:
+        # A failed connection stands for one request (the one waiting for it, or the next):
+        # it uses up the budget, and is an error unless it falls in the warm-up (which may
+        # end between two ticks, so the warm-up's discard alone would not drop it).
+        due = self.due if self.due is not None else self.load.schedule.next_start(time.monotonic())
+        self.due = None
+        if due is None:
             self.finish()
             return
-        self.due = None
+        if due >= self.load.recorder.measure_from:
+            self.load.recorder.error(kind)
         self.backoff = min(max(self.backoff * 2, _BACKOFF_FIRST), _BACKOFF_MAX)
         self.state = _WAITING
         self.handle = self.load.loop.call_later(self.backoff, self.connect)
