@@ -716,14 +716,17 @@ def test_thresholds_per_name_and_on_checks():
         (0, 1.95, None),  # every request on time: nothing to say, however busy the client
         (500, 1.95, "the client fell behind its schedule: 5.0%"),  # late and busy: the client
         (500, 0.40, "5.0% of the requests were due while every connection was busy"),  # late, idle
+        # Busy only watching the clock for due times: the loop was free, so the target is the limit.
+        (500, (1.95, 1.2), "5.0% of the requests were due while every connection was busy"),
     ],
 )
 def test_rate_mode_says_why_requests_went_out_late(late, cpu_s, says):
     # Late sends (no free connection when due) are counted apart from the send lag; beyond
     # 1% of the requests a warning says whether the client (busy workers) or the target is
     # the limit.
+    cpu_s, watch_s = cpu_s if isinstance(cpu_s, tuple) else (cpu_s, 0.0)
     config = LoadTestConfig(url="http://127.0.0.1/", processes=1, rate=5000, duration=2, warmup=0)
-    total = _stats.Interval(requests=10_000, statuses={200: 10_000}, late=late, cpu_s=cpu_s)
+    total = _stats.Interval(requests=10_000, statuses={200: 10_000}, late=late, cpu_s=cpu_s, watch_s=watch_s)
     total.histogram = _stats.histogram_from([100] * 10_000)
     report = Report.build(config, total, 2.0, [], [], False)
     late_warnings = [w for w in report.warnings if "late" in w or "busy" in w]
@@ -731,10 +734,12 @@ def test_rate_mode_says_why_requests_went_out_late(late, cpu_s, says):
         assert late_warnings == []
     else:
         assert len(late_warnings) == 1 and late_warnings[0].startswith(says), report.warnings
-    assert report.to_dict()["worker_busy_percent"] == round(cpu_s / 2.0 * 100, 1)
+    assert report.to_dict()["worker_busy_percent"] == round((cpu_s - watch_s) / 2.0 * 100, 1)
+    assert report.to_dict()["worker_watch_s"] == watch_s and report.to_dict()["worker_cpu_s"] == cpu_s
+    assert ("watching the clock" in report.to_text()) == bool(watch_s)
     # Busy per worker that ran: one connection makes one worker, whatever -p says.
     one_worker = LoadTestConfig(url="http://127.0.0.1/", processes=8, connections=1, rate=5000, duration=2, warmup=0)
-    assert Report.build(one_worker, total, 2.0, [], [], False).worker_busy == pytest.approx(cpu_s / 2.0)
+    assert Report.build(one_worker, total, 2.0, [], [], False).worker_busy == pytest.approx((cpu_s - watch_s) / 2.0)
 
 
 def test_bad_options_exit_2():
@@ -888,6 +893,7 @@ def test_every_json_number_carries_its_unit(target):
     assert data["latency_p95_ms"] > 0 and data["requests_per_s"] > 0 and data["duration_s"] > 0
     assert data["worker_peak_rss_mib"] > 1  # the worker process's peak resident size
     assert data["worker_cpu_s"] > 0
+    assert 0 <= data["worker_watch_s"] <= data["worker_cpu_s"]  # the pacer's watching is part of the CPU time
     assert data["send_lag_p50_ms"] >= 0 and data["send_lag_p99_ms"] >= data["send_lag_p50_ms"]
     total = list(csv.DictReader(io.StringIO(report.to_csv())))[-1]
     assert total["row"] == "total"

@@ -95,6 +95,9 @@ class PreciseTimer:
         self._spec_ref = ctypes.byref(self._spec)
         self.early = 0.0  # how long before the armed time the timerfd fires
         self.last_due = float("-inf")  # the due time of the last callback run
+        #: Seconds spent watching the clock for a due time: CPU the loop could have slept
+        #: through, not work (the worker's "busy" figure leaves it out).
+        self.watched = 0.0
         if self.fd is not None:
             self.loop.add_reader(self.fd, self._on_fd)
 
@@ -149,8 +152,10 @@ class PreciseTimer:
             if when > now:
                 if self.fd is None or when - now > self.early:
                     break
+                watch_from = now
                 while now < when:  # the last few microseconds: watched, not slept
                     now = time.monotonic()
+                self.watched += now - watch_from
             _, _, callback, args = heapq.heappop(heap)
             self.last_due = when
             callback(*args)

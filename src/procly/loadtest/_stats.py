@@ -290,6 +290,7 @@ class Interval:
     iterations: int = 0
     peak_rss_kib: int = 0  # the largest peak resident size of the workers merged here
     cpu_s: float = 0.0  # CPU time (user + system) the workers merged here spent while measuring
+    watch_s: float = 0.0  # ... of which watching the clock for a due time (rate mode's pacer)
 
     @property
     def error_count(self) -> int:
@@ -316,6 +317,7 @@ class Interval:
         self.iterations += other.iterations
         self.peak_rss_kib = max(self.peak_rss_kib, other.peak_rss_kib)
         self.cpu_s += other.cpu_s
+        self.watch_s += other.watch_s
         for status, count in other.statuses.items():
             self.statuses[status] = self.statuses.get(status, 0) + count
         for kind, count in other.errors.items():
@@ -371,6 +373,7 @@ class Interval:
             "iterations": self.iterations,
             "peak_rss_kib": self.peak_rss_kib,
             "cpu_s": self.cpu_s,
+            "watch_s": self.watch_s,
         }
 
     def _names_to_wire(self) -> dict[str, Any]:
@@ -400,6 +403,7 @@ class Interval:
             iterations=data.get("iterations", 0),
             peak_rss_kib=data.get("peak_rss_kib", 0),
             cpu_s=data.get("cpu_s", 0.0),
+            watch_s=data.get("watch_s", 0.0),
         )
         for name, sub in data.get("by_name", {}).items():
             if sub is None:

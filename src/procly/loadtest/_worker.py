@@ -146,6 +146,8 @@ class _Worker:
         final = recorder.take_wire()
         final["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         final["cpu_s"] = time.process_time() - cpu_start
+        pacer = getattr(self.load, "pacer", None)
+        final["watch_s"] = pacer.watched if pacer is not None else 0.0
         self.emit(("done", time.time(), final))
 
     def _prepare(self) -> _LoadFactory:
