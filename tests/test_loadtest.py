@@ -392,6 +392,44 @@ def test_refused_connections_in_rate_mode_fail_one_request_each_at_its_due_time(
     assert report.requests == 0 and report.errors == 50 and set(report.error_kinds) == {"connect refused"}
 
 
+def test_connections_are_opened_ahead_of_the_start_and_send_nothing():
+    # A worker opens its connections before the run starts (in rate mode, the first requests
+    # due must not wait for them): opened, nothing written; a run stopped before its start
+    # closes them.
+    import asyncio
+
+    from procly.loadtest._http import HttpLoad
+    from procly.loadtest._schedule import Schedule
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    target = HttpTarget.from_url(f"http://127.0.0.1:{listener.getsockname()[1]}/")
+    accepted = []
+
+    async def main():
+        start = time.monotonic() + 60
+        schedule = Schedule(start, None, 10, 100.0)
+        load = HttpLoad(target, target.request_bytes("GET", [], b""), 4, schedule, _stats.Recorder(), 5.0)
+        await load.prepare(time.monotonic() + 10)
+        assert all(slot.protocol is not None for slot in load.slots) and not load.started
+        accepted.extend(listener.accept()[0] for _ in range(4))  # in the backlog already
+        for conn in accepted:
+            with pytest.raises(BlockingIOError):
+                conn.recv(1, socket.MSG_DONTWAIT)  # nothing was written
+        load.close_prepared()
+        for _ in range(3):
+            await asyncio.sleep(0)  # let the transports' closing callbacks run
+
+    try:
+        asyncio.run(main())
+        for conn in accepted:
+            conn.settimeout(10)
+            assert conn.recv(1) == b""  # closed by the client
+    finally:
+        for conn in accepted:
+            conn.close()
+        listener.close()
+
+
 @pytest.mark.parametrize("warmup", [0.0, 0.3])
 def test_refused_connections_in_closed_loop_use_the_budget_one_request_each(warmup):
     # Each failed attempt stands for one request of the budget: exactly the budget's errors,

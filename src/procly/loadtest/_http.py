@@ -114,6 +114,18 @@ class _Slot:
         self.protocol = None
         self.load.loop.create_task(self._connect())
 
+    async def preconnect(self) -> None:
+        """Open this slot's connection before the run starts (no request is sent): the first
+        requests then find it ready, and connecting is not counted in their latency. A
+        failure here is not counted either: the run's own attempt will be."""
+        self.state = _CONNECTING
+        try:
+            await self._connect()
+        except BaseException:
+            if self.state == _CONNECTING:
+                self.state = _IDLE
+            raise
+
     async def _connect(self) -> None:
         load = self.load
         try:
@@ -124,7 +136,10 @@ class _Slot:
                 load.timeout,
             )
         except (OSError, asyncio.TimeoutError) as exc:
-            self._connect_failed(connect_error_kind(exc))
+            if load.started:
+                self._connect_failed(connect_error_kind(exc))
+            else:
+                self.state = _IDLE  # a pre-connect: the run connects again, and counts that attempt
             return
         if self.state == _DONE:
             protocol.transport.close()
@@ -132,6 +147,8 @@ class _Slot:
         self.protocol = protocol
         self.backoff = 0.0
         self.state = _IDLE
+        if not load.started:
+            return  # opened ahead: the run's start sends its first request
         if self.due is not None:
             due, self.due = self.due, None
             self._send(due)
@@ -363,11 +380,32 @@ class HttpLoad:
         self.slots = [_Slot(self) for _ in range(connections)]
         self._running = len(self.slots)
         self._finished = self.loop.create_future()
+        self.started = False  # False while connections are opened ahead of the start
+
+    async def prepare(self, start: float) -> None:
+        """Open the connections ahead of the run, waiting at most until *start* (monotonic)."""
+        tasks = [self.loop.create_task(slot.preconnect()) for slot in self.slots]
+        _, pending = await asyncio.wait(tasks, timeout=max(0.0, start - time.monotonic()))
+        for task in pending:  # still connecting at the start: the run's own attempt takes over
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close_prepared(self) -> None:
+        """Close what :meth:`prepare` opened, for a run stopped before its start."""
+        for slot in self.slots:
+            if slot.protocol is not None and slot.protocol.transport is not None:
+                slot.protocol.transport.close()
+            slot.protocol = None
+        self.pacer.close()
 
     async def run(self) -> None:
         """Drive every connection until the schedule is spent or :meth:`stop` ends the run."""
+        self.started = True
         for slot in self.slots:
-            slot.connect()
+            if slot.protocol is not None and slot.state == _IDLE:
+                slot.issue()  # opened ahead
+            else:
+                slot.connect()
         sweep = self.loop.create_task(self._sweep_timeouts())
         try:
             await self._finished

@@ -118,10 +118,6 @@ class _Worker:
         """Wait for the common start, run this share of the load, tick, and send the final interval."""
         loop = asyncio.get_running_loop()
         start = time.monotonic() + (wall_start - time.time())
-        await asyncio.sleep(max(0.0, start - time.monotonic()))
-        if self.stopping or self.should_stop():  # stopped before the start
-            self.emit(("done", time.time(), None))
-            return
         config, share = self.config, self.share
         warmup_end = start + config.warmup
         duration = config.effective_duration
@@ -130,12 +126,28 @@ class _Worker:
         recorder = make_load.recorder_type()
         recorder.measure_from = warmup_end
         self.load = make_load.create(schedule, recorder)
-        ticker = loop.create_task(self._tick(recorder, warmup_end))
-        folder = loop.create_task(self._fold(recorder, PACED_FOLD_PERIOD if schedule.open_loop else FOLD_PERIOD))
-        # The modules and objects alive now are out of the cyclic collector's reach: a full
-        # collection walking them all would hold the loop for milliseconds mid-run.
+        # Ahead of the start: open the connections (the first requests due must not wait for
+        # them: in rate mode that wait would count in their latency) ...
+        prepare = getattr(self.load, "prepare", None)
+        if prepare is not None:
+            await prepare(start)
+        # ... and put the modules and objects alive now out of the cyclic collector's reach: a
+        # full collection walking them all would hold the loop for milliseconds mid-run.
         gc.collect()
         gc.freeze()
+        # Not a moment early (the loop's timers may wake a millisecond before their time): a
+        # request issued before the start would belong to no part of the run.
+        while (left := start - time.monotonic()) > 0:
+            await asyncio.sleep(left)
+        if self.stopping or self.should_stop():  # stopped before the start
+            gc.unfreeze()
+            close = getattr(self.load, "close_prepared", None)
+            if close is not None:
+                close()
+            self.emit(("done", time.time(), None))
+            return
+        ticker = loop.create_task(self._tick(recorder, warmup_end))
+        folder = loop.create_task(self._fold(recorder, PACED_FOLD_PERIOD if schedule.open_loop else FOLD_PERIOD))
         cpu_start = time.process_time()
         try:
             await self.load.run()
