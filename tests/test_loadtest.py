@@ -171,6 +171,22 @@ def test_ticks_reuse_histograms_without_carrying_counts_over():
         assert lag is not None and lag.get_total_count() == len(values)
         assert lag.get_max_value() == max(value % 50 + 1 for value in values)
     assert single.take_wire()["histogram"] == b""  # nothing since the last tick
+    # An interval with nothing recorded carries the shared empty histogram: merging into
+    # it gives the interval its own, and the shared one stays empty.
+    idle = single.take()
+    assert idle.histogram is _stats.EMPTY_HISTOGRAM
+    busy = _stats.Recorder("GET /")
+    busy.success(0.002, 200)
+    idle.add(busy.take())
+    assert idle.requests == 1 and idle.histogram.get_total_count() == 1
+    assert _stats.EMPTY_HISTOGRAM.get_total_count() == 0
+    # Many names: each name's histogram is not kept for reuse (184 KB resident each).
+    many = FlowRecorder()
+    for i in range(40):
+        many.named(f"/n/{i}").success(0.001, 200)
+    wire = many.take_wire()
+    assert sum(_stats.Interval.from_wire(sub).requests for sub in wire["by_name"].values()) == 40
+    assert all(not recorder._spares for recorder in many.names.values())
 
 
 def test_record_batch_counts_as_record_value_does():
@@ -430,6 +446,40 @@ def test_connections_are_opened_ahead_of_the_start_and_send_nothing():
         listener.close()
 
 
+def test_connections_lost_before_the_start_are_made_once_again(target):
+    # Connections opened ahead and closed before the start (a server may drop idle ones):
+    # each slot connects once more at the start, and the budget is served exactly, with no
+    # request sent twice.
+    import asyncio
+
+    from procly.loadtest._http import HttpLoad
+    from procly.loadtest._schedule import Schedule
+
+    http = HttpTarget.from_url(target.url)
+
+    def served():
+        with urllib.request.urlopen(target.url + "stats", timeout=10) as answer:
+            return int(answer.read())
+
+    async def main():
+        recorder = _stats.Recorder("GET /")
+        schedule = Schedule(time.monotonic(), None, 400, None)  # measured from the start
+        load = HttpLoad(http, http.request_bytes("GET", [], b""), 8, schedule, recorder, 5.0)
+        await load.prepare(time.monotonic() + 30)  # returns once every connection is made
+        for slot in load.slots:
+            slot.protocol.transport.abort()
+        for _ in range(3):
+            await asyncio.sleep(0)  # the losses are seen
+        assert all(slot.protocol is None for slot in load.slots)
+        await asyncio.wait_for(load.run(), 60)
+        return recorder.take()
+
+    before = served()
+    interval = asyncio.run(main())
+    assert interval.requests == 400 and interval.errors == {}
+    assert served() - before - 1 == 400  # the /stats request counts itself
+
+
 @pytest.mark.parametrize("warmup", [0.0, 0.3])
 def test_refused_connections_in_closed_loop_use_the_budget_one_request_each(warmup):
     # Each failed attempt stands for one request of the budget: exactly the budget's errors,
@@ -636,6 +686,16 @@ def test_cli_default_run_writes_every_report(tmp_path):
         ET.fromstring(svg)  # well-formed
     assert "<rect" in svgs[0] and "<polyline" in svgs[1] and "<polyline" in svgs[2]
     assert "No --fail-if condition was given" in page and 'id="configuration"' in page and 'id="machine"' in page
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_workers_end_without_noise_on_stderr(target, method):
+    # A worker process closes its loop with nothing left pending: no "Task was destroyed",
+    # no exception ignored at exit, whatever the start method.
+    out = procly_cli("loadtest", "-q", "-p", "2", "-c", "4", "-d", "0.5", "--start-method", method, target.url)
+    assert out.returncode == 0, out.stderr
+    for noise in ("Task was destroyed", "Exception ignored", "Traceback", "Event loop is closed"):
+        assert noise not in out.stderr, out.stderr
 
 
 def test_thresholds_set_the_exit_status(target):

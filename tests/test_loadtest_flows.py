@@ -675,6 +675,17 @@ def test_stages_from_python_ramp_the_single_url_load(target):
     assert report.requests > 0 and report.errors == 0
     assert [s.name for s in report.by_name] == ["GET /bytes/5"]
     assert report.configuration["mode"] == "ramped users" and report.configuration["users"] == 3
+    # The users' request is made from the config each time: replace() of the URL or the
+    # method changes it, replace() without stages leaves no ramp behind.
+    import dataclasses
+
+    config = LoadTestConfig(url=target.url + "a", method="POST", stages=Stages.parse("1s:4"))
+    other = dataclasses.replace(config, url=target.url + "b", method="GET")
+    assert other.scenario.label == target.url + "b" and "'GET'" in other.scenario.source
+    assert "'POST'" not in other.scenario.source and other.connections == 4
+    assert dataclasses.replace(config, stages=None).scenario is None
+    with pytest.raises(TypeError, match="Stages.parse"):
+        LoadTestConfig(url=target.url, stages="1s:4")
     with pytest.raises(ValueError, match="need a URL"):
         LoadTestConfig(call="tests.loadtest_targets:quick", stages=Stages.parse("1s:3"))
 
@@ -702,6 +713,34 @@ def test_too_many_names_are_grouped():
     assert len(merged.by_name) == MAX_NAMES + 1 and merged.by_name[OTHER_NAMES].requests == 6
     assert len(merged.checks) == MAX_CHECKS + 1 and merged.checks[OTHER_CHECKS] == [5, 1]
     assert merged.requests == MAX_NAMES + 6
+
+
+def test_a_thousand_names_travel_in_big_ticks(tmp_path, target):
+    # Every request and check under a name of its own: a worker's tick grows past the
+    # socket's buffer (a thousand names), and must still reach the coordinator whole.
+    from procly.loadtest._stats import OTHER_CHECKS, OTHER_NAMES
+
+    report = run_source(
+        tmp_path,
+        target,
+        """
+        from procly.loadtest import flow
+
+        @flow
+        async def f(user):
+            i = user.state.setdefault("i", 0)
+            user.state["i"] = i + 1
+            r = await user.get("/", name=f"/page/{user.id}/{i}")
+            user.check(r, f"page {user.id}/{i} answered", status=200)
+    """,
+        processes=2,
+        connections=8,
+        duration=2.0,
+    )
+    assert not report.workers_lost and report.errors == 0 and report.requests > 2000
+    assert report.name_stats(OTHER_NAMES).requests > 0
+    assert sum(stats.requests for stats in report.by_name) == report.requests
+    assert {c.name for c in report.checks} >= {OTHER_CHECKS}
 
 
 def test_flow_requests_time_out_and_the_user_goes_on(tmp_path, target):
@@ -816,12 +855,13 @@ def _plain_slot(load, transport: _Transport, state: int):
 
 
 def _bare_http_load(batch: WriteBatch):
-    """A plain load with just what its slots need to write: loop, request, batch, recorder."""
+    """A running plain load with just what its slots need to write: loop, request, batch, recorder."""
     from procly.loadtest import _http
 
     load = _http.HttpLoad.__new__(_http.HttpLoad)
     load.loop, load.request, load.writes = batch.loop, b"GET / HTTP/1.1\r\n\r\n", batch
     load.recorder = _http.Recorder()
+    load.started = True
     return load
 
 

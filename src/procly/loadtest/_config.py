@@ -160,14 +160,24 @@ class LoadTestConfig:
             HttpTarget.from_url(self.url)
         if (self.stages is not None or self.scenario is not None) and self.url is None:
             raise ValueError("stages of users and scenarios need a URL (they are HTTP users)")
-        if self.stages is not None:
-            self._ramp_users()
+        self._ramp_users()
 
     def _ramp_users(self) -> None:
         """Stages set the users: as many connections as their peak, and without a scenario
-        each user sends the single-URL load's request (as ``--stages`` without ``-f`` does)."""
-        set_field = object.__setattr__  # frozen: settled once, here
-        set_field(self, "connections", max(1, math.ceil(self.stages.peak)))
+        each user sends the single-URL load's request (as ``--stages`` without ``-f`` does).
+
+        That request's scenario is made here from the URL, method, headers and body, and
+        made anew each time (``dataclasses.replace`` of another URL or without stages must
+        not keep the old one)."""
+        set_field = object.__setattr__  # frozen: settled here
+        if self.scenario is not None and self.scenario.label is not None:
+            set_field(self, "scenario", None)  # made below from this config's request, if still wanted
+        if self.stages is None:
+            return
+        peak = getattr(self.stages, "peak", None)
+        if not isinstance(peak, (int, float)):
+            raise TypeError(f"stages must be a Stages (Stages.parse('30s:100,1m:100')), got {self.stages!r}")
+        set_field(self, "connections", max(1, math.ceil(peak)))
         if self.scenario is None:
             from ._scenario import Scenario
 

@@ -117,14 +117,10 @@ class _Slot:
     async def preconnect(self) -> None:
         """Open this slot's connection before the run starts (no request is sent): the first
         requests then find it ready, and connecting is not counted in their latency. A
-        failure here is not counted either: the run's own attempt will be."""
+        failure before the start is not counted: the run makes its own attempt. Still
+        connecting at the start, it goes on as the run's attempt."""
         self.state = _CONNECTING
-        try:
-            await self._connect()
-        except BaseException:
-            if self.state == _CONNECTING:
-                self.state = _IDLE
-            raise
+        await self._connect()
 
     async def _connect(self) -> None:
         load = self.load
@@ -138,8 +134,8 @@ class _Slot:
         except (OSError, asyncio.TimeoutError) as exc:
             if load.started:
                 self._connect_failed(connect_error_kind(exc))
-            else:
-                self.state = _IDLE  # a pre-connect: the run connects again, and counts that attempt
+            elif self.state == _CONNECTING:
+                self.state = _IDLE  # ahead of the start: the run connects again, and counts that attempt
             return
         if self.state == _DONE:
             protocol.transport.close()
@@ -305,6 +301,8 @@ class _Slot:
         self.protocol = None
         if protocol.transport is not None:
             protocol.transport.abort()
+        if not self.load.started:
+            return  # opened ahead (bytes before any request): the run connects again
         if was_busy:
             self._count_error(kind)
             self.due = None
@@ -314,6 +312,8 @@ class _Slot:
         if protocol is not self.protocol:
             return
         self.protocol = None
+        if not self.load.started:
+            return  # opened ahead and closed before the start: the run connects again
         if self.state == _BUSY:
             kind = (
                 "closed by server"
@@ -381,18 +381,20 @@ class HttpLoad:
         self._running = len(self.slots)
         self._finished = self.loop.create_future()
         self.started = False  # False while connections are opened ahead of the start
+        self._ahead: list[asyncio.Task[None]] = []
 
     async def prepare(self, start: float) -> None:
-        """Open the connections ahead of the run, waiting at most until *start* (monotonic)."""
-        tasks = [self.loop.create_task(slot.preconnect()) for slot in self.slots]
-        _, pending = await asyncio.wait(tasks, timeout=max(0.0, start - time.monotonic()))
-        for task in pending:  # still connecting at the start: the run's own attempt takes over
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Open the connections ahead of the run, waiting at most until *start* (monotonic);
+        a connection still being made then becomes the run's attempt (see Slot.preconnect)."""
+        self._ahead = [self.loop.create_task(slot.preconnect()) for slot in self.slots]
+        await asyncio.wait(self._ahead, timeout=max(0.0, start - time.monotonic()))
 
     def close_prepared(self) -> None:
         """Close what :meth:`prepare` opened, for a run stopped before its start."""
+        for task in self._ahead:
+            task.cancel()
         for slot in self.slots:
+            slot.state = _DONE  # a connection that completes after this is closed at once
             if slot.protocol is not None and slot.protocol.transport is not None:
                 slot.protocol.transport.close()
             slot.protocol = None
@@ -402,6 +404,8 @@ class HttpLoad:
         """Drive every connection until the schedule is spent or :meth:`stop` ends the run."""
         self.started = True
         for slot in self.slots:
+            if slot.state == _CONNECTING:
+                continue  # opened ahead and not done yet: it sends once connected
             if slot.protocol is not None and slot.state == _IDLE:
                 slot.issue()  # opened ahead
             else:

@@ -273,7 +273,7 @@ class Report:
             # Busy: CPU time but what the pacer spent watching the clock for a due time (the
             # loop was free then; counting it would blame the client for a slow target).
             worker_busy=min(
-                1.0, (total.cpu_s - total.watch_s) / (config.worker_count * max(elapsed + config.warmup, 1e-3))
+                1.0, max(0.0, total.cpu_s - total.watch_s) / (config.worker_count * max(elapsed + config.warmup, 1e-3))
             ),
             configuration=configuration_of(config),
             machine=machine_info(),

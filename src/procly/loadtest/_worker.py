@@ -53,8 +53,19 @@ def worker_main(config: LoadTestConfig, index: int, conn: Connection) -> None:
     try:
         loop.run_until_complete(_Worker(config, index, conn.send).run_with_coordinator(conn))
     finally:
-        loop.close()
+        _close_loop(loop)
         conn.close()
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what still runs on *loop* (the control watcher, a connection still being
+    made), let it end, then close the loop: no task is destroyed pending."""
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.close()
 
 
 def run_share(
@@ -75,7 +86,7 @@ def run_share(
     try:
         loop.run_until_complete(worker.measure(make_load, wall_start))
     finally:
-        loop.close()
+        _close_loop(loop)
         asyncio.set_event_loop(None)
     return messages
 
@@ -105,6 +116,9 @@ class _Worker:
             return
         messages: asyncio.Queue[Any] = asyncio.Queue()
         loop.add_reader(conn.fileno(), self._read_control, conn, messages)
+        # uvloop made it non-blocking: a tick bigger than the socket's buffer (a flow with a
+        # thousand names) would fail half written. Readiness is all the loop needs from it.
+        os.set_blocking(conn.fileno(), True)
         loop.add_signal_handler(signal.SIGINT, self._stop)
         self.emit(("ready", os.getpid()))
         message = await messages.get()
@@ -116,7 +130,6 @@ class _Worker:
 
     async def measure(self, make_load: _LoadFactory, wall_start: float) -> None:
         """Wait for the common start, run this share of the load, tick, and send the final interval."""
-        loop = asyncio.get_running_loop()
         start = time.monotonic() + (wall_start - time.time())
         config, share = self.config, self.share
         warmup_end = start + config.warmup
@@ -135,17 +148,27 @@ class _Worker:
         # full collection walking them all would hold the loop for milliseconds mid-run.
         gc.collect()
         gc.freeze()
+        try:
+            final = await self._run_from(start, schedule, recorder, warmup_end)
+        finally:
+            gc.unfreeze()
+        self.emit(("done", time.time(), final))
+
+    async def _run_from(
+        self, start: float, schedule: Schedule, recorder: Recorder, warmup_end: float
+    ) -> dict[str, Any] | None:
+        """Run the load from *start* (monotonic), ticking; the final interval's wire form, or
+        None for a run stopped before its start."""
+        loop = asyncio.get_running_loop()
         # Not a moment early (the loop's timers may wake a millisecond before their time): a
         # request issued before the start would belong to no part of the run.
         while (left := start - time.monotonic()) > 0:
             await asyncio.sleep(left)
         if self.stopping or self.should_stop():  # stopped before the start
-            gc.unfreeze()
             close = getattr(self.load, "close_prepared", None)
             if close is not None:
                 close()
-            self.emit(("done", time.time(), None))
-            return
+            return None
         ticker = loop.create_task(self._tick(recorder, warmup_end))
         folder = loop.create_task(self._fold(recorder, PACED_FOLD_PERIOD if schedule.open_loop else FOLD_PERIOD))
         cpu_start = time.process_time()
@@ -154,13 +177,12 @@ class _Worker:
         finally:
             ticker.cancel()
             folder.cancel()
-            gc.unfreeze()
         final = recorder.take_wire()
         final["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         final["cpu_s"] = time.process_time() - cpu_start
         pacer = getattr(self.load, "pacer", None)
         final["watch_s"] = pacer.watched if pacer is not None else 0.0
-        self.emit(("done", time.time(), final))
+        return final
 
     def _prepare(self) -> _LoadFactory:
         config, share = self.config, self.share
