@@ -446,6 +446,24 @@ def test_connections_are_opened_ahead_of_the_start_and_send_nothing():
         listener.close()
 
 
+def test_a_load_run_without_opening_ahead_connects_at_its_start(target):
+    import asyncio
+
+    from procly.loadtest._http import HttpLoad
+    from procly.loadtest._schedule import Schedule
+
+    http = HttpTarget.from_url(target.url)
+
+    async def main():
+        recorder = _stats.Recorder("GET /")
+        schedule = Schedule(time.monotonic(), None, 50, None)
+        load = HttpLoad(http, http.request_bytes("GET", [], b""), 4, schedule, recorder, 5.0)
+        await asyncio.wait_for(load.run(), 60)
+        return recorder.take()
+
+    assert asyncio.run(main()).requests == 50
+
+
 def test_connections_lost_before_the_start_are_made_once_again(target):
     # Connections opened ahead and closed before the start (a server may drop idle ones):
     # each slot connects once more at the start, and the budget is served exactly, with no
@@ -1004,6 +1022,30 @@ def test_head_requests_end_with_their_headers(target):
         LoadTestConfig(url=target.url + "bytes/100", processes=1, connections=2, requests=30, method="HEAD", timeout=2)
     )
     assert report.requests == 30 and report.errors == 0
+    with urllib.request.urlopen(target.url + "stats", timeout=10) as answer:
+        before = int(answer.read())
+    report = run_load_test(LoadTestConfig(url=target.url, processes=1, connections=2, requests=40, method="HEAD"))
+    with urllib.request.urlopen(target.url + "stats", timeout=10) as answer:
+        served = int(answer.read()) - before - 1  # the second /stats counts itself
+    assert report.requests == 40 == served and report.errors == 0
+
+
+def test_a_body_sent_after_a_head_answer_is_not_a_second_answer():
+    # A server may send a body with its HEAD answer anyway: the answer is complete with its
+    # headers, and the body that follows in the same read is not counted again.
+    from procly.loadtest import _http
+
+    class Slot:
+        def __init__(self):
+            self.answers = []
+
+        def completed(self, protocol, status, keep_alive):
+            self.answers.append((status, keep_alive))
+
+    slot = Slot()
+    protocol = _http._HeadProtocol(slot)
+    protocol.parser.feed_data(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert slot.answers == [(200, True)]
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -686,6 +687,10 @@ def test_stages_from_python_ramp_the_single_url_load(target):
     assert dataclasses.replace(config, stages=None).scenario is None
     with pytest.raises(TypeError, match="Stages.parse"):
         LoadTestConfig(url=target.url, stages="1s:4")
+    # A scenario of the user's own, labelled, is never taken for the generated one.
+    mine = Scenario(path="<mine>", source="", flow_names=("f",), label="checkout flow")
+    assert LoadTestConfig(url=target.url, scenario=mine).scenario is mine
+    assert LoadTestConfig(url=target.url, scenario=mine, stages=Stages.parse("1s:2")).scenario is mine
     with pytest.raises(ValueError, match="need a URL"):
         LoadTestConfig(call="tests.loadtest_targets:quick", stages=Stages.parse("1s:3"))
 
@@ -741,6 +746,41 @@ def test_a_thousand_names_travel_in_big_ticks(tmp_path, target):
     assert report.name_stats(OTHER_NAMES).requests > 0
     assert sum(stats.requests for stats in report.by_name) == report.requests
     assert {c.name for c in report.checks} >= {OTHER_CHECKS}
+
+
+# uvloop keeps a closed loop's wake-up pipe while a task it gave up on is alive (with or
+# without the bounded wait): that pipe is the user's stubborn task's, not the worker's.
+@pytest.mark.allow_leaks
+def test_a_flow_task_that_ignores_cancellation_does_not_hold_the_worker(tmp_path, target):
+    # A flow may start a task of its own that swallows its cancellation: the worker still
+    # ends (it waits a bounded time for what it cancelled), here on the Dask path's runner.
+    from procly.loadtest._worker import run_share
+
+    path = write(
+        tmp_path,
+        "stubborn.py",
+        """
+        import asyncio
+
+        from procly.loadtest import flow
+
+        async def stubborn():
+            while True:
+                try:
+                    await asyncio.sleep(0.05)
+                except asyncio.CancelledError:
+                    pass
+
+        @flow
+        async def f(user):
+            if "task" not in user.state:
+                user.state["task"] = asyncio.ensure_future(stubborn())
+            await user.get("/")
+    """,
+    )
+    config = LoadTestConfig(url=target.url, scenario=Scenario.load(path), processes=1, connections=2, requests=20)
+    messages = run_share(config, 0, time.time())
+    assert messages[-1][0] == "done" and messages[-1][2]["requests"] == 20
 
 
 def test_flow_requests_time_out_and_the_user_goes_on(tmp_path, target):

@@ -170,7 +170,7 @@ class LoadTestConfig:
         made anew each time (``dataclasses.replace`` of another URL or without stages must
         not keep the old one)."""
         set_field = object.__setattr__  # frozen: settled here
-        if self.scenario is not None and self.scenario.label is not None:
+        if self.scenario is not None and getattr(self.scenario, "is_single_url", False):
             set_field(self, "scenario", None)  # made below from this config's request, if still wanted
         if self.stages is None:
             return
@@ -248,7 +248,7 @@ class LoadTestConfig:
 
     def describe(self) -> str:
         target = self.url if self.url is not None else f"call {self.call}"
-        if self.scenario is not None and self.scenario.label is None:
+        if self.scenario is not None and not getattr(self.scenario, "is_single_url", False):
             target = f"{self.scenario.describe()} on {self.url}"
         what = "user" if self.scenario is not None else "connection"
         parts = [

@@ -93,6 +93,9 @@ class _HeadProtocol(_Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.slot.completed(self, status, keep_alive)
 
+    def on_message_complete(self) -> None:
+        pass  # completed with its headers: a body a server sent anyway is not a second answer
+
 
 class _Slot:
     """One of the process's connections, and the requests it sends one after another."""
@@ -403,8 +406,11 @@ class HttpLoad:
     async def run(self) -> None:
         """Drive every connection until the schedule is spent or :meth:`stop` ends the run."""
         self.started = True
+        # (No prepare(): nothing opened ahead, every slot connects now.)
+        ahead = zip(self.slots, self._ahead, strict=False)
+        still_connecting = {slot for slot, task in ahead if not task.done()}
         for slot in self.slots:
-            if slot.state == _CONNECTING:
+            if slot in still_connecting:
                 continue  # opened ahead and not done yet: it sends once connected
             if slot.protocol is not None and slot.state == _IDLE:
                 slot.issue()  # opened ahead

@@ -633,7 +633,7 @@ def configuration_of(config: LoadTestConfig) -> dict[str, Any]:
     scenario = config.scenario
     if scenario is not None:
         data["users"] = data.pop("connections")  # a flow's connections are its virtual users
-        if scenario.label is not None:  # --stages without -f: users that each send the URL's request
+        if scenario.is_single_url:  # --stages without -f: users that each send the URL's request
             data["mode"] = "ramped users"
             data["method"] = config.method
             return data

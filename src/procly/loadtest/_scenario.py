@@ -111,6 +111,9 @@ class Scenario:
     random_rows: bool = False
     seed: int | None = None
     label: str | None = None
+    #: Made by :meth:`single_request` for ramped users of the single-URL load (from a
+    #: config's URL and request: LoadTestConfig makes it anew, see ``_ramp_users``).
+    _single_url: bool = field(default=False, repr=False)
     _modules: dict[int, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -219,7 +222,12 @@ class Scenario:
             "async def request(user):\n"
             "    await user.request(METHOD, URL, headers=HEADERS, data=BODY or None, name=NAME)\n"
         )
-        return cls(path="<single URL>", source=source, flow_names=("request",), label=url)
+        return cls(path="<single URL>", source=source, flow_names=("request",), label=url, _single_url=True)
+
+    @property
+    def is_single_url(self) -> bool:
+        """Made by :meth:`single_request` (ramped users of the single-URL load), not from a file."""
+        return self._single_url
 
     def describe(self) -> str:
         if self.label is not None:

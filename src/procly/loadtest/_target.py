@@ -115,6 +115,8 @@ class _ServerProtocol(asyncio.Protocol):
             answer = self._answer(url.split(b"?", 1)[0])
         if answer is _OK and not keep_alive:
             answer = _OK_CLOSE
+        if answer is not None and self.parser.get_method() == b"HEAD":
+            answer = answer[: answer.index(b"\r\n\r\n") + 4]  # the headers a GET would get, no body
         self.pending.append(answer)
         if not keep_alive and answer is not None:
             self.pending.append(None)

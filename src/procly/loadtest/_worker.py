@@ -63,8 +63,8 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
     pending = asyncio.all_tasks(loop)
     for task in pending:
         task.cancel()
-    if pending:
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    if pending:  # bounded: a task of a user's flow may ignore its cancellation
+        loop.run_until_complete(asyncio.wait(pending, timeout=1.0))
     loop.close()
 
 
