@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -77,6 +78,15 @@ def pid_state(pid: int) -> str | None:
         return None
 
 
+def _join_feeders(before: set[threading.Thread]) -> None:
+    """A queue collected at the end of a test stops its feeder thread, which releases the
+    queue's socket and eventfd as it exits: wait for the feeders started since *before*
+    (holding no reference to them afterwards: the Thread object keys their finalizer)."""
+    for thread in set(threading.enumerate()) - before:
+        if thread.name == "QueueFeederThread":
+            thread.join(timeout=5)
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
     """Poll *predicate* until true or *timeout*: for observing other processes only."""
     deadline = time.monotonic() + timeout
@@ -118,9 +128,12 @@ def no_leaks(request: pytest.FixtureRequest):
     before_children = child_pids() - _helpers()
     before_fds = _fds()
     before_shm = _shm()
+    before_threads = set(threading.enumerate())
     yield
     import gc
 
+    gc.collect()
+    _join_feeders(before_threads)
     gc.collect()
     assert wait_until(lambda: not (child_pids() - _helpers() - before_children), timeout=5), (
         f"child processes left behind: {child_pids() - _helpers() - before_children}"
