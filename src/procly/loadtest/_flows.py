@@ -31,7 +31,7 @@ from ._config import HttpTarget, split_evenly
 from ._http import connect_error_kind, set_nodelay
 from ._scenario import FlowSpec, Scenario
 from ._schedule import Schedule
-from ._stats import MAX_CHECKS, MAX_NAMES, OTHER_CHECKS, OTHER_NAMES, Interval, Recorder
+from ._stats import MAX_NAMES, OTHER_NAMES, Interval, Recorder, check_tally
 from ._writes import WriteBatch
 
 #: Up to this many request names, a tick reuses each name's histograms (see take_wire).
@@ -150,11 +150,7 @@ class FlowRecorder(Recorder):
         return recorder
 
     def check(self, name: str, passed: bool) -> None:
-        checks = self.checks
-        tally = checks.get(name)
-        if tally is None:
-            tally = checks.setdefault(OTHER_CHECKS if len(checks) >= MAX_CHECKS else name, [0, 0])
-        tally[0 if passed else 1] += 1
+        check_tally(self.checks, name)[0 if passed else 1] += 1
 
     def fold(self) -> None:
         for recorder in self.names.values():

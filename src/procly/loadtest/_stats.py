@@ -43,6 +43,15 @@ MAX_CHECKS = 1000
 OTHER_CHECKS = "(other checks: too many distinct names, give check() a name=)"
 
 
+def check_tally(checks: dict[str, list[int]], name: str) -> list[int]:
+    """The ``[passed, failed]`` tally of check *name* in *checks*, made if new (under
+    OTHER_CHECKS once MAX_CHECKS names are there)."""
+    tally = checks.get(name)
+    if tally is None:
+        tally = checks.setdefault(OTHER_CHECKS if len(checks) >= MAX_CHECKS else name, [0, 0])
+    return tally
+
+
 def new_histogram() -> HdrHistogram:
     """An empty latency histogram (microseconds) with procly's bounds and precision."""
     return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
@@ -358,11 +367,8 @@ class Interval:
             self.exceptions[kind] = self.exceptions.get(kind, 0) + count
         for kind, sample in other.exception_samples.items():
             self.exception_samples.setdefault(kind, sample)
-        checks = self.checks
         for name, (passed, failed) in other.checks.items():
-            tally = checks.get(name)
-            if tally is None:
-                tally = checks.setdefault(OTHER_CHECKS if len(checks) >= MAX_CHECKS else name, [0, 0])
+            tally = check_tally(self.checks, name)
             tally[0] += passed
             tally[1] += failed
 
