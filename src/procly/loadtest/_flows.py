@@ -31,11 +31,9 @@ from ._config import HttpTarget, split_evenly
 from ._http import connect_error_kind, set_nodelay
 from ._scenario import FlowSpec, Scenario
 from ._schedule import Schedule
-from ._stats import MAX_NAMES, OTHER_NAMES, Interval, Recorder, check_tally
+from ._stats import MAX_NAMES, OTHER_NAMES, Interval, NameRecorder, Recorder, check_tally
 from ._writes import WriteBatch
 
-#: Up to this many request names, a tick reuses each name's histograms (see take_wire).
-RECYCLED_NAMES = 16
 #: How often the number of running users follows ``--stages``.
 RAMP_PERIOD = 0.1
 #: Users started at once begin at most this many per second (a worker's 10,000 users over
@@ -145,7 +143,7 @@ class FlowRecorder(Recorder):
     def _new_name(self, name: str) -> Recorder:
         recorder = self.names.get(name)
         if recorder is None:
-            recorder = self.names[name] = Recorder(name)
+            recorder = self.names[name] = NameRecorder(name)
             recorder.measure_from = self.measure_from
         return recorder
 
@@ -177,14 +175,10 @@ class FlowRecorder(Recorder):
         return total
 
     def take_wire(self) -> dict[str, Any]:
-        """``take().to_wire()``, as a worker's tick sends it, the histograms then reused:
-        the total's, and each name's where there are few names (a cleared histogram is
-        184 KB resident, and a flow may have a thousand names)."""
+        """``take().to_wire()``, as a worker's tick sends it, the total's histograms then
+        reused (each name's are sparse: a new one costs little)."""
         interval = self.take()
         wire = interval.to_wire()
-        if len(self.names) <= RECYCLED_NAMES:
-            for name, sub in interval.by_name.items():
-                self.names[name].recycle(sub)
         self.recycle(interval)
         return wire
 

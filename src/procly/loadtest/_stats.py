@@ -21,6 +21,8 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from ._sparse_histogram import SparseHistogram, merge_histogram
+
 #: Latencies are kept in microseconds, from 1 µs to one hour, with 3 significant digits.
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000
@@ -63,6 +65,15 @@ def new_histogram() -> HdrHistogram:
 EMPTY_HISTOGRAM = new_histogram()
 
 
+def new_sparse_histogram() -> SparseHistogram:
+    """An empty latency histogram for one request name (see :mod:`._sparse_histogram`)."""
+    return SparseHistogram(EMPTY_HISTOGRAM)
+
+
+#: An empty name's histogram, shared as EMPTY_HISTOGRAM is.
+EMPTY_SPARSE = new_sparse_histogram()
+
+
 def clear_histogram(hist: HdrHistogram) -> None:
     """Empty *hist* in place, as :func:`new_histogram` makes it.
 
@@ -70,6 +81,9 @@ def clear_histogram(hist: HdrHistogram) -> None:
     (184 KB of fresh pages, while the old one is still alive), hdrh's ``reset()`` ~0.9 ms (a
     Python loop over its counts); clearing the counts in one ``memset`` ~10 µs.
     """
+    if isinstance(hist, SparseHistogram):
+        hist.clear()
+        return
     counts = hist.counts
     ctypes.memset(ctypes.addressof(counts), 0, ctypes.sizeof(counts))
     hist.total_count = 0
@@ -86,7 +100,7 @@ def histogram_from(values_us: list[int]) -> HdrHistogram:
     return hist
 
 
-def record_batch(hist: HdrHistogram, values_us: list[int]) -> None:
+def record_batch(hist: HdrHistogram | SparseHistogram, values_us: list[int]) -> None:
     """Add ``values_us`` (whole microseconds) to ``hist``; values beyond the bounds are clamped.
 
     The same counts as one ``record_value`` per distinct value, a few times cheaper: the
@@ -101,18 +115,26 @@ def record_batch(hist: HdrHistogram, values_us: list[int]) -> None:
         for value, count in counted.items():
             clamped[min(max(value, LOWEST_US), HIGHEST_US)] += count
         counted, low, high = clamped, max(low, LOWEST_US), min(high, HIGHEST_US)
+    layout = hist.layout if isinstance(hist, SparseHistogram) else hist
     try:
-        mask = hist.sub_bucket_mask
-        unit = hist.unit_magnitude
-        half_magnitude = hist.sub_bucket_half_count_magnitude
-        half = hist.sub_bucket_half_count
-        counts = hist.counts
-        counts_len = hist.counts_len
+        mask = layout.sub_bucket_mask
+        unit = layout.unit_magnitude
+        half_magnitude = layout.sub_bucket_half_count_magnitude
+        half = layout.sub_bucket_half_count
+        counts = layout.counts
+        counts_len = layout.counts_len
     except AttributeError:  # pragma: no cover - another hdrhistogram: its own path
         for value, count in counted.items():
             hist.record_value(value, count)
         return
     shift = unit + half_magnitude + 1
+    if isinstance(hist, SparseHistogram):
+        pairs = []
+        for value, count in counted.items():
+            bucket = (value | mask).bit_length() - shift
+            pairs.append((((bucket + 1) << half_magnitude) + (value >> (bucket + unit)) - half, count))
+        hist.add_counts(pairs, sum(counted.values()), low, high)
+        return
     for value, count in counted.items():
         # hdrh's _counts_index_for(value), inline (value >= 1).
         bucket = (value | mask).bit_length() - shift
@@ -152,8 +174,8 @@ class Recorder:
         # Requests due before this (monotonic) time belong to the warm-up: not recorded.
         self.measure_from = float("-inf")
         self.latencies: list[int] = []
-        self.histogram = new_histogram()  # the latencies folded so far
-        self.lag_histogram: HdrHistogram | None = None  # the send lags folded so far
+        self.histogram = self._new_histogram()  # the latencies folded so far
+        self.lag_histogram: HdrHistogram | SparseHistogram | None = None  # the send lags folded so far
         self.statuses: Counter[int] = Counter()
         self.ok = 0  # status 200, counted apart: the common case stays one integer add
         self.errors: Counter[str] = Counter()
@@ -161,7 +183,7 @@ class Recorder:
         self.send_lags: list[int] = []
         self.late = 0
         self.name = name
-        self._spares: list[HdrHistogram] = []  # emptied histograms of earlier ticks, for reuse
+        self._spares: list[HdrHistogram | SparseHistogram] = []  # emptied histograms of earlier ticks, for reuse
 
     def success(self, latency_s: float, status: int = 0) -> None:
         self.latencies.append(int(latency_s * 1e6))
@@ -191,12 +213,19 @@ class Recorder:
     def recycle(self, interval: Interval) -> None:
         """Keep the histograms of *interval*, taken from this recorder and done with, for reuse."""
         for hist in (interval.histogram, interval.send_lag):
-            if hist is not None and hist is not EMPTY_HISTOGRAM and len(self._spares) < 2:
+            if hist is not None and hist is not self._EMPTY and len(self._spares) < 2:
                 clear_histogram(hist)
                 self._spares.append(hist)
 
-    def _empty_histogram(self) -> HdrHistogram:
-        return self._spares.pop() if self._spares else new_histogram()
+    @staticmethod
+    def _new_histogram() -> HdrHistogram | SparseHistogram:
+        return new_histogram()
+
+    #: What an interval taken with nothing recorded carries (shared, never written).
+    _EMPTY: HdrHistogram | SparseHistogram = EMPTY_HISTOGRAM
+
+    def _empty_histogram(self) -> HdrHistogram | SparseHistogram:
+        return self._spares.pop() if self._spares else self._new_histogram()
 
     def fold(self) -> None:
         """Move the latencies and send lags recorded since the last fold into the histograms."""
@@ -218,7 +247,7 @@ class Recorder:
         if histogram.get_total_count():
             self.histogram = self._empty_histogram()
         else:
-            histogram = EMPTY_HISTOGRAM  # nothing recorded: this recorder keeps its own
+            histogram = self._EMPTY  # nothing recorded: this recorder keeps its own
         lags, self.lag_histogram = self.lag_histogram, None
         if self.ok:
             self.statuses[200] += self.ok
@@ -249,6 +278,19 @@ class Recorder:
         self.statuses.clear()
         self.errors.clear()
         self.bytes_received = 0
+
+
+class NameRecorder(Recorder):
+    """The tallies of one request name of a flow: its latencies in a SparseHistogram (a
+    flow may have a thousand names; see :mod:`._sparse_histogram`)."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def _new_histogram() -> HdrHistogram | SparseHistogram:
+        return new_sparse_histogram()
+
+    _EMPTY = EMPTY_SPARSE
 
 
 class LockedRecorder(Recorder):
@@ -297,9 +339,9 @@ class Interval:
     requests: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
-    histogram: HdrHistogram = field(default_factory=new_histogram)
+    histogram: HdrHistogram | SparseHistogram = field(default_factory=new_histogram)
     bytes_received: int = 0
-    send_lag: HdrHistogram | None = None
+    send_lag: HdrHistogram | SparseHistogram | None = None
     late: int = 0
     by_name: dict[str, Interval] = field(default_factory=dict)
     checks: dict[str, list[int]] = field(default_factory=dict)
@@ -317,9 +359,8 @@ class Interval:
 
     def copy_counts(self) -> Interval:
         """Requests, statuses, errors and latencies only (no names, checks or send lags), copied."""
-        histogram = new_histogram()
-        if self.histogram.get_total_count():
-            histogram.add(self.histogram)
+        histogram = new_sparse_histogram() if isinstance(self.histogram, SparseHistogram) else new_histogram()
+        merge_histogram(histogram, self.histogram)
         return Interval(
             requests=self.requests,
             statuses=dict(self.statuses),
@@ -342,14 +383,7 @@ class Interval:
         for kind, count in other.errors.items():
             self.errors[kind] = self.errors.get(kind, 0) + count
         self._add_flow_tallies(other)
-        if other.histogram.get_total_count():
-            if self.histogram is EMPTY_HISTOGRAM:  # shared, never written: this interval gets its own
-                self.histogram = new_histogram()
-            self.histogram.add(other.histogram)
-        if other.send_lag is not None and other.send_lag.get_total_count():
-            if self.send_lag is None:
-                self.send_lag = new_histogram()
-            self.send_lag.add(other.send_lag)
+        self._add_histograms(other)
         by_name = self.by_name
         for name, sub in other.by_name.items():
             mine = by_name.get(name)
@@ -360,6 +394,18 @@ class Interval:
                 by_name[name] = sub.copy_counts()
             else:
                 mine.add(sub)
+
+    def _add_histograms(self, other: Interval) -> None:
+        if other.histogram.get_total_count():
+            if self.histogram is EMPTY_HISTOGRAM:  # shared, never written: this interval gets its own
+                self.histogram = new_histogram()
+            elif self.histogram is EMPTY_SPARSE:
+                self.histogram = new_sparse_histogram()
+            merge_histogram(self.histogram, other.histogram)
+        if other.send_lag is not None and other.send_lag.get_total_count():
+            if self.send_lag is None:
+                self.send_lag = new_histogram()
+            merge_histogram(self.send_lag, other.send_lag)
 
     def _add_flow_tallies(self, other: Interval) -> None:
         """Merge what only flows record: exceptions (and their first samples), checks."""
@@ -378,11 +424,9 @@ class Interval:
             "requests": self.requests,
             "statuses": self.statuses,
             "errors": self.errors,
-            "histogram": self.histogram.encode() if self.histogram.get_total_count() else b"",
+            "histogram": _histogram_to_wire(self.histogram),
             "bytes_received": self.bytes_received,
-            "send_lag": self.send_lag.encode()
-            if self.send_lag is not None and self.send_lag.get_total_count()
-            else b"",
+            "send_lag": _histogram_to_wire(self.send_lag),
             "late": self.late,
             "by_name": self._names_to_wire(),
             "checks": self.checks,
@@ -403,16 +447,14 @@ class Interval:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Interval:
-        encoded = data["histogram"]
-        histogram = HdrHistogram.decode(encoded) if encoded else new_histogram()
-        lag = data.get("send_lag", b"")
+        histogram = _histogram_from_wire(data["histogram"])
         interval = cls(
             requests=data["requests"],
             statuses=dict(data["statuses"]),
             errors=dict(data["errors"]),
-            histogram=histogram,
+            histogram=histogram if histogram is not None else new_histogram(),
             bytes_received=data["bytes_received"],
-            send_lag=HdrHistogram.decode(lag) if lag else None,
+            send_lag=_histogram_from_wire(data.get("send_lag", b"")),
             late=data.get("late", 0),
             by_name={name: cls.from_wire(sub) for name, sub in data.get("by_name", {}).items() if sub is not None},
             checks={name: list(tally) for name, tally in data.get("checks", {}).items()},
@@ -429,20 +471,37 @@ class Interval:
         return interval
 
 
+def _histogram_to_wire(hist: HdrHistogram | SparseHistogram | None) -> Any:
+    """HDR's compressed encoding (bytes), a sparse histogram's own form (a tuple), or b"" for none."""
+    if isinstance(hist, SparseHistogram):
+        return hist.to_wire()  # empty too: the receiver keeps a sparse one for the name
+    if hist is None or not hist.get_total_count():
+        return b""
+    return hist.encode()
+
+
+def _histogram_from_wire(data: Any) -> HdrHistogram | SparseHistogram | None:
+    """The histogram :func:`_histogram_to_wire` encoded: an empty sparse one is one with no
+    bucket; None for b"" (nothing recorded)."""
+    if isinstance(data, (tuple, list)):
+        return SparseHistogram.from_wire(EMPTY_HISTOGRAM, data)
+    return HdrHistogram.decode(data) if data else None
+
+
 def http_error_count(error_kinds: dict[str, int]) -> int:
     """The errors among *error_kinds* that are HTTP statuses (``http 503``): each is also a
     response, counted among the requests, where a transport error is not."""
     return sum(count for kind, count in error_kinds.items() if kind.startswith("http "))
 
 
-def percentile_ms(hist: HdrHistogram, percentile: float) -> float:
+def percentile_ms(hist: HdrHistogram | SparseHistogram, percentile: float) -> float:
     """The latency at ``percentile`` (0-100) in milliseconds; 0.0 for an empty histogram."""
     if not hist.get_total_count():
         return 0.0
     return hist.get_value_at_percentile(percentile) / 1000.0
 
 
-def recorded_values(hist: HdrHistogram, highest: bool = False) -> list[tuple[int, int]]:
+def recorded_values(hist: HdrHistogram | SparseHistogram, highest: bool = False) -> list[tuple[int, int]]:
     """``(value, count)`` of every non-empty bucket, in order: the bucket's lowest value, or
     its highest equivalent one (what percentiles report) with ``highest``.
 
@@ -450,14 +509,18 @@ def recorded_values(hist: HdrHistogram, highest: bool = False) -> list[tuple[int
     """
     if not hist.get_total_count():
         return []
-    counts = hist.counts[: hist.counts_len]
-    pairs = [(hist.get_value_from_index(index), count) for index, count in enumerate(counts) if count]
+    if isinstance(hist, SparseHistogram):
+        used = hist.nonzero()
+    else:
+        used = [(index, count) for index, count in enumerate(hist.counts[: hist.counts_len]) if count]
+    layout = hist.layout if isinstance(hist, SparseHistogram) else hist
+    pairs = [(layout.get_value_from_index(index), count) for index, count in used]
     if highest:
-        pairs = [(hist.get_highest_equivalent_value(value), count) for value, count in pairs]
+        pairs = [(layout.get_highest_equivalent_value(value), count) for value, count in pairs]
     return pairs
 
 
-def mean_and_stdev_us(hist: HdrHistogram) -> tuple[float, float]:
+def mean_and_stdev_us(hist: HdrHistogram | SparseHistogram) -> tuple[float, float]:
     """The mean and standard deviation of ``hist``, as hdrh computes them (each bucket at its
     median equivalent value), from the non-empty buckets only: hdrh's own methods walk its
     recorded iterator, 100 ms for a run's histogram."""
@@ -465,7 +528,8 @@ def mean_and_stdev_us(hist: HdrHistogram) -> tuple[float, float]:
     total = sum(count for _, count in pairs)
     if not total:
         return 0.0, 0.0
-    middles = [(hist._hdr_median_equiv_value(value), count) for value, count in pairs]
+    layout = hist.layout if isinstance(hist, SparseHistogram) else hist
+    middles = [(layout._hdr_median_equiv_value(value), count) for value, count in pairs]
     mean = sum(value * count for value, count in middles) / total
     variance = sum((value - mean) ** 2 * count for value, count in middles) / total
     return mean, math.sqrt(variance)
