@@ -15,6 +15,8 @@ Two user-flow cases follow (``--flows``, on by default; ``--only-flows`` runs th
 
 - a three-step flow (GET, POST with a JSON body, GET with a name), 64 users, think time
   0, one process: procly ``-f`` against locust's FastHttpUser doing the same steps;
+- a thousand request names (64 users, one process): requests/s and the peak resident
+  memory of the worker and of the coordinator;
 - 10,000 virtual users with a think time of 1 s from one process against procly's
   built-in target: the rate they hold (10,000 users / (1 s + latency)) and the worker
   process's peak resident memory.
@@ -94,6 +96,15 @@ class ThreeSteps(FastHttpUser):
         self.client.get("/")
         self.client.post("/api/cart", json={"item": 42, "quantity": 2})
         self.client.get(f"/item/{random.randint(1, 1000)}", name="/item/[id]")
+"""
+
+MANY_NAMES_SCENARIO = """
+from procly.loadtest import flow
+
+
+@flow
+async def browse(user):
+    await user.get(f"/item/{user.rng.randrange(1000)}", name=f"/item/{user.rng.randrange(1000)}")
 """
 
 THINKING_SCENARIO = """
@@ -308,6 +319,32 @@ def run_procly_flow(url: str, seconds: int, workdir: Path) -> dict[str, float]:
     }
 
 
+def run_many_names(url: str, seconds: int, workdir: Path) -> dict[str, float]:
+    """A thousand request names (the most kept apart): requests/s, and the peak resident
+    memory of the worker and of the coordinator."""
+    scenario = workdir / "many_names.py"
+    scenario.write_text(MANY_NAMES_SCENARIO)
+    argv = ["procly", "loadtest", "-q", "-p", "1", "-u", "64", "-f", str(scenario), "-d", f"{seconds}s"]
+    wrapper = (
+        "import resource, runpy, sys\n"
+        f"sys.argv = {argv + ['--json', '-', url]!r}\n"
+        "try:\n"
+        "    runpy.run_module('procly.cli', run_name='__main__')\n"
+        "finally:\n"
+        "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"procly loadtest failed: {done.stderr[-2000:]}")
+    report = json.loads(done.stdout)
+    return {
+        "rps": report["requests_per_s"],
+        "names": len(report["by_name"]),
+        "worker_rss_mib": report["worker_peak_rss_mib"],
+        "coordinator_rss_mib": int(done.stderr.strip().splitlines()[-1]) / 1024,
+    }
+
+
 def run_ten_thousand_users(seconds: int, workdir: Path) -> dict[str, float]:
     scenario = workdir / "thinking.py"
     scenario.write_text(THINKING_SCENARIO)
@@ -377,6 +414,13 @@ def flow_cases(seconds: int) -> None:
                 f"{theirs['cpu_us_per_request']:>17.1f} µs{theirs['server_cpu_percent']:>10.0f}%"
             )
             print(f"client CPU per request: procly {cpu_ratio:.1f}x less than locust")
+        with Nginx(workdir, access_log=False) as nginx:
+            many = run_many_names(nginx.url, seconds, workdir)
+        print(
+            f"a thousand request names, 64 users, one process: {many['rps']:,.0f} requests/s over "
+            f"{many['names']:,.0f} names, peak RSS worker {many['worker_rss_mib']:.1f} MiB, "
+            f"coordinator {many['coordinator_rss_mib']:.1f} MiB"
+        )
         print()
         print(f"10,000 virtual users, think time 1 s, one process, built-in target, {seconds} s after 3 s warm-up")
         big = run_ten_thousand_users(seconds, workdir)
