@@ -16,6 +16,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from ._config import LoadTestConfig
+from ._sparse_histogram import SparseHistogram
 from ._stats import Interval, http_error_count, mean_and_stdev_us, percentile_ms
 
 #: The percentiles of the report's latency table.
@@ -43,7 +44,7 @@ class Latency:
     max: float = 0.0
 
     @classmethod
-    def from_histogram(cls, hist: HdrHistogram | None) -> Latency:
+    def from_histogram(cls, hist: HdrHistogram | SparseHistogram | None) -> Latency:
         if hist is None or not hist.get_total_count():
             return cls()
         mean, stdev = mean_and_stdev_us(hist)
@@ -66,7 +67,13 @@ class Latency:
 
 @dataclass
 class NameStats:
-    """The figures of the requests sharing one name (``/item/[id]``)."""
+    """The figures of the requests sharing one name (``/item/[id]``).
+
+    ``histogram`` holds their latencies in microseconds: an ``HdrHistogram``, or, where a
+    flow's requests had several names, a ``SparseHistogram`` of the same buckets, which
+    answers ``get_total_count``, ``get_value_at_percentile``, ``get_min_value``,
+    ``get_max_value`` and ``encode`` alike and gives an ``HdrHistogram`` with ``to_hdr()``.
+    """
 
     name: str
     requests: int
@@ -75,7 +82,7 @@ class NameStats:
     latency: Latency
     status_codes: dict[int, int] = field(default_factory=dict)
     error_kinds: dict[str, int] = field(default_factory=dict)
-    histogram: HdrHistogram | None = field(default=None, repr=False, compare=False)
+    histogram: HdrHistogram | SparseHistogram | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def build(cls, name: str, interval: Interval, elapsed: float) -> NameStats:

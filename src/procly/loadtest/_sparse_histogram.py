@@ -30,7 +30,7 @@ class SparseHistogram:
     same results an HdrHistogram of the same layout holding the same values would give.
     """
 
-    __slots__ = ("layout", "counts", "total_count", "min_value", "max_value")
+    __slots__ = ("layout", "counts", "total_count", "min_value", "max_value", "_sorted")
 
     def __init__(self, layout: HdrHistogram) -> None:
         self.layout = layout
@@ -38,6 +38,7 @@ class SparseHistogram:
         self.total_count = 0
         self.min_value = sys.maxsize  # as HdrHistogram keeps them: raw values, not buckets
         self.max_value = 0
+        self._sorted: list[tuple[int, int]] | None = None  # nonzero()'s answer until a change
 
     def get_total_count(self) -> int:
         return self.total_count
@@ -61,8 +62,8 @@ class SparseHistogram:
         wanted = max(int(min(percentile, 100.0) * self.total_count / 100 + 0.5), 1)
         seen = 0
         layout = self.layout
-        for index in sorted(self.counts):
-            seen += self.counts[index]
+        for index, count in self.nonzero():
+            seen += count
             if seen >= wanted:
                 value = layout.get_value_from_index(index)
                 if percentile:
@@ -72,13 +73,16 @@ class SparseHistogram:
 
     def nonzero(self) -> list[tuple[int, int]]:
         """``(index, count)`` of every used bucket, in ascending order."""
-        return sorted(self.counts.items())
+        if self._sorted is None:
+            self._sorted = sorted(self.counts.items())
+        return self._sorted
 
     def add_counts(self, pairs: Any, total: int, low: int, high: int) -> None:
         """Add ``(index, count)`` *pairs* holding *total* values from *low* to *high* (raw)."""
         counts = self.counts
         for index, count in pairs:
             counts[index] = counts.get(index, 0) + count
+        self._sorted = None
         self.total_count += total
         if total:
             self.min_value = min(self.min_value, low)
@@ -86,6 +90,7 @@ class SparseHistogram:
 
     def clear(self) -> None:
         self.counts.clear()
+        self._sorted = None
         self.total_count = 0
         self.min_value = sys.maxsize
         self.max_value = 0
@@ -101,26 +106,36 @@ class SparseHistogram:
         """HdrHistogram's compressed encoding of these counts (for reports and ``compare``)."""
         return bytes(self.to_hdr().encode())
 
-    def to_wire(self) -> tuple[list[int], list[int], int, int]:
-        """A compact picklable form: the used indexes, their counts, the raw min and max."""
+    def to_wire(self) -> tuple[list[int], list[int]]:
+        """A compact picklable form: the used indexes and their counts."""
         pairs = self.nonzero()
-        return [index for index, _ in pairs], [count for _, count in pairs], self.min_value, self.max_value
+        return [index for index, _ in pairs], [count for _, count in pairs]
 
     @classmethod
     def from_wire(cls, layout: HdrHistogram, data: Any) -> SparseHistogram:
-        """Rebuild from :meth:`to_wire`'s form.
+        """Rebuild from :meth:`to_wire`'s form. The minimum and maximum are those of the
+        lowest and highest bucket (what HdrHistogram reports for them in any case).
 
         Raises:
-            ValueError: *data* is not that form (an index out of the layout, a negative count).
+            ValueError: *data* is not that form (not two lists of as many ints, an index out
+                of the layout, a count below 1).
         """
-        indexes, counts, low, high = data
-        if len(indexes) != len(counts):
-            raise ValueError("sparse histogram: as many indexes as counts expected")
+        try:
+            indexes, counts = data
+            pairs = list(zip(indexes, counts, strict=True))
+        except (TypeError, ValueError):
+            raise ValueError("sparse histogram: two lists of as many indexes and counts expected") from None
         limit = layout.counts_len
-        if any(not 0 <= index < limit for index in indexes) or any(count < 0 for count in counts):
-            raise ValueError("sparse histogram: an index out of range or a negative count")
+        for index, count in pairs:
+            if type(index) is not int or type(count) is not int:
+                raise ValueError("sparse histogram: indexes and counts must be ints")
+            if not 0 <= index < limit or count < 1:
+                raise ValueError("sparse histogram: an index out of range or a count below 1")
         hist = cls(layout)
-        hist.add_counts(zip(indexes, counts, strict=True), sum(counts), int(low), int(high))
+        if pairs:
+            low = layout.get_value_from_index(min(indexes))
+            high = layout.get_value_from_index(max(indexes))
+            hist.add_counts(pairs, sum(counts), low, high)
         return hist
 
 

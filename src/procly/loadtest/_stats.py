@@ -60,8 +60,8 @@ def new_histogram() -> HdrHistogram:
 
 
 #: What an interval without latencies carries: shared, never written (an interval a recorder
-#: hands over is only read, merged into another, or encoded). A flow with many request
-#: names would otherwise allocate a 184 KB histogram per name at every tick.
+#: hands over is only read, merged into another, or encoded). It is also the bucket layout
+#: every SparseHistogram computes its indexes and values with: nothing may record into it.
 EMPTY_HISTOGRAM = new_histogram()
 
 
@@ -74,7 +74,7 @@ def new_sparse_histogram() -> SparseHistogram:
 EMPTY_SPARSE = new_sparse_histogram()
 
 
-def clear_histogram(hist: HdrHistogram) -> None:
+def clear_histogram(hist: HdrHistogram | SparseHistogram) -> None:
     """Empty *hist* in place, as :func:`new_histogram` makes it.
 
     A worker's tick hands its histograms over and needs empty ones: a new one costs ~130 µs
