@@ -322,6 +322,82 @@ def test_precise_timer_never_fires_early(monkeypatch, timerfd, sparse):
     assert len(fired) == 300 and not early
 
 
+def test_precise_timer_wakes_earlier_after_late_wake_ups():
+    # How early the timerfd fires follows how late recent wake-ups came (a VM's host may
+    # take a millisecond to wake an idle virtual CPU), within bounds, and is forgotten.
+    import asyncio
+
+    from procly.loadtest import _clock
+
+    async def main():
+        timer = _clock.PreciseTimer()
+        try:
+            await check(timer)
+        finally:
+            timer.close()
+
+    async def check(timer):
+        assert timer.uses_timerfd
+        calm = timer._early()
+        assert calm == _clock._EARLY_MIN
+        timer.fire_at = time.monotonic() - 0.0008  # this wake-up came 0.8 ms late
+        timer._on_fd()
+        assert 0.0016 <= timer._early() <= _clock._EARLY_MAX
+        timer._late_since -= 2 * _clock._LATE_HALF_LIFE  # two half-lives later
+        assert 0.0004 <= timer._early() <= 0.0006
+        timer.fire_at = time.monotonic() - 0.05
+        timer._on_fd()
+        assert timer._early() == _clock._EARLY_MAX
+        # Never more than the gap since the previous call.
+        timer.last_due = time.monotonic()
+        due = timer.last_due + 0.0003
+        fired = asyncio.get_running_loop().create_future()
+        timer.call_at(due, fired.set_result, None)
+        assert timer.early <= 0.0003
+        await asyncio.wait_for(fired, 5)
+        assert time.monotonic() >= due
+
+    asyncio.run(main())
+
+
+def test_precise_timer_watch_lets_the_loop_run():
+    # While the pacer watches the clock for a due time, the loop's other callbacks (the
+    # answers being read) still run: the watch goes through the loop's turns.
+    import asyncio
+
+    from procly.loadtest import _clock
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        timer = _clock.PreciseTimer()
+        timer.fire_at = time.monotonic() - 0.0009
+        timer._on_fd()  # recent wake-ups were late: it wakes ~2 ms ahead and watches
+        seen_while_watching = []
+        due = time.monotonic() + 0.02
+        fired = loop.create_future()
+
+        def other():
+            if timer.armed_for == due and timer.handle is not None:
+                seen_while_watching.append(time.monotonic())
+            if not fired.done():
+                loop.call_later(0.0002, other)
+
+        def call():
+            fired.set_result(time.monotonic())
+
+        timer.call_at(due, call)
+        other()
+        try:
+            fired_at = await asyncio.wait_for(fired, 5)
+        finally:
+            timer.close()
+        return fired_at, seen_while_watching
+
+    fired_at, seen = asyncio.run(main())
+    assert seen, "no other callback ran while the pacer watched the clock"
+    assert all(t <= fired_at for t in seen)
+
+
 def test_live_rate_of_the_first_second_is_the_real_rate():
     from procly.loadtest._runner import Tally
 
