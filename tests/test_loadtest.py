@@ -377,7 +377,7 @@ def test_precise_timer_watch_lets_the_loop_run():
         fired = loop.create_future()
 
         def other():
-            if timer.armed_for == due and timer.handle is not None:
+            if timer.armed_for == due and timer._watch_handle is not None:
                 seen_while_watching.append(time.monotonic())
             if not fired.done():
                 loop.call_later(0.0002, other)
@@ -396,6 +396,28 @@ def test_precise_timer_watch_lets_the_loop_run():
     fired_at, seen = asyncio.run(main())
     assert seen, "no other callback ran while the pacer watched the clock"
     assert all(t <= fired_at for t in seen)
+
+
+def test_precise_timer_keeps_one_watch_going():
+    # A _run the timerfd starts while the pacer already watches through the loop's turns
+    # joins that watch rather than starting a second one (each would spin on its own).
+    import asyncio
+
+    from procly.loadtest import _clock
+
+    async def main():
+        timer = _clock.PreciseTimer()
+        try:
+            now = time.monotonic()
+            timer._watch_through_loop(now + 1.0, now)
+            first = timer._watch_handle
+            timer._watch_through_loop(now + 1.0, time.monotonic())
+            assert first is not None and timer._watch_handle is first
+        finally:
+            timer.close()
+        assert first.cancelled() and timer._watch_handle is None
+
+    asyncio.run(main())
 
 
 def test_live_rate_of_the_first_second_is_the_real_rate():

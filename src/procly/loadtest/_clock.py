@@ -49,10 +49,10 @@ _LATE_HALF_LIFE = 10.0
 #: loop's turns, the wait costs the answers nothing. On a 2-core VM at 2,000 requests/s,
 #: waking 50-100 µs early left the send lag's p99 at 0.6-1.5 ms (the host now and then
 #: took that long to wake the idle virtual CPU); waking by the recent wake-ups' lateness,
-#: 0.10-0.19 ms (0.01-0.08 ms watching every gap whole). At 20,000 requests/s, watching
-#: the whole gap (rather than a third, in one tight loop) brought the latency's p99 from
-#: 3.1-4.6 ms to 1.1-2.7 ms and the requests due while their connection was busy from
-#: 470-4,000 to 160-800 a run.
+#: 4-37 µs (and 64 µs at 200 requests/s). At 20,000 requests/s, watching the whole gap
+#: (rather than a third, in one tight loop) brought the send lag's p99 from 73-146 µs to
+#: 88-95 µs in a slower state of the VM, the latency's p99 from 3.1-4.6 ms to 1.5-2.0 ms,
+#: and the requests due while their connection was busy from 470-4,000 to 74-481 a run.
 _SPARSE = 1
 #: The last stretch watched in one tight loop: less than a loop turn.
 _LOOP_TURN = 10e-6
@@ -124,6 +124,7 @@ class PreciseTimer:
         #: through, not work (the worker's "busy" figure leaves it out).
         self.watched = 0.0
         self._watch_ended = 0.0  # when the last watch through a loop turn handed the loop back
+        self._watch_handle: asyncio.Handle | None = None  # the watch's next turn, if one is due
         if self.fd is not None:
             self.loop.add_reader(self.fd, self._on_fd)
 
@@ -209,10 +210,15 @@ class PreciseTimer:
         if turn < _IDLE_TURN:
             self.watched += turn
         self.armed_for = when  # an earlier call arms the timerfd; this watch goes on meanwhile
-        os.sched_yield()  # a process that shares this CPU (a local target) runs first
-        self.handle = self.loop.call_soon(self._run)
+        if self._watch_handle is None:  # one watch at a time (the timerfd may start a _run too)
+            os.sched_yield()  # a process that shares this CPU (a local target) runs first
+            self._watch_handle = self.loop.call_soon(self._watch_turn)
         self._watch_ended = time.monotonic()
         self.watched += self._watch_ended - now
+
+    def _watch_turn(self) -> None:
+        self._watch_handle = None
+        self._run()
 
     def close(self) -> None:
         """Drop every pending callback and release the timerfd."""
@@ -220,6 +226,9 @@ class PreciseTimer:
         if self.handle is not None:
             self.handle.cancel()
             self.handle = None
+        if self._watch_handle is not None:
+            self._watch_handle.cancel()
+            self._watch_handle = None
         if self.fd is not None:
             self.loop.remove_reader(self.fd)
             os.close(self.fd)
