@@ -8,7 +8,7 @@ clock of :func:`time.monotonic`): the kernel's high-resolution timer makes the l
 poll return on time, and the process sleeps until then. A wake-up still comes some tens
 of microseconds late, and on a VM whose idle virtual CPU the host must wake up, now and
 then more than a millisecond late. So the timerfd fires early by what the recent wake-ups
-took (their worst, forgotten by half every second; never more than 2 ms, nor than the gap
+took (twice their worst, forgotten by half every 10 s; never more than 2 ms, nor than the gap
 since the previous call) and the pacer watches the clock for the rest: through the loop's
 own turns, so that answers coming meanwhile are read at once, and for the last few
 microseconds in one tight loop. Where wake-ups are prompt, the pacer sleeps most of the
@@ -45,14 +45,14 @@ _EARLY_MARGIN = 20e-6
 #: ... and the worst lateness is forgotten by half each _LATE_HALF_LIFE seconds (a VM's slow
 #: wake-ups come and go: a short memory let a calm second put the pacer back to sleep).
 _LATE_HALF_LIFE = 10.0
-#: ... never more than 1/_SPARSE of the gap since the previous call. Watched through the
+#: ... never more than 1/_SPARSE of the gap since the previous call (the whole gap). Watched through the
 #: loop's turns, the wait costs the answers nothing. On a 2-core VM at 2,000 requests/s,
 #: waking 50-100 µs early left the send lag's p99 at 0.6-1.5 ms (the host now and then
 #: took that long to wake the idle virtual CPU); waking by the recent wake-ups' lateness,
-#: 4-37 µs (and 64 µs at 200 requests/s). At 20,000 requests/s, watching the whole gap
-#: (rather than a third, in one tight loop) brought the send lag's p99 from 73-146 µs to
-#: 88-95 µs in a slower state of the VM, the latency's p99 from 3.1-4.6 ms to 1.5-2.0 ms,
-#: and the requests due while their connection was busy from 470-4,000 to 74-481 a run.
+#: 5 µs (0.3 ms at 200 requests/s). At 20,000 requests/s, watching the whole gap (rather
+#: than a third, in one tight loop) brought the send lag's p99 from 73-146 µs to 71-84 µs,
+#: the latency's p99 from 3.1-4.6 ms to 0.8-1.5 ms, and the requests due while their
+#: connection was busy from 470-4,000 to 38-124 a run.
 _SPARSE = 1
 #: The last stretch watched in one tight loop: less than a loop turn.
 _LOOP_TURN = 10e-6
@@ -117,6 +117,7 @@ class PreciseTimer:
         self._spec_ref = ctypes.byref(self._spec)
         self.early = 0.0  # how long before the armed time the timerfd fires
         self.fire_at = 0.0  # when it is set to fire
+        self.armed_at = 0.0  # when it was set
         self.wake_late = 0.0  # the worst lateness of a recent wake-up (decaying)
         self._late_since = time.monotonic()
         self.last_due = float("-inf")  # the due time of the last callback run
@@ -141,8 +142,9 @@ class PreciseTimer:
     def _arm(self, when: float) -> None:
         self.armed_for = when
         if self.fd is not None:
-            # Woken early, the last stretch watched (see _EARLY_MIN), for at most 1/_SPARSE of the gap.
-            self.early = min(self._early(), max(0.0, (when - self.last_due) / _SPARSE))
+            # Woken early (see _EARLY_MIN), never more than 1/_SPARSE of the gap to the previous call.
+            self.armed_at = time.monotonic()
+            self.early = min(self._early(self.armed_at), max(0.0, (when - self.last_due) / _SPARSE))
             self.fire_at = when - self.early
             _set_timerfd(self.fd, self.fire_at, self._spec, self._spec_ref)
             return
@@ -166,18 +168,27 @@ class PreciseTimer:
     def _decayed_late(self, now: float) -> float:
         return float(self.wake_late * 0.5 ** ((now - self._late_since) / _LATE_HALF_LIFE))
 
-    def _early(self) -> float:
-        late = self._decayed_late(time.monotonic())
+    def _early(self, now: float) -> float:
+        late = self._decayed_late(now)
         return min(_EARLY_MAX, max(_EARLY_MIN, late * _EARLY_FACTOR + _EARLY_MARGIN))
+
+    def note_wake_up(self, now: float) -> None:
+        """The timerfd set to fire at ``fire_at`` was seen at *now*: remember how late. A
+        timerfd set for a time already past when it was set (an overdue call, or a gap
+        shorter than the early margin) involved no wake-up: it tells nothing."""
+        if self.fire_at <= self.armed_at:
+            return
+        self.wake_late = max(now - self.fire_at, self._decayed_late(now))
+        self._late_since = now
 
     def _on_fd(self) -> None:
         now = time.monotonic()
-        self.wake_late = max(now - self.fire_at, self._decayed_late(now))
-        self._late_since = now
         try:
             os.read(self.fd, 8)  # type: ignore[arg-type]
         except BlockingIOError:
-            pass
+            pass  # re-armed since it fired: that expiry is gone, and so is its lateness
+        else:
+            self.note_wake_up(now)
         self._run()
 
     def _run(self) -> None:
@@ -206,18 +217,23 @@ class PreciseTimer:
 
     def _watch_through_loop(self, when: float, now: float) -> None:
         """Come back to ``when``'s wait at the loop's next turn, after its I/O callbacks."""
-        turn = now - self._watch_ended
-        if turn < _IDLE_TURN:
-            self.watched += turn
         self.armed_for = when  # an earlier call arms the timerfd; this watch goes on meanwhile
         if self._watch_handle is None:  # one watch at a time (the timerfd may start a _run too)
+            yield_from = time.monotonic()
+            self.watched += yield_from - now
             os.sched_yield()  # a process that shares this CPU (a local target) runs first
             self._watch_handle = self.loop.call_soon(self._watch_turn)
-        self._watch_ended = time.monotonic()
-        self.watched += self._watch_ended - now
+            self._watch_ended = time.monotonic()
+            if self._watch_ended - yield_from < _IDLE_TURN:
+                self.watched += self._watch_ended - yield_from  # no one else ran: our own time
 
     def _watch_turn(self) -> None:
         self._watch_handle = None
+        # The loop's turn since the watch handed it back: watching too, if it did nothing else
+        # (reading an answer takes longer). Yielded time, another process's, is not counted.
+        turn = time.monotonic() - self._watch_ended
+        if turn < _IDLE_TURN:
+            self.watched += turn
         self._run()
 
     def close(self) -> None:
