@@ -45,15 +45,15 @@ _EARLY_MARGIN = 20e-6
 #: ... and the worst lateness is forgotten by half each _LATE_HALF_LIFE seconds (a VM's slow
 #: wake-ups come and go: a short memory let a calm second put the pacer back to sleep).
 _LATE_HALF_LIFE = 10.0
-#: ... never more than 1/_SPARSE of the gap since the previous call (the whole gap). Watched through the
-#: loop's turns, the wait costs the answers nothing. On a 2-core VM at 2,000 requests/s,
-#: waking 50-100 µs early left the send lag's p99 at 0.6-1.5 ms (the host now and then
-#: took that long to wake the idle virtual CPU); waking by the recent wake-ups' lateness,
-#: 5 µs (0.3 ms at 200 requests/s). At 20,000 requests/s, watching the whole gap (rather
-#: than a third, in one tight loop) brought the send lag's p99 from 73-146 µs to 71-84 µs,
-#: the latency's p99 from 3.1-4.6 ms to 0.8-1.5 ms, and the requests due while their
-#: connection was busy from 470-4,000 to 38-124 a run.
-_SPARSE = 1
+# Never more than the gap since the previous call, either. Watched through the loop's
+# turns, the wait costs the answers nothing. On a 2-core VM at 2,000 requests/s,
+# waking 50-100 µs early left the send lag's p99 at 0.6-1.5 ms (the host now and then
+# took that long to wake the idle virtual CPU); waking by the recent wake-ups' lateness,
+# 5 µs (0.3 ms at 200 requests/s). At 20,000 requests/s, watching the whole gap (rather
+# than a third, in one tight loop) brought the send lag's p99 from 73-146 µs to 71-84 µs,
+# the latency's p99 from 3.1-4.6 ms to 0.8-1.5 ms, and the requests due while their
+# connection was busy from 470-4,000 to 38-124 a run.
+
 #: The last stretch watched in one tight loop: less than a loop turn.
 _LOOP_TURN = 10e-6
 #: A loop turn between two watches shorter than this did nothing else: it counts as
@@ -142,9 +142,9 @@ class PreciseTimer:
     def _arm(self, when: float) -> None:
         self.armed_for = when
         if self.fd is not None:
-            # Woken early (see _EARLY_MIN), never more than 1/_SPARSE of the gap to the previous call.
+            # Woken early (see _EARLY_MIN), never more than the gap to the previous call.
             self.armed_at = time.monotonic()
-            self.early = min(self._early(self.armed_at), max(0.0, (when - self.last_due) / _SPARSE))
+            self.early = min(self._early(self.armed_at), max(0.0, when - self.last_due))
             self.fire_at = when - self.early
             _set_timerfd(self.fd, self.fire_at, self._spec, self._spec_ref)
             return

@@ -17,11 +17,6 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 
-def bucket_layout(lowest: int, highest: int, digits: int) -> HdrHistogram:
-    """An empty HdrHistogram whose index and value arithmetic the sparse histograms share."""
-    return HdrHistogram(lowest, highest, digits)
-
-
 class SparseHistogram:
     """Counts per HDR bucket index of ``layout`` (an empty HdrHistogram, never written).
 
@@ -139,6 +134,18 @@ class SparseHistogram:
         return hist
 
 
+def layout_of(hist: Any) -> HdrHistogram:
+    """The HdrHistogram whose index and value arithmetic *hist* follows (itself, if one)."""
+    return hist.layout if isinstance(hist, SparseHistogram) else hist
+
+
+def used_buckets(hist: Any) -> list[tuple[int, int]]:
+    """``(index, count)`` of every non-empty bucket of *hist* (either kind), in order."""
+    if isinstance(hist, SparseHistogram):
+        return hist.nonzero()
+    return [(index, count) for index, count in enumerate(hist.counts[: hist.counts_len]) if count]
+
+
 def merge_histogram(target: Any, source: Any) -> None:
     """Add the counts of *source* into *target*; each is an HdrHistogram or a SparseHistogram
     of the same layout."""
@@ -157,8 +164,7 @@ def merge_histogram(target: Any, source: Any) -> None:
         target.min_value = min(target.get_min_value(), source.get_min_value())
         return
     if isinstance(target, SparseHistogram):
-        counts = source.counts
-        pairs = [(index, count) for index, count in enumerate(counts[: source.counts_len]) if count]
+        pairs = used_buckets(source)
         target.add_counts(pairs, source.get_total_count(), source.get_min_value(), source.get_max_value())
         return
     target.add(source)

@@ -21,7 +21,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from ._sparse_histogram import SparseHistogram, merge_histogram
+from ._sparse_histogram import SparseHistogram, layout_of, merge_histogram, used_buckets
 
 #: Latencies are kept in microseconds, from 1 µs to one hour, with 3 significant digits.
 LOWEST_US = 1
@@ -115,7 +115,7 @@ def record_batch(hist: HdrHistogram | SparseHistogram, values_us: list[int]) -> 
         for value, count in counted.items():
             clamped[min(max(value, LOWEST_US), HIGHEST_US)] += count
         counted, low, high = clamped, max(low, LOWEST_US), min(high, HIGHEST_US)
-    layout = hist.layout if isinstance(hist, SparseHistogram) else hist
+    layout = layout_of(hist)
     try:
         mask = layout.sub_bucket_mask
         unit = layout.unit_magnitude
@@ -128,17 +128,15 @@ def record_batch(hist: HdrHistogram | SparseHistogram, values_us: list[int]) -> 
             hist.record_value(value, count)
         return
     shift = unit + half_magnitude + 1
-    if isinstance(hist, SparseHistogram):
-        pairs = []
-        for value, count in counted.items():
-            bucket = (value | mask).bit_length() - shift
-            pairs.append((((bucket + 1) << half_magnitude) + (value >> (bucket + unit)) - half, count))
-        hist.add_counts(pairs, sum(counted.values()), low, high)
-        return
+    pairs = []
     for value, count in counted.items():
         # hdrh's _counts_index_for(value), inline (value >= 1).
         bucket = (value | mask).bit_length() - shift
-        index = ((bucket + 1) << half_magnitude) + (value >> (bucket + unit)) - half
+        pairs.append((((bucket + 1) << half_magnitude) + (value >> (bucket + unit)) - half, count))
+    if isinstance(hist, SparseHistogram):
+        hist.add_counts(pairs, sum(counted.values()), low, high)
+        return
+    for index, count in pairs:
         if 0 <= index < counts_len:
             counts[index] += count
     hist.total_count += sum(counted.values())
@@ -509,12 +507,8 @@ def recorded_values(hist: HdrHistogram | SparseHistogram, highest: bool = False)
     """
     if not hist.get_total_count():
         return []
-    if isinstance(hist, SparseHistogram):
-        used = hist.nonzero()
-    else:
-        used = [(index, count) for index, count in enumerate(hist.counts[: hist.counts_len]) if count]
-    layout = hist.layout if isinstance(hist, SparseHistogram) else hist
-    pairs = [(layout.get_value_from_index(index), count) for index, count in used]
+    layout = layout_of(hist)
+    pairs = [(layout.get_value_from_index(index), count) for index, count in used_buckets(hist)]
     if highest:
         pairs = [(layout.get_highest_equivalent_value(value), count) for value, count in pairs]
     return pairs
@@ -528,7 +522,7 @@ def mean_and_stdev_us(hist: HdrHistogram | SparseHistogram) -> tuple[float, floa
     total = sum(count for _, count in pairs)
     if not total:
         return 0.0, 0.0
-    layout = hist.layout if isinstance(hist, SparseHistogram) else hist
+    layout = layout_of(hist)
     middles = [(layout._hdr_median_equiv_value(value), count) for value, count in pairs]
     mean = sum(value * count for value, count in middles) / total
     variance = sum((value - mean) ** 2 * count for value, count in middles) / total
