@@ -26,6 +26,7 @@ from typing import Any
 
 from ..connection import Connection
 from ._config import HttpTarget, LoadTestConfig
+from ._outbox import Outbox
 from ._schedule import Schedule
 from ._stats import FOLD_PERIOD, PACED_FOLD_PERIOD, Recorder
 
@@ -50,9 +51,13 @@ def worker_main(config: LoadTestConfig, index: int, conn: Connection) -> None:
     # The terminal sends Ctrl-C to every process of the group: the loop below handles it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     loop = _new_loop()
+    # Ticks go through the outbox: a coordinator slow to read never holds this loop.
+    outbox = Outbox(conn.fileno(), loop, lost=lambda: worker._stop())
+    worker = _Worker(config, index, outbox.send)
     try:
-        loop.run_until_complete(_Worker(config, index, conn.send).run_with_coordinator(conn))
+        loop.run_until_complete(worker.run_with_coordinator(conn))
     finally:
+        outbox.flush()
         _close_loop(loop)
         conn.close()
 
@@ -116,8 +121,8 @@ class _Worker:
             return
         messages: asyncio.Queue[Any] = asyncio.Queue()
         loop.add_reader(conn.fileno(), self._read_control, conn, messages)
-        # uvloop made it non-blocking: a tick bigger than the socket's buffer (a flow with a
-        # thousand names) would fail half written. Readiness is all the loop needs from it.
+        # uvloop made it non-blocking: a control message is read whole, once the loop says
+        # it has begun to arrive (the outbox's writes do not block in either mode).
         os.set_blocking(conn.fileno(), True)
         loop.add_signal_handler(signal.SIGINT, self._stop)
         self.emit(("ready", os.getpid()))
