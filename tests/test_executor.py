@@ -302,3 +302,56 @@ def test_constructor_follows_the_standard_library():
         ProcessPoolExecutor(1, max_tasks_per_child="2")
     with ProcessPoolExecutor(1, max_tasks_per_child=2) as executor:
         assert executor._mp_context.get_start_method() == "spawn"
+
+
+def test_workers_start_on_demand_except_under_fork(ctx):
+    """As the standard library's executor: under spawn and forkserver a worker starts for
+    each task outstanding that no worker has yet, up to max_workers, and is there when
+    submit() returns; under fork all start at once."""
+    on_demand = ctx.get_start_method() != "fork"
+    started, release = ctx.Event(), ctx.Event()
+    with ProcessPoolExecutor(3, mp_context=ctx, initializer=executor_targets.keep_events,
+                             initargs=(started, release)) as executor:  # fmt: skip
+        assert len(executor._processes) == (0 if on_demand else 3)
+        for i in range(3):  # one at a time: one worker does them all
+            assert executor.submit(targets.square, i).result(timeout=30) == i * i
+        assert len(executor._processes) == (1 if on_demand else 3)
+        blocked = [executor.submit(executor_targets.signal_and_block) for _ in range(5)]
+        assert len(executor._processes) == 3  # never more than max_workers
+        release.set()
+        assert all(future.result(timeout=30) for future in blocked)
+        assert len(executor._processes) == 3
+
+
+def test_worker_processes_stay_joinable_after_shutdown(ctx):
+    """The Process objects of ``_processes`` can still be joined after shutdown (the pool
+    releases their descriptors without closing them)."""
+    with ProcessPoolExecutor(2, mp_context=ctx) as executor:
+        assert list(executor.map(abs, range(-3, 3))) == [3, 2, 1, 0, 1, 2]
+        processes = executor._processes
+    assert processes
+    for process in processes.values():
+        process.join()
+        assert process.exitcode == 0 and not process.is_alive()
+
+
+def test_on_demand_start_that_fails_is_retried(monkeypatch):
+    """Under spawn, a worker start that fails in submit() is tried again by the supervisor,
+    and the task still runs."""
+    ctx = procly.get_context("spawn")
+    executor = ProcessPoolExecutor(2, mp_context=ctx)
+    try:
+        pool = executor._pool
+        real = pool._spawn_worker
+        failures = iter([True])
+
+        def flaky() -> None:
+            if next(failures, False):
+                raise OSError("no memory for a new process")
+            real()
+
+        monkeypatch.setattr(pool, "_spawn_worker", flaky)
+        assert executor.submit(targets.square, 7).result(timeout=60) == 49
+        assert len(executor._processes) == 1
+    finally:
+        executor.shutdown(wait=True)

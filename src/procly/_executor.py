@@ -105,7 +105,9 @@ class ProcessPoolExecutor(Executor):
     """A ``concurrent.futures.Executor`` running calls in procly worker processes.
 
     Args:
-        max_workers: worker processes (default: the usable CPUs).
+        max_workers: worker processes (default: the usable CPUs). Under spawn and
+            forkserver they start on demand, one for each call outstanding that no worker
+            has yet (as in the standard library); under fork, all at once.
         mp_context: a procly context (start method); ``None``: the default one, or spawn
             when *max_tasks_per_child* is given (as the standard library does).
         initializer: called with *initargs* in each worker first; if it raises, the

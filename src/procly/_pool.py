@@ -132,7 +132,7 @@ class Pool(PoolAPI):
         # The workers and the thread that watches them: see _pool_supervisor.
         try:
             self._supervision = Supervisor(self)
-            self._supervision.spawn(processes)
+            self._supervision.spawn(0 if self._supervision.on_demand else processes)
         except BaseException:
             self._state = PoolState.TERMINATED
             raise
@@ -202,6 +202,8 @@ class Pool(PoolAPI):
             for task in tasks:
                 self._outstanding[task.id] = task
             self._pending.extend(tasks)
+        if self._supervision.on_demand:
+            self._supervision.grow()
         # Hand the work to idle workers from this thread: one thread hop less per task
         # (the supervisor would only have to wake up to do this). What is left, and any
         # deadline the supervisor must watch, still goes through it.

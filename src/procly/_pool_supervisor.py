@@ -16,8 +16,11 @@ up, and dispatch (``dispatch()``, under the pool's lock)::
 
 A worker that cannot be started (the fork server died, no memory for a fork) is tried
 again after a growing pause; with no worker left, repeated failures fail the queued
-tasks. Which pending task goes where is ``_pool_dispatch.plan``; what goes on the wire
-is ``_pool_messages``. Nothing polls with sleep: one ``poll()`` over a persistent set.
+tasks. A ``ProcessPoolExecutor`` under spawn or forkserver starts its workers on demand,
+as the standard library's does: ``grow()``, from the submitting thread, starts one for
+each task outstanding that no worker has yet, up to the pool's size. Which pending task
+goes where is ``_pool_dispatch.plan``; what goes on the wire is ``_pool_messages``.
+Nothing polls with sleep: one ``poll()`` over a persistent set.
 """
 
 from __future__ import annotations
@@ -138,6 +141,14 @@ class Supervisor:
         self._poller.register(self._wake_r, _READY)
         self._fds: dict[int, tuple[str, _Worker]] = {}
         self._missing = 0  # workers to start again after a failed start, at _restart_at
+        self.size = pool._processes
+        # Workers started as tasks come (see grow) instead of all at once. Not with fork:
+        # a worker forked later, from a thread, would copy whatever the other threads hold.
+        self.on_demand = self._executor_mode and self._start_method() not in (None, "fork")
+        # Held for every start of a worker, from whichever thread: the counts grow() goes
+        # by must not change while it starts what they say is missing.
+        self._start_lock = threading.Lock()
+        self._starts_ended = False  # set by _shutdown: no worker starts after it
         self._start_failures = 0  # failed starts in a row
         self._restart_at = 0.0
         self.thread: threading.Thread | None = None
@@ -152,8 +163,9 @@ class Supervisor:
                 killed first, and the wake-up pipe closed).
         """
         try:
-            for _ in range(processes):
-                self._spawn_worker()
+            with self._start_lock:
+                for _ in range(processes):
+                    self._spawn_worker()
         except BaseException:
             for worker in self._workers.values():
                 worker.process.kill()
@@ -201,6 +213,23 @@ class Supervisor:
             except (OSError, ValueError):
                 pass  # already reaped and closed by the supervisor
 
+    def grow(self) -> None:
+        """On demand (``on_demand``): start a worker for each task outstanding that no
+        worker has yet, up to the pool's size, now (in the caller's thread: they exist
+        when ``submit()`` returns, as with the standard library). A start that fails is
+        tried again by the supervisor, as a replacement's is."""
+        started = False
+        with self._start_lock:
+            if self._starts_ended:
+                return
+            with self._lock:
+                missing = min(self.size, len(self._outstanding)) - len(self._workers) - self._missing
+            for _ in range(missing):
+                self._replace_worker()
+                started = True
+        if started:
+            self.wake()  # the supervisor polls the new workers' descriptors from its next round
+
     @property
     def item_seconds(self) -> float | None:
         """The measured time per item (a moving average), None until a task is timed."""
@@ -243,10 +272,12 @@ class Supervisor:
             child_end.close()
         parent_end = BufferedConnection.adopt(parent_end)  # one read takes every reply waiting
         done = self._done.setdefault(process.name, WorkerCounters())
-        worker = self._workers[parent_end] = _Worker(process, parent_end, done)
+        worker = _Worker(process, parent_end, done)
         for fd, kind in ((parent_end.fileno(), "conn"), (worker.sentinel, "sentinel")):
             self._fds[fd] = (kind, worker)
             self._poller.register(fd, _READY)
+        with self._lock:  # a caller's thread may be dispatching (grow() starts workers there)
+            self._workers[parent_end] = worker
 
     def _start_method(self) -> str | None:
         try:
@@ -277,9 +308,10 @@ class Supervisor:
 
     def _restart_missing(self) -> None:
         if self._missing and time.monotonic() >= self._restart_at:
-            missing, self._missing = self._missing, 0
-            for _ in range(missing):
-                self._replace_worker()
+            with self._start_lock:
+                missing, self._missing = self._missing, 0
+                for _ in range(missing):
+                    self._replace_worker()
 
     def _supervise(self) -> None:
         failures = 0
@@ -338,7 +370,8 @@ class Supervisor:
     def _until_next_deadline(self) -> float | None:
         """Seconds until the first task's deadline or the next restart; None: no deadline."""
         now = time.monotonic()
-        deadlines = [w.inflight[0].deadline for w in self._workers.values() if w.inflight and w.inflight[0].deadline]
+        workers = list(self._workers.values())  # one step: grow() may add a worker meanwhile
+        deadlines = [w.inflight[0].deadline for w in workers if w.inflight and w.inflight[0].deadline]
         if self._missing:
             deadlines.append(self._restart_at)
         return max(0.0, min(deadlines) - now) if deadlines else None
@@ -567,7 +600,9 @@ class Supervisor:
             process.kill()
             process.join()
         exitcode = process.exitcode
-        process.close()
+        # Its descriptors go now; the object stays usable (join(), exitcode) for a caller
+        # that kept it (the executor's _processes), as with the standard library.
+        _release(process)
         requeue = list(worker.inflight)
         # After terminate() (which signals the workers itself), a worker's death is not a
         # loss: its tasks stay outstanding and _shutdown fails them as terminated.
@@ -584,12 +619,19 @@ class Supervisor:
                 self._pending.appendleft(task)
         state = self.pool._state
         if state is not PoolState.TERMINATED and (state is PoolState.RUNNING or self._outstanding):
-            self._replace_worker()
+            if self.on_demand:
+                self.grow()  # only if a task needs it: the next submit starts one otherwise
+            else:
+                with self._start_lock:
+                    self._replace_worker()
 
     def _shutdown(self) -> None:
         """Stop every worker; fail what is left if the pool was terminated."""
         terminated = self.pool._state is PoolState.TERMINATED
-        for worker in self._workers.values():
+        with self._start_lock:  # no worker starts from here on (a grow() finishes first)
+            self._starts_ended = True
+            workers = list(self._workers.values())
+        for worker in workers:
             try:
                 if terminated:
                     worker.process.terminate()
@@ -598,7 +640,7 @@ class Supervisor:
             except (OSError, ValueError):
                 pass
         deadline = time.monotonic() + TERMINATE_GRACE
-        for worker in self._workers.values():
+        for worker in workers:
             if terminated:
                 if not wait([worker.sentinel], max(0.0, deadline - time.monotonic())):
                     worker.process.kill()
@@ -606,7 +648,7 @@ class Supervisor:
                 end_process_group(worker.process.pid)  # before it is reaped: see _retire
             worker.process.join()
             worker.conn.close()
-            worker.process.close()
+            _release(worker.process)
         self._workers.clear()
         with self._lock:
             leftovers = list(self._outstanding.values())
@@ -631,3 +673,9 @@ _worker_numbers = itertools.count(1)
 def _has_ended(worker: _Worker) -> bool:
     """Whether *worker* has died (and the supervisor has not seen it yet)."""
     return bool(wait([worker.sentinel], 0))
+
+
+def _release(process: Any) -> None:
+    """Close an ended worker's descriptors, keeping join() and exitcode usable (a context's
+    own Process class may only have close())."""
+    getattr(process, "_release_descriptors", process.close)()

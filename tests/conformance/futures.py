@@ -38,21 +38,18 @@ MIXINS = {"fork": "ProcessPoolForkMixin", "spawn": "ProcessPoolSpawnMixin", "for
 SUBMODULES = ["test_process_pool", "test_shutdown", "test_deadlock", "test_init", "test_wait", "test_as_completed"]
 
 # Tests that read or patch CPython's private attributes or internals (the executor's
-# _processes / _executor_manager_thread / _call_queue / _broken, _ThreadWakeup,
-# threading._start_joinable_thread), or that need the standard library's design (one
-# broken worker breaks the executor; workers started on demand): counted apart.
+# _call_queue / _broken, _ThreadWakeup, threading._start_joinable_thread), or that need
+# the standard library's design (one broken worker breaks the executor; a call that does
+# not pickle fails later, in a feeder thread): counted apart.
 PRIVATE = {
     "test_killed_child": "a worker's death breaks the stdlib executor; procly replaces the worker and goes on",
-    "test_saturation": "_processes",
-    "test_idle_process_reuse_one": "_processes: stdlib starts workers on demand",
-    "test_idle_process_reuse_multiple": "_processes: stdlib starts workers on demand",
-    "test_max_tasks_per_child": "_processes",
+    "test_saturation": "submits sem.acquire, which does not pickle: procly fails the future in submit(), "
+    "so no worker is needed (the stdlib starts one, then fails it in its feeder thread)",
+    "test_processes_terminate": "as test_saturation (submits a Semaphore, which does not pickle)",
     "test_max_tasks_per_child_defaults_to_spawn_context": "_mp_context",
     "test_python_finalization_error": "patches threading._start_joinable_thread",
-    "test_processes_terminate": "_processes: stdlib starts workers on demand",
-    "test_context_manager_shutdown": "_processes",
-    "test_del_shutdown": "_executor_manager_thread, _call_queue",
-    "test_shutdown_no_wait": "_executor_manager_thread, _call_queue",
+    "test_del_shutdown": "_call_queue",
+    "test_shutdown_no_wait": "_call_queue",
     "test_shutdown_deadlock_pickle": "_executor_manager_thread",
     "test_gh105829_should_not_deadlock_if_wakeup_pipe_full": "patches _ExecutorManagerThread and _ThreadWakeup",
     "test_force_shutdown_workers": "_processes",
