@@ -586,6 +586,36 @@ def test_worker_start_failures_do_not_end_the_supervisor(ctx, monkeypatch):
         assert p.map(targets.square, range(20)) == [x * x for x in range(20)]
 
 
+class _StartsThenFails:
+    """A context whose Process class starts *allowed* processes, then fails to start."""
+
+    def __init__(self, ctx, allowed: int) -> None:
+        self.ctx = ctx
+        self.started: list = []
+        context = self
+
+        class Process(ctx.Process):
+            def start(self) -> None:
+                if len(context.started) >= allowed:
+                    raise OSError("cannot start another process (simulated)")
+                super().start()
+                context.started.append(self)
+
+        self.Process = Process
+
+    def get_start_method(self, allow_none: bool = False) -> str:
+        return self.ctx.get_start_method()
+
+
+@pytest.mark.timeout(60)
+def test_pool_that_fails_to_start_ends_the_workers_it_started(ctx):
+    failing = _StartsThenFails(ctx, allowed=2)
+    with pytest.raises(OSError, match="cannot start another process"):
+        procly.pool.Pool(4, context=failing)
+    assert len(failing.started) == 2
+    assert all(process.exitcode is not None for process in failing.started)  # ended and joined
+
+
 @pytest.mark.timeout(60)
 def test_pool_that_cannot_start_workers_fails_tasks(ctx, monkeypatch):
     with ctx.Pool(1) as p:

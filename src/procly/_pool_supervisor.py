@@ -160,17 +160,22 @@ class Supervisor:
 
         Raises:
             BaseException: whatever starting a worker raised (the workers started are
-                killed first, and the wake-up pipe closed).
+                ended and joined first, and the wake-up pipe closed).
         """
+        started: list[tuple[Any, Any]] = []
         try:
             with self._start_lock:
+                # All started before any is watched: a start that fails leaves nothing to
+                # unregister, only processes to end.
                 for _ in range(processes):
-                    self._spawn_worker()
+                    started.append(self._start_process())
+                for process, conn in started:
+                    self._watch(process, conn)
         except BaseException:
-            for worker in self._workers.values():
-                worker.process.kill()
-                worker.process.join()
-                worker.conn.close()
+            for process, conn in started:
+                getattr(process, "kill", process.terminate)()  # a context's own Process may only terminate
+                process.join()
+                conn.close()
             os.close(self._wake_r)
             os.close(self._wake_w)  # type: ignore[arg-type]
             raise
@@ -250,6 +255,10 @@ class Supervisor:
     # -- the supervisor thread -------------------------------------------------------------
 
     def _spawn_worker(self) -> None:
+        self._watch(*self._start_process())
+
+    def _start_process(self) -> tuple[Any, BufferedConnection]:
+        """Start a worker process; it and the parent's end of its connection."""
         parent_end, child_end = Pipe()
         process = self._ctx.Process(
             target=worker_main,
@@ -270,7 +279,10 @@ class Supervisor:
             raise
         finally:
             child_end.close()
-        parent_end = BufferedConnection.adopt(parent_end)  # one read takes every reply waiting
+        return process, BufferedConnection.adopt(parent_end)  # one read takes every reply waiting
+
+    def _watch(self, process: Any, parent_end: BufferedConnection) -> None:
+        """Supervise a started worker: poll its connection and sentinel, dispatch to it."""
         done = self._done.setdefault(process.name, WorkerCounters())
         worker = _Worker(process, parent_end, done)
         for fd, kind in ((parent_end.fileno(), "conn"), (worker.sentinel, "sentinel")):
