@@ -357,6 +357,34 @@ def test_maxtasksperchild_and_initializer(ctx):
         assert pool.apply(targets.read_state, (0,)) == "ready"
 
 
+def test_repopulate_pool_starts_what_is_missing_and_no_more(ctx, monkeypatch):
+    """The standard library's ``_repopulate_pool()``: the pool has its workers after it;
+    one whose start failed is started now instead of after the supervisor's pause."""
+    with ctx.Pool(2, maxtasksperchild=2) as pool:
+        before = {process.pid for process in pool._pool}
+        assert pool.map(targets.square, range(8), chunksize=1) == [x * x for x in range(8)]
+        pool._repopulate_pool()
+        after = {process.pid for process in pool._pool}
+        assert len(after) == 2 and None not in after
+        assert after != before  # every worker left after two tasks: replaced
+        real_spawn = pool._spawn_worker
+        monkeypatch.setattr(pool, "_spawn_worker", _fail(OSError("no memory for a fork (simulated)")))
+        # Both workers leave after their two tasks, and their replacements fail to start:
+        # the supervisor tries again later, after a pause that grows with each failure.
+        assert pool.map(targets.square, range(4), chunksize=1) == [0, 1, 4, 9]
+        monkeypatch.setattr(pool, "_spawn_worker", real_spawn)
+        pool._repopulate_pool()
+        assert len(pool._pool) == 2
+        assert pool.map(targets.square, range(4)) == [0, 1, 4, 9]
+
+
+def _fail(error: Exception):
+    def raise_it() -> None:
+        raise error
+
+    return raise_it
+
+
 def test_close_join_and_terminate_semantics(ctx):
     pool = ctx.Pool(2)
     results = [pool.apply_async(targets.square, (i,)) for i in range(10)]

@@ -150,6 +150,14 @@ class Pool(PoolAPI):
     def _restart_missing(self) -> None:
         self._supervision._restart_missing()
 
+    def _repopulate_pool(self) -> None:
+        """Start the workers missing now (the standard library Pool's method, which code
+        written for it calls). The supervisor replaces a worker that left by itself, so
+        this only hurries along one whose start failed and waits for its next try."""
+        with self._supervision._start_lock:
+            self._supervision._missing = 0  # counted again below if the start fails again
+        self._supervision.grow()
+
     # -- submission ----------------------------------------------------------------
 
     def _function(self, func: Callable[..., Any]) -> tuple[int, bytes]:

@@ -146,8 +146,9 @@ class Supervisor:
         # a worker forked later, from a thread, would copy whatever the other threads hold.
         self.on_demand = self._executor_mode and self._start_method() not in (None, "fork")
         # Held for every start of a worker, from whichever thread: the counts grow() goes
-        # by must not change while it starts what they say is missing.
-        self._start_lock = threading.Lock()
+        # by must not change while it starts what they say is missing. Reentrant: starts
+        # that keep failing fail the queued tasks, whose callbacks may submit more.
+        self._start_lock = threading.RLock()
         self._starts_ended = False  # set by _shutdown: no worker starts after it
         self._start_failures = 0  # failed starts in a row
         self._restart_at = 0.0
@@ -219,16 +220,17 @@ class Supervisor:
                 pass  # already reaped and closed by the supervisor
 
     def grow(self) -> None:
-        """On demand (``on_demand``): start a worker for each task outstanding that no
-        worker has yet, up to the pool's size, now (in the caller's thread: they exist
-        when ``submit()`` returns, as with the standard library). A start that fails is
-        tried again by the supervisor, as a replacement's is."""
+        """Start the workers missing, now, in the calling thread: up to the pool's size or,
+        on demand (``on_demand``), one for each task outstanding that no worker has yet
+        (they exist when ``submit()`` returns, as with the standard library). A start that
+        fails is tried again by the supervisor, as a replacement's is."""
         started = False
         with self._start_lock:
             if self._starts_ended:
                 return
             with self._lock:
-                missing = min(self.size, len(self._outstanding)) - len(self._workers) - self._missing
+                wanted = min(self.size, len(self._outstanding)) if self.on_demand else self.size
+                missing = wanted - len(self._workers) - self._missing
             for _ in range(missing):
                 self._replace_worker()
                 started = True
@@ -631,11 +633,8 @@ class Supervisor:
                 self._pending.appendleft(task)
         state = self.pool._state
         if state is not PoolState.TERMINATED and (state is PoolState.RUNNING or self._outstanding):
-            if self.on_demand:
-                self.grow()  # only if a task needs it: the next submit starts one otherwise
-            else:
-                with self._start_lock:
-                    self._replace_worker()
+            # (On demand, only if a task needs it: the next submit starts one otherwise.)
+            self.grow()
 
     def _shutdown(self) -> None:
         """Stop every worker; fail what is left if the pool was terminated."""
