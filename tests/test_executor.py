@@ -333,6 +333,8 @@ def test_worker_processes_stay_joinable_after_shutdown(ctx):
     for process in processes.values():
         process.join()
         assert process.exitcode == 0 and not process.is_alive()
+        with pytest.raises(ValueError, match="sentinel was released"):
+            process.sentinel  # noqa: B018 - the descriptor is gone, and the error says so
 
 
 def test_on_demand_start_that_fails_is_retried(monkeypatch):
@@ -355,3 +357,80 @@ def test_on_demand_start_that_fails_is_retried(monkeypatch):
         assert len(executor._processes) == 1
     finally:
         executor.shutdown(wait=True)
+
+
+@pytest.mark.timeout(60)
+def test_failing_starts_never_settle_futures_inside_submit(monkeypatch):
+    """On demand, starts that keep failing fail the queued calls from the supervisor, not
+    from the submit() whose start failed: a done-callback that shuts the executor down
+    must not deadlock the submitting thread."""
+    from .conftest import wait_until
+
+    executor = ProcessPoolExecutor(2, mp_context=procly.get_context("spawn"))
+    supervision = executor._pool._supervision
+    monkeypatch.setattr(executor._pool, "_spawn_worker", _fail(OSError("no memory for a new process (simulated)")))
+    first = executor.submit(targets.square, 1)
+    assert wait_until(lambda: supervision._start_failures >= 2, timeout=30)
+
+    def shut_down(_future) -> None:
+        try:
+            executor.shutdown(wait=True)
+        except RuntimeError:  # run by the supervisor thread, which cannot join itself
+            executor.shutdown(wait=False)
+
+    first.add_done_callback(shut_down)
+    second = executor.submit(targets.square, 2)  # its start fails once more, in this thread
+    for future in (first, second):
+        assert isinstance(future.exception(timeout=30), (procly.StartError, procly.PoolTerminatedError))
+    executor.shutdown(wait=True)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_submit_racing_shutdown_settles_its_future(method):
+    """A call still being pickled in submit() while another thread shuts the executor down
+    gets a settled future (run, or failed), never one left pending."""
+    executor = ProcessPoolExecutor(2, mp_context=procly.get_context(method))
+    assert executor.submit(targets.square, 3).result(timeout=30) == 9
+    pickling, release = threading.Event(), threading.Event()
+    box: dict[str, object] = {}
+
+    class SlowToPickle:
+        def __reduce__(self):
+            pickling.set()
+            release.wait(30)
+            return (int, (7,))
+
+    def submit() -> None:
+        try:
+            box["future"] = executor.submit(targets.square, SlowToPickle())
+        except RuntimeError as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=submit)
+    thread.start()
+    assert pickling.wait(30)
+    shutdown = threading.Thread(target=executor.shutdown, kwargs={"wait": True})
+    shutdown.start()
+    assert wait_until_pool_finished(executor)
+    release.set()
+    thread.join(30)
+    shutdown.join(30)
+    assert not shutdown.is_alive()
+    if "future" in box:
+        future = box["future"]
+        assert isinstance(future, concurrent.futures.Future)
+        error = future.exception(timeout=30)
+        assert error is None or isinstance(error, procly.PoolTerminatedError)
+
+
+def wait_until_pool_finished(executor) -> bool:
+    from .conftest import wait_until
+
+    return wait_until(lambda: executor._pool._supervision.finished, timeout=30)
+
+
+def _fail(error: Exception):
+    def raise_it() -> None:
+        raise error
+
+    return raise_it

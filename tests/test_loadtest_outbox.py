@@ -148,3 +148,41 @@ def test_an_unpicklable_message_raises_and_queues_nothing(pair):
     outbox.send(("ready", 7))
     outbox.flush()
     assert Connection(os.dup(right.fileno())).recv() == ("ready", 7)
+
+
+def test_a_default_socket_timeout_changes_nothing(pair):
+    """socket.setdefaulttimeout() in the user's code (a spawned worker imports their main
+    module) must neither make a send wait for room nor count a full socket as a
+    coordinator gone."""
+    left, right, loop = pair
+    lost: list[int] = []
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(0.5)
+    try:
+        outbox = Outbox(left.fileno(), loop, lost=lambda: lost.append(1))
+    finally:
+        socket.setdefaulttimeout(previous)
+    assert os.get_blocking(left.fileno())
+    filled = _fill(left)
+    outbox.send(("tick", 1.0, {"payload": b"x" * BIG}))
+    outbox.send(("tick", 2.0, None))
+    loop.run_until_complete(_turns())
+    assert not outbox.closed and not lost
+    assert outbox.unwritten > BIG
+    left_over = filled
+    while left_over:
+        left_over -= len(right.recv(left_over))
+    received: list = []
+
+    def read() -> None:
+        reader = Connection(os.dup(right.fileno()))
+        try:
+            received.extend(reader.recv() for _ in range(2))
+        finally:
+            reader.close()
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    outbox.flush()
+    thread.join()
+    assert [message[1] for message in received] == [1.0, 2.0]

@@ -197,19 +197,21 @@ class Pool(PoolAPI):
 
     def _submit(self, tasks: list[_Task]) -> None:
         with self._lock:
-            if self._state is PoolState.TERMINATED:
+            terminated = self._state is PoolState.TERMINATED
+            refused = terminated or self._supervision.finished
+            if not refused:
                 for task in tasks:
-                    broken = self._broken is not None
-                    task.settle(
-                        False,
-                        _errors.BrokenProcessPool(self._broken)
-                        if broken
-                        else PoolTerminatedError("the pool was terminated"),
-                    )
-                return
+                    self._outstanding[task.id] = task
+                self._pending.extend(tasks)
+        if refused:  # settled outside the lock: a task's callback may submit again
             for task in tasks:
-                self._outstanding[task.id] = task
-            self._pending.extend(tasks)
+                if self._broken is not None:
+                    task.settle(False, _errors.BrokenProcessPool(self._broken))
+                elif terminated:
+                    task.settle(False, PoolTerminatedError("the pool was terminated"))
+                else:  # the supervisor has shut the pool down (a submission racing close/join)
+                    task.settle(False, PoolTerminatedError("the pool was shut down"))
+            return
         if self._supervision.on_demand:
             self._supervision.grow()
         # Hand the work to idle workers from this thread: one thread hop less per task

@@ -150,7 +150,12 @@ class Supervisor:
         # that keep failing fail the queued tasks, whose callbacks may submit more.
         self._start_lock = threading.RLock()
         self._starts_ended = False  # set by _shutdown: no worker starts after it
+        # Set by _shutdown under the pool's lock: a task submitted after it is refused at
+        # once (nobody would ever send or settle it).
+        self.finished = False
         self._start_failures = 0  # failed starts in a row
+        self._start_error: BaseException | None = None  # the last one's
+        self._give_up = False  # set by a failed start: the queued tasks fail
         self._restart_at = 0.0
         self.thread: threading.Thread | None = None
 
@@ -174,9 +179,7 @@ class Supervisor:
                     self._watch(process, conn)
         except BaseException:
             for process, conn in started:
-                getattr(process, "kill", process.terminate)()  # a context's own Process may only terminate
-                process.join()
-                conn.close()
+                self._discard(process, conn)
             os.close(self._wake_r)
             os.close(self._wake_w)  # type: ignore[arg-type]
             raise
@@ -224,18 +227,23 @@ class Supervisor:
         on demand (``on_demand``), one for each task outstanding that no worker has yet
         (they exist when ``submit()`` returns, as with the standard library). A start that
         fails is tried again by the supervisor, as a replacement's is."""
+        if len(self._workers) + self._missing >= self._wanted():
+            return  # the common case, seen without the locks: whatever lowers the count comes here again
         started = False
         with self._start_lock:
             if self._starts_ended:
                 return
             with self._lock:
-                wanted = min(self.size, len(self._outstanding)) if self.on_demand else self.size
-                missing = wanted - len(self._workers) - self._missing
+                missing = self._wanted() - len(self._workers) - self._missing
             for _ in range(missing):
                 self._replace_worker()
                 started = True
         if started:
             self.wake()  # the supervisor polls the new workers' descriptors from its next round
+
+    def _wanted(self) -> int:
+        """How many workers the pool should have now."""
+        return min(self.size, len(self._outstanding)) if self.on_demand else self.size
 
     @property
     def item_seconds(self) -> float | None:
@@ -257,7 +265,23 @@ class Supervisor:
     # -- the supervisor thread -------------------------------------------------------------
 
     def _spawn_worker(self) -> None:
-        self._watch(*self._start_process())
+        process, conn = self._start_process()
+        try:
+            self._watch(process, conn)
+        except BaseException:  # a KeyboardInterrupt in the submitting thread, say
+            self._discard(process, conn)
+            raise
+
+    def _discard(self, process: Any, conn: Any) -> None:
+        """End a started worker that is not (or only partly) watched, and forget it."""
+        with self._lock:
+            self._workers.pop(conn, None)
+        for fd in (conn.fileno(), getattr(process, "sentinel", None)):
+            if fd is not None and self._fds.pop(fd, None) is not None:
+                self._poller.unregister(fd)
+        getattr(process, "kill", process.terminate)()  # a context's own Process may only terminate
+        process.join()
+        conn.close()
 
     def _start_process(self) -> tuple[Any, BufferedConnection]:
         """Start a worker process; it and the parent's end of its connection."""
@@ -300,25 +324,35 @@ class Supervisor:
             return None
 
     def _replace_worker(self) -> None:
-        """Start a worker in place of one that left. A start that fails (the fork server
-        died, no memory for a fork) is tried again later with a growing pause; while the
-        pool has no worker at all, repeated failures fail the queued tasks with the error
-        instead of leaving them waiting."""
+        """Start a worker (start lock held). A start that fails (the fork server died, no
+        memory for a fork) is tried again later with a growing pause; see also
+        _fail_if_no_worker."""
         try:
             self.pool._spawn_worker()  # through the pool: see Pool._spawn_worker
         except Exception as exc:  # noqa: BLE001 - the supervisor must outlive any start failure
             self._missing += 1
             self._start_failures += 1
+            self._start_error = exc
+            # With no worker at all, the tasks queued now fail (see _fail_if_no_worker).
+            self._give_up = not self._workers and self._start_failures >= START_ATTEMPTS
             self._restart_at = time.monotonic() + min(RESTART_PAUSE_MAX, RESTART_PAUSE * 2**self._start_failures)
-            if not self._workers and self._start_failures >= START_ATTEMPTS:
-                error = StartError(f"the pool could not start a worker ({self._start_failures} attempts): {exc}")
-                with self._lock:
-                    failed = list(self._pending)
-                    self._pending.clear()
-                for task in failed:
-                    self._finish(task, False, error)
         else:
             self._start_failures = 0
+
+    def _fail_if_no_worker(self) -> None:
+        """After a start that failed once too often while the pool has no worker at all,
+        fail the tasks queued then with the error instead of leaving them waiting (the
+        next start is tried later all the same). Supervisor thread only, no start lock
+        held: the tasks' callbacks may do anything, shutting the pool down included."""
+        if not self._give_up:
+            return
+        self._give_up = False
+        error = f"the pool could not start a worker ({self._start_failures} attempts): {self._start_error}"
+        with self._lock:
+            failed = list(self._pending)
+            self._pending.clear()
+        for task in failed:
+            self._finish(task, False, StartError(error))
 
     def _restart_missing(self) -> None:
         if self._missing and time.monotonic() >= self._restart_at:
@@ -357,6 +391,7 @@ class Supervisor:
         if self._cancelled:
             self._stop_cancelled()
         self.pool._restart_missing()  # through the pool: see Pool._spawn_worker
+        self._fail_if_no_worker()
         self.dispatch()
         if self.pool._state is PoolState.CLOSED and not self._outstanding and not self.pool._active_feeds:
             return False
@@ -641,7 +676,9 @@ class Supervisor:
         terminated = self.pool._state is PoolState.TERMINATED
         with self._start_lock:  # no worker starts from here on (a grow() finishes first)
             self._starts_ended = True
-            workers = list(self._workers.values())
+            with self._lock:  # nor is anything submitted or dispatched
+                self.finished = True
+                workers = list(self._workers.values())
         for worker in workers:
             try:
                 if terminated:
@@ -661,6 +698,16 @@ class Supervisor:
             worker.conn.close()
             _release(worker.process)
         self._workers.clear()
+        self._fail_leftovers(terminated)
+        with self._lock:
+            wake_w, self._wake_w = self._wake_w, None
+        os.close(self._wake_r)
+        if wake_w is not None:
+            os.close(wake_w)
+        self.pool._exit_finalizer.cancel()
+
+    def _fail_leftovers(self, terminated: bool) -> None:
+        """Fail the tasks still outstanding once the workers are gone."""
         with self._lock:
             leftovers = list(self._outstanding.values())
             self._outstanding.clear()
@@ -668,14 +715,10 @@ class Supervisor:
         for task in leftovers:
             if self.pool._broken is not None:
                 task.settle(False, _errors.BrokenProcessPool(self.pool._broken))
-            else:
+            elif terminated:
                 task.settle(False, PoolTerminatedError(f"the pool was terminated before task {task.label} finished"))
-        with self._lock:
-            wake_w, self._wake_w = self._wake_w, None
-        os.close(self._wake_r)
-        if wake_w is not None:
-            os.close(wake_w)
-        self.pool._exit_finalizer.cancel()
+            else:  # submitted as the pool shut down
+                task.settle(False, PoolTerminatedError(f"the pool was shut down before task {task.label} could run"))
 
 
 _worker_numbers = itertools.count(1)

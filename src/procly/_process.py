@@ -206,6 +206,7 @@ class BaseProcess:
         if self._handle is not None and self._handle.poll() is not None:
             self._handle.close()
             self.__dict__.pop("_sentinel", None)
+            self._released = True
 
     # -- attributes ----------------------------------------------------------
 
@@ -272,6 +273,8 @@ class BaseProcess:
         try:
             return self._sentinel  # type: ignore[no-any-return]
         except AttributeError:
+            if getattr(self, "_released", False):
+                raise ValueError("the process has ended and its sentinel was released (a pool's worker)") from None
             raise ValueError("process not started") from None
 
     def __repr__(self) -> str:

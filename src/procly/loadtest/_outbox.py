@@ -34,6 +34,10 @@ class Outbox:
     def __init__(self, fd: int, loop: asyncio.AbstractEventLoop, lost: Callable[[], None]) -> None:
         self.fd = fd
         self.sock = socket.socket(fileno=os.dup(fd))
+        # No timeout, whatever socket.setdefaulttimeout() says: with one, every send would
+        # first wait for room (holding the loop) and the shared descriptor would turn
+        # non-blocking under the control reads.
+        self.sock.settimeout(None)
         self.loop = loop
         self.lost = lost
         self.pending = bytearray()
