@@ -596,6 +596,40 @@ def test_joblib_multiprocessing_backend(tmp_path, method):
     assert result == {"squares": [i * i for i in range(10)], "totals": [300000.0] * 3, "real": []}
 
 
+DASK = """
+import json, sys
+import concurrent.futures
+import dask
+import dask.bag as db
+
+def inc(x):
+    return x + 1
+
+if __name__ == "__main__":
+    with dask.config.set(scheduler="processes", num_workers=2, **{"multiprocessing.context": sys.argv[1]}):
+        total = sum(db.from_sequence(range(100), npartitions=8).map(inc).map(lambda x: x * 2).compute())
+        try:
+            db.from_sequence([1, 0], npartitions=2).map(lambda x: 1 / x).compute()
+            raised = None
+        except ZeroDivisionError as exc:
+            raised = type(exc).__name__
+    real = sorted(n for n, m in sys.modules.items()
+                  if n.startswith(("multiprocessing", "concurrent.futures.process"))
+                  and not getattr(m, "__name__", "").startswith("procly"))
+    print(json.dumps({"total": total, "raised": raised, "real": real,
+                      "executor": concurrent.futures.ProcessPoolExecutor.__module__}))
+"""
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("method", METHODS)
+def test_dask_multiprocessing_scheduler(tmp_path, method):
+    """dask's "processes" scheduler runs on procly's executor; a task's exception comes back as itself."""
+    pytest.importorskip("dask")
+    result = last_json(run_script(tmp_path, DASK, method))
+    assert result == {"total": 10100, "raised": "ZeroDivisionError", "real": [], "executor": "procly.futures"}
+
+
 def test_run_is_listed_in_the_cli_help():
     out = run_python(["-m", "procly", "--help"])
     assert out.returncode == 0 and "run" in out.stdout
