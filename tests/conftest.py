@@ -87,6 +87,15 @@ def _join_feeders(before: set[threading.Thread]) -> None:
             thread.join(timeout=5)
 
 
+def raising(error: Exception):
+    """A stand-in for a zero-argument function (a pool's start seam, say) that raises *error*."""
+
+    def raise_it() -> None:
+        raise error
+
+    return raise_it
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
     """Poll *predicate* until true or *timeout*: for observing other processes only."""
     deadline = time.monotonic() + timeout

@@ -18,6 +18,7 @@ import procly
 from procly.futures import BrokenProcessPool, ProcessPoolExecutor
 
 from . import executor_targets, targets
+from .conftest import raising, wait_until
 
 
 def test_submit_map_and_exceptions(ctx):
@@ -364,11 +365,9 @@ def test_failing_starts_never_settle_futures_inside_submit(monkeypatch):
     """On demand, starts that keep failing fail the queued calls from the supervisor, not
     from the submit() whose start failed: a done-callback that shuts the executor down
     must not deadlock the submitting thread."""
-    from .conftest import wait_until
-
     executor = ProcessPoolExecutor(2, mp_context=procly.get_context("spawn"))
     supervision = executor._pool._supervision
-    monkeypatch.setattr(executor._pool, "_spawn_worker", _fail(OSError("no memory for a new process (simulated)")))
+    monkeypatch.setattr(executor._pool, "_spawn_worker", raising(OSError("no memory for a new process (simulated)")))
     first = executor.submit(targets.square, 1)
     assert wait_until(lambda: supervision._start_failures >= 2, timeout=30)
 
@@ -411,7 +410,7 @@ def test_submit_racing_shutdown_settles_its_future(method):
     assert pickling.wait(30)
     shutdown = threading.Thread(target=executor.shutdown, kwargs={"wait": True})
     shutdown.start()
-    assert wait_until_pool_finished(executor)
+    assert wait_until(lambda: executor._pool._supervision.finished, timeout=30)
     release.set()
     thread.join(30)
     shutdown.join(30)
@@ -421,16 +420,3 @@ def test_submit_racing_shutdown_settles_its_future(method):
         assert isinstance(future, concurrent.futures.Future)
         error = future.exception(timeout=30)
         assert error is None or isinstance(error, procly.PoolTerminatedError)
-
-
-def wait_until_pool_finished(executor) -> bool:
-    from .conftest import wait_until
-
-    return wait_until(lambda: executor._pool._supervision.finished, timeout=30)
-
-
-def _fail(error: Exception):
-    def raise_it() -> None:
-        raise error
-
-    return raise_it

@@ -22,7 +22,7 @@ import procly
 from procly.pool import RemoteTraceback
 
 from . import targets
-from .conftest import pid_state, wait_until
+from .conftest import pid_state, raising, wait_until
 
 
 @pytest.fixture
@@ -368,7 +368,7 @@ def test_repopulate_pool_starts_what_is_missing_and_no_more(ctx, monkeypatch):
         assert len(after) == 2 and None not in after
         assert after != before  # every worker left after two tasks: replaced
         real_spawn = pool._spawn_worker
-        monkeypatch.setattr(pool, "_spawn_worker", _fail(OSError("no memory for a fork (simulated)")))
+        monkeypatch.setattr(pool, "_spawn_worker", raising(OSError("no memory for a fork (simulated)")))
         # Both workers leave after their two tasks, and their replacements fail to start:
         # the supervisor tries again later, after a pause that grows with each failure.
         assert pool.map(targets.square, range(4), chunksize=1) == [0, 1, 4, 9]
@@ -376,13 +376,6 @@ def test_repopulate_pool_starts_what_is_missing_and_no_more(ctx, monkeypatch):
         pool._repopulate_pool()
         assert len(pool._pool) == 2
         assert pool.map(targets.square, range(4)) == [0, 1, 4, 9]
-
-
-def _fail(error: Exception):
-    def raise_it() -> None:
-        raise error
-
-    return raise_it
 
 
 def test_close_join_and_terminate_semantics(ctx):

@@ -48,6 +48,7 @@ from ._frames import IN_MEMFD as _IN_MEMFD
 from ._frames import LARGE as _LARGE
 from ._frames import NAMED_BACK as _NAMED_BACK
 from ._frames import OUT_OF_BAND as _OUT_OF_BAND
+from ._frames import frame_header
 from ._memfd_reuse import MAX_NAMED, Memfd, MemfdReuse
 from ._wait import poll_ms
 
@@ -236,10 +237,7 @@ class Connection:
 
     def _send_frame(self, handle: int, payload: Any) -> None:
         n = len(payload)
-        if n < 0x7FFFFFFF:
-            header = _HEADER.pack(n)
-        else:
-            header = _HEADER.pack(_LARGE) + _U64.pack(n)
+        header = frame_header(n)
         if self._reuse is not None:
             header = self._named_back() + header
         if n <= _SMALL_WRITE:

@@ -21,12 +21,19 @@ from __future__ import annotations
 
 import struct
 
+# The table of codes (tests/test_frames.py checks it); frame_header() is imported by name.
 __all__ = ["BATCH", "HEADER", "IN_MEMFD", "LARGE", "NAMED_BACK", "OUT_OF_BAND", "SPILLED"]
 
 HEADER = struct.Struct("!i")
+_U64 = struct.Struct("!Q")
 LARGE = -1
 OUT_OF_BAND = -2
 IN_MEMFD = -3
 NAMED_BACK = -4
 SPILLED = -5
 BATCH = -6
+
+
+def frame_header(n: int) -> bytes:
+    """The header of a plain frame of *n* payload bytes (``LARGE`` and a u64 from 2 GiB)."""
+    return HEADER.pack(n) if n < 0x7FFFFFFF else HEADER.pack(LARGE) + _U64.pack(n)

@@ -154,9 +154,7 @@ class Pool(PoolAPI):
         """Start the workers missing now (the standard library Pool's method, which code
         written for it calls). The supervisor replaces a worker that left by itself, so
         this only hurries along one whose start failed and waits for its next try."""
-        with self._supervision._start_lock:
-            self._supervision._missing = 0  # counted again below if the start fails again
-        self._supervision.grow()
+        self._supervision.start_missing_now()
 
     # -- submission ----------------------------------------------------------------
 

@@ -241,6 +241,12 @@ class Supervisor:
         if started:
             self.wake()  # the supervisor polls the new workers' descriptors from its next round
 
+    def start_missing_now(self) -> None:
+        """grow(), without waiting for the pause after a failed start."""
+        with self._start_lock:
+            self._missing = 0  # counted again by grow() if a start fails again
+        self.grow()
+
     def _wanted(self) -> int:
         """How many workers the pool should have now."""
         return min(self.size, len(self._outstanding)) if self.on_demand else self.size

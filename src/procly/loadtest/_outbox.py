@@ -17,9 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _serialization
-from .._frames import HEADER, LARGE
-
-_LARGEST_PLAIN = 0x7FFFFFFF
+from .._frames import frame_header
 
 
 class Outbox:
@@ -58,8 +56,7 @@ class Outbox:
         payload = _serialization.dumps(message)
         if self.closed:
             return
-        n = len(payload)
-        header = HEADER.pack(n) if n < _LARGEST_PLAIN else HEADER.pack(LARGE) + n.to_bytes(8, "big")
+        header = frame_header(len(payload))
         if self.pending:
             self.pending += header
             self.pending += payload
