@@ -8,6 +8,12 @@ skipped, with a line saying so. nginx runs with one worker process on 127.0.0.1;
 tool uses 64 connections (locust: 64 users) from one process. Client and server share
 the machine, so the load average is checked first and printed.
 
+Plain mode is measured in alternating rounds (``--rounds``, 3 by default: wrk then
+procly, procly then wrk, ...), each with the client's CPU time per request (user +
+system time of the tool's processes over the requests it made); the ratio printed is
+the median of the rounds' ratios, beside each round's. On a shared or virtual machine
+whose speed drifts, a single pair of runs says more about the drift than the tools.
+
 A second nginx run with its access log on checks that procly's request count equals
 the number of requests nginx logged.
 
@@ -39,6 +45,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from benchmarks.queues import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -186,20 +194,34 @@ def server_busy(nginx: Nginx, run: Callable[[], dict[str, float] | None], second
     return result
 
 
+def children_cpu_seconds() -> float:
+    """User + system time of the children this process has waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_wrk(url: str, seconds: int) -> dict[str, float] | None:
     if not shutil.which("wrk"):
         print("  wrk: not installed (apt-get install wrk), skipped")
         return None
+    before = children_cpu_seconds()
     out = subprocess.run(
         ["wrk", "-t1", "-c64", f"-d{seconds}s", "--latency", url], capture_output=True, text=True, check=True
     ).stdout
+    cpu = children_cpu_seconds() - before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p50.group(2)]
-    return {"rps": rps, "p50_ms": float(p50.group(1)) * scale}
+    return {
+        "rps": rps,
+        "p50_ms": float(p50.group(1)) * scale,
+        "cpu_us_per_request": cpu / requests * 1e6 if requests else float("nan"),
+    }
 
 
 def run_procly(url: str, seconds: int, processes: int = 1, extra: tuple[str, ...] = ()) -> dict[str, float]:
+    before = children_cpu_seconds()
     out = subprocess.run(
         [
             sys.executable,
@@ -222,8 +244,11 @@ def run_procly(url: str, seconds: int, processes: int = 1, extra: tuple[str, ...
         text=True,
         check=True,
     ).stdout
+    cpu = children_cpu_seconds() - before
     report = json.loads(out)
     result = {"rps": report["requests_per_s"], "p50_ms": report["latency_p50_ms"], "requests": report["requests"]}
+    if report["requests"]:
+        result["cpu_us_per_request"] = cpu / report["requests"] * 1e6  # coordinator and workers
     if "send_lag_p99_ms" in report:  # rate mode: how long after their due time requests went out
         result.update(send_lag_p50_ms=report["send_lag_p50_ms"], send_lag_p99_ms=report["send_lag_p99_ms"])
     return result
@@ -431,6 +456,61 @@ def flow_cases(seconds: int) -> None:
         )
 
 
+Round = dict[str, dict[str, float] | None]
+
+
+def plain_rounds(nginx: Nginx, seconds: int, count: int) -> list[Round]:
+    """wrk and procly's plain mode, in *count* rounds of one run each, the order swapped
+    every round (a machine that speeds up or slows down favours neither)."""
+    tools: dict[str, Callable[[], dict[str, float] | None]] = {
+        "wrk": lambda: run_wrk(nginx.url, seconds),
+        "procly loadtest": lambda: run_procly(nginx.url, seconds),
+    }
+    rounds: list[Round] = []
+    for index in range(max(1, count)):
+        order = list(tools) if index % 2 == 0 else list(reversed(tools))
+        measured: Round = {}
+        for name in order:
+            measured[name] = server_busy(nginx, tools[name], seconds)
+            time.sleep(1)
+        rounds.append(measured)
+    return rounds
+
+
+def _ratio(measured: Round) -> float | None:
+    mine, theirs = measured.get("procly loadtest"), measured.get("wrk")
+    if mine is None or theirs is None or not theirs["rps"]:
+        return None
+    return mine["rps"] / theirs["rps"]
+
+
+def median_round(rounds: list[Round]) -> Round:
+    """The round whose procly / wrk ratio is the median (the first, without wrk)."""
+    ranked = sorted((r for r in rounds if _ratio(r) is not None), key=lambda r: _ratio(r) or 0.0)
+    chosen = ranked[len(ranked) // 2] if ranked else rounds[0]
+    return {"wrk": chosen.get("wrk"), "procly loadtest": chosen["procly loadtest"]}
+
+
+def print_rounds(rounds: list[Round]) -> None:
+    print()
+    print("plain mode, round by round (client CPU: user + system time of the tool's processes a request)")
+    for index, measured in enumerate(rounds, 1):
+        parts = []
+        for name in ("wrk", "procly loadtest"):
+            result = measured.get(name)
+            if result is not None:
+                parts.append(
+                    f"{name.split()[0]} {result['rps']:,.0f}/s {result.get('cpu_us_per_request', float('nan')):.1f} µs "
+                    f"(nginx {result['server_cpu_percent']:.0f}%)"
+                )
+        ratio = _ratio(measured)
+        suffix = f": procly / wrk {ratio:.2f}x" if ratio is not None else ""
+        print(f"  round {index}: " + ", ".join(parts) + suffix)
+    ratios = sorted(r for r in map(_ratio, rounds) if r is not None)
+    if ratios:
+        print(f"  procly / wrk: median {ratios[len(ratios) // 2]:.2f}x of {', '.join(f'{r:.2f}x' for r in ratios)}")
+
+
 def load_average() -> float:
     return os.getloadavg()[0]
 
@@ -438,6 +518,7 @@ def load_average() -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10, help="length of each run (default 10)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of wrk and procly (default 3)")
     parser.add_argument("--no-flows", action="store_true", help="skip the user-flow cases")
     parser.add_argument("--only-flows", action="store_true", help="run the user-flow cases alone")
     args = parser.parse_args(argv)
@@ -447,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_deadline = time.monotonic() + 60
     while load_average() > 0.5 and time.monotonic() < quiet_deadline:
         time.sleep(2)
+    print(f"machine: {machine()}")
     print(
         f"load average before the runs: {load_average():.2f} (client and server share "
         f"{len(os.sched_getaffinity(0))} cores)"
@@ -459,9 +541,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         with Nginx(workdir, access_log=False) as nginx:
             print(f"nginx (1 worker) on {nginx.url}; each tool: 64 connections from one process, {args.seconds} s")
-            results["wrk"] = server_busy(nginx, lambda: run_wrk(nginx.url, args.seconds), args.seconds)
-            time.sleep(1)
-            results["procly loadtest"] = server_busy(nginx, lambda: run_procly(nginx.url, args.seconds), args.seconds)
+            rounds = plain_rounds(nginx, args.seconds, args.rounds)
+            results.update(median_round(rounds))
             time.sleep(1)
             results["locust FastHttpUser"] = server_busy(
                 nginx, lambda: run_locust(nginx.url, args.seconds, workdir), args.seconds
@@ -483,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = mine["rps"] / result["rps"] if result["rps"] else float("inf")
         busy = f"{result['server_cpu_percent']:>10.0f}%" if "server_cpu_percent" in result else ""
         print(f"{name:<28}{result['rps']:>12,.0f}{result['p50_ms']:>9.2f}{ratio:>14.2f}x{busy}")
+    print_rounds(rounds)
     rated = results["procly loadtest -R 20000"]
     if rated is not None and "send_lag_p99_ms" in rated:
         print(
