@@ -255,6 +255,22 @@ class Connection:
         """
         self._send_object(obj, plain=False)
 
+    def _send_scalars(self, obj: Any) -> None:
+        """send() of *obj*, a tuple of numbers, text, bool and None (and such tuples): the
+        C pickler alone, nothing to inspect and nothing out of band (a proxy call's request).
+
+        Raises:
+            ConnectionClosedError / OSError: as :meth:`send_bytes`.
+        """
+        handle = self._handle
+        if handle is None or not self._writable:
+            handle = self._check_writable()  # raises
+        payload = pickle.dumps(obj, _serialization.PROTOCOL)
+        if len(payload) <= _SMALL_WRITE and self._reuse is None:
+            write_all(handle, _HEADER.pack(len(payload)) + payload)
+        else:
+            self._send_frame(handle, payload)
+
     def _send_object(self, obj: Any, plain: bool, out_of_band_from: int = _serialization.OUT_OF_BAND_THRESHOLD) -> None:
         """send(); *plain*: *obj* is an envelope of built-in data; buffers from *out_of_band_from*
         bytes are written from their own memory (see ``_serialization.dumps``)."""

@@ -231,7 +231,7 @@ class BaseProxy:
         args = tuple(args)
         if not kwds and type(conn) is Connection and only_small_scalars(args):  # type: ignore[arg-type]
             # d[k] = v, d[k], q.put(x): nothing in the request needs the full pickler's look.
-            conn._send_object(("call", self._id, methodname, args, None), plain=True)
+            conn._send_scalars(("call", self._id, methodname, args, None))
         else:
             conn.send(("call", self._id, methodname, args, dict(kwds) if kwds else None))
         spinner.wait()

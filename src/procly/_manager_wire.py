@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _serialization
+from ._connection import Connection
 from ._errors import ProcessError, rebuild_exception
 
 
@@ -91,7 +93,10 @@ def _wrap(conn: Any, serializer: str) -> Any:
 
 def _reply(conn: Any, reply: tuple[Any, ...]) -> bool:
     try:
-        conn.send(reply)
+        if type(conn) is Connection and len(reply) == 2 and type(reply[1]) in _serialization._small_types:
+            conn._send_scalars(reply)  # ("ok", 42): d[k], d[k] = v
+        else:
+            conn.send(reply)
     except (OSError, EOFError):
         return False
     except Exception as exc:  # noqa: BLE001 - an unpicklable result or exception
