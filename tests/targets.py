@@ -216,6 +216,10 @@ def square(x):
     return x * x
 
 
+def identity(x, *rest):
+    return x
+
+
 def add(a, b):
     return a + b
 

@@ -229,7 +229,7 @@ class BaseProxy:
         """
         conn, spinner, holder = _client_state().channel(self._key)
         args = tuple(args)
-        if not kwds and type(conn) is Connection and only_small_scalars(args):  # type: ignore[arg-type]
+        if not kwds and type(conn) is Connection and only_small_scalars(args):
             # d[k] = v, d[k], q.put(x): nothing in the request needs the full pickler's look.
             conn._send_scalars(("call", self._id, methodname, args, None))
         else:

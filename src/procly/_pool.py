@@ -218,6 +218,8 @@ class Pool(PoolAPI):
         self._supervision.dispatch()
         if self._pending or any(task.timeout for task in tasks):
             self._supervision.wake()
+        else:
+            self._supervision.watch_for_reply()
 
     def _wake(self) -> None:
         self._supervision.wake()
@@ -262,7 +264,13 @@ class Pool(PoolAPI):
             settle(success, values[0] if success else values)
 
         label = f"{getattr(func, '__qualname__', func)!s}(...)"
-        return self._make_task(func, APPLY, (tuple(args), dict(kwds or {})), 1, sink, task_timeout, retries, label)
+        args = tuple(args)
+        payload = None
+        if not kwds and _serialization.only_small_scalars(args):
+            payload = pickle.dumps((args, {}), _serialization.PROTOCOL)  # nothing to inspect, nothing out of band
+        return self._make_task(
+            func, APPLY, (args, dict(kwds or {})), 1, sink, task_timeout, retries, label, payload=payload
+        )
 
     def _call(
         self,

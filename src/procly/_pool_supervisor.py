@@ -66,6 +66,7 @@ def _cancelled_error(message: str) -> BaseException:
     return CancelledError(message)
 
 
+WATCH_TASKS_UNDER = 0.001  # tasks shorter than this (seconds each): see watch_for_reply
 ENVELOPE_OUT_OF_BAND = 4096  # task payloads from this size travel beside the envelope
 TERMINATE_GRACE = 1.0
 # A worker that cannot be started is tried again after RESTART_PAUSE * 2**failures seconds
@@ -81,12 +82,15 @@ _Task = Task
 
 
 class _Worker:
-    __slots__ = ("process", "conn", "inflight", "funcs", "sent", "sentinel", "done", "queued")
+    __slots__ = ("process", "conn", "inflight", "funcs", "sent", "sentinel", "ended_poll", "done", "queued")
 
     def __init__(self, process: Any, conn: Any, done: WorkerCounters) -> None:
         self.process = process
         self.conn = conn
         self.sentinel = process.sentinel
+        # Asked at every dispatch to an idle worker (under the pool lock: one poll at a time).
+        self.ended_poll = select.poll()
+        self.ended_poll.register(self.sentinel, _READY)
         self.inflight: collections.deque[_Task] = collections.deque()
         self.funcs: set[int] = set()
         self.sent = 0
@@ -132,6 +136,7 @@ class Supervisor:
         self._wake_w: int | None
         self._wake_r, self._wake_w = os.pipe()
         self._wake_pending = False  # one byte in the pipe is enough to wake the supervisor
+        self._asleep = False  # blocked in poll() (not spinning)
         os.set_blocking(self._wake_w, False)
         self._workers: dict[Any, _Worker] = {}
         # One poll set for the supervisor's whole life: worker connections and sentinels
@@ -402,8 +407,14 @@ class Supervisor:
         if self.pool._state is PoolState.CLOSED and not self._outstanding and not self.pool._active_feeds:
             return False
         ms = poll_ms(self._until_next_deadline())
-        # Spin first: a reply, or a caller's next task, often comes within µs of the last event.
-        events = self._spinner.wait() or self._poller.poll(ms)
+        # With replies due, spin first: one often comes within µs of the last event. With
+        # none, sleep at once, leaving the GIL to a caller's thread that is submitting the
+        # next task (it sends it itself, and wakes this thread to watch for the reply).
+        events = self._spinner.wait() if self._replies_due() else None
+        if not events:
+            self._asleep = True
+            events = self._poller.poll(ms)
+            self._asleep = False
         # Each descriptor is looked up before any event is handled: a worker retired by an
         # earlier event closes its descriptors, and its replacement may get the same
         # numbers, so a later event of the old worker must not be taken as the new one's.
@@ -421,6 +432,16 @@ class Supervisor:
                 self._drain(worker)
         self._expire()
         return True
+
+    def _replies_due(self) -> bool:
+        return any(worker.inflight for worker in list(self._workers.values()))
+
+    def watch_for_reply(self) -> None:
+        """A caller's thread has just sent a task: if this thread sleeps and tasks are short,
+        wake it now, so that it is watching when the reply comes (its wake-up overlaps the
+        task instead of following the reply)."""
+        if self._asleep and (self._item_seconds is None or self._item_seconds < WATCH_TASKS_UNDER):
+            self.wake()
 
     def _until_next_deadline(self) -> float | None:
         """Seconds until the first task's deadline or the next restart; None: no deadline."""
@@ -732,7 +753,7 @@ _worker_numbers = itertools.count(1)
 
 def _has_ended(worker: _Worker) -> bool:
     """Whether *worker* has died (and the supervisor has not seen it yet)."""
-    return bool(wait([worker.sentinel], 0))
+    return bool(worker.ended_poll.poll(0))
 
 
 def _release(process: Any) -> None:

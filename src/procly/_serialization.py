@@ -499,7 +499,7 @@ _plain_types = _PLAIN
 _small_types = _SMALL_SCALARS
 
 
-def only_small_scalars(items: list[Any]) -> bool:
+def only_small_scalars(items: Sequence[Any]) -> bool:
     """Whether every item is a number, text, bool or None (no custom reducer registered):
     chunks of them pickle with the C pickler alone, nothing out of band."""
     return set(map(type, items)) <= _small_types  # loops in C: ~20 ns an item
