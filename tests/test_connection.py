@@ -526,3 +526,25 @@ def test_a_socket_imported_after_procly_still_crosses(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["hi", "True"]
+
+
+def test_buffered_connection_keeps_the_size_limit_and_reports_the_end():
+    from procly._connection import BufferedConnection
+
+    left, right = procly.Pipe()
+    right.max_message_size = 1000
+    reader = BufferedConnection.adopt(right)
+    left.send("small")
+    assert reader.recv() == "small"  # read in one call from an empty buffer
+    left.send(b"x" * 5000)
+    with pytest.raises(procly.MessageError, match="at most 1000"):
+        reader.recv()
+    assert reader.closed
+
+    left, right = procly.Pipe()
+    reader = BufferedConnection.adopt(right)
+    left.send(1)
+    left.close()
+    assert reader.recv() == 1
+    with pytest.raises(EOFError):
+        reader.recv()

@@ -602,6 +602,7 @@ class BufferedConnection(Connection):
         conn._handle = None
         new = cls(handle, conn._readable, conn._writable)
         new._fd_socket = fd_socket
+        new.max_message_size = conn.max_message_size
         return new
 
     def _close(self, _close_fd: Any = os.close) -> None:
@@ -659,9 +660,15 @@ class BufferedConnection(Connection):
 
     def recv(self) -> Any:
         """Receive an object sent with :meth:`send` (see :meth:`Connection.recv`)."""
-        # Fast path: a whole plain message waits in the buffer; unpickle it in place.
+        # Fast path: a whole plain message waits in the buffer (read now, in one call, if
+        # nothing was); unpickle it in place.
         pos = self._rpos
-        if self._readable and self._handle is not None and (n := self._whole_frame(pos)) >= 0:
+        handle = self._handle
+        if self._readable and handle is not None and pos == len(self._rbuf):
+            if not self._fill(handle, 4):
+                raise EOFError("peer closed the connection")
+            pos = self._rpos
+        if self._readable and handle is not None and (n := self._whole_frame(pos)) >= 0:
             self._rpos = pos + 4 + n
             # Unpickled in place; the views are released even if loads() raises (a view
             # kept alive by a traceback would pin the buffer).
