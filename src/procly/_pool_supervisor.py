@@ -413,8 +413,10 @@ class Supervisor:
         events = self._spinner.wait() if self._replies_due() else None
         if not events:
             self._asleep = True
-            events = self._poller.poll(ms)
-            self._asleep = False
+            try:
+                events = self._poller.poll(ms)
+            finally:
+                self._asleep = False
         # Each descriptor is looked up before any event is handled: a worker retired by an
         # earlier event closes its descriptors, and its replacement may get the same
         # numbers, so a later event of the old worker must not be taken as the new one's.
