@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -94,6 +95,26 @@ def raising(error: Exception):
         raise error
 
     return raise_it
+
+
+@contextlib.contextmanager
+def reducer_registered(type_: type, reduce):
+    """``procly.reduction.register(type_, reduce)`` for the block only: register() has no
+    way back, so the reducer table and the fast paths' type sets are restored after."""
+    from procly import _serialization, reduction
+
+    saved = (_serialization._plain_types, _serialization._small_types)
+    reduction.register(type_, reduce)
+    try:
+        yield
+    finally:
+        _serialization._extra_reducers.pop(type_)
+        _serialization._plain_types, _serialization._small_types = saved
+
+
+def shift_complex(value):
+    """A reducer for ``complex`` that adds 100 to the real part: shows that it ran."""
+    return complex, (value.real + 100, value.imag)
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:

@@ -18,7 +18,7 @@ import procly
 from procly.managers import BaseManager, SyncManager
 
 from . import targets
-from .conftest import descendants, pid_state, wait_until
+from .conftest import descendants, pid_state, reducer_registered, shift_complex, wait_until
 
 
 @pytest.fixture
@@ -50,27 +50,15 @@ def test_manager_lock_and_queue(ctx, manager):
     assert q.get(timeout=5) == "item"
 
 
-def _shifted_complex(value):
-    return complex, (value.real + 100, value.imag)
-
-
 def test_proxy_calls_honour_a_reducer_registered_for_a_scalar_type():
     """Requests and replies of scalars take a short path past the full pickler, but
     not for a type given a reducer of its own (the server, forked, has it too)."""
-    from procly import _serialization
-
-    saved = (_serialization._plain_types, _serialization._small_types)
-    _serialization.register(complex, _shifted_complex)
-    try:
-        with procly.get_context("fork").Manager() as m:
-            d = m.dict()
-            d["k"] = 1j  # the request goes through the reducer: stored as 100+1j
-            assert d["k"] == 200 + 1j  # and the reply through the server's
-            d["n"] = 5
-            assert d["n"] == 5
-    finally:
-        _serialization._extra_reducers.pop(complex)
-        _serialization._plain_types, _serialization._small_types = saved
+    with reducer_registered(complex, shift_complex), procly.get_context("fork").Manager() as m:
+        d = m.dict()
+        d["k"] = 1j  # the request goes through the reducer: stored as 100+1j
+        assert d["k"] == 200 + 1j  # and the reply through the server's
+        d["n"] = 5
+        assert d["n"] == 5
 
 
 def test_remote_exceptions_keep_their_type(manager):

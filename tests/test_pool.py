@@ -22,7 +22,7 @@ import procly
 from procly.pool import RemoteTraceback
 
 from . import targets
-from .conftest import pid_state, raising, wait_until
+from .conftest import pid_state, raising, reducer_registered, shift_complex, wait_until
 
 
 @pytest.fixture
@@ -777,24 +777,12 @@ def test_default_inner_threads_share_the_cpus():
     assert _inner_threads.resolve(3, 2, 8) == 3
 
 
-def _shifted_complex(value):
-    return complex, (value.real + 100, value.imag)
-
-
 def test_apply_of_scalars_honours_a_reducer_registered_for_their_type():
     """apply() pickles arguments of plain scalars with the C pickler alone, but not a type
     given a reducer of its own (the forked worker has it too: one shift each way)."""
-    from procly import _serialization
-
-    saved = (_serialization._plain_types, _serialization._small_types)
-    _serialization.register(complex, _shifted_complex)
-    try:
-        with procly.get_context("fork").Pool(1) as p:
-            assert p.apply(targets.identity, (1j,)) == 200 + 1j
-            assert p.apply(targets.identity, (5, "x")) == 5  # the short path
-    finally:
-        _serialization._extra_reducers.pop(complex)
-        _serialization._plain_types, _serialization._small_types = saved
+    with reducer_registered(complex, shift_complex), procly.get_context("fork").Pool(1) as p:
+        assert p.apply(targets.identity, (1j,)) == 200 + 1j
+        assert p.apply(targets.identity, (5, "x")) == 5  # the short path
 
 
 def test_a_sleeping_supervisor_is_woken_to_watch_for_a_short_tasks_reply(pool, monkeypatch):

@@ -16,6 +16,7 @@ import procly
 from procly import _errors, _serialization, reduction
 
 from . import targets
+from .conftest import reducer_registered
 
 
 def test_lambdas_closures_and_local_classes_round_trip():
@@ -71,12 +72,9 @@ def test_register_custom_reducer():
         calls.append(p)
         return (dict, ([("x", p.x)],))
 
-    reduction.register(Point, reduce_point)
-    try:
+    with reducer_registered(Point, reduce_point):
         assert _serialization.loads(_serialization.dumps(Point(4))) == {"x": 4}
         assert calls
-    finally:
-        _serialization._extra_reducers.pop(Point)
     with pytest.raises(TypeError):
         reduction.register("not a type", reduce_point)
 
