@@ -269,7 +269,7 @@ def run_locust(url: str, seconds: int, workdir: Path, source: str = LOCUSTFILE) 
     locustfile = workdir / "locustfile.py"
     locustfile.write_text(source)
     prefix = workdir / "locust"
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = children_cpu_seconds()
     subprocess.run(
         [
             binary,
@@ -298,8 +298,7 @@ def run_locust(url: str, seconds: int, workdir: Path, source: str = LOCUSTFILE) 
     with open(f"{prefix}_stats.csv", newline="") as f:
         rows = {row["Name"]: row for row in csv.DictReader(f)}
     total = rows["Aggregated"]
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu = children_cpu_seconds() - before
     count = int(total["Request Count"])
     return {
         "rps": float(total["Requests/s"]),
@@ -508,7 +507,8 @@ def print_rounds(rounds: list[Round]) -> None:
         print(f"  round {index}: " + ", ".join(parts) + suffix)
     ratios = sorted(r for r in map(_ratio, rounds) if r is not None)
     if ratios:
-        print(f"  procly / wrk: median {ratios[len(ratios) // 2]:.2f}x of {', '.join(f'{r:.2f}x' for r in ratios)}")
+        median = _ratio(median_round(rounds))
+        print(f"  procly / wrk: median {median:.2f}x of {', '.join(f'{r:.2f}x' for r in ratios)}")
 
 
 def load_average() -> float:

@@ -265,11 +265,7 @@ class Connection:
         handle = self._handle
         if handle is None or not self._writable:
             handle = self._check_writable()  # raises
-        payload = pickle.dumps(obj, _serialization.PROTOCOL)
-        if len(payload) <= _SMALL_WRITE and self._reuse is None:
-            write_all(handle, _HEADER.pack(len(payload)) + payload)
-        else:
-            self._send_frame(handle, payload)
+        self._send_frame(handle, pickle.dumps(obj, _serialization.PROTOCOL))
 
     def _send_object(self, obj: Any, plain: bool, out_of_band_from: int = _serialization.OUT_OF_BAND_THRESHOLD) -> None:
         """send(); *plain*: *obj* is an envelope of built-in data; buffers from *out_of_band_from*
