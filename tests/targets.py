@@ -416,6 +416,18 @@ def keep_run_counts(runs) -> None:
     _runs = runs
 
 
+def nap_then_square(i: int, seconds: float) -> int:
+    """Sleep *seconds*, return i * i."""
+    time.sleep(seconds)
+    return i * i
+
+
+def nap_then_pid(seconds: float) -> int:
+    """Sleep *seconds*, return this process's pid."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
 def counted_nap(i: int, seconds: float) -> int:
     """Count a run of task *i*, sleep, return i * i."""
     _runs[i] += 1

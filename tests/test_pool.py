@@ -794,5 +794,65 @@ def test_a_sleeping_supervisor_is_woken_to_watch_for_a_short_tasks_reply(pool, m
     woken = []
     real_wake = supervisor.wake
     monkeypatch.setattr(supervisor, "wake", lambda: (woken.append(True), real_wake()))
-    assert pool.apply_async(targets.square, (3,)).get(timeout=10) == 9
+    # (With a callback: without one, the caller reads the reply itself, see below.)
+    assert pool.apply_async(targets.square, (3,), callback=lambda value: None).get(timeout=10) == 9
     assert woken
+
+
+def _record_settling_threads(supervisor, monkeypatch):
+    """The threads that settle replies, one entry per batch of replies read."""
+    threads = []
+    real = supervisor._settle_replies
+
+    def settle(worker, replies, held=None):
+        threads.append(threading.current_thread())
+        return real(worker, replies, held)
+
+    monkeypatch.setattr(supervisor, "_settle_replies", settle)
+    return threads
+
+
+def test_a_caller_waiting_for_a_short_task_reads_its_reply_itself(pool, monkeypatch):
+    """get() on a short task with no callback reads the reply in the caller's thread (no
+    wake-up of the supervisor, which is not woken to watch for it either). The tasks nap
+    for a millisecond, so that the reply comes after get() has begun (a reply that comes
+    sooner may be read by the supervisor, which is as good)."""
+    pool.apply(targets.square, (2,))
+    supervisor = pool._supervision
+    threads = _record_settling_threads(supervisor, monkeypatch)
+    woken = []
+    real_wake = supervisor.wake
+    monkeypatch.setattr(supervisor, "wake", lambda: (woken.append(True), real_wake()))
+    squares = [pool.apply(targets.nap_then_square, (i, 0.001)) for i in range(20)]
+    assert squares == [i * i for i in range(20)]
+    assert threading.current_thread() in threads
+    assert not woken
+    # A callback runs in the pool's thread, as in the standard library: not read here.
+    called_in = []
+    result = pool.apply_async(targets.square, (3,), callback=lambda value: called_in.append(threading.current_thread()))
+    assert result.get(timeout=10) == 9
+    assert called_in and called_in[0] is not threading.current_thread()
+
+
+def test_a_worker_that_dies_while_its_caller_reads_the_reply_is_reported(pool, monkeypatch):
+    """The caller reading its own reply sees the worker die: the supervisor retires it,
+    the call fails with WorkerLostError, and the pool goes on."""
+    pool.apply(targets.square, (2,))
+    threads = _record_settling_threads(pool._supervision, monkeypatch)
+    assert [pool.apply(targets.nap_then_square, (i, 0.001)) for i in range(5)] == [0, 1, 4, 9, 16]
+    for how in ("sigkill", "exit"):
+        with pytest.raises(procly.WorkerLostError):
+            pool.apply(targets.die_on, (1, 1, how))
+        assert pool.apply(targets.die_on, (2, 1)) == 2
+    assert [pool.apply(targets.square, (i,)) for i in range(5)] == [0, 1, 4, 9, 16]
+    assert threading.current_thread() in threads
+
+
+def test_a_worker_leaving_after_maxtasksperchild_is_replaced_when_its_caller_read_the_reply(ctx, monkeypatch):
+    """The "bye" a worker sends after its last task may be read by a caller's thread with
+    the reply: it is left to the supervisor, which replaces the worker."""
+    with ctx.Pool(1, maxtasksperchild=2) as pool:
+        threads = _record_settling_threads(pool._supervision, monkeypatch)
+        pids = [pool.apply(targets.nap_then_pid, (0.001,)) for _ in range(6)]
+        assert len(set(pids)) == 3
+        assert threading.current_thread() in threads

@@ -193,7 +193,10 @@ class Pool(PoolAPI):
             task.size += sum(b.nbytes for b in buffers)
         return task
 
-    def _submit(self, tasks: list[_Task]) -> None:
+    def _submit(self, tasks: list[_Task], watch: bool = True) -> None:
+        """Queue *tasks*, and send what idle workers can take now from this thread.
+        *watch*: wake the supervisor to watch for short tasks' replies (False when the
+        caller is expected to read the reply itself: see Supervisor.serve_reply)."""
         with self._lock:
             terminated = self._state is PoolState.TERMINATED
             refused = terminated or self._supervision.finished
@@ -218,7 +221,7 @@ class Pool(PoolAPI):
         self._supervision.dispatch()
         if self._pending or any(task.timeout for task in tasks):
             self._supervision.wake()
-        else:
+        elif watch:
             self._supervision.watch_for_reply()
 
     def _wake(self) -> None:
@@ -251,7 +254,14 @@ class Pool(PoolAPI):
         task = self._call_task(func, args, kwds, result._set, task_timeout, retries)
         # Before submitting: a result that is set at once lets go of it (see ApplyResult._set).
         result._on_cancel = lambda: self._cancel([task])
-        self._submit([task])
+        servable = callback is None and error_callback is None
+        if servable:
+            # Nothing to run in the supervisor's thread: a caller waiting in get() may read
+            # the reply itself (callbacks run in the supervisor's thread, as they do in the
+            # standard library's result handler).
+            supervision, ready = self._supervision, result.ready
+            result._serve = lambda seconds: supervision.serve_reply(task, ready, seconds)
+        self._submit([task], watch=not servable)
         return result
 
     def _call_task(self, func: Callable[..., Any], args: Iterable[Any], kwds: dict[str, Any] | None,

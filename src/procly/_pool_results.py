@@ -7,6 +7,7 @@ library, so they should be quick.
 
 from __future__ import annotations
 
+import _thread
 import collections
 import threading
 import time
@@ -22,6 +23,46 @@ __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "IMapUnorderedIterator"
 
 _T = TypeVar("_T")
 
+SERVE_SECONDS = 0.002  # how long a waiting thread may read its own reply (see ApplyResult._served)
+
+
+class _Gate:
+    """A one-shot ``threading.Event``: closed until ``set()``, then open for good.
+
+    A result is made for every call, and an Event (a Condition over a lock) took longer
+    to make here than the rest of ``apply_async``'s own work put together; this is one
+    lock, held until the gate opens, and each waiter lets the next one through.
+    """
+
+    __slots__ = ("_lock", "_open")
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+        self._open = False
+
+    def is_set(self) -> bool:
+        return self._open
+
+    def set(self) -> None:
+        """Open the gate (once; later calls do nothing)."""
+        if self._open:
+            return
+        self._open = True
+        try:
+            self._lock.release()
+        except RuntimeError:  # another thread opened it at the same moment
+            pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the gate is open, at most *timeout* seconds; whether it is."""
+        if self._open:
+            return True
+        if self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout)):
+            self._lock.release()  # the next waiter's turn
+            return True
+        return self._open
+
 
 class ApplyResult(Generic[_T]):
     """The result of ``apply_async`` (``multiprocessing.pool.AsyncResult``)."""
@@ -31,13 +72,16 @@ class ApplyResult(Generic[_T]):
         callback: Callable[[_T], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
     ) -> None:
-        self._event = threading.Event()
+        self._event = _Gate()
         self._callback = callback
         self._error_callback = error_callback
         self._success = False
         self._value: Any = None
         # Set by the pool: stops the call's work when an awaiting asyncio task is cancelled.
         self._on_cancel: Callable[[], Any] | None = None
+        # Set by the pool: reads the reply in the waiting thread, for up to the seconds
+        # given (see Supervisor.serve_reply).
+        self._serve: Callable[[float], Any] | None = None
 
     def ready(self) -> bool:
         """Whether the call has completed."""
@@ -55,7 +99,19 @@ class ApplyResult(Generic[_T]):
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait until the result is ready or *timeout* seconds pass."""
-        self._event.wait(timeout)
+        self._event.wait(self._served(timeout))
+
+    def _served(self, timeout: float | None) -> float | None:
+        """Read the reply here for a while if the pool allows it; the timeout left."""
+        serve = self._serve
+        if serve is None or self._event.is_set():
+            return timeout
+        if timeout is None:
+            serve(SERVE_SECONDS)
+            return None
+        began = time.monotonic()
+        serve(min(timeout, SERVE_SECONDS))
+        return max(0.0, timeout - (time.monotonic() - began))
 
     def get(self, timeout: float | None = None) -> _T:
         """The call's return value, or its exception raised here.
@@ -68,7 +124,7 @@ class ApplyResult(Generic[_T]):
         """
         # (Spinning here before sleeping was measured slower: it takes the GIL from the
         # supervisor thread that is about to deliver the result.)
-        if not self._event.wait(timeout):
+        if not self._event.wait(self._served(timeout)):
             raise TimeoutError(f"no result within {timeout} seconds")
         if self._success:
             return self._value  # type: ignore[no-any-return]
@@ -107,7 +163,7 @@ class ApplyResult(Generic[_T]):
         self._success, self._value = success, value
         # Nothing left to cancel: let go of the tasks (they refer back to this result, a
         # cycle that would keep both, and whatever the callbacks hold, until a collection).
-        self._on_cancel = None
+        self._on_cancel = self._serve = None
         callback = self._callback if success else self._error_callback
         if callback is not None:
             try:

@@ -1,7 +1,9 @@
 """The pool's supervisor: the workers, the poller, deadlines, retiring and restarts.
 
 One thread runs ``Supervisor.run``; callers' threads only submit (``Pool``), wake it
-up, and dispatch (``dispatch()``, under the pool's lock)::
+up, dispatch (``dispatch()``, under the pool's lock), and read the reply to a call they
+wait for (``serve_reply()``, under the reader lock, which the supervisor holds for all
+it does between two polls)::
 
     poll(worker conns, worker sentinels, wake-up pipe; nearest deadline)
         ├── wake-up: cancelled tasks stop, pending tasks go out (dispatch)
@@ -52,7 +54,7 @@ from ._wait import poll_ms, wait
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the lookup at run time
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Callable
 
     from ._pool import Pool
 
@@ -76,13 +78,15 @@ RESTART_PAUSE = 0.025
 RESTART_PAUSE_MAX = 2.0
 START_ATTEMPTS = 3
 SUPERVISOR_ERRORS = 100
-_READY = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
+_READY = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR  # the same bits as EPOLLIN...
+_HAVE_EPOLL = hasattr(select, "epoll")
 
 _Task = Task
 
 
 class _Worker:
-    __slots__ = ("process", "conn", "inflight", "funcs", "sent", "sentinel", "ended_poll", "done", "queued")
+    __slots__ = ("process", "conn", "inflight", "funcs", "sent", "sentinel", "ended_poll", "done", "queued",
+                 "reply_poll", "held")  # fmt: skip
 
     def __init__(self, process: Any, conn: Any, done: WorkerCounters) -> None:
         self.process = process
@@ -96,6 +100,10 @@ class _Worker:
         self.sent = 0
         self.queued = 0  # bytes of the tasks in flight, as they went on the socket
         self.done = done  # shared with Supervisor._done, by the worker's name
+        self.reply_poll: Any = None  # its conn and sentinel, for a caller reading a reply (serve_reply)
+        # Messages other than results that a caller's thread read (see serve_reply): the
+        # supervisor handles them, first thing when it next drains this worker.
+        self.held: list[tuple[Any, ...]] = []
 
 
 def _signal_text(exitcode: int | None) -> str:
@@ -137,11 +145,16 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         self._wake_pending = False  # one byte in the pipe is enough to wake the supervisor
         self._asleep = False  # blocked in poll() (not spinning)
+        # Held by the thread reading the workers' replies: the supervisor for all it does
+        # between two polls, or a caller's thread reading its own reply (serve_reply).
+        self._reader = threading.Lock()
         os.set_blocking(self._wake_w, False)
         self._workers: dict[Any, _Worker] = {}
         # One poll set for the supervisor's whole life: worker connections and sentinels
         # are added and removed as workers come and go.
-        self._poller = select.poll()
+        # epoll where there is one: a caller's thread reading its own reply (serve_reply)
+        # takes that worker out of the set, which an epoll_wait in progress sees.
+        self._poller: Any = select.epoll() if _HAVE_EPOLL else select.poll()
         self._spinner = Spinner(poller=self._poller)
         self._poller.register(self._wake_r, _READY)
         self._fds: dict[int, tuple[str, _Worker]] = {}
@@ -187,6 +200,7 @@ class Supervisor:
                 self._discard(process, conn)
             os.close(self._wake_r)
             os.close(self._wake_w)  # type: ignore[arg-type]
+            self._close_poller()
             raise
 
     def start(self) -> threading.Thread:
@@ -393,30 +407,39 @@ class Supervisor:
                 self.pool._state = PoolState.TERMINATED
             raise
         finally:
-            self._shutdown()
+            with self._reader:  # a caller's thread reading a reply lets go first
+                self._shutdown()
 
     def _step(self) -> bool:
         """One round of the supervisor loop; False when the pool is done."""
-        if self.pool._state is PoolState.TERMINATED:
-            return False
-        if self._cancelled:
-            self._stop_cancelled()
-        self.pool._restart_missing()  # through the pool: see Pool._spawn_worker
-        self._fail_if_no_worker()
-        self.dispatch()
-        if self.pool._state is PoolState.CLOSED and not self._outstanding and not self.pool._active_feeds:
-            return False
-        ms = poll_ms(self._until_next_deadline())
+        with self._reader:
+            if self.pool._state is PoolState.TERMINATED:
+                return False
+            if self._cancelled:
+                self._stop_cancelled()
+            self.pool._restart_missing()  # through the pool: see Pool._spawn_worker
+            self._fail_if_no_worker()
+            self.dispatch()
+            if self.pool._state is PoolState.CLOSED and not self._outstanding and not self.pool._active_feeds:
+                return False
+            ms = poll_ms(self._until_next_deadline())
+            replies_due = self._replies_due()
         # With replies due, spin first: one often comes within µs of the last event. With
         # none, sleep at once, leaving the GIL to a caller's thread that is submitting the
         # next task (it sends it itself, and wakes this thread to watch for the reply).
-        events = self._spinner.wait() if self._replies_due() else None
+        events = self._spinner.wait() if replies_due else None
         if not events:
             self._asleep = True
             try:
-                events = self._poller.poll(ms)
+                events = self._poller.poll((None if ms < 0 else ms / 1000) if _HAVE_EPOLL else ms)
             finally:
                 self._asleep = False
+        with self._reader:
+            self._handle(events)
+            self._expire()
+        return True
+
+    def _handle(self, events: list[tuple[int, int]]) -> None:
         # Each descriptor is looked up before any event is handled: a worker retired by an
         # earlier event closes its descriptors, and its replacement may get the same
         # numbers, so a later event of the old worker must not be taken as the new one's.
@@ -432,8 +455,6 @@ class Supervisor:
                     self._lost(worker)
             else:
                 self._drain(worker)
-        self._expire()
-        return True
 
     def _replies_due(self) -> bool:
         return any(worker.inflight for worker in list(self._workers.values()))
@@ -444,6 +465,60 @@ class Supervisor:
         task instead of following the reply)."""
         if self._asleep and (self._item_seconds is None or self._item_seconds < WATCH_TASKS_UNDER):
             self.wake()
+
+    def serve_reply(self, task: _Task, ready: Callable[[], bool], seconds: float) -> None:
+        """Read *task*'s reply in the calling thread, for up to *seconds*, if no other
+        thread is reading replies and *task* is its worker's only one in flight; return
+        once ``ready()`` is true, or to let the caller wait for the supervisor instead.
+
+        A caller blocked in ``get()`` on a short task would otherwise wait for the
+        supervisor thread to wake, read the reply and wake it in turn: two thread
+        wake-ups, with the two threads taking the GIL from each other. Reading the reply
+        itself, the caller pays for neither. Anything but results (a worker that died,
+        left or failed its initializer) is left to the supervisor.
+        """
+        # (Waiting for the lock, not just trying it: the supervisor may hold it only
+        # because it waits for the GIL that this thread holds, having just settled the
+        # previous task.)
+        if not _HAVE_EPOLL or not self._reader.acquire(True, seconds):
+            return
+        try:
+            worker = next((w for w in self._workers.values() if w.inflight and w.inflight[0] is task), None)
+            if worker is None or len(worker.inflight) != 1 or ready():
+                return
+            conn = worker.conn
+            # Out of the supervisor's set meanwhile, or its epoll_wait would wake for this
+            # reply too; put back, a reply left unread wakes it.
+            try:
+                self._poller.modify(conn.fileno(), 0)
+            except OSError:  # not registered yet: a worker being started by another thread
+                return
+            try:
+                self._read_own_reply(worker, ready, seconds)
+            finally:
+                self._poller.modify(conn.fileno(), _READY)
+        finally:
+            self._reader.release()
+
+    def _read_own_reply(self, worker: _Worker, ready: Callable[[], bool], seconds: float) -> None:
+        """serve_reply's loop (the reader lock held)."""
+        conn = worker.conn
+        if worker.reply_poll is None:
+            worker.reply_poll = select.poll()
+            worker.reply_poll.register(conn.fileno(), _READY)
+            worker.reply_poll.register(worker.sentinel, _READY)
+        deadline = time.monotonic() + seconds
+        while not ready():
+            if not conn.buffered():
+                events = worker.reply_poll.poll(poll_ms(max(0.0, deadline - time.monotonic())))
+                if not any(fd != worker.sentinel for fd, _ in events):
+                    return  # time is up, or the worker died: the supervisor takes over
+            replies = self._read_replies(worker)
+            if replies is None:
+                return  # lost: the supervisor sees it too
+            self._settle_replies(worker, replies, held=worker.held)
+            if worker.held:
+                return
 
     def _until_next_deadline(self) -> float | None:
         """Seconds until the first task's deadline or the next restart; None: no deadline."""
@@ -556,35 +631,50 @@ class Supervisor:
     def _drain(self, worker: _Worker) -> None:
         """Collect every reply waiting from *worker* (also those a dead worker sent before
         dying). The supervisor's hot path: one pass over every reply read ahead."""
+        if worker.held:  # read by a caller's thread, left for this one
+            held, worker.held = worker.held, []
+            self._settle_replies(worker, held)
         conn = worker.conn
-        inflight = worker.inflight
         while conn in self._workers:
-            try:
-                if not (conn.buffered() or conn.poll(0)):
-                    return
-                replies = conn.recv_ready()
-            except (EOFError, OSError):
+            if not (conn.buffered() or conn.poll(0)):
+                return
+            replies = self._read_replies(worker)
+            if replies is None:
                 self._lost(worker)
                 return
-            except BaseException as exc:  # noqa: BLE001 - a result that does not unpickle in the parent
-                if self._executor_mode:
-                    error = _errors.BrokenProcessPool(f"a result could not be unpickled: {type(exc).__name__}: {exc}")
-                    error.__cause__ = exc
-                    exc = error
-                elif not isinstance(exc, Exception):
-                    raise
-                replies = [messages.result(inflight[0].id if inflight else -1, False, (exc, ""), 0.0, 0.0, 0.0)]
             self._settle_replies(worker, replies)
 
-    def _settle_replies(self, worker: _Worker, replies: list[tuple[Any, ...]]) -> None:
+    def _read_replies(self, worker: _Worker) -> list[tuple[Any, ...]] | None:
+        """The replies ready on *worker*'s connection; None if it is closed."""
+        try:
+            return worker.conn.recv_ready()  # type: ignore[no-any-return]
+        except (EOFError, OSError):
+            return None
+        except BaseException as exc:  # noqa: BLE001 - a result that does not unpickle in the parent
+            if self._executor_mode:
+                error = _errors.BrokenProcessPool(f"a result could not be unpickled: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+                exc = error
+            elif not isinstance(exc, Exception):
+                raise
+            inflight = worker.inflight
+            return [messages.result(inflight[0].id if inflight else -1, False, (exc, ""), 0.0, 0.0, 0.0)]
+
+    def _settle_replies(self, worker: _Worker, replies: list[tuple[Any, ...]],
+                        held: list[tuple[Any, ...]] | None = None) -> None:  # fmt: skip
+        """Settle the tasks *replies* answer. From a caller's thread, *held* is given:
+        a message other than a result, and those after it, go there for the supervisor."""
         inflight = worker.inflight
         item_seconds = self._item_seconds
         tasks = wire = 0
         computing = serializing = waiting = 0.0
         try:
             is_result = messages.is_result
-            for reply in replies:
+            for position, reply in enumerate(replies):
                 if not is_result(reply):
+                    if held is not None:
+                        held.extend(replies[position:])
+                        return
                     if messages.kind_of(reply) is messages.MessageKind.BYE:
                         # It left after maxtasksperchild or max_memory_per_child.
                         self._retire(worker, RetireReason.LEFT)
@@ -733,7 +823,12 @@ class Supervisor:
         os.close(self._wake_r)
         if wake_w is not None:
             os.close(wake_w)
+        self._close_poller()
         self.pool._exit_finalizer.cancel()
+
+    def _close_poller(self) -> None:
+        if _HAVE_EPOLL:
+            self._poller.close()
 
     def _fail_leftovers(self, terminated: bool) -> None:
         """Fail the tasks still outstanding once the workers are gone."""

@@ -22,7 +22,7 @@ class Spinner:
 
     __slots__ = ("_poll",)
 
-    def __init__(self, fd: int | None = None, poller: select.poll | None = None) -> None:
+    def __init__(self, fd: int | None = None, poller: select.poll | select.epoll | None = None) -> None:
         if poller is None:
             poller = select.poll()
             poller.register(fd, select.POLLIN)  # type: ignore[arg-type]
