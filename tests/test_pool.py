@@ -856,3 +856,84 @@ def test_a_worker_leaving_after_maxtasksperchild_is_replaced_when_its_caller_rea
         pids = [pool.apply(targets.nap_then_pid, (0.001,)) for _ in range(6)]
         assert len(set(pids)) == 3
         assert threading.current_thread() in threads
+
+
+def test_callbacks_run_in_the_pools_thread_while_other_callers_read_their_own_replies(ctx):
+    """A caller reading its own reply settles that reply only: another task's callback,
+    whose reply it may read with its own, still runs in the pool's thread."""
+    with ctx.Pool(1) as pool:
+        callback_threads = []
+        squares = []
+        caller = threading.Thread(
+            target=lambda: squares.extend(pool.apply(targets.nap_then_square, (i, 0.001)) for i in range(30))
+        )
+        caller.start()
+        results = [
+            pool.apply_async(
+                targets.square, (i,), callback=lambda _: callback_threads.append(threading.current_thread())
+            )
+            for i in range(30)
+        ]
+        assert [r.get(timeout=30) for r in results] == [i * i for i in range(30)]
+        caller.join(30)
+        assert squares == [i * i for i in range(30)]
+        assert len(callback_threads) == 30
+        assert {thread.name for thread in callback_threads} == {"procly-pool-supervisor"}
+
+
+def test_get_with_a_timeout_of_zero_or_less_does_not_wait(pool):
+    """As with the standard library: a timeout of 0 or less raises at once if not ready."""
+    pool.apply(targets.square, (2,))
+    result = pool.apply_async(targets.nap_then_square, (3, 0.5))
+    for timeout in (0, -0.5, -1):
+        with pytest.raises(procly.TimeoutError):
+            result.get(timeout=timeout)
+    assert result.get(timeout=10) == 9
+
+
+def test_ctrl_c_in_get_leaves_the_call_and_the_pool_working(pool):
+    """SIGINT while get() waits raises KeyboardInterrupt there and leaves the task
+    running: its result comes later, and the pool goes on."""
+    pool.apply(targets.square, (2,))
+    result = pool.apply_async(targets.nap_then_square, (4, 0.3))
+    timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            result.get(timeout=10)
+    finally:
+        timer.cancel()
+    assert result.get(timeout=10) == 16
+    assert [pool.apply(targets.square, (i,)) for i in range(5)] == [0, 1, 4, 9, 16]
+
+
+def test_a_reply_read_cut_short_by_ctrl_c_ends_the_worker_and_fails_only_its_task(ctx, monkeypatch):
+    """Interrupted half-way through reading its own reply (the task taken off, not yet
+    settled), the caller leaves a stream that cannot be trusted: the worker is ended
+    and replaced, that task fails with WorkerLostError, and the pool goes on."""
+    with ctx.Pool(1) as pool:
+        first_pid = pool.apply(targets.worker_pid)
+        supervisor = pool._supervision
+        real = supervisor._settle_replies
+        armed = [True]
+
+        def interrupted(worker, replies, held=None):
+            if held is not None and armed[0]:  # a caller's thread, reading its own reply
+                armed[0] = False
+                worker.inflight.popleft()
+                raise KeyboardInterrupt
+            return real(worker, replies, held)
+
+        monkeypatch.setattr(supervisor, "_settle_replies", interrupted)
+        for i in range(20):  # until a caller reads its own reply (the supervisor may be first)
+            result = pool.apply_async(targets.nap_then_square, (i, 0.001))
+            try:
+                assert result.get(timeout=10) == i * i
+            except KeyboardInterrupt:
+                break
+        else:
+            pytest.fail("no caller read its own reply")
+        with pytest.raises(procly.WorkerLostError):
+            result.get(timeout=10)
+        assert pool.apply(targets.square, (5,)) == 25
+        assert pool.apply(targets.worker_pid) != first_pid

@@ -570,6 +570,30 @@ class Connection:
 
 
 _scratch = threading.local()  # each reading thread's read-ahead buffer (see BufferedConnection._fill)
+_spare_scratch: list[memoryview] = []  # lent to threads that read now and then (lend_scratch)
+SPARE_SCRATCH = 2
+
+
+def lend_scratch() -> bool:
+    """Give this thread a read-ahead buffer from the process's spare ones for a while, if
+    it has none of its own: a thread that reads a channel now and then (a caller reading
+    its own reply from a pool worker) must not keep one for good. True if one was lent:
+    hand it back with :func:`return_scratch`."""
+    if getattr(_scratch, "view", None) is not None:
+        return False
+    try:
+        _scratch.view = _spare_scratch.pop()
+    except IndexError:
+        pass  # _fill makes one
+    return True
+
+
+def return_scratch() -> None:
+    """Take back the buffer :func:`lend_scratch` lent this thread (or the one made meanwhile)."""
+    view = getattr(_scratch, "view", None)
+    _scratch.view = None
+    if view is not None and len(_spare_scratch) < SPARE_SCRATCH:
+        _spare_scratch.append(view)
 
 
 class BufferedConnection(Connection):

@@ -254,7 +254,7 @@ class Pool(PoolAPI):
         task = self._call_task(func, args, kwds, result._set, task_timeout, retries)
         # Before submitting: a result that is set at once lets go of it (see ApplyResult._set).
         result._on_cancel = lambda: self._cancel([task])
-        servable = callback is None and error_callback is None
+        servable = callback is None and error_callback is None and self._supervision.serves_replies
         if servable:
             # Nothing to run in the supervisor's thread: a caller waiting in get() may read
             # the reply itself (callbacks run in the supervisor's thread, as they do in the

@@ -48,20 +48,26 @@ class _Gate:
         """Open the gate (once; later calls do nothing)."""
         if self._open:
             return
-        self._open = True
         try:
-            self._lock.release()
+            self._lock.release()  # first: an interruption after it leaves the gate open
         except RuntimeError:  # another thread opened it at the same moment
             pass
+        self._open = True
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the gate is open, at most *timeout* seconds; whether it is."""
         if self._open:
             return True
-        if self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout)):
-            self._lock.release()  # the next waiter's turn
-            return True
-        return self._open
+        acquired = False
+        try:
+            acquired = self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout))
+        finally:
+            if acquired:
+                try:
+                    self._lock.release()  # the next waiter's turn
+                except RuntimeError:  # released already by a set() racing another
+                    pass
+        return acquired or self._open
 
 
 class ApplyResult(Generic[_T]):
@@ -109,6 +115,8 @@ class ApplyResult(Generic[_T]):
         if timeout is None:
             serve(SERVE_SECONDS)
             return None
+        if timeout <= 0:
+            return timeout
         began = time.monotonic()
         serve(min(timeout, SERVE_SECONDS))
         return max(0.0, timeout - (time.monotonic() - began))
@@ -146,7 +154,7 @@ class ApplyResult(Generic[_T]):
                 future.set_exception(self._value)
 
         def when_ready() -> None:
-            self._event.wait()
+            self.wait()  # (may read the reply itself, as get() does)
             if not loop.is_closed():
                 loop.call_soon_threadsafe(settle)
 

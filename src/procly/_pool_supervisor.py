@@ -2,8 +2,8 @@
 
 One thread runs ``Supervisor.run``; callers' threads only submit (``Pool``), wake it
 up, dispatch (``dispatch()``, under the pool's lock), and read the reply to a call they
-wait for (``serve_reply()``, under the reader lock, which the supervisor holds for all
-it does between two polls)::
+wait for (``serve_reply()``, under that worker's reader lock, which the supervisor holds
+while it reads from or retires the worker)::
 
     poll(worker conns, worker sentinels, wake-up pipe; nearest deadline)
         ├── wake-up: cancelled tasks stop, pending tasks go out (dispatch)
@@ -38,7 +38,7 @@ import time
 
 from . import _errors, _inner_threads
 from . import _pool_messages as messages
-from ._connection import BufferedConnection, Pipe
+from ._connection import BufferedConnection, Pipe, lend_scratch, return_scratch
 
 # BrokenProcessPool and WorkerLostError are looked up on _errors where they are raised:
 # they subclass concurrent.futures' BrokenExecutor, whose module (and logging with it) a
@@ -85,12 +85,13 @@ _Task = Task
 
 
 class _Worker:
-    __slots__ = ("process", "conn", "inflight", "funcs", "sent", "sentinel", "ended_poll", "done", "queued",
-                 "reply_poll", "held")  # fmt: skip
+    __slots__ = ("process", "conn", "fd", "inflight", "funcs", "sent", "sentinel", "ended_poll", "done", "queued",
+                 "reader", "reply_poll", "held", "cut")  # fmt: skip
 
     def __init__(self, process: Any, conn: Any, done: WorkerCounters) -> None:
         self.process = process
         self.conn = conn
+        self.fd = conn.fileno()  # kept: a connection that closes itself on bad bytes has none
         self.sentinel = process.sentinel
         # Asked at every dispatch to an idle worker (under the pool lock: one poll at a time).
         self.ended_poll = select.poll()
@@ -100,10 +101,15 @@ class _Worker:
         self.sent = 0
         self.queued = 0  # bytes of the tasks in flight, as they went on the socket
         self.done = done  # shared with Supervisor._done, by the worker's name
+        # Held by the thread reading its replies or retiring it: the supervisor, or a
+        # caller's thread reading its own reply (serve_reply). Reentrant: retiring happens
+        # while replies are read.
+        self.reader = threading.RLock()
         self.reply_poll: Any = None  # its conn and sentinel, for a caller reading a reply (serve_reply)
         # Messages other than results that a caller's thread read (see serve_reply): the
         # supervisor handles them, first thing when it next drains this worker.
         self.held: list[tuple[Any, ...]] = []
+        self.cut = False  # a read was interrupted half-way: its stream cannot be trusted
 
 
 def _signal_text(exitcode: int | None) -> str:
@@ -145,9 +151,6 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         self._wake_pending = False  # one byte in the pipe is enough to wake the supervisor
         self._asleep = False  # blocked in poll() (not spinning)
-        # Held by the thread reading the workers' replies: the supervisor for all it does
-        # between two polls, or a caller's thread reading its own reply (serve_reply).
-        self._reader = threading.Lock()
         os.set_blocking(self._wake_w, False)
         self._workers: dict[Any, _Worker] = {}
         # One poll set for the supervisor's whole life: worker connections and sentinels
@@ -407,23 +410,21 @@ class Supervisor:
                 self.pool._state = PoolState.TERMINATED
             raise
         finally:
-            with self._reader:  # a caller's thread reading a reply lets go first
-                self._shutdown()
+            self._shutdown()
 
     def _step(self) -> bool:
         """One round of the supervisor loop; False when the pool is done."""
-        with self._reader:
-            if self.pool._state is PoolState.TERMINATED:
-                return False
-            if self._cancelled:
-                self._stop_cancelled()
-            self.pool._restart_missing()  # through the pool: see Pool._spawn_worker
-            self._fail_if_no_worker()
-            self.dispatch()
-            if self.pool._state is PoolState.CLOSED and not self._outstanding and not self.pool._active_feeds:
-                return False
-            ms = poll_ms(self._until_next_deadline())
-            replies_due = self._replies_due()
+        if self.pool._state is PoolState.TERMINATED:
+            return False
+        if self._cancelled:
+            self._stop_cancelled()
+        self.pool._restart_missing()  # through the pool: see Pool._spawn_worker
+        self._fail_if_no_worker()
+        self.dispatch()
+        if self.pool._state is PoolState.CLOSED and not self._outstanding and not self.pool._active_feeds:
+            return False
+        ms = poll_ms(self._until_next_deadline())
+        replies_due = self._replies_due()
         # With replies due, spin first: one often comes within µs of the last event. With
         # none, sleep at once, leaving the GIL to a caller's thread that is submitting the
         # next task (it sends it itself, and wakes this thread to watch for the reply).
@@ -434,9 +435,8 @@ class Supervisor:
                 events = self._poller.poll((None if ms < 0 else ms / 1000) if _HAVE_EPOLL else ms)
             finally:
                 self._asleep = False
-        with self._reader:
-            self._handle(events)
-            self._expire()
+        self._handle(events)
+        self._expire()
         return True
 
     def _handle(self, events: list[tuple[int, int]]) -> None:
@@ -447,14 +447,17 @@ class Supervisor:
             if fd == self._wake_r:
                 self._woken()
                 self.dispatch()  # what the wake-up was for (submitted work): now, not next round
+                for left in list(self._workers.values()):
+                    if left.held or left.conn.buffered():  # left by a caller's thread (serve_reply)
+                        with left.reader:
+                            self._drain(left)
             elif worker is None or worker.conn not in self._workers:
                 continue  # retired earlier in this round
-            elif kind == "sentinel":
-                self._drain(worker)
-                if worker.conn in self._workers:
-                    self._lost(worker)
             else:
-                self._drain(worker)
+                with worker.reader:
+                    self._drain(worker)
+                    if kind == "sentinel" and worker.conn in self._workers:
+                        self._lost(worker)
 
     def _replies_due(self) -> bool:
         return any(worker.inflight for worker in list(self._workers.values()))
@@ -466,59 +469,94 @@ class Supervisor:
         if self._asleep and (self._item_seconds is None or self._item_seconds < WATCH_TASKS_UNDER):
             self.wake()
 
+    @property
+    def serves_replies(self) -> bool:
+        """Whether a caller's thread may read its own reply here (see serve_reply)."""
+        return _HAVE_EPOLL
+
     def serve_reply(self, task: _Task, ready: Callable[[], bool], seconds: float) -> None:
-        """Read *task*'s reply in the calling thread, for up to *seconds*, if no other
-        thread is reading replies and *task* is its worker's only one in flight; return
-        once ``ready()`` is true, or to let the caller wait for the supervisor instead.
+        """Read *task*'s reply in the calling thread, for up to *seconds*, if *task* is its
+        worker's only one in flight; return once ``ready()`` is true, or to let the caller
+        wait for the supervisor instead.
 
         A caller blocked in ``get()`` on a short task would otherwise wait for the
         supervisor thread to wake, read the reply and wake it in turn: two thread
         wake-ups, with the two threads taking the GIL from each other. Reading the reply
-        itself, the caller pays for neither. Anything but results (a worker that died,
-        left or failed its initializer) is left to the supervisor.
+        itself, the caller pays for neither. Only this task's reply is settled here:
+        anything after it (a later task's reply, a worker leaving after maxtasksperchild)
+        is left to the supervisor, which is woken for it, so callbacks and retiring stay
+        in the supervisor's thread. The supervisor goes on with the other workers.
         """
+        if not _HAVE_EPOLL or threading.current_thread() is self.thread:
+            return  # (a callback waiting for a result would read under its own drain)
+        deadline = time.monotonic() + seconds
+        worker = next((w for w in list(self._workers.values()) if w.inflight and w.inflight[0] is task), None)
+        if worker is None or len(worker.inflight) != 1 or worker.held or ready():
+            return
         # (Waiting for the lock, not just trying it: the supervisor may hold it only
-        # because it waits for the GIL that this thread holds, having just settled the
-        # previous task.)
-        if not _HAVE_EPOLL or not self._reader.acquire(True, seconds):
+        # because it waits for the GIL that this thread holds, having just read the
+        # previous reply.)
+        if not worker.reader.acquire(True, max(0.0, deadline - time.monotonic())):
             return
         try:
-            worker = next((w for w in self._workers.values() if w.inflight and w.inflight[0] is task), None)
-            if worker is None or len(worker.inflight) != 1 or ready():
-                return
             conn = worker.conn
+            if (
+                conn not in self._workers
+                or worker.held
+                or worker.cut
+                or not worker.inflight
+                or worker.inflight[0] is not task
+            ):
+                return  # retired or answered meanwhile
             # Out of the supervisor's set meanwhile, or its epoll_wait would wake for this
             # reply too; put back, a reply left unread wakes it.
             try:
-                self._poller.modify(conn.fileno(), 0)
+                self._poller.modify(worker.fd, 0)
             except OSError:  # not registered yet: a worker being started by another thread
                 return
             try:
-                self._read_own_reply(worker, ready, seconds)
+                self._read_own_reply(worker, task, ready, deadline)
             finally:
-                self._poller.modify(conn.fileno(), _READY)
+                self._poller.modify(worker.fd, _READY)
+            if worker.held or conn.buffered():
+                self.wake()
         finally:
-            self._reader.release()
+            worker.reader.release()
 
-    def _read_own_reply(self, worker: _Worker, ready: Callable[[], bool], seconds: float) -> None:
-        """serve_reply's loop (the reader lock held)."""
+    def _read_own_reply(self, worker: _Worker, task: _Task, ready: Callable[[], bool], deadline: float) -> None:
+        """serve_reply's loop (the worker's reader lock held)."""
         conn = worker.conn
-        if worker.reply_poll is None:
-            worker.reply_poll = select.poll()
-            worker.reply_poll.register(conn.fileno(), _READY)
-            worker.reply_poll.register(worker.sentinel, _READY)
-        deadline = time.monotonic() + seconds
-        while not ready():
-            if not conn.buffered():
-                events = worker.reply_poll.poll(poll_ms(max(0.0, deadline - time.monotonic())))
-                if not any(fd != worker.sentinel for fd, _ in events):
-                    return  # time is up, or the worker died: the supervisor takes over
-            replies = self._read_replies(worker)
-            if replies is None:
-                return  # lost: the supervisor sees it too
-            self._settle_replies(worker, replies, held=worker.held)
-            if worker.held:
-                return
+        lent = lend_scratch()
+        try:
+            if worker.reply_poll is None:
+                worker.reply_poll = select.poll()
+                worker.reply_poll.register(worker.fd, _READY)
+                worker.reply_poll.register(worker.sentinel, _READY)
+            while not ready():
+                if not conn.buffered():
+                    events = worker.reply_poll.poll(poll_ms(max(0.0, deadline - time.monotonic())))
+                    if not any(fd != worker.sentinel for fd, _ in events):
+                        return  # time is up, or the worker died: the supervisor takes over
+                try:
+                    replies = self._read_replies(worker)
+                    if replies is None:
+                        return  # lost: the supervisor sees it too
+                    self._settle_replies(worker, replies[:1], held=worker.held)
+                    worker.held.extend(replies[1:])
+                except BaseException:
+                    # Interrupted (Ctrl-C in this thread) half-way through a reply: the
+                    # stream may be cut. The worker is ended, and the supervisor retires
+                    # it unread (its task fails, or is tried again).
+                    worker.cut = True
+                    if not ready() and task not in worker.inflight:
+                        worker.inflight.appendleft(task)  # taken off, not settled: it fails with the worker
+                    worker.process.kill()
+                    raise
+                if worker.held:
+                    return
+        finally:
+            if lent:
+                return_scratch()
 
     def _until_next_deadline(self) -> float | None:
         """Seconds until the first task's deadline or the next restart; None: no deadline."""
@@ -609,21 +647,19 @@ class Supervisor:
             dropped = [task for task in self._pending if task.id in ids]
             for task in dropped:
                 self._pending.remove(task)
-        running = []
         for worker in list(self._workers.values()):
-            for task in list(worker.inflight)[1:]:
-                if task.id in ids:
-                    # Sent, not started: its reply will find no task waiting for it.
-                    worker.inflight.remove(task)
-                    worker.queued -= task.wire
-                    dropped.append(task)
-            if worker.inflight and worker.inflight[0].id in ids:
-                running.append(worker)
+            with worker.reader:  # a caller's thread may be settling its tasks now
+                for task in list(worker.inflight)[1:]:
+                    if task.id in ids:
+                        # Sent, not started: its reply will find no task waiting for it.
+                        worker.inflight.remove(task)
+                        worker.queued -= task.wire
+                        dropped.append(task)
+                if worker.inflight and worker.inflight[0].id in ids and worker.conn in self._workers:
+                    worker.process.kill()
+                    self._retire(worker, RetireReason.CANCELLED)
         for task in dropped:
             self._finish(task, False, _cancelled_error(f"task {task.label} was cancelled"))
-        for worker in running:
-            worker.process.kill()
-            self._retire(worker, RetireReason.CANCELLED)
 
     def _start_clock(self, task: _Task) -> None:
         task.deadline = time.monotonic() + task.timeout * task.count if task.timeout else None
@@ -631,6 +667,9 @@ class Supervisor:
     def _drain(self, worker: _Worker) -> None:
         """Collect every reply waiting from *worker* (also those a dead worker sent before
         dying). The supervisor's hot path: one pass over every reply read ahead."""
+        if worker.cut:
+            self._lost(worker)  # its worker was killed: nothing more is read from it
+            return
         if worker.held:  # read by a caller's thread, left for this one
             held, worker.held = worker.held, []
             self._settle_replies(worker, held)
@@ -727,9 +766,14 @@ class Supervisor:
         now = time.monotonic()
         for worker in list(self._workers.values()):
             task = worker.inflight[0] if worker.inflight else None
-            if task is not None and task.deadline is not None and task.deadline <= now:
-                worker.process.kill()
-                self._retire(worker, RetireReason.TIMEOUT)
+            if task is None or task.deadline is None or task.deadline > now:
+                continue
+            with worker.reader:  # a caller's thread may be settling that task now
+                task = worker.inflight[0] if worker.inflight else None
+                if worker.conn in self._workers and task is not None and task.deadline is not None:
+                    if task.deadline <= now:
+                        worker.process.kill()
+                        self._retire(worker, RetireReason.TIMEOUT)
 
     def _error(self, why: RetireReason, task: _Task, name: str, pid: int, exitcode: int | None) -> BaseException:
         if why is RetireReason.CANCELLED:
@@ -747,14 +791,21 @@ class Supervisor:
     def _retire(self, worker: _Worker, why: RetireReason) -> None:
         """Remove *worker*; fail (or retry) its running task, requeue the rest, replace it
         (*why*: see RetireReason)."""
+        with worker.reader:  # a caller's thread reading a reply from it lets go first
+            self._retire_now(worker, why)
+
+    def _retire_now(self, worker: _Worker, why: RetireReason) -> None:
         with self._lock:
             # Under the lock: a dispatch from a caller's thread either finished before this
             # (its tasks are in worker.inflight, requeued below) or will not see this worker.
             self._workers.pop(worker.conn, None)
-        for fd in (worker.conn.fileno(), worker.sentinel):
+        for fd in (worker.fd, worker.sentinel):
             self._fds.pop(fd, None)
             self._poller.unregister(fd)
         worker.conn.close()
+        if worker.held:  # replies a caller's thread read ahead: they count, the worker goes anyway
+            held, worker.held = worker.held, []
+            self._settle_replies(worker, [reply for reply in held if messages.is_result(reply)])
         process = worker.process
         name, pid = process.name, process.pid
         if why is not RetireReason.LEFT:
@@ -814,7 +865,8 @@ class Supervisor:
                     wait([worker.sentinel])
                 end_process_group(worker.process.pid)  # before it is reaped: see _retire
             worker.process.join()
-            worker.conn.close()
+            with worker.reader:  # a caller's thread reading a reply from it lets go first
+                worker.conn.close()
             _release(worker.process)
         self._workers.clear()
         self._fail_leftovers(terminated)
