@@ -799,6 +799,18 @@ def test_a_sleeping_supervisor_is_woken_to_watch_for_a_short_tasks_reply(pool, m
     assert woken
 
 
+# Tasks of the tests of callers reading their own replies nap this long, so that the
+# reply comes after get() has begun; get() then reads for as long as it takes.
+NAP = 0.02
+
+
+@pytest.fixture
+def long_serving(monkeypatch):
+    from procly import _pool_results
+
+    monkeypatch.setattr(_pool_results, "SERVE_SECONDS", 60.0)
+
+
 def _record_settling_threads(supervisor, monkeypatch):
     """The threads that settle replies, one entry per batch of replies read."""
     threads = []
@@ -812,18 +824,17 @@ def _record_settling_threads(supervisor, monkeypatch):
     return threads
 
 
-def test_a_caller_waiting_for_a_short_task_reads_its_reply_itself(pool, monkeypatch):
-    """get() on a short task with no callback reads the reply in the caller's thread (no
-    wake-up of the supervisor, which is not woken to watch for it either). The tasks nap
-    for a millisecond, so that the reply comes after get() has begun (a reply that comes
-    sooner may be read by the supervisor, which is as good)."""
+def test_a_caller_waiting_for_a_short_task_reads_its_reply_itself(pool, monkeypatch, long_serving):
+    """get() on a task with no callback reads the reply in the caller's thread (no wake-up
+    of the supervisor, which is not woken to watch for it either). (A reply that comes
+    before get() begins may be read by the supervisor, which is as good: see NAP.)"""
     pool.apply(targets.square, (2,))
     supervisor = pool._supervision
     threads = _record_settling_threads(supervisor, monkeypatch)
     woken = []
     real_wake = supervisor.wake
     monkeypatch.setattr(supervisor, "wake", lambda: (woken.append(True), real_wake()))
-    squares = [pool.apply(targets.nap_then_square, (i, 0.001)) for i in range(20)]
+    squares = [pool.apply(targets.nap_then_square, (i, NAP)) for i in range(20)]
     assert squares == [i * i for i in range(20)]
     assert threading.current_thread() in threads
     assert not woken
@@ -834,12 +845,12 @@ def test_a_caller_waiting_for_a_short_task_reads_its_reply_itself(pool, monkeypa
     assert called_in and called_in[0] is not threading.current_thread()
 
 
-def test_a_worker_that_dies_while_its_caller_reads_the_reply_is_reported(pool, monkeypatch):
+def test_a_worker_that_dies_while_its_caller_reads_the_reply_is_reported(pool, monkeypatch, long_serving):
     """The caller reading its own reply sees the worker die: the supervisor retires it,
     the call fails with WorkerLostError, and the pool goes on."""
     pool.apply(targets.square, (2,))
     threads = _record_settling_threads(pool._supervision, monkeypatch)
-    assert [pool.apply(targets.nap_then_square, (i, 0.001)) for i in range(5)] == [0, 1, 4, 9, 16]
+    assert [pool.apply(targets.nap_then_square, (i, NAP)) for i in range(5)] == [0, 1, 4, 9, 16]
     for how in ("sigkill", "exit"):
         with pytest.raises(procly.WorkerLostError):
             pool.apply(targets.die_on, (1, 1, how))
@@ -848,24 +859,26 @@ def test_a_worker_that_dies_while_its_caller_reads_the_reply_is_reported(pool, m
     assert threading.current_thread() in threads
 
 
-def test_a_worker_leaving_after_maxtasksperchild_is_replaced_when_its_caller_read_the_reply(ctx, monkeypatch):
+def test_a_worker_leaving_after_maxtasksperchild_is_replaced_when_its_caller_read_the_reply(
+    ctx, monkeypatch, long_serving
+):
     """The "bye" a worker sends after its last task may be read by a caller's thread with
     the reply: it is left to the supervisor, which replaces the worker."""
     with ctx.Pool(1, maxtasksperchild=2) as pool:
         threads = _record_settling_threads(pool._supervision, monkeypatch)
-        pids = [pool.apply(targets.nap_then_pid, (0.001,)) for _ in range(6)]
+        pids = [pool.apply(targets.nap_then_pid, (NAP,)) for _ in range(6)]
         assert len(set(pids)) == 3
         assert threading.current_thread() in threads
 
 
-def test_callbacks_run_in_the_pools_thread_while_other_callers_read_their_own_replies(ctx):
+def test_callbacks_run_in_the_pools_thread_while_other_callers_read_their_own_replies(ctx, long_serving):
     """A caller reading its own reply settles that reply only: another task's callback,
     whose reply it may read with its own, still runs in the pool's thread."""
     with ctx.Pool(1) as pool:
         callback_threads = []
         squares = []
         caller = threading.Thread(
-            target=lambda: squares.extend(pool.apply(targets.nap_then_square, (i, 0.001)) for i in range(30))
+            target=lambda: squares.extend(pool.apply(targets.nap_then_square, (i, NAP)) for i in range(30))
         )
         caller.start()
         results = [
@@ -907,7 +920,7 @@ def test_ctrl_c_in_get_leaves_the_call_and_the_pool_working(pool):
     assert [pool.apply(targets.square, (i,)) for i in range(5)] == [0, 1, 4, 9, 16]
 
 
-def test_a_reply_read_cut_short_by_ctrl_c_ends_the_worker_and_fails_only_its_task(ctx, monkeypatch):
+def test_a_reply_read_cut_short_by_ctrl_c_ends_the_worker_and_fails_only_its_task(ctx, monkeypatch, long_serving):
     """Interrupted half-way through reading its own reply (the task taken off, not yet
     settled), the caller leaves a stream that cannot be trusted: the worker is ended
     and replaced, that task fails with WorkerLostError, and the pool goes on."""
@@ -926,7 +939,7 @@ def test_a_reply_read_cut_short_by_ctrl_c_ends_the_worker_and_fails_only_its_tas
 
         monkeypatch.setattr(supervisor, "_settle_replies", interrupted)
         for i in range(20):  # until a caller reads its own reply (the supervisor may be first)
-            result = pool.apply_async(targets.nap_then_square, (i, 0.001))
+            result = pool.apply_async(targets.nap_then_square, (i, NAP))
             try:
                 assert result.get(timeout=10) == i * i
             except KeyboardInterrupt:
