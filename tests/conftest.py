@@ -14,6 +14,18 @@ from procly import _state
 
 METHODS = ["fork", "spawn", "forkserver"]
 
+# Tasks of the tests of callers reading their own pool replies nap this long, so that the
+# reply comes after the wait has begun; with long_serving, the wait then reads for as
+# long as it takes (see Supervisor.serve_reply).
+NAP = 0.02
+
+
+@pytest.fixture
+def long_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    from procly import _pool_results
+
+    monkeypatch.setattr(_pool_results, "SERVE_SECONDS", 60.0)
+
 
 @pytest.fixture(params=METHODS)
 def ctx(request: pytest.FixtureRequest) -> procly.context.BaseContext:

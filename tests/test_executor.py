@@ -18,7 +18,7 @@ import procly
 from procly.futures import BrokenProcessPool, ProcessPoolExecutor
 
 from . import executor_targets, targets
-from .conftest import raising, wait_until
+from .conftest import NAP, raising, wait_until
 
 
 def test_submit_map_and_exceptions(ctx):
@@ -420,3 +420,36 @@ def test_submit_racing_shutdown_settles_its_future(method):
         assert isinstance(future, concurrent.futures.Future)
         error = future.exception(timeout=30)
         assert error is None or isinstance(error, procly.PoolTerminatedError)
+
+
+def test_a_caller_waiting_in_result_reads_its_reply_and_done_callbacks_stay_in_the_pools_thread(
+    ctx, monkeypatch, long_serving
+):
+    """result() and exception() read the call's reply in the waiting thread, as
+    AsyncResult.get() does; a future with done-callbacks is left to the pool's thread,
+    where they run, as with the standard library's executor."""
+    with ProcessPoolExecutor(2, mp_context=ctx) as executor:
+        executor.submit(targets.square, 2).result(timeout=30)
+        supervisor = executor._pool._supervision
+        threads = []
+        real = supervisor._settle_replies
+
+        def settle(worker, replies, held=None):
+            threads.append(threading.current_thread())
+            return real(worker, replies, held)
+
+        monkeypatch.setattr(supervisor, "_settle_replies", settle)
+        assert [executor.submit(targets.nap_then_square, i, NAP).result() for i in range(10)] == [
+            i * i for i in range(10)
+        ]
+        assert threading.current_thread() in threads
+        failing = executor.submit(targets.raise_value_error, 3)
+        assert isinstance(failing.exception(timeout=30), ValueError)
+        called_in = []
+        future = executor.submit(targets.nap_then_square, 5, NAP)
+        future.add_done_callback(lambda done: called_in.append(threading.current_thread()))
+        assert future.result(timeout=30) == 25
+        assert wait_until(lambda: called_in)
+        assert called_in[0] is not threading.current_thread()
+        with pytest.raises(concurrent.futures.TimeoutError):
+            executor.submit(targets.nap_then_square, 6, 0.5).result(timeout=0)

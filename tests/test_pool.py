@@ -22,7 +22,7 @@ import procly
 from procly.pool import RemoteTraceback
 
 from . import targets
-from .conftest import pid_state, raising, reducer_registered, shift_complex, wait_until
+from .conftest import NAP, pid_state, raising, reducer_registered, shift_complex, wait_until
 
 
 @pytest.fixture
@@ -797,18 +797,6 @@ def test_a_sleeping_supervisor_is_woken_to_watch_for_a_short_tasks_reply(pool, m
     # (With a callback: without one, the caller reads the reply itself, see below.)
     assert pool.apply_async(targets.square, (3,), callback=lambda value: None).get(timeout=10) == 9
     assert woken
-
-
-# Tasks of the tests of callers reading their own replies nap this long, so that the
-# reply comes after get() has begun; get() then reads for as long as it takes.
-NAP = 0.02
-
-
-@pytest.fixture
-def long_serving(monkeypatch):
-    from procly import _pool_results
-
-    monkeypatch.setattr(_pool_results, "SERVE_SECONDS", 60.0)
 
 
 def _record_settling_threads(supervisor, monkeypatch):

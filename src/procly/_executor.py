@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, ParamSpec, TypeVar
 
 from ._errors import BrokenProcessPool
 from ._pool import Pool
+from ._pool_results import serve_first
 
 __all__ = ["BrokenProcessPool", "ProcessPoolExecutor"]
 
@@ -89,6 +90,24 @@ def _process_chunk(fn: Callable[..., Any], chunk: tuple[Any, ...]) -> list[Any]:
 def _batched(iterable: Iterator[tuple[Any, ...]], n: int) -> Iterator[tuple[Any, ...]]:
     while chunk := tuple(itertools.islice(iterable, n)):
         yield chunk
+
+
+class _Future(Future[_T]):
+    """The executor's futures: ``result()`` and ``exception()`` may read the call's reply
+    in the waiting thread first (see ``Supervisor.serve_reply``), as ``AsyncResult.get()``
+    does; not while done-callbacks wait, which run in the pool's thread."""
+
+    _serve: Callable[[float], Any] | None = None  # set by the executor
+
+    def _served(self, timeout: float | None) -> float | None:
+        waiting_callbacks = bool(self._done_callbacks)  # type: ignore[attr-defined]
+        return serve_first(self._serve, self.done() or waiting_callbacks, timeout)
+
+    def result(self, timeout: float | None = None) -> _T:
+        return super().result(self._served(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return super().exception(self._served(timeout))
 
 
 def _result_or_cancel(future: Future[Any], timeout: float | None = None) -> Any:
@@ -199,7 +218,7 @@ class ProcessPoolExecutor(Executor):
         """
         with self._lock:
             self._refuse_if_closed()
-            future: Future[_T] = Future()
+            future: _Future[_T] = _Future()
             self._futures.add(future)
 
         def claim() -> bool:
@@ -214,6 +233,7 @@ class ProcessPoolExecutor(Executor):
         def settle(success: bool, value: Any) -> None:
             with self._lock:
                 self._futures.discard(future)
+            future._serve = None  # nothing left to read (and the task may go)
             try:
                 if success:
                     future.set_result(value)
@@ -223,9 +243,12 @@ class ProcessPoolExecutor(Executor):
                 pass  # cancelled while it waited, and the pool ended before dropping it
 
         try:
-            self._schedule(fn, args, kwargs, claim, settle)
+            serve = self._schedule(fn, args, kwargs, claim, settle, future.done)
         except Exception as exc:  # noqa: BLE001 - the call's own failure: its future's
             self._not_scheduled(future, settle, exc)
+        else:
+            if serve is not None and not future.done():
+                future._serve = serve
         return future
 
     def _refuse_if_closed(self) -> None:
@@ -260,9 +283,13 @@ class ProcessPoolExecutor(Executor):
             settle(False, exc)
 
     def _schedule(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                  claim: Callable[[], bool], settle: Callable[[bool, Any], None]) -> None:  # fmt: skip
-        """Hand a call to the pool: *claim()* as it goes to a worker, *settle* with its outcome."""
-        self._pool._call(fn, args, kwargs, settle, claim=claim)
+                  claim: Callable[[], bool], settle: Callable[[bool, Any], None],
+                  ready: Callable[[], bool]) -> Callable[[float], Any] | None:  # fmt: skip
+        """Hand a call to the pool: *claim()* as it goes to a worker, *settle* with its
+        outcome; return what reads its reply in a waiting thread (or None), given
+        *ready()*, whether its future is done."""
+        serve: Callable[[float], Any] | None = self._pool._call(fn, args, kwargs, settle, claim=claim, ready=ready)
+        return serve
 
     def map(self, fn: Callable[..., _T], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1, buffersize: int | None = None) -> Iterator[_T]:  # fmt: skip

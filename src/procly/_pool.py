@@ -289,10 +289,13 @@ class Pool(PoolAPI):
         kwds: dict[str, Any] | None,
         settle: Callable[[bool, Any], None],
         claim: Callable[[], bool] | None = None,
-    ) -> None:
+        ready: Callable[[], bool] | None = None,
+    ) -> Callable[[float], Any] | None:
         """Submit ``func(*args, **kwds)`` (for the executor); *settle* gets the outcome.
         *claim()*, if given, is called just before the task goes to a worker: False drops
-        the task, unsettled.
+        the task, unsettled. Given *ready()* (whether the outcome is in), returns a
+        function that reads the reply in the calling thread for up to the seconds it is
+        given (see Supervisor.serve_reply), if this pool can; else None.
 
         Raises:
             ValueError: the pool is closed or terminated.
@@ -301,7 +304,12 @@ class Pool(PoolAPI):
         self._check_running()
         task = self._call_task(func, args, kwds, settle)
         task.claim = claim
-        self._submit([task])
+        serving = ready is not None and self._supervision.serves_replies
+        self._submit([task], watch=not serving)
+        if not serving:
+            return None
+        supervision = self._supervision
+        return lambda seconds: supervision.serve_reply(task, ready, seconds)  # type: ignore[arg-type]
 
     def _default_chunksize(self, length: int) -> int:
         chunksize, extra = divmod(length, self._processes * 4)

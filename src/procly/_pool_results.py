@@ -26,6 +26,22 @@ _T = TypeVar("_T")
 SERVE_SECONDS = 0.002  # how long a waiting thread may read its own reply (see ApplyResult._served)
 
 
+def serve_first(serve: Callable[[float], Any] | None, done: bool, timeout: float | None) -> float | None:
+    """Before a wait of *timeout* seconds (None: no limit) for a call's outcome, let
+    *serve* read its reply in this thread for up to SERVE_SECONDS of it, unless there is
+    nothing to serve or the outcome is in (*done*); return what is left of *timeout*."""
+    if serve is None or done:
+        return timeout
+    if timeout is None:
+        serve(SERVE_SECONDS)
+        return None
+    if timeout <= 0:
+        return timeout
+    began = time.monotonic()
+    serve(min(timeout, SERVE_SECONDS))
+    return max(0.0, timeout - (time.monotonic() - began))
+
+
 class _Gate:
     """A one-shot ``threading.Event``: closed until ``set()``, then open for good.
 
@@ -109,17 +125,7 @@ class ApplyResult(Generic[_T]):
 
     def _served(self, timeout: float | None) -> float | None:
         """Read the reply here for a while if the pool allows it; the timeout left."""
-        serve = self._serve
-        if serve is None or self._event.is_set():
-            return timeout
-        if timeout is None:
-            serve(SERVE_SECONDS)
-            return None
-        if timeout <= 0:
-            return timeout
-        began = time.monotonic()
-        serve(min(timeout, SERVE_SECONDS))
-        return max(0.0, timeout - (time.monotonic() - began))
+        return serve_first(self._serve, self._event.is_set(), timeout)
 
     def get(self, timeout: float | None = None) -> _T:
         """The call's return value, or its exception raised here.

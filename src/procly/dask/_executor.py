@@ -43,12 +43,14 @@ class Executor(ProcessPoolExecutor):
         )
 
     def _schedule(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                  claim: Callable[[], bool], settle: Callable[[bool, Any], None]) -> None:  # fmt: skip
+                  claim: Callable[[], bool], settle: Callable[[bool, Any], None],
+                  ready: Callable[[], bool]) -> None:  # fmt: skip
         # The cluster does not say when a call starts: it counts as running once
         # submitted, so that cancel() never claims to stop a call that will run.
         claim()
         self._pool.apply_async(fn, args, kwargs, callback=lambda value: settle(True, value),
                                error_callback=lambda exc: settle(False, exc))  # fmt: skip
+        return None
 
     @property
     def client(self) -> Any:
