@@ -6,6 +6,7 @@ import contextlib
 import os
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,19 @@ def long_serving(monkeypatch: pytest.MonkeyPatch) -> None:
     from procly import _pool_results
 
     monkeypatch.setattr(_pool_results, "SERVE_SECONDS", 60.0)
+
+
+def record_settling_threads(supervisor: Any, monkeypatch: pytest.MonkeyPatch) -> list[threading.Thread]:
+    """The threads that settle a pool's replies from now on, one entry per batch read."""
+    threads: list[threading.Thread] = []
+    real = supervisor._settle_replies
+
+    def settle(worker: Any, replies: Any, held: Any = None) -> Any:
+        threads.append(threading.current_thread())
+        return real(worker, replies, held)
+
+    monkeypatch.setattr(supervisor, "_settle_replies", settle)
+    return threads
 
 
 @pytest.fixture(params=METHODS)

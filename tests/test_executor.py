@@ -18,7 +18,7 @@ import procly
 from procly.futures import BrokenProcessPool, ProcessPoolExecutor
 
 from . import executor_targets, targets
-from .conftest import NAP, raising, wait_until
+from .conftest import NAP, raising, record_settling_threads, wait_until
 
 
 def test_submit_map_and_exceptions(ctx):
@@ -430,15 +430,7 @@ def test_a_caller_waiting_in_result_reads_its_reply_and_done_callbacks_stay_in_t
     where they run, as with the standard library's executor."""
     with ProcessPoolExecutor(2, mp_context=ctx) as executor:
         executor.submit(targets.square, 2).result(timeout=30)
-        supervisor = executor._pool._supervision
-        threads = []
-        real = supervisor._settle_replies
-
-        def settle(worker, replies, held=None):
-            threads.append(threading.current_thread())
-            return real(worker, replies, held)
-
-        monkeypatch.setattr(supervisor, "_settle_replies", settle)
+        threads = record_settling_threads(executor._pool._supervision, monkeypatch)
         assert [executor.submit(targets.nap_then_square, i, NAP).result() for i in range(10)] == [
             i * i for i in range(10)
         ]

@@ -22,7 +22,7 @@ import procly
 from procly.pool import RemoteTraceback
 
 from . import targets
-from .conftest import NAP, pid_state, raising, reducer_registered, shift_complex, wait_until
+from .conftest import NAP, pid_state, raising, record_settling_threads, reducer_registered, shift_complex, wait_until
 
 
 @pytest.fixture
@@ -799,26 +799,13 @@ def test_a_sleeping_supervisor_is_woken_to_watch_for_a_short_tasks_reply(pool, m
     assert woken
 
 
-def _record_settling_threads(supervisor, monkeypatch):
-    """The threads that settle replies, one entry per batch of replies read."""
-    threads = []
-    real = supervisor._settle_replies
-
-    def settle(worker, replies, held=None):
-        threads.append(threading.current_thread())
-        return real(worker, replies, held)
-
-    monkeypatch.setattr(supervisor, "_settle_replies", settle)
-    return threads
-
-
 def test_a_caller_waiting_for_a_short_task_reads_its_reply_itself(pool, monkeypatch, long_serving):
     """get() on a task with no callback reads the reply in the caller's thread (no wake-up
     of the supervisor, which is not woken to watch for it either). (A reply that comes
     before get() begins may be read by the supervisor, which is as good: see NAP.)"""
     pool.apply(targets.square, (2,))
     supervisor = pool._supervision
-    threads = _record_settling_threads(supervisor, monkeypatch)
+    threads = record_settling_threads(supervisor, monkeypatch)
     woken = []
     real_wake = supervisor.wake
     monkeypatch.setattr(supervisor, "wake", lambda: (woken.append(True), real_wake()))
@@ -837,7 +824,7 @@ def test_a_worker_that_dies_while_its_caller_reads_the_reply_is_reported(pool, m
     """The caller reading its own reply sees the worker die: the supervisor retires it,
     the call fails with WorkerLostError, and the pool goes on."""
     pool.apply(targets.square, (2,))
-    threads = _record_settling_threads(pool._supervision, monkeypatch)
+    threads = record_settling_threads(pool._supervision, monkeypatch)
     assert [pool.apply(targets.nap_then_square, (i, NAP)) for i in range(5)] == [0, 1, 4, 9, 16]
     for how in ("sigkill", "exit"):
         with pytest.raises(procly.WorkerLostError):
@@ -853,7 +840,7 @@ def test_a_worker_leaving_after_maxtasksperchild_is_replaced_when_its_caller_rea
     """The "bye" a worker sends after its last task may be read by a caller's thread with
     the reply: it is left to the supervisor, which replaces the worker."""
     with ctx.Pool(1, maxtasksperchild=2) as pool:
-        threads = _record_settling_threads(pool._supervision, monkeypatch)
+        threads = record_settling_threads(pool._supervision, monkeypatch)
         pids = [pool.apply(targets.nap_then_pid, (NAP,)) for _ in range(6)]
         assert len(set(pids)) == 3
         assert threading.current_thread() in threads
