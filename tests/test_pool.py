@@ -363,6 +363,10 @@ def test_repopulate_pool_starts_what_is_missing_and_no_more(ctx, monkeypatch):
     with ctx.Pool(2, maxtasksperchild=2) as pool:
         before = {process.pid for process in pool._pool}
         assert pool.map(targets.square, range(8), chunksize=1) == [x * x for x in range(8)]
+        # The last results may come before their workers' "bye" is handled: wait until no
+        # worker that ran its two tasks is left, or the map below would wait for them.
+        workers = pool._supervision._workers
+        assert wait_until(lambda: all(worker.sent < 2 for worker in list(workers.values())))
         pool._repopulate_pool()
         after = {process.pid for process in pool._pool}
         assert len(after) == 2 and None not in after
