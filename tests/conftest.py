@@ -33,9 +33,9 @@ def record_settling_threads(supervisor: Any, monkeypatch: pytest.MonkeyPatch) ->
     threads: list[threading.Thread] = []
     real = supervisor._settle_replies
 
-    def settle(worker: Any, replies: Any, held: Any = None) -> Any:
+    def settle(worker: Any, replies: Any) -> Any:
         threads.append(threading.current_thread())
-        return real(worker, replies, held)
+        return real(worker, replies)
 
     monkeypatch.setattr(supervisor, "_settle_replies", settle)
     return threads

@@ -909,12 +909,13 @@ def test_a_reply_read_cut_short_by_ctrl_c_ends_the_worker_and_fails_only_its_tas
         real = supervisor._settle_replies
         armed = [True]
 
-        def interrupted(worker, replies, held=None):
-            if held is not None and armed[0]:  # a caller's thread, reading its own reply
+        def interrupted(worker, replies):
+            # (A caller's thread, reading its own reply.)
+            if threading.current_thread() is not supervisor.thread and armed[0]:
                 armed[0] = False
                 worker.inflight.popleft()
                 raise KeyboardInterrupt
-            return real(worker, replies, held)
+            return real(worker, replies)
 
         monkeypatch.setattr(supervisor, "_settle_replies", interrupted)
         for i in range(20):  # until a caller reads its own reply (the supervisor may be first)

@@ -29,7 +29,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import Executor, Future, InvalidStateError
-from typing import Any, Callable, Iterable, Iterator, ParamSpec, TypeVar
+from typing import Any, Callable, Iterable, Iterator, ParamSpec, TypeVar, cast
 
 from ._errors import BrokenProcessPool
 from ._pool import Pool
@@ -288,8 +288,9 @@ class ProcessPoolExecutor(Executor):
         """Hand a call to the pool: *claim()* as it goes to a worker, *settle* with its
         outcome; return what reads its reply in a waiting thread (or None), given
         *ready()*, whether its future is done."""
-        serve: Callable[[float], Any] | None = self._pool._call(fn, args, kwargs, settle, claim=claim, ready=ready)
-        return serve
+        return cast(
+            "Callable[[float], Any] | None", self._pool._call(fn, args, kwargs, settle, claim=claim, ready=ready)
+        )
 
     def map(self, fn: Callable[..., _T], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1, buffersize: int | None = None) -> Iterator[_T]:  # fmt: skip

@@ -259,8 +259,7 @@ class Pool(PoolAPI):
             # Nothing to run in the supervisor's thread: a caller waiting in get() may read
             # the reply itself (callbacks run in the supervisor's thread, as they do in the
             # standard library's result handler).
-            supervision, ready = self._supervision, result.ready
-            result._serve = lambda seconds: supervision.serve_reply(task, ready, seconds)
+            result._serve = self._supervision.server_for(task, result.ready)
         self._submit([task], watch=not servable)
         return result
 
@@ -306,10 +305,7 @@ class Pool(PoolAPI):
         task.claim = claim
         serving = ready is not None and self._supervision.serves_replies
         self._submit([task], watch=not serving)
-        if not serving:
-            return None
-        supervision = self._supervision
-        return lambda seconds: supervision.serve_reply(task, ready, seconds)  # type: ignore[arg-type]
+        return self._supervision.server_for(task, ready) if ready is not None and serving else None
 
     def _default_chunksize(self, length: int) -> int:
         chunksize, extra = divmod(length, self._processes * 4)

@@ -105,11 +105,21 @@ class _Worker:
         # caller's thread reading its own reply (serve_reply). Reentrant: retiring happens
         # while replies are read.
         self.reader = threading.RLock()
-        self.reply_poll: Any = None  # its conn and sentinel, for a caller reading a reply (serve_reply)
+        self.reply_poll: Any = None  # its conn and sentinel (see wait_for_reply)
         # Messages other than results that a caller's thread read (see serve_reply): the
         # supervisor handles them, first thing when it next drains this worker.
         self.held: list[tuple[Any, ...]] = []
         self.cut = False  # a read was interrupted half-way: its stream cannot be trusted
+
+    def wait_for_reply(self, seconds: float) -> bool:
+        """Wait up to *seconds* for bytes from this worker; False if none came (time is
+        up, or the worker died: the supervisor takes over)."""
+        if self.reply_poll is None:
+            self.reply_poll = select.poll()
+            self.reply_poll.register(self.fd, _READY)
+            self.reply_poll.register(self.sentinel, _READY)
+        events = self.reply_poll.poll(poll_ms(max(0.0, seconds)))
+        return any(fd != self.sentinel for fd, _ in events)
 
 
 def _signal_text(exitcode: int | None) -> str:
@@ -474,6 +484,11 @@ class Supervisor:
         """Whether a caller's thread may read its own reply here (see serve_reply)."""
         return _HAVE_EPOLL
 
+    def server_for(self, task: _Task, ready: Callable[[], bool]) -> Callable[[float], None]:
+        """A function that reads *task*'s reply in the calling thread for up to the
+        seconds it is given (see serve_reply); *ready()* says whether the outcome is in."""
+        return lambda seconds: self.serve_reply(task, ready, seconds)
+
     def serve_reply(self, task: _Task, ready: Callable[[], bool], seconds: float) -> None:
         """Read *task*'s reply in the calling thread, for up to *seconds*, if *task* is its
         worker's only one in flight; return once ``ready()`` is true, or to let the caller
@@ -528,21 +543,19 @@ class Supervisor:
         conn = worker.conn
         lent = lend_scratch()
         try:
-            if worker.reply_poll is None:
-                worker.reply_poll = select.poll()
-                worker.reply_poll.register(worker.fd, _READY)
-                worker.reply_poll.register(worker.sentinel, _READY)
             while not ready():
-                if not conn.buffered():
-                    events = worker.reply_poll.poll(poll_ms(max(0.0, deadline - time.monotonic())))
-                    if not any(fd != worker.sentinel for fd, _ in events):
-                        return  # time is up, or the worker died: the supervisor takes over
+                if not conn.buffered() and not worker.wait_for_reply(deadline - time.monotonic()):
+                    return
                 try:
                     replies = self._read_replies(worker)
                     if replies is None:
                         return  # lost: the supervisor sees it too
-                    self._settle_replies(worker, replies[:1], held=worker.held)
-                    worker.held.extend(replies[1:])
+                    # Only a result is settled here; a "bye" (or anything else) and what
+                    # follows it are left for the supervisor's thread.
+                    if messages.is_result(replies[0]):
+                        self._settle_replies(worker, replies[:1])
+                        del replies[0]
+                    worker.held.extend(replies)
                 except BaseException:
                     # Interrupted (Ctrl-C in this thread) half-way through a reply: the
                     # stream may be cut. The worker is ended, and the supervisor retires
@@ -699,21 +712,16 @@ class Supervisor:
             inflight = worker.inflight
             return [messages.result(inflight[0].id if inflight else -1, False, (exc, ""), 0.0, 0.0, 0.0)]
 
-    def _settle_replies(self, worker: _Worker, replies: list[tuple[Any, ...]],
-                        held: list[tuple[Any, ...]] | None = None) -> None:  # fmt: skip
-        """Settle the tasks *replies* answer. From a caller's thread, *held* is given:
-        a message other than a result, and those after it, go there for the supervisor."""
+    def _settle_replies(self, worker: _Worker, replies: list[tuple[Any, ...]]) -> None:
+        """Settle the tasks *replies* answer (a caller's thread passes results only)."""
         inflight = worker.inflight
         item_seconds = self._item_seconds
         tasks = wire = 0
         computing = serializing = waiting = 0.0
         try:
             is_result = messages.is_result
-            for position, reply in enumerate(replies):
+            for reply in replies:
                 if not is_result(reply):
-                    if held is not None:
-                        held.extend(replies[position:])
-                        return
                     if messages.kind_of(reply) is messages.MessageKind.BYE:
                         # It left after maxtasksperchild or max_memory_per_child.
                         self._retire(worker, RetireReason.LEFT)
@@ -765,15 +773,12 @@ class Supervisor:
     def _expire(self) -> None:
         now = time.monotonic()
         for worker in list(self._workers.values()):
-            task = worker.inflight[0] if worker.inflight else None
-            if task is None or task.deadline is None or task.deadline > now:
+            if not _overdue(worker, now):
                 continue
             with worker.reader:  # a caller's thread may be settling that task now
-                task = worker.inflight[0] if worker.inflight else None
-                if worker.conn in self._workers and task is not None and task.deadline is not None:
-                    if task.deadline <= now:
-                        worker.process.kill()
-                        self._retire(worker, RetireReason.TIMEOUT)
+                if worker.conn in self._workers and _overdue(worker, now):
+                    worker.process.kill()
+                    self._retire(worker, RetireReason.TIMEOUT)
 
     def _error(self, why: RetireReason, task: _Task, name: str, pid: int, exitcode: int | None) -> BaseException:
         if why is RetireReason.CANCELLED:
@@ -792,54 +797,51 @@ class Supervisor:
         """Remove *worker*; fail (or retry) its running task, requeue the rest, replace it
         (*why*: see RetireReason)."""
         with worker.reader:  # a caller's thread reading a reply from it lets go first
-            self._retire_now(worker, why)
-
-    def _retire_now(self, worker: _Worker, why: RetireReason) -> None:
-        with self._lock:
-            # Under the lock: a dispatch from a caller's thread either finished before this
-            # (its tasks are in worker.inflight, requeued below) or will not see this worker.
-            self._workers.pop(worker.conn, None)
-        for fd in (worker.fd, worker.sentinel):
-            self._fds.pop(fd, None)
-            self._poller.unregister(fd)
-        worker.conn.close()
-        if worker.held:  # replies a caller's thread read ahead: they count, the worker goes anyway
-            held, worker.held = worker.held, []
-            self._settle_replies(worker, [reply for reply in held if messages.is_result(reply)])
-        process = worker.process
-        name, pid = process.name, process.pid
-        if why is not RetireReason.LEFT:
-            # Dead or being killed, not yet reaped: what its task started goes too.
-            if not wait([worker.sentinel], 5):
+            with self._lock:
+                # Under the lock: a dispatch from a caller's thread either finished before this
+                # (its tasks are in worker.inflight, requeued below) or will not see this worker.
+                self._workers.pop(worker.conn, None)
+            for fd in (worker.fd, worker.sentinel):
+                self._fds.pop(fd, None)
+                self._poller.unregister(fd)
+            worker.conn.close()
+            if worker.held:  # replies a caller's thread read ahead: they count, the worker goes anyway
+                held, worker.held = worker.held, []
+                self._settle_replies(worker, [reply for reply in held if messages.is_result(reply)])
+            process = worker.process
+            name, pid = process.name, process.pid
+            if why is not RetireReason.LEFT:
+                # Dead or being killed, not yet reaped: what its task started goes too.
+                if not wait([worker.sentinel], 5):
+                    process.kill()
+                    wait([worker.sentinel])
+                end_process_group(pid)
+            process.join(5)
+            if process.exitcode is None:  # "bye" came before the exit: make sure
                 process.kill()
-                wait([worker.sentinel])
-            end_process_group(pid)
-        process.join(5)
-        if process.exitcode is None:  # "bye" came before the exit: make sure
-            process.kill()
-            process.join()
-        exitcode = process.exitcode
-        # Its descriptors go now; the object stays usable (join(), exitcode) for a caller
-        # that kept it (the executor's _processes), as with the standard library.
-        _release(process)
-        requeue = list(worker.inflight)
-        # After terminate() (which signals the workers itself), a worker's death is not a
-        # loss: its tasks stay outstanding and _shutdown fails them as terminated.
-        if why is not RetireReason.LEFT and requeue and self.pool._state is not PoolState.TERMINATED:
-            task = requeue.pop(0)
-            if why is RetireReason.LOST and task.retries > 0:
-                task.retries -= 1
-                requeue.insert(0, task)
-            else:
-                self._finish(task, False, self._error(why, task, name, pid, exitcode))
-        with self._lock:
-            for task in reversed(requeue):
-                task.deadline = None
-                self._pending.appendleft(task)
-        state = self.pool._state
-        if state is not PoolState.TERMINATED and (state is PoolState.RUNNING or self._outstanding):
-            # (On demand, only if a task needs it: the next submit starts one otherwise.)
-            self.grow()
+                process.join()
+            exitcode = process.exitcode
+            # Its descriptors go now; the object stays usable (join(), exitcode) for a caller
+            # that kept it (the executor's _processes), as with the standard library.
+            _release(process)
+            requeue = list(worker.inflight)
+            # After terminate() (which signals the workers itself), a worker's death is not a
+            # loss: its tasks stay outstanding and _shutdown fails them as terminated.
+            if why is not RetireReason.LEFT and requeue and self.pool._state is not PoolState.TERMINATED:
+                task = requeue.pop(0)
+                if why is RetireReason.LOST and task.retries > 0:
+                    task.retries -= 1
+                    requeue.insert(0, task)
+                else:
+                    self._finish(task, False, self._error(why, task, name, pid, exitcode))
+            with self._lock:
+                for task in reversed(requeue):
+                    task.deadline = None
+                    self._pending.appendleft(task)
+            state = self.pool._state
+            if state is not PoolState.TERMINATED and (state is PoolState.RUNNING or self._outstanding):
+                # (On demand, only if a task needs it: the next submit starts one otherwise.)
+                self.grow()
 
     def _shutdown(self) -> None:
         """Stop every worker; fail what is left if the pool was terminated."""
@@ -898,6 +900,12 @@ class Supervisor:
 
 
 _worker_numbers = itertools.count(1)
+
+
+def _overdue(worker: _Worker, now: float) -> bool:
+    """Whether the task *worker* is running has passed its deadline."""
+    task = worker.inflight[0] if worker.inflight else None
+    return task is not None and task.deadline is not None and task.deadline <= now
 
 
 def _has_ended(worker: _Worker) -> bool:
