@@ -130,9 +130,12 @@ COUNTERS = {"fork": ForkCounter, "spawn": SpawnCounter, "forkserver": ForkServer
 
 
 def write_file_later(path: str, seconds: float) -> None:
+    """After *seconds*, write "done" to *path*, whole or not at all (a reader polling for
+    the file never sees it empty)."""
     time.sleep(seconds)
-    with open(path, "w") as f:
+    with open(path + ".part", "w") as f:
         f.write("done")
+    os.replace(path + ".part", path)
 
 
 def connect_and_send(address, value) -> None:

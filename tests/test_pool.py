@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import procly
+from procly import _pool_supervisor
 from procly.pool import RemoteTraceback
 
 from . import targets
@@ -792,6 +793,8 @@ def test_apply_of_scalars_honours_a_reducer_registered_for_their_type():
 def test_a_sleeping_supervisor_is_woken_to_watch_for_a_short_tasks_reply(pool, monkeypatch):
     """The caller's thread sends a task itself; with short tasks it wakes a supervisor that
     sleeps, so that the supervisor is watching when the reply comes."""
+    # Short tasks by definition: on a loaded machine a square may be timed at over 1 ms.
+    monkeypatch.setattr(_pool_supervisor, "WATCH_TASKS_UNDER", 60.0)
     pool.apply(targets.square, (2,))  # the tasks are timed: short ones
     supervisor = pool._supervision
     assert wait_until(lambda: supervisor._asleep and not supervisor._wake_pending)
