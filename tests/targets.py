@@ -379,10 +379,12 @@ def worker_rss(_=None) -> int:
 
 
 def double_and_send_back(conn) -> None:
-    """Receive an array, check it is writable, double it in place, send it back."""
-    array = conn.recv()
-    array *= 2
-    conn.send(array)
+    """Receive an array (or a list of them), double each in place (they must be
+    writable), send it back."""
+    received = conn.recv()
+    for array in received if isinstance(received, list) else [received]:
+        array *= 2
+    conn.send(received)
     conn.close()
 
 

@@ -334,6 +334,26 @@ def test_big_buffers_cross_a_duplex_pipe_in_a_memfd(ctx):
     parent.close()
 
 
+def test_several_buffers_in_one_memfd_arrive_whole_and_page_aligned(ctx):
+    """Buffers of odd sizes in one memfd frame each start on a page (see page_aligned):
+    they arrive whole, and the arrays rebuilt over the mapping are page-aligned."""
+    from procly import _connection
+
+    parent, child = ctx.Pipe()
+    sizes = [_connection.MEMFD_THRESHOLD + 3, 70_001, 65_539]
+    arrays = [np.arange(n, dtype=np.uint8) for n in sizes] + [np.arange(8_193, dtype=np.float64)]
+    p = ctx.Process(target=targets.double_and_send_back, args=(child,))
+    p.start()
+    child.close()
+    parent.send(arrays)
+    back = parent.recv()
+    p.join(30)
+    assert p.exitcode == 0
+    assert all(np.array_equal(got, sent * 2) for got, sent in zip(back, arrays, strict=True))
+    assert all(got.ctypes.data % 4096 == 0 for got in back)
+    parent.close()
+
+
 def test_memfd_frames_are_checked():
     from procly import _connection
 

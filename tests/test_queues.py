@@ -394,6 +394,44 @@ def test_big_items_left_at_exit_travel_by_descriptor_and_by_copy(ctx):
     assert q.empty()
 
 
+def _odd_buffers(i: int) -> dict:
+    """An item with three out-of-band buffers of sizes that are no multiple of a page."""
+    np = pytest.importorskip("numpy")
+    return {
+        "i": i,
+        "a": np.full(70_001 + i, i % 251, dtype=np.uint8),
+        "b": bytes([i % 256]) * (65_537 + 3 * i),
+        "c": np.arange(9_000 + i, dtype=np.float64) * i,
+    }
+
+
+def _check_odd_buffers(got: dict, i: int) -> None:
+    np = pytest.importorskip("numpy")
+    expected = _odd_buffers(i)
+    assert got["i"] == i and got["b"] == expected["b"]
+    assert np.array_equal(got["a"], expected["a"]) and np.array_equal(got["c"], expected["c"])
+
+
+def test_items_with_several_buffers_arrive_whole_directly_and_left_at_exit(ctx):
+    """Each buffer of a big item starts on a page of its memfd (see page_aligned): items
+    with several buffers of odd sizes arrive whole, whether read as they come, by
+    descriptor in the batch a producer leaves at exit, or copied into that batch (past
+    its first BATCH_DESCRIPTORS items)."""
+    from procly import queues as queues_module
+
+    q = ctx.Queue()
+    q.put(_odd_buffers(0))
+    _check_odd_buffers(q.get(timeout=10), 0)
+    count = queues_module.BATCH_DESCRIPTORS + 6
+    p = ctx.Process(target=targets.put_items, args=(q, [_odd_buffers(i) for i in range(1, count + 1)]))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    for i in range(1, count + 1):
+        _check_odd_buffers(q.get(timeout=30), i)
+    assert q.empty()
+
+
 def test_items_left_at_exit_come_before_items_put_later(ctx):
     """What a producer left in a batch at exit is all taken before a sentinel put after its join
     (the rest of a batch must not go behind later items while a consumer works through it)."""

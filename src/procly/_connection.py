@@ -49,7 +49,7 @@ from ._frames import LARGE as _LARGE
 from ._frames import NAMED_BACK as _NAMED_BACK
 from ._frames import OUT_OF_BAND as _OUT_OF_BAND
 from ._frames import frame_header
-from ._memfd_reuse import MAX_NAMED, Memfd, MemfdReuse
+from ._memfd_reuse import MAX_NAMED, Memfd, MemfdReuse, buffer_layout
 from ._wait import poll_ms
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
@@ -284,6 +284,8 @@ class Connection:
         sizes = [len(payload)] + [b.nbytes for b in buffers]
         total = sum(sizes) - sizes[0]
         sock = self._socket_for_fds(handle) if total >= MEMFD_THRESHOLD else None
+        if sock is not None:
+            _, total = buffer_layout(sizes[1:])
         kind = _OUT_OF_BAND if sock is None else _IN_MEMFD
         header = self._named_back() if self._reuse is not None else b""
         header += _HEADER.pack(kind) + _U32.pack(len(buffers))
@@ -519,7 +521,7 @@ class Connection:
             self.close()
             raise MessageError("malformed frame: the memfd announced did not arrive")
         try:
-            total = sum(sizes)
+            starts, total = buffer_layout(sizes)
             if os.fstat(fd).st_size < total:
                 self.close()
                 raise MessageError("malformed frame: the memfd is smaller than announced")
@@ -532,12 +534,8 @@ class Connection:
             os.close(fd)
         if mapped is not None and token and self._writable:
             self._memfd_reuse().watch(mapped, token)  # named back once no buffer uses it
-        views, offset = [], 0
         whole = memoryview(mapped) if mapped is not None else memoryview(b"")
-        for size in sizes:
-            views.append(whole[offset : offset + size])
-            offset += size
-        return views
+        return [whole[start : start + size] for start, size in zip(starts, sizes, strict=True)]
 
     def _take_fd(self, sock: socket.socket) -> int | None:
         """Read the one-byte marker that carries a descriptor; return it (None: it did not come)."""

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import socket
     from typing import Any
 
-__all__ = ["close_quietly", "descriptors_in", "peer_credentials", "write_all"]
+__all__ = ["close_quietly", "descriptors_in", "peer_credentials", "pwrite_all", "write_all"]
 
 
 def write_all(fd: int, data: Any) -> None:
@@ -25,6 +25,14 @@ def write_all(fd: int, data: Any) -> None:
     view = memoryview(view)
     while written < total:
         written += os.write(fd, view[written:])
+
+
+def pwrite_all(fd: int, data: Any, offset: int) -> None:
+    """Write every byte of the bytes-like *data* to *fd* at *offset* (a regular file)."""
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
 
 
 def descriptors_in(ancillary: list[Any]) -> list[int]:

@@ -27,11 +27,14 @@ import os
 import threading
 import weakref
 
+from ._fds import pwrite_all
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 
 if TYPE_CHECKING:
     from typing import Any
 
+PAGE = 4096  # buffers in a memfd start at a multiple of this (see page_aligned)
 MAX_LENT = 16  # memfds a sender keeps while their receiver may still map them
 MAX_SPARE = 4  # memfds named back and kept for reuse, per connection
 SPARE_BUDGET_BYTES = 256 * 1024 * 1024  # ... and their bytes, over all of this process's connections
@@ -76,6 +79,29 @@ def _count_fork() -> None:
 os.register_at_fork(before=_count_fork, after_in_child=_budget.reset_in_child)
 
 
+def page_aligned(position: int) -> int:
+    """*position* rounded up to a whole page: where a buffer written into a memfd starts.
+
+    The kernel copies a ``write`` with ``rep movsb``; when the destination runs a few
+    bytes ahead of the source modulo 4 KiB, every load waits on the store just before
+    it (4K aliasing): 1 MiB took 0.55-0.76 ms instead of 0.14 on this project's VM. A
+    big ``bytes`` has its data 48 bytes into a page, so a buffer written 56-72 bytes
+    into a page was always hit. From a page boundary no buffer can be, and an array
+    rebuilt over a mapping of it is aligned too; the gap costs nothing (a hole, or
+    stale bytes that nobody reads)."""
+    return -(-position // PAGE) * PAGE
+
+
+def buffer_layout(sizes: list[int]) -> tuple[list[int], int]:
+    """Where buffers of *sizes* bytes start in a memfd, one after another from 0, each
+    page-aligned; and the memfd's size."""
+    starts, end = [], 0
+    for size in sizes:
+        starts.append(page_aligned(end))
+        end = starts[-1] + size
+    return starts, end
+
+
 class Memfd:
     """A memfd that this end writes messages into. Once it is reused, a shared mapping of
     it is kept too: copying into mapped pages costs a quarter of ``pwrite`` (which looks
@@ -110,20 +136,16 @@ class Memfd:
             mapping.close()
 
     def write(self, buffers: list[memoryview]) -> None:
-        """Write *buffers* one after another from the start (one copy)."""
+        """Write *buffers* where buffer_layout() puts them (one copy)."""
         views = [buf.cast("B") if buf.ndim != 1 or buf.format != "B" else buf for buf in buffers]
-        offset = 0
+        starts, _ = buffer_layout([len(view) for view in views])
         if self.mapping is not None:
             with memoryview(self.mapping) as whole:
-                for view in views:
-                    whole[offset : offset + len(view)] = view
-                    offset += len(view)
+                for view, start in zip(views, starts, strict=True):
+                    whole[start : start + len(view)] = view
             return
-        for view in views:
-            done = 0
-            while done < len(view):
-                done += os.pwrite(self.fd, view[done:], offset + done)
-            offset += done
+        for view, start in zip(views, starts, strict=True):
+            pwrite_all(self.fd, view, start)
 
     def close(self) -> None:
         self.unmap()

@@ -56,11 +56,13 @@ from typing import Any, Generic, TypeVar
 from . import _heap, _serialization
 from ._connection import Connection, Pipe, descriptors_in, write_all
 from ._errors import ConnectionClosedError, MessageError
+from ._fds import pwrite_all
 from ._finalize import Finalize, register_after_fork
 from ._frames import BATCH as _BATCH
 from ._frames import HEADER as _HEADER
 from ._frames import LARGE as _LARGE
 from ._frames import SPILLED as _SPILLED
+from ._memfd_reuse import page_aligned
 from .synchronize import BoundedSemaphore, Condition, Lock, Semaphore
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
@@ -216,23 +218,29 @@ def _close_sockets(*socks: socket.socket) -> None:
 class _Held:
     """A big item, already written to a memfd by put() (a snapshot: later changes to the
     object do not reach the queue). Layout: u32 k, (k+1) x u64 sizes, the pickle, then
-    its k out-of-band buffers (numpy arrays, big bytes), so that none is pickled in-band.
-    A buffer's size has its top bit set when the buffer was read-only (bytes): the
-    reader then reads it into a bytes object, which the unpickler keeps as it is."""
+    its k out-of-band buffers (numpy arrays, big bytes), each from a page boundary (see
+    page_aligned: from the item's start), so that none is pickled in-band. A buffer's size has its top bit
+    set when the buffer was read-only (bytes): the reader then reads it into a bytes
+    object, which the unpickler keeps as it is."""
 
     __slots__ = ("fd", "size")
 
     def __init__(self, data: bytes, buffers: list[memoryview], recycler: _Recycler | None = None) -> None:
-        sizes = [len(data)] + [view.nbytes for view in buffers]
-        flagged = [sizes[0]] + [view.nbytes | (_READ_ONLY if view.readonly else 0) for view in buffers]
+        flagged = [len(data)] + [view.nbytes | (_READ_ONLY if view.readonly else 0) for view in buffers]
         header = _COUNT.pack(len(buffers)) + b"".join(_SIZE.pack(n) for n in flagged)
-        self.size = len(header) + sum(sizes)
+        starts = []
+        end = len(header) + len(data)
+        for view in buffers:
+            starts.append(page_aligned(end))
+            end = starts[-1] + view.nbytes
+        self.size = end
         fd = recycler.take(self.size) if recycler is not None else None
         self.fd = os.memfd_create("procly-queue-item", os.MFD_CLOEXEC) if fd is None else fd
         try:
-            os.lseek(self.fd, 0, os.SEEK_SET)
-            for part in (header, data, *buffers):
-                write_all(self.fd, part)
+            pwrite_all(self.fd, header, 0)
+            pwrite_all(self.fd, data, len(header))
+            for view, start in zip(buffers, starts, strict=True):
+                pwrite_all(self.fd, view, start)
         except BaseException:
             os.close(self.fd)
             raise
@@ -262,6 +270,7 @@ def _read_held(fd: int, offset: int) -> tuple[bytearray, list[Any], int]:
     at = start + sizes[0]
     for raw in sizes[1:]:
         n = raw & ~_READ_ONLY
+        at = offset + page_aligned(at - offset)
         if raw & _READ_ONLY and n < 2**31:
             # bytes: read once, and rebuilt without another copy (bytes(b) is b).
             buf: Any = os.pread(fd, n, at)
