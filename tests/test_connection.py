@@ -316,22 +316,29 @@ def test_send_and_receive_a_descriptor(ctx, tmp_path):
     b.close()
 
 
-def test_big_buffers_cross_a_duplex_pipe_in_a_memfd(ctx):
-    from procly import _connection
-
+def _doubled_by_a_child(ctx, sent):
+    """*sent* (an array or a list of them) sent over a duplex Pipe to a child that doubles
+    each array in place (so it must be writable there) and sends it back."""
     parent, child = ctx.Pipe()
-    big = np.arange(_connection.MEMFD_THRESHOLD // 8 * 2, dtype=np.float64)
     p = ctx.Process(target=targets.double_and_send_back, args=(child,))
     p.start()
     child.close()
-    parent.send(big)
+    parent.send(sent)
     back = parent.recv()
     p.join(30)
-    assert p.exitcode == 0  # the child could write to the array it received
+    parent.close()
+    assert p.exitcode == 0  # the child could write to what it received
+    return back
+
+
+def test_big_buffers_cross_a_duplex_pipe_in_a_memfd(ctx):
+    from procly import _connection
+
+    big = np.arange(_connection.MEMFD_THRESHOLD // 8 * 2, dtype=np.float64)
+    back = _doubled_by_a_child(ctx, big)
     assert np.array_equal(back, big * 2) and back.flags.writeable
     back[0] = -1.0  # copy-on-write: nobody else sees it
     assert big[0] == 0.0
-    parent.close()
 
 
 def test_several_buffers_in_one_memfd_arrive_whole_and_page_aligned(ctx):
@@ -339,19 +346,11 @@ def test_several_buffers_in_one_memfd_arrive_whole_and_page_aligned(ctx):
     they arrive whole, and the arrays rebuilt over the mapping are page-aligned."""
     from procly import _connection
 
-    parent, child = ctx.Pipe()
     sizes = [_connection.MEMFD_THRESHOLD + 3, 70_001, 65_539]
     arrays = [np.arange(n, dtype=np.uint8) for n in sizes] + [np.arange(8_193, dtype=np.float64)]
-    p = ctx.Process(target=targets.double_and_send_back, args=(child,))
-    p.start()
-    child.close()
-    parent.send(arrays)
-    back = parent.recv()
-    p.join(30)
-    assert p.exitcode == 0
+    back = _doubled_by_a_child(ctx, arrays)
     assert all(np.array_equal(got, sent * 2) for got, sent in zip(back, arrays, strict=True))
     assert all(got.ctypes.data % 4096 == 0 for got in back)
-    parent.close()
 
 
 def test_memfd_frames_are_checked():
