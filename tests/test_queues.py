@@ -422,11 +422,14 @@ def test_items_with_several_buffers_arrive_whole_directly_and_left_at_exit(ctx):
     q = ctx.Queue()
     q.put(_odd_buffers(0))
     _check_odd_buffers(q.get(timeout=10), 0)
-    count = queues_module.BATCH_DESCRIPTORS + 6
-    p = ctx.Process(target=targets.put_items, args=(q, [_odd_buffers(i) for i in range(1, count + 1)]))
+    count, small = queues_module.BATCH_DESCRIPTORS + 6, 10_000
+    # Behind small items that fill the socket: the child exits with the big ones unsent.
+    items = list(range(small)) + [_odd_buffers(i) for i in range(1, count + 1)]
+    p = ctx.Process(target=targets.put_items, args=(q, items))
     p.start()
     p.join(60)
     assert p.exitcode == 0
+    assert [q.get(timeout=30) for _ in range(small)] == list(range(small))
     for i in range(1, count + 1):
         _check_odd_buffers(q.get(timeout=30), i)
     assert q.empty()
