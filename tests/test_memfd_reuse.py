@@ -179,3 +179,17 @@ def test_spare_memfds_stay_within_one_budget_for_the_whole_process(monkeypatch):
     for left, right in pipes:
         left.close()
         right.close()
+
+
+def test_buffer_layout_puts_big_buffers_on_pages_and_packs_small_ones():
+    """Buffers of a page or more start on a page; smaller ones (empty ones too) follow
+    the one before without a gap; none overlaps; the size ends with the last buffer."""
+    page, buffer_layout = _memfd_reuse.PAGE, _memfd_reuse.buffer_layout
+    sizes = [10, page + 1, 0, 100, page, 3 * page - 7, 0]
+    starts, total = buffer_layout(sizes)
+    ends = [start + size for start, size in zip(starts, sizes, strict=True)]
+    assert all(start % page == 0 for start, size in zip(starts, sizes, strict=True) if size >= page)
+    assert all(starts[i] == ends[i - 1] for i in range(1, len(sizes)) if sizes[i] < page)
+    assert all(starts[i] >= ends[i - 1] for i in range(1, len(sizes)))
+    assert starts[0] == 0 and total == ends[-1]
+    assert buffer_layout([]) == ([], 0)

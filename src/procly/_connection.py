@@ -7,7 +7,7 @@ Wire format (all integers big-endian)::
     out-of-band object i32 -2, u32 k, (k+1) x u64 size then the pickle, then k buffers
     buffers in a memfd  i32 -3, u32 k, (k+1) x u64 size, u64 token, one byte carrying
                         the memfd (SCM_RIGHTS), then the pickle; the k buffers lie in
-                        the memfd
+                        the memfd where _memfd_reuse.buffer_layout places them
     memfds named back  i32 -4, u32 k, k x u64 token; always followed by another frame
 
 ``send()`` of an object with large buffers (numpy arrays, big bytes) uses the third

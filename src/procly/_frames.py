@@ -7,7 +7,8 @@ is a frame of ``n`` bytes of payload; a negative header names the kind of frame:
     LARGE       -1  Connection, queues  u64 length, then that many bytes (over 2 GiB)
     OUT_OF_BAND -2  Connection          u32 buffer count, sizes; the pickle and its
                                         out-of-band buffers on the stream
-    IN_MEMFD    -3  Connection          the same, the buffers in a memfd sent with it
+    IN_MEMFD    -3  Connection          the same, u64 token; the buffers in a memfd sent
+                                        with it, placed by _memfd_reuse.buffer_layout
     NAMED_BACK  -4  Connection          u32 count, u64 tokens: memfds handed back for reuse
     SPILLED     -5  queues              u64 0: the item is in the memfd sent with it
     BATCH       -6  queues              u64 offset, u32 k: items left at a producer's exit,

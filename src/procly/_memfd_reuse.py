@@ -34,7 +34,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run t
 if TYPE_CHECKING:
     from typing import Any
 
-PAGE = 4096  # buffers in a memfd start at a multiple of this (see page_aligned)
+PAGE = 4096  # big buffers in a memfd start at a multiple of this (see buffer_layout)
 MAX_LENT = 16  # memfds a sender keeps while their receiver may still map them
 MAX_SPARE = 4  # memfds named back and kept for reuse, per connection
 SPARE_BUDGET_BYTES = 256 * 1024 * 1024  # ... and their bytes, over all of this process's connections
@@ -79,26 +79,23 @@ def _count_fork() -> None:
 os.register_at_fork(before=_count_fork, after_in_child=_budget.reset_in_child)
 
 
-def page_aligned(position: int) -> int:
-    """*position* rounded up to a whole page: where a buffer written into a memfd starts.
+def buffer_layout(sizes: list[int]) -> tuple[list[int], int]:
+    """Where buffers of *sizes* bytes start in a memfd, one after another from 0, and
+    the memfd's size: a buffer of a page or more starts on a page boundary.
 
     The kernel copies a ``write`` with ``rep movsb``; when the destination runs a few
     bytes ahead of the source modulo 4 KiB, every load waits on the store just before
     it (4K aliasing): 1 MiB took 0.55-0.76 ms instead of 0.14 on this project's VM. A
-    big ``bytes`` has its data 48 bytes into a page, so a buffer written 56-72 bytes
-    into a page was always hit. From a page boundary no buffer can be, and an array
-    rebuilt over a mapping of it is aligned too; the gap costs nothing (a hole, or
-    stale bytes that nobody reads)."""
-    return -(-position // PAGE) * PAGE
-
-
-def buffer_layout(sizes: list[int]) -> tuple[list[int], int]:
-    """Where buffers of *sizes* bytes start in a memfd, one after another from 0, each
-    page-aligned; and the memfd's size."""
+    big ``bytes`` has its data 48 bytes into a page (a fresh array, 16), so from a page
+    boundary it cannot be hit (a source a few bytes short of a page end, as a slice
+    can be, still may), and an array rebuilt over a mapping of the memfd is aligned.
+    The gap costs nothing (a hole, or stale bytes nobody reads); smaller buffers are
+    packed, where a gap would cost more than the copy."""
     starts, end = [], 0
     for size in sizes:
-        starts.append(page_aligned(end))
-        end = starts[-1] + size
+        start = -(-end // PAGE) * PAGE if size >= PAGE else end
+        starts.append(start)
+        end = start + size
     return starts, end
 
 

@@ -54,15 +54,15 @@ import weakref
 from typing import Any, Generic, TypeVar
 
 from . import _heap, _serialization
-from ._connection import Connection, Pipe, descriptors_in, write_all
+from ._connection import Connection, Pipe
 from ._errors import ConnectionClosedError, MessageError
-from ._fds import pwrite_all
+from ._fds import descriptors_in, pwrite_all, write_all
 from ._finalize import Finalize, register_after_fork
 from ._frames import BATCH as _BATCH
 from ._frames import HEADER as _HEADER
 from ._frames import LARGE as _LARGE
 from ._frames import SPILLED as _SPILLED
-from ._memfd_reuse import page_aligned
+from ._memfd_reuse import buffer_layout
 from .synchronize import BoundedSemaphore, Condition, Lock, Semaphore
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
@@ -218,8 +218,8 @@ def _close_sockets(*socks: socket.socket) -> None:
 class _Held:
     """A big item, already written to a memfd by put() (a snapshot: later changes to the
     object do not reach the queue). Layout: u32 k, (k+1) x u64 sizes, the pickle, then
-    its k out-of-band buffers (numpy arrays, big bytes), each from a page boundary (see
-    page_aligned: from the item's start), so that none is pickled in-band. A buffer's size has its top bit
+    its k out-of-band buffers (numpy arrays, big bytes), placed by buffer_layout from
+    the item's start, so that none is pickled in-band. A buffer's size has its top bit
     set when the buffer was read-only (bytes): the reader then reads it into a bytes
     object, which the unpickler keeps as it is."""
 
@@ -228,18 +228,13 @@ class _Held:
     def __init__(self, data: bytes, buffers: list[memoryview], recycler: _Recycler | None = None) -> None:
         flagged = [len(data)] + [view.nbytes | (_READ_ONLY if view.readonly else 0) for view in buffers]
         header = _COUNT.pack(len(buffers)) + b"".join(_SIZE.pack(n) for n in flagged)
-        starts = []
-        end = len(header) + len(data)
-        for view in buffers:
-            starts.append(page_aligned(end))
-            end = starts[-1] + view.nbytes
-        self.size = end
+        starts, self.size = buffer_layout([len(header) + len(data)] + [view.nbytes for view in buffers])
         fd = recycler.take(self.size) if recycler is not None else None
         self.fd = os.memfd_create("procly-queue-item", os.MFD_CLOEXEC) if fd is None else fd
         try:
             pwrite_all(self.fd, header, 0)
             pwrite_all(self.fd, data, len(header))
-            for view, start in zip(buffers, starts, strict=True):
+            for view, start in zip(buffers, starts[1:], strict=True):
                 pwrite_all(self.fd, view, start)
         except BaseException:
             os.close(self.fd)
@@ -267,10 +262,9 @@ def _read_held(fd: int, offset: int) -> tuple[bytearray, list[Any], int]:
     start = offset + _COUNT.size + 8 * (count + 1)
     data = _pread_exact(fd, sizes[0], start)
     buffers: list[Any] = []
-    at = start + sizes[0]
-    for raw in sizes[1:]:
-        n = raw & ~_READ_ONLY
-        at = offset + page_aligned(at - offset)
+    starts, end = buffer_layout([start - offset + sizes[0]] + [raw & ~_READ_ONLY for raw in sizes[1:]])
+    for raw, relative in zip(sizes[1:], starts[1:], strict=True):
+        n, at = raw & ~_READ_ONLY, offset + relative
         if raw & _READ_ONLY and n < 2**31:
             # bytes: read once, and rebuilt without another copy (bytes(b) is b).
             buf: Any = os.pread(fd, n, at)
@@ -279,8 +273,7 @@ def _read_held(fd: int, offset: int) -> tuple[bytearray, list[Any], int]:
         else:
             buf = _pread_exact(fd, n, at)  # writable, as numpy arrays rebuilt over it must be
         buffers.append(buf)
-        at += n
-    return data, buffers, at
+    return data, buffers, offset + end
 
 
 def _spill_batch(writer: _Writer, items: list[Any]) -> None:
