@@ -801,8 +801,9 @@ def test_a_sleeping_supervisor_is_woken_to_watch_for_a_short_tasks_reply(pool, m
     woken = []
     real_wake = supervisor.wake
     monkeypatch.setattr(supervisor, "wake", lambda: (woken.append(True), real_wake()))
-    # (With a callback: without one, the caller reads the reply itself, see below.)
-    assert pool.apply_async(targets.square, (3,), callback=lambda value: None).get(timeout=10) == 9
+    # (With a callback: without one, the caller reads the reply itself, see below. A nap:
+    # a reply that came at once could wake the supervisor before the caller looks.)
+    assert pool.apply_async(targets.nap_then_square, (3, NAP), callback=lambda value: None).get(timeout=10) == 9
     assert woken
 
 
