@@ -254,13 +254,12 @@ class Pool(PoolAPI):
         task = self._call_task(func, args, kwds, result._set, task_timeout, retries)
         # Before submitting: a result that is set at once lets go of it (see ApplyResult._set).
         result._on_cancel = lambda: self._cancel([task])
-        servable = callback is None and error_callback is None and self._supervision.serves_replies
-        if servable:
+        if callback is None and error_callback is None:
             # Nothing to run in the supervisor's thread: a caller waiting in get() may read
             # the reply itself (callbacks run in the supervisor's thread, as they do in the
             # standard library's result handler).
             result._serve = self._supervision.server_for(task, result.ready)
-        self._submit([task], watch=not servable)
+        self._submit([task], watch=result._serve is None)
         return result
 
     def _call_task(self, func: Callable[..., Any], args: Iterable[Any], kwds: dict[str, Any] | None,
@@ -303,9 +302,9 @@ class Pool(PoolAPI):
         self._check_running()
         task = self._call_task(func, args, kwds, settle)
         task.claim = claim
-        serving = ready is not None and self._supervision.serves_replies
-        self._submit([task], watch=not serving)
-        return self._supervision.server_for(task, ready) if ready is not None and serving else None
+        serve = self._supervision.server_for(task, ready) if ready is not None else None
+        self._submit([task], watch=serve is None)
+        return serve
 
     def _default_chunksize(self, length: int) -> int:
         chunksize, extra = divmod(length, self._processes * 4)

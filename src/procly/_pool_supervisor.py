@@ -479,14 +479,12 @@ class Supervisor:
         if self._asleep and (self._item_seconds is None or self._item_seconds < WATCH_TASKS_UNDER):
             self.wake()
 
-    @property
-    def serves_replies(self) -> bool:
-        """Whether a caller's thread may read its own reply here (see serve_reply)."""
-        return _HAVE_EPOLL
-
-    def server_for(self, task: _Task, ready: Callable[[], bool]) -> Callable[[float], None]:
+    def server_for(self, task: _Task, ready: Callable[[], bool]) -> Callable[[float], None] | None:
         """A function that reads *task*'s reply in the calling thread for up to the
-        seconds it is given (see serve_reply); *ready()* says whether the outcome is in."""
+        seconds it is given (see serve_reply); *ready()* says whether the outcome is in.
+        None where a caller's thread cannot read its own reply (no epoll)."""
+        if not _HAVE_EPOLL:
+            return None
         return lambda seconds: self.serve_reply(task, ready, seconds)
 
     def serve_reply(self, task: _Task, ready: Callable[[], bool], seconds: float) -> None:
