@@ -567,3 +567,23 @@ def test_buffered_connection_keeps_the_size_limit_and_reports_the_end():
     assert reader.recv() == 1
     with pytest.raises(EOFError):
         reader.recv()
+
+
+@pytest.mark.parametrize("helper", ["write_all", "pwrite_all"])
+def test_a_write_that_makes_no_progress_raises_instead_of_looping(monkeypatch, tmp_path, helper):
+    """A descriptor that takes part of a message and then nothing (a full device, a
+    broken driver) ends the write with OSError; it is not retried for ever."""
+    from procly import _fds
+
+    calls = []
+
+    def short_write(fd, data, *offset):
+        calls.append(len(data))
+        return 3 if len(calls) == 1 else 0
+
+    monkeypatch.setattr(os, "write" if helper == "write_all" else "pwrite", short_write)
+    with open(tmp_path / "target", "wb") as file:
+        args = (file.fileno(), b"0123456789") + ((0,) if helper == "pwrite_all" else ())
+        with pytest.raises(OSError, match="no progress"):
+            getattr(_fds, helper)(*args)
+    assert calls == [10, 7]

@@ -120,6 +120,48 @@ def test_statistics_account_for_work(pool):
     assert sum(w["wait_seconds"] for w in pool.statistics()["per_worker"].values()) > waited
 
 
+def test_bytes_in_flight_return_to_zero_and_statistics_read_while_workers_churn(ctx):
+    """Callers' threads settle their own replies while the supervisor settles a map's and
+    dispatch counts new tasks in: once all is answered no worker counts bytes in flight
+    (a lost update would leave its pipeline budget short for ever). statistics() read in
+    a loop meanwhile, while workers leave and are replaced, never fails."""
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read_statistics(pool):
+        try:
+            while not stop.is_set():
+                stats = pool.statistics()
+                assert stats["workers"] <= 2
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def apply_in_turn(pool, base):
+        try:
+            for i in range(60):
+                assert pool.apply_async(targets.square, (base + i,)).get(30) == (base + i) ** 2
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    with ctx.Pool(2, maxtasksperchild=25) as pool:
+        threads = [threading.Thread(target=read_statistics, args=(pool,))]
+        threads += [threading.Thread(target=apply_in_turn, args=(pool, 1000 * k)) for k in range(3)]
+        for thread in threads:
+            thread.start()
+        try:
+            payloads = [bytes(3000 + i) for i in range(150)]
+            assert pool.map(len, payloads, chunksize=1) == [3000 + i for i in range(150)]
+        finally:
+            for thread in threads[1:]:
+                thread.join(60)
+            stop.set()
+            threads[0].join(30)
+        assert not errors, errors
+        workers = list(pool._supervision._workers.values())
+        assert workers and all(not worker.inflight for worker in workers)
+        assert [worker.queued for worker in workers] == [0] * len(workers)
+
+
 def test_max_memory_per_child_replaces_a_grown_worker(ctx):
     # How big a fresh worker of this start method is; give it 40 MiB of room beyond that.
     with ctx.Pool(1) as probe:

@@ -3,6 +3,7 @@ Unix socket who is at its other end. A leaf: it imports nothing of procly's."""
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 
@@ -16,7 +17,11 @@ __all__ = ["close_quietly", "descriptors_in", "peer_credentials", "pwrite_all", 
 
 
 def write_all(fd: int, data: Any) -> None:
-    """Write every byte of the bytes-like *data* to *fd* (a blocking descriptor)."""
+    """Write every byte of the bytes-like *data* to *fd* (a blocking descriptor).
+
+    Raises:
+        OSError: as os.write(), or ENOSPC where a write makes no progress.
+    """
     view = data if isinstance(data, bytes) else memoryview(data).cast("B")
     total = len(view)
     written = os.write(fd, view)
@@ -24,15 +29,26 @@ def write_all(fd: int, data: Any) -> None:
         return
     view = memoryview(view)
     while written < total:
-        written += os.write(fd, view[written:])
+        written += _progress(os.write(fd, view[written:]))
 
 
 def pwrite_all(fd: int, data: Any, offset: int) -> None:
-    """Write every byte of the bytes-like *data* to *fd* at *offset* (a regular file)."""
+    """Write every byte of the bytes-like *data* to *fd* at *offset* (a regular file).
+
+    Raises:
+        OSError: as os.pwrite(), or ENOSPC where a write makes no progress.
+    """
     view = memoryview(data).cast("B")
     done = 0
     while done < len(view):
-        done += os.pwrite(fd, view[done:], offset + done)
+        done += _progress(os.pwrite(fd, view[done:], offset + done))
+
+
+def _progress(written: int) -> int:
+    # A write that takes nothing would be retried for ever.
+    if written == 0:
+        raise OSError(errno.ENOSPC, "a write made no progress")
+    return written
 
 
 def descriptors_in(ancillary: list[Any]) -> list[int]:

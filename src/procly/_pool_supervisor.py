@@ -85,8 +85,8 @@ _Task = Task
 
 
 class _Worker:
-    __slots__ = ("process", "conn", "fd", "inflight", "funcs", "sent", "sentinel", "ended_poll", "done", "queued",
-                 "reader", "reply_poll", "held", "cut")  # fmt: skip
+    __slots__ = ("process", "conn", "fd", "inflight", "funcs", "sent", "sentinel", "ended_poll", "done", "queued_in",
+                 "queued_out", "reader", "reply_poll", "held", "cut")  # fmt: skip
 
     def __init__(self, process: Any, conn: Any, done: WorkerCounters) -> None:
         self.process = process
@@ -99,7 +99,11 @@ class _Worker:
         self.inflight: collections.deque[_Task] = collections.deque()
         self.funcs: set[int] = set()
         self.sent = 0
-        self.queued = 0  # bytes of the tasks in flight, as they went on the socket
+        # Bytes of the tasks in flight, as they went on the socket: counted in by dispatch
+        # (under the pool lock) and out by whoever settles or drops them (under reader), in
+        # two counters so that neither side's update can overwrite the other's.
+        self.queued_in = 0
+        self.queued_out = 0
         self.done = done  # shared with Supervisor._done, by the worker's name
         # Held by the thread reading its replies or retiring it: the supervisor, or a
         # caller's thread reading its own reply (serve_reply). Reentrant: retiring happens
@@ -110,6 +114,11 @@ class _Worker:
         # supervisor handles them, first thing when it next drains this worker.
         self.held: list[tuple[Any, ...]] = []
         self.cut = False  # a read was interrupted half-way: its stream cannot be trusted
+
+    @property
+    def queued(self) -> int:
+        """Bytes of the tasks in flight (see queued_in)."""
+        return self.queued_in - self.queued_out
 
     def wait_for_reply(self, seconds: float) -> bool:
         """Wait up to *seconds* for bytes from this worker; False if none came (time is
@@ -347,7 +356,8 @@ class Supervisor:
 
     def _watch(self, process: Any, parent_end: BufferedConnection) -> None:
         """Supervise a started worker: poll its connection and sentinel, dispatch to it."""
-        done = self._done.setdefault(process.name, WorkerCounters())
+        with self._lock:  # statistics() reads _done under it
+            done = self._done.setdefault(process.name, WorkerCounters())
         worker = _Worker(process, parent_end, done)
         for fd, kind in ((parent_end.fileno(), "conn"), (worker.sentinel, "sentinel")):
             self._fds[fd] = (kind, worker)
@@ -615,7 +625,7 @@ class Supervisor:
                         task.send_function = first_use
                         task.wire = wire
                     worker.sent += len(bundle)
-                    worker.queued += sum(wire for _, _, wire in bundle)
+                    worker.queued_in += sum(wire for _, _, wire in bundle)
                     worker.funcs.update(task.func_key for task, first_use, _ in bundle if first_use)
                     if not self._send_bundle(worker, bundle):
                         # The worker is dying (its sentinel will tell): this bundle and the
@@ -647,7 +657,7 @@ class Supervisor:
                 if task.send_function:
                     worker.funcs.discard(task.func_key)
                 worker.sent -= 1
-                worker.queued -= task.wire
+                worker.queued_in -= task.wire
             return False
         return True
 
@@ -664,7 +674,7 @@ class Supervisor:
                     if task.id in ids:
                         # Sent, not started: its reply will find no task waiting for it.
                         worker.inflight.remove(task)
-                        worker.queued -= task.wire
+                        worker.queued_out += task.wire
                         dropped.append(task)
                 if worker.inflight and worker.inflight[0].id in ids and worker.conn in self._workers:
                     worker.process.kill()
@@ -713,6 +723,8 @@ class Supervisor:
     def _settle_replies(self, worker: _Worker, replies: list[tuple[Any, ...]]) -> None:
         """Settle the tasks *replies* answer (a caller's thread passes results only)."""
         inflight = worker.inflight
+        # Two threads settling two workers' replies may each write back their own update:
+        # one loses a few samples of a moving average, no more.
         item_seconds = self._item_seconds
         tasks = wire = 0
         computing = serializing = waiting = 0.0
@@ -751,7 +763,7 @@ class Supervisor:
                 self._finish(task, success, values)
         finally:
             self._item_seconds = item_seconds
-            worker.queued -= wire
+            worker.queued_out += wire
             done = worker.done
             done.tasks += tasks
             done.compute_seconds += computing
@@ -868,7 +880,8 @@ class Supervisor:
             with worker.reader:  # a caller's thread reading a reply from it lets go first
                 worker.conn.close()
             _release(worker.process)
-        self._workers.clear()
+        with self._lock:  # statistics() may be reading it
+            self._workers.clear()
         self._fail_leftovers(terminated)
         with self._lock:
             wake_w, self._wake_w = self._wake_w, None
