@@ -979,3 +979,28 @@ def test_a_reply_read_cut_short_by_ctrl_c_ends_the_worker_and_fails_only_its_tas
             result.get(timeout=10)
         assert pool.apply(targets.square, (5,)) == 25
         assert pool.apply(targets.worker_pid) != first_pid
+
+
+def test_a_result_waiter_interrupted_as_it_is_let_through_does_not_hold_up_the_others():
+    """A waiter on a result that gets through the gate as it opens and is interrupted
+    (Ctrl-C) before it can pass the turn on: the gate stays open for the other waiters."""
+    from procly._pool_results import _Gate
+
+    gate = _Gate()
+    real = gate._lock
+
+    class InterruptedAfterAcquire:
+        def acquire(self, blocking, timeout):
+            gate.set()  # the result comes while this caller waits ...
+            assert real.acquire(blocking, timeout)  # ... its turn comes ...
+            raise KeyboardInterrupt  # ... and Ctrl-C lands before it can pass the turn on
+
+        def release(self):
+            real.release()
+
+    gate._lock = InterruptedAfterAcquire()
+    with pytest.raises(KeyboardInterrupt):
+        gate.wait()
+    assert not real.locked()  # the next waiter blocked on the lock gets through
+    gate._lock = real
+    assert gate.wait(0) and gate.wait()

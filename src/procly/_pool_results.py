@@ -65,10 +65,14 @@ class _Gate:
         if self._open:
             return
         try:
-            self._lock.release()  # first: an interruption after it leaves the gate open
-        except RuntimeError:  # another thread opened it at the same moment
-            pass
-        self._open = True
+            # Open before the release: a waiter that gets the lock then sees it open, even
+            # if it is interrupted before it can tell that it got it (see wait()).
+            self._open = True
+        finally:
+            try:
+                self._lock.release()
+            except RuntimeError:  # another thread opened it at the same moment
+                pass
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the gate is open, at most *timeout* seconds; whether it is."""
@@ -78,10 +82,14 @@ class _Gate:
         try:
             acquired = self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout))
         finally:
-            if acquired:
+            # The next waiter's turn. Once the gate is open the lock guards nothing, so
+            # this also releases when the acquire's result was lost to an interruption
+            # (a KeyboardInterrupt raised as it returned): a release too many only lets a
+            # waiter through sooner, and one held for ever would keep them all waiting.
+            if acquired or self._open:
                 try:
-                    self._lock.release()  # the next waiter's turn
-                except RuntimeError:  # released already by a set() racing another
+                    self._lock.release()
+                except RuntimeError:  # released already by a set() or a waiter racing this one
                     pass
         return acquired or self._open
 
