@@ -29,7 +29,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import Executor, Future, InvalidStateError
-from typing import Any, Callable, Iterable, Iterator, ParamSpec, TypeVar, cast
+from typing import Any, Callable, Iterable, Iterator, ParamSpec, TypeVar
 
 from ._errors import BrokenProcessPool
 from ._pool import Pool
@@ -288,9 +288,9 @@ class ProcessPoolExecutor(Executor):
         """Hand a call to the pool: *claim()* as it goes to a worker, *settle* with its
         outcome; return what reads its reply in a waiting thread (or None), given
         *ready()*, whether its future is done."""
-        return cast(
-            "Callable[[float], Any] | None", self._pool._call(fn, args, kwargs, settle, claim=claim, ready=ready)
-        )
+        pool = self._pool
+        assert isinstance(pool, Pool)  # the Dask executor schedules in its own _schedule
+        return pool._call(fn, args, kwargs, settle, claim=claim, ready=ready)
 
     def map(self, fn: Callable[..., _T], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1, buffersize: int | None = None) -> Iterator[_T]:  # fmt: skip
@@ -363,7 +363,7 @@ class ProcessPoolExecutor(Executor):
     def _force_shutdown(self, kill: bool) -> None:
         self.shutdown(wait=False, cancel_futures=True)
         pool = self._pool
-        if not hasattr(pool, "_terminate"):  # the Dask pool
+        if not isinstance(pool, Pool):  # the Dask pool
             pool.terminate()
             return
         if pool._broken is None:
