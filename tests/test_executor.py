@@ -445,3 +445,29 @@ def test_a_caller_waiting_in_result_reads_its_reply_and_done_callbacks_stay_in_t
         assert called_in[0] is not threading.current_thread()
         with pytest.raises(concurrent.futures.TimeoutError):
             executor.submit(targets.nap_then_square, 6, 0.5).result(timeout=0)
+
+
+class _ShutsDownWhilePickled:
+    """An argument whose pickling, in the submitting thread, shuts the executor down from
+    another thread: the submission then races a shutdown that completes first."""
+
+    def __init__(self, executor):
+        self.executor = executor
+
+    def __reduce__(self):
+        stopper = threading.Thread(target=self.executor.shutdown, kwargs={"wait": True})
+        stopper.start()
+        stopper.join(30)
+        assert not stopper.is_alive()
+        return (int, (7,))
+
+
+def test_a_submit_that_loses_the_race_with_shutdown_raises_runtime_error():
+    """concurrent.futures: submit() after shutdown() raises RuntimeError; one that began
+    before and is overtaken by it raises too, instead of returning a failed future."""
+    executor = ProcessPoolExecutor(1)
+    assert executor.submit(targets.square, 2).result(timeout=30) == 4
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(targets.square, _ShutsDownWhilePickled(executor))
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(targets.square, 3)

@@ -416,3 +416,26 @@ def test_python_314_proxy_additions(manager):
     assert {"q": 1} | d == {"q": 1, "a": 1, "b": 2, "c": 3}
     assert list(reversed(d)) == ["c", "b", "a"]
     assert d.fromkeys("xy", 0) == {"x": 0, "y": 0}
+
+
+def test_a_tcp_proxy_made_while_the_last_other_one_goes_keeps_its_object(monkeypatch):
+    """Over TCP, references are held under this process's lease, which ends with its last
+    proxy of the manager. A proxy being made counts from its request on: the last other
+    proxy dropped meanwhile (as by another thread) does not end the lease that the new
+    object's first reference is held under."""
+    with SyncManager(address=("127.0.0.1", 0), authkey=b"lease-race") as manager:
+        others = [manager.list([1])]
+        real_create = manager._create
+
+        def create_then_drop_the_other(typeid, *args, **kwargs):
+            made = real_create(typeid, *args, **kwargs)
+            others.clear()  # the last other proxy goes before this one holds a reference
+            gc.collect()
+            return made
+
+        monkeypatch.setattr(manager, "_create", create_then_drop_the_other)
+        shared = manager.dict({"a": 1})
+        monkeypatch.undo()
+        shared["b"] = 2
+        assert shared.copy() == {"a": 1, "b": 2}
+        assert wait_until(lambda: manager._number_of_objects() == 1)

@@ -146,10 +146,20 @@ class BaseManager:
         if create_method:
 
             def create(self: BaseManager, *args: Any, **kwargs: Any) -> Any:
-                token, exp = self._create(typeid, *args, **kwargs)
-                proxy = proxytype(token, serializer=self._serializer, manager=self, authkey=self._authkey, exposed=exp)
-                # the proxy holds its own reference
-                _request(self._address, self._authkey, "decref", token.id, serializer=self._serializer)
+                # Counted as this process's proxy from the request on: the last of its
+                # others dropped meanwhile (in another thread) would end the lease that the
+                # new object's first reference is held under, before its proxy holds one.
+                clients, key = _client_state(), (self._address, self._serializer, bytes(self._authkey))
+                clients.proxy_born(key)
+                try:
+                    token, exp = self._create(typeid, *args, **kwargs)
+                    proxy = proxytype(
+                        token, serializer=self._serializer, manager=self, authkey=self._authkey, exposed=exp
+                    )
+                    # the proxy holds its own reference
+                    _request(self._address, self._authkey, "decref", token.id, serializer=self._serializer)
+                finally:
+                    clients.proxy_gone(key)
                 return proxy
 
             create.__name__ = typeid

@@ -205,13 +205,7 @@ class Pool(PoolAPI):
                     self._outstanding[task.id] = task
                 self._pending.extend(tasks)
         if refused:  # settled outside the lock: a task's callback may submit again
-            for task in tasks:
-                if self._broken is not None:
-                    task.settle(False, _errors.BrokenProcessPool(self._broken))
-                elif terminated:
-                    task.settle(False, PoolTerminatedError("the pool was terminated"))
-                else:  # the supervisor has shut the pool down (a submission racing close/join)
-                    task.settle(False, PoolTerminatedError("the pool was shut down"))
+            self._refuse(tasks, terminated)
             return
         if self._supervision.on_demand:
             self._supervision.grow()
@@ -223,6 +217,23 @@ class Pool(PoolAPI):
             self._supervision.wake()
         elif watch:
             self._supervision.watch_for_reply()
+
+    def _refuse(self, tasks: list[_Task], terminated: bool) -> None:
+        """Fail *tasks*, submitted too late: the pool is terminated, broken or shut down.
+
+        Raises:
+            PoolTerminatedError: an executor's call racing its shutdown (as concurrent.futures
+                says, submit() then raises rather than return a future that failed unseen).
+        """
+        if self._executor_mode and not terminated and self._broken is None:
+            raise PoolTerminatedError("the pool was shut down")
+        for task in tasks:
+            if self._broken is not None:
+                task.settle(False, _errors.BrokenProcessPool(self._broken))
+            elif terminated:
+                task.settle(False, PoolTerminatedError("the pool was terminated"))
+            else:  # the supervisor has shut the pool down (a submission racing close/join)
+                task.settle(False, PoolTerminatedError("the pool was shut down"))
 
     def _wake(self) -> None:
         self._supervision.wake()

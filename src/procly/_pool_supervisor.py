@@ -441,7 +441,7 @@ class Supervisor:
         self.pool._restart_missing()  # through the pool: see Pool._spawn_worker
         self._fail_if_no_worker()
         self.dispatch()
-        if self.pool._state is PoolState.CLOSED and not self._outstanding and not self.pool._active_feeds:
+        if self.pool._state is PoolState.CLOSED and self._finish_if_idle():
             return False
         ms = poll_ms(self._until_next_deadline())
         replies_due = self._replies_due()
@@ -604,7 +604,7 @@ class Supervisor:
         thread hop less per task); the lock keeps the two apart."""
         with self._lock:
             pending = self._pending
-            if not pending:
+            if not pending or self.finished:  # finished: the workers are being sent STOP
                 return
             workers = self._workers.values()
             taken, dropped, sends = plan(workers, pending, self._item_seconds, self._maxtasks, _has_ended)
@@ -852,6 +852,19 @@ class Supervisor:
             if state is not PoolState.TERMINATED and (state is PoolState.RUNNING or self._outstanding):
                 # (On demand, only if a task needs it: the next submit starts one otherwise.)
                 self.grow()
+
+    def _finish_if_idle(self) -> bool:
+        """A closed pool with nothing left to do is finished: from then on nothing is
+        submitted or dispatched. Decided under the lock, so that a submission that got
+        in before close() (a call being pickled meanwhile) is either refused or run."""
+        if self._outstanding or self.pool._active_feeds:
+            return False
+        with self._start_lock, self._lock:
+            if self._outstanding or self.pool._active_feeds:
+                return False
+            self._starts_ended = True
+            self.finished = True
+        return True
 
     def _shutdown(self) -> None:
         """Stop every worker; fail what is left if the pool was terminated."""
