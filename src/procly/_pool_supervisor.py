@@ -441,7 +441,7 @@ class Supervisor:
         self.pool._restart_missing()  # through the pool: see Pool._spawn_worker
         self._fail_if_no_worker()
         self.dispatch()
-        if self.pool._state is PoolState.CLOSED and self._finish_if_idle():
+        if self.pool._state is PoolState.CLOSED and not self._busy() and self._end_intake(unless_busy=True):
             return False
         ms = poll_ms(self._until_next_deadline())
         replies_due = self._replies_due()
@@ -853,14 +853,17 @@ class Supervisor:
                 # (On demand, only if a task needs it: the next submit starts one otherwise.)
                 self.grow()
 
-    def _finish_if_idle(self) -> bool:
-        """A closed pool with nothing left to do is finished: from then on nothing is
-        submitted or dispatched. Decided under the lock, so that a submission that got
-        in before close() (a call being pickled meanwhile) is either refused or run."""
-        if self._outstanding or self.pool._active_feeds:
-            return False
+    def _busy(self) -> bool:
+        """Whether tasks are outstanding or imap feeders still read input."""
+        return bool(self._outstanding or self.pool._active_feeds)
+
+    def _end_intake(self, unless_busy: bool = False) -> bool:
+        """End the pool's intake: no worker starts from here on (a grow() finishes first),
+        and nothing is submitted or dispatched. *unless_busy*: only if there is no work
+        left, decided under the lock, so that a submission that got in first (a call
+        being pickled while close() ran) is run rather than refused. Whether it ended."""
         with self._start_lock, self._lock:
-            if self._outstanding or self.pool._active_feeds:
+            if unless_busy and self._busy():
                 return False
             self._starts_ended = True
             self.finished = True
@@ -869,11 +872,9 @@ class Supervisor:
     def _shutdown(self) -> None:
         """Stop every worker; fail what is left if the pool was terminated."""
         terminated = self.pool._state is PoolState.TERMINATED
-        with self._start_lock:  # no worker starts from here on (a grow() finishes first)
-            self._starts_ended = True
-            with self._lock:  # nor is anything submitted or dispatched
-                self.finished = True
-                workers = list(self._workers.values())
+        self._end_intake()
+        with self._lock:  # no worker is added after _end_intake(): this is every one
+            workers = list(self._workers.values())
         for worker in workers:
             try:
                 if terminated:
