@@ -24,6 +24,15 @@ def fails_every_third() -> None:
         raise KeyError("every third call")
 
 
+def always_fails() -> None:
+    raise ValueError("always")
+
+
+async def always_fails_async() -> None:
+    await asyncio.sleep(0)
+    raise ValueError("always")
+
+
 async def sleeps_50ms() -> None:
     await asyncio.sleep(0.05)
 

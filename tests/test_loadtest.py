@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from procly.loadtest import EmbeddedTarget, LoadTestConfig, LoadTestError, Threshold, _stats, run_load_test
+from procly.loadtest import EmbeddedTarget, LoadTestConfig, LoadTestError, Stages, Threshold, _stats, run_load_test
 from procly.loadtest._config import HttpTarget, parse_count, parse_duration, split_evenly
 from procly.loadtest._report import Report
 
@@ -241,6 +241,37 @@ def test_rate_mode_holds_the_requested_rate(target):
     assert abs(report.throughput - 300) <= 300 * 0.01, report.throughput
     # How late requests went out after their due time is measured and reported.
     assert report.send_lag is not None and 0 <= report.send_lag.p50 <= report.send_lag.p99 <= report.send_lag.max
+
+
+@pytest.mark.parametrize("rate", [7.0, "0.5s:10,1s:30,0.5s:0"])
+@pytest.mark.parametrize("lanes", [2, 3, 16])
+def test_lanes_of_a_schedule_interleave_into_the_whole(rate, lanes):
+    # Several processes at one rate: together they send exactly the one schedule's requests
+    # (not each its own schedule at rate/n, sending together and rounding up).
+    from procly.loadtest._schedule import Schedule
+
+    profile = Stages.parse(rate, "-R") if isinstance(rate, str) else rate
+
+    def due_times(lane: int, count: int) -> list[float]:
+        schedule = Schedule(100.0, 102.0, None, profile, lane=lane, lanes=count)
+        times = []
+        while (due := schedule.next_start(0.0)) is not None:
+            times.append(due)
+        return times
+
+    whole = due_times(0, 1)
+    lanes_due = [due_times(lane, lanes) for lane in range(lanes)]
+    assert sorted(t for times in lanes_due for t in times) == whole and len(whole) > 10
+    for lane, times in enumerate(lanes_due):
+        assert times == whole[lane::lanes]
+    with pytest.raises(ValueError, match="lane"):
+        Schedule(0.0, 1.0, None, 1.0, lane=2, lanes=2)
+
+
+def test_rate_mode_with_several_processes_sends_the_rate_exactly(target):
+    # 5 requests/s for 1 s from 2 processes: 5 requests, not 3 + 3.
+    report = run_load_test(LoadTestConfig(url=target.url, processes=2, connections=2, duration=1.0, rate=5))
+    assert report.requests == 5 and report.errors == 0
 
 
 def test_rate_mode_never_sends_early(target):
@@ -658,6 +689,37 @@ def test_faulty_answers_are_counted_by_kind(target, path, kind):
         assert report.requests == 0
 
 
+def test_throughput_is_over_the_time_the_requests_took(target):
+    # 10 connections, 900 ms answers, 1 s: each sends twice (at 0 and at 0.9 s, inside the
+    # second), the last answers come at 1.8 s. 20 requests in 1.8 s, not in the 1 s asked.
+    report = run_load_test(LoadTestConfig(url=target.url + "delay/900", processes=1, connections=10, duration=1.0))
+    assert report.requests == 20 and report.errors == 0
+    assert report.elapsed >= 1.8 and report.throughput == pytest.approx(report.requests / report.elapsed)
+    assert sum(point.requests for point in report.timeline) == 20
+
+
+@pytest.mark.parametrize("rate", [None, 2.0])
+def test_requests_out_at_the_end_get_their_whole_timeout(target, rate):
+    # Answers take 3.5 s, the run 1 s, the timeout 5 s: the requests sent get their answers,
+    # and count (they were dropped 2 s after the end, and the run said none was made).
+    config = LoadTestConfig(url=target.url + "delay/3500", processes=1, connections=2, duration=1.0, rate=rate,
+                            timeout=5.0)  # fmt: skip
+    report = run_load_test(config)
+    assert report.requests == 2 and report.errors == 0, report.error_kinds
+    assert report.latency.min >= 3500 and report.elapsed >= 3.5
+
+
+def test_rate_mode_counts_what_its_time_did_not_let_it_send_or_hear(target):
+    # One connection, 300 ms answers, 10 due in 1 s, a 1 s timeout: the backlog goes out
+    # late until 1 s after the end (3 s of answers need more); the request still out then
+    # and those never sent are errors, so every request due is accounted for.
+    config = LoadTestConfig(url=target.url + "delay/300", processes=1, connections=1, duration=1.0, rate=10,
+                            timeout=1.0)  # fmt: skip
+    report = run_load_test(config)
+    assert report.requests + report.errors == 10 and report.errors >= 1
+    assert set(report.error_kinds) <= {"unanswered at the end", "not sent by the end"}, report.error_kinds
+
+
 def test_slow_answers_time_out(target):
     report = run_load_test(
         LoadTestConfig(url=target.url + "delay/3000", processes=1, connections=2, duration=1.0, timeout=0.3)
@@ -728,6 +790,15 @@ def test_call_exceptions_are_counted_by_type():
         LoadTestConfig(call="tests.loadtest_targets:fails_every_third", processes=1, connections=1, requests=30)
     )
     assert report.error_kinds == {"KeyError": 10} and report.requests == 20
+
+
+@pytest.mark.parametrize("name", ["always_fails", "always_fails_async"])
+def test_call_failures_in_the_warmup_are_not_measured(name):
+    # The warm-up is shorter than a tick (nothing discards what it counted): only the
+    # budget's calls, all of them measured, may be counted as errors.
+    config = LoadTestConfig(call=f"tests.loadtest_targets:{name}", processes=1, connections=1, requests=12, warmup=0.3)
+    report = run_load_test(config)
+    assert report.error_kinds == {"ValueError": 12} and report.requests == 0
 
 
 def test_call_concurrency_multiplies_throughput():
@@ -970,6 +1041,22 @@ def test_bad_options_exit_2():
         assert out.returncode == 2 and out.stderr.startswith("procly loadtest:"), (args, out.stderr)
 
 
+def test_report_files_that_cannot_be_written(tmp_path, target):
+    # Found before the run (exit 2, nothing run) where the path says it: a missing folder, a folder.
+    for option, path, says in (
+        ("--json", tmp_path / "no" / "such" / "r.json", "does not exist"),
+        ("--html", tmp_path, "that is a folder"),
+    ):
+        out = procly_cli("loadtest", "-q", "-n", "5", option, str(path), target.url)
+        assert out.returncode == 2 and out.stderr.startswith(f"procly loadtest: {option} {path}: "), out.stderr
+        assert says in out.stderr and "Traceback" not in out.stderr
+    # Failing only when written (a full disk): said, the other files still written, exit 1.
+    csv_path = tmp_path / "r.csv"
+    out = procly_cli("loadtest", "-q", "-n", "5", "--json", "/dev/full", "--csv", str(csv_path), target.url)
+    assert out.returncode == 1 and "cannot write --json /dev/full" in out.stderr and "Traceback" not in out.stderr
+    assert csv_path.read_text().startswith("row,")
+
+
 def test_unresolvable_host_fails_at_once_with_exit_2():
     """Resolved once at the start: no run of its whole duration against a name that does not resolve."""
     out = procly_cli("loadtest", "-q", "-d", "30", "http://nonexistent.invalid/")
@@ -1208,3 +1295,41 @@ def test_connect_errors_get_short_names(exc, kind):
     from procly.loadtest._http import connect_error_kind
 
     assert connect_error_kind(exc) == kind
+
+
+def test_a_tick_lets_a_send_due_in_the_next_milliseconds_go_first():
+    # A tick encodes the histograms (a millisecond or more, holding the loop): a request due
+    # just after the tick's time goes out first, not late behind it.
+    import asyncio
+
+    from procly.loadtest._clock import PreciseTimer
+    from procly.loadtest._worker import _Worker
+
+    order: list[str] = []
+
+    class Recorder:
+        def take_wire(self):
+            order.append("tick")
+            return {}
+
+        def discard(self):
+            order.append("warm-up tick")
+
+    class Load:
+        users = None
+
+    async def main() -> None:
+        worker = _Worker(LoadTestConfig(url="http://127.0.0.1/", processes=1, rate=10), 0, lambda message: None)
+        worker.load = Load()
+        worker.load.pacer = pacer = PreciseTimer()
+        now = time.monotonic()
+        warmup_end = now - 0.5 + 0.002  # the next tick is 2 ms away ...
+        pacer.call_at(now + 0.004, order.append, "send")  # ... the send due 2 ms after it
+        ticker = asyncio.get_running_loop().create_task(worker._tick(Recorder(), warmup_end))
+        while "tick" not in order:
+            await asyncio.sleep(0.001)
+        ticker.cancel()
+        pacer.close()
+
+    asyncio.run(main())
+    assert order[:2] == ["send", "tick"], order

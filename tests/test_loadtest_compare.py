@@ -181,3 +181,13 @@ def test_real_reports_carry_histograms_per_name_and_compare_to_themselves(tmp_pa
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "no regression" in out.stdout and "GET /" in out.stdout
+
+
+@pytest.mark.parametrize("samples", [range(1000, 12000, 1000), range(100, 2100, 100), [5000] * 3 + [9000]])
+def test_percentiles_match_the_reports_own(samples):
+    # compare reads the baseline's percentiles from its histogram: they must be the ones the
+    # report printed (HdrHistogram's rank rule), or a gate moves with the rounding.
+    hist = histogram(samples)
+    distribution = Distribution.decode(hist.encode().decode("ascii"))
+    for percentile in (1, 10, 50, 90, 95, 99, 99.9, 100):
+        assert distribution.percentile_us(percentile) == hist.get_value_at_percentile(percentile), percentile

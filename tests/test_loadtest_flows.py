@@ -284,6 +284,26 @@ def two_steps(tmp_path, first: str, second: str) -> str:
     return write(tmp_path, "two.py", source)
 
 
+def test_flows_connect_to_the_resolved_address_only(tmp_path, target):
+    # A host name that does not resolve at all, given with the target's address: the users
+    # connect to the address the coordinator resolved, never to the name.
+    port = int(target.url.rsplit(":", 1)[1].strip("/"))
+    path = two_steps(tmp_path, "/", "/bytes/3")
+    config = LoadTestConfig(url=f"http://nonexistent.invalid:{port}/", scenario=Scenario.load(path), processes=1,
+                            connections=2, requests=20, address="127.0.0.1")  # fmt: skip
+    report = run_load_test(config)
+    assert report.requests == 20 and report.errors == 0, report.error_kinds
+
+
+def test_a_flows_request_out_at_the_end_gets_its_whole_timeout(tmp_path, target):
+    # Answers take 3.5 s, the run 1 s, the timeout 5 s: each user's request gets its answer
+    # and counts (the users were ended 2 s after the end, and the run said none was made).
+    path = two_steps(tmp_path, "/delay/3500", "/")
+    report = run_scenario(target, path, processes=1, connections=2, duration=1.0, timeout=5.0)
+    assert report.requests == 2 and report.errors == 0, report.error_kinds
+    assert report.name_stats("first").latency.min >= 3500
+
+
 def test_request_budget_in_flow_mode_is_exact(tmp_path, target):
     path = two_steps(tmp_path, "/", "/bytes/3")
     report = run_scenario(target, path, processes=2, connections=3, requests=301)
@@ -925,7 +945,7 @@ def test_answer_headers_and_cookies_cut_from_the_bytes_received(pieces):
         size = -(-len(answer) // pieces)
         for start in range(0, len(answer), size):
             connection.data_received(answer[start : start + size])
-        status, head, body, keep_alive = await waiter
+        status, head, body, keep_alive, _ = await waiter
         assert keep_alive
         return status, head, body, connection.cookies
 
@@ -1051,3 +1071,25 @@ def test_closed_loop_latency_is_at_least_the_answer_time(tmp_path, target):
     assert slow.latency.min >= 3.0
     plain = run_load_test(LoadTestConfig(url=target.url + "delay/3", processes=1, connections=8, requests=200))
     assert plain.requests == 200 and plain.errors == 0 and plain.latency.min >= 3.0
+
+
+def test_a_flow_requests_latency_ends_when_its_answer_is_complete():
+    # The user resumes later in the loop's pass, after the other answers that came with
+    # its own: that wait is the client's, and must not be counted as the request's latency.
+    import asyncio
+
+    from procly.loadtest import _flows
+
+    async def answer_time() -> tuple[float, float, float]:
+        loop = asyncio.get_running_loop()
+        connection = _flows._Connection(_flows.FlowRecorder(), loop)
+        waiter = connection.send(b"GET / HTTP/1.1\r\n\r\n", False, WriteBatch(loop))
+        before = time.monotonic()
+        connection.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        after = time.monotonic()
+        await asyncio.sleep(0)  # the loop runs others first
+        *_, complete = await waiter
+        return before, complete, after
+
+    before, complete, after = asyncio.run(answer_time())
+    assert before <= complete <= after

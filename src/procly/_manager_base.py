@@ -8,7 +8,7 @@ from . import _process
 from ._connection import Pipe
 from ._errors import ProcessError
 from ._finalize import Finalize
-from ._manager_proxies import AutoProxy, _client_state, _request
+from ._manager_proxies import AutoProxy, _client_state, _request, manager_key
 from ._manager_server import Server, _run_server
 from ._manager_wire import Token, _check_serializer
 
@@ -149,7 +149,7 @@ class BaseManager:
                 # Counted as this process's proxy from the request on: the last of its
                 # others dropped meanwhile (in another thread) would end the lease that the
                 # new object's first reference is held under, before its proxy holds one.
-                clients, key = _client_state(), (self._address, self._serializer, bytes(self._authkey))
+                clients, key = _client_state(), manager_key(self._address, self._serializer, self._authkey)
                 clients.proxy_born(key)
                 try:
                     token, exp = self._create(typeid, *args, **kwargs)

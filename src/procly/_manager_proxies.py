@@ -166,6 +166,11 @@ def _close_all(conns: list[Any]) -> None:
             pass
 
 
+def manager_key(address: Any, serializer: str, authkey: bytes) -> tuple[Any, str, bytes]:
+    """What this process's connections, lease and proxy count of one manager are kept under."""
+    return (address, serializer, bytes(authkey))
+
+
 def _client_state() -> _ClientState:
     """This process's _ClientState, created on first use."""
     state = _state.get()
@@ -201,7 +206,7 @@ class BaseProxy:
         self._manager = manager
         self._authkey = bytes(authkey) if authkey is not None else bytes(_process.current_process().authkey)
         self._exposed = exposed
-        self._key = (token.address, serializer, self._authkey)
+        self._key = manager_key(token.address, serializer, self._authkey)
         clients = _client_state()
         clients.proxy_born(self._key)
         weakref.finalize(self, _proxy_gone, self._key, os.getpid())

@@ -93,7 +93,7 @@ class CallLoad:
         self._set_threads_done()
 
     async def _async_caller(self) -> None:
-        schedule, recorder, func, timeout = self.schedule, self.recorder, self.func, self.timeout
+        schedule = self.schedule
         while True:
             now = time.monotonic()
             due = schedule.next_start(now)
@@ -103,17 +103,27 @@ class CallLoad:
                 await asyncio.sleep(due - now)
                 while time.monotonic() < due:  # loop timers may fire up to a millisecond early
                     await asyncio.sleep(0)
-            try:
-                await asyncio.wait_for(func(), timeout)
-            except asyncio.TimeoutError:
-                recorder.error("timeout")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                recorder.error(type(exc).__name__)
-            else:
-                if due >= recorder.measure_from:
-                    recorder.success(time.monotonic() - due)
+            await self._call_once(due)
+
+    async def _call_once(self, due: float) -> None:
+        """Await one call due at *due*, and count it unless it was due in the warm-up."""
+        recorder = self.recorder
+        try:
+            await asyncio.wait_for(self.func(), self.timeout)
+        except asyncio.TimeoutError:
+            outcome = "timeout"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            outcome = type(exc).__name__
+        else:
+            outcome = None
+        if due < recorder.measure_from:
+            return  # a warm-up call: its failure is not counted either
+        if outcome is None:
+            recorder.success(time.monotonic() - due)
+        else:
+            recorder.error(outcome)
 
     async def _run_threads(self) -> None:
         loop = asyncio.get_running_loop()
@@ -152,7 +162,8 @@ class CallLoad:
             try:
                 func()
             except Exception as exc:
-                recorder.error(type(exc).__name__)
+                if due >= recorder.measure_from:  # a warm-up call's failure is not counted either
+                    recorder.error(type(exc).__name__)
                 continue
             latency = time.monotonic() - due
             if due < recorder.measure_from:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import os
 import sys
 import threading
 from pathlib import Path
@@ -287,6 +288,7 @@ def _checked_options(args: argparse.Namespace) -> tuple[list[Any], Any, Any, flo
     from ._thresholds import Threshold
 
     thresholds = [Threshold.parse(text) for text in args.fail_if]
+    _check_report_paths(args)
     web = parse_address(args.web, "--web") if args.web is not None else None
     prometheus = parse_address(args.prometheus, "--prometheus") if args.prometheus is not None else None
     linger = parse_duration(args.web_linger)
@@ -362,13 +364,13 @@ def _run_and_report(
     report.thresholds = threshold_verdicts(thresholds, report)
     if live is not None:
         live.finish(report, report.thresholds)
-    _write_reports(args, report)
+    unwritten = _write_reports(args, report)
     broken, failed_run = _print_problems(thresholds, report)
     if linger > 0 and not report.interrupted:
         _linger(linger)
     if report.interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_BROKEN if broken or report.workers_lost or failed_run else EXIT_OK
+    return EXIT_BROKEN if broken or report.workers_lost or failed_run or unwritten else EXIT_OK
 
 
 def _run(args: argparse.Namespace, config: Any, target: Any, live: Any, progress: Any) -> Any:
@@ -412,18 +414,54 @@ def _run_on_dask(args: argparse.Namespace, config: Any) -> Any:
     return run_on_dask(config, args.dask, processes_given=args.processes is not None)
 
 
-def _write_reports(args: argparse.Namespace, report: Any) -> None:
-    """Print the text report (unless the JSON goes to stdout) and write the files asked for."""
+def _report_files(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``(option, path)`` of the report files asked for (not ``-``, standard output)."""
+    return [(option, path) for option, path in (("--json", args.json), ("--csv", args.csv), ("--html", args.html))
+            if path and path != "-"]  # fmt: skip
+
+
+def _check_report_paths(args: argparse.Namespace) -> None:
+    """Fail before the run, not after it, where a report file cannot be written.
+
+    Raises:
+        ValueError: a report's folder does not exist or cannot be written to, or the path
+            is a folder.
+    """
+    for option, path in _report_files(args):
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise ValueError(f"{option} {path}: that is a folder; give a file name")
+        if not os.path.isdir(folder):
+            raise ValueError(f"{option} {path}: the folder {folder} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+            raise ValueError(f"{option} {path}: cannot be written (permission denied)")
+
+
+def _write_reports(args: argparse.Namespace, report: Any) -> bool:
+    """Print the text report (unless the JSON goes to stdout) and write the files asked for;
+    one that cannot be written (the disk filled up during the run, say) is reported and the
+    others are still written. True if one could not be."""
     from ._html import to_html
 
     if args.json != "-":
         print(report.to_text())
-    for path, render in ((args.json, report.to_json), (args.csv, report.to_csv), (args.html, lambda: to_html(report))):
-        if path:
+    unwritten = False
+    for option, path, render in (
+        ("--json", args.json, report.to_json),
+        ("--csv", args.csv, report.to_csv),
+        ("--html", args.html, lambda: to_html(report)),
+    ):
+        if not path:
+            continue
+        try:
             _write(path, render())
+        except OSError as exc:
+            print(f"procly loadtest: cannot write {option} {path}: {exc.strerror or exc}", file=sys.stderr)
+            unwritten = True
     if args.json == "-":  # the text report (which has them) was not printed
         for warning in report.warnings:
             print(f"procly loadtest: warning: {warning}", file=sys.stderr)
+    return unwritten
 
 
 def _print_problems(thresholds: list[Any], report: Any) -> tuple[list[str], str | None]:

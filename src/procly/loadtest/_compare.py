@@ -75,11 +75,13 @@ class Distribution:
         return cls(recorded_values(hist, highest=True))
 
     def percentile_us(self, percentile: float) -> int:
-        """The smallest recorded value with at least ``percentile`` % of the samples at or below it."""
+        """The value at ``percentile``, by the rank rule of HdrHistogram (the report's
+        percentiles): the smallest recorded value with the nearest whole number of samples
+        to ``percentile`` % of them (at least one) at or below it."""
         total = self.total
         if not total:
             return 0
-        wanted = max(1, math.ceil(total * percentile / 100.0))
+        wanted = max(1, int(min(percentile, 100.0) * total / 100.0 + 0.5))
         seen = 0
         for value, count in self.values:
             seen += count

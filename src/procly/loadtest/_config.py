@@ -237,13 +237,8 @@ class LoadTestConfig:
             index=index,
             connections=split_evenly(self.connections, n)[index],
             requests=None if self.requests is None else split_evenly(self.requests, n)[index],
-            rate=(
-                self.rate_stages.scaled(1 / n)
-                if self.rate_stages is not None
-                else None
-                if self.rate is None
-                else self.rate / n
-            ),
+            rate=self.rate_stages if self.rate_stages is not None else self.rate,
+            lanes=n,
         )
 
     def describe(self) -> str:
@@ -278,4 +273,5 @@ class WorkerShare:
     index: int
     connections: int
     requests: int | None
-    rate: Any  # requests/s, a Stages ramp of them, or None
+    rate: Any  # the whole run's requests/s, a Stages ramp of them, or None ...
+    lanes: int = 1  # ... of which this worker sends every lanes-th request, from the index-th

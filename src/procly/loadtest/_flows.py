@@ -279,6 +279,9 @@ class _Connection(asyncio.Protocol):
                     self.headers,
                     body[0] if len(body) == 1 else b"".join(body),
                     parser.should_keep_alive(),
+                    # Complete now: the user resumes later in the loop's pass, after the
+                    # other answers of that pass (not client time to count as latency).
+                    time.monotonic(),
                 )
             )
 
@@ -429,17 +432,18 @@ class User:
                     return Response(0, b"", b"", exc.kind, 0.0, name)
             waiter = connection.send(payload, method == "HEAD", load.writes)
             try:
-                status, raw_headers, content, keep_alive = await waiter
+                status, raw_headers, content, keep_alive, now = await waiter
             except RequestFailed as exc:
                 return self._no_answer(exc.kind, connection, recorder, name, issued)
             except asyncio.CancelledError:
                 # Cancelled in flight (a flow's wait_for ran out, say): its answer may still
                 # come on this connection, and must not be taken for the next request's.
                 self._drop_connection()
+                if load.time_up and issued >= recorder.measure_from:
+                    recorder.error("unanswered at the end")  # sent, and given its whole timeout
                 raise
             finally:
                 sent, connection.sent = connection.sent, 0.0
-            now = time.monotonic()
             started = sent or now
             if not keep_alive:
                 self._drop_connection()
@@ -468,7 +472,7 @@ class User:
             _, connection = await asyncio.wait_for(
                 load.loop.create_connection(
                     lambda: _Connection(load.recorder, load.loop),
-                    load.target.host,
+                    load.target.connect_host,
                     load.target.port,
                     **load.tls_options,
                 ),
@@ -625,14 +629,16 @@ class FlowLoad:
         stages: Any,
         worker_index: int,
         worker_count: int,
+        address: str | None = None,
     ) -> None:
+        """*address*: the target's host as the coordinator resolved it (every connection goes there)."""
         import ssl
 
         self.loop = asyncio.get_running_loop()
         self.scenario = scenario
         self.flows, self.starts = scenario.flows()
         self.weights = [spec.weight for spec in self.flows]
-        self.target = HttpTarget.from_url(url)
+        self.target = HttpTarget.from_url(url, address)
         base_path = urllib.parse.urlsplit(url).path
         self.prefix = base_path.rstrip("/")
         self.tls_options: dict[str, Any] = {}
@@ -650,6 +656,7 @@ class FlowLoad:
         self.worker_index = worker_index
         self.worker_count = worker_count
         self.stopping = False
+        self.time_up = False  # set by the watchdog: what is still out then is counted
         self.users: list[User] = []  # running, in order of start
         self.started = 0
         self.row_turn = 0
@@ -788,8 +795,10 @@ class FlowLoad:
         deadline = self.schedule.deadline
         watchdog = None
         if deadline is not None:
-            grace = min(self.timeout, 2.0)
-            watchdog = self.loop.call_later(max(0.0, deadline - time.monotonic()) + grace, self._abandon)
+            # A request sent before the end gets its whole timeout (the sweep that fails it may
+            # come a period after that); a user in a long think time is ended then too.
+            grace = self.timeout + 2 * min(max(self.timeout / 4, 0.01), 0.25)
+            watchdog = self.loop.call_later(max(0.0, deadline - time.monotonic()) + grace, self._time_is_up)
         ramp = None
         sweep = self.loop.create_task(self._sweep_timeouts())
         # Thousands of users are thousands of long-lived objects (tasks, connections, sessions):
@@ -933,6 +942,12 @@ class FlowLoad:
         if not self.users and not self._done.done():
             self._done.set_result(None)
         self.loop.call_later(grace, self._abandon)
+
+    def _time_is_up(self) -> None:
+        """The run's deadline and grace have passed: end every user; a request still out is
+        counted as an error (not so for a stop, a Ctrl-C, which ends what it interrupts)."""
+        self.time_up = True
+        self._abandon()
 
     def _abandon(self) -> None:
         self.stopping = True

@@ -13,7 +13,7 @@ import html
 import math
 from collections.abc import Sequence
 
-from ._report import Report
+from ._report import Report, TimelinePoint
 
 _WIDTH, _HEIGHT, _PAD = 760, 280, 48
 _COLORS = {"p50": "#1f77b4", "p90": "#ff7f0e", "p95": "#9467bd", "p99": "#d62728", "rps": "#9aa0a6"}
@@ -77,13 +77,18 @@ def _svg_open(element_id: str) -> str:
     )
 
 
+def _partial(point: TimelinePoint) -> str:
+    """A bar's note when its second was cut short (its height is the rate over what it covered)."""
+    return "" if point.seconds >= 1.0 else f" in {point.seconds:.2f} s"
+
+
 def throughput_svg(report: Report) -> str:
     """Requests and errors per second of the run, on a requests/s axis of their own."""
     points = report.timeline
     if not points:
         return "<p>No complete second was recorded.</p>"
     seconds = [p.second for p in points]
-    rps_max = max(max(p.requests for p in points), 1)
+    rps_max = max(round(max(p.requests_per_s for p in points)), 1)
     _, x_factor = _scale([s + 1 for s in seconds], _WIDTH)
     bottom = _HEIGHT - _PAD
     y_factor = (bottom - _PAD) / rps_max
@@ -96,13 +101,15 @@ def throughput_svg(report: Report) -> str:
     parts += _axes(f"Throughput (peak {rps_max:,} requests/s)", "second of the run", "requests/s", rps_max, ticks)
     bar_width = max(x_factor * 0.6, 1.0)
     for p in points:
-        height = p.requests * y_factor
+        height = p.requests_per_s * y_factor
         parts.append(
             f'<rect x="{x_of(p.second) - bar_width / 2:.1f}" y="{bottom - height:.1f}" '
             f'width="{bar_width:.1f}" height="{height:.1f}" fill="{_COLORS["p50"]}" opacity="0.55">'
-            f"<title>second {p.second}: {p.requests:,} requests, {p.errors:,} errors</title></rect>"
+            f"<title>second {p.second}: {p.requests:,} requests, {p.errors:,} errors{_partial(p)}</title></rect>"
         )
-    parts.append(_polyline([x_of(s) for s in seconds], [bottom - p.errors * y_factor for p in points], _COLORS["p99"]))
+    parts.append(
+        _polyline([x_of(s) for s in seconds], [bottom - p.errors_per_s * y_factor for p in points], _COLORS["p99"])
+    )
     parts.append(
         f'<rect x="{_PAD + 10}" y="30" width="12" height="12" fill="{_COLORS["p50"]}" opacity="0.55"/>'
         f'<text x="{_PAD + 26}" y="41" font-size="12">requests/s</text>'

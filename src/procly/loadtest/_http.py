@@ -431,7 +431,20 @@ class HttpLoad:
                 slot.finish()
         self.loop.call_later(grace, self._abandon)
 
-    def _abandon(self) -> None:
+    def _abandon(self, count_unanswered: bool = False) -> None:
+        """End every connection now. *count_unanswered* (the run's time is up, not a stop):
+        a measured request still waiting for its answer, or due and never sent, is an error."""
+        if count_unanswered:
+            recorder = self.recorder
+            for slot in self.slots:
+                if slot.state == _BUSY or (slot.state in (_WAITING, _CONNECTING) and slot.due is not None):
+                    if slot.due is not None and slot.due >= recorder.measure_from:
+                        recorder.error("unanswered at the end" if slot.state == _BUSY else "not sent by the end")
+            # Rate mode: requests due before the deadline that no connection was free to send.
+            while (due := self.schedule.next_start(time.monotonic())) is not None:
+                if due >= recorder.measure_from:
+                    recorder.error("not sent by the end")
+        self.schedule.stop()
         for slot in self.slots:
             slot.finish()
         self.pacer.close()
@@ -443,7 +456,9 @@ class HttpLoad:
 
     async def _sweep_timeouts(self) -> None:
         period = min(max(self.timeout / 4, 0.01), 0.25)
-        grace_after_deadline = min(self.timeout, 2.0)
+        # A request sent before the end gets its whole timeout; the sweep that fails it may
+        # come a period after that.
+        grace_after_deadline = self.timeout + 2 * period
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
@@ -452,6 +467,6 @@ class HttpLoad:
                     slot.failed(slot.protocol, "timeout")
             deadline = self.schedule.deadline
             if deadline is not None and now > deadline + grace_after_deadline:
-                # Requests still out long after the end would only hold up the report.
-                self.schedule.stop()
-                self._abandon()
+                # Rate mode's backlog (requests due before the end, sent late) may still be out.
+                self._abandon(count_unanswered=True)
+                return

@@ -299,8 +299,8 @@ class LiveState:
                 series=[
                     {
                         "t_s": p.second,
-                        "requests_per_s": p.requests,
-                        "errors_per_s": p.errors,
+                        "requests_per_s": p.requests_per_s,
+                        "errors_per_s": p.errors_per_s,
                         "latency_p50_ms": p.p50_ms,
                         "latency_p95_ms": p.p95_ms,
                         "latency_p99_ms": p.p99_ms,

@@ -149,9 +149,19 @@ class TimelinePoint:
     p95_ms: float
     p99_ms: float
     max_ms: float
+    #: The part of the second the run covered: less than 1 for a last second cut short.
+    seconds: float = 1.0
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def errors_per_s(self) -> float:
+        return self.errors / self.seconds if self.seconds > 0 else 0.0
 
     @classmethod
-    def from_interval(cls, second: int, interval: Interval) -> TimelinePoint:
+    def from_interval(cls, second: int, interval: Interval, seconds: float = 1.0) -> TimelinePoint:
         hist = interval.histogram
         return cls(
             second=second,
@@ -162,14 +172,16 @@ class TimelinePoint:
             p95_ms=percentile_ms(hist, 95.0),
             p99_ms=percentile_ms(hist, 99.0),
             max_ms=hist.get_max_value() / 1000.0 if hist.get_total_count() else 0.0,
+            seconds=seconds,
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "start_s": self.second,
+            "covered_s": self.seconds,
             "requests": self.requests,
             "errors": self.errors,
-            "requests_per_s": self.requests,
+            "requests_per_s": self.requests_per_s,
             "latency_p50_ms": self.p50_ms,
             "latency_p90_ms": self.p90_ms,
             "latency_p95_ms": self.p95_ms,
@@ -273,7 +285,9 @@ class Report:
             iterations=total.iterations,
             send_lag=Latency.from_histogram(total.send_lag) if total.send_lag is not None else None,
             late_sends=total.late,
-            rate_target=config.rate,
+            # Ramped: the stages' mean rate (the requests due over the duration), which the
+            # throughput must reach as a fixed rate's.
+            rate_target=config.rate if config.rate_stages is None else config.rate_stages.mean,
             worker_peak_rss_mib=total.peak_rss_kib / 1024,
             worker_cpu_s=total.cpu_s,
             worker_watch_s=total.watch_s,
@@ -426,7 +440,7 @@ class Report:
                     "",
                     point.requests,
                     point.errors,
-                    point.requests,
+                    f"{point.requests_per_s:.1f}",
                     f"{point.p50_ms:.3f}",
                     f"{point.p90_ms:.3f}",
                     f"{point.p95_ms:.3f}",

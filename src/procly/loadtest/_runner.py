@@ -120,22 +120,24 @@ class Tally:
         )
 
     def report(self, workers_lost: list[str], interrupted: bool) -> Report:
+        # The throughput is over the time the requests took: to the end of the last one (the
+        # requests in flight at the deadline are counted, so is the time they took).
         end = self.last_done or time.time()
         elapsed = end - self.measure_start
         duration = self.config.effective_duration
         if duration is not None:
-            # Requests are only started within the run's duration: answers that come back after
-            # its end do not stretch the time the throughput is computed over.
-            elapsed = min(elapsed, duration)
             rate_mode = self.config.rate or self.config.rate_stages
             if rate_mode and self.config.requests is None and not interrupted and not workers_lost:
-                # Rate mode: the requests due within the duration, over the duration (a ramp down
-                # to 0 has its last request due, and answered, before the end).
-                elapsed = duration
+                # Rate mode: at least the duration the requests were due over (a ramp down to 0
+                # has its last request due, and answered, before the end).
+                elapsed = max(elapsed, duration)
         elapsed = max(elapsed, 1e-9)
         last_bucket = max(self.buckets, default=-1)
         timeline = [
-            TimelinePoint.from_interval(second, self.buckets.get(second, Interval()))
+            # A second cut short by the end covers only part of it: its rate is over that part.
+            TimelinePoint.from_interval(
+                second, self.buckets.get(second, Interval()), min(1.0, max(elapsed - second, 1e-3))
+            )
             for second in range(last_bucket + 1)
         ]
         return Report.build(

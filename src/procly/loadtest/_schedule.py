@@ -5,6 +5,11 @@ whether or not earlier requests have come back, and its latency is measured from
 that due time, not from when a free connection finally sent it. A server that
 stalls therefore shows its stall in every request that was due meanwhile (the
 coordinated-omission correction) instead of in one slow sample.
+
+With several processes, each takes every n-th request of the one schedule (its *lane*):
+process i of n sends requests i, i + n, i + 2n, ... So the processes' requests interleave
+at the rate, instead of n schedules at rate/n sending together in bursts of n (and each
+rounding its count up).
 """
 
 from __future__ import annotations
@@ -23,9 +28,16 @@ class Schedule:
         budget: int | None,
         rate: float | Any | None,
         measure_from: float | None = None,
+        lane: int = 0,
+        lanes: int = 1,
     ) -> None:
-        """``rate``: requests/s, or a :class:`~procly.loadtest._stages.Stages` ramp of them (from ``start``)."""
+        """``rate``: requests/s, or a :class:`~procly.loadtest._stages.Stages` ramp of them (from
+        ``start``), of the whole run; this schedule hands out lane ``lane`` of ``lanes`` of it."""
+        if not 0 <= lane < lanes:
+            raise ValueError(f"lane {lane} of {lanes}: a lane is 0 <= lane < lanes")
         self.start = start
+        self.lane = lane
+        self.lanes = lanes
         self.deadline = deadline
         self.budget = budget
         self.profile = rate if rate is not None and not isinstance(rate, (int, float)) else None
@@ -43,14 +55,14 @@ class Schedule:
         if self.stopped or (self.budget is not None and self.measured >= self.budget):
             return None
         if self.profile is not None:
-            offset = self.profile.time_of_count(self.issued)
+            offset = self.profile.time_of_count(self.issued * self.lanes + self.lane)
             if offset is None:
                 return None
             due = self.start + offset
         elif self.interval is None:
             due = now
         else:
-            due = self.start + self.issued * self.interval
+            due = self.start + (self.issued * self.lanes + self.lane) * self.interval
         if self.deadline is not None and due >= self.deadline:
             return None
         self.issued += 1
@@ -76,8 +88,10 @@ class LockedSchedule(Schedule):
         budget: int | None,
         rate: float | None,
         measure_from: float | None = None,
+        lane: int = 0,
+        lanes: int = 1,
     ) -> None:
-        super().__init__(start, deadline, budget, rate, measure_from)
+        super().__init__(start, deadline, budget, rate, measure_from, lane, lanes)
         self._lock = threading.Lock()
 
     def next_start(self, now: float) -> float | None:

@@ -70,12 +70,14 @@ class Stages:
         return sum(d for d, _ in self.steps)
 
     @property
+    def mean(self) -> float:
+        """The profile's mean value over its duration (a rate's: requests due / duration)."""
+        area = sum((v0 + v1) / 2 * d for _, d, v0, v1 in self.segments())
+        return area / self.duration if self.duration > 0 else 0.0
+
+    @property
     def peak(self) -> float:
         return max([self.start] + [target for _, target in self.steps])
-
-    def scaled(self, factor: float) -> Stages:
-        """The same profile with every value multiplied by ``factor`` (one worker's share)."""
-        return Stages(tuple((d, target * factor) for d, target in self.steps), self.start * factor)
 
     def segments(self) -> list[tuple[float, float, float, float]]:
         """``(t0, duration, from_value, to_value)`` for every stage."""
