@@ -60,6 +60,24 @@ def test_join_before_get_with_many_small_items(ctx, count, size):
         q.get(timeout=0.1)
 
 
+@pytest.mark.parametrize("big_every", [0, 3], ids=["small", "with-big"])
+def test_join_before_get_with_many_producers(ctx, big_every):
+    """40 producers exit with their items unread: each sends its batch frame in the room kept
+    for them (the 22nd used to block for ever, holding the write lock the others wait for)."""
+    q = ctx.Queue()
+    producers_count, per = 40, 1_000 if not big_every else 12
+    producers = [ctx.Process(target=targets.put_tagged, args=(q, k, per, big_every, 140_000))
+                 for k in range(producers_count)]  # fmt: skip
+    for p in producers:
+        p.start()
+    for p in producers:
+        p.join(60)
+        assert p.exitcode == 0, "a producer must be able to exit before its items are read"
+    got = [q.get(timeout=30) for _ in range(producers_count * per)]
+    _check_per_producer_order(got, producers_count, per, big_every, 140_000)
+    assert q.empty()
+
+
 def test_items_left_at_exit_are_shared_by_every_consumer(ctx):
     """Items producers left in memfds at exit can be taken by any consumer, not only the first."""
     q = ctx.Queue()
@@ -450,3 +468,59 @@ def test_items_left_at_exit_come_before_items_put_later(ctx):
         got.append(item)
     assert [i for i, _ in got] == list(range(2 * small + big))
     assert q.empty()
+
+
+def test_a_queue_lifts_the_descriptor_limit_its_big_items_need(tmp_path):
+    # Every big item held by a producer is a memfd: 400 of them ahead of the consumer, under
+    # a soft limit of 256 descriptors, failed put() with EMFILE (the standard library keeps
+    # them in memory). A queue raises the soft limit to the hard one.
+    import subprocess
+    import sys
+
+    script = tmp_path / "limit.py"
+    script.write_text(
+        "import resource, procly\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "q = procly.Queue()\n"
+        "wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20\n"
+        "limits = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "assert limits == (wanted, hard), limits\n"
+        "for i in range(400):\n"
+        "    q.put(bytes([i % 256]) * 70_000)\n"
+        "got = [q.get(timeout=10) for _ in range(400)]\n"
+        "assert got == [bytes([i % 256]) * 70_000 for i in range(400)]\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_feeder_that_cannot_send_says_so_and_goes_on(monkeypatch, capfd):
+    # A send the kernel refuses (ETOOMANYREFS, say): the item is lost as the standard
+    # library's feeder loses one, said on standard error, its slot given back; the feeder
+    # lives on for the next put (it used to end silently, and every later put went nowhere).
+    import errno
+
+    from procly import queues
+
+    real = queues._Writer.send_descriptor
+    refusals = [OSError(errno.ETOOMANYREFS, "Too many references")]
+
+    def refuse_once(self, frame, fd):
+        if refusals:
+            raise refusals.pop()
+        return real(self, frame, fd)
+
+    monkeypatch.setattr(queues._Writer, "send_descriptor", refuse_once)
+    q = procly.Queue(maxsize=2)
+    q.put(b"a" * 200_000)  # refused
+    q.put(b"b" * 200_000)
+    assert q.get(timeout=10) == b"b" * 200_000
+    q.put(b"c" * 10)  # its slot back: a queue of 2 takes two more
+    q.put(b"d" * 10)
+    assert [q.get(timeout=10), q.get(timeout=10)] == [b"c" * 10, b"d" * 10]
+    q.close()
+    q.join_thread()
+    err = capfd.readouterr().err
+    assert "could not send 1 item(s)" in err and "Too many references" in err

@@ -41,12 +41,14 @@ is read, or when the queue itself is gone.
 from __future__ import annotations
 
 import collections
+import errno
 import fcntl
 import os
 import queue
 import select
 import socket
 import struct
+import sys
 import termios
 import threading
 import time
@@ -73,7 +75,7 @@ SEM_VALUE_MAX = 2**31 - 1
 SPILL_BYTES = 128 * 1024  # items from this size travel alone in a memfd
 WRITE_BYTES = 64 * 1024  # the feeder writes buffered items in chunks of up to this
 FRAME_COST = 1024  # what the kernel charges per write beyond its bytes (an skb's overhead)
-RESERVE_BYTES = 16 * 1024  # socket room kept for batch frames at exit (about 16 of them)
+RESERVE_BYTES = 16 * 1024  # socket room kept for batch frames at exit (and all that _make_exit_room adds)
 _SIZE = struct.Struct("!Q")
 # Frame codes: _frames. A BATCH frame's memfd comes with k held items' own memfds after it,
 # in the same message: see _spill_batch.
@@ -103,12 +105,40 @@ def _pread_exact(fd: int, size: int, offset: int) -> bytearray:
     return buf
 
 
-class _Writer:
-    """One process's writing end of a queue: writes what fits without blocking."""
+def _make_exit_room(conn: Connection) -> int:
+    """Enlarge the send buffer of *conn*'s socket and return its usual size: feeders fill
+    the socket up to the usual size (less the reserve), and only batch frames at exit use
+    the rest.
 
-    def __init__(self, conn: Connection, wakeup: _Wakeup | None = None) -> None:
+    A frame with descriptors is charged about 768 bytes: the reserve alone held 21 of
+    them, and a 22nd producer exiting with its items unread (its parent joining it before
+    reading) blocked for ever, holding the write lock that every other producer's exit
+    waited for. Asked for the usual size, the kernel doubles it (up to twice
+    ``net.core.wmem_max``): about 300 producers' batch frames then fit. Not more: the
+    socket polls writable once no more than a quarter of the whole is unread, and that
+    must stay below what feeders fill it to, or a feeder waiting for room would spin.
+    """
+    sock = _socket_of(conn)
+    try:
+        usual = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, usual)
+        except OSError:
+            return usual
+        return min(usual, sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+    finally:
+        sock.close()
+
+
+class _Writer:
+    """One process's writing end of a queue: writes what fits without blocking, up to
+    *limit* bytes unread (the socket's usual send buffer; see _make_exit_room)."""
+
+    def __init__(self, conn: Connection, wakeup: _Wakeup | None = None, limit: int | None = None) -> None:
         self.sock = _socket_of(conn)
-        self.limit = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        whole = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        self.limit = whole if limit is None else limit
+        self.writable_below = whole // 4  # the kernel polls it writable at this much unread or less
         self._outq = bytearray(4)
         self._poller: Any = None
         self._wakeup = wakeup
@@ -586,15 +616,50 @@ def _take_parked(sock: socket.socket) -> list[int]:
     return fds
 
 
+_descriptor_limit_raised = False
+
+
+def _raise_descriptor_limit() -> None:
+    """Raise this process's soft limit on open descriptors to its hard limit, once (as Go
+    programs do at start; children inherit it).
+
+    Every big item a producer holds is a memfd, and Linux caps the descriptors a user has
+    in flight in sockets at that user's soft limit too (``ETOOMANYREFS``): with the usual
+    1,024, a producer 1,000 big items ahead of its consumer failed its ``put()``
+    (``EMFILE``), and six full queues of big items made a feeder's send fail. The
+    standard library keeps such items in memory instead, where the only limit is memory.
+    """
+    global _descriptor_limit_raised
+    if _descriptor_limit_raised:
+        return
+    _descriptor_limit_raised = True
+    import resource
+
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # Unlimited: Linux's default nr_open, the most a process can have anyway.
+        wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (OSError, ValueError):
+        pass  # not allowed here (a sandbox): the limit stays as it is
+
+
 class Queue(Generic[_T]):
-    """A FIFO queue shared between processes (``multiprocessing.Queue``)."""
+    """A FIFO queue shared between processes (``multiprocessing.Queue``).
+
+    Creating one raises the process's soft limit on open descriptors to its hard limit
+    (big items travel as descriptors; see :func:`_raise_descriptor_limit`).
+    """
 
     def __init__(self, maxsize: int = 0, *, ctx: Any = None) -> None:
+        _raise_descriptor_limit()
         if maxsize <= 0:
             maxsize = SEM_VALUE_MAX
         self._maxsize = maxsize
         # A socket pair, not an OS pipe: big items travel as descriptors (SCM_RIGHTS).
         self._reader, self._writer = Pipe(duplex=True)
+        self._usual_room = _make_exit_room(self._writer)
         self._rlock = Lock()
         self._wlock = Lock()
         self._sem = BoundedSemaphore(maxsize)
@@ -606,11 +671,11 @@ class Queue(Generic[_T]):
 
     def __getstate__(self) -> Any:
         return (self._maxsize, self._reader, self._writer, self._rlock, self._wlock, self._sem, self._recycler,
-                self._shelf, self._opid)  # fmt: skip
+                self._shelf, self._opid, self._usual_room)  # fmt: skip
 
     def __setstate__(self, state: Any) -> None:
         (self._maxsize, self._reader, self._writer, self._rlock, self._wlock, self._sem, self._recycler,
-         self._shelf, self._opid) = state  # fmt: skip
+         self._shelf, self._opid, self._usual_room) = state  # fmt: skip
         self._after_fork()
         register_after_fork(self, Queue._after_fork)
 
@@ -779,7 +844,7 @@ class Queue(Generic[_T]):
         self._feeding.wakeup = _Wakeup()
         self._thread = threading.Thread(
             target=_feed,
-            args=(self._feeding, self._writer, self._wlock, self._sem),
+            args=(self._feeding, self._writer, self._wlock, self._sem, self._usual_room),
             name="QueueFeederThread",
             daemon=True,
         )
@@ -847,10 +912,10 @@ def _next_chunk(buffer: collections.deque) -> tuple[list[Any], bool]:
     return items, False
 
 
-def _feed(state: _FeedState, conn: Any, wlock: Lock, sem: Any) -> None:
+def _feed(state: _FeedState, conn: Any, wlock: Lock, sem: Any, limit: int) -> None:
     buffer, notempty = state.buffer, state.notempty
     assert state.wakeup is not None
-    writer = _Writer(conn, state.wakeup)
+    writer = _Writer(conn, state.wakeup, limit)
     try:
         while True:
             if not buffer:
@@ -864,18 +929,39 @@ def _feed(state: _FeedState, conn: Any, wlock: Lock, sem: Any) -> None:
                 if stop:
                     conn.close()
                     return
-                try:
-                    _write_chunk(writer, wlock, items, buffer, state.wakeup)
-                except BrokenPipeError:
-                    for _ in items:
-                        sem.release()  # nobody will read them: give the slots back
-                except OSError:
+                if not _send_chunk(writer, wlock, items, buffer, state.wakeup, sem):
                     return
-                finally:
-                    _close_held(items)  # sent (the kernel holds the memfds in flight) or lost
     finally:
         writer.close()
         _close_held(list(buffer))
+
+
+def _send_chunk(writer: _Writer, wlock: Lock, items: list[Any], buffer: collections.deque, wakeup: _Wakeup,
+                sem: Any) -> bool:  # fmt: skip
+    """Write *items* (see _write_chunk); False if the feeder must stop (its socket is gone)."""
+    try:
+        _write_chunk(writer, wlock, items, buffer, wakeup)
+    except BrokenPipeError:
+        for _ in items:
+            sem.release()  # nobody will read them: give the slots back
+    except OSError as exc:
+        if exc.errno == errno.EBADF:
+            return False  # the socket was closed under it (the interpreter is exiting)
+        # Lost, as the standard library's feeder loses an item it cannot send: said on
+        # standard error, the slots given back, and the feeder goes on.
+        _report_lost(exc, len(items))
+        for _ in items:
+            sem.release()
+    finally:
+        _close_held(items)  # sent (the kernel holds the memfds in flight) or lost
+    return True
+
+
+def _report_lost(exc: OSError, count: int) -> None:
+    import traceback
+
+    print(f"procly: a queue's feeder thread could not send {count} item(s), which are lost:", file=sys.stderr)
+    traceback.print_exception(exc)
 
 
 def _write_chunk(writer: _Writer, wlock: Lock, items: list[Any], buffer: collections.deque,
@@ -905,7 +991,7 @@ def _write_chunk(writer: _Writer, wlock: Lock, items: list[Any], buffer: collect
         # write fits, unless the buffer was made so small that it never would (waiting
         # again would then spin).
         writable = writer.wait_for_room()
-        room = writable and writer.limit // 4 + len(data) + FRAME_COST + RESERVE_BYTES >= writer.limit
+        room = writable and writer.writable_below + len(data) + FRAME_COST + RESERVE_BYTES >= writer.limit
 
 
 class JoinableQueue(Queue[_T]):
