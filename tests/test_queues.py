@@ -524,3 +524,28 @@ def test_a_feeder_that_cannot_send_says_so_and_goes_on(monkeypatch, capfd):
     q.join_thread()
     err = capfd.readouterr().err
     assert "could not send 1 item(s)" in err and "Too many references" in err
+
+
+def test_get_interrupted_while_taking_a_big_items_descriptor_loses_nothing(monkeypatch):
+    # Ctrl-C while get() takes the descriptor of a big item (in a memfd): the item stays the
+    # next one, and the items after it keep their own descriptors.
+    q = procly.Queue()
+    items = [b"a" * 200_000, b"b" * 200_000, "small"]
+    for item in items:
+        q.put(item)
+    from procly import queues
+
+    real = queues.Queue._parked
+    interruptions = [KeyboardInterrupt()]
+
+    def interrupted_once(self):
+        if interruptions:
+            raise interruptions.pop()
+        return real(self)
+
+    monkeypatch.setattr(queues.Queue, "_parked", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        q.get(timeout=10)
+    assert [q.get(timeout=10) for _ in items] == items
+    q.close()
+    q.join_thread()

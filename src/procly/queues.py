@@ -510,10 +510,13 @@ class _Shelf:
         mm, base = self._mm, self._base
         need = _control_frame_size(n)
         (value,) = _SIZE.unpack_from(mm, base + start + 4)
-        _SHELF_HEAD.pack_into(mm, self._head, start + need, end)
         if n == _LARGE:  # over 2 GiB: never a queue's own frame, read it directly
+            _SHELF_HEAD.pack_into(mm, self._head, start + need, end)
             return value, self._take_big(sock, start + need, end, value), None
+        # Its descriptors first: interrupted while taking them, the frame stays the next one
+        # (passed, its item was lost, and every later memfd frame got the one before's).
         fds = parked()
+        _SHELF_HEAD.pack_into(mm, self._head, start + need, end)
         expected = 1 + _COUNT.unpack_from(mm, base + start + 12)[0] if n == _BATCH else 1
         if len(fds) != expected:
             for fd in fds:
