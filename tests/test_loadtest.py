@@ -474,6 +474,25 @@ def test_live_rate_of_the_first_second_is_the_real_rate():
     assert tally.progress().rate == 0.0  # nothing new since
 
 
+def test_report_timeline_ends_with_the_run():
+    # A 1.5 s run: its last second is half of one (its rate over that half), and the empty
+    # ticks that came while the worker ended (users thinking, connections closing) add no
+    # seconds after it.
+    from procly.loadtest._runner import Tally
+
+    tally = Tally(LoadTestConfig(url="http://127.0.0.1/", processes=1, duration=1.5))
+    tally.measure_start = start = 1000.0
+    for tick, requests in ((0.5, 100), (1.0, 100), (1.5, 100), (2.0, 0), (2.5, 0), (3.0, 0)):
+        tally.add("tick", start + tick, _stats.Interval(requests=requests).to_wire())
+    tally.add("done", start + 1.5, _stats.Interval().to_wire())  # the last answer's time
+    report = tally.report([], False)
+    assert report.elapsed == 1.5 and report.throughput == 200.0
+    assert [(p.second, p.requests, p.seconds, p.requests_per_s) for p in report.timeline] == [
+        (0, 200, 1.0, 200.0),
+        (1, 100, 0.5, 200.0),
+    ]
+
+
 def test_live_line_of_each_second_counts_that_whole_second(target):
     # The line for second k is shown once the workers' ticks for it are in (ticks fall on
     # the measured start + k * 0.5 s): "1.0 s" counts the first second's ~1000 requests,

@@ -304,6 +304,28 @@ def test_a_flows_request_out_at_the_end_gets_its_whole_timeout(tmp_path, target)
     assert report.name_stats("first").latency.min >= 3500
 
 
+def test_a_think_time_after_the_last_answer_does_not_stretch_the_throughput(tmp_path, target):
+    # 2 users, a request then 1 s of think time, 1.5 s: requests at 0 and 1 s, then the users
+    # think until 2 s. The run's time is its 1.5 s, not the 2 s the last think time took.
+    path = write(
+        tmp_path,
+        "think.py",
+        """
+        from procly.loadtest import flow
+
+        @flow
+        async def think(user):
+            await user.get("/")
+            await user.think(1.0)
+        """,
+    )
+    report = run_scenario(target, path, processes=1, connections=2, duration=1.5)
+    assert report.requests == 4 and report.errors == 0
+    assert report.elapsed == 1.5 and report.throughput == pytest.approx(4 / 1.5)
+    # The ticks while the users think past the end add no empty seconds to the timeline.
+    assert [point.second for point in report.timeline] == [0, 1] and report.timeline[-1].seconds == 0.5
+
+
 def test_request_budget_in_flow_mode_is_exact(tmp_path, target):
     path = two_steps(tmp_path, "/", "/bytes/3")
     report = run_scenario(target, path, processes=2, connections=3, requests=301)

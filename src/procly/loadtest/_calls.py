@@ -65,6 +65,7 @@ class CallLoad:
         self.timeout = timeout
         self._tasks: list[asyncio.Task[None]] = []
         self._threads_done: asyncio.Future[None] | None = None
+        self.last_answer = 0.0  # when the last measured call ended (monotonic; 0: none yet)
 
     # Synchronous callables run in threads, which share the schedule and the recorder.
     @staticmethod
@@ -120,8 +121,10 @@ class CallLoad:
             outcome = None
         if due < recorder.measure_from:
             return  # a warm-up call: its failure is not counted either
+        now = time.monotonic()
+        self.last_answer = now
         if outcome is None:
-            recorder.success(time.monotonic() - due)
+            recorder.success(now - due)
         else:
             recorder.error(outcome)
 
@@ -165,9 +168,11 @@ class CallLoad:
                 if due >= recorder.measure_from:  # a warm-up call's failure is not counted either
                     recorder.error(type(exc).__name__)
                 continue
-            latency = time.monotonic() - due
+            now = time.monotonic()
+            latency = now - due
             if due < recorder.measure_from:
                 continue
+            self.last_answer = now  # threads end calls at nearly the same times: any late one will do
             if latency > timeout:
                 recorder.error("timeout")
             else:

@@ -448,6 +448,7 @@ class User:
             if not keep_alive:
                 self._drop_connection()
             if issued >= recorder.measure_from:
+                load.last_answer = now
                 _record(recorder, status, now - started, expected)
             if connection.cookies is not None:
                 self._set_cookies(connection.cookies)
@@ -657,6 +658,7 @@ class FlowLoad:
         self.worker_count = worker_count
         self.stopping = False
         self.time_up = False  # set by the watchdog: what is still out then is counted
+        self.last_answer = 0.0  # when the last measured answer came (monotonic; 0: none yet)
         self.users: list[User] = []  # running, in order of start
         self.started = 0
         self.row_turn = 0

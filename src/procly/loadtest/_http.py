@@ -241,6 +241,7 @@ class _Slot:
         recorder = self.load.recorder
         due = self.due
         if due >= recorder.measure_from:
+            self.load.last_answer = now
             recorder.latencies.append(int((now - due) * 1e6))
             if status == 200:
                 recorder.ok += 1
@@ -384,6 +385,7 @@ class HttpLoad:
         self._running = len(self.slots)
         self._finished = self.loop.create_future()
         self.started = False  # False while connections are opened ahead of the start
+        self.last_answer = 0.0  # when the last measured answer came (monotonic; 0: none yet)
         self._ahead: list[asyncio.Task[None]] = []
 
     async def prepare(self, start: float) -> None:

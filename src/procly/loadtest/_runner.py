@@ -17,7 +17,7 @@ from .._errors import signal_name
 from ..connection import wait
 from ._config import LoadTestConfig
 from ._report import Report, TimelinePoint
-from ._stats import Interval, percentile_ms
+from ._stats import Interval, http_error_count, percentile_ms
 from ._worker import STOP_GRACE, TICK, worker_main
 
 #: How long workers may take to start and prepare (spawn on a busy machine is slow).
@@ -119,20 +119,30 @@ class Tally:
             p95_ms=percentile_ms(total.histogram, 95),
         )
 
+    def _empty(self, second: int) -> bool:
+        bucket = self.buckets.get(second)
+        return bucket is None or (bucket.requests == 0 and bucket.error_count == 0)
+
     def report(self, workers_lost: list[str], interrupted: bool) -> Report:
-        # The throughput is over the time the requests took: to the end of the last one (the
-        # requests in flight at the deadline are counted, so is the time they took).
+        # The throughput is over the time the requests took: to the last answer (the requests
+        # in flight at the deadline are counted, so is the time they took) ...
         end = self.last_done or time.time()
         elapsed = end - self.measure_start
         duration = self.config.effective_duration
-        if duration is not None:
-            rate_mode = self.config.rate or self.config.rate_stages
-            if rate_mode and self.config.requests is None and not interrupted and not workers_lost:
-                # Rate mode: at least the duration the requests were due over (a ramp down to 0
-                # has its last request due, and answered, before the end).
-                elapsed = max(elapsed, duration)
+        budget = self.config.requests
+        total = self.total
+        attempts = total.requests + total.error_count - http_error_count(total.errors)  # as the report counts them
+        spent = budget is not None and attempts >= budget
+        if duration is not None and not spent and not interrupted and not workers_lost:
+            # ... and at least the duration the run had to send them in (a think time at the
+            # end, or a rate ramped down to 0, leaves its last seconds without an answer).
+            elapsed = max(elapsed, duration)
         elapsed = max(elapsed, 1e-9)
         last_bucket = max(self.buckets, default=-1)
+        # Ticks go on while the last users think or the last answers come: seconds past the
+        # end that hold nothing are no part of the run.
+        while last_bucket >= elapsed - 1e-9 and self._empty(last_bucket):
+            last_bucket -= 1
         timeline = [
             # A second cut short by the end covers only part of it: its rate is over that part.
             TimelinePoint.from_interval(

@@ -111,7 +111,7 @@ class _Worker:
         self.should_stop = should_stop
         self.load: Any = None
         self.stopping = False
-        self.finished_at = 0.0  # wall time: the load's last request ended
+        self.finished_at = 0.0  # wall time: the load's last measured answer came
 
     async def run_with_coordinator(self, conn: Connection) -> None:
         """The worker process's protocol: ready, wait for go, measure, done (see module doc)."""
@@ -161,8 +161,8 @@ class _Worker:
             final = await self._run_from(start, schedule, recorder, warmup_end)
         finally:
             gc.unfreeze()
-        # The time the last request ended (the report's throughput runs to it), not the
-        # time the figures were encoded.
+        # The time the last answer came (the report's throughput runs to it), not the time
+        # the figures were encoded.
         self.emit(("done", self.finished_at or time.time(), final))
 
     async def _run_from(
@@ -185,7 +185,10 @@ class _Worker:
         cpu_start = time.process_time()
         try:
             await self.load.run()
-            self.finished_at = time.time()
+            # The report's throughput runs to the last answer: not to a think time or a
+            # sweep after it.
+            last = getattr(self.load, "last_answer", 0.0)
+            self.finished_at = time.time() - (time.monotonic() - last if last else 0.0)
         finally:
             ticker.cancel()
             folder.cancel()
