@@ -1076,6 +1076,26 @@ def test_report_files_that_cannot_be_written(tmp_path, target):
     assert csv_path.read_text().startswith("row,")
 
 
+def test_a_writable_report_file_in_a_folder_one_cannot_write_to_is_accepted(tmp_path, monkeypatch):
+    # /dev/null, /dev/stdout: the file exists and can be written, its folder cannot (for
+    # anyone but root); only a file still to be made needs a writable folder.
+    import argparse
+
+    from procly.loadtest import _cli
+
+    existing = tmp_path / "report.json"
+    existing.write_text("")
+    real_access = os.access
+
+    def access(path, mode):
+        return False if str(path) == str(tmp_path) else real_access(path, mode)
+
+    monkeypatch.setattr(os, "access", access)
+    _cli._check_report_paths(argparse.Namespace(json=str(existing), csv=None, html="-"))
+    with pytest.raises(ValueError, match="cannot be written"):
+        _cli._check_report_paths(argparse.Namespace(json=None, csv=str(tmp_path / "new.csv"), html=None))
+
+
 def test_unresolvable_host_fails_at_once_with_exit_2():
     """Resolved once at the start: no run of its whole duration against a name that does not resolve."""
     out = procly_cli("loadtest", "-q", "-d", "30", "http://nonexistent.invalid/")

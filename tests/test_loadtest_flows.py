@@ -326,6 +326,15 @@ def test_a_think_time_after_the_last_answer_does_not_stretch_the_throughput(tmp_
     assert [point.second for point in report.timeline] == [0, 1] and report.timeline[-1].seconds == 0.5
 
 
+def test_a_request_out_at_the_end_of_the_stages_gets_its_whole_timeout(tmp_path, target):
+    # The stages end at 1 s; the users' requests take 3.5 s, the timeout is 5 s: they are
+    # answered and counted (the ramp's end gave them 2 s, then dropped them uncounted).
+    path = two_steps(tmp_path, "/delay/3500", "/")
+    report = run_scenario(target, path, processes=1, stages=Stages.parse("1s:2", whole=True), timeout=5.0)
+    assert report.requests >= 1 and report.errors == 0, report.error_kinds
+    assert report.name_stats("first").latency.min >= 3500
+
+
 def test_request_budget_in_flow_mode_is_exact(tmp_path, target):
     path = two_steps(tmp_path, "/", "/bytes/3")
     report = run_scenario(target, path, processes=2, connections=3, requests=301)

@@ -549,3 +549,31 @@ def test_get_interrupted_while_taking_a_big_items_descriptor_loses_nothing(monke
     assert [q.get(timeout=10) for _ in items] == items
     q.close()
     q.join_thread()
+
+
+def test_a_big_item_whose_descriptors_never_came_is_passed(monkeypatch):
+    # The kernel drops the descriptors of a message received while the process is out of
+    # them: that item is lost (MessageError says so once), and the queue goes on with the
+    # next items instead of failing every get() on the same frame.
+    from procly import queues
+    from procly._errors import MessageError
+
+    q = procly.Queue()
+    for item in (b"a" * 200_000, "small", b"b" * 200_000):
+        q.put(item)
+    real = queues.Queue._parked
+    missing = [MessageError("a queue item kept in a memfd arrived without its descriptors")]
+
+    def missing_once(self):
+        if missing:
+            for fd in real(self):  # taken and dropped, as the kernel would have
+                os.close(fd)
+            raise missing.pop()
+        return real(self)
+
+    monkeypatch.setattr(queues.Queue, "_parked", missing_once)
+    with pytest.raises(MessageError):
+        q.get(timeout=10)
+    assert [q.get(timeout=10), q.get(timeout=10)] == ["small", b"b" * 200_000]
+    q.close()
+    q.join_thread()

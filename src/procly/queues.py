@@ -515,7 +515,13 @@ class _Shelf:
             return value, self._take_big(sock, start + need, end, value), None
         # Its descriptors first: interrupted while taking them, the frame stays the next one
         # (passed, its item was lost, and every later memfd frame got the one before's).
-        fds = parked()
+        # Missing (the kernel dropped them: this process was out of descriptors), the frame
+        # is passed, or it would fail every get() after.
+        try:
+            fds = parked()
+        except MessageError:
+            _SHELF_HEAD.pack_into(mm, self._head, start + need, end)
+            raise
         _SHELF_HEAD.pack_into(mm, self._head, start + need, end)
         expected = 1 + _COUNT.unpack_from(mm, base + start + 12)[0] if n == _BATCH else 1
         if len(fds) != expected:

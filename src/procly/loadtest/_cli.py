@@ -431,9 +431,13 @@ def _check_report_paths(args: argparse.Namespace) -> None:
         folder = os.path.dirname(os.path.abspath(path))
         if os.path.isdir(path):
             raise ValueError(f"{option} {path}: that is a folder; give a file name")
-        if not os.path.isdir(folder):
+        if os.path.exists(path):
+            writable = os.access(path, os.W_OK)  # /dev/null, /dev/stdout: only the file counts
+        elif not os.path.isdir(folder):
             raise ValueError(f"{option} {path}: the folder {folder} does not exist")
-        if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        else:
+            writable = os.access(folder, os.W_OK | os.X_OK)
+        if not writable:
             raise ValueError(f"{option} {path}: cannot be written (permission denied)")
 
 

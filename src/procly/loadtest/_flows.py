@@ -853,7 +853,10 @@ class FlowLoad:
             if self.started - before > 100:
                 gc.freeze()
             await asyncio.sleep(RAMP_PERIOD)
-        self.stop(min(self.timeout, 2.0))
+        if not self.stopping:
+            # The end of the stages: no user starts a request any more; those out get their
+            # whole timeout (the watchdog counts what is still out after it).
+            self._end_intake()
 
     def _set_users(self, count: int, spread: float = 0.0) -> None:
         active = [user for user in self.users if not user._retired]
@@ -936,6 +939,11 @@ class FlowLoad:
         """No new requests; requests in flight get ``grace`` seconds, then every user is ended."""
         if self.stopping:
             return
+        self._end_intake()
+        self.loop.call_later(grace, self._abandon)
+
+    def _end_intake(self) -> None:
+        """No new requests: users not in one end now, the others once answered."""
         self.stopping = True
         self.schedule.stop()
         for user in list(self.users):
@@ -943,7 +951,6 @@ class FlowLoad:
                 user._task.cancel()
         if not self.users and not self._done.done():
             self._done.set_result(None)
-        self.loop.call_later(grace, self._abandon)
 
     def _time_is_up(self) -> None:
         """The run's deadline and grace have passed: end every user; a request still out is
