@@ -268,6 +268,23 @@ def test_lanes_of_a_schedule_interleave_into_the_whole(rate, lanes):
         Schedule(0.0, 1.0, None, 1.0, lane=2, lanes=2)
 
 
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+def test_lanes_share_one_budget_after_the_warmup(lanes):
+    # -R 10 --warmup 0.1 -n 5: the measured requests are the schedule's five after the
+    # warm-up, 0.1 to 0.5 s, whichever lanes send them (split per lane, lane 0 got 3 and
+    # skipped 0.5 for 0.6).
+    from procly.loadtest._schedule import Schedule
+
+    measured = []
+    for lane in range(lanes):
+        schedule = Schedule(0.0, None, 5, 10.0, measure_from=0.1, lane=lane, lanes=lanes)
+        while (due := schedule.next_start(0.0)) is not None:
+            if due >= 0.1:
+                measured.append(round(due, 6))
+        assert schedule.exhausted
+    assert sorted(measured) == [0.1, 0.2, 0.3, 0.4, 0.5]
+
+
 def test_rate_mode_with_several_processes_sends_the_rate_exactly(target):
     # 5 requests/s for 1 s from 2 processes: 5 requests, not 3 + 3.
     report = run_load_test(LoadTestConfig(url=target.url, processes=2, connections=2, duration=1.0, rate=5))
@@ -491,6 +508,44 @@ def test_report_timeline_ends_with_the_run():
         (0, 200, 1.0, 200.0),
         (1, 100, 0.5, 200.0),
     ]
+
+
+def test_report_time_runs_to_the_last_outcome_and_in_rate_mode_to_the_last_send():
+    # Answers for a second, then timeouts until 2.6 s; the worker reports at 3.4 s (closing
+    # its connections). The run took 2.6 s, the errors after the last answer included, and
+    # the final interval belongs to the second of its last outcome, not of the report.
+    from procly.loadtest._runner import Tally
+
+    def run(config, last_send=None):
+        tally = Tally(config)
+        tally.measure_start = start = 1000.0
+        for tick, requests, errors in ((0.5, 100, 0), (1.0, 100, 0), (1.5, 0, 5), (2.0, 0, 5), (2.5, 0, 5)):
+            interval = _stats.Interval(requests=requests, errors={"timeout": errors} if errors else {})
+            tally.add("tick", start + tick, interval.to_wire())
+        final = _stats.Interval(errors={"timeout": 3}).to_wire()
+        final["last_outcome_wall"] = start + 2.6
+        final["last_send_wall"] = None if last_send is None else start + last_send
+        tally.add("done", start + 3.4, final)
+        return tally.report([], False)
+
+    report = run(LoadTestConfig(url="http://127.0.0.1/", processes=1, duration=2.0))
+    assert report.elapsed == pytest.approx(2.6) and report.errors == 18
+    assert [(p.second, p.requests, p.errors) for p in report.timeline] == [(0, 200, 0), (1, 0, 10), (2, 0, 8)]
+    assert [p.seconds for p in report.timeline] == pytest.approx([1.0, 1.0, 0.6])
+    # Rate mode: over the time the requests took to send (their answers' latency is not the
+    # rate's), the duration unless the target held the sends back beyond it.
+    rate = LoadTestConfig(url="http://127.0.0.1/", processes=1, duration=2.0, rate=100)
+    assert run(rate, last_send=1.99).elapsed == 2.0
+    assert run(rate, last_send=2.3).elapsed == pytest.approx(2.3)
+
+
+def test_rate_mode_with_slow_answers_holds_its_rate_without_a_warning(target):
+    # 150 ms answers, all sent on time: the rate held is the rate asked (the last answers
+    # coming 150 ms after the end do not make it 95.4 requests/s "not held").
+    config = LoadTestConfig(url=target.url + "delay/150", processes=1, connections=50, duration=1.0, rate=100)
+    report = run_load_test(config)
+    assert report.requests == 100 and report.errors == 0 and report.late_sends == 0
+    assert report.throughput == 100.0 and not [w for w in report.warnings if "not held" in w], report.warnings
 
 
 def test_live_line_of_each_second_counts_that_whole_second(target):
@@ -725,7 +780,10 @@ def test_requests_out_at_the_end_get_their_whole_timeout(target, rate):
                             timeout=5.0)  # fmt: skip
     report = run_load_test(config)
     assert report.requests == 2 and report.errors == 0, report.error_kinds
-    assert report.latency.min >= 3500 and report.elapsed >= 3.5
+    assert report.latency.min >= 3500
+    # Closed loop: over the time to the last answer; rate mode: over the time to send them
+    # (the duration: both were sent on time).
+    assert report.elapsed >= 3.5 if rate is None else report.elapsed == 1.0
 
 
 def test_rate_mode_counts_what_its_time_did_not_let_it_send_or_hear(target):

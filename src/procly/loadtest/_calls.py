@@ -66,6 +66,7 @@ class CallLoad:
         self._tasks: list[asyncio.Task[None]] = []
         self._threads_done: asyncio.Future[None] | None = None
         self.last_answer = 0.0  # when the last measured call ended (monotonic; 0: none yet)
+        self.last_send = 0.0  # when the last call started (0: none yet)
 
     # Synchronous callables run in threads, which share the schedule and the recorder.
     @staticmethod
@@ -104,6 +105,7 @@ class CallLoad:
                 await asyncio.sleep(due - now)
                 while time.monotonic() < due:  # loop timers may fire up to a millisecond early
                     await asyncio.sleep(0)
+            self.last_send = time.monotonic()
             await self._call_once(due)
 
     async def _call_once(self, due: float) -> None:
@@ -162,6 +164,7 @@ class CallLoad:
                 return
             if due > now:
                 time.sleep(due - now)
+            self.last_send = time.monotonic()
             try:
                 func()
             except Exception as exc:

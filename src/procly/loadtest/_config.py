@@ -236,7 +236,12 @@ class LoadTestConfig:
         return WorkerShare(
             index=index,
             connections=split_evenly(self.connections, n)[index],
-            requests=None if self.requests is None else split_evenly(self.requests, n)[index],
+            # Open loop: every worker counts the one schedule's requests (see Schedule).
+            requests=(
+                self.requests
+                if self.requests is None or self.rate is not None or self.rate_stages is not None
+                else split_evenly(self.requests, n)[index]
+            ),
             rate=self.rate_stages if self.rate_stages is not None else self.rate,
             lanes=n,
         )
@@ -272,6 +277,6 @@ class WorkerShare:
 
     index: int
     connections: int
-    requests: int | None
+    requests: int | None  # this worker's budget (closed loop), or the whole run's (open loop)
     rate: Any  # the whole run's requests/s, a Stages ramp of them, or None ...
     lanes: int = 1  # ... of which this worker sends every lanes-th request, from the index-th

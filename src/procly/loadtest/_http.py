@@ -231,7 +231,7 @@ class _Slot:
         self.handle = None
         self.due = due
         self.state = _BUSY
-        self.sent = time.monotonic() if now is None else now
+        self.sent = self.load.last_send = time.monotonic() if now is None else now
         protocol.transport.write(self.load.request)
 
     def completed(self, protocol: _Protocol, status: int, keep_alive: bool) -> None:
@@ -386,6 +386,7 @@ class HttpLoad:
         self._finished = self.loop.create_future()
         self.started = False  # False while connections are opened ahead of the start
         self.last_answer = 0.0  # when the last measured answer came (monotonic; 0: none yet)
+        self.last_send = 0.0  # when the last request went out at its due time (rate mode; 0: none yet)
         self._ahead: list[asyncio.Task[None]] = []
 
     async def prepare(self, start: float) -> None:

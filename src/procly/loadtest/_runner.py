@@ -65,6 +65,8 @@ class Tally:
         self.buckets: dict[int, Interval] = {}
         self.measure_start = 0.0
         self.last_done = 0.0
+        self.last_outcome = 0.0  # wall time of the last answer or error any worker counted (0: none)
+        self.last_send = 0.0  # ... of the last request sent at its due time (rate mode; 0: none)
         self.last_tick = 0.0  # wall time of the latest measured interval received
         self._last_progress_count = 0
         self._last_progress_tick = 0.0
@@ -82,7 +84,14 @@ class Tally:
             interval = Interval.from_wire(wire)
             self.total.add(interval)
             self.last_tick = max(self.last_tick, wall_time)
-            bucket = int(max(0.0, wall_time - self.measure_start - TICK / 2))
+            when = wall_time
+            if kind == "done":
+                self.last_outcome = max(self.last_outcome, wire.get("last_outcome_wall") or 0.0)
+                self.last_send = max(self.last_send, wire.get("last_send_wall") or 0.0)
+                # The final interval's outcomes came by the last of them, not when the worker
+                # had closed everything and reported.
+                when = min(wall_time, wire.get("last_outcome_wall") or wall_time)
+            bucket = int(max(0.0, when - self.measure_start - TICK / 2))
             self.buckets.setdefault(bucket, Interval()).add(interval)
         if kind == "done":
             self.last_done = max(self.last_done, wall_time)
@@ -124,29 +133,39 @@ class Tally:
         return bucket is None or (bucket.requests == 0 and bucket.error_count == 0)
 
     def report(self, workers_lost: list[str], interrupted: bool) -> Report:
-        # The throughput is over the time the requests took: to the last answer (the requests
-        # in flight at the deadline are counted, so is the time they took) ...
-        end = self.last_done or time.time()
-        elapsed = end - self.measure_start
+        # The time the requests took: to the last outcome, answer or error (the requests in
+        # flight at the deadline are counted, so is the time they took; a think time or the
+        # closing of connections after it is not) ...
+        start = self.measure_start
+        outcomes_end = (self.last_outcome or self.last_done or time.time()) - start
+        elapsed = outcomes_end
         duration = self.config.effective_duration
         budget = self.config.requests
         total = self.total
         attempts = total.requests + total.error_count - http_error_count(total.errors)  # as the report counts them
         spent = budget is not None and attempts >= budget
         if duration is not None and not spent and not interrupted and not workers_lost:
-            # ... and at least the duration the run had to send them in (a think time at the
-            # end, or a rate ramped down to 0, leaves its last seconds without an answer).
-            elapsed = max(elapsed, duration)
+            if self.config.rate or self.config.rate_stages:
+                # ... in rate mode, the time it took to send them: the duration, or longer
+                # when a busy target held the sends back (the answers' latency is not the
+                # rate's: a rate held is the rate asked) ...
+                elapsed = max(duration, self.last_send - start if self.last_send else 0.0)
+            else:
+                # ... and at least the duration the run had to send them in.
+                elapsed = max(elapsed, duration)
         elapsed = max(elapsed, 1e-9)
+        timeline_end = max(elapsed, outcomes_end)
         last_bucket = max(self.buckets, default=-1)
-        # Ticks go on while the last users think or the last answers come: seconds past the
-        # end that hold nothing are no part of the run.
-        while last_bucket >= elapsed - 1e-9 and self._empty(last_bucket):
+        # Ticks go on while the last users think or the last connections close: seconds past
+        # the end that hold nothing are no part of the run.
+        while last_bucket >= timeline_end - 1e-9 and self._empty(last_bucket):
             last_bucket -= 1
         timeline = [
-            # A second cut short by the end covers only part of it: its rate is over that part.
+            # The last second, cut short by the end, covers only part of it: its rate is over that part.
             TimelinePoint.from_interval(
-                second, self.buckets.get(second, Interval()), min(1.0, max(elapsed - second, 1e-3))
+                second,
+                self.buckets.get(second, Interval()),
+                1.0 if second < last_bucket else min(1.0, max(timeline_end - second, 1e-3)),
             )
             for second in range(last_bucket + 1)
         ]

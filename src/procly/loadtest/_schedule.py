@@ -14,6 +14,7 @@ rounding its count up).
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
@@ -49,20 +50,48 @@ class Schedule:
         self.issued = 0
         self.measured = 0
         self.stopped = False
+        # Open loop: the budget counts the whole schedule's measured requests, from the
+        # first one due after the warm-up (index first_measured), over every lane.
+        self.first_measured = self._first_measured() if self.open_loop else 0
+
+    def _due_offset(self, index: int) -> float | None:
+        """When request *index* of the whole schedule is due, from the start (None: never)."""
+        if self.profile is not None:
+            offset: float | None = self.profile.time_of_count(index)
+            return offset
+        assert self.interval is not None
+        return index * self.interval
+
+    def _first_measured(self) -> int:
+        warmup = self.measure_from - self.start
+        if warmup <= 0:
+            return 0
+        if self.interval is not None:
+            index = max(0, math.ceil(warmup / self.interval) - 1)
+        else:
+            index = 0
+        while (offset := self._due_offset(index)) is not None and offset < warmup:
+            index += 1
+        return index
+
+    def _over_budget(self) -> bool:
+        if self.budget is None:
+            return False
+        if self.open_loop:
+            return self.issued * self.lanes + self.lane >= self.first_measured + self.budget
+        return self.measured >= self.budget
 
     def next_start(self, now: float) -> float | None:
         """The time the next request is due (``now`` in closed loop), or None when the run is over."""
-        if self.stopped or (self.budget is not None and self.measured >= self.budget):
+        if self.stopped or self._over_budget():
             return None
-        if self.profile is not None:
-            offset = self.profile.time_of_count(self.issued * self.lanes + self.lane)
+        if self.open_loop:
+            offset = self._due_offset(self.issued * self.lanes + self.lane)
             if offset is None:
                 return None
             due = self.start + offset
-        elif self.interval is None:
-            due = now
         else:
-            due = self.start + (self.issued * self.lanes + self.lane) * self.interval
+            due = now
         if self.deadline is not None and due >= self.deadline:
             return None
         self.issued += 1
@@ -75,7 +104,7 @@ class Schedule:
 
     @property
     def exhausted(self) -> bool:
-        return self.stopped or (self.budget is not None and self.measured >= self.budget)
+        return self.stopped or self._over_budget()
 
 
 class LockedSchedule(Schedule):

@@ -15,6 +15,7 @@ import ctypes
 import math
 import sys
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,6 +145,15 @@ def record_batch(hist: HdrHistogram | SparseHistogram, values_us: list[int]) -> 
     hist.max_value = max(hist.max_value, high)
 
 
+# When this process last counted an error (monotonic; 0: never): a run's measured time
+# runs to its last outcome, answer or error (see _worker).
+_last_error_at = [0.0]
+
+
+def last_error_at() -> float:
+    return _last_error_at[0]
+
+
 class Recorder:
     """One worker's tallies since its last flush: latencies, status codes, errors.
 
@@ -189,6 +199,7 @@ class Recorder:
 
     def error(self, kind: str) -> None:
         self.errors[kind] += 1
+        _last_error_at[0] = time.monotonic()
 
     def take(self) -> Interval:
         """Everything recorded since the last call, as an :class:`Interval`; then start afresh."""

@@ -28,7 +28,7 @@ from ..connection import Connection
 from ._config import HttpTarget, LoadTestConfig
 from ._outbox import Outbox
 from ._schedule import Schedule
-from ._stats import FOLD_PERIOD, PACED_FOLD_PERIOD, Recorder
+from ._stats import FOLD_PERIOD, PACED_FOLD_PERIOD, Recorder, last_error_at
 
 TICK = 0.5
 #: How long requests in flight may still finish after a stop (Ctrl-C or the coordinator).
@@ -111,7 +111,6 @@ class _Worker:
         self.should_stop = should_stop
         self.load: Any = None
         self.stopping = False
-        self.finished_at = 0.0  # wall time: the load's last measured answer came
 
     async def run_with_coordinator(self, conn: Connection) -> None:
         """The worker process's protocol: ready, wait for go, measure, done (see module doc)."""
@@ -161,9 +160,7 @@ class _Worker:
             final = await self._run_from(start, schedule, recorder, warmup_end)
         finally:
             gc.unfreeze()
-        # The time the last answer came (the report's throughput runs to it), not the time
-        # the figures were encoded.
-        self.emit(("done", self.finished_at or time.time(), final))
+        self.emit(("done", time.time(), final))
 
     async def _run_from(
         self, start: float, schedule: Schedule, recorder: Recorder, warmup_end: float
@@ -185,14 +182,15 @@ class _Worker:
         cpu_start = time.process_time()
         try:
             await self.load.run()
-            # The report's throughput runs to the last answer: not to a think time or a
-            # sweep after it.
-            last = getattr(self.load, "last_answer", 0.0)
-            self.finished_at = time.time() - (time.monotonic() - last if last else 0.0)
         finally:
             ticker.cancel()
             folder.cancel()
         final = recorder.take_wire()
+        # The report's time runs to the last outcome (answer or error), not to a think time,
+        # a sweep or the closing of connections after it; in rate mode to the last send.
+        errored = last_error_at() if last_error_at() >= start else 0.0  # not an earlier run's (a Dask worker's)
+        final["last_outcome_wall"] = _wall(max(getattr(self.load, "last_answer", 0.0), errored))
+        final["last_send_wall"] = _wall(getattr(self.load, "last_send", 0.0))
         final["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         final["cpu_s"] = time.process_time() - cpu_start
         pacer = getattr(self.load, "pacer", None)
@@ -328,6 +326,11 @@ class _Worker:
             await asyncio.sleep(first - now - 0.002)  # the loop's timers may fire 1 ms early
         while heap and heap[0][0] <= first and time.monotonic() < give_up:
             await asyncio.sleep(0)  # the pacer runs it through the loop's turns, at its time
+
+
+def _wall(monotonic: float) -> float | None:
+    """The wall-clock time of a ``time.monotonic()`` reading (None for 0: never)."""
+    return time.time() - (time.monotonic() - monotonic) if monotonic else None
 
 
 class _LoadFactory:
