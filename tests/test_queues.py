@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
 import threading
 
 import pytest
@@ -577,3 +578,21 @@ def test_a_big_item_whose_descriptors_never_came_is_passed(monkeypatch):
     assert [q.get(timeout=10), q.get(timeout=10)] == ["small", b"b" * 200_000]
     q.close()
     q.join_thread()
+
+
+@pytest.mark.parametrize("wmem_max", [0, 50_000, 10 << 20])
+def test_exit_room_never_shrinks_the_send_buffer(monkeypatch, wmem_max):
+    # The room kept for exit batches doubles the send buffer where the system allows it; where
+    # asking would give less than the usual buffer (a maximum below the default), it is not asked.
+    from procly import queues
+
+    monkeypatch.setattr(queues, "_wmem_max", lambda: wmem_max)
+    reader, writer = procly.Pipe(duplex=True)
+    probe = queues._socket_of(writer)
+    usual = probe.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    assert queues._make_exit_room(writer) == usual
+    whole = probe.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    assert whole == (2 * usual if wmem_max >= usual else usual)
+    probe.close()
+    reader.close()
+    writer.close()

@@ -121,6 +121,8 @@ def _make_exit_room(conn: Connection) -> int:
     sock = _socket_of(conn)
     try:
         usual = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        if _wmem_max() < usual:
+            return usual  # asking would shrink it (to twice the maximum, under the usual)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, usual)
         except OSError:
@@ -128,6 +130,15 @@ def _make_exit_room(conn: Connection) -> int:
         return min(usual, sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
     finally:
         sock.close()
+
+
+def _wmem_max() -> int:
+    """``net.core.wmem_max``: the most a socket may ask for its send buffer (0: unknown)."""
+    try:
+        with open("/proc/sys/net/core/wmem_max") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
 
 
 class _Writer:
