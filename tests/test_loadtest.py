@@ -545,7 +545,9 @@ def test_rate_mode_with_slow_answers_holds_its_rate_without_a_warning(target):
     config = LoadTestConfig(url=target.url + "delay/150", processes=1, connections=50, duration=1.0, rate=100)
     report = run_load_test(config)
     assert report.requests == 100 and report.errors == 0 and report.late_sends == 0
-    assert report.throughput == 100.0 and not [w for w in report.warnings if "not held" in w], report.warnings
+    # (A send a few ms late on a loaded machine may end the sends just after the duration.)
+    assert report.throughput == pytest.approx(100.0, rel=0.005)
+    assert not [w for w in report.warnings if "not held" in w], report.warnings
 
 
 def test_live_line_of_each_second_counts_that_whole_second(target):
